@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what moe.c needs to build and test, from Debian's packages, when it is missing.
+# Safe to run again: it does nothing when everything is there.
+set -euo pipefail
+pkgs=(build-essential libopenblas-openmp-dev libcjson-dev libopenmpi-dev openmpi-bin
+      python3 python3-numpy python3-torch)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "deps.sh: installing ${missing[*]}" >&2
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2

@@ -1,0 +1,44 @@
+// base: errors with file:line, aligned allocation, rng, timer.
+// Everything above this layer returns MOE_OK / MOE_FAIL and leaves a one-line message
+// in moe_errmsg(); only the command layer prints it and exits.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define MOE_OK 0
+#define MOE_FAIL (-1)
+
+// Records "message" (printf-style) as the current error; the source location is kept
+// apart and shown only with MOE_DEBUG=1, so users see the file and problem, not our code.
+void moe_seterr_at(const char *src, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+#define moe_seterr(...) moe_seterr_at(__FILE__, __LINE__, __VA_ARGS__)
+// set the error and return MOE_FAIL from the current function
+#define MOE_ERR(...) do { moe_seterr(__VA_ARGS__); return MOE_FAIL; } while (0)
+#define MOE_TRY(expr) do { if ((expr) != MOE_OK) return MOE_FAIL; } while (0)
+const char *moe_errmsg(void);
+const char *moe_errsrc(void);
+
+// 64-byte aligned, zeroed; dies with a message on exhaustion (as llm.c's mallocCheck).
+void *moe_alloc(size_t bytes);
+void moe_free(void *p);
+#define MOE_NEW(type, n) ((type *)moe_alloc(sizeof(type) * (size_t)(n)))
+
+// xoshiro256** seeded by splitmix64: deterministic, serialisable (4 words).
+typedef struct { uint64_t s[4]; } Rng;
+void rng_seed(Rng *r, uint64_t seed);
+uint64_t rng_u64(Rng *r);
+float rng_uniform(Rng *r);            // [0,1)
+float rng_normal(Rng *r);             // N(0,1)
+uint64_t rng_below(Rng *r, uint64_t n);
+
+double time_now(void);                 // seconds, monotonic
+long peak_rss_kb(void);
+
+// small helpers
+static inline int imin(int a, int b) { return a < b ? a : b; }
+static inline int imax(int a, int b) { return a > b ? a : b; }
+char *moe_strdup(const char *s);
+// read a whole file; returns NULL and sets the error on failure
+char *file_read_all(const char *path, size_t *len);

@@ -1,0 +1,74 @@
+#include <stdlib.h>
+#include <string.h>
+#include "../base/base.h"
+#include "../infer/infer.h"
+#include "../train/train.h"
+#include "cmd.h"
+
+static const char *HELP =
+    "usage: moe eval --ckpt DIR --data FILE [--limit N] [--generate] [--json] [--batch B] [--show N]\n"
+    "  mean cross-entropy over the answer tokens; --generate adds greedy exact match\n";
+
+int cmd_eval(int argc, char **argv) {
+    Args a;
+    args_init(&a, argc, argv, "eval");
+    if (args_bool(&a, "--help")) { fputs(HELP, stdout); return 0; }
+    const char *ckpt = cmd_required(&a, "--ckpt");
+    if (!ckpt) return cmd_fail("eval");
+    const char *data = cmd_required(&a, "--data");
+    if (!data) return cmd_fail("eval");
+    int limit, batch, show;
+    const char *fmt = args_str(&a, "--format", "auto");
+    DataFormat df;
+    if (cmd_threads(&a) || args_int(&a, "--limit", 0, &limit) || args_int(&a, "--batch", 64, &batch) ||
+        args_int(&a, "--show", 0, &show) || data_format_parse(fmt, &df))
+        return cmd_fail("eval");
+    bool gen = args_bool(&a, "--generate"), json = args_bool(&a, "--json");
+    if (args_finish(&a)) return cmd_fail("eval");
+    if (limit < 0) { moe_seterr("--limit must be positive, got %d", limit); return cmd_fail("eval"); }
+    if (batch <= 0) { moe_seterr("--batch must be positive, got %d", batch); return cmd_fail("eval"); }
+    Model m;
+    if (ckpt_load_model(ckpt, &m, false)) return cmd_fail("eval");
+    Dataset d;
+    if (dataset_load(&d, data, df, m.cfg.max_position_embeddings - 1, limit)) { model_free(&m); return cmd_fail("eval"); }
+    double loss;
+    long tokens;
+    double t0 = time_now();
+    int rc = eval_loss(&m, &d, limit, batch, &loss, &tokens);
+    double em = 0, gen_s = 0;
+    if (rc == MOE_OK && gen) {
+        const char **qs = malloc(sizeof(char *) * d.n);
+        int *ql = malloc(sizeof(int) * d.n);
+        char **ans = malloc(sizeof(char *) * d.n);
+        for (int i = 0; i < d.n; i++) qs[i] = dataset_question(&d, i, &ql[i]);
+        double tg = time_now();
+        rc = generate_greedy(&m, qs, ql, d.n, ans, batch);
+        gen_s = time_now() - tg;
+        int hit = 0;
+        for (int i = 0; rc == MOE_OK && i < d.n; i++) {
+            int al;
+            const char *ref = dataset_answer(&d, i, &al);
+            bool ok = (int)strlen(ans[i]) == al && !memcmp(ans[i], ref, al);
+            hit += ok;
+            if (i < show) fprintf(stderr, "%s %.*s -> %s (expected %.*s)\n", ok ? "ok " : "BAD", ql[i], qs[i], ans[i], al, ref);
+        }
+        for (int i = 0; rc == MOE_OK && i < d.n; i++) free(ans[i]);
+        em = (double)hit / d.n;
+        free(qs); free(ql); free(ans);
+    }
+    double el = time_now() - t0;
+    if (rc == MOE_OK) {
+        if (json) {
+            printf("{\"loss\":%.9g,\"tokens\":%ld,\"examples\":%d", loss, tokens, d.n);
+            if (gen) printf(",\"exact_match\":%.6f,\"ms_per_answer\":%.3f", em, 1e3 * gen_s / d.n);
+            printf("}\n");
+        } else {
+            printf("loss %.6f over %ld target tokens of %d examples", loss, tokens, d.n);
+            if (gen) printf("; exact match %.4f (%.2f ms per answer)", em, 1e3 * gen_s / d.n);
+            printf("  [%.1f s]\n", el);
+        }
+    }
+    dataset_free(&d);
+    model_free(&m);
+    return rc ? cmd_fail("eval") : 0;
+}

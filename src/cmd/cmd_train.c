@@ -1,0 +1,64 @@
+#include <string.h>
+#include "../base/base.h"
+#include "../train/train.h"
+#include "cmd.h"
+
+static const char *HELP =
+    "usage: moe train --data PATH[,PATH...] --out DIR (--model CFG.json | --resume DIR) [options]\n"
+    "  --steps N          total steps of the run (default 100); a resume continues to N\n"
+    "  --time-budget SEC  stop (and checkpoint) when the next step would pass SEC seconds\n"
+    "  --batch B          examples per optimizer step (default 32)\n"
+    "  --micro-batch M    examples per forward/backward; B/M micro-batches are accumulated\n"
+    "  --seq T            max input tokens per example (default 256); longer ones are skipped\n"
+    "  --lr X             peak learning rate (default 1e-3)   --min-lr X (default 0)\n"
+    "  --warmup N         linear warm-up steps (default 0)\n"
+    "  --decay-steps N    cosine decay from the end of warm-up to step N (default 0: constant)\n"
+    "  --weight-decay X   AdamW decoupled decay on matrices (default 0)\n"
+    "  --beta1 X --beta2 X (0.9, 0.95)   --clip X global-norm clip (1.0; 0 = off)\n"
+    "  --seed S           initialisation and data order (default 1234)\n"
+    "  --no-shuffle       examples in file order (default: shuffled every epoch)\n"
+    "  --format F         auto | qa | jsonl | text (auto: .jsonl/.json are JSON lines, else Q/A lines)\n"
+    "  --ckpt-every N     periodic checkpoints every N steps (default 0: at the end only)\n"
+    "  --threads N        threads (default OMP_NUM_THREADS or all cores)\n"
+    "  --quiet            no progress line\n";
+
+int cmd_train(int argc, char **argv) {
+    Args a;
+    args_init(&a, argc, argv, "train");
+    if (args_bool(&a, "--help")) { fputs(HELP, stdout); return 0; }
+    TrainConfig tc;
+    memset(&tc, 0, sizeof tc);
+    opt_defaults(&tc.opt);
+    TrainArgs ta = {0};
+    if (!(ta.data = cmd_required(&a, "--data")) || !(ta.out = cmd_required(&a, "--out"))) return cmd_fail("train");
+    ta.model_cfg = args_str(&a, "--model", NULL);
+    ta.resume = args_str(&a, "--resume", NULL);
+    if (!ta.model_cfg == !ta.resume) {
+        moe_seterr("give exactly one of --model CFG.json (a new run) or --resume DIR");
+        return cmd_fail("train");
+    }
+    const char *fmt = args_str(&a, "--format", "auto");
+    int rc = cmd_threads(&a);
+    if (!rc) rc = args_int(&a, "--steps", 100, &tc.steps);
+    if (!rc) rc = args_double(&a, "--time-budget", 0, &tc.time_budget);
+    if (!rc) rc = args_int(&a, "--batch", 32, &tc.batch);
+    if (!rc) rc = args_int(&a, "--micro-batch", tc.batch, &tc.micro_batch);
+    if (!rc) rc = args_int(&a, "--seq", 256, &tc.seq);
+    if (!rc) rc = args_float(&a, "--lr", tc.opt.lr, &tc.opt.lr);
+    if (!rc) rc = args_float(&a, "--min-lr", tc.opt.min_lr, &tc.opt.min_lr);
+    if (!rc) rc = args_int(&a, "--warmup", 0, &tc.opt.warmup);
+    if (!rc) rc = args_int(&a, "--decay-steps", 0, &tc.opt.decay_steps);
+    if (!rc) rc = args_float(&a, "--weight-decay", tc.opt.weight_decay, &tc.opt.weight_decay);
+    if (!rc) rc = args_float(&a, "--beta1", tc.opt.beta1, &tc.opt.beta1);
+    if (!rc) rc = args_float(&a, "--beta2", tc.opt.beta2, &tc.opt.beta2);
+    if (!rc) rc = args_float(&a, "--clip", tc.opt.clip, &tc.opt.clip);
+    if (!rc) rc = args_u64(&a, "--seed", 1234, &tc.seed);
+    if (!rc) rc = args_int(&a, "--ckpt-every", 0, &tc.ckpt_every);
+    if (!rc) rc = data_format_parse(fmt ? fmt : "auto", &tc.format);
+    tc.shuffle = !args_bool(&a, "--no-shuffle");
+    if (args_has(&a, "--no-shuffle")) strcat(a.given, "--shuffle ");
+    tc.quiet = args_bool(&a, "--quiet");
+    if (!rc) rc = args_finish(&a);
+    if (!rc) rc = train_run(&ta, &tc, a.given);
+    return rc ? cmd_fail("train") : 0;
+}

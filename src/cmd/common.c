@@ -1,0 +1,25 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include "../base/base.h"
+#include "../kernels/gemm.h"
+#include "cmd.h"
+
+int cmd_fail(const char *cmd) {
+    if (getenv("MOE_DEBUG")) fprintf(stderr, "moe %s: %s [%s]\n", cmd, moe_errmsg(), moe_errsrc());
+    else fprintf(stderr, "moe %s: %s\n", cmd, moe_errmsg());
+    return 1;
+}
+const char *cmd_required(Args *a, const char *flag) {
+    const char *v = args_str(a, flag, NULL);
+    if (!v && args_has(a, flag)) return NULL;   // error already set: no value
+    if (!v) moe_seterr("missing required option %s (see moe %s --help)", flag, a->cmd);
+    return v;
+}
+int cmd_threads(Args *a) {
+    int t;
+    MOE_TRY(args_int(a, "--threads", 0, &t));
+    if (t < 0) MOE_ERR("--threads must be positive, got %d", t);
+    if (t == 0 && getenv("OMP_NUM_THREADS")) t = atoi(getenv("OMP_NUM_THREADS"));
+    kernels_set_threads(t);
+    return MOE_OK;
+}

@@ -1,0 +1,223 @@
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+#include "data.h"
+
+int data_format_parse(const char *s, DataFormat *out) {
+    if (!strcmp(s, "auto")) *out = DATA_AUTO;
+    else if (!strcmp(s, "qa")) *out = DATA_QA;
+    else if (!strcmp(s, "jsonl")) *out = DATA_JSONL;
+    else if (!strcmp(s, "text")) *out = DATA_TEXT;
+    else MOE_ERR("--format must be auto, qa, jsonl or text, got \"%s\"", s);
+    return MOE_OK;
+}
+
+typedef struct { int *tok; long n, cap; Example *ex; int nex, capex; } Builder;
+static void push_tok(Builder *b, int t) {
+    if (b->n == b->cap) { b->cap = b->cap ? b->cap * 2 : 1 << 16; b->tok = realloc(b->tok, sizeof(int) * b->cap); }
+    b->tok[b->n++] = t;
+}
+static void push_ex(Builder *b, Example e) {
+    if (b->nex == b->capex) { b->capex = b->capex ? b->capex * 2 : 1024; b->ex = realloc(b->ex, sizeof(Example) * b->capex); }
+    b->ex[b->nex++] = e;
+}
+// <bos> q <sep> a <eos>; q and a point into d->text
+static void add_qa(Builder *b, const char *base, const char *q, int ql, const char *a, int al) {
+    Example e = {b->n, ql + al + 3, ql + 2, (int)(q - base), ql, (int)(a - base), al};
+    push_tok(b, TOK_BOS);
+    for (int i = 0; i < ql; i++) push_tok(b, (unsigned char)q[i]);
+    push_tok(b, TOK_SEP);
+    for (int i = 0; i < al; i++) push_tok(b, (unsigned char)a[i]);
+    push_tok(b, TOK_EOS);
+    push_ex(b, e);
+}
+
+static bool ends_with(const char *s, const char *suf) {
+    size_t n = strlen(s), m = strlen(suf);
+    return n >= m && !strcmp(s + n - m, suf);
+}
+
+int dataset_load(Dataset *d, const char *path, DataFormat fmt, int max_inputs, int limit) {
+    memset(d, 0, sizeof *d);
+    if (max_inputs <= 0) MOE_ERR("sequence length must be positive, got %d", max_inputs);
+    size_t len;
+    char *text = file_read_all(path, &len);
+    if (!text) return MOE_FAIL;
+    if (fmt == DATA_AUTO) fmt = (ends_with(path, ".jsonl") || ends_with(path, ".json")) ? DATA_JSONL : DATA_QA;
+    if (len == 0) { free(text); MOE_ERR("%s: empty data file", path); }
+    Builder b = {0};
+    int rc = MOE_OK;
+    if (fmt == DATA_TEXT) {
+        // byte stream in windows of max_inputs + 1 tokens, stride max_inputs
+        for (size_t s = 0; s + 1 < len; s += max_inputs) {
+            size_t n = len - s < (size_t)max_inputs + 1 ? len - s : (size_t)max_inputs + 1;
+            Example e = {b.n, (int)n, 1, 0, 0, 0, 0};
+            for (size_t i = 0; i < n; i++) push_tok(&b, (unsigned char)text[s + i]);
+            push_ex(&b, e);
+            if (limit > 0 && b.nex >= limit) break;
+        }
+    } else {
+        // split into lines in place (NUL-terminated), dropping '\r'
+        int nlines = 0, lineno = 0;
+        char *p = text, *end = text + len;
+        char *q = NULL; int ql = 0, qline = 0;
+        while (p < end && rc == MOE_OK) {
+            char *nl = memchr(p, '\n', end - p);
+            char *le = nl ? nl : end;
+            lineno++;
+            *le = 0;
+            int ll = (int)(le - p);
+            if (ll > 0 && p[ll - 1] == '\r') p[--ll] = 0;
+            bool last = !nl || nl + 1 >= end;
+            if (ll == 0) {
+                if (!last || fmt == DATA_JSONL) {
+                    if (fmt == DATA_JSONL) { p = le + 1; continue; }   // blank JSON lines are harmless
+                    moe_seterr("%s: line %d is empty (expected alternating question and answer lines)", path, lineno);
+                    rc = MOE_FAIL;
+                    break;
+                }
+                break;
+            }
+            if (fmt == DATA_JSONL) {
+                cJSON *o = cJSON_Parse(p);
+                cJSON *jq = cJSON_GetObjectItem(o, "question"), *ja = cJSON_GetObjectItem(o, "answer");
+                if (!o || !cJSON_IsString(jq) || !cJSON_IsString(ja)) {
+                    cJSON_Delete(o);
+                    moe_seterr("%s: line %d: expected a JSON object with string \"question\" and \"answer\"", path, lineno);
+                    rc = MOE_FAIL;
+                    break;
+                }
+                // keep the decoded strings in the text buffer: they are never longer than the line
+                size_t lq = strlen(jq->valuestring), la = strlen(ja->valuestring);
+                if (lq + la + 2 <= (size_t)ll + 1) {
+                    memcpy(p, jq->valuestring, lq + 1);
+                    memcpy(p + lq + 1, ja->valuestring, la + 1);
+                    add_qa(&b, text, p, (int)lq, p + lq + 1, (int)la);
+                }
+                cJSON_Delete(o);
+                nlines += 2;
+            } else if (nlines % 2 == 0) {
+                q = p; ql = ll; qline = lineno;
+                nlines++;
+            } else {
+                add_qa(&b, text, q, ql, p, ll);
+                nlines++;
+            }
+            if (limit > 0 && b.nex >= limit) break;
+            p = le + 1;
+        }
+        if (rc == MOE_OK && fmt == DATA_QA && nlines % 2)
+            { moe_seterr("%s: odd number of lines: the question on line %d has no answer", path, qline); rc = MOE_FAIL; }
+    }
+    if (rc == MOE_OK && b.nex == 0) { moe_seterr("%s: no examples", path); rc = MOE_FAIL; }
+    if (rc != MOE_OK) { free(text); free(b.tok); free(b.ex); return rc; }
+    // skip what does not fit the sequence length
+    int kept = 0;
+    for (int i = 0; i < b.nex; i++) {
+        if (b.ex[i].len - 1 > max_inputs) { d->skipped++; continue; }
+        b.ex[kept++] = b.ex[i];
+    }
+    if (kept == 0) { free(text); free(b.tok); free(b.ex); MOE_ERR("%s: every example is longer than the sequence length %d", path, max_inputs); }
+    d->path = moe_strdup(path);
+    d->text = text; d->tok = b.tok; d->n_tok = b.n; d->ex = b.ex; d->n = kept; d->format = fmt;
+    return MOE_OK;
+}
+
+void dataset_free(Dataset *d) {
+    moe_free(d->path); free(d->text); free(d->tok); free(d->ex);
+    memset(d, 0, sizeof *d);
+}
+const char *dataset_question(const Dataset *d, int i, int *len) { *len = d->ex[i].q_len; return d->text + d->ex[i].q_off; }
+const char *dataset_answer(const Dataset *d, int i, int *len) { *len = d->ex[i].a_len; return d->text + d->ex[i].a_off; }
+
+int dataset_concat(Dataset *out, Dataset *parts, int n) {
+    if (n == 1) { *out = parts[0]; return MOE_OK; }
+    memset(out, 0, sizeof *out);
+    long ntok = 0, nex = 0;
+    for (int i = 0; i < n; i++) { ntok += parts[i].n_tok; nex += parts[i].n; }
+    out->tok = malloc(sizeof(int) * ntok);
+    out->ex = malloc(sizeof(Example) * nex);
+    // question/answer text offsets stay relative to each part's buffer: keep one joined copy
+    size_t tlen = 0;
+    for (int i = 0; i < n; i++) tlen += parts[i].ex[parts[i].n - 1].a_off + parts[i].ex[parts[i].n - 1].a_len + 1;
+    out->text = malloc(tlen + 1);
+    long to = 0, eo = 0; size_t xo = 0;
+    for (int i = 0; i < n; i++) {
+        Dataset *p = &parts[i];
+        size_t plen = p->ex[p->n - 1].a_off + p->ex[p->n - 1].a_len + 1;
+        memcpy(out->text + xo, p->text, plen);
+        memcpy(out->tok + to, p->tok, sizeof(int) * p->n_tok);
+        for (int j = 0; j < p->n; j++) {
+            Example e = p->ex[j];
+            e.off += to; e.q_off += (int)xo; e.a_off += (int)xo;
+            out->ex[eo++] = e;
+        }
+        to += p->n_tok; xo += plen;
+        out->skipped += p->skipped;
+        out->format = p->format;
+        dataset_free(p);
+    }
+    out->n_tok = ntok; out->n = (int)nex;
+    out->path = moe_strdup("(several files)");
+    return MOE_OK;
+}
+
+void batch_alloc(Batch *b, int max_tokens, int max_seq) {
+    memset(b, 0, sizeof *b);
+    b->tokens = MOE_NEW(int, max_tokens); b->pos = MOE_NEW(int, max_tokens);
+    b->kv_lo = MOE_NEW(int, max_tokens); b->targets = MOE_NEW(int, max_tokens);
+    b->seq_start = MOE_NEW(int, max_seq + 1);
+}
+void batch_free(Batch *b) {
+    moe_free(b->tokens); moe_free(b->pos); moe_free(b->kv_lo); moe_free(b->targets); moe_free(b->seq_start);
+    memset(b, 0, sizeof *b);
+}
+void batch_fill(Batch *b, const Dataset *d, const int *ids, int count) {
+    int n = 0;
+    b->n_targets = 0;
+    for (int s = 0; s < count; s++) {
+        const Example *e = &d->ex[ids[s]];
+        const int *t = d->tok + e->off;
+        b->seq_start[s] = n;
+        for (int i = 0; i < e->len - 1; i++, n++) {
+            b->tokens[n] = t[i];
+            b->pos[n] = i;
+            b->kv_lo[n] = b->seq_start[s];
+            b->targets[n] = i + 1 >= e->n_prompt ? t[i + 1] : -1;
+            b->n_targets += b->targets[n] >= 0;
+        }
+    }
+    b->seq_start[count] = n;
+    b->n_seq = count;
+    b->N = n;
+}
+int encode_prompt(int *out, int cap, const char *q, int qlen) {
+    if (qlen + 2 > cap) return -1;
+    int n = 0;
+    out[n++] = TOK_BOS;
+    for (int i = 0; i < qlen; i++) out[n++] = (unsigned char)q[i];
+    out[n++] = TOK_SEP;
+    return n;
+}
+
+void order_init(DataOrder *o, int n, unsigned long long seed, bool shuffle) {
+    o->seed = seed; o->n = n; o->shuffle = shuffle; o->epoch = -1;
+    o->perm = MOE_NEW(int, n);
+}
+int order_example(DataOrder *o, long cursor) {
+    long ep = cursor / o->n;
+    if (ep != o->epoch) {
+        for (int i = 0; i < o->n; i++) o->perm[i] = i;
+        if (o->shuffle) {
+            Rng r;
+            rng_seed(&r, o->seed * 0x9E3779B97F4A7C15ULL + (unsigned long long)ep + 1);
+            for (int i = o->n - 1; i > 0; i--) {
+                int j = (int)rng_below(&r, (uint64_t)i + 1), t = o->perm[i];
+                o->perm[i] = o->perm[j]; o->perm[j] = t;
+            }
+        }
+        o->epoch = ep;
+    }
+    return o->perm[cursor % o->n];
+}
+void order_free(DataOrder *o) { moe_free(o->perm); }

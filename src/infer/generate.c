@@ -1,0 +1,117 @@
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "../base/base.h"
+#include "infer.h"
+
+static int argmax(const float *z, int V) {
+    int best = 0;
+    for (int i = 1; i < V; i++) if (z[i] > z[best]) best = i;
+    return best;
+}
+
+// One chunk of S sequences: prefill every prompt in one forward, then decode all the
+// unfinished ones together, one token each per forward. Sequence s owns cache slots
+// [s * R, (s+1) * R).
+static int generate_chunk(Model *m, const char *const *q, const int *qlen, int S, char **answers) {
+    const MoeConfig *c = &m->cfg;
+    int maxq = 0, total = 0;
+    for (int s = 0; s < S; s++) { maxq = imax(maxq, qlen[s] + 2); total += qlen[s] + 2; }
+    const int R = maxq + GEN_MAX_NEW;
+    if (R > c->max_position_embeddings) MOE_ERR("question of %d bytes is too long for max_position_embeddings %d", maxq - 2, c->max_position_embeddings);
+    const int L = c->num_hidden_layers, Hk = c->num_key_value_heads * c->head_dim, V = c->vocab_size;
+    KvCache cache = {S * R, MOE_NEW(float *, L), MOE_NEW(float *, L)};
+    for (int l = 0; l < L; l++) { cache.k[l] = MOE_NEW(float, (size_t)S * R * Hk); cache.v[l] = MOE_NEW(float, (size_t)S * R * Hk); }
+    Acts a;
+    acts_alloc(&a, m, total, false);
+    Batch b;
+    batch_alloc(&b, total, S);
+    int *slot = MOE_NEW(int, total), *len = MOE_NEW(int, S), *done = MOE_NEW(int, S), *idx = MOE_NEW(int, S),
+        *nxt = MOE_NEW(int, S);
+    char **out = answers;
+    for (int s = 0; s < S; s++) { out[s] = malloc(GEN_MAX_NEW + 1); out[s][0] = 0; }
+    // prefill
+    int n = 0;
+    for (int s = 0; s < S; s++) {
+        int t[4096];
+        int np = encode_prompt(t, 4096, q[s], qlen[s]);
+        for (int i = 0; i < np; i++, n++) {
+            b.tokens[n] = t[i]; b.pos[n] = i; b.kv_lo[n] = s * R; slot[n] = s * R + i;
+        }
+        a.out_rows[s] = n - 1;
+        len[s] = np;
+    }
+    b.N = n; b.targets = NULL; b.n_seq = 0;
+    a.n_out = S;
+    ForwardOpts fo = {.train = false, .cache = &cache, .slot = slot};
+    ForwardOut fout;
+    int rc = model_forward(m, &a, &b, &fo, &fout);
+    int *tg = b.targets;
+    int produced = 0;
+    for (int s = 0; s < S && rc == MOE_OK; s++) nxt[s] = argmax(a.logits + (size_t)s * V, V);
+    while (rc == MOE_OK) {
+        int na = 0;
+        for (int s = 0; s < S; s++) {
+            if (done[s]) continue;
+            int alen = (int)strlen(out[s]);
+            if (nxt[s] == TOK_EOS || alen >= GEN_MAX_NEW) { done[s] = 1; continue; }
+            if (nxt[s] < 256) { out[s][alen] = (char)nxt[s]; out[s][alen + 1] = 0; }
+            else { out[s][alen] = '?'; out[s][alen + 1] = 0; }   // a special id inside an answer
+            if (alen + 1 >= GEN_MAX_NEW) { done[s] = 1; continue; }
+            idx[na] = s;
+            b.tokens[na] = nxt[s]; b.pos[na] = len[s]; b.kv_lo[na] = s * R; slot[na] = s * R + len[s];
+            a.out_rows[na] = na;
+            len[s]++;
+            na++;
+        }
+        if (na == 0) break;
+        b.N = na; a.n_out = na;
+        rc = model_forward(m, &a, &b, &fo, &fout);
+        for (int i = 0; i < na && rc == MOE_OK; i++) nxt[idx[i]] = argmax(a.logits + (size_t)i * V, V);
+        produced += na;
+    }
+    b.targets = tg;
+    for (int l = 0; l < L; l++) { moe_free(cache.k[l]); moe_free(cache.v[l]); }
+    moe_free(cache.k); moe_free(cache.v);
+    moe_free(slot); moe_free(len); moe_free(done); moe_free(idx); moe_free(nxt);
+    batch_free(&b); acts_free(&a);
+    return rc;
+}
+
+int generate_greedy(Model *m, const char *const *q, const int *qlen, int n, char **answers, int batch) {
+    if (batch <= 0) batch = 64;
+    for (int s = 0; s < n; s += batch)
+        MOE_TRY(generate_chunk(m, q + s, qlen + s, imin(batch, n - s), answers + s));
+    return MOE_OK;
+}
+
+int eval_loss(Model *m, const Dataset *d, int limit, int batch, double *loss, long *tokens) {
+    int n = limit > 0 && limit < d->n ? limit : d->n;
+    int maxlen = 0;
+    for (int i = 0; i < n; i++) maxlen = imax(maxlen, d->ex[i].len - 1);
+    Acts a;
+    acts_alloc(&a, m, batch * maxlen, false);
+    Batch b;
+    batch_alloc(&b, batch * maxlen, batch);
+    int *ids = MOE_NEW(int, batch);
+    double sum = 0;
+    long cnt = 0;
+    int rc = MOE_OK;
+    ForwardOpts fo = {.train = false};
+    for (int s = 0; s < n && rc == MOE_OK; s += batch) {
+        int nb = imin(batch, n - s);
+        for (int i = 0; i < nb; i++) ids[i] = s + i;
+        batch_fill(&b, d, ids, nb);
+        a.n_out = 0;
+        for (int t = 0; t < b.N; t++)
+            if (b.targets[t] >= 0) a.out_rows[a.n_out++] = t;
+        ForwardOut fout;
+        rc = model_forward(m, &a, &b, &fo, &fout);
+        sum += fout.ce_sum;
+        cnt += b.n_targets;
+    }
+    *loss = cnt ? sum / cnt : 0;
+    *tokens = cnt;
+    moe_free(ids); batch_free(&b); acts_free(&a);
+    return rc;
+}

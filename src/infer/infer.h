@@ -1,0 +1,14 @@
+// Inference: batched greedy decoding with a key/value cache, and the eval loss.
+#pragma once
+#include "../data/data.h"
+#include "../model/model.h"
+
+#define GEN_MAX_NEW 64
+
+// Greedy answers for n questions (SPEC §2: prompt <bos> q <sep>, argmax with ties to the
+// lower id, stop at <eos> or 64 tokens). answers[i] is malloc'ed, NUL-terminated.
+// latency_s (may be NULL) gets each answer's wall time share.
+int generate_greedy(Model *m, const char *const *q, const int *qlen, int n, char **answers, int batch);
+
+// Mean cross-entropy over target tokens (no balance loss, no capacity).
+int eval_loss(Model *m, const Dataset *d, int limit, int batch, double *loss, long *tokens);

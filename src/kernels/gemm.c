@@ -1,0 +1,79 @@
+#include "gemm.h"
+#include <cblas.h>
+#include <omp.h>
+#include <stdlib.h>
+#include "../base/base.h"
+
+void openblas_set_num_threads(int);
+
+void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
+          const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {  // BLAS leaves C alone for K = 0 only when beta = 1; make it explicit
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void gemm_ref(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
+              const float *B, int ldb, float beta, float *C, int ldc) {
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double acc = 0;
+            for (int k = 0; k < K; k++) {
+                float a = ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k];
+                float b = tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j];
+                acc += (double)a * b;
+            }
+            float *c = &C[(size_t)i * ldc + j];
+            *c = (float)(alpha * acc + (beta == 0.0f ? 0.0 : beta * *c));
+        }
+}
+
+void linear_forward(float *y, const float *x, const float *W, int N, int in, int out, bool acc) {
+    // y[N,out] (+)= x[N,in] @ W[out,in]^T
+    gemm(false, true, N, out, in, 1.0f, x, in, W, in, acc ? 1.0f : 0.0f, y, out);
+}
+
+void linear_backward(float *dx, float *dW, const float *dy, const float *x, const float *W,
+                     int N, int in, int out) {
+    if (dx) gemm(false, false, N, in, out, 1.0f, dy, out, W, in, 1.0f, dx, in);   // dx += dy W
+    if (dW) gemm(true, false, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);    // dW += dy^T x
+}
+
+static int g_threads = 0;
+void kernels_set_threads(int n) {
+    if (n > 0) {
+        omp_set_num_threads(n);
+        openblas_set_num_threads(n);
+        g_threads = n;
+    }
+}
+int kernels_threads(void) { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
+
+double kernels_measure_peak_gflops(double seconds) {
+    static const int sizes[] = {512, 1024};
+    double best = 0;
+    for (int si = 0; si < 2; si++) {
+        int n = sizes[si];
+        float *a = MOE_NEW(float, (size_t)n * n), *b = MOE_NEW(float, (size_t)n * n),
+              *c = MOE_NEW(float, (size_t)n * n);
+        for (size_t i = 0; i < (size_t)n * n; i++) { a[i] = 0.001f * (i % 97); b[i] = 0.002f * (i % 89); }
+        gemm(false, false, n, n, n, 1, a, n, b, n, 0, c, n);  // warm-up
+        double t0 = time_now(), deadline = t0 + seconds / 2;
+        int reps = 0;
+        do {
+            double t = time_now();
+            gemm(false, false, n, n, n, 1, a, n, b, n, 0, c, n);
+            double dt = time_now() - t;
+            double gf = 2.0 * n * n * n / dt * 1e-9;
+            if (gf > best) best = gf;
+            reps++;
+        } while (time_now() < deadline || reps < 3);
+        moe_free(a); moe_free(b); moe_free(c);
+    }
+    return best;
+}

@@ -1,0 +1,21 @@
+// gemm: row-major C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C.
+// op(X) = X or X^T. BLAS for speed; gemm_ref is the naive twin the tests trust.
+#pragma once
+#include <stdbool.h>
+
+void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
+          const float *B, int ldb, float beta, float *C, int ldc);
+void gemm_ref(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
+              const float *B, int ldb, float beta, float *C, int ldc);
+
+// Linear layer y[N,out] = x[N,in] W[out,in]^T (+= when acc), with its backward:
+// dx[N,in] += dy W ; dW[out,in] += dy^T x.
+void linear_forward(float *y, const float *x, const float *W, int N, int in, int out, bool acc);
+void linear_backward(float *dx, float *dW, const float *dy, const float *x, const float *W,
+                     int N, int in, int out);
+
+// Threads for BLAS and OpenMP; 0 leaves the defaults (OMP_NUM_THREADS or all cores).
+void kernels_set_threads(int n);
+int kernels_threads(void);
+// Best sgemm GFLOP/s over a few square sizes on the current threads (the MFU peak).
+double kernels_measure_peak_gflops(double seconds);

@@ -1,0 +1,369 @@
+#include "model.h"
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include "../base/base.h"
+#include "../kernels/gemm.h"
+
+// ---------------------------------------------------------------- parameter layout
+
+typedef struct { Model *m; int cap; } LayoutBuilder;
+
+static float **slot_ptr;   // not used across threads: layout is built once
+static void add(LayoutBuilder *lb, const char *name, int d0, int d1, float **view) {
+    Model *m = lb->m;
+    if (m->n_tensors == lb->cap) {
+        lb->cap = lb->cap ? lb->cap * 2 : 64;
+        ParamTensor *t = MOE_NEW(ParamTensor, lb->cap);
+        if (m->tensors) { memcpy(t, m->tensors, sizeof(ParamTensor) * m->n_tensors); moe_free(m->tensors); }
+        m->tensors = t;
+    }
+    ParamTensor *t = &m->tensors[m->n_tensors++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->ndim = d1 ? 2 : 1;
+    t->shape[0] = d0;
+    t->shape[1] = d1;
+    t->numel = (size_t)d0 * (d1 ? d1 : 1);
+    t->offset = m->n_params;
+    t->decay = t->ndim >= 2;
+    m->n_params += t->numel;
+    (void)view;
+}
+
+// Walks the layout in order; with base != NULL it points the views into base.
+static void layout_walk(Model *m, LayoutBuilder *lb, float *base, ParamViews *v) {
+    const MoeConfig *c = &m->cfg;
+    int D = c->hidden_size, V = c->vocab_size, Hq = c->num_attention_heads * c->head_dim,
+        Hk = c->num_key_value_heads * c->head_dim, Fd = c->intermediate_size, Fe = c->moe_intermediate_size,
+        E = c->n_routed_experts, Fs = c->n_shared_experts * Fe;
+    int idx = 0;
+    char nm[96];
+#define T(name, d0, d1, view) do { \
+        if (lb) add(lb, name, d0, d1, NULL); \
+        else { (view) = base + m->tensors[idx].offset; } idx++; } while (0)
+    T("model.embed_tokens.weight", V, D, v->embed);
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        LayerParams *p = &v->layer[l];
+#define TL(suffix, d0, d1, view) do { snprintf(nm, sizeof nm, "model.layers.%d.%s", l, suffix); T(nm, d0, d1, view); } while (0)
+        TL("input_layernorm.weight", D, 0, p->in_norm);
+        TL("self_attn.q_proj.weight", Hq, D, p->wq);
+        TL("self_attn.k_proj.weight", Hk, D, p->wk);
+        TL("self_attn.v_proj.weight", Hk, D, p->wv);
+        TL("self_attn.o_proj.weight", D, Hq, p->wo);
+        TL("post_attention_layernorm.weight", D, 0, p->post_norm);
+        if (!config_layer_is_moe(c, l)) {
+            TL("mlp.gate_proj.weight", Fd, D, p->gate);
+            TL("mlp.up_proj.weight", Fd, D, p->up);
+            TL("mlp.down_proj.weight", D, Fd, p->down);
+        } else {
+            TL("mlp.gate.weight", E, D, p->router);
+            // experts contiguous per kind so that expert e's matrix is base + e * size
+            for (int e = 0; e < E; e++) {
+                char s[64]; snprintf(s, sizeof s, "mlp.experts.%d.gate_proj.weight", e);
+                float *dummy; TL(s, Fe, D, dummy); if (!lb && e == 0) p->e_gate = dummy;
+            }
+            for (int e = 0; e < E; e++) {
+                char s[64]; snprintf(s, sizeof s, "mlp.experts.%d.up_proj.weight", e);
+                float *dummy; TL(s, Fe, D, dummy); if (!lb && e == 0) p->e_up = dummy;
+            }
+            for (int e = 0; e < E; e++) {
+                char s[64]; snprintf(s, sizeof s, "mlp.experts.%d.down_proj.weight", e);
+                float *dummy; TL(s, D, Fe, dummy); if (!lb && e == 0) p->e_down = dummy;
+            }
+            if (Fs > 0) {
+                TL("mlp.shared_experts.gate_proj.weight", Fs, D, p->s_gate);
+                TL("mlp.shared_experts.up_proj.weight", Fs, D, p->s_up);
+                TL("mlp.shared_experts.down_proj.weight", D, Fs, p->s_down);
+            }
+        }
+#undef TL
+    }
+    T("model.norm.weight", D, 0, v->norm);
+    if (!c->tie_word_embeddings) T("lm_head.weight", V, D, v->head);
+    else if (!lb) v->head = v->embed;
+#undef T
+}
+
+void model_build(Model *m, const MoeConfig *c, bool with_grads) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *c;
+    LayoutBuilder lb = {m, 0};
+    ParamViews scratch;
+    scratch.layer = MOE_NEW(LayerParams, c->num_hidden_layers);
+    layout_walk(m, &lb, NULL, &scratch);
+    moe_free(scratch.layer);
+    m->params = MOE_NEW(float, m->n_params);
+    m->w.layer = MOE_NEW(LayerParams, c->num_hidden_layers);
+    layout_walk(m, NULL, m->params, &m->w);
+    if (with_grads) {
+        m->grads = MOE_NEW(float, m->n_params);
+        m->g.layer = MOE_NEW(LayerParams, c->num_hidden_layers);
+        layout_walk(m, NULL, m->grads, &m->g);
+    }
+    m->bias = MOE_NEW(float, (size_t)c->num_hidden_layers * (c->n_routed_experts > 0 ? c->n_routed_experts : 1));
+    rope_table_init(&m->rope, c->max_position_embeddings, c->head_dim, c->rope_theta);
+    (void)slot_ptr;
+}
+
+void model_free(Model *m) {
+    moe_free(m->tensors); moe_free(m->params); moe_free(m->grads);
+    moe_free(m->w.layer); moe_free(m->g.layer); moe_free(m->bias);
+    rope_table_free(&m->rope);
+    memset(m, 0, sizeof *m);
+}
+
+int model_find_tensor(const Model *m, const char *name) {
+    for (int i = 0; i < m->n_tensors; i++)
+        if (!strcmp(m->tensors[i].name, name)) return i;
+    return -1;
+}
+
+void model_init_weights(Model *m, unsigned long long seed) {
+    // N(0, 0.02) for matrices, with the residual projections (o_proj, down_proj) scaled by
+    // 1/sqrt(2L) as in GPT-2; norms start at 1; the balance bias at 0.
+    Rng r;
+    rng_seed(&r, seed);
+    float std = 0.02f, res_std = 0.02f / sqrtf(2.0f * m->cfg.num_hidden_layers);
+    for (int i = 0; i < m->n_tensors; i++) {
+        ParamTensor *t = &m->tensors[i];
+        float *p = m->params + t->offset;
+        if (t->ndim == 1) { for (size_t j = 0; j < t->numel; j++) p[j] = 1.0f; continue; }
+        float s = (strstr(t->name, "o_proj") || strstr(t->name, "down_proj")) ? res_std : std;
+        for (size_t j = 0; j < t->numel; j++) p[j] = s * rng_normal(&r);
+    }
+    memset(m->bias, 0, sizeof(float) * (size_t)m->cfg.num_hidden_layers * imax(m->cfg.n_routed_experts, 1));
+}
+
+// ---------------------------------------------------------------- activations
+
+void acts_alloc(Acts *a, const Model *m, int Nmax, bool train) {
+    const MoeConfig *c = &m->cfg;
+    memset(a, 0, sizeof *a);
+    int L = c->num_hidden_layers, D = c->hidden_size, Hq = c->num_attention_heads * c->head_dim,
+        Hk = c->num_key_value_heads * c->head_dim, H = c->num_attention_heads,
+        Fe = c->moe_intermediate_size, Fs = c->n_shared_experts * Fe, E = c->n_routed_experts,
+        K = c->num_experts_per_tok, V = c->vocab_size;
+    int Fmax = imax(c->intermediate_size, Fs);
+    a->Nmax = Nmax; a->L = L; a->train = train;
+    int nstore = train ? L : 1;
+    size_t ND = (size_t)Nmax * D;
+    a->xs = MOE_NEW(float, ND * (train ? L + 1 : 2));
+    a->layer = MOE_NEW(LayerActs, nstore);
+    for (int l = 0; l < nstore; l++) {
+        LayerActs *la = &a->layer[l];
+        la->rstd1 = MOE_NEW(float, Nmax); la->xn1 = MOE_NEW(float, ND);
+        la->q = MOE_NEW(float, (size_t)Nmax * Hq);
+        la->k = MOE_NEW(float, (size_t)Nmax * Hk); la->v = MOE_NEW(float, (size_t)Nmax * Hk);
+        la->att = MOE_NEW(float, (size_t)Nmax * Hq); la->lse = MOE_NEW(float, (size_t)Nmax * H);
+        la->h = MOE_NEW(float, ND);
+        la->rstd2 = MOE_NEW(float, Nmax); la->xn2 = MOE_NEW(float, ND);
+        int li = train ? l : 0;
+        bool moe = train ? config_layer_is_moe(c, li) : config_n_moe_layers(c) > 0;
+        int F = train ? (moe ? Fs : c->intermediate_size) : Fmax;
+        if (F > 0) {
+            la->g = MOE_NEW(float, (size_t)Nmax * F); la->u = MOE_NEW(float, (size_t)Nmax * F);
+            la->a = MOE_NEW(float, (size_t)Nmax * F);
+        }
+        if (moe) moe_acts_alloc(&la->moe, Nmax, E, K, D, Fe);
+    }
+    a->rstdf = MOE_NEW(float, Nmax); a->xf = MOE_NEW(float, ND); a->xt = MOE_NEW(float, ND);
+    a->logits = MOE_NEW(float, (size_t)Nmax * V);
+    a->out_rows = MOE_NEW(int, Nmax);
+    if (train) {
+        a->dx = MOE_NEW(float, ND); a->dh = MOE_NEW(float, ND); a->dxn = MOE_NEW(float, ND);
+        a->dffn = MOE_NEW(float, ND);
+        a->dq = MOE_NEW(float, (size_t)Nmax * Hq); a->datt = MOE_NEW(float, (size_t)Nmax * Hq);
+        a->dk = MOE_NEW(float, (size_t)Nmax * Hk); a->dv = MOE_NEW(float, (size_t)Nmax * Hk);
+        a->dg = MOE_NEW(float, (size_t)Nmax * Fmax); a->du = MOE_NEW(float, (size_t)Nmax * Fmax);
+        a->da = MOE_NEW(float, (size_t)Nmax * Fmax);
+        if (config_n_moe_layers(c) > 0) moe_work_alloc(&a->mw, Nmax, E, K, D, Fe);
+    }
+    a->load = MOE_NEW(long, (size_t)L * imax(E, 1));
+}
+
+void acts_free(Acts *a) {
+    int nstore = a->train ? a->L : 1;
+    for (int l = 0; l < nstore; l++) {
+        LayerActs *la = &a->layer[l];
+        void *p[] = {la->rstd1, la->xn1, la->q, la->k, la->v, la->att, la->lse, la->h, la->rstd2,
+                     la->xn2, la->g, la->u, la->a};
+        for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
+        if (la->moe.scores) moe_acts_free(&la->moe);
+    }
+    void *p[] = {a->xs, a->layer, a->rstdf, a->xf, a->xt, a->logits, a->out_rows, a->dx, a->dh,
+                 a->dxn, a->dffn, a->dq, a->datt, a->dk, a->dv, a->dg, a->du, a->da, a->load};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
+    if (a->mw.ds) moe_work_free(&a->mw);
+    memset(a, 0, sizeof *a);
+}
+
+// ---------------------------------------------------------------- forward
+
+static void swiglu_ffn_forward(float *out, float *g, float *u, float *act, const float *x,
+                               const float *Wg, const float *Wu, const float *Wd, int N, int D, int F, bool acc) {
+    linear_forward(g, x, Wg, N, D, F, false);
+    linear_forward(u, x, Wu, N, D, F, false);
+    swiglu_forward(act, g, u, (long)N * F);
+    linear_forward(out, act, Wd, N, F, D, acc);
+}
+
+static void moe_views(const LayerParams *p, const MoeConfig *c, MoeWeights *w) {
+    (void)c;
+    w->router = p->router; w->gate = p->e_gate; w->up = p->e_up; w->down = p->e_down;
+}
+
+int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, ForwardOut *out) {
+    const MoeConfig *c = &m->cfg;
+    const int N = b->N, D = c->hidden_size, L = c->num_hidden_layers, H = c->num_attention_heads,
+              Hkv = c->num_key_value_heads, hd = c->head_dim, V = c->vocab_size, E = c->n_routed_experts,
+              Fe = c->moe_intermediate_size, Fs = c->n_shared_experts * Fe;
+    const int Hq = H * hd, Hk = Hkv * hd;
+    if (N > a->Nmax) MOE_ERR("internal: batch of %d tokens exceeds the %d allocated", N, a->Nmax);
+    for (int n = 0; n < N; n++)
+        if (b->pos[n] >= c->max_position_embeddings)
+            MOE_ERR("sequence position %d exceeds max_position_embeddings %d", b->pos[n], c->max_position_embeddings);
+    out->ce_sum = 0;
+    out->aux = 0;
+    int *kv_hi = MOE_NEW(int, N);
+    for (int n = 0; n < N; n++) kv_hi[n] = o->cache ? o->slot[n] : n;
+    float *x = a->xs;
+    embed_forward(x, b->tokens, m->w.embed, N, D);
+    for (int l = 0; l < L; l++) {
+        LayerActs *la = &a->layer[a->train ? l : 0];
+        const LayerParams *p = &m->w.layer[l];
+        float *xnext = a->train ? a->xs + (size_t)(l + 1) * N * D : a->xs + (size_t)((l + 1) % 2) * a->Nmax * D;
+        la->x = x;
+        rmsnorm_forward(la->xn1, la->rstd1, x, p->in_norm, N, D, c->rms_norm_eps);
+        linear_forward(la->q, la->xn1, p->wq, N, D, Hq, false);
+        linear_forward(la->k, la->xn1, p->wk, N, D, Hk, false);
+        linear_forward(la->v, la->xn1, p->wv, N, D, Hk, false);
+        rope_forward(la->q, b->pos, &m->rope, N, H, hd);
+        rope_forward(la->k, b->pos, &m->rope, N, Hkv, hd);
+        const float *K = la->k, *Vv = la->v;
+        if (o->cache) {   // append the new keys to the cache, attend over it
+            float *ck = o->cache->k[l], *cv = o->cache->v[l];
+            for (int n = 0; n < N; n++) {
+                memcpy(ck + (size_t)o->slot[n] * Hk, la->k + (size_t)n * Hk, sizeof(float) * Hk);
+                memcpy(cv + (size_t)o->slot[n] * Hk, la->v + (size_t)n * Hk, sizeof(float) * Hk);
+            }
+            K = ck; Vv = cv;
+        }
+        attention_forward(la->att, la->lse, la->q, K, Vv, b->kv_lo, kv_hi, N, H, Hkv, hd);
+        memcpy(la->h, x, sizeof(float) * (size_t)N * D);
+        linear_forward(la->h, la->att, p->wo, N, Hq, D, true);
+        rmsnorm_forward(la->xn2, la->rstd2, la->h, p->post_norm, N, D, c->rms_norm_eps);
+        memcpy(xnext, la->h, sizeof(float) * (size_t)N * D);
+        if (!config_layer_is_moe(c, l)) {
+            swiglu_ffn_forward(xnext, la->g, la->u, la->a, la->xn2, p->gate, p->up, p->down, N, D,
+                               c->intermediate_size, true);
+        } else {
+            MoeWeights mw;
+            moe_views(p, c, &mw);
+            MoeActs *ma = &la->moe;
+            moe_router_forward(c, ma, la->xn2, &mw, m->bias + (size_t)l * E, N);
+            moe_dispatch(c, ma, o->train);
+            moe_experts_forward(ma, la->xn2, &mw, xnext);
+            if (Fs > 0)
+                swiglu_ffn_forward(xnext, la->g, la->u, la->a, la->xn2, p->s_gate, p->s_up, p->s_down, N, D, Fs, true);
+            if (o->train) {
+                out->aux += moe_aux_loss(c, ma, NULL, b->seq_start, b->n_seq, o->aux_scale);
+                for (int e = 0; e < E; e++) a->load[(size_t)l * E + e] += ma->load[e];
+                a->dropped += ma->dropped;
+                a->assigned += (long)N * c->num_experts_per_tok;
+            }
+        }
+        x = xnext;
+    }
+    moe_free(kv_hi);
+    // output head over the rows that need logits only
+    rmsnorm_forward(a->xf, a->rstdf, x, m->w.norm, N, D, c->rms_norm_eps);
+    if (o->train) {
+        a->n_out = 0;
+        for (int n = 0; n < N; n++)
+            if (b->targets[n] >= 0) a->out_rows[a->n_out++] = n;
+    }
+    int Nt = a->n_out;
+    for (int i = 0; i < Nt; i++) memcpy(a->xt + (size_t)i * D, a->xf + (size_t)a->out_rows[i] * D, sizeof(float) * D);
+    linear_forward(a->logits, a->xt, m->w.head, Nt, D, V, false);
+    if (b->targets) {
+        int *tg = MOE_NEW(int, Nt > 0 ? Nt : 1);
+        int ok = 1;
+        for (int i = 0; i < Nt; i++) { tg[i] = b->targets[a->out_rows[i]]; ok &= tg[i] >= 0; }
+        if (ok) xent_forward_backward(a->logits, tg, Nt, V, o->train ? o->ce_scale : 0.0f, &out->ce_sum);
+        moe_free(tg);
+    }
+    return MOE_OK;
+}
+
+// ---------------------------------------------------------------- backward
+
+static void swiglu_ffn_backward(float *dx, float *dWg, float *dWu, float *dWd, const float *dout,
+                                const float *x, const float *g, const float *u, const float *act,
+                                const float *Wg, const float *Wu, const float *Wd, float *dg, float *du,
+                                float *da, int N, int D, int F) {
+    memset(da, 0, sizeof(float) * (size_t)N * F);
+    linear_backward(da, dWd, dout, act, Wd, N, F, D);
+    swiglu_backward(dg, du, da, g, u, (long)N * F);
+    linear_backward(dx, dWg, dg, x, Wg, N, D, F);
+    linear_backward(dx, dWu, du, x, Wu, N, D, F);
+}
+
+void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
+    const MoeConfig *c = &m->cfg;
+    const int N = b->N, D = c->hidden_size, L = c->num_hidden_layers, H = c->num_attention_heads,
+              Hkv = c->num_key_value_heads, hd = c->head_dim, V = c->vocab_size, E = c->n_routed_experts,
+              Fe = c->moe_intermediate_size, Fs = c->n_shared_experts * Fe;
+    const int Hq = H * hd, Hk = Hkv * hd, Nt = a->n_out;
+    const size_t ND = (size_t)N * D;
+    // head: logits = xt W^T ; a->logits holds dlogits already
+    float *dxt = a->dh;
+    memset(dxt, 0, sizeof(float) * (size_t)Nt * D);
+    linear_backward(dxt, m->g.head, a->logits, a->xt, m->w.head, Nt, D, V);
+    float *dxf = a->dxn;
+    memset(dxf, 0, sizeof(float) * ND);
+    for (int i = 0; i < Nt; i++) memcpy(dxf + (size_t)a->out_rows[i] * D, dxt + (size_t)i * D, sizeof(float) * D);
+    float *dx = a->dx;
+    memset(dx, 0, sizeof(float) * ND);
+    rmsnorm_backward(dx, m->g.norm, dxf, a->xs + (size_t)L * ND, m->w.norm, a->rstdf, N, D);
+    for (int l = L - 1; l >= 0; l--) {
+        LayerActs *la = &a->layer[l];
+        const LayerParams *p = &m->w.layer[l];
+        LayerParams *gp = &m->g.layer[l];
+        // x_{l+1} = h + ffn(xn2), xn2 = rmsnorm(h): dh = dx + rmsnorm^T(ffn^T(dx))
+        float *dh = a->dh, *dxn = a->dxn;
+        memcpy(dh, dx, sizeof(float) * ND);
+        memset(dxn, 0, sizeof(float) * ND);
+        if (!config_layer_is_moe(c, l)) {
+            swiglu_ffn_backward(dxn, gp->gate, gp->up, gp->down, dx, la->xn2, la->g, la->u, la->a, p->gate,
+                                p->up, p->down, a->dg, a->du, a->da, N, D, c->intermediate_size);
+        } else {
+            MoeWeights mw;
+            moe_views(p, c, &mw);
+            MoeGrads mg = {gp->router, gp->e_gate, gp->e_up, gp->e_down};
+            MoeActs *ma = &la->moe;
+            moe_experts_backward(ma, &a->mw, dx, la->xn2, &mw, &mg, dxn);
+            moe_weights_backward(c, ma, &a->mw);
+            moe_aux_loss(c, ma, &a->mw, b->seq_start, b->n_seq, o->aux_scale);
+            moe_router_backward(c, ma, &a->mw, la->xn2, &mw, &mg, dxn);
+            if (Fs > 0)
+                swiglu_ffn_backward(dxn, gp->s_gate, gp->s_up, gp->s_down, dx, la->xn2, la->g, la->u, la->a,
+                                    p->s_gate, p->s_up, p->s_down, a->dg, a->du, a->da, N, D, Fs);
+        }
+        rmsnorm_backward(dh, gp->post_norm, dxn, la->h, p->post_norm, la->rstd2, N, D);
+        // h = x + att Wo^T
+        memset(a->datt, 0, sizeof(float) * (size_t)N * Hq);
+        linear_backward(a->datt, gp->wo, dh, la->att, p->wo, N, Hq, D);
+        attention_backward(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse, b->kv_lo, N, H,
+                           Hkv, hd);
+        rope_backward(a->dq, b->pos, &m->rope, N, H, hd);
+        rope_backward(a->dk, b->pos, &m->rope, N, Hkv, hd);
+        memset(dxn, 0, sizeof(float) * ND);
+        linear_backward(dxn, gp->wq, a->dq, la->xn1, p->wq, N, D, Hq);
+        linear_backward(dxn, gp->wk, a->dk, la->xn1, p->wk, N, D, Hk);
+        linear_backward(dxn, gp->wv, a->dv, la->xn1, p->wv, N, D, Hk);
+        memcpy(dx, dh, sizeof(float) * ND);
+        rmsnorm_backward(dx, gp->in_norm, dxn, la->x, p->in_norm, la->rstd1, N, D);
+    }
+    embed_backward(m->g.embed, dx, b->tokens, N, D);
+    (void)E;
+}

@@ -1,0 +1,111 @@
+// The moe_v1 model: one parameter blob with named views (as llm.c's ParameterTensors),
+// gradients in a second blob of the same layout, and the forward/backward pass of the
+// layer stack over a micro-batch of packed examples.
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include "../moe/moe.h"
+#include "../ops/ops.h"
+#include "config.h"
+
+typedef struct {
+    char name[96];
+    int ndim;
+    int shape[2];
+    size_t offset, numel;
+    bool decay;          // AdamW weight decay: tensors of rank >= 2 only
+} ParamTensor;
+
+typedef struct {
+    float *in_norm, *post_norm;          // [D]
+    float *wq, *wk, *wv, *wo;            // [H*hd,D] [Hkv*hd,D] [Hkv*hd,D] [D,H*hd]
+    float *gate, *up, *down;             // dense [Fd,D] [Fd,D] [D,Fd]
+    float *router;                       // [E,D]
+    float *e_gate, *e_up, *e_down;       // [E,Fe,D] [E,Fe,D] [E,D,Fe]
+    float *s_gate, *s_up, *s_down;       // shared [Fs,D] [Fs,D] [D,Fs]
+} LayerParams;
+
+typedef struct {
+    float *embed;                        // [V,D]
+    float *norm;                         // [D]
+    float *head;                         // [V,D] (= embed when tied)
+    LayerParams *layer;                  // [L]
+} ParamViews;
+
+typedef struct {
+    MoeConfig cfg;
+    int n_tensors;
+    ParamTensor *tensors;
+    size_t n_params;
+    float *params, *grads;               // blobs
+    ParamViews w, g;
+    float *bias;                         // [L,E] e_score_correction_bias (a buffer, no gradient)
+    RopeTable rope;
+} Model;
+
+// A micro-batch: the real tokens of its examples laid end to end (no padding). Token n
+// attends to [kv_lo[n], n]; that mask keeps examples apart.
+typedef struct {
+    int N;                 // tokens
+    int *tokens, *pos, *kv_lo, *targets;   // [N]; target -1 = not a target
+    int n_seq;
+    int *seq_start;        // [n_seq+1]
+    int n_targets;
+} Batch;
+
+void model_build(Model *m, const MoeConfig *c, bool with_grads);
+void model_free(Model *m);
+void model_init_weights(Model *m, unsigned long long seed);
+// the tensor index of `name`, or -1
+int model_find_tensor(const Model *m, const char *name);
+
+// Per-layer saved activations (training) or one reused set (inference).
+typedef struct {
+    float *x;              // [N,D] layer input (points into Acts.xs)
+    float *rstd1, *xn1;    // [N], [N,D]
+    float *q, *k, *v;      // [N,H*hd], [N,Hkv*hd] x2 (q, k after RoPE)
+    float *att, *lse;      // [N,H*hd], [N,H]
+    float *h;              // [N,D] after the attention residual
+    float *rstd2, *xn2;    // [N], [N,D]
+    float *g, *u, *a;      // dense or shared-expert SwiGLU [N,F]
+    MoeActs moe;
+} LayerActs;
+
+typedef struct {
+    int Nmax, L, train;
+    float *xs;             // [L+1][N,D] residual stream
+    LayerActs *layer;
+    float *rstdf, *xf;     // final norm
+    float *xt;             // [N,D] gathered output rows
+    float *logits;         // [N,V] (dlogits after a training forward)
+    int *out_rows;         // [N]
+    int n_out;
+    // backward workspace
+    float *dx, *dh, *dxn, *dq, *dk, *dv, *datt, *dffn, *dg, *du, *da;
+    MoeWork mw;
+    // per-step statistics
+    long *load;            // [L,E] routed assignments (accumulated over micro-batches)
+    long dropped, assigned;
+} Acts;
+
+void acts_alloc(Acts *a, const Model *m, int Nmax, bool train);
+void acts_free(Acts *a);
+
+// Key/value cache for generation: slot s of layer l holds the keys of one position.
+typedef struct { int S; float **k, **v; } KvCache;
+
+typedef struct {
+    bool train;            // capacity on, dlogits written, activations kept
+    float ce_scale;        // d(loss)/d(ce_sum): 1 / targets in the global batch
+    float aux_scale;       // weight of each balance unit (micro-batch or sequence)
+    const KvCache *cache;  // inference: keys/values go to cache slots
+    const int *slot;       // [N] cache slot of each token (kv range is [kv_lo, slot])
+} ForwardOpts;
+
+typedef struct { double ce_sum, aux; } ForwardOut;
+
+// Logits are computed for the target rows (training) or for `out_rows` set by the caller
+// (inference: a->n_out rows of a->out_rows before the call); they land in a->logits.
+int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, ForwardOut *out);
+// Accumulates into m->grads (call after a training forward).
+void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o);

@@ -1,0 +1,34 @@
+// moe: one binary, subcommands (SPEC §4). Dispatch only; each command lives in src/cmd/.
+#include <stdio.h>
+#include <string.h>
+#include "cmd/cmd.h"
+
+typedef struct { const char *name; int (*run)(int, char **); const char *doc; } Command;
+
+static const Command COMMANDS[] = {
+    {"init", cmd_init, "write a freshly initialised checkpoint"},
+    {"train", cmd_train, "train (or --resume) a model on Q/A or text data"},
+    {"eval", cmd_eval, "loss and (--generate) exact match on a data file"},
+    {"grad", cmd_grad, "gradient of one batch's loss, as safetensors"},
+    {"solve", cmd_solve, "answer questions greedily"},
+    {"gen-math", cmd_gen_math, "generate math question/answer data"},
+    {"bench", cmd_bench, "training-step speed on random tokens"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: moe COMMAND [options]   (moe COMMAND --help for its options)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof COMMANDS / sizeof *COMMANDS; i++)
+        fprintf(f, "  %-9s %s\n", COMMANDS[i].name, COMMANDS[i].doc);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof COMMANDS / sizeof *COMMANDS; i++)
+        if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].run(argc - 2, argv + 2);
+    fprintf(stderr, "moe: unknown command \"%s\"\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

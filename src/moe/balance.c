@@ -1,0 +1,67 @@
+#include <math.h>
+#include <string.h>
+#include "../base/base.h"
+#include "moe.h"
+
+// One unit of tokens [t0, t1): loss = alpha E sum_i f_i P_i with f_i = count_i / (n K)
+// and P_i = mean_n s'_i; dL/ds'_{n,i} = alpha E f_i / n (f is a count: no gradient).
+static double aux_unit(const MoeConfig *c, const MoeActs *a, MoeWork *wk, int t0, int t1, float scale) {
+    const int E = a->E, K = a->K, n = t1 - t0;
+    if (n <= 0) return 0;
+    double f[4096], P[4096];
+    for (int e = 0; e < E; e++) f[e] = P[e] = 0;
+    const bool sig = c->scoring_func == MOE_SCORE_SIGMOID;
+    for (int t = t0; t < t1; t++) {
+        const float *s = a->scores + (size_t)t * E;
+        double sum = 1;
+        if (sig) { sum = 0; for (int e = 0; e < E; e++) sum += s[e]; }
+        for (int e = 0; e < E; e++) P[e] += s[e] / sum;
+        for (int k = 0; k < K; k++) f[a->sel[(size_t)t * K + k]] += 1;
+    }
+    double loss = 0;
+    for (int e = 0; e < E; e++) {
+        f[e] /= (double)n * K;
+        P[e] /= n;
+        loss += f[e] * P[e];
+    }
+    loss *= c->aux_loss_alpha * E;
+    if (wk) {
+        for (int t = t0; t < t1; t++) {
+            const float *s = a->scores + (size_t)t * E;
+            float *ds = wk->ds + (size_t)t * E;
+            double g[4096];
+            for (int e = 0; e < E; e++) g[e] = scale * c->aux_loss_alpha * E * f[e] / n;
+            if (sig) {   // s' = s / sum(s): ds_e = (g_e - sum_j g_j s'_j) / sum(s)
+                double sum = 0, dot = 0;
+                for (int e = 0; e < E; e++) sum += s[e];
+                for (int e = 0; e < E; e++) dot += g[e] * s[e] / sum;
+                for (int e = 0; e < E; e++) ds[e] += (float)((g[e] - dot) / sum);
+            } else {
+                for (int e = 0; e < E; e++) ds[e] += (float)g[e];
+            }
+        }
+    }
+    return loss * scale;
+}
+
+double moe_aux_loss(const MoeConfig *c, const MoeActs *a, MoeWork *wk, const int *seq_start,
+                    int n_seq, float scale) {
+    if (c->aux_loss_alpha <= 0) return 0;
+    if (c->aux_scope == MOE_AUX_SEQUENCE) {
+        double total = 0;
+        for (int s = 0; s < n_seq; s++) total += aux_unit(c, a, wk, seq_start[s], seq_start[s + 1], scale);
+        return total;
+    }
+    // "batch", and "ep_group" on one process (the EP group is this rank alone)
+    return aux_unit(c, a, wk, 0, a->N, scale);
+}
+
+void moe_bias_update(float *bias, const long *load, int E, float gamma) {
+    double mean = 0;
+    for (int e = 0; e < E; e++) mean += load[e];
+    mean /= E;
+    for (int e = 0; e < E; e++) {
+        double d = mean - load[e];
+        bias[e] += gamma * (float)((d > 0) - (d < 0));
+    }
+}

@@ -1,0 +1,161 @@
+#include <math.h>
+#include <string.h>
+#include "../base/base.h"
+#include "../kernels/gemm.h"
+#include "../ops/ops.h"
+#include "moe.h"
+
+void moe_work_alloc(MoeWork *w, int Nmax, int E, int K, int D, int F) {
+    size_t NK = (size_t)Nmax * K;
+    w->dye = MOE_NEW(float, NK * D);
+    w->dxe = MOE_NEW(float, NK * D);
+    w->dae = MOE_NEW(float, NK * F);
+    w->dge = MOE_NEW(float, NK * F);
+    w->due = MOE_NEW(float, NK * F);
+    w->dw = MOE_NEW(float, NK);
+    w->ds = MOE_NEW(float, (size_t)Nmax * E);
+}
+void moe_work_free(MoeWork *w) {
+    void *p[] = {w->dye, w->dxe, w->dae, w->dge, w->due, w->dw, w->ds};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
+}
+
+void moe_experts_forward(MoeActs *a, const float *xn, const MoeWeights *W, float *out) {
+    const int D = a->D, F = a->F, K = a->K, N = a->N;
+    // gather: row r is a copy of its token's input
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < a->A; r++) memcpy(a->xe + (size_t)r * D, xn + (size_t)a->row_tok[r] * D, sizeof(float) * D);
+    for (int e = 0; e < a->E; e++) {
+        int r0 = a->offsets[e], M = a->offsets[e + 1] - r0;
+        if (M == 0) continue;
+        const float *x = a->xe + (size_t)r0 * D;
+        float *g = a->ge + (size_t)r0 * F, *u = a->ue + (size_t)r0 * F, *act = a->ae + (size_t)r0 * F;
+        linear_forward(g, x, W->gate + (size_t)e * F * D, M, D, F, false);   // [M,F]
+        linear_forward(u, x, W->up + (size_t)e * F * D, M, D, F, false);
+        swiglu_forward(act, g, u, (long)M * F);
+        linear_forward(a->ye + (size_t)r0 * D, act, W->down + (size_t)e * D * F, M, F, D, false);   // [M,D]
+    }
+    // combine: every token sums its kept experts' rows with their weights
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float *o = out + (size_t)n * D;
+        for (int k = 0; k < K; k++) {
+            int r = a->row[n * K + k];
+            if (r < 0) continue;
+            float w = a->w[n * K + k];
+            const float *y = a->ye + (size_t)r * D;
+            for (int i = 0; i < D; i++) o[i] += w * y[i];
+        }
+    }
+}
+
+void moe_experts_forward_ref(const MoeConfig *c, const MoeActs *a, const float *xn,
+                             const MoeWeights *W, float *out) {
+    // token by token, expert by expert, straight from the formula
+    const int D = a->D, F = a->F, K = a->K;
+    float *h = MOE_NEW(float, F);
+    for (int n = 0; n < a->N; n++)
+        for (int k = 0; k < K; k++) {
+            if (a->row[n * K + k] < 0) continue;
+            int e = a->sel[n * K + k];
+            const float *x = xn + (size_t)n * D;
+            for (int f = 0; f < F; f++) {
+                double g = 0, u = 0;
+                for (int i = 0; i < D; i++) {
+                    g += (double)W->gate[((size_t)e * F + f) * D + i] * x[i];
+                    u += (double)W->up[((size_t)e * F + f) * D + i] * x[i];
+                }
+                h[f] = (float)(g / (1 + exp(-g)) * u);
+            }
+            for (int i = 0; i < D; i++) {
+                double y = 0;
+                for (int f = 0; f < F; f++) y += (double)W->down[((size_t)e * D + i) * F + f] * h[f];
+                out[(size_t)n * D + i] += (float)(a->w[n * K + k] * y);
+            }
+        }
+    moe_free(h);
+    (void)c;
+}
+
+void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const float *xn,
+                          const MoeWeights *W, MoeGrads *G, float *dxn) {
+    const int D = a->D, F = a->F, K = a->K, N = a->N;
+    (void)xn;
+    // out_n = sum_k w_nk y_r  =>  dy_r = w_nk dout_n ; dw_nk = dout_n . y_r
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < a->A; r++) {
+        int n = a->row_tok[r], slot = a->row_slot[r];
+        const float *dn = dout + (size_t)n * D, *y = a->ye + (size_t)r * D;
+        float *dy = wk->dye + (size_t)r * D, w = a->w[slot], dot = 0;
+        for (int i = 0; i < D; i++) { dy[i] = w * dn[i]; dot += dn[i] * y[i]; }
+        wk->dw[slot] = dot;
+    }
+    for (int i = 0; i < N * K; i++)
+        if (a->row[i] < 0) wk->dw[i] = 0;   // a dropped assignment adds nothing
+    for (int e = 0; e < a->E; e++) {
+        int r0 = a->offsets[e], M = a->offsets[e + 1] - r0;
+        if (M == 0) continue;
+        const float *x = a->xe + (size_t)r0 * D, *g = a->ge + (size_t)r0 * F, *u = a->ue + (size_t)r0 * F,
+                    *act = a->ae + (size_t)r0 * F, *dy = wk->dye + (size_t)r0 * D;
+        float *dact = wk->dae + (size_t)r0 * F, *dg = wk->dge + (size_t)r0 * F, *du = wk->due + (size_t)r0 * F,
+              *dx = wk->dxe + (size_t)r0 * D;
+        memset(dact, 0, sizeof(float) * (size_t)M * F);
+        memset(dx, 0, sizeof(float) * (size_t)M * D);
+        linear_backward(dact, G->down + (size_t)e * D * F, dy, act, W->down + (size_t)e * D * F, M, F, D);
+        swiglu_backward(dg, du, dact, g, u, (long)M * F);
+        linear_backward(dx, G->gate + (size_t)e * F * D, dg, x, W->gate + (size_t)e * F * D, M, D, F);
+        linear_backward(dx, G->up + (size_t)e * F * D, du, x, W->up + (size_t)e * F * D, M, D, F);
+    }
+    // scatter back: each token sums the input gradients of its rows
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float *d = dxn + (size_t)n * D;
+        for (int k = 0; k < K; k++) {
+            int r = a->row[n * K + k];
+            if (r < 0) continue;
+            const float *s = wk->dxe + (size_t)r * D;
+            for (int i = 0; i < D; i++) d[i] += s[i];
+        }
+    }
+}
+
+void moe_weights_backward(const MoeConfig *c, const MoeActs *a, MoeWork *wk) {
+    // w_k = rsf * s_k / S (S = sum_j s_j + eps when normalised, else 1)
+    //   ds_j = rsf * (dw_j / S - sum_k dw_k s_k / S^2)
+    const int N = a->N, E = a->E, K = a->K;
+    const float rsf = c->routed_scaling_factor;
+    memset(wk->ds, 0, sizeof(float) * (size_t)N * E);
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const int *sel = a->sel + (size_t)n * K;
+        const float *s = a->scores + (size_t)n * E, *dw = wk->dw + (size_t)n * K;
+        float *ds = wk->ds + (size_t)n * E;
+        if (c->norm_topk_prob) {
+            float S = 1e-20f, dot = 0;
+            for (int k = 0; k < K; k++) S += s[sel[k]];
+            for (int k = 0; k < K; k++) dot += dw[k] * s[sel[k]];
+            for (int k = 0; k < K; k++) ds[sel[k]] += rsf * (dw[k] / S - dot / (S * S));
+        } else {
+            for (int k = 0; k < K; k++) ds[sel[k]] += rsf * dw[k];
+        }
+    }
+}
+
+void moe_router_backward(const MoeConfig *c, const MoeActs *a, MoeWork *wk, const float *xn,
+                         const MoeWeights *W, MoeGrads *G, float *dxn) {
+    const int N = a->N, E = a->E;
+    // ds -> dlogits, in place
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *s = a->scores + (size_t)n * E;
+        float *d = wk->ds + (size_t)n * E;
+        if (c->scoring_func == MOE_SCORE_SOFTMAX) {
+            float dot = 0;
+            for (int e = 0; e < E; e++) dot += d[e] * s[e];
+            for (int e = 0; e < E; e++) d[e] = s[e] * (d[e] - dot);
+        } else {
+            for (int e = 0; e < E; e++) d[e] *= s[e] * (1.0f - s[e]);
+        }
+    }
+    linear_backward(dxn, G->router, wk->ds, xn, W->router, N, a->D, E);
+}

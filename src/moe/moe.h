@@ -1,0 +1,79 @@
+// The MoE layer as grouped work over permuted tokens (SPEC §1):
+//   router:   logits = xn Wr^T [N,E] -> scores s -> top-K of s + b (greedy | group_limited | moge)
+//             -> weights w [N,K] (normalised, scaled)
+//   dispatch: capacity (drops lowest w first), then a counting sort of assignments by expert:
+//             rows [offsets[e], offsets[e+1]) belong to expert e, in token order
+//   experts:  per expert one GEMM chain over its rows (gather fused into the row copy),
+//             results added back to their tokens with their weights
+//   balance:  Switch aux loss (batch | sequence scope), aux-loss-free bias update, metrics
+// The shared experts are an ordinary dense SwiGLU, run by the model beside this.
+#pragma once
+#include <stdbool.h>
+#include "../model/config.h"
+
+typedef struct {
+    int N, E, K, D, F, A;   // A: kept assignments (rows)
+    float *logits;          // [N,E] router logits (scratch)
+    float *scores;          // [N,E] s (softmax or sigmoid of the logits)
+    int *sel;               // [N,K] selected experts
+    float *w;               // [N,K] final weights
+    int *row;               // [N,K] permuted row of each assignment, -1 when dropped
+    int *offsets;           // [E+1]
+    int *row_tok;           // [N*K] token of each row
+    int *row_slot;          // [N*K] n*K + k of each row
+    float *xe;              // [N*K,D] gathered expert inputs
+    float *ge, *ue, *ae;    // [N*K,F] gate, up pre-activations and silu(g)*u
+    float *ye;              // [N*K,D] expert outputs (before weighting)
+    int *load;              // [E] routed assignments per expert (before capacity)
+    int dropped;            // assignments dropped by capacity
+} MoeActs;
+
+typedef struct {            // expert weights of one layer, experts contiguous
+    const float *router;    // [E,D]
+    const float *gate, *up; // [E,F,D]
+    const float *down;      // [E,D,F]
+} MoeWeights;
+
+typedef struct {
+    float *router, *gate, *up, *down;   // same shapes as MoeWeights
+} MoeGrads;
+
+typedef struct {            // workspace for the backward pass, sized for N*K rows
+    float *dye, *dxe;       // [N*K,D]
+    float *dae, *dge, *due; // [N*K,F]
+    float *dw;              // [N,K]
+    float *ds;              // [N,E]
+} MoeWork;
+
+void moe_acts_alloc(MoeActs *a, int Nmax, int E, int K, int D, int F);
+void moe_acts_free(MoeActs *a);
+void moe_work_alloc(MoeWork *w, int Nmax, int E, int K, int D, int F);
+void moe_work_free(MoeWork *w);
+
+// router: scores, selection and weights for N tokens
+void moe_router_forward(const MoeConfig *c, MoeActs *a, const float *xn, const MoeWeights *W,
+                        const float *bias, int N);
+void moe_topk_ref(const MoeConfig *c, const float *scores, const float *bias, int N, int *sel);
+// capacity (when capacity_factor > 0 and `train`) and the permutation by expert
+void moe_dispatch(const MoeConfig *c, MoeActs *a, bool train);
+// out[N,D] += sum_k w_k expert_{sel_k}(xn)
+void moe_experts_forward(MoeActs *a, const float *xn, const MoeWeights *W, float *out);
+void moe_experts_forward_ref(const MoeConfig *c, const MoeActs *a, const float *xn,
+                             const MoeWeights *W, float *out);
+// dxn += ..., grads += ..., fills work->dw (gradient of each assignment's weight)
+void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const float *xn,
+                          const MoeWeights *W, MoeGrads *G, float *dxn);
+// ds from dw (through normalisation and scaling) is written into work->ds; balance losses
+// add to it; then this turns ds into dlogits and accumulates dWr and dxn.
+void moe_weights_backward(const MoeConfig *c, const MoeActs *a, MoeWork *wk);
+void moe_router_backward(const MoeConfig *c, const MoeActs *a, MoeWork *wk, const float *xn,
+                         const MoeWeights *W, MoeGrads *G, float *dxn);
+
+// Switch aux loss alpha * E * sum_i f_i P_i over the tokens of each unit (the whole
+// micro-batch, or each sequence [seq_start[s], seq_start[s+1]) for "sequence" scope),
+// each unit weighted by `scale`. Returns the weighted sum; adds its gradient to work->ds
+// when wk != NULL.
+double moe_aux_loss(const MoeConfig *c, const MoeActs *a, MoeWork *wk, const int *seq_start,
+                    int n_seq, float scale);
+// DeepSeek aux-loss-free update: b_i += gamma * sign(mean(load) - load_i)
+void moe_bias_update(float *bias, const long *load, int E, float gamma);

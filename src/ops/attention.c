@@ -1,0 +1,146 @@
+#include <math.h>
+#include <string.h>
+#include "../base/base.h"
+#include "ops.h"
+
+// One query row against keys [lo, hi]: online softmax (running max m, running sum l).
+void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                       const int *kv_lo, const int *kv_hi, int N, int H, int Hkv, int hd) {
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int group = H / Hkv, qs = H * hd, ks = Hkv * hd;
+#pragma omp parallel for collapse(2) schedule(dynamic, 8)
+    for (int n = 0; n < N; n++)
+        for (int h = 0; h < H; h++) {
+            const float *qh = q + (size_t)n * qs + h * hd;
+            float *o = out + (size_t)n * qs + h * hd;
+            const int kh = h / group;
+            float m = -INFINITY, l = 0;
+            float acc[512];
+            for (int i = 0; i < hd; i++) acc[i] = 0;
+            for (int j = kv_lo[n]; j <= kv_hi[n]; j++) {
+                const float *kj = k + (size_t)j * ks + kh * hd, *vj = v + (size_t)j * ks + kh * hd;
+                float s = 0;
+                for (int i = 0; i < hd; i++) s += qh[i] * kj[i];
+                s *= scale;
+                if (s > m) {   // rescale what we have to the new max
+                    float c = expf(m - s);
+                    l *= c;
+                    for (int i = 0; i < hd; i++) acc[i] *= c;
+                    m = s;
+                }
+                float p = expf(s - m);
+                l += p;
+                for (int i = 0; i < hd; i++) acc[i] += p * vj[i];
+            }
+            float inv = 1.0f / l;
+            for (int i = 0; i < hd; i++) o[i] = acc[i] * inv;
+            if (lse) lse[(size_t)n * H + h] = m + logf(l);
+        }
+}
+
+// Backward, flash style: p_ij = exp(s_ij - lse_i) is recomputed, never stored.
+//   Di = dout_i . out_i ; dv_j += p_ij dout_i ; dp_ij = dout_i . v_j
+//   ds_ij = p_ij (dp_ij - Di) ; dq_i += scale ds_ij k_j ; dk_j += scale ds_ij q_i
+// Work items are (example, kv head): their dk, dv rows belong to nobody else.
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                        const float *k, const float *v, const float *out, const float *lse,
+                        const int *kv_lo, int N, int H, int Hkv, int hd) {
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int group = H / Hkv, qs = H * hd, ks = Hkv * hd;
+    memset(dq, 0, sizeof(float) * (size_t)N * qs);
+    memset(dk, 0, sizeof(float) * (size_t)N * ks);
+    memset(dv, 0, sizeof(float) * (size_t)N * ks);
+    // segment starts: token n starts an example when kv_lo[n] == n
+    int *seg = MOE_NEW(int, N + 1), nseg = 0;
+    for (int n = 0; n < N; n++)
+        if (kv_lo[n] == n) seg[nseg++] = n;
+    seg[nseg] = N;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int si = 0; si < nseg; si++)
+        for (int kh = 0; kh < Hkv; kh++) {
+            for (int n = seg[si]; n < seg[si + 1]; n++)
+                for (int h = kh * group; h < (kh + 1) * group; h++) {
+                    const float *qh = q + (size_t)n * qs + h * hd, *doh = dout + (size_t)n * qs + h * hd,
+                                *oh = out + (size_t)n * qs + h * hd;
+                    float *dqh = dq + (size_t)n * qs + h * hd;
+                    float Di = 0, L = lse[(size_t)n * H + h];
+                    for (int i = 0; i < hd; i++) Di += doh[i] * oh[i];
+                    for (int j = kv_lo[n]; j <= n; j++) {
+                        const float *kj = k + (size_t)j * ks + kh * hd, *vj = v + (size_t)j * ks + kh * hd;
+                        float *dkj = dk + (size_t)j * ks + kh * hd, *dvj = dv + (size_t)j * ks + kh * hd;
+                        float s = 0, dp = 0;
+                        for (int i = 0; i < hd; i++) { s += qh[i] * kj[i]; dp += doh[i] * vj[i]; }
+                        float p = expf(s * scale - L);
+                        float ds = p * (dp - Di) * scale;
+                        for (int i = 0; i < hd; i++) {
+                            dvj[i] += p * doh[i];
+                            dqh[i] += ds * kj[i];
+                            dkj[i] += ds * qh[i];
+                        }
+                    }
+                }
+        }
+    moe_free(seg);
+}
+
+void attention_forward_ref(float *out, float *lse, const float *q, const float *k, const float *v,
+                           const int *kv_lo, const int *kv_hi, int N, int H, int Hkv, int hd) {
+    const int group = H / Hkv, qs = H * hd, ks = Hkv * hd;
+    double sc[4096];
+    for (int n = 0; n < N; n++)
+        for (int h = 0; h < H; h++) {
+            int kh = h / group, lo = kv_lo[n], hi = kv_hi[n];
+            double mx = -1e300, sum = 0;
+            for (int j = lo; j <= hi; j++) {
+                double s = 0;
+                for (int i = 0; i < hd; i++) s += (double)q[n * qs + h * hd + i] * k[j * ks + kh * hd + i];
+                sc[j - lo] = s / sqrt((double)hd);
+                if (sc[j - lo] > mx) mx = sc[j - lo];
+            }
+            for (int j = lo; j <= hi; j++) sum += exp(sc[j - lo] - mx);
+            for (int i = 0; i < hd; i++) {
+                double o = 0;
+                for (int j = lo; j <= hi; j++) o += exp(sc[j - lo] - mx) / sum * v[j * ks + kh * hd + i];
+                out[n * qs + h * hd + i] = (float)o;
+            }
+            if (lse) lse[n * H + h] = (float)(mx + log(sum));
+        }
+}
+
+void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                            const float *k, const float *v, const int *kv_lo, int N, int H, int Hkv, int hd) {
+    // explicit probabilities P, then dP = dout V^T, dS = P * (dP - rowsum(dP * P))
+    const int group = H / Hkv, qs = H * hd, ks = Hkv * hd;
+    memset(dq, 0, sizeof(float) * N * qs);
+    memset(dk, 0, sizeof(float) * N * ks);
+    memset(dv, 0, sizeof(float) * N * ks);
+    double P[4096], dP[4096];
+    double scale = 1.0 / sqrt((double)hd);
+    for (int n = 0; n < N; n++)
+        for (int h = 0; h < H; h++) {
+            int kh = h / group, lo = kv_lo[n];
+            double mx = -1e300, sum = 0, rs = 0;
+            for (int j = lo; j <= n; j++) {
+                double s = 0;
+                for (int i = 0; i < hd; i++) s += (double)q[n * qs + h * hd + i] * k[j * ks + kh * hd + i];
+                P[j - lo] = s * scale;
+                if (P[j - lo] > mx) mx = P[j - lo];
+            }
+            for (int j = lo; j <= n; j++) sum += (P[j - lo] = exp(P[j - lo] - mx));
+            for (int j = lo; j <= n; j++) {
+                P[j - lo] /= sum;
+                double d = 0;
+                for (int i = 0; i < hd; i++) d += (double)dout[n * qs + h * hd + i] * v[j * ks + kh * hd + i];
+                dP[j - lo] = d;
+                rs += d * P[j - lo];
+            }
+            for (int j = lo; j <= n; j++) {
+                double ds = P[j - lo] * (dP[j - lo] - rs) * scale;
+                for (int i = 0; i < hd; i++) {
+                    dv[j * ks + kh * hd + i] += (float)(P[j - lo] * dout[n * qs + h * hd + i]);
+                    dq[n * qs + h * hd + i] += (float)(ds * k[j * ks + kh * hd + i]);
+                    dk[j * ks + kh * hd + i] += (float)(ds * q[n * qs + h * hd + i]);
+                }
+            }
+        }
+}

@@ -1,0 +1,55 @@
+// Dense ops of moe_v1: forward, backward (accumulating: +=, except where noted) and a
+// naive _ref twin the tests treat as ground truth. N tokens, D hidden, V vocab.
+#pragma once
+#include <stdbool.h>
+
+// out[N,D] = table[tokens[n]] ; dtable[tokens[n]] += dout[n]
+void embed_forward(float *out, const int *tokens, const float *table, int N, int D);
+void embed_backward(float *dtable, const float *dout, const int *tokens, int N, int D);
+
+// out = x / sqrt(mean(x^2) + eps) * w ; rstd[N] saved for the backward pass
+void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int D, float eps);
+// dx += ..., dw += ...
+void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                      const float *rstd, int N, int D);
+void rmsnorm_forward_ref(float *out, float *rstd, const float *x, const float *w, int N, int D, float eps);
+void rmsnorm_backward_ref(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                          const float *rstd, int N, int D);
+
+// RoPE, rotate-half: pairs (i, i+hd/2), angle pos * theta^(-2i/hd). In place on
+// x[N, nh*hd]. The backward pass rotates the gradient by -angle (the transpose).
+typedef struct { int max_pos, half; float *cos, *sin; } RopeTable;   // [max_pos, hd/2]
+void rope_table_init(RopeTable *t, int max_pos, int hd, float theta);
+void rope_table_free(RopeTable *t);
+void rope_forward(float *x, const int *pos, const RopeTable *t, int N, int nh, int hd);
+void rope_backward(float *dx, const int *pos, const RopeTable *t, int N, int nh, int hd);
+void rope_forward_ref(float *x, const int *pos, int N, int nh, int hd, float theta);
+
+// Causal grouped-query attention over a key/value buffer: query n (head h) reads keys
+// kv_lo[n] .. kv_hi[n] (inclusive) of kv head h / (H/Hkv). q,out [N,H*hd]; k,v [S,Hkv*hd].
+// Online softmax in one pass over the keys: memory O(1) per row, no T x T buffer.
+// lse[N,H] (log-sum-exp of the scaled scores) is saved for the backward pass (may be NULL).
+void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                       const int *kv_lo, const int *kv_hi, int N, int H, int Hkv, int hd);
+// Training layout only: the keys are the tokens themselves (kv_hi[n] = n) and each
+// example is contiguous, so examples (segments) are independent work items.
+// dq, dk, dv are overwritten.
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                        const float *k, const float *v, const float *out, const float *lse,
+                        const int *kv_lo, int N, int H, int Hkv, int hd);
+void attention_forward_ref(float *out, float *lse, const float *q, const float *k, const float *v,
+                           const int *kv_lo, const int *kv_hi, int N, int H, int Hkv, int hd);
+void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                            const float *k, const float *v, const int *kv_lo, int N, int H,
+                            int Hkv, int hd);
+
+// SwiGLU gate: a = silu(g) * u, elementwise over n values; backward overwrites dg, du.
+void swiglu_forward(float *a, const float *g, const float *u, long n);
+void swiglu_backward(float *dg, float *du, const float *da, const float *g, const float *u, long n);
+
+// Fused softmax cross-entropy over rows of logits[Nt,V]: adds the summed loss to *loss_sum
+// and, when scale != 0, overwrites logits with dlogits = (softmax - onehot) * scale.
+void xent_forward_backward(float *logits, const int *targets, int Nt, int V, float scale,
+                           double *loss_sum);
+void xent_ref(float *dlogits, const float *logits, const int *targets, int Nt, int V, float scale,
+              double *loss_sum);

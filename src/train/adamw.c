@@ -1,0 +1,73 @@
+#include <math.h>
+#include <string.h>
+#include "../base/base.h"
+#include "train.h"
+
+void opt_defaults(OptConfig *o) {
+    o->lr = 1e-3f; o->min_lr = 0.0f; o->weight_decay = 0.0f;
+    o->beta1 = 0.9f; o->beta2 = 0.95f; o->eps = 1e-8f; o->clip = 1.0f;
+    o->warmup = 0; o->decay_steps = 0;
+}
+
+float lr_at(const OptConfig *o, long step) {
+    if (o->warmup > 0 && step <= o->warmup) return o->lr * (float)step / o->warmup;
+    if (o->decay_steps <= o->warmup) return o->lr;
+    double p = (double)(step - o->warmup) / (o->decay_steps - o->warmup);
+    if (p > 1) p = 1;
+    return (float)(o->min_lr + 0.5 * (o->lr - o->min_lr) * (1 + cos(M_PI * p)));
+}
+
+void adamw_alloc(AdamW *a, size_t n) { a->m = MOE_NEW(float, n); a->v = MOE_NEW(float, n); a->t = 0; }
+void adamw_free(AdamW *a) { moe_free(a->m); moe_free(a->v); }
+
+double grad_clip(float *g, size_t n, float max_norm) {
+    double ss = 0;
+#pragma omp parallel for reduction(+ : ss) schedule(static)
+    for (size_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
+    double norm = sqrt(ss);
+    if (max_norm > 0 && norm > max_norm) {   // as torch.nn.utils.clip_grad_norm_
+        float s = (float)(max_norm / (norm + 1e-6));
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) g[i] *= s;
+    }
+    return norm;
+}
+
+// One pass over the blob per tensor: p <- p (1 - lr wd) - lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps),
+// the torch.optim.AdamW arithmetic.
+void adamw_step(AdamW *a, const Model *m, const OptConfig *o, float lr) {
+    a->t++;
+    const float b1 = o->beta1, b2 = o->beta2;
+    const double bc1 = 1.0 - pow(b1, (double)a->t), bc2 = 1.0 - pow(b2, (double)a->t);
+    const float step = (float)(lr / bc1), rbc2 = (float)(1.0 / sqrt(bc2));
+    for (int ti = 0; ti < m->n_tensors; ti++) {
+        const ParamTensor *t = &m->tensors[ti];
+        float *p = m->params + t->offset, *g = m->grads + t->offset, *mm = a->m + t->offset, *vv = a->v + t->offset;
+        const float decay = t->decay ? 1.0f - lr * o->weight_decay : 1.0f;
+        const long n = (long)t->numel;
+#pragma omp parallel for schedule(static) if (n > 4096)
+        for (long i = 0; i < n; i++) {
+            float gi = g[i];
+            mm[i] = b1 * mm[i] + (1 - b1) * gi;
+            vv[i] = b2 * vv[i] + (1 - b2) * gi * gi;
+            p[i] = p[i] * decay - step * mm[i] / (sqrtf(vv[i]) * rbc2 + o->eps);
+        }
+    }
+}
+
+void adamw_step_ref(AdamW *a, const Model *m, const OptConfig *o, float lr) {
+    a->t++;
+    for (int ti = 0; ti < m->n_tensors; ti++) {
+        const ParamTensor *t = &m->tensors[ti];
+        for (size_t i = 0; i < t->numel; i++) {
+            size_t j = t->offset + i;
+            double g = m->grads[j];
+            a->m[j] = (float)(o->beta1 * a->m[j] + (1 - o->beta1) * g);
+            a->v[j] = (float)(o->beta2 * a->v[j] + (1 - o->beta2) * g * g);
+            double mh = a->m[j] / (1 - pow(o->beta1, a->t)), vh = a->v[j] / (1 - pow(o->beta2, a->t));
+            double p = m->params[j];
+            if (t->decay) p -= lr * o->weight_decay * p;
+            m->params[j] = (float)(p - lr * mh / (sqrt(vh) + o->eps));
+        }
+    }
+}

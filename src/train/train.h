@@ -1,0 +1,68 @@
+// Training: AdamW, the learning-rate schedule, checkpoints and the trainer loop.
+#pragma once
+#include <stdbool.h>
+#include "../data/data.h"
+#include "../model/model.h"
+
+typedef struct {
+    float lr, min_lr, weight_decay, beta1, beta2, eps, clip;
+    int warmup, decay_steps;     // decay_steps 0: constant after warm-up
+} OptConfig;
+
+typedef struct {
+    float *m, *v;                // moments, same layout as the parameter blob
+    long t;                      // optimizer steps taken
+} AdamW;
+
+void opt_defaults(OptConfig *o);
+float lr_at(const OptConfig *o, long step);   // step counts from 1
+void adamw_alloc(AdamW *a, size_t n);
+void adamw_free(AdamW *a);
+// clip by global norm (returns the norm before clipping), then one AdamW step
+double grad_clip(float *g, size_t n, float max_norm);
+void adamw_step(AdamW *a, const Model *m, const OptConfig *o, float lr);
+void adamw_step_ref(AdamW *a, const Model *m, const OptConfig *o, float lr);
+
+typedef struct {
+    OptConfig opt;
+    int batch, micro_batch, seq;  // examples per step, per micro-batch; max inputs per example
+    int steps;                    // total step count of the run
+    double time_budget;           // seconds, 0 = none
+    int ckpt_every;               // steps between periodic checkpoints, 0 = end only
+    unsigned long long seed;
+    bool shuffle;
+    DataFormat format;
+    bool quiet;
+} TrainConfig;
+
+typedef struct {                  // what a resume needs beyond the model
+    long step, cursor;
+    unsigned long long ckpt_id;
+} TrainProgress;
+
+// Checkpoint directory (SPEC §3): config.json, model.safetensors, train_state.safetensors.
+// Saves go through a journal so that a crash leaves the previous checkpoint whole.
+int ckpt_save(const char *dir, const Model *m, const AdamW *opt, const TrainConfig *tc,
+              const TrainProgress *pr, bool bf16);
+int ckpt_load_model(const char *dir, Model *m, bool with_grads);
+int ckpt_load_state(const char *dir, const Model *m, AdamW *opt, TrainConfig *tc, TrainProgress *pr);
+bool ckpt_exists(const char *dir);
+// repair an interrupted save (roll forward a complete journal, drop partial files)
+int ckpt_recover(const char *dir);
+
+typedef struct {
+    const char *data;             // comma-separated paths
+    const char *out;
+    const char *model_cfg;        // new run
+    const char *resume;           // or resume from
+    const char *set_flags;        // which TrainConfig fields the command line gave (for resume)
+} TrainArgs;
+
+int train_check_config(const TrainConfig *tc);
+int train_run(const TrainArgs *args, TrainConfig *tc, const char *given_flags);
+
+// Gradient accumulation over micro-batches of one global batch: fills m->grads and
+// returns the loss pieces. Used by train, grad and the oracle tests.
+typedef struct { double loss, ce, aux; long tokens, targets; } StepLoss;
+int train_accumulate(Model *m, Acts *a, Batch *b, const Dataset *d, const int *ids, int count,
+                     int micro_batch, StepLoss *out);
