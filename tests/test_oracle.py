@@ -1,0 +1,142 @@
+"""moe grad / eval / train against the PyTorch oracle (tests/ref/moe_ref.py).
+
+Per tensor ||g - g_ref|| / ||g_ref|| <= 1e-4, loss relative error <= 1e-5, over configs that
+together cover every routing and balance option, and 10 AdamW steps' losses within 1e-4.
+Prints one PASS/FAIL line per check."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "ref"))
+import moe_ref  # noqa: E402
+
+MOE = os.environ.get("MOE", os.path.join(HERE, "..", "moe"))
+PY = sys.executable
+BASE = dict(vocab_size=260, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, intermediate_size=48, moe_intermediate_size=16,
+            n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1, max_position_embeddings=128)
+
+CONFIGS = {
+    "softmax-greedy-aux-batch": dict(aux_loss_alpha=0.1),
+    "sigmoid-group-limited-seq-aux-bias": dict(scoring_func="sigmoid", topk_method="group_limited", n_group=4,
+                                               topk_group=2, aux_loss_alpha=0.05, aux_scope="sequence",
+                                               routed_scaling_factor=2.5, set_bias=True),
+    "moge-capacity": dict(topk_method="moge", n_group=2, num_experts_per_tok=4, capacity_factor=1.0,
+                          aux_loss_alpha=0.02),
+    "dense-first-tied-unnormalised": dict(first_k_dense_replace=1, num_hidden_layers=3, tie_word_embeddings=True,
+                                          norm_topk_prob=False, n_shared_experts=2, num_key_value_heads=4),
+    "sigmoid-greedy-noshared-capacity-bias": dict(scoring_func="sigmoid", n_shared_experts=0, capacity_factor=0.5,
+                                                  aux_loss_alpha=0.1, aux_scope="sequence", set_bias=True,
+                                                  num_experts_per_tok=3),
+}
+
+results = []
+
+
+def check(name, ok, detail=""):
+    results.append(ok)
+    print(("PASS " if ok else "FAIL ") + name + (f" ({detail})" if ok and detail else "" if ok else ": " + detail), flush=True)
+
+
+def run(args):
+    p = subprocess.run([MOE] + args, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"moe {' '.join(args)} failed: {p.stderr.strip()}")
+    return p.stdout
+
+
+def relerr(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def make_ckpt(tmp, name, extra, seed):
+    cfg = dict(BASE)
+    set_bias = extra.pop("set_bias", False)
+    cfg.update(extra)
+    cpath = os.path.join(tmp, name + ".json")
+    with open(cpath, "w") as f:
+        json.dump(cfg, f)
+    ck = os.path.join(tmp, name)
+    run(["init", "--model", cpath, "--out", ck, "--seed", str(seed)])
+    if set_bias:   # a non-zero e_score_correction_bias changes selection only
+        path = os.path.join(ck, "model.safetensors")
+        t, meta = moe_ref.read_safetensors(path)
+        rng = np.random.default_rng(seed)
+        for k in t:
+            if k.endswith("e_score_correction_bias"):
+                t[k] = rng.normal(0, 0.05, t[k].shape).astype(np.float32)
+        moe_ref.write_safetensors(path, t, meta)
+    return cpath, ck
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="moe-oracle-")
+    data = os.path.join(tmp, "qa.txt")
+    run(["gen-math", "--n", "24", "--seed", "5", "--out", data])
+    limit = 12
+    for i, (name, extra) in enumerate(CONFIGS.items()):
+        try:
+            cpath, ck = make_ckpt(tmp, name, dict(extra), 100 + i)
+            gout = os.path.join(tmp, name + ".grad.safetensors")
+            mine = json.loads(run(["grad", "--ckpt", ck, "--data", data, "--limit", str(limit), "--out", gout, "--json"]))
+            ev = json.loads(run(["eval", "--ckpt", ck, "--data", data, "--limit", str(limit), "--json"]))
+            rout = os.path.join(tmp, name + ".ref.npz")
+            p = subprocess.run([PY, os.path.join(HERE, "ref", "moe_ref.py"), "grad", "--ckpt", ck, "--data", data,
+                                "--limit", str(limit), "--out", rout], capture_output=True, text=True)
+            if p.returncode:
+                raise RuntimeError(p.stderr)
+            ref = json.loads(p.stdout)
+            gref = np.load(rout)
+            gmine, _ = moe_ref.read_safetensors(gout)
+            le = abs(mine["loss"] - ref["loss"]) / abs(ref["loss"])
+            check(f"grad loss {name}", le <= 1e-5, f"moe {mine['loss']:.9g} ref {ref['loss']:.9g} rel {le:.2e}")
+            ee = abs(ev["loss"] - ref["eval_loss"]) / abs(ref["eval_loss"])
+            check(f"eval loss {name}", ee <= 1e-5, f"moe {ev['loss']:.9g} ref {ref['eval_loss']:.9g} rel {ee:.2e}")
+            missing = set(gref.files) ^ set(gmine.keys())
+            worst, wname = 0.0, ""
+            for k in gref.files:
+                if k not in gmine:
+                    continue
+                if np.linalg.norm(gref[k]) == 0 and np.linalg.norm(gmine[k]) == 0:
+                    continue   # an expert no token reached
+                e = relerr(gmine[k], gref[k])
+                if e > worst:
+                    worst, wname = e, k
+            check(f"grad tensors {name}", worst <= 1e-4 and not missing,
+                  f"worst {wname} rel {worst:.2e}" + (f"; names differ: {sorted(missing)[:3]}" if missing else ""))
+        except Exception as e:  # noqa: BLE001
+            check(f"oracle {name}", False, str(e).strip().splitlines()[-1] if str(e).strip() else repr(e))
+
+    # 10 AdamW steps, with warm-up, cosine, clipping, weight decay and the bias update
+    for name, extra in [("train-softmax-aux", dict(aux_loss_alpha=0.05)),
+                        ("train-sigmoid-bias-update", dict(scoring_func="sigmoid", bias_update_speed=0.01,
+                                                           aux_loss_alpha=0.01, aux_scope="sequence"))]:
+        try:
+            cpath, ck = make_ckpt(tmp, name, dict(extra), 7)
+            out = os.path.join(tmp, name + ".run")
+            flags = ["--steps", "10", "--batch", "6", "--lr", "3e-3", "--warmup", "3", "--decay-steps", "10",
+                     "--min-lr", "3e-4", "--weight-decay", "0.1", "--clip", "0.5"]
+            run(["train", "--model", cpath, "--data", data, "--out", out, "--seed", "7", "--no-shuffle", "--quiet",
+                 "--seq", "128"] + flags)
+            mine = [json.loads(l)["loss"] for l in open(os.path.join(out, "log.jsonl"))]
+            p = subprocess.run([PY, os.path.join(HERE, "ref", "moe_ref.py"), "train", "--ckpt", ck, "--data", data]
+                               + [f for f in flags if f != "--steps" or True], capture_output=True, text=True)
+            if p.returncode:
+                raise RuntimeError(p.stderr)
+            ref = json.loads(p.stdout)["losses"]
+            errs = [abs(a - b) / abs(b) for a, b in zip(mine, ref)]
+            check(f"adamw 10 steps {name}", len(mine) == 10 and max(errs) <= 1e-4,
+                  f"max rel {max(errs):.2e}; moe {mine[-1]:.6f} ref {ref[-1]:.6f}")
+        except Exception as e:  # noqa: BLE001
+            check(f"oracle {name}", False, str(e).strip().splitlines()[-1] if str(e).strip() else repr(e))
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
