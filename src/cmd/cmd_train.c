@@ -9,7 +9,7 @@ static const char *HELP =
     "  --time-budget SEC  stop (and checkpoint) when the next step would pass SEC seconds\n"
     "  --batch B          examples per optimizer step (default 32)\n"
     "  --micro-batch M    examples per forward/backward; B/M micro-batches are accumulated\n"
-    "  --seq T            max input tokens per example (default 256); longer ones are skipped\n"
+    "  --seq T            max input tokens per example (default 256 or max_position_embeddings); longer ones are skipped\n"
     "  --lr X             peak learning rate (default 1e-3)   --min-lr X (default 0)\n"
     "  --warmup N         linear warm-up steps (default 0)\n"
     "  --decay-steps N    cosine decay from the end of warm-up to step N (default 0: constant)\n"
@@ -43,7 +43,8 @@ int cmd_train(int argc, char **argv) {
     if (!rc) rc = args_double(&a, "--time-budget", 0, &tc.time_budget);
     if (!rc) rc = args_int(&a, "--batch", 32, &tc.batch);
     if (!rc) rc = args_int(&a, "--micro-batch", tc.batch, &tc.micro_batch);
-    if (!rc) rc = args_int(&a, "--seq", 256, &tc.seq);
+    if (!rc) rc = args_int(&a, "--seq", 0, &tc.seq);
+    if (!rc && args_has(&a, "--seq") && tc.seq <= 0) { moe_seterr("--seq must be positive, got %d", tc.seq); rc = MOE_FAIL; }
     if (!rc) rc = args_float(&a, "--lr", tc.opt.lr, &tc.opt.lr);
     if (!rc) rc = args_float(&a, "--min-lr", tc.opt.min_lr, &tc.opt.min_lr);
     if (!rc) rc = args_int(&a, "--warmup", 0, &tc.opt.warmup);

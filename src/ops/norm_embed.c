@@ -134,3 +134,18 @@ void xent_ref(float *dlogits, const float *logits, const int *targets, int Nt, i
         for (int i = 0; i < V; i++) dlogits[n * V + i] = (float)((exp((double)z[i]) / sum - (i == targets[n])) * scale);
     }
 }
+
+void swiglu_forward_ref(float *a, const float *g, const float *u, long n) {
+    for (long i = 0; i < n; i++) a[i] = (float)(g[i] / (1.0 + exp(-(double)g[i])) * u[i]);
+}
+void swiglu_backward_ref(float *dg, float *du, const float *da, const float *g, const float *u, long n) {
+    for (long i = 0; i < n; i++) {
+        double s = 1.0 / (1.0 + exp(-(double)g[i]));
+        dg[i] = (float)(da[i] * u[i] * (s + g[i] * s * (1 - s)));
+        du[i] = (float)(da[i] * g[i] * s);
+    }
+}
+void embed_backward_ref(float *dtable, const float *dout, const int *tokens, int N, int D) {
+    for (int n = 0; n < N; n++)
+        for (int i = 0; i < D; i++) dtable[(size_t)tokens[n] * D + i] += dout[(size_t)n * D + i];
+}

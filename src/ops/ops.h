@@ -53,3 +53,6 @@ void xent_forward_backward(float *logits, const int *targets, int Nt, int V, flo
                            double *loss_sum);
 void xent_ref(float *dlogits, const float *logits, const int *targets, int Nt, int V, float scale,
               double *loss_sum);
+void swiglu_forward_ref(float *a, const float *g, const float *u, long n);
+void swiglu_backward_ref(float *dg, float *du, const float *da, const float *g, const float *u, long n);
+void embed_backward_ref(float *dtable, const float *dout, const int *tokens, int N, int D);

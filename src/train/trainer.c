@@ -147,6 +147,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         adamw_alloc(&opt, m.n_params);
     }
     if (tc->micro_batch > tc->batch) tc->micro_batch = tc->batch;
+    if (tc->seq == 0) tc->seq = imin(256, m.cfg.max_position_embeddings);   // --seq not given
     int rc = train_check_config(tc);
     if (rc == MOE_OK && tc->seq > m.cfg.max_position_embeddings)
         { moe_seterr("--seq %d exceeds max_position_embeddings %d of the model", tc->seq, m.cfg.max_position_embeddings); rc = MOE_FAIL; }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# make test: every suite, one PASS/FAIL line per check, and a last line "N passed, M failed".
+set -u
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+log=$(mktemp /tmp/moe-test.XXXXXX)
+trap 'rm -f "$log"' EXIT
+suite() {
+  local name=$1; shift
+  echo "== $name"
+  local t0=$SECONDS
+  "$@" 2>&1 | grep -v -E '^[0-9]+ passed, [0-9]+ failed$' | tee -a "$log"
+  local rc=${PIPESTATUS[0]}
+  if [ "$rc" -ne 0 ] && ! grep -q '^FAIL' "$log"; then echo "FAIL $name exited $rc" | tee -a "$log"; fi
+  echo "   ($((SECONDS - t0)) s)"
+}
+suite "ops: fast vs reference vs finite differences" ./build/test_ops
+suite "PyTorch oracle: grad, eval, AdamW" /usr/bin/python3 tests/test_oracle.py
+suite "command line: bad input, resume, crash safety" bash tests/test_cli.sh
+# the bad-input cases once more under AddressSanitizer + UBSan
+ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  MOE=./build/asan/moe BAD_ONLY=1 suite "bad input under ASan+UBSan" bash tests/test_cli.sh
+p=$(grep -c '^PASS' "$log"); f=$(grep -c '^FAIL' "$log")
+if [ "$f" -gt 0 ]; then echo; echo "failures:"; grep '^FAIL' "$log"; fi
+echo "$p passed, $f failed"
+[ "$f" -eq 0 ]

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Command-line behaviour: every bad input exits non-zero with one line naming the file and
+# the problem and leaves what the user had untouched; resume is exact; saves are crash-safe.
+# MOE=path/to/binary selects the binary (the AddressSanitizer build runs these too).
+# BAD_ONLY=1 runs only the bad-input cases. One PASS/FAIL line per check.
+set -u
+MOE=${MOE:-./moe}
+T=$(mktemp -d /tmp/moe-cli.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+pass=0; fail=0
+ok()  { echo "PASS $1"; pass=$((pass+1)); }
+bad() { echo "FAIL $1: $2"; fail=$((fail+1)); }
+
+# expect_fail NAME PATTERN CMD...: non-zero exit, exactly one stderr line, containing PATTERN
+expect_fail() {
+  local name=$1 pat=$2; shift 2
+  "$@" >"$T/out" 2>"$T/err"; local rc=$?
+  local lines; lines=$(wc -l <"$T/err")
+  if [ $rc -eq 0 ]; then bad "$name" "exit 0"; return; fi
+  if [ $rc -ge 128 ]; then bad "$name" "crashed (rc $rc): $(head -c 300 "$T/err")"; return; fi
+  if [ "$lines" -ne 1 ]; then bad "$name" "$lines lines on stderr: $(head -c 300 "$T/err")"; return; fi
+  if ! grep -qF -- "$pat" "$T/err"; then bad "$name" "message lacks '$pat': $(cat "$T/err")"; return; fi
+  ok "$name ($(cat "$T/err"))"
+}
+
+cat >"$T/tiny.json" <<'J'
+{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48,
+ "moe_intermediate_size": 16, "n_routed_experts": 4, "num_experts_per_tok": 2, "max_position_embeddings": 128,
+ "aux_loss_alpha": 0.01, "aux_scope": "sequence", "bias_update_speed": 0.001}
+J
+$MOE gen-math --n 64 --seed 3 --out "$T/qa.txt" || { echo "FAIL gen-math"; exit 1; }
+$MOE init --model "$T/tiny.json" --out "$T/ck" --seed 1 2>/dev/null || { echo "FAIL init"; exit 1; }
+
+# --- configs
+printf '{"hidden_size": 32,, }' >"$T/malformed.json"
+expect_fail "malformed config" "malformed.json: malformed JSON" $MOE init --model "$T/malformed.json" --out "$T/x1"
+sed 's/"hidden_size"/"hiden_size"/' "$T/tiny.json" >"$T/unknown.json"
+expect_fail "unknown config key" 'unknown.json: unknown key "hiden_size"' $MOE init --model "$T/unknown.json" --out "$T/x2"
+sed 's/"num_experts_per_tok": 2/"num_experts_per_tok": 5/' "$T/tiny.json" >"$T/k.json"
+expect_fail "impossible config K > E" 'k.json: "num_experts_per_tok" (5) must be between 1' $MOE init --model "$T/k.json" --out "$T/x3"
+sed 's/"hidden_size": 32/"hidden_size": 0/' "$T/tiny.json" >"$T/zero.json"
+expect_fail "zero hidden size" 'zero.json: "hidden_size" must be positive' $MOE init --model "$T/zero.json" --out "$T/x4"
+sed 's/"num_hidden_layers": 2/"num_hidden_layers": -3/' "$T/tiny.json" >"$T/neg.json"
+expect_fail "negative layer count" 'neg.json: "num_hidden_layers" must be positive' $MOE init --model "$T/neg.json" --out "$T/x5"
+sed 's/"aux_scope": "sequence"/"aux_scope": "global"/' "$T/tiny.json" >"$T/scope.json"
+expect_fail "bad enum value" 'scope.json: key "aux_scope" must be one of' $MOE init --model "$T/scope.json" --out "$T/x6"
+sed 's/"hidden_size": 32/"hidden_size": "32"/' "$T/tiny.json" >"$T/type.json"
+expect_fail "wrong value type" 'type.json: key "hidden_size" must be an integer' $MOE init --model "$T/type.json" --out "$T/x6b"
+expect_fail "missing config file" "nope.json: cannot open" $MOE init --model "$T/nope.json" --out "$T/x7"
+for x in x1 x2 x3 x4 x5 x6 x6b x7; do [ -e "$T/$x" ] && bad "nothing written for a bad config ($x)" "$T/$x exists"; done
+
+# --- checkpoints
+mkdir -p "$T/empty"
+expect_fail "checkpoint without config.json" "empty: missing config.json" $MOE eval --ckpt "$T/empty" --data "$T/qa.txt"
+cp -r "$T/ck" "$T/nost"; rm "$T/nost/model.safetensors"
+expect_fail "missing safetensors" "nost/model.safetensors: cannot open" $MOE eval --ckpt "$T/nost" --data "$T/qa.txt"
+cp -r "$T/ck" "$T/trunc"; truncate -s 20000 "$T/trunc/model.safetensors"
+expect_fail "truncated safetensors (data cut)" "trunc/model.safetensors: tensor" $MOE eval --ckpt "$T/trunc" --data "$T/qa.txt"
+cp -r "$T/ck" "$T/trunc1"; truncate -s 3000 "$T/trunc1/model.safetensors"
+expect_fail "truncated safetensors (header cut)" "trunc1/model.safetensors: truncated safetensors file" $MOE eval --ckpt "$T/trunc1" --data "$T/qa.txt"
+cp -r "$T/ck" "$T/trunc2"; truncate -s 6 "$T/trunc2/model.safetensors"
+expect_fail "truncated safetensors header" "trunc2/model.safetensors: truncated safetensors file" $MOE eval --ckpt "$T/trunc2" --data "$T/qa.txt"
+cp -r "$T/ck" "$T/incons"; sed -i 's/"intermediate_size":[^,]*/"intermediate_size":\t64/' "$T/incons/config.json"
+sed 's/"moe_intermediate_size": 16/"moe_intermediate_size": 8/' "$T/tiny.json" >"$T/small.json"
+$MOE init --model "$T/small.json" --out "$T/ck8" 2>/dev/null
+cp "$T/ck8/model.safetensors" "$T/incons/model.safetensors"
+expect_fail "inconsistent safetensors (shape)" 'incons/model.safetensors: tensor "model.layers.0.mlp.experts.0.gate_proj.weight" has shape [8,32], expected [16,32]' $MOE eval --ckpt "$T/incons" --data "$T/qa.txt"
+cp -r "$T/ck" "$T/garbage"; printf '\x10\x00\x00\x00\x00\x00\x00\x00{"a":[1,2,3]}   ' >"$T/garbage/model.safetensors"
+expect_fail "malformed safetensors header" "garbage/model.safetensors: tensor \"a\"" $MOE eval --ckpt "$T/garbage" --data "$T/qa.txt"
+
+# --- data
+expect_fail "missing data file" "none.txt: cannot open" $MOE eval --ckpt "$T/ck" --data "$T/none.txt"
+: >"$T/empty.txt"
+expect_fail "empty data file" "empty.txt: empty data file" $MOE eval --ckpt "$T/ck" --data "$T/empty.txt"
+printf 'What is 1 + 1?\n2\nWhat is 2 + 2?\n' >"$T/odd.txt"
+expect_fail "odd number of lines" "odd.txt: odd number of lines: the question on line 3 has no answer" $MOE eval --ckpt "$T/ck" --data "$T/odd.txt"
+printf 'What is 1 + 1?\n\nWhat is 2 + 2?\n4\n' >"$T/blank.txt"
+expect_fail "blank line inside Q/A data" "blank.txt: line 2 is empty" $MOE eval --ckpt "$T/ck" --data "$T/blank.txt"
+printf '{"question": "a"}\n' >"$T/bad.jsonl"
+expect_fail "JSON lines without answer" "bad.jsonl: line 1: expected a JSON object" $MOE eval --ckpt "$T/ck" --data "$T/bad.jsonl"
+
+# --- sizes and flags
+expect_fail "zero batch" "--batch must be positive" $MOE train --model "$T/tiny.json" --data "$T/qa.txt" --out "$T/r0" --batch 0
+expect_fail "negative steps" "--steps must be positive" $MOE train --model "$T/tiny.json" --data "$T/qa.txt" --out "$T/r1" --steps -5
+expect_fail "zero seq" "--seq must be positive" $MOE train --model "$T/tiny.json" --data "$T/qa.txt" --out "$T/r2" --seq 0
+expect_fail "non-numeric flag" '--lr: expected a number, got "fast"' $MOE train --model "$T/tiny.json" --data "$T/qa.txt" --out "$T/r3" --lr fast
+expect_fail "unknown flag" "unknown option --stepz" $MOE train --model "$T/tiny.json" --data "$T/qa.txt" --out "$T/r4" --stepz 3
+expect_fail "grad needs a positive limit" "--limit must be positive" $MOE grad --ckpt "$T/ck" --data "$T/qa.txt" --limit 0 --out "$T/g.st"
+for x in r0 r1 r2 r3 r4; do [ -e "$T/$x" ] && bad "nothing written for bad training flags ($x)" "$T/$x exists"; done
+
+# --- an existing checkpoint is never overwritten without --resume
+$MOE train --model "$T/tiny.json" --data "$T/qa.txt" --out "$T/run" --steps 3 --batch 8 --seq 64 --quiet
+sum_before=$(cat "$T/run"/* | md5sum)
+expect_fail "train over an existing checkpoint" "run: already holds a checkpoint" $MOE train --model "$T/tiny.json" --data "$T/qa.txt" --out "$T/run" --steps 3
+expect_fail "init over an existing checkpoint" "run: already holds a checkpoint" $MOE init --model "$T/tiny.json" --out "$T/run"
+[ "$(cat "$T/run"/* | md5sum)" = "$sum_before" ] && ok "refused runs leave the checkpoint untouched" || bad "refused runs leave the checkpoint untouched" "files changed"
+expect_fail "resume past the end" "already trained 3 steps" $MOE train --resume "$T/run" --data "$T/qa.txt" --out "$T/run" --steps 3
+
+[ "${BAD_ONLY:-0}" = 1 ] && { echo "$pass passed, $fail failed"; exit $((fail > 0)); }
+
+# --- resume is exact: 20 steps then --resume to 40 logs the 40 losses of a straight run
+common=(--data "$T/qa.txt" --batch 8 --seq 64 --lr 3e-3 --warmup 5 --decay-steps 40 --seed 11 --quiet)
+$MOE train --model "$T/tiny.json" --out "$T/straight" --steps 40 "${common[@]}"
+$MOE train --model "$T/tiny.json" --out "$T/half" --steps 20 "${common[@]}"
+$MOE train --resume "$T/half" --out "$T/half" --steps 40 --data "$T/qa.txt" --quiet
+a=$(grep -o '"loss":[^,]*' "$T/straight/log.jsonl"); b=$(grep -o '"loss":[^,]*' "$T/half/log.jsonl")
+if [ "$a" = "$b" ] && [ "$(echo "$a" | wc -l)" -eq 40 ]; then ok "resume 20 -> 40 logs the same 40 losses as 40 straight"
+else bad "resume 20 -> 40 logs the same 40 losses as 40 straight" "$(diff <(echo "$a") <(echo "$b") | head -4)"; fi
+/usr/bin/python3 - "$T/straight/model.safetensors" "$T/half/model.safetensors" <<'P' && ok "resumed weights are bit-identical" || bad "resumed weights are bit-identical" "differ"
+import sys; sys.path.insert(0, "tests/ref"); import moe_ref, numpy as np
+a, _ = moe_ref.read_safetensors(sys.argv[1]); b, _ = moe_ref.read_safetensors(sys.argv[2])
+assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+P
+true || ok "resumed weights are bit-identical" || bad "resumed weights are bit-identical" "differ"
+
+# --- crash safety: an unfinished save (no journal) is dropped; a journaled one is finished
+cp -r "$T/straight" "$T/crash"
+sum=$(md5sum <"$T/crash/model.safetensors")
+head -c 1000 "$T/half/model.safetensors" >"$T/crash/model.safetensors.new"
+$MOE eval --ckpt "$T/crash" --data "$T/qa.txt" --limit 4 >/dev/null 2>&1 && [ "$(md5sum <"$T/crash/model.safetensors")" = "$sum" ] && [ ! -e "$T/crash/model.safetensors.new" ] \
+  && ok "a save interrupted before its journal leaves the old checkpoint" || bad "a save interrupted before its journal leaves the old checkpoint" "changed"
+# kill -9 a run that checkpoints every step, many times over: the checkpoint always loads
+$MOE train --model "$T/tiny.json" --out "$T/kill" --steps 1000 --ckpt-every 1 "${common[@]}" & pid=$!
+sleep 1.5; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+if $MOE eval --ckpt "$T/kill" --data "$T/qa.txt" --limit 4 >/dev/null 2>"$T/err"; then ok "checkpoint loads after kill -9 mid-training"
+else bad "checkpoint loads after kill -9 mid-training" "$(cat "$T/err")"; fi
+if $MOE train --resume "$T/kill" --out "$T/kill" --steps 1000 --time-budget 0.5 --data "$T/qa.txt" --quiet 2>"$T/err"; then ok "a killed run resumes"
+else bad "a killed run resumes" "$(cat "$T/err")"; fi
+
+# --- the other commands
+out=$($MOE eval --ckpt "$T/straight" --data "$T/qa.txt" --limit 10 --generate --json)
+echo "$out" | /usr/bin/python3 -c 'import json,sys; o=json.load(sys.stdin); assert set(o)>={"loss","tokens","examples","exact_match"} and o["examples"]==10' \
+  && ok "eval --generate --json prints loss, tokens, examples, exact_match" || bad "eval --json" "$out"
+n=$($MOE solve --ckpt "$T/straight" "What is 1 + 1?" "Round 15 to the nearest ten." | wc -l)
+[ "$n" -eq 2 ] && ok "solve prints one line per question" || bad "solve prints one line per question" "$n lines"
+n=$(printf 'What is 3 + 4?\nWhat is 5 - 2?\nWhat is 1 + 9?\n' | $MOE solve --ckpt "$T/straight" | wc -l)
+[ "$n" -eq 3 ] && ok "solve reads questions from stdin" || bad "solve reads questions from stdin" "$n lines"
+$MOE gen-math --n 50 --seed 9 --out "$T/g1.txt"; $MOE gen-math --n 50 --seed 9 --out "$T/g2.txt"; $MOE gen-math --n 50 --seed 10 --out "$T/g3.txt"
+cmp -s "$T/g1.txt" "$T/g2.txt" && ! cmp -s "$T/g1.txt" "$T/g3.txt" && ok "gen-math is seeded" || bad "gen-math is seeded" "differs"
+[ "$(wc -l <"$T/g1.txt")" -eq 100 ] && ok "gen-math writes question/answer line pairs" || bad "gen-math line count" "$(wc -l <"$T/g1.txt")"
+expect_fail "gen-math unknown task" '--tasks: unknown task "algebra"' $MOE gen-math --n 5 --tasks algebra
+$MOE grad --ckpt "$T/ck" --data "$T/qa.txt" --limit 8 --out "$T/g.safetensors" && /usr/bin/python3 - "$T/g.safetensors" "$T/ck/model.safetensors" <<'P' && ok "grad writes one tensor per parameter, same names" || bad "grad names" "mismatch"
+import json, struct, sys
+def names(p):
+    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+    return {k for k in json.loads(b[8:8 + n]) if k != "__metadata__" and "e_score_correction_bias" not in k}
+assert names(sys.argv[1]) == names(sys.argv[2]), names(sys.argv[1]) ^ names(sys.argv[2])
+P
+# log lines carry the SPEC §5 fields
+head -1 "$T/straight/log.jsonl" | /usr/bin/python3 -c 'import json,sys; o=json.load(sys.stdin); assert {"step","loss","ce","aux","lr","grad_norm","tokens_per_s","mfu","expert_load"} <= set(o); assert len(o["expert_load"])==2 and len(o["expert_load"][0])==4' \
+  && ok "log.jsonl lines carry step loss ce aux lr grad_norm tokens_per_s mfu expert_load" || bad "log.jsonl fields" "$(head -c 300 "$T/straight/log.jsonl")"
+echo "$pass passed, $fail failed"
+exit $((fail > 0))

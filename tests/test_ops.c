@@ -1,0 +1,326 @@
+// Every op three ways: fast vs its _ref twin, and backward vs finite differences of a
+// random projection of the forward output (loss = sum(out * R)). One PASS/FAIL line each.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "../src/base/base.h"
+#include "../src/kernels/gemm.h"
+#include "../src/moe/moe.h"
+#include "../src/ops/ops.h"
+#include "../src/train/train.h"
+
+static int n_pass, n_fail;
+static Rng rng;
+
+static void check(const char *name, double err, double tol) {
+    bool ok = err <= tol && isfinite(err);
+    printf("%s %s (err %.2e, tol %.0e)\n", ok ? "PASS" : "FAIL", name, err, tol);
+    ok ? n_pass++ : n_fail++;
+}
+static float *rnd(size_t n, float scale) {
+    float *p = MOE_NEW(float, n);
+    for (size_t i = 0; i < n; i++) p[i] = scale * rng_normal(&rng);
+    return p;
+}
+static float *copy(const float *x, size_t n) { float *p = MOE_NEW(float, n); memcpy(p, x, n * 4); return p; }
+static double relerr(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) { num += (double)(a[i] - b[i]) * (a[i] - b[i]); den += (double)b[i] * b[i]; }
+    return sqrt(num) / (sqrt(den) + 1e-30);
+}
+static double dot(const float *a, const float *b, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
+
+// central differences on `npoints` coordinates of x: d/dx_i loss(x) vs grad[i]
+typedef double (*LossFn)(void *ctx);
+static double fd_h = 1e-2;
+static double fd_check(float *x, const float *grad, size_t n, LossFn f, void *ctx, int npoints) {
+    double num = 0, den = 0;
+    for (int p = 0; p < npoints; p++) {
+        size_t i = rng_below(&rng, n);
+        float keep = x[i], h = (float)fd_h * fmaxf(1.0f, fabsf(keep));
+        x[i] = keep + h; double lp = f(ctx);
+        x[i] = keep - h; double lm = f(ctx);
+        x[i] = keep;
+        double fd = (lp - lm) / (2 * h);
+        num += (fd - grad[i]) * (fd - grad[i]);
+        den += fd * fd;
+    }
+    return sqrt(num / (den + 1e-20));
+}
+
+static void test_gemm(void) {
+    int M = 37, N = 29, K = 41;
+    for (int t = 0; t < 4; t++) {
+        bool ta = t & 1, tb = t & 2;
+        float *A = rnd((size_t)M * K, 1), *B = rnd((size_t)K * N, 1), *C = rnd((size_t)M * N, 1);
+        float *C2 = copy(C, (size_t)M * N);
+        gemm(ta, tb, M, N, K, 0.7f, A, ta ? M : K, B, tb ? K : N, 0.3f, C, N);
+        gemm_ref(ta, tb, M, N, K, 0.7f, A, ta ? M : K, B, tb ? K : N, 0.3f, C2, N);
+        char nm[64]; snprintf(nm, sizeof nm, "gemm ta=%d tb=%d vs ref", ta, tb != 0);
+        check(nm, relerr(C, C2, (size_t)M * N), 1e-5);
+        moe_free(A); moe_free(B); moe_free(C); moe_free(C2);
+    }
+}
+
+// ---------------- rmsnorm
+typedef struct { int N, D; float *x, *w, *R, *out, *rstd; } RmsCtx;
+static double rms_loss(void *p) {
+    RmsCtx *c = p;
+    rmsnorm_forward(c->out, c->rstd, c->x, c->w, c->N, c->D, 1e-5f);
+    return dot(c->out, c->R, (size_t)c->N * c->D);
+}
+static void test_rmsnorm(void) {
+    int N = 7, D = 48;
+    RmsCtx c = {N, D, rnd(N * D, 1), rnd(D, 1), rnd(N * D, 1), MOE_NEW(float, N * D), MOE_NEW(float, N)};
+    float *o2 = MOE_NEW(float, N * D), *r2 = MOE_NEW(float, N);
+    rms_loss(&c);
+    rmsnorm_forward_ref(o2, r2, c.x, c.w, N, D, 1e-5f);
+    check("rmsnorm forward vs ref", relerr(c.out, o2, N * D), 1e-6);
+    float *dx = MOE_NEW(float, N * D), *dw = MOE_NEW(float, D), *dx2 = MOE_NEW(float, N * D), *dw2 = MOE_NEW(float, D);
+    rmsnorm_backward(dx, dw, c.R, c.x, c.w, c.rstd, N, D);
+    rmsnorm_backward_ref(dx2, dw2, c.R, c.x, c.w, c.rstd, N, D);
+    check("rmsnorm backward dx vs ref", relerr(dx, dx2, N * D), 1e-5);
+    check("rmsnorm backward dw vs ref", relerr(dw, dw2, D), 1e-5);
+    check("rmsnorm backward dx vs finite differences", fd_check(c.x, dx, N * D, rms_loss, &c, 40), 1e-2);
+    check("rmsnorm backward dw vs finite differences", fd_check(c.w, dw, D, rms_loss, &c, 20), 1e-2);
+}
+
+// ---------------- rope
+static void test_rope(void) {
+    int N = 9, nh = 3, hd = 16;
+    RopeTable t;
+    rope_table_init(&t, 64, hd, 10000.0f);
+    int pos[9] = {0, 1, 2, 3, 0, 1, 17, 40, 63};
+    float *x = rnd(N * nh * hd, 1), *x2 = copy(x, N * nh * hd), *y = rnd(N * nh * hd, 1), *xc = copy(x, N * nh * hd);
+    rope_forward(x, pos, &t, N, nh, hd);
+    rope_forward_ref(x2, pos, N, nh, hd, 10000.0f);
+    check("rope forward vs ref", relerr(x, x2, N * nh * hd), 1e-5);
+    // the backward pass is the transpose: <R x, y> = <x, R^T y>
+    float *yb = copy(y, N * nh * hd);
+    rope_backward(yb, pos, &t, N, nh, hd);
+    double l = dot(x, y, N * nh * hd), r = dot(xc, yb, N * nh * hd);
+    check("rope backward is the adjoint of forward", fabs(l - r) / fabs(l), 1e-5);
+    rope_table_free(&t);
+}
+
+// ---------------- attention
+typedef struct { int N, H, Hkv, hd; int *lo, *hi; float *q, *k, *v, *R, *out, *lse; } AttCtx;
+static double att_loss(void *p) {
+    AttCtx *c = p;
+    attention_forward(c->out, c->lse, c->q, c->k, c->v, c->lo, c->hi, c->N, c->H, c->Hkv, c->hd);
+    return dot(c->out, c->R, (size_t)c->N * c->H * c->hd);
+}
+static void test_attention(void) {
+    // three examples of lengths 5, 1, 7 packed end to end; GQA 4 query heads on 2 kv heads
+    int N = 13, H = 4, Hkv = 2, hd = 8, lens[3] = {5, 1, 7};
+    int lo[13], hi[13], n = 0;
+    for (int s = 0, start = 0; s < 3; start += lens[s], s++)
+        for (int i = 0; i < lens[s]; i++, n++) { lo[n] = start; hi[n] = n; }
+    size_t nq = (size_t)N * H * hd, nk = (size_t)N * Hkv * hd;
+    AttCtx c = {N, H, Hkv, hd, lo, hi, rnd(nq, 1), rnd(nk, 1), rnd(nk, 1), rnd(nq, 1), MOE_NEW(float, nq), MOE_NEW(float, N * H)};
+    float *o2 = MOE_NEW(float, nq), *l2 = MOE_NEW(float, N * H);
+    att_loss(&c);
+    attention_forward_ref(o2, l2, c.q, c.k, c.v, lo, hi, N, H, Hkv, hd);
+    check("attention forward vs ref", relerr(c.out, o2, nq), 1e-5);
+    check("attention lse vs ref", relerr(c.lse, l2, N * H), 1e-5);
+    float *dq = MOE_NEW(float, nq), *dk = MOE_NEW(float, nk), *dv = MOE_NEW(float, nk);
+    float *dq2 = MOE_NEW(float, nq), *dk2 = MOE_NEW(float, nk), *dv2 = MOE_NEW(float, nk);
+    attention_backward(dq, dk, dv, c.R, c.q, c.k, c.v, c.out, c.lse, lo, N, H, Hkv, hd);
+    attention_backward_ref(dq2, dk2, dv2, c.R, c.q, c.k, c.v, lo, N, H, Hkv, hd);
+    check("attention backward dq vs ref", relerr(dq, dq2, nq), 1e-5);
+    check("attention backward dk vs ref", relerr(dk, dk2, nk), 1e-5);
+    check("attention backward dv vs ref", relerr(dv, dv2, nk), 1e-5);
+    check("attention backward dq vs finite differences", fd_check(c.q, dq, nq, att_loss, &c, 40), 1e-2);
+    check("attention backward dk vs finite differences", fd_check(c.k, dk, nk, att_loss, &c, 40), 1e-2);
+    check("attention backward dv vs finite differences", fd_check(c.v, dv, nk, att_loss, &c, 40), 1e-2);
+    // examples never see each other: changing example 0 leaves example 2's output alone
+    att_loss(&c);   // fd_check leaves the output of its last probe behind
+    float *save = copy(c.out, nq);
+    for (int i = 0; i < 5 * Hkv * hd; i++) c.v[i] += 1.0f;
+    att_loss(&c);
+    check("attention keeps examples apart", relerr(c.out + 6 * H * hd, save + 6 * H * hd, 7 * H * hd), 0);
+}
+
+// ---------------- swiglu, xent, embed
+typedef struct { long n; float *g, *u, *R, *a; } SwCtx;
+static double sw_loss(void *p) { SwCtx *c = p; swiglu_forward(c->a, c->g, c->u, c->n); return dot(c->a, c->R, c->n); }
+typedef struct { int N, V; float *z, *work; int *t; } XeCtx;
+static double xe_loss(void *p) {
+    XeCtx *c = p;
+    memcpy(c->work, c->z, sizeof(float) * c->N * c->V);
+    double s = 0;
+    xent_forward_backward(c->work, c->t, c->N, c->V, 0, &s);
+    return s;
+}
+static void test_small_ops(void) {
+    long n = 300;
+    SwCtx s = {n, rnd(n, 2), rnd(n, 1), rnd(n, 1), MOE_NEW(float, n)};
+    float *a2 = MOE_NEW(float, n), *dg = MOE_NEW(float, n), *du = MOE_NEW(float, n), *dg2 = MOE_NEW(float, n), *du2 = MOE_NEW(float, n);
+    sw_loss(&s);
+    swiglu_forward_ref(a2, s.g, s.u, n);
+    check("swiglu forward vs ref", relerr(s.a, a2, n), 1e-6);
+    swiglu_backward(dg, du, s.R, s.g, s.u, n);
+    swiglu_backward_ref(dg2, du2, s.R, s.g, s.u, n);
+    check("swiglu backward vs ref", relerr(dg, dg2, n) + relerr(du, du2, n), 1e-5);
+    check("swiglu backward vs finite differences", fd_check(s.g, dg, n, sw_loss, &s, 40) + fd_check(s.u, du, n, sw_loss, &s, 40), 1e-2);
+
+    int N = 6, V = 40;
+    int t[6] = {0, 5, 39, 7, 7, 12};
+    XeCtx x = {N, V, rnd(N * V, 3), MOE_NEW(float, N * V), t};
+    float *d = copy(x.z, N * V), *d2 = MOE_NEW(float, N * V);
+    double l1 = 0, l2 = 0;
+    xent_forward_backward(d, t, N, V, 1.0f, &l1);
+    xent_ref(d2, x.z, t, N, V, 1.0f, &l2);
+    check("softmax cross-entropy loss vs ref", fabs(l1 - l2) / l2, 1e-6);
+    check("softmax cross-entropy dlogits vs ref", relerr(d, d2, N * V), 1e-5);
+    check("softmax cross-entropy vs finite differences", fd_check(x.z, d, N * V, xe_loss, &x, 40), 1e-2);
+
+    int D = 8, toks[5] = {3, 1, 3, 0, 2};
+    float *dout = rnd(5 * D, 1), *dt = MOE_NEW(float, 4 * D), *dt2 = MOE_NEW(float, 4 * D), *tab = rnd(4 * D, 1), *o = MOE_NEW(float, 5 * D);
+    embed_backward(dt, dout, toks, 5, D);
+    embed_backward_ref(dt2, dout, toks, 5, D);
+    embed_forward(o, toks, tab, 5, D);
+    check("embedding backward vs ref (repeated ids)", relerr(dt, dt2, 4 * D), 0);
+    check("embedding forward picks rows", relerr(o + 2 * D, tab + 3 * D, D), 0);
+}
+
+// ---------------- MoE: selection, grouped experts, their backward
+typedef struct { MoeConfig c; MoeActs a; MoeWork w; float *xn, *R, *out; MoeWeights W; float *bias; int N; } MoeCtx;
+static double moe_loss(void *p) {
+    MoeCtx *m = p;
+    moe_router_forward(&m->c, &m->a, m->xn, &m->W, m->bias, m->N);
+    moe_dispatch(&m->c, &m->a, true);
+    memset(m->out, 0, sizeof(float) * m->N * m->c.hidden_size);
+    moe_experts_forward(&m->a, m->xn, &m->W, m->out);
+    return dot(m->out, m->R, (size_t)m->N * m->c.hidden_size);
+}
+static void test_moe(void) {
+    const char *names[] = {"greedy", "group_limited", "moge"};
+    for (int method = 0; method < 3; method++) {
+        MoeConfig c;
+        config_defaults(&c);
+        c.n_routed_experts = 16; c.num_experts_per_tok = 4; c.topk_method = method;
+        c.n_group = 4; c.topk_group = 2;
+        int N = 200, E = 16, K = 4;
+        float *s = MOE_NEW(float, N * E), *bias = rnd(E, 0.05f);
+        for (int i = 0; i < N * E; i++) s[i] = (float)rng_below(&rng, 8) / 8;   // many exact ties
+        int *sel = MOE_NEW(int, N * K);
+        moe_topk_ref(&c, s, bias, N, sel);
+        // the fast path through moe_router_forward: give logits whose softmax we know is s? use
+        // select via the same internal routine by routing with identity scores (sigmoid of logit)
+        MoeActs a;
+        moe_acts_alloc(&a, N, E, K, 4, 4);
+        float *W = MOE_NEW(float, E * 4), *x = MOE_NEW(float, N * 4);
+        (void)W; (void)x;
+        moe_acts_free(&a);
+        // compare through the router: sigmoid scores, logits = logit(s), unit router
+        c.scoring_func = MOE_SCORE_SIGMOID;
+        c.hidden_size = E;
+        float *eye = MOE_NEW(float, E * E), *xl = MOE_NEW(float, N * E);
+        for (int e = 0; e < E; e++) eye[e * E + e] = 1;
+        for (int i = 0; i < N * E; i++) { float p = 0.05f + 0.9f * s[i]; xl[i] = logf(p / (1 - p)); }
+        moe_acts_alloc(&a, N, E, K, E, 4);
+        MoeWeights mw = {eye, NULL, NULL, NULL};
+        moe_router_forward(&c, &a, xl, &mw, bias, N);
+        float *sref = MOE_NEW(float, N * E);
+        memcpy(sref, a.scores, sizeof(float) * N * E);
+        moe_topk_ref(&c, sref, bias, N, sel);
+        int bad = 0;
+        for (int n = 0; n < N; n++) {   // same set (order within a token does not matter)
+            for (int k = 0; k < K; k++) {
+                int found = 0;
+                for (int j = 0; j < K; j++) found |= a.sel[n * K + j] == sel[n * K + k];
+                bad += !found;
+            }
+        }
+        char nm[96]; snprintf(nm, sizeof nm, "top-k %s vs ref (with ties and bias)", names[method]);
+        check(nm, bad, 0);
+        if (method == 2) {   // moge: every group gets exactly K/G of each token
+            int worst = 0;
+            for (int n = 0; n < N; n++) {
+                int cnt[4] = {0};
+                for (int k = 0; k < K; k++) cnt[a.sel[n * K + k] / 4]++;
+                for (int g = 0; g < 4; g++) worst = imax(worst, abs(cnt[g] - 1));
+            }
+            check("moge: every group gets K/n_group per token", worst, 0);
+        }
+        moe_acts_free(&a);
+        moe_free(s); moe_free(bias); moe_free(sel); moe_free(eye); moe_free(xl); moe_free(sref);
+    }
+    // grouped experts forward vs the token-by-token reference, and backward vs FD
+    for (int cap = 0; cap < 2; cap++) {
+        MoeCtx m;
+        config_defaults(&m.c);
+        int N = 23, D = 12, F = 10, E = 6, K = 2;
+        m.c.hidden_size = D; m.c.n_routed_experts = E; m.c.num_experts_per_tok = K; m.c.moe_intermediate_size = F;
+        m.c.capacity_factor = cap ? 0.8f : 0;
+        m.N = N;
+        moe_acts_alloc(&m.a, N, E, K, D, F);
+        moe_work_alloc(&m.w, N, E, K, D, F);
+        m.xn = rnd(N * D, 1); m.R = rnd(N * D, 1); m.out = MOE_NEW(float, N * D); m.bias = MOE_NEW(float, E);
+        float *router = rnd(E * D, 0.5f), *g = rnd(E * F * D, 0.3f), *u = rnd(E * F * D, 0.3f), *dn = rnd(E * D * F, 0.3f);
+        m.W = (MoeWeights){router, g, u, dn};
+        moe_loss(&m);
+        float *o2 = MOE_NEW(float, N * D);
+        moe_experts_forward_ref(&m.c, &m.a, m.xn, &m.W, o2);
+        char nm[96];
+        snprintf(nm, sizeof nm, "grouped experts forward vs ref%s (%d dropped)", cap ? " with capacity" : "", m.a.dropped);
+        check(nm, relerr(m.out, o2, N * D), 1e-5);
+        float *dx = MOE_NEW(float, N * D), *dr = MOE_NEW(float, E * D), *dg = MOE_NEW(float, E * F * D),
+              *du = MOE_NEW(float, E * F * D), *dd = MOE_NEW(float, E * D * F);
+        MoeGrads G = {dr, dg, du, dd};
+        moe_experts_backward(&m.a, &m.w, m.R, m.xn, &m.W, &G, dx);
+        moe_weights_backward(&m.c, &m.a, &m.w);
+        moe_router_backward(&m.c, &m.a, &m.w, m.xn, &m.W, &G, dx);
+        // finite differences hold while no perturbation flips a selection: small steps
+        snprintf(nm, sizeof nm, "MoE backward (experts, weights, router) vs finite differences%s", cap ? ", capacity" : "");
+        fd_h = 2e-3;
+        double e1 = fd_check(g, dg, E * F * D, moe_loss, &m, 30), e2 = fd_check(dn, dd, E * D * F, moe_loss, &m, 30),
+               e3 = fd_check(router, dr, E * D, moe_loss, &m, 30), e4 = fd_check(m.xn, dx, N * D, moe_loss, &m, 30);
+        fd_h = 1e-2;
+        double e = fmax(fmax(e1, e2), fmax(e3, e4));
+        if (e > 4e-2) printf("  experts gate %.2e down %.2e router %.2e input %.2e\n", e1, e2, e3, e4);
+        check(nm, e, 4e-2);
+        moe_acts_free(&m.a); moe_work_free(&m.w);
+    }
+}
+
+static void test_adamw(void) {
+    MoeConfig c;
+    config_defaults(&c);
+    c.hidden_size = 16; c.num_hidden_layers = 1; c.intermediate_size = 32; c.n_routed_experts = 4;
+    c.moe_intermediate_size = 8; c.vocab_size = 260; c.max_position_embeddings = 16;
+    Model m1, m2;
+    model_build(&m1, &c, true); model_build(&m2, &c, true);
+    model_init_weights(&m1, 3); model_init_weights(&m2, 3);
+    AdamW a1, a2;
+    adamw_alloc(&a1, m1.n_params); adamw_alloc(&a2, m2.n_params);
+    OptConfig o;
+    opt_defaults(&o);
+    o.weight_decay = 0.1f;
+    for (int s = 0; s < 5; s++) {
+        for (size_t i = 0; i < m1.n_params; i++) m1.grads[i] = m2.grads[i] = 0.01f * rng_normal(&rng);
+        adamw_step(&a1, &m1, &o, 1e-2f);
+        adamw_step_ref(&a2, &m2, &o, 1e-2f);
+    }
+    check("AdamW step vs ref (5 steps, decay on matrices only)", relerr(m1.params, m2.params, m1.n_params), 1e-6);
+    model_free(&m1); model_free(&m2); adamw_free(&a1); adamw_free(&a2);
+}
+
+int main(void) {
+    rng_seed(&rng, 42);
+    test_gemm();
+    test_rmsnorm();
+    test_rope();
+    test_attention();
+    test_small_ops();
+    test_moe();
+    test_adamw();
+    printf("%d passed, %d failed\n", n_pass, n_fail);
+    return n_fail != 0;
+}
