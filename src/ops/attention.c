@@ -3,7 +3,9 @@
 #include "../base/base.h"
 #include "ops.h"
 
-// One query row against keys [lo, hi]: online softmax (running max m, running sum l).
+// One query row against keys [lo, hi], in blocks of 64 keys: scores for the block, then
+// an online-softmax update (running max m, running sum l) of the output accumulator.
+#define ATT_BLOCK 64
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                        const int *kv_lo, const int *kv_hi, int N, int H, int Hkv, int hd) {
     const float scale = 1.0f / sqrtf((float)hd);
@@ -15,22 +17,32 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
             float *o = out + (size_t)n * qs + h * hd;
             const int kh = h / group;
             float m = -INFINITY, l = 0;
-            float acc[512];
+            float acc[512], sc[ATT_BLOCK];
             for (int i = 0; i < hd; i++) acc[i] = 0;
-            for (int j = kv_lo[n]; j <= kv_hi[n]; j++) {
-                const float *kj = k + (size_t)j * ks + kh * hd, *vj = v + (size_t)j * ks + kh * hd;
-                float s = 0;
-                for (int i = 0; i < hd; i++) s += qh[i] * kj[i];
-                s *= scale;
-                if (s > m) {   // rescale what we have to the new max
-                    float c = expf(m - s);
+            for (int j0 = kv_lo[n]; j0 <= kv_hi[n]; j0 += ATT_BLOCK) {
+                const int nb = imin(ATT_BLOCK, kv_hi[n] - j0 + 1);
+                float bm = -INFINITY;
+                for (int j = 0; j < nb; j++) {
+                    const float *kj = k + (size_t)(j0 + j) * ks + kh * hd;
+                    float s = 0;
+#pragma omp simd reduction(+ : s)
+                    for (int i = 0; i < hd; i++) s += qh[i] * kj[i];
+                    sc[j] = s * scale;
+                    bm = sc[j] > bm ? sc[j] : bm;
+                }
+                if (bm > m) {   // rescale what we have to the new max
+                    float c = expf(m - bm);
                     l *= c;
                     for (int i = 0; i < hd; i++) acc[i] *= c;
-                    m = s;
+                    m = bm;
                 }
-                float p = expf(s - m);
-                l += p;
-                for (int i = 0; i < hd; i++) acc[i] += p * vj[i];
+                for (int j = 0; j < nb; j++) {
+                    const float p = expf(sc[j] - m);
+                    const float *vj = v + (size_t)(j0 + j) * ks + kh * hd;
+                    l += p;
+#pragma omp simd
+                    for (int i = 0; i < hd; i++) acc[i] += p * vj[i];
+                }
             }
             float inv = 1.0f / l;
             for (int i = 0; i < hd; i++) o[i] = acc[i] * inv;
@@ -69,9 +81,11 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                         const float *kj = k + (size_t)j * ks + kh * hd, *vj = v + (size_t)j * ks + kh * hd;
                         float *dkj = dk + (size_t)j * ks + kh * hd, *dvj = dv + (size_t)j * ks + kh * hd;
                         float s = 0, dp = 0;
+#pragma omp simd reduction(+ : s, dp)
                         for (int i = 0; i < hd; i++) { s += qh[i] * kj[i]; dp += doh[i] * vj[i]; }
                         float p = expf(s * scale - L);
                         float ds = p * (dp - Di) * scale;
+#pragma omp simd
                         for (int i = 0; i < hd; i++) {
                             dvj[i] += p * doh[i];
                             dqh[i] += ds * kj[i];
