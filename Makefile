@@ -17,7 +17,7 @@ OBJ := $(SRC:%.c=build/%.o)
 LIB := build/libmoe.a
 
 .PHONY: all test demo deps clean asan
-all: moe
+all: deps moe
 
 deps:
 	@bash scripts/deps.sh

@@ -1,7 +1,9 @@
 // moe: one binary, subcommands (SPEC §4). Dispatch only; each command lives in src/cmd/.
 #include <stdio.h>
 #include <string.h>
+#include "base/base.h"
 #include "cmd/cmd.h"
+#include "dist/dist.h"
 
 typedef struct { const char *name; int (*run)(int, char **); const char *doc; } Command;
 
@@ -26,8 +28,21 @@ int main(int argc, char **argv) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    DistInfo dist;
+    if (dist_init(&argc, &argv, &dist) != MOE_OK) { fprintf(stderr, "moe: %s\n", moe_errmsg()); return 1; }
+    if (dist.size > 1) {
+        // data and expert parallelism over MPI are not implemented yet: refuse rather than
+        // let P copies of one run write the same files
+        if (dist.rank == 0) fprintf(stderr, "moe: running under MPI with %d ranks: distributed training is not implemented yet; run one process\n", dist.size);
+        dist_finalize(&dist);
+        return 1;
+    }
     for (size_t i = 0; i < sizeof COMMANDS / sizeof *COMMANDS; i++)
-        if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].run(argc - 2, argv + 2);
+        if (!strcmp(argv[1], COMMANDS[i].name)) {
+            int rc = COMMANDS[i].run(argc - 2, argv + 2);
+            dist_finalize(&dist);
+            return rc;
+        }
     fprintf(stderr, "moe: unknown command \"%s\"\n", argv[1]);
     usage(stderr);
     return 2;

@@ -1,6 +1,7 @@
 #include "model.h"
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include "../base/base.h"
 #include "../kernels/gemm.h"
@@ -119,16 +120,20 @@ int model_find_tensor(const Model *m, const char *name) {
 }
 
 void model_init_weights(Model *m, unsigned long long seed) {
-    // N(0, 0.02) for matrices, with the residual projections (o_proj, down_proj) scaled by
-    // 1/sqrt(2L) as in GPT-2; norms start at 1; the balance bias at 0.
+    // PyTorch's defaults, which small models learn much faster from than GPT-2's N(0, 0.02)
+    // (numbers__place_value: 0.99 exact match after 100 s against 0.28): embeddings N(0,1)
+    // as nn.Embedding; matrices N(0, 1/(3 fan_in)), the variance of nn.Linear's uniform
+    // init. A tied embedding is also the output head, so it starts at N(0, 1/D) instead.
+    // Norms start at 1, the balance bias at 0.
     Rng r;
     rng_seed(&r, seed);
-    float std = 0.02f, res_std = 0.02f / sqrtf(2.0f * m->cfg.num_hidden_layers);
     for (int i = 0; i < m->n_tensors; i++) {
         ParamTensor *t = &m->tensors[i];
         float *p = m->params + t->offset;
         if (t->ndim == 1) { for (size_t j = 0; j < t->numel; j++) p[j] = 1.0f; continue; }
-        float s = (strstr(t->name, "o_proj") || strstr(t->name, "down_proj")) ? res_std : std;
+        float s = 1.0f / sqrtf(3.0f * t->shape[1]);
+        if (!strcmp(t->name, "model.embed_tokens.weight"))
+            s = m->cfg.tie_word_embeddings ? 1.0f / sqrtf((float)t->shape[1]) : 1.0f;
         for (size_t j = 0; j < t->numel; j++) p[j] = s * rng_normal(&r);
     }
     memset(m->bias, 0, sizeof(float) * (size_t)m->cfg.num_hidden_layers * imax(m->cfg.n_routed_experts, 1));

@@ -188,7 +188,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
                 kernels_threads(), peak / 1e9);
     double t_start = time_now(), t_last_ckpt = t_start;
     long start_step = pr.step;
-    int print_every = tty ? 1 : imax(1, (tc->steps - (int)start_step) / 20);
+    double t_print = 0;   // not a terminal: a line every 10 s instead of a live line
     StepLoss sl = {0};
     while (pr.step < tc->steps) {
         double t0 = time_now();
@@ -235,7 +235,8 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         double eta = per_step * (tc->steps - pr.step);
         if (tc->time_budget > 0 && tc->time_budget - elapsed < eta) eta = tc->time_budget - elapsed;
         bool stop_time = tc->time_budget > 0 && elapsed + per_step > tc->time_budget;
-        if (!tc->quiet && (pr.step % print_every == 0 || pr.step == tc->steps || stop_time)) {
+        if (!tc->quiet && (tty || elapsed - t_print >= 10 || pr.step == start_step + 1 || pr.step == tc->steps || stop_time)) {
+            t_print = elapsed;
             char etas[32];
             fmt_eta(etas, sizeof etas, eta);
             fprintf(stderr, "%sstep %ld/%d | loss %.4f (ce %.4f aux %.4f) | lr %.2e | %.0f tok/s | MFU %.1f%% | load max/mean %.2f | ETA %s%s",
