@@ -149,5 +149,16 @@ P
 # log lines carry the SPEC §5 fields
 head -1 "$T/straight/log.jsonl" | /usr/bin/python3 -c 'import json,sys; o=json.load(sys.stdin); assert {"step","loss","ce","aux","lr","grad_norm","tokens_per_s","mfu","expert_load"} <= set(o); assert len(o["expert_load"])==2 and len(o["expert_load"][0])==4' \
   && ok "log.jsonl lines carry step loss ce aux lr grad_norm tokens_per_s mfu expert_load" || bad "log.jsonl fields" "$(head -c 300 "$T/straight/log.jsonl")"
+# plain text is a byte stream for language modelling
+head -c 20000 "$T/qa.txt" >"$T/plain.txt"
+$MOE train --model "$T/tiny.json" --data "$T/plain.txt" --format text --out "$T/lm" --steps 3 --batch 4 --seq 32 --quiet \
+  && [ "$(wc -l <"$T/lm/log.jsonl")" -eq 3 ] && ok "trains on plain text (--format text)" || bad "trains on plain text" "failed"
+# several --data files
+$MOE gen-math --n 20 --seed 4 --tasks compare --out "$T/cmp.txt"
+$MOE train --model "$T/tiny.json" --data "$T/qa.txt,$T/cmp.txt" --out "$T/two" --steps 2 --batch 4 --seq 127 2>"$T/err" \
+  && grep -q "84 examples" "$T/err" && ok "--data A,B reads both files" || bad "--data A,B reads both files" "$(head -2 "$T/err")"
+out=$($MOE bench --model "$T/tiny.json" --batch 2 --seq 32 --steps 2 --json)
+echo "$out" | /usr/bin/python3 -c 'import json,sys; o=json.load(sys.stdin); assert {"tokens_per_s","step_ms","mfu","peak_rss_mb"} <= set(o) and o["tokens_per_s"] > 0' \
+  && ok "bench --json prints tokens_per_s step_ms mfu peak_rss_mb" || bad "bench --json" "$out"
 echo "$pass passed, $fail failed"
 exit $((fail > 0))

@@ -31,6 +31,7 @@ int cmd_eval(int argc, char **argv) {
     if (ckpt_load_model(ckpt, &m, false)) return cmd_fail("eval");
     Dataset d;
     if (dataset_load(&d, data, df, m.cfg.max_position_embeddings - 1, limit)) { model_free(&m); return cmd_fail("eval"); }
+    if (d.skipped) fprintf(stderr, "moe eval: skipped %d examples longer than max_position_embeddings\n", d.skipped);
     double loss;
     long tokens;
     double t0 = time_now();

@@ -17,8 +17,10 @@ static int generate_chunk(Model *m, const char *const *q, const int *qlen, int S
     const MoeConfig *c = &m->cfg;
     int maxq = 0, total = 0;
     for (int s = 0; s < S; s++) { maxq = imax(maxq, qlen[s] + 2); total += qlen[s] + 2; }
-    const int R = maxq + GEN_MAX_NEW;
-    if (R > c->max_position_embeddings) MOE_ERR("question of %d bytes is too long for max_position_embeddings %d", maxq - 2, c->max_position_embeddings);
+    // answers stop at 64 tokens or at the model's last position, whichever comes first
+    const int R = imin(maxq + GEN_MAX_NEW, c->max_position_embeddings);
+    if (maxq >= c->max_position_embeddings)
+        MOE_ERR("question of %d bytes is too long for max_position_embeddings %d", maxq - 2, c->max_position_embeddings);
     const int L = c->num_hidden_layers, Hk = c->num_key_value_heads * c->head_dim, V = c->vocab_size;
     KvCache cache = {S * R, MOE_NEW(float *, L), MOE_NEW(float *, L)};
     for (int l = 0; l < L; l++) { cache.k[l] = MOE_NEW(float, (size_t)S * R * Hk); cache.v[l] = MOE_NEW(float, (size_t)S * R * Hk); }
@@ -31,10 +33,11 @@ static int generate_chunk(Model *m, const char *const *q, const int *qlen, int S
     char **out = answers;
     for (int s = 0; s < S; s++) { out[s] = malloc(GEN_MAX_NEW + 1); out[s][0] = 0; }
     // prefill
-    int n = 0;
+    int n = 0, rc = MOE_OK;
     for (int s = 0; s < S; s++) {
         int t[4096];
         int np = encode_prompt(t, 4096, q[s], qlen[s]);
+        if (np < 0) { rc = MOE_FAIL; moe_seterr("question of %d bytes is too long", qlen[s]); break; }
         for (int i = 0; i < np; i++, n++) {
             b.tokens[n] = t[i]; b.pos[n] = i; b.kv_lo[n] = s * R; slot[n] = s * R + i;
         }
@@ -45,7 +48,7 @@ static int generate_chunk(Model *m, const char *const *q, const int *qlen, int S
     a.n_out = S;
     ForwardOpts fo = {.train = false, .cache = &cache, .slot = slot};
     ForwardOut fout;
-    int rc = model_forward(m, &a, &b, &fo, &fout);
+    if (rc == MOE_OK) rc = model_forward(m, &a, &b, &fo, &fout);
     int *tg = b.targets;
     int produced = 0;
     for (int s = 0; s < S && rc == MOE_OK; s++) nxt[s] = argmax(a.logits + (size_t)s * V, V);
@@ -54,7 +57,7 @@ static int generate_chunk(Model *m, const char *const *q, const int *qlen, int S
         for (int s = 0; s < S; s++) {
             if (done[s]) continue;
             int alen = (int)strlen(out[s]);
-            if (nxt[s] == TOK_EOS || alen >= GEN_MAX_NEW) { done[s] = 1; continue; }
+            if (nxt[s] == TOK_EOS || alen >= GEN_MAX_NEW || len[s] >= R) { done[s] = 1; continue; }
             if (nxt[s] < 256) { out[s][alen] = (char)nxt[s]; out[s][alen + 1] = 0; }
             else { out[s][alen] = '?'; out[s][alen + 1] = 0; }   // a special id inside an answer
             if (alen + 1 >= GEN_MAX_NEW) { done[s] = 1; continue; }

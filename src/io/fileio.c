@@ -21,7 +21,20 @@ int dir_ensure(const char *dir) {
         if (!S_ISDIR(st.st_mode)) MOE_ERR("%s: exists and is not a directory", dir);
         return MOE_OK;
     }
-    if (mkdir(dir, 0755) != 0) MOE_ERR("%s: cannot create directory: %s", dir, strerror(errno));
+    // create the parents first, as mkdir -p
+    char *copy = moe_strdup(dir);
+    for (char *p = copy + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(copy, 0755) != 0 && errno != EEXIST) {
+            int e = errno;
+            moe_free(copy);
+            MOE_ERR("%s: cannot create directory: %s", dir, strerror(e));
+        }
+        *p = '/';
+    }
+    moe_free(copy);
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) MOE_ERR("%s: cannot create directory: %s", dir, strerror(errno));
     return MOE_OK;
 }
 int fsync_dir_of(const char *path) {

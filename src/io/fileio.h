@@ -10,6 +10,6 @@ FILE *file_atomic_open(const char *path);
 int file_atomic_commit(FILE *f, const char *path);
 void file_atomic_abort(FILE *f, const char *path);
 int fsync_dir_of(const char *path);
-int dir_ensure(const char *dir);          // mkdir -p for one level, error if it is a file
+int dir_ensure(const char *dir);          // mkdir -p; an error if it is a file
 int path_exists(const char *path);
 void path_join(char *out, size_t cap, const char *dir, const char *name);

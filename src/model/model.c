@@ -10,8 +10,7 @@
 
 typedef struct { Model *m; int cap; } LayoutBuilder;
 
-static float **slot_ptr;   // not used across threads: layout is built once
-static void add(LayoutBuilder *lb, const char *name, int d0, int d1, float **view) {
+static void add(LayoutBuilder *lb, const char *name, int d0, int d1) {
     Model *m = lb->m;
     if (m->n_tensors == lb->cap) {
         lb->cap = lb->cap ? lb->cap * 2 : 64;
@@ -28,7 +27,6 @@ static void add(LayoutBuilder *lb, const char *name, int d0, int d1, float **vie
     t->offset = m->n_params;
     t->decay = t->ndim >= 2;
     m->n_params += t->numel;
-    (void)view;
 }
 
 // Walks the layout in order; with base != NULL it points the views into base.
@@ -40,7 +38,7 @@ static void layout_walk(Model *m, LayoutBuilder *lb, float *base, ParamViews *v)
     int idx = 0;
     char nm[96];
 #define T(name, d0, d1, view) do { \
-        if (lb) add(lb, name, d0, d1, NULL); \
+        if (lb) add(lb, name, d0, d1); \
         else { (view) = base + m->tensors[idx].offset; } idx++; } while (0)
     T("model.embed_tokens.weight", V, D, v->embed);
     for (int l = 0; l < c->num_hidden_layers; l++) {
@@ -103,7 +101,6 @@ void model_build(Model *m, const MoeConfig *c, bool with_grads) {
     }
     m->bias = MOE_NEW(float, (size_t)c->num_hidden_layers * (c->n_routed_experts > 0 ? c->n_routed_experts : 1));
     rope_table_init(&m->rope, c->max_position_embeddings, c->head_dim, c->rope_theta);
-    (void)slot_ptr;
 }
 
 void model_free(Model *m) {
