@@ -16,11 +16,13 @@ SRC := $(wildcard src/base/*.c src/kernels/*.c src/ops/*.c src/moe/*.c src/model
 OBJ := $(SRC:%.c=build/%.o)
 LIB := build/libmoe.a
 
-.PHONY: all test demo deps clean asan
-all: deps moe
+.PHONY: all test demo deps deps-build clean
+all: deps-build moe
 
 deps:
 	@bash scripts/deps.sh
+deps-build:
+	@bash scripts/deps.sh build
 
 build/%.o: %.c $(wildcard src/*/*.h)
 	@mkdir -p $(dir $@)
@@ -44,7 +46,7 @@ build/asan/moe: $(SRC) src/moe.c $(wildcard src/*/*.h)
 test: deps moe build/test_ops build/asan/moe
 	@bash tests/run.sh
 
-demo: deps moe
+demo: deps-build moe
 	@bash scripts/demo.sh
 
 clean:

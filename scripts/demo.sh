@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MOE=./moe
 OUT=${DEMO_DIR:-runs/demo}
-BUDGET=${DEMO_SECONDS:-240}
+BUDGET=${DEMO_SECONDS:-300}
 TASKS=${DEMO_TASKS:-place_value,compare,round,add}
 mkdir -p data runs
 echo "== 1. data: moe gen-math ($TASKS)"
@@ -14,7 +14,7 @@ $MOE gen-math --n 500 --seed 2 --tasks "$TASKS" --out data/demo-test.txt
 echo "== 2. training configs/math-tiny.json for ${BUDGET}s into $OUT"
 rm -rf "$OUT"
 $MOE train --model configs/math-tiny.json --data data/demo-train.txt --out "$OUT" \
-  --steps 100000 --time-budget "$BUDGET" --batch 128 --seq 64 --lr 3e-3 --warmup 100 --decay-steps 1500 --min-lr 3e-4
+  --steps 100000 --time-budget "$BUDGET" --batch 128 --seq 80 --lr 3e-3 --warmup 100 --decay-steps 1400 --min-lr 3e-4
 echo "== 3. sample problems (moe solve)"
 head -20 data/demo-test.txt | awk 'NR % 2 == 1' > runs/demo-questions.txt
 head -20 data/demo-test.txt | awk 'NR % 2 == 0' > runs/demo-answers.txt

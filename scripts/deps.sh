@@ -2,8 +2,9 @@
 # Installs what moe.c needs to build and test, from Debian's packages, when it is missing.
 # Safe to run again: it does nothing when everything is there.
 set -euo pipefail
-pkgs=(build-essential libopenblas-openmp-dev libcjson-dev libopenmpi-dev openmpi-bin
-      python3 python3-numpy python3-torch)
+# "build": what building and running needs (make, make demo); default: also the test oracle's
+pkgs=(build-essential libopenblas-openmp-dev libcjson-dev libopenmpi-dev openmpi-bin)
+[ "${1:-all}" = build ] || pkgs+=(python3 python3-numpy python3-torch)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
