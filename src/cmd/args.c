@@ -4,7 +4,7 @@
 #include <string.h>
 #include "../base/base.h"
 
-static const char *SWITCHES[] = {"--json", "--generate", "--bf16", "--quiet", "--no-shuffle", "--help", "--latency", NULL};
+static const char *SWITCHES[] = {"--json", "--generate", "--bf16", "--quiet", "--no-shuffle", "--help", "--latency", "--profile", NULL};
 static bool is_switch(const char *s) {
     for (int i = 0; SWITCHES[i]; i++) if (!strcmp(s, SWITCHES[i])) return true;
     return false;

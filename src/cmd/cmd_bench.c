@@ -1,12 +1,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../base/base.h"
+#include "../base/prof.h"
 #include "../kernels/gemm.h"
 #include "../train/train.h"
 #include "cmd.h"
 
 static const char *HELP =
-    "usage: moe bench --model CFG.json --batch B --seq T [--steps N] [--threads N] [--json]\n"
+    "usage: moe bench --model CFG.json --batch B --seq T [--steps N] [--threads N] [--profile] [--json]\n"
     "  training-step speed (forward, backward, AdamW) on random tokens\n";
 
 int cmd_bench(int argc, char **argv) {
@@ -19,7 +20,7 @@ int cmd_bench(int argc, char **argv) {
     if (cmd_threads(&a) || args_int(&a, "--batch", 8, &B) || args_int(&a, "--seq", 256, &T) ||
         args_int(&a, "--steps", 5, &steps))
         return cmd_fail("bench");
-    bool json = args_bool(&a, "--json");
+    bool json = args_bool(&a, "--json"), profile = args_bool(&a, "--profile");
     if (args_finish(&a)) return cmd_fail("bench");
     if (B <= 0 || T <= 0 || steps <= 0) { moe_seterr("--batch, --seq and --steps must be positive"); return cmd_fail("bench"); }
     MoeConfig c;
@@ -53,13 +54,17 @@ int cmd_bench(int argc, char **argv) {
     double best = 1e30;
     int rc = MOE_OK;
     for (int s = 0; s <= steps && rc == MOE_OK; s++) {   // step 0 warms up
+        if (s == 1) { prof_enabled = profile; prof_reset(); }
         double t0 = time_now();
         rc = train_accumulate(&m, &acts, &b, &d, ids, B, B, &sl);
+        double to = prof_begin();
         grad_clip(m.grads, m.n_params, oc.clip);
         adamw_step(&opt, &m, &oc, oc.lr);
+        prof_end(PROF_OPTIM, false, to, 0);
         double dt = time_now() - t0;
         if (s > 0 && dt < best) best = dt;
     }
+    if (rc == MOE_OK && profile) prof_print(steps);
     if (rc == MOE_OK) {
         double tps = (double)B * T / best, mfu = config_flops_per_token(&c, T) * tps / peak;
         double rss = peak_rss_kb() / 1024.0;

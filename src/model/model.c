@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../base/base.h"
+#include "../base/prof.h"
 #include "../kernels/gemm.h"
 
 // ---------------------------------------------------------------- parameter layout
@@ -228,19 +229,30 @@ int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, Forwa
     out->aux = 0;
     int *kv_hi = MOE_NEW(int, N);
     for (int n = 0; n < N; n++) kv_hi[n] = o->cache ? o->slot[n] : n;
+    double pairs = 0;   // (query, key) pairs, for the attention FLOP count
+    for (int n = 0; n < N; n++) pairs += kv_hi[n] - b->kv_lo[n] + 1;
+    const double attn_flops = 4.0 * pairs * H * hd;
     float *x = a->xs;
+    double t = prof_begin();
     embed_forward(x, b->tokens, m->w.embed, N, D);
+    prof_end(PROF_EMBED, false, t, 0);
     for (int l = 0; l < L; l++) {
         LayerActs *la = &a->layer[a->train ? l : 0];
         const LayerParams *p = &m->w.layer[l];
         float *xnext = a->train ? a->xs + (size_t)(l + 1) * N * D : a->xs + (size_t)((l + 1) % 2) * a->Nmax * D;
         la->x = x;
+        t = prof_begin();
         rmsnorm_forward(la->xn1, la->rstd1, x, p->in_norm, N, D, c->rms_norm_eps);
+        prof_end(PROF_NORM, false, t, 0);
+        t = prof_begin();
         linear_forward(la->q, la->xn1, p->wq, N, D, Hq, false);
         linear_forward(la->k, la->xn1, p->wk, N, D, Hk, false);
         linear_forward(la->v, la->xn1, p->wv, N, D, Hk, false);
+        prof_end(PROF_QKV, false, t, 2.0 * N * D * (Hq + 2 * Hk));
+        t = prof_begin();
         rope_forward(la->q, b->pos, &m->rope, N, H, hd);
         rope_forward(la->k, b->pos, &m->rope, N, Hkv, hd);
+        prof_end(PROF_ROPE, false, t, 0);
         const float *K = la->k, *Vv = la->v;
         if (o->cache) {   // append the new keys to the cache, attend over it
             float *ck = o->cache->k[l], *cv = o->cache->v[l];
@@ -250,25 +262,41 @@ int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, Forwa
             }
             K = ck; Vv = cv;
         }
+        t = prof_begin();
         attention_forward(la->att, la->lse, la->q, K, Vv, b->kv_lo, kv_hi, N, H, Hkv, hd);
+        prof_end(PROF_ATTN, false, t, attn_flops);
+        t = prof_begin();
         memcpy(la->h, x, sizeof(float) * (size_t)N * D);
         linear_forward(la->h, la->att, p->wo, N, Hq, D, true);
+        prof_end(PROF_OPROJ, false, t, 2.0 * N * Hq * D);
+        t = prof_begin();
         rmsnorm_forward(la->xn2, la->rstd2, la->h, p->post_norm, N, D, c->rms_norm_eps);
+        prof_end(PROF_NORM, false, t, 0);
         memcpy(xnext, la->h, sizeof(float) * (size_t)N * D);
         if (!config_layer_is_moe(c, l)) {
+            t = prof_begin();
             swiglu_ffn_forward(xnext, la->g, la->u, la->a, la->xn2, p->gate, p->up, p->down, N, D,
                                c->intermediate_size, true);
+            prof_end(PROF_DENSE, false, t, 6.0 * N * D * c->intermediate_size);
         } else {
             MoeWeights mw;
             moe_views(p, c, &mw);
             MoeActs *ma = &la->moe;
+            t = prof_begin();
             moe_router_forward(c, ma, la->xn2, &mw, m->bias + (size_t)l * E, N);
+            prof_end(PROF_ROUTER, false, t, 2.0 * N * D * E);
+            t = prof_begin();
             moe_dispatch(c, ma, o->train);
+            prof_end(PROF_PERMUTE, false, t, 0);
             moe_experts_forward(ma, la->xn2, &mw, xnext);
+            t = prof_begin();
             if (Fs > 0)
                 swiglu_ffn_forward(xnext, la->g, la->u, la->a, la->xn2, p->s_gate, p->s_up, p->s_down, N, D, Fs, true);
+            prof_end(PROF_SHARED, false, t, 6.0 * N * D * Fs);
             if (o->train) {
+                t = prof_begin();
                 out->aux += moe_aux_loss(c, ma, NULL, b->seq_start, b->n_seq, o->aux_scale);
+                prof_end(PROF_BALANCE, false, t, 0);
                 for (int e = 0; e < E; e++) a->load[(size_t)l * E + e] += ma->load[e];
                 a->dropped += ma->dropped;
                 a->assigned += (long)N * c->num_experts_per_tok;
@@ -278,7 +306,9 @@ int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, Forwa
     }
     moe_free(kv_hi);
     // output head over the rows that need logits only
+    t = prof_begin();
     rmsnorm_forward(a->xf, a->rstdf, x, m->w.norm, N, D, c->rms_norm_eps);
+    prof_end(PROF_NORM, false, t, 0);
     if (o->train) {
         a->n_out = 0;
         for (int n = 0; n < N; n++)
@@ -286,7 +316,10 @@ int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, Forwa
     }
     int Nt = a->n_out;
     for (int i = 0; i < Nt; i++) memcpy(a->xt + (size_t)i * D, a->xf + (size_t)a->out_rows[i] * D, sizeof(float) * D);
+    t = prof_begin();
     linear_forward(a->logits, a->xt, m->w.head, Nt, D, V, false);
+    prof_end(PROF_HEAD, false, t, 2.0 * Nt * D * V);
+    t = prof_begin();
     if (b->targets) {
         int *tg = MOE_NEW(int, Nt > 0 ? Nt : 1);
         int ok = 1;
@@ -294,6 +327,7 @@ int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, Forwa
         if (ok) xent_forward_backward(a->logits, tg, Nt, V, o->train ? o->ce_scale : 0.0f, &out->ce_sum);
         moe_free(tg);
     }
+    prof_end(PROF_XENT, false, t, 0);
     return MOE_OK;
 }
 
@@ -319,14 +353,20 @@ void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
     const size_t ND = (size_t)N * D;
     // head: logits = xt W^T ; a->logits holds dlogits already
     float *dxt = a->dh;
+    double t = prof_begin();
     memset(dxt, 0, sizeof(float) * (size_t)Nt * D);
     linear_backward(dxt, m->g.head, a->logits, a->xt, m->w.head, Nt, D, V);
+    prof_end(PROF_HEAD, true, t, 4.0 * Nt * D * V);
+    double pairs = 0;
+    for (int n = 0; n < N; n++) pairs += n - b->kv_lo[n] + 1;
     float *dxf = a->dxn;
     memset(dxf, 0, sizeof(float) * ND);
     for (int i = 0; i < Nt; i++) memcpy(dxf + (size_t)a->out_rows[i] * D, dxt + (size_t)i * D, sizeof(float) * D);
     float *dx = a->dx;
+    t = prof_begin();
     memset(dx, 0, sizeof(float) * ND);
     rmsnorm_backward(dx, m->g.norm, dxf, a->xs + (size_t)L * ND, m->w.norm, a->rstdf, N, D);
+    prof_end(PROF_NORM, true, t, 0);
     for (int l = L - 1; l >= 0; l--) {
         LayerActs *la = &a->layer[l];
         const LayerParams *p = &m->w.layer[l];
@@ -336,36 +376,58 @@ void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
         memcpy(dh, dx, sizeof(float) * ND);
         memset(dxn, 0, sizeof(float) * ND);
         if (!config_layer_is_moe(c, l)) {
+            t = prof_begin();
             swiglu_ffn_backward(dxn, gp->gate, gp->up, gp->down, dx, la->xn2, la->g, la->u, la->a, p->gate,
                                 p->up, p->down, a->dg, a->du, a->da, N, D, c->intermediate_size);
+            prof_end(PROF_DENSE, true, t, 12.0 * N * D * c->intermediate_size);
         } else {
             MoeWeights mw;
             moe_views(p, c, &mw);
             MoeGrads mg = {gp->router, gp->e_gate, gp->e_up, gp->e_down};
             MoeActs *ma = &la->moe;
             moe_experts_backward(ma, &a->mw, dx, la->xn2, &mw, &mg, dxn);
+            t = prof_begin();
             moe_weights_backward(c, ma, &a->mw);
             moe_aux_loss(c, ma, &a->mw, b->seq_start, b->n_seq, o->aux_scale);
+            prof_end(PROF_BALANCE, true, t, 0);
+            t = prof_begin();
             moe_router_backward(c, ma, &a->mw, la->xn2, &mw, &mg, dxn);
+            prof_end(PROF_ROUTER, true, t, 4.0 * N * D * E);
+            t = prof_begin();
             if (Fs > 0)
                 swiglu_ffn_backward(dxn, gp->s_gate, gp->s_up, gp->s_down, dx, la->xn2, la->g, la->u, la->a,
                                     p->s_gate, p->s_up, p->s_down, a->dg, a->du, a->da, N, D, Fs);
+            prof_end(PROF_SHARED, true, t, 12.0 * N * D * Fs);
         }
+        t = prof_begin();
         rmsnorm_backward(dh, gp->post_norm, dxn, la->h, p->post_norm, la->rstd2, N, D);
+        prof_end(PROF_NORM, true, t, 0);
         // h = x + att Wo^T
+        t = prof_begin();
         memset(a->datt, 0, sizeof(float) * (size_t)N * Hq);
         linear_backward(a->datt, gp->wo, dh, la->att, p->wo, N, Hq, D);
+        prof_end(PROF_OPROJ, true, t, 4.0 * N * Hq * D);
+        t = prof_begin();
         attention_backward(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse, b->kv_lo, N, H,
                            Hkv, hd);
+        prof_end(PROF_ATTN, true, t, 8.0 * pairs * H * hd);
+        t = prof_begin();
         rope_backward(a->dq, b->pos, &m->rope, N, H, hd);
         rope_backward(a->dk, b->pos, &m->rope, N, Hkv, hd);
+        prof_end(PROF_ROPE, true, t, 0);
+        t = prof_begin();
         memset(dxn, 0, sizeof(float) * ND);
         linear_backward(dxn, gp->wq, a->dq, la->xn1, p->wq, N, D, Hq);
         linear_backward(dxn, gp->wk, a->dk, la->xn1, p->wk, N, D, Hk);
         linear_backward(dxn, gp->wv, a->dv, la->xn1, p->wv, N, D, Hk);
+        prof_end(PROF_QKV, true, t, 4.0 * N * D * (Hq + 2 * Hk));
+        t = prof_begin();
         memcpy(dx, dh, sizeof(float) * ND);
         rmsnorm_backward(dx, gp->in_norm, dxn, la->x, p->in_norm, la->rstd1, N, D);
+        prof_end(PROF_NORM, true, t, 0);
     }
+    t = prof_begin();
     embed_backward(m->g.embed, dx, b->tokens, N, D);
+    prof_end(PROF_EMBED, true, t, 0);
     (void)E;
 }

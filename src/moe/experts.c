@@ -1,6 +1,7 @@
 #include <math.h>
 #include <string.h>
 #include "../base/base.h"
+#include "../base/prof.h"
 #include "../kernels/gemm.h"
 #include "../ops/ops.h"
 #include "moe.h"
@@ -23,8 +24,11 @@ void moe_work_free(MoeWork *w) {
 void moe_experts_forward(MoeActs *a, const float *xn, const MoeWeights *W, float *out) {
     const int D = a->D, F = a->F, K = a->K, N = a->N;
     // gather: row r is a copy of its token's input
+    double t = prof_begin();
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < a->A; r++) memcpy(a->xe + (size_t)r * D, xn + (size_t)a->row_tok[r] * D, sizeof(float) * D);
+    prof_end(PROF_PERMUTE, false, t, 0);
+    t = prof_begin();
     for (int e = 0; e < a->E; e++) {
         int r0 = a->offsets[e], M = a->offsets[e + 1] - r0;
         if (M == 0) continue;
@@ -35,7 +39,9 @@ void moe_experts_forward(MoeActs *a, const float *xn, const MoeWeights *W, float
         swiglu_forward(act, g, u, (long)M * F);
         linear_forward(a->ye + (size_t)r0 * D, act, W->down + (size_t)e * D * F, M, F, D, false);   // [M,D]
     }
+    prof_end(PROF_EXPERTS, false, t, 6.0 * a->A * D * F);
     // combine: every token sums its kept experts' rows with their weights
+    t = prof_begin();
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         float *o = out + (size_t)n * D;
@@ -47,6 +53,7 @@ void moe_experts_forward(MoeActs *a, const float *xn, const MoeWeights *W, float
             for (int i = 0; i < D; i++) o[i] += w * y[i];
         }
     }
+    prof_end(PROF_UNPERMUTE, false, t, 0);
 }
 
 void moe_experts_forward_ref(const MoeConfig *c, const MoeActs *a, const float *xn,
@@ -82,6 +89,7 @@ void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const floa
     const int D = a->D, F = a->F, K = a->K, N = a->N;
     (void)xn;
     // out_n = sum_k w_nk y_r  =>  dy_r = w_nk dout_n ; dw_nk = dout_n . y_r
+    double t = prof_begin();
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < a->A; r++) {
         int n = a->row_tok[r], slot = a->row_slot[r];
@@ -92,6 +100,8 @@ void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const floa
     }
     for (int i = 0; i < N * K; i++)
         if (a->row[i] < 0) wk->dw[i] = 0;   // a dropped assignment adds nothing
+    prof_end(PROF_UNPERMUTE, true, t, 0);
+    t = prof_begin();
     for (int e = 0; e < a->E; e++) {
         int r0 = a->offsets[e], M = a->offsets[e + 1] - r0;
         if (M == 0) continue;
@@ -106,7 +116,9 @@ void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const floa
         linear_backward(dx, G->gate + (size_t)e * F * D, dg, x, W->gate + (size_t)e * F * D, M, D, F);
         linear_backward(dx, G->up + (size_t)e * F * D, du, x, W->up + (size_t)e * F * D, M, D, F);
     }
+    prof_end(PROF_EXPERTS, true, t, 12.0 * a->A * D * F);
     // scatter back: each token sums the input gradients of its rows
+    t = prof_begin();
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         float *d = dxn + (size_t)n * D;
@@ -117,6 +129,7 @@ void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const floa
             for (int i = 0; i < D; i++) d[i] += s[i];
         }
     }
+    prof_end(PROF_PERMUTE, true, t, 0);
 }
 
 void moe_weights_backward(const MoeConfig *c, const MoeActs *a, MoeWork *wk) {
