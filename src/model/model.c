@@ -263,7 +263,8 @@ int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, Forwa
             K = ck; Vv = cv;
         }
         t = prof_begin();
-        attention_forward(la->att, la->lse, la->q, K, Vv, b->kv_lo, kv_hi, N, H, Hkv, hd);
+        if (o->cache) attention_forward(la->att, la->lse, la->q, K, Vv, b->kv_lo, kv_hi, N, H, Hkv, hd);
+        else attention_forward_train(la->att, la->lse, la->q, K, Vv, b->kv_lo, N, H, Hkv, hd);
         prof_end(PROF_ATTN, false, t, attn_flops);
         t = prof_begin();
         memcpy(la->h, x, sizeof(float) * (size_t)N * D);
@@ -408,8 +409,8 @@ void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
         linear_backward(a->datt, gp->wo, dh, la->att, p->wo, N, Hq, D);
         prof_end(PROF_OPROJ, true, t, 4.0 * N * Hq * D);
         t = prof_begin();
-        attention_backward(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse, b->kv_lo, N, H,
-                           Hkv, hd);
+        attention_backward_train(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse, b->kv_lo, N,
+                                 H, Hkv, hd);
         prof_end(PROF_ATTN, true, t, 8.0 * pairs * H * hd);
         t = prof_begin();
         rope_backward(a->dq, b->pos, &m->rope, N, H, hd);

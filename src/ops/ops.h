@@ -37,6 +37,13 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                         const float *k, const float *v, const float *out, const float *lse,
                         const int *kv_lo, int N, int H, int Hkv, int hd);
+// The same two passes in tiles of 64 x 64 whose products are small GEMMs (flash-attention
+// 2 style), for the training layout (kv_lo from the example starts, kv_hi[n] = n).
+void attention_forward_train(float *out, float *lse, const float *q, const float *k, const float *v,
+                             const int *kv_lo, int N, int H, int Hkv, int hd);
+void attention_backward_train(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                              const float *k, const float *v, const float *out, const float *lse,
+                              const int *kv_lo, int N, int H, int Hkv, int hd);
 void attention_forward_ref(float *out, float *lse, const float *q, const float *k, const float *v,
                            const int *kv_lo, const int *kv_hi, int N, int H, int Hkv, int hd);
 void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q,
