@@ -1,4 +1,5 @@
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 #include "../base/base.h"
 #include "../base/prof.h"
@@ -29,6 +30,11 @@ void moe_experts_forward(MoeActs *a, const float *xn, const MoeWeights *W, float
     for (int r = 0; r < a->A; r++) memcpy(a->xe + (size_t)r * D, xn + (size_t)a->row_tok[r] * D, sizeof(float) * D);
     prof_end(PROF_PERMUTE, false, t, 0);
     t = prof_begin();
+    // many experts: one expert per thread at a time (BLAS runs single-threaded inside the
+    // region), so that small per-expert GEMMs do not pay a fork/join each; few experts:
+    // each GEMM on all threads
+    const bool by_expert = a->E >= 2 * omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 1) if (by_expert)
     for (int e = 0; e < a->E; e++) {
         int r0 = a->offsets[e], M = a->offsets[e + 1] - r0;
         if (M == 0) continue;
@@ -102,6 +108,8 @@ void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const floa
         if (a->row[i] < 0) wk->dw[i] = 0;   // a dropped assignment adds nothing
     prof_end(PROF_UNPERMUTE, true, t, 0);
     t = prof_begin();
+    const bool by_expert = a->E >= 2 * omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 1) if (by_expert)
     for (int e = 0; e < a->E; e++) {
         int r0 = a->offsets[e], M = a->offsets[e + 1] - r0;
         if (M == 0) continue;

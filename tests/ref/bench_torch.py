@@ -146,7 +146,7 @@ class Model(nn.Module):
         for b in self.blocks:
             x = b(x, cos, sin)
         logits = self.head(self.norm(x))
-        return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 def main():
