@@ -58,8 +58,7 @@ int cmd_bench(int argc, char **argv) {
         double t0 = time_now();
         rc = train_accumulate(&m, &acts, &b, &d, ids, B, B, &sl);
         double to = prof_begin();
-        grad_clip(m.grads, m.n_params, oc.clip);
-        adamw_step(&opt, &m, &oc, oc.lr);
+        adamw_step(&opt, &m, &oc, oc.lr, grad_clip_scale(grad_norm(m.grads, m.n_params), oc.clip));
         prof_end(PROF_OPTIM, false, to, 0);
         double dt = time_now() - t0;
         if (s > 0 && dt < best) best = dt;

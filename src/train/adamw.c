@@ -20,34 +20,35 @@ float lr_at(const OptConfig *o, long step) {
 void adamw_alloc(AdamW *a, size_t n) { a->m = MOE_NEW(float, n); a->v = MOE_NEW(float, n); a->t = 0; }
 void adamw_free(AdamW *a) { moe_free(a->m); moe_free(a->v); }
 
-double grad_clip(float *g, size_t n, float max_norm) {
+double grad_norm(const float *g, size_t n) {
     double ss = 0;
 #pragma omp parallel for reduction(+ : ss) schedule(static)
     for (size_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
-    double norm = sqrt(ss);
-    if (max_norm > 0 && norm > max_norm) {   // as torch.nn.utils.clip_grad_norm_
-        float s = (float)(max_norm / (norm + 1e-6));
-#pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < n; i++) g[i] *= s;
-    }
-    return norm;
+    return sqrt(ss);
 }
 
-// One pass over the blob per tensor: p <- p (1 - lr wd) - lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps),
-// the torch.optim.AdamW arithmetic.
-void adamw_step(AdamW *a, const Model *m, const OptConfig *o, float lr) {
+float grad_clip_scale(double norm, float max_norm) {
+    // as torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when above
+    return max_norm > 0 && norm > max_norm ? (float)(max_norm / (norm + 1e-6)) : 1.0f;
+}
+
+// One pass over the blob: the clipping scale is applied on the fly, and
+// p <- p (1 - lr wd) - lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps), the torch.optim.AdamW arithmetic.
+// One parallel region for all tensors (no fork/join per small tensor).
+void adamw_step(AdamW *a, const Model *m, const OptConfig *o, float lr, float gscale) {
     a->t++;
     const float b1 = o->beta1, b2 = o->beta2;
     const double bc1 = 1.0 - pow(b1, (double)a->t), bc2 = 1.0 - pow(b2, (double)a->t);
     const float step = (float)(lr / bc1), rbc2 = (float)(1.0 / sqrt(bc2));
+#pragma omp parallel
     for (int ti = 0; ti < m->n_tensors; ti++) {
         const ParamTensor *t = &m->tensors[ti];
         float *p = m->params + t->offset, *g = m->grads + t->offset, *mm = a->m + t->offset, *vv = a->v + t->offset;
         const float decay = t->decay ? 1.0f - lr * o->weight_decay : 1.0f;
         const long n = (long)t->numel;
-#pragma omp parallel for schedule(static) if (n > 4096)
+#pragma omp for schedule(static) nowait
         for (long i = 0; i < n; i++) {
-            float gi = g[i];
+            float gi = g[i] * gscale;
             mm[i] = b1 * mm[i] + (1 - b1) * gi;
             vv[i] = b2 * vv[i] + (1 - b2) * gi * gi;
             p[i] = p[i] * decay - step * mm[i] / (sqrtf(vv[i]) * rbc2 + o->eps);

@@ -18,9 +18,11 @@ void opt_defaults(OptConfig *o);
 float lr_at(const OptConfig *o, long step);   // step counts from 1
 void adamw_alloc(AdamW *a, size_t n);
 void adamw_free(AdamW *a);
-// clip by global norm (returns the norm before clipping), then one AdamW step
-double grad_clip(float *g, size_t n, float max_norm);
-void adamw_step(AdamW *a, const Model *m, const OptConfig *o, float lr);
+// global gradient norm, and the clipping factor for it
+double grad_norm(const float *g, size_t n);
+float grad_clip_scale(double norm, float max_norm);
+// one AdamW step on gradients scaled by gscale (the clipping factor), one pass over the blobs
+void adamw_step(AdamW *a, const Model *m, const OptConfig *o, float lr, float gscale);
 void adamw_step_ref(AdamW *a, const Model *m, const OptConfig *o, float lr);
 
 typedef struct {

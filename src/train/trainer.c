@@ -195,10 +195,10 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         for (int i = 0; i < tc->batch; i++) ids[i] = order_example(&order, pr.cursor + i);
         rc = train_accumulate(&m, &a, &b, &d, ids, tc->batch, tc->micro_batch, &sl);
         if (rc) break;
-        double gnorm = grad_clip(m.grads, m.n_params, tc->opt.clip);
+        double gnorm = grad_norm(m.grads, m.n_params);
         if (!isfinite(gnorm)) { moe_seterr("step %ld: gradient norm is not finite (loss %g); lower --lr", pr.step + 1, sl.loss); rc = MOE_FAIL; break; }
         float lr = lr_at(&tc->opt, pr.step + 1);
-        adamw_step(&opt, &m, &tc->opt, lr);
+        adamw_step(&opt, &m, &tc->opt, lr, grad_clip_scale(gnorm, tc->opt.clip));
         if (c->bias_update_speed > 0)
             for (int l = 0; l < L; l++)
                 if (config_layer_is_moe(c, l)) moe_bias_update(m.bias + (size_t)l * E, a.load + (size_t)l * E, E, c->bias_update_speed);
