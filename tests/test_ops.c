@@ -6,6 +6,7 @@
 #include <string.h>
 #include "../src/base/base.h"
 #include "../src/kernels/gemm.h"
+#include "../src/kernels/simd.h"
 #include "../src/moe/moe.h"
 #include "../src/ops/ops.h"
 #include "../src/train/train.h"
@@ -330,6 +331,32 @@ static void test_moe(void) {
     }
 }
 
+// vector kernels against their scalar twins, at awkward lengths (tails)
+static void test_simd(void) {
+    char nm[96];
+    int n = 1003;
+    float *x = rnd(n, 8), *y = MOE_NEW(float, n), *y2 = MOE_NEW(float, n);
+    float s1 = vec_exp_sum(y, x, 3.0f, n), s2 = vec_exp_sum_ref(y2, x, 3.0f, n);
+    snprintf(nm, sizeof nm, "vec_exp_sum (%s) vs ref", simd_level());
+    check(nm, relerr(y, y2, n) + fabs(s1 - s2) / s2, 1e-6);
+    float *g = rnd(n, 3), *u = rnd(n, 1), *a = MOE_NEW(float, n), *a2 = MOE_NEW(float, n);
+    vec_swiglu(a, g, u, n);
+    swiglu_forward_ref(a2, g, u, n);
+    snprintf(nm, sizeof nm, "vec_swiglu (%s) vs ref", simd_level());
+    check(nm, relerr(a, a2, n), 1e-6);
+    float *da = rnd(n, 1), *dg = MOE_NEW(float, n), *du = MOE_NEW(float, n), *dg2 = MOE_NEW(float, n), *du2 = MOE_NEW(float, n);
+    vec_swiglu_backward(dg, du, da, g, u, n);
+    swiglu_backward_ref(dg2, du2, da, g, u, n);
+    snprintf(nm, sizeof nm, "vec_swiglu_backward (%s) vs ref", simd_level());
+    check(nm, relerr(dg, dg2, n) + relerr(du, du2, n), 1e-6);
+    // and the fallback the dispatcher picks on CPUs without AVX2
+    simd_force_scalar(1);
+    vec_exp_sum(y, x, 3.0f, n);
+    vec_swiglu(a, g, u, n);
+    check("scalar fallback of vec_exp_sum and vec_swiglu vs ref", relerr(y, y2, n) + relerr(a, a2, n), 1e-6);
+    simd_force_scalar(0);
+}
+
 static void test_adamw(void) {
     MoeConfig c;
     config_defaults(&c);
@@ -363,6 +390,7 @@ int main(void) {
     test_attention_tiled();
     test_small_ops();
     test_moe();
+    test_simd();
     test_adamw();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail != 0;

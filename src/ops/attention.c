@@ -3,6 +3,7 @@
 #include "../base/base.h"
 #include "ops.h"
 #include "../kernels/gemm.h"
+#include "../kernels/simd.h"
 
 // One query row against keys [lo, hi], in blocks of 64 keys: scores for the block, then
 // an online-softmax update (running max m, running sum l) of the output accumulator.
@@ -204,8 +205,7 @@ void attention_forward_train(float *out, float *lse, const float *q, const float
                             float bm = m[r];
                             for (int c = 0; c < cmax; c++) bm = sr[c] > bm ? sr[c] : bm;
                             const float corr = expf(m[r] - bm);
-                            float sum = 0;
-                            for (int c = 0; c < cmax; c++) { sr[c] = expf(sr[c] - bm); sum += sr[c]; }
+                            const float sum = vec_exp_sum(sr, sr, bm, cmax);
                             for (int c = cmax; c < nj; c++) sr[c] = 0;
                             l[r] = l[r] * corr + sum;
                             m[r] = bm;
@@ -267,7 +267,7 @@ void attention_backward_train(float *dq, float *dk, float *dv, const float *dout
                                 const int cmax = i0 == j0 ? r + 1 : nj;
                                 const float L = Lr[(size_t)(i0 + r) * H];
                                 float *pr = P + r * AT;
-                                for (int c = 0; c < cmax; c++) pr[c] = expf(pr[c] - L);
+                                vec_exp_sum(pr, pr, L, cmax);
                                 for (int c = cmax; c < nj; c++) pr[c] = 0;
                             }
                             gemm(true, false, nj, hd, mi, 1.0f, P, AT, dO + (size_t)i0 * qs, qs, 1.0f, dV + (size_t)j0 * ks, ks);

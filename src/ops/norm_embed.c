@@ -1,5 +1,7 @@
 #include <math.h>
 #include <string.h>
+#include <omp.h>
+#include "../kernels/simd.h"
 #include "ops.h"
 
 void embed_forward(float *out, const int *tokens, const float *table, int N, int D) {
@@ -11,7 +13,6 @@ void embed_backward(float *dtable, const float *dout, const int *tokens, int N, 
     // parallel over columns so that two tokens with the same id never race
 #pragma omp parallel
     {
-        extern int omp_get_thread_num(void), omp_get_num_threads(void);
         int ith = omp_get_thread_num(), nth = omp_get_num_threads();
         int c0 = D * ith / nth, c1 = D * (ith + 1) / nth;
         for (int n = 0; n < N; n++) {
@@ -49,7 +50,6 @@ void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, c
     }
 #pragma omp parallel
     {
-        extern int omp_get_thread_num(void), omp_get_num_threads(void);
         int ith = omp_get_thread_num(), nth = omp_get_num_threads();
         int c0 = D * ith / nth, c1 = D * (ith + 1) / nth;
         for (int n = 0; n < N; n++) {
@@ -86,22 +86,22 @@ void rmsnorm_backward_ref(float *dx, float *dw, const float *dout, const float *
     }
 }
 
+// elementwise, split into per-thread chunks, each chunk through the vector kernel
 void swiglu_forward(float *a, const float *g, const float *u, long n) {
-#pragma omp parallel for schedule(static)
-    for (long i = 0; i < n; i++) {
-        float s = 1.0f / (1.0f + expf(-g[i]));
-        a[i] = g[i] * s * u[i];
+#pragma omp parallel
+    {
+        int ith = omp_get_thread_num(), nth = omp_get_num_threads();
+        long i0 = n * ith / nth, i1 = n * (ith + 1) / nth;
+        vec_swiglu(a + i0, g + i0, u + i0, i1 - i0);
     }
 }
 
 void swiglu_backward(float *dg, float *du, const float *da, const float *g, const float *u, long n) {
-    // silu'(z) = s (1 + z (1 - s)), s = sigmoid(z)
-#pragma omp parallel for schedule(static)
-    for (long i = 0; i < n; i++) {
-        float s = 1.0f / (1.0f + expf(-g[i]));
-        float silu = g[i] * s;
-        dg[i] = da[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
-        du[i] = da[i] * silu;
+#pragma omp parallel
+    {
+        int ith = omp_get_thread_num(), nth = omp_get_num_threads();
+        long i0 = n * ith / nth, i1 = n * (ith + 1) / nth;
+        vec_swiglu_backward(dg + i0, du + i0, da + i0, g + i0, u + i0, i1 - i0);
     }
 }
 
@@ -112,13 +112,13 @@ void xent_forward_backward(float *logits, const int *targets, int Nt, int V, flo
         float *z = logits + (size_t)n * V;
         float mx = z[0];
         for (int i = 1; i < V; i++) mx = z[i] > mx ? z[i] : mx;
-        double sum = 0;
-        for (int i = 0; i < V; i++) sum += expf(z[i] - mx);
-        double lse = mx + log(sum);
-        total += lse - z[targets[n]];
+        const float zt = z[targets[n]];
+        // z <- exp(z - max) in place; the loss needs only their sum
+        double sum = vec_exp_sum(z, z, mx, V);
+        total += mx + log(sum) - zt;
         if (scale != 0.0f) {
-            float inv = (float)(1.0 / sum);
-            for (int i = 0; i < V; i++) z[i] = expf(z[i] - mx) * inv * scale;
+            float f = (float)(scale / sum);
+            for (int i = 0; i < V; i++) z[i] *= f;
             z[targets[n]] -= scale;
         }
     }

@@ -1,0 +1,13 @@
+// Vector kernels picked at run time: AVX2+FMA where the CPU has them, scalar otherwise
+// (MOE_SIMD=scalar forces the fallback). Each has a plain-C _ref twin for the tests.
+#pragma once
+
+const char *simd_level(void);         // "avx2" or "scalar"
+void simd_force_scalar(int on);       // tests: run the fallback
+
+// y[i] = exp(x[i]) (y may be x); returns sum of y
+float vec_exp_sum(float *y, const float *x, float shift, int n);   // y = exp(x - shift)
+float vec_exp_sum_ref(float *y, const float *x, float shift, int n);
+// SwiGLU: a = silu(g) * u ; and its backward (dg, du overwritten)
+void vec_swiglu(float *a, const float *g, const float *u, long n);
+void vec_swiglu_backward(float *dg, float *du, const float *da, const float *g, const float *u, long n);
