@@ -57,14 +57,14 @@ static void layout_walk(Model *m, LayoutBuilder *lb, float *base, ParamViews *v)
             TL("mlp.down_proj.weight", D, Fd, p->down);
         } else {
             TL("mlp.gate.weight", E, D, p->router);
-            // experts contiguous per kind so that expert e's matrix is base + e * size
+            // expert e's gate_proj and up_proj side by side ([2Fe,D], one GEMM), the
+            // experts one after another so that expert e's pair is base + e * 2 Fe D
             for (int e = 0; e < E; e++) {
-                char s[64]; snprintf(s, sizeof s, "mlp.experts.%d.gate_proj.weight", e);
-                float *dummy; TL(s, Fe, D, dummy); if (!lb && e == 0) p->e_gate = dummy;
-            }
-            for (int e = 0; e < E; e++) {
-                char s[64]; snprintf(s, sizeof s, "mlp.experts.%d.up_proj.weight", e);
-                float *dummy; TL(s, Fe, D, dummy); if (!lb && e == 0) p->e_up = dummy;
+                char s[64]; float *dummy;
+                snprintf(s, sizeof s, "mlp.experts.%d.gate_proj.weight", e);
+                TL(s, Fe, D, dummy); if (!lb && e == 0) p->e_gate_up = dummy;
+                snprintf(s, sizeof s, "mlp.experts.%d.up_proj.weight", e);
+                TL(s, Fe, D, dummy);
             }
             for (int e = 0; e < E; e++) {
                 char s[64]; snprintf(s, sizeof s, "mlp.experts.%d.down_proj.weight", e);
@@ -164,7 +164,7 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, bool train) {
         bool moe = train ? config_layer_is_moe(c, li) : config_n_moe_layers(c) > 0;
         int F = train ? (moe ? Fs : c->intermediate_size) : Fmax;
         if (F > 0) {
-            la->g = MOE_NEW(float, (size_t)Nmax * F); la->u = MOE_NEW(float, (size_t)Nmax * F);
+            la->gu = MOE_NEW(float, (size_t)Nmax * 2 * F);
             la->a = MOE_NEW(float, (size_t)Nmax * F);
         }
         if (moe) moe_acts_alloc(&la->moe, Nmax, E, K, D, Fe);
@@ -177,7 +177,7 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, bool train) {
         a->dffn = MOE_NEW(float, ND);
         a->dq = MOE_NEW(float, (size_t)Nmax * Hq); a->datt = MOE_NEW(float, (size_t)Nmax * Hq);
         a->dk = MOE_NEW(float, (size_t)Nmax * Hk); a->dv = MOE_NEW(float, (size_t)Nmax * Hk);
-        a->dg = MOE_NEW(float, (size_t)Nmax * Fmax); a->du = MOE_NEW(float, (size_t)Nmax * Fmax);
+        a->dgu = MOE_NEW(float, (size_t)Nmax * 2 * Fmax);
         a->da = MOE_NEW(float, (size_t)Nmax * Fmax);
         if (config_n_moe_layers(c) > 0) moe_work_alloc(&a->mw, Nmax, E, K, D, Fe);
     }
@@ -189,12 +189,12 @@ void acts_free(Acts *a) {
     for (int l = 0; l < nstore; l++) {
         LayerActs *la = &a->layer[l];
         void *p[] = {la->rstd1, la->xn1, la->q, la->k, la->v, la->att, la->lse, la->h, la->rstd2,
-                     la->xn2, la->g, la->u, la->a};
+                     la->xn2, la->gu, la->a};
         for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
         if (la->moe.scores) moe_acts_free(&la->moe);
     }
     void *p[] = {a->xs, a->layer, a->rstdf, a->xf, a->xt, a->logits, a->out_rows, a->dx, a->dh,
-                 a->dxn, a->dffn, a->dq, a->datt, a->dk, a->dv, a->dg, a->du, a->da, a->load};
+                 a->dxn, a->dffn, a->dq, a->datt, a->dk, a->dv, a->dgu, a->da, a->load};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
     if (a->mw.ds) moe_work_free(&a->mw);
     memset(a, 0, sizeof *a);
@@ -202,17 +202,17 @@ void acts_free(Acts *a) {
 
 // ---------------------------------------------------------------- forward
 
-static void swiglu_ffn_forward(float *out, float *g, float *u, float *act, const float *x,
-                               const float *Wg, const float *Wu, const float *Wd, int N, int D, int F, bool acc) {
-    linear_forward(g, x, Wg, N, D, F, false);
-    linear_forward(u, x, Wu, N, D, F, false);
-    swiglu_forward(act, g, u, (long)N * F);
+// out (+)= swiglu(x); Wgu is gate_proj followed by up_proj in the blob: one [2F,D] GEMM
+static void swiglu_ffn_forward(float *out, float *gu, float *act, const float *x, const float *Wgu,
+                               const float *Wd, int N, int D, int F, bool acc) {
+    linear_forward(gu, x, Wgu, N, D, 2 * F, false);
+    swiglu_rows_forward(act, gu, N, F);
     linear_forward(out, act, Wd, N, F, D, acc);
 }
 
 static void moe_views(const LayerParams *p, const MoeConfig *c, MoeWeights *w) {
     (void)c;
-    w->router = p->router; w->gate = p->e_gate; w->up = p->e_up; w->down = p->e_down;
+    w->router = p->router; w->gate_up = p->e_gate_up; w->down = p->e_down;
 }
 
 int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, ForwardOut *out) {
@@ -276,8 +276,7 @@ int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, Forwa
         memcpy(xnext, la->h, sizeof(float) * (size_t)N * D);
         if (!config_layer_is_moe(c, l)) {
             t = prof_begin();
-            swiglu_ffn_forward(xnext, la->g, la->u, la->a, la->xn2, p->gate, p->up, p->down, N, D,
-                               c->intermediate_size, true);
+            swiglu_ffn_forward(xnext, la->gu, la->a, la->xn2, p->gate, p->down, N, D, c->intermediate_size, true);
             prof_end(PROF_DENSE, false, t, 6.0 * N * D * c->intermediate_size);
         } else {
             MoeWeights mw;
@@ -292,7 +291,7 @@ int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, Forwa
             moe_experts_forward(ma, la->xn2, &mw, xnext);
             t = prof_begin();
             if (Fs > 0)
-                swiglu_ffn_forward(xnext, la->g, la->u, la->a, la->xn2, p->s_gate, p->s_up, p->s_down, N, D, Fs, true);
+                swiglu_ffn_forward(xnext, la->gu, la->a, la->xn2, p->s_gate, p->s_down, N, D, Fs, true);
             prof_end(PROF_SHARED, false, t, 6.0 * N * D * Fs);
             if (o->train) {
                 t = prof_begin();
@@ -334,15 +333,13 @@ int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, Forwa
 
 // ---------------------------------------------------------------- backward
 
-static void swiglu_ffn_backward(float *dx, float *dWg, float *dWu, float *dWd, const float *dout,
-                                const float *x, const float *g, const float *u, const float *act,
-                                const float *Wg, const float *Wu, const float *Wd, float *dg, float *du,
-                                float *da, int N, int D, int F) {
+static void swiglu_ffn_backward(float *dx, float *dWgu, float *dWd, const float *dout, const float *x,
+                                const float *gu, const float *act, const float *Wgu, const float *Wd,
+                                float *dgu, float *da, int N, int D, int F) {
     memset(da, 0, sizeof(float) * (size_t)N * F);
     linear_backward(da, dWd, dout, act, Wd, N, F, D);
-    swiglu_backward(dg, du, da, g, u, (long)N * F);
-    linear_backward(dx, dWg, dg, x, Wg, N, D, F);
-    linear_backward(dx, dWu, du, x, Wu, N, D, F);
+    swiglu_rows_backward(dgu, da, gu, N, F);
+    linear_backward(dx, dWgu, dgu, x, Wgu, N, D, 2 * F);
 }
 
 void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
@@ -378,13 +375,13 @@ void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
         memset(dxn, 0, sizeof(float) * ND);
         if (!config_layer_is_moe(c, l)) {
             t = prof_begin();
-            swiglu_ffn_backward(dxn, gp->gate, gp->up, gp->down, dx, la->xn2, la->g, la->u, la->a, p->gate,
-                                p->up, p->down, a->dg, a->du, a->da, N, D, c->intermediate_size);
+            swiglu_ffn_backward(dxn, gp->gate, gp->down, dx, la->xn2, la->gu, la->a, p->gate, p->down, a->dgu, a->da,
+                                N, D, c->intermediate_size);
             prof_end(PROF_DENSE, true, t, 12.0 * N * D * c->intermediate_size);
         } else {
             MoeWeights mw;
             moe_views(p, c, &mw);
-            MoeGrads mg = {gp->router, gp->e_gate, gp->e_up, gp->e_down};
+            MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down};
             MoeActs *ma = &la->moe;
             moe_experts_backward(ma, &a->mw, dx, la->xn2, &mw, &mg, dxn);
             t = prof_begin();
@@ -396,8 +393,8 @@ void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
             prof_end(PROF_ROUTER, true, t, 4.0 * N * D * E);
             t = prof_begin();
             if (Fs > 0)
-                swiglu_ffn_backward(dxn, gp->s_gate, gp->s_up, gp->s_down, dx, la->xn2, la->g, la->u, la->a,
-                                    p->s_gate, p->s_up, p->s_down, a->dg, a->du, a->da, N, D, Fs);
+                swiglu_ffn_backward(dxn, gp->s_gate, gp->s_down, dx, la->xn2, la->gu, la->a, p->s_gate, p->s_down,
+                                    a->dgu, a->da, N, D, Fs);
             prof_end(PROF_SHARED, true, t, 12.0 * N * D * Fs);
         }
         t = prof_begin();

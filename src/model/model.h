@@ -19,10 +19,10 @@ typedef struct {
 typedef struct {
     float *in_norm, *post_norm;          // [D]
     float *wq, *wk, *wv, *wo;            // [H*hd,D] [Hkv*hd,D] [Hkv*hd,D] [D,H*hd]
-    float *gate, *up, *down;             // dense [Fd,D] [Fd,D] [D,Fd]
+    float *gate, *up, *down;             // dense [Fd,D] [Fd,D] [D,Fd]; up follows gate: [2Fd,D]
     float *router;                       // [E,D]
-    float *e_gate, *e_up, *e_down;       // [E,Fe,D] [E,Fe,D] [E,D,Fe]
-    float *s_gate, *s_up, *s_down;       // shared [Fs,D] [Fs,D] [D,Fs]
+    float *e_gate_up, *e_down;           // [E,2Fe,D] (gate then up per expert), [E,D,Fe]
+    float *s_gate, *s_up, *s_down;       // shared [Fs,D] [Fs,D] [D,Fs]; up follows gate
 } LayerParams;
 
 typedef struct {
@@ -67,7 +67,7 @@ typedef struct {
     float *att, *lse;      // [N,H*hd], [N,H]
     float *h;              // [N,D] after the attention residual
     float *rstd2, *xn2;    // [N], [N,D]
-    float *g, *u, *a;      // dense or shared-expert SwiGLU [N,F]
+    float *gu, *a;         // dense or shared-expert SwiGLU: [N,2F] gate|up, [N,F] silu(g)*u
     MoeActs moe;
 } LayerActs;
 
@@ -81,7 +81,7 @@ typedef struct {
     int *out_rows;         // [N]
     int n_out;
     // backward workspace
-    float *dx, *dh, *dxn, *dq, *dk, *dv, *datt, *dffn, *dg, *du, *da;
+    float *dx, *dh, *dxn, *dq, *dk, *dv, *datt, *dffn, *dgu, *da;
     MoeWork mw;
     // per-step statistics
     long *load;            // [L,E] routed assignments (accumulated over micro-batches)

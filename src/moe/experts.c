@@ -12,13 +12,12 @@ void moe_work_alloc(MoeWork *w, int Nmax, int E, int K, int D, int F) {
     w->dye = MOE_NEW(float, NK * D);
     w->dxe = MOE_NEW(float, NK * D);
     w->dae = MOE_NEW(float, NK * F);
-    w->dge = MOE_NEW(float, NK * F);
-    w->due = MOE_NEW(float, NK * F);
+    w->dgu = MOE_NEW(float, NK * 2 * F);
     w->dw = MOE_NEW(float, NK);
     w->ds = MOE_NEW(float, (size_t)Nmax * E);
 }
 void moe_work_free(MoeWork *w) {
-    void *p[] = {w->dye, w->dxe, w->dae, w->dge, w->due, w->dw, w->ds};
+    void *p[] = {w->dye, w->dxe, w->dae, w->dgu, w->dw, w->ds};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
 }
 
@@ -39,10 +38,9 @@ void moe_experts_forward(MoeActs *a, const float *xn, const MoeWeights *W, float
         int r0 = a->offsets[e], M = a->offsets[e + 1] - r0;
         if (M == 0) continue;
         const float *x = a->xe + (size_t)r0 * D;
-        float *g = a->ge + (size_t)r0 * F, *u = a->ue + (size_t)r0 * F, *act = a->ae + (size_t)r0 * F;
-        linear_forward(g, x, W->gate + (size_t)e * F * D, M, D, F, false);   // [M,F]
-        linear_forward(u, x, W->up + (size_t)e * F * D, M, D, F, false);
-        swiglu_forward(act, g, u, (long)M * F);
+        float *gu = a->gu + (size_t)r0 * 2 * F, *act = a->ae + (size_t)r0 * F;
+        linear_forward(gu, x, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F, false);   // [M,2F]
+        swiglu_rows_forward(act, gu, M, F);
         linear_forward(a->ye + (size_t)r0 * D, act, W->down + (size_t)e * D * F, M, F, D, false);   // [M,D]
     }
     prof_end(PROF_EXPERTS, false, t, 6.0 * a->A * D * F);
@@ -75,8 +73,8 @@ void moe_experts_forward_ref(const MoeConfig *c, const MoeActs *a, const float *
             for (int f = 0; f < F; f++) {
                 double g = 0, u = 0;
                 for (int i = 0; i < D; i++) {
-                    g += (double)W->gate[((size_t)e * F + f) * D + i] * x[i];
-                    u += (double)W->up[((size_t)e * F + f) * D + i] * x[i];
+                    g += (double)W->gate_up[((size_t)e * 2 * F + f) * D + i] * x[i];
+                    u += (double)W->gate_up[((size_t)e * 2 * F + F + f) * D + i] * x[i];
                 }
                 h[f] = (float)(g / (1 + exp(-g)) * u);
             }
@@ -113,16 +111,14 @@ void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const floa
     for (int e = 0; e < a->E; e++) {
         int r0 = a->offsets[e], M = a->offsets[e + 1] - r0;
         if (M == 0) continue;
-        const float *x = a->xe + (size_t)r0 * D, *g = a->ge + (size_t)r0 * F, *u = a->ue + (size_t)r0 * F,
+        const float *x = a->xe + (size_t)r0 * D, *gu = a->gu + (size_t)r0 * 2 * F,
                     *act = a->ae + (size_t)r0 * F, *dy = wk->dye + (size_t)r0 * D;
-        float *dact = wk->dae + (size_t)r0 * F, *dg = wk->dge + (size_t)r0 * F, *du = wk->due + (size_t)r0 * F,
-              *dx = wk->dxe + (size_t)r0 * D;
+        float *dact = wk->dae + (size_t)r0 * F, *dgu = wk->dgu + (size_t)r0 * 2 * F, *dx = wk->dxe + (size_t)r0 * D;
         memset(dact, 0, sizeof(float) * (size_t)M * F);
         memset(dx, 0, sizeof(float) * (size_t)M * D);
         linear_backward(dact, G->down + (size_t)e * D * F, dy, act, W->down + (size_t)e * D * F, M, F, D);
-        swiglu_backward(dg, du, dact, g, u, (long)M * F);
-        linear_backward(dx, G->gate + (size_t)e * F * D, dg, x, W->gate + (size_t)e * F * D, M, D, F);
-        linear_backward(dx, G->up + (size_t)e * F * D, du, x, W->up + (size_t)e * F * D, M, D, F);
+        swiglu_rows_backward(dgu, dact, gu, M, F);
+        linear_backward(dx, G->gate_up + (size_t)e * 2 * F * D, dgu, x, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F);
     }
     prof_end(PROF_EXPERTS, true, t, 12.0 * a->A * D * F);
     // scatter back: each token sums the input gradients of its rows

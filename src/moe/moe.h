@@ -22,7 +22,8 @@ typedef struct {
     int *row_tok;           // [N*K] token of each row
     int *row_slot;          // [N*K] n*K + k of each row
     float *xe;              // [N*K,D] gathered expert inputs
-    float *ge, *ue, *ae;    // [N*K,F] gate, up pre-activations and silu(g)*u
+    float *gu;              // [N*K,2F] gate and up pre-activations, side by side
+    float *ae;              // [N*K,F] silu(g) * u
     float *ye;              // [N*K,D] expert outputs (before weighting)
     int *load;              // [E] routed assignments per expert (before capacity)
     int dropped;            // assignments dropped by capacity
@@ -30,17 +31,18 @@ typedef struct {
 
 typedef struct {            // expert weights of one layer, experts contiguous
     const float *router;    // [E,D]
-    const float *gate, *up; // [E,F,D]
+    const float *gate_up;   // [E,2F,D]: expert e's gate_proj then its up_proj, one GEMM
     const float *down;      // [E,D,F]
 } MoeWeights;
 
 typedef struct {
-    float *router, *gate, *up, *down;   // same shapes as MoeWeights
+    float *router, *gate_up, *down;     // same shapes as MoeWeights
 } MoeGrads;
 
 typedef struct {            // workspace for the backward pass, sized for N*K rows
     float *dye, *dxe;       // [N*K,D]
-    float *dae, *dge, *due; // [N*K,F]
+    float *dae;             // [N*K,F]
+    float *dgu;             // [N*K,2F]
     float *dw;              // [N,K]
     float *ds;              // [N,E]
 } MoeWork;

@@ -18,15 +18,14 @@ void moe_acts_alloc(MoeActs *a, int Nmax, int E, int K, int D, int F) {
     a->row_tok = MOE_NEW(int, NK);
     a->row_slot = MOE_NEW(int, NK);
     a->xe = MOE_NEW(float, NK * D);
-    a->ge = MOE_NEW(float, NK * F);
-    a->ue = MOE_NEW(float, NK * F);
+    a->gu = MOE_NEW(float, NK * 2 * F);
     a->ae = MOE_NEW(float, NK * F);
     a->ye = MOE_NEW(float, NK * D);
     a->load = MOE_NEW(int, E);
 }
 void moe_acts_free(MoeActs *a) {
     void *p[] = {a->logits, a->scores, a->sel, a->w, a->row, a->offsets, a->row_tok, a->row_slot,
-                 a->xe, a->ge, a->ue, a->ae, a->ye, a->load};
+                 a->xe, a->gu, a->ae, a->ye, a->load};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
     memset(a, 0, sizeof *a);
 }

@@ -105,6 +105,23 @@ void swiglu_backward(float *dg, float *du, const float *da, const float *g, cons
     }
 }
 
+void swiglu_rows_forward(float *a, const float *gu, int N, int F) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *g = gu + (size_t)n * 2 * F;
+        vec_swiglu(a + (size_t)n * F, g, g + F, F);
+    }
+}
+
+void swiglu_rows_backward(float *dgu, const float *da, const float *gu, int N, int F) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *g = gu + (size_t)n * 2 * F;
+        float *dg = dgu + (size_t)n * 2 * F;
+        vec_swiglu_backward(dg, dg + F, da + (size_t)n * F, g, g + F, F);
+    }
+}
+
 void xent_forward_backward(float *logits, const int *targets, int Nt, int V, float scale, double *loss_sum) {
     double total = 0;
 #pragma omp parallel for schedule(static) reduction(+ : total)

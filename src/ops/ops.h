@@ -50,6 +50,10 @@ void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, 
                             const float *k, const float *v, const int *kv_lo, int N, int H,
                             int Hkv, int hd);
 
+// SwiGLU over rows of a fused gate/up product gu[N, 2F] (gate in columns [0,F), up in
+// [F,2F)): a[N,F] = silu(g) * u; the backward pass writes dgu[N,2F] from da[N,F].
+void swiglu_rows_forward(float *a, const float *gu, int N, int F);
+void swiglu_rows_backward(float *dgu, const float *da, const float *gu, int N, int F);
 // SwiGLU gate: a = silu(g) * u, elementwise over n values; backward overwrites dg, du.
 void swiglu_forward(float *a, const float *g, const float *u, long n);
 void swiglu_backward(float *dg, float *du, const float *da, const float *g, const float *u, long n);
