@@ -15,6 +15,7 @@ static const Command COMMANDS[] = {
     {"solve", cmd_solve, "answer questions greedily"},
     {"gen-math", cmd_gen_math, "generate math question/answer data"},
     {"bench", cmd_bench, "training-step speed on random tokens"},
+    {"plan", cmd_plan, "predicted memory of a training step, by category"},
 };
 
 static void usage(FILE *f) {

@@ -160,5 +160,8 @@ $MOE train --model "$T/tiny.json" --data "$T/qa.txt,$T/cmp.txt" --out "$T/two" -
 out=$($MOE bench --model "$T/tiny.json" --batch 2 --seq 32 --steps 2 --json)
 echo "$out" | /usr/bin/python3 -c 'import json,sys; o=json.load(sys.stdin); assert {"tokens_per_s","step_ms","mfu","peak_rss_mb"} <= set(o) and o["tokens_per_s"] > 0' \
   && ok "bench --json prints tokens_per_s step_ms mfu peak_rss_mb" || bad "bench --json" "$out"
+out=$($MOE plan --model "$T/tiny.json" --batch 4 --seq 32 --json)
+echo "$out" | /usr/bin/python3 -c 'import json,sys; o=json.load(sys.stdin); parts=[k for k in o if k.endswith("_mb") and k!="total_mb"]; assert {"parameters_mb","gradients_mb","optimizer state_mb","saved activations_mb","workspace_mb"} <= set(o); assert abs(sum(o[k] for k in parts) - o["total_mb"]) < 0.5; assert abs(o["optimizer state_mb"] - 2*o["gradients_mb"]) < 0.5' \
+  && ok "plan --json gives memory by category that adds up" || bad "plan --json" "$out"
 echo "$pass passed, $fail failed"
 exit $((fail > 0))

@@ -20,18 +20,35 @@ void moe_seterr_at(const char *src, int line, const char *fmt, ...) {
 const char *moe_errmsg(void) { return err_msg[0] ? err_msg : "unknown error"; }
 const char *moe_errsrc(void) { return err_src; }
 
+static MemCategory mem_cat = MEM_OTHER;
+static size_t mem_total[MEM_N];
+static int mem_dry;
+MemCategory mem_category(MemCategory c) { MemCategory old = mem_cat; mem_cat = c; return old; }
+size_t mem_bytes(MemCategory c) { return mem_total[c]; }
+void mem_dry_run(int on) { mem_dry = on; }
+
 void *moe_alloc(size_t bytes) {
     if (bytes == 0) bytes = 64;
     size_t rounded = (bytes + 63) & ~(size_t)63;
-    void *p = aligned_alloc(64, rounded);
+    // a header in front of the block remembers its size and category for moe_free
+    size_t *p = aligned_alloc(64, rounded + 64);
     if (!p) {
         fprintf(stderr, "moe: out of memory allocating %zu bytes\n", bytes);
         exit(2);
     }
-    memset(p, 0, rounded);
-    return p;
+    p[0] = rounded;
+    p[1] = (size_t)mem_cat;
+    __atomic_fetch_add(&mem_total[mem_cat], rounded, __ATOMIC_RELAXED);
+    void *user = (char *)p + 64;
+    if (!mem_dry) memset(user, 0, rounded);
+    return user;
 }
-void moe_free(void *p) { free(p); }
+void moe_free(void *user) {
+    if (!user) return;
+    size_t *p = (size_t *)((char *)user - 64);
+    __atomic_fetch_sub(&mem_total[p[1]], p[0], __ATOMIC_RELAXED);
+    free(p);
+}
 
 static uint64_t splitmix64(uint64_t *x) {
     uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);

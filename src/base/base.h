@@ -21,7 +21,13 @@ const char *moe_errmsg(void);
 const char *moe_errsrc(void);
 
 // 64-byte aligned, zeroed; dies with a message on exhaustion (as llm.c's mallocCheck).
+// Every allocation is counted under the current memory category (for `moe plan`); in dry
+// mode the memory is reserved but not touched, so a plan costs no resident memory.
 void *moe_alloc(size_t bytes);
+typedef enum { MEM_OTHER, MEM_PARAMS, MEM_GRADS, MEM_OPTIM, MEM_ACTS, MEM_WORK, MEM_N } MemCategory;
+MemCategory mem_category(MemCategory c);   // sets the category, returns the previous one
+size_t mem_bytes(MemCategory c);           // bytes allocated under c so far (not freed)
+void mem_dry_run(int on);
 void moe_free(void *p);
 #define MOE_NEW(type, n) ((type *)moe_alloc(sizeof(type) * (size_t)(n)))
 

@@ -92,16 +92,20 @@ void model_build(Model *m, const MoeConfig *c, bool with_grads) {
     scratch.layer = MOE_NEW(LayerParams, c->num_hidden_layers);
     layout_walk(m, &lb, NULL, &scratch);
     moe_free(scratch.layer);
+    MemCategory old = mem_category(MEM_PARAMS);
     m->params = MOE_NEW(float, m->n_params);
     m->w.layer = MOE_NEW(LayerParams, c->num_hidden_layers);
     layout_walk(m, NULL, m->params, &m->w);
     if (with_grads) {
+        mem_category(MEM_GRADS);
         m->grads = MOE_NEW(float, m->n_params);
+        mem_category(MEM_PARAMS);
         m->g.layer = MOE_NEW(LayerParams, c->num_hidden_layers);
         layout_walk(m, NULL, m->grads, &m->g);
     }
     m->bias = MOE_NEW(float, (size_t)c->num_hidden_layers * (c->n_routed_experts > 0 ? c->n_routed_experts : 1));
     rope_table_init(&m->rope, c->max_position_embeddings, c->head_dim, c->rope_theta);
+    mem_category(old);
 }
 
 void model_free(Model *m) {
@@ -148,6 +152,7 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, bool train) {
         K = c->num_experts_per_tok, V = c->vocab_size;
     int Fmax = imax(c->intermediate_size, Fs);
     a->Nmax = Nmax; a->L = L; a->train = train;
+    MemCategory old = mem_category(MEM_ACTS);
     int nstore = train ? L : 1;
     size_t ND = (size_t)Nmax * D;
     a->xs = MOE_NEW(float, ND * (train ? L + 1 : 2));
@@ -173,6 +178,7 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, bool train) {
     a->logits = MOE_NEW(float, (size_t)Nmax * V);
     a->out_rows = MOE_NEW(int, Nmax);
     if (train) {
+        mem_category(MEM_WORK);   // backward-pass scratch, reused by every layer
         a->dx = MOE_NEW(float, ND); a->dh = MOE_NEW(float, ND); a->dxn = MOE_NEW(float, ND);
         a->dffn = MOE_NEW(float, ND);
         a->dq = MOE_NEW(float, (size_t)Nmax * Hq); a->datt = MOE_NEW(float, (size_t)Nmax * Hq);
@@ -182,6 +188,7 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, bool train) {
         if (config_n_moe_layers(c) > 0) moe_work_alloc(&a->mw, Nmax, E, K, D, Fe);
     }
     a->load = MOE_NEW(long, (size_t)L * imax(E, 1));
+    mem_category(old);
 }
 
 void acts_free(Acts *a) {

@@ -17,7 +17,13 @@ float lr_at(const OptConfig *o, long step) {
     return (float)(o->min_lr + 0.5 * (o->lr - o->min_lr) * (1 + cos(M_PI * p)));
 }
 
-void adamw_alloc(AdamW *a, size_t n) { a->m = MOE_NEW(float, n); a->v = MOE_NEW(float, n); a->t = 0; }
+void adamw_alloc(AdamW *a, size_t n) {
+    MemCategory old = mem_category(MEM_OPTIM);
+    a->m = MOE_NEW(float, n);
+    a->v = MOE_NEW(float, n);
+    a->t = 0;
+    mem_category(old);
+}
 void adamw_free(AdamW *a) { moe_free(a->m); moe_free(a->v); }
 
 double grad_norm(const float *g, size_t n) {
