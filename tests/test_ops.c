@@ -138,7 +138,7 @@ static void test_attention(void) {
     check("attention lse vs ref", relerr(c.lse, l2, N * H), 1e-5);
     float *dq = MOE_NEW(float, nq), *dk = MOE_NEW(float, nk), *dv = MOE_NEW(float, nk);
     float *dq2 = MOE_NEW(float, nq), *dk2 = MOE_NEW(float, nk), *dv2 = MOE_NEW(float, nk);
-    attention_backward(dq, dk, dv, c.R, c.q, c.k, c.v, c.out, c.lse, lo, N, H, Hkv, hd);
+    attention_backward_train(dq, dk, dv, c.R, c.q, c.k, c.v, c.out, c.lse, lo, N, H, Hkv, hd);
     attention_backward_ref(dq2, dk2, dv2, c.R, c.q, c.k, c.v, lo, N, H, Hkv, hd);
     check("attention backward dq vs ref", relerr(dq, dq2, nq), 1e-5);
     check("attention backward dk vs ref", relerr(dk, dk2, nk), 1e-5);

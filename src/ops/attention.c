@@ -52,53 +52,6 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
         }
 }
 
-// Backward, flash style: p_ij = exp(s_ij - lse_i) is recomputed, never stored.
-//   Di = dout_i . out_i ; dv_j += p_ij dout_i ; dp_ij = dout_i . v_j
-//   ds_ij = p_ij (dp_ij - Di) ; dq_i += scale ds_ij k_j ; dk_j += scale ds_ij q_i
-// Work items are (example, kv head): their dk, dv rows belong to nobody else.
-void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                        const float *k, const float *v, const float *out, const float *lse,
-                        const int *kv_lo, int N, int H, int Hkv, int hd) {
-    const float scale = 1.0f / sqrtf((float)hd);
-    const int group = H / Hkv, qs = H * hd, ks = Hkv * hd;
-    memset(dq, 0, sizeof(float) * (size_t)N * qs);
-    memset(dk, 0, sizeof(float) * (size_t)N * ks);
-    memset(dv, 0, sizeof(float) * (size_t)N * ks);
-    // segment starts: token n starts an example when kv_lo[n] == n
-    int *seg = MOE_NEW(int, N + 1), nseg = 0;
-    for (int n = 0; n < N; n++)
-        if (kv_lo[n] == n) seg[nseg++] = n;
-    seg[nseg] = N;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
-    for (int si = 0; si < nseg; si++)
-        for (int kh = 0; kh < Hkv; kh++) {
-            for (int n = seg[si]; n < seg[si + 1]; n++)
-                for (int h = kh * group; h < (kh + 1) * group; h++) {
-                    const float *qh = q + (size_t)n * qs + h * hd, *doh = dout + (size_t)n * qs + h * hd,
-                                *oh = out + (size_t)n * qs + h * hd;
-                    float *dqh = dq + (size_t)n * qs + h * hd;
-                    float Di = 0, L = lse[(size_t)n * H + h];
-                    for (int i = 0; i < hd; i++) Di += doh[i] * oh[i];
-                    for (int j = kv_lo[n]; j <= n; j++) {
-                        const float *kj = k + (size_t)j * ks + kh * hd, *vj = v + (size_t)j * ks + kh * hd;
-                        float *dkj = dk + (size_t)j * ks + kh * hd, *dvj = dv + (size_t)j * ks + kh * hd;
-                        float s = 0, dp = 0;
-#pragma omp simd reduction(+ : s, dp)
-                        for (int i = 0; i < hd; i++) { s += qh[i] * kj[i]; dp += doh[i] * vj[i]; }
-                        float p = expf(s * scale - L);
-                        float ds = p * (dp - Di) * scale;
-#pragma omp simd
-                        for (int i = 0; i < hd; i++) {
-                            dvj[i] += p * doh[i];
-                            dqh[i] += ds * kj[i];
-                            dkj[i] += ds * qh[i];
-                        }
-                    }
-                }
-        }
-    moe_free(seg);
-}
-
 void attention_forward_ref(float *out, float *lse, const float *q, const float *k, const float *v,
                            const int *kv_lo, const int *kv_hi, int N, int H, int Hkv, int hd) {
     const int group = H / Hkv, qs = H * hd, ks = Hkv * hd;

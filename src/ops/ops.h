@@ -31,14 +31,10 @@ void rope_forward_ref(float *x, const int *pos, int N, int nh, int hd, float the
 // lse[N,H] (log-sum-exp of the scaled scores) is saved for the backward pass (may be NULL).
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                        const int *kv_lo, const int *kv_hi, int N, int H, int Hkv, int hd);
-// Training layout only: the keys are the tokens themselves (kv_hi[n] = n) and each
-// example is contiguous, so examples (segments) are independent work items.
-// dq, dk, dv are overwritten.
-void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                        const float *k, const float *v, const float *out, const float *lse,
-                        const int *kv_lo, int N, int H, int Hkv, int hd);
-// The same two passes in tiles of 64 x 64 whose products are small GEMMs (flash-attention
-// 2 style), for the training layout (kv_lo from the example starts, kv_hi[n] = n).
+// Training layout (the keys are the tokens themselves, kv_hi[n] = n, each example
+// contiguous): the same computation in tiles of 64 x 64 whose products are small GEMMs
+// (flash-attention 2 style), and its backward pass, which recomputes the probabilities
+// from lse instead of storing them. dq, dk, dv are overwritten.
 void attention_forward_train(float *out, float *lse, const float *q, const float *k, const float *v,
                              const int *kv_lo, int N, int H, int Hkv, int hd);
 void attention_backward_train(float *dq, float *dk, float *dv, const float *dout, const float *q,
