@@ -110,6 +110,14 @@ def main():
                     worst, wname = e, k
             check(f"grad tensors {name}", worst <= 1e-4 and not missing,
                   f"worst {wname} rel {worst:.2e}" + (f"; names differ: {sorted(missing)[:3]}" if missing else ""))
+            # --recompute selective repeats the forward arithmetic: the same gradient, bit for bit
+            grc = os.path.join(tmp, name + ".rc.safetensors")
+            rc = json.loads(run(["grad", "--ckpt", ck, "--data", data, "--limit", str(limit), "--out", grc,
+                                 "--recompute", "selective", "--json"]))
+            gr, _ = moe_ref.read_safetensors(grc)
+            same = rc["loss"] == mine["loss"] and all(np.array_equal(gr[k], gmine[k]) for k in gmine)
+            check(f"grad with --recompute selective is bit-identical {name}", same,
+                  f"loss {rc['loss']} vs {mine['loss']}")
             if extra.get("aux_scope") == "sequence" and not extra.get("capacity_factor"):
                 # gradient accumulation: 3 micro-batches give the one-batch gradient
                 gacc = os.path.join(tmp, name + ".acc.safetensors")

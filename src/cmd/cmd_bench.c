@@ -7,7 +7,8 @@
 #include "cmd.h"
 
 static const char *HELP =
-    "usage: moe bench --model CFG.json --batch B --seq T [--steps N] [--threads N] [--profile] [--json]\n"
+    "usage: moe bench --model CFG.json --batch B --seq T [--steps N] [--threads N] [--profile]\n"
+    "                 [--recompute none|selective] [--json]\n"
     "  training-step speed (forward, backward, AdamW) on random tokens\n";
 
 int cmd_bench(int argc, char **argv) {
@@ -16,9 +17,9 @@ int cmd_bench(int argc, char **argv) {
     if (args_bool(&a, "--help")) { fputs(HELP, stdout); return 0; }
     const char *cfg = cmd_required(&a, "--model");
     if (!cfg) return cmd_fail("bench");
-    int B, T, steps;
+    int B, T, steps, mode;
     if (cmd_threads(&a) || args_int(&a, "--batch", 8, &B) || args_int(&a, "--seq", 256, &T) ||
-        args_int(&a, "--steps", 5, &steps))
+        args_int(&a, "--steps", 5, &steps) || cmd_recompute(&a, &mode))
         return cmd_fail("bench");
     bool json = args_bool(&a, "--json"), profile = args_bool(&a, "--profile");
     if (args_finish(&a)) return cmd_fail("bench");
@@ -44,7 +45,7 @@ int cmd_bench(int argc, char **argv) {
     for (long i = 0; i < d.n_tok; i++) d.tok[i] = (int)rng_below(&r, 256);
     for (int i = 0; i < B; i++) d.ex[i] = (Example){(long)i * (T + 1), T + 1, 1, 0, 0, 0, 0};
     Acts acts;
-    acts_alloc(&acts, &m, B * T, true);
+    acts_alloc(&acts, &m, B * T, mode);
     Batch b;
     batch_alloc(&b, B * T, B);
     int *ids = MOE_NEW(int, B);

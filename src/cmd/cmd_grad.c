@@ -6,7 +6,8 @@
 #include "cmd.h"
 
 static const char *HELP =
-    "usage: moe grad --ckpt DIR --data FILE --limit N --out G.safetensors [--micro-batch M] [--json]\n"
+    "usage: moe grad --ckpt DIR --data FILE --limit N --out G.safetensors [--micro-batch M]\n"
+    "                [--recompute none|selective] [--json]\n"
     "  gradient of the training loss (balance losses included) of the first N examples taken\n"
     "  as one batch; one tensor per parameter, same names. --json prints the loss pieces.\n";
 
@@ -17,11 +18,11 @@ int cmd_grad(int argc, char **argv) {
     const char *ckpt, *data, *out;
     if (!(ckpt = cmd_required(&a, "--ckpt")) || !(data = cmd_required(&a, "--data")) || !(out = cmd_required(&a, "--out")))
         return cmd_fail("grad");
-    int limit, micro;
+    int limit, micro, mode;
     const char *fmt = args_str(&a, "--format", "auto");
     DataFormat df;
     if (cmd_threads(&a) || args_int(&a, "--limit", 0, &limit) || args_int(&a, "--micro-batch", 0, &micro) ||
-        data_format_parse(fmt, &df))
+        data_format_parse(fmt, &df) || cmd_recompute(&a, &mode))
         return cmd_fail("grad");
     bool json = args_bool(&a, "--json");
     if (args_finish(&a)) return cmd_fail("grad");
@@ -35,7 +36,7 @@ int cmd_grad(int argc, char **argv) {
     if (micro == 0 || micro > n) micro = n;
     for (int i = 0; i < n; i++) maxlen = imax(maxlen, d.ex[i].len - 1);
     Acts acts;
-    acts_alloc(&acts, &m, micro * maxlen, true);
+    acts_alloc(&acts, &m, micro * maxlen, mode);
     Batch b;
     batch_alloc(&b, micro * maxlen, micro);
     int *ids = MOE_NEW(int, n);

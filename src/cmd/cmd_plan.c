@@ -5,7 +5,7 @@
 #include "cmd.h"
 
 static const char *HELP =
-    "usage: moe plan --model CFG.json --batch B --seq T [--json]\n"
+    "usage: moe plan --model CFG.json --batch B --seq T [--recompute none|selective] [--json]\n"
     "  predicted memory of a training step, by category: parameters, gradients, optimizer\n"
     "  state, saved activations, workspace (compare with moe bench's peak_rss_mb)\n";
 
@@ -17,8 +17,8 @@ int cmd_plan(int argc, char **argv) {
     if (args_bool(&a, "--help")) { fputs(HELP, stdout); return 0; }
     const char *cfg = cmd_required(&a, "--model");
     if (!cfg) return cmd_fail("plan");
-    int B, T;
-    if (cmd_threads(&a) || args_int(&a, "--batch", 8, &B) || args_int(&a, "--seq", 256, &T)) return cmd_fail("plan");
+    int B, T, mode;
+    if (cmd_threads(&a) || args_int(&a, "--batch", 8, &B) || args_int(&a, "--seq", 256, &T) || cmd_recompute(&a, &mode)) return cmd_fail("plan");
     bool json = args_bool(&a, "--json");
     if (args_finish(&a)) return cmd_fail("plan");
     if (B <= 0 || T <= 0) { moe_seterr("--batch and --seq must be positive"); return cmd_fail("plan"); }
@@ -31,7 +31,7 @@ int cmd_plan(int argc, char **argv) {
     AdamW opt;
     adamw_alloc(&opt, m.n_params);
     Acts acts;
-    acts_alloc(&acts, &m, B * T, true);
+    acts_alloc(&acts, &m, B * T, mode);
     mem_dry_run(0);
     const char *names[MEM_N] = {"other", "parameters", "gradients", "optimizer state", "saved activations", "workspace"};
     const int order[] = {MEM_PARAMS, MEM_GRADS, MEM_OPTIM, MEM_ACTS, MEM_WORK, MEM_OTHER};

@@ -20,6 +20,8 @@ static const char *HELP =
     "  --format F         auto | qa | jsonl | text (auto: .jsonl/.json are JSON lines, else Q/A lines)\n"
     "  --ckpt-every N     periodic checkpoints every N steps (default 0: at the end only)\n"
     "  --threads N        threads (default OMP_NUM_THREADS or all cores)\n"
+    "  --recompute R      none | selective: recompute norms, SwiGLU products and expert inputs\n"
+    "                     in the backward pass instead of keeping them (same gradients)\n"
     "  --quiet            no progress line\n";
 
 int cmd_train(int argc, char **argv) {
@@ -56,6 +58,7 @@ int cmd_train(int argc, char **argv) {
     if (!rc) rc = args_u64(&a, "--seed", 1234, &tc.seed);
     if (!rc) rc = args_int(&a, "--ckpt-every", 0, &tc.ckpt_every);
     if (!rc) rc = data_format_parse(fmt ? fmt : "auto", &tc.format);
+    if (!rc) rc = cmd_recompute(&a, &tc.acts_mode);
     tc.shuffle = !args_bool(&a, "--no-shuffle");
     if (args_has(&a, "--no-shuffle")) strcat(a.given, "--shuffle ");
     tc.quiet = args_bool(&a, "--quiet");

@@ -1,7 +1,9 @@
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include "../base/base.h"
 #include "../kernels/gemm.h"
+#include "../model/model.h"
 #include "cmd.h"
 
 int cmd_fail(const char *cmd) {
@@ -15,6 +17,15 @@ const char *cmd_required(Args *a, const char *flag) {
     if (!v) moe_seterr("missing required option %s (see moe %s --help)", flag, a->cmd);
     return v;
 }
+int cmd_recompute(Args *a, int *mode) {
+    const char *v = args_str(a, "--recompute", "none");
+    if (!v) return MOE_FAIL;
+    if (!strcmp(v, "none")) *mode = ACTS_TRAIN;
+    else if (!strcmp(v, "selective")) *mode = ACTS_TRAIN_SELECTIVE;
+    else MOE_ERR("--recompute must be none or selective, got \"%s\"", v);
+    return MOE_OK;
+}
+
 int cmd_threads(Args *a) {
     int t;
     MOE_TRY(args_int(a, "--threads", 0, &t));

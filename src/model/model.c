@@ -143,7 +143,8 @@ void model_init_weights(Model *m, unsigned long long seed) {
 
 // ---------------------------------------------------------------- activations
 
-void acts_alloc(Acts *a, const Model *m, int Nmax, bool train) {
+void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
+    const bool train = mode != ACTS_INFER, rc = mode == ACTS_TRAIN_SELECTIVE;
     const MoeConfig *c = &m->cfg;
     memset(a, 0, sizeof *a);
     int L = c->num_hidden_layers, D = c->hidden_size, Hq = c->num_attention_heads * c->head_dim,
@@ -151,28 +152,43 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, bool train) {
         Fe = c->moe_intermediate_size, Fs = c->n_shared_experts * Fe, E = c->n_routed_experts,
         K = c->num_experts_per_tok, V = c->vocab_size;
     int Fmax = imax(c->intermediate_size, Fs);
-    a->Nmax = Nmax; a->L = L; a->train = train;
+    a->Nmax = Nmax; a->L = L; a->train = train; a->recompute = rc;
     MemCategory old = mem_category(MEM_ACTS);
+    if (rc) {   // one set of recomputed intermediates for all layers
+        mem_category(MEM_WORK);
+        a->rc_xn = MOE_NEW(float, (size_t)Nmax * D);
+        a->rc_a = MOE_NEW(float, (size_t)Nmax * Fmax);
+        if (config_n_moe_layers(c) > 0) {
+            a->rc_xe = MOE_NEW(float, (size_t)Nmax * K * D);
+            a->rc_ae = MOE_NEW(float, (size_t)Nmax * K * Fe);
+        }
+        mem_category(MEM_ACTS);
+    }
     int nstore = train ? L : 1;
     size_t ND = (size_t)Nmax * D;
     a->xs = MOE_NEW(float, ND * (train ? L + 1 : 2));
     a->layer = MOE_NEW(LayerActs, nstore);
     for (int l = 0; l < nstore; l++) {
         LayerActs *la = &a->layer[l];
-        la->rstd1 = MOE_NEW(float, Nmax); la->xn1 = MOE_NEW(float, ND);
+        la->rstd1 = MOE_NEW(float, Nmax);
+        la->xn1 = rc ? a->rc_xn : MOE_NEW(float, ND);
         la->q = MOE_NEW(float, (size_t)Nmax * Hq);
         la->k = MOE_NEW(float, (size_t)Nmax * Hk); la->v = MOE_NEW(float, (size_t)Nmax * Hk);
         la->att = MOE_NEW(float, (size_t)Nmax * Hq); la->lse = MOE_NEW(float, (size_t)Nmax * H);
         la->h = MOE_NEW(float, ND);
-        la->rstd2 = MOE_NEW(float, Nmax); la->xn2 = MOE_NEW(float, ND);
+        la->rstd2 = MOE_NEW(float, Nmax);
+        la->xn2 = rc ? a->rc_xn : MOE_NEW(float, ND);
         int li = train ? l : 0;
         bool moe = train ? config_layer_is_moe(c, li) : config_n_moe_layers(c) > 0;
         int F = train ? (moe ? Fs : c->intermediate_size) : Fmax;
         if (F > 0) {
             la->gu = MOE_NEW(float, (size_t)Nmax * 2 * F);
-            la->a = MOE_NEW(float, (size_t)Nmax * F);
+            la->a = rc ? a->rc_a : MOE_NEW(float, (size_t)Nmax * F);
         }
-        if (moe) moe_acts_alloc(&la->moe, Nmax, E, K, D, Fe);
+        if (moe) {
+            moe_acts_alloc(&la->moe, Nmax, E, K, D, Fe, rc);
+            if (rc) { la->moe.xe = a->rc_xe; la->moe.ae = a->rc_ae; }
+        }
     }
     a->rstdf = MOE_NEW(float, Nmax); a->xf = MOE_NEW(float, ND); a->xt = MOE_NEW(float, ND);
     a->logits = MOE_NEW(float, (size_t)Nmax * V);
@@ -195,6 +211,7 @@ void acts_free(Acts *a) {
     int nstore = a->train ? a->L : 1;
     for (int l = 0; l < nstore; l++) {
         LayerActs *la = &a->layer[l];
+        if (a->recompute) la->xn1 = la->xn2 = la->a = NULL;   // shared scratch, freed below
         void *p[] = {la->rstd1, la->xn1, la->q, la->k, la->v, la->att, la->lse, la->h, la->rstd2,
                      la->xn2, la->gu, la->a};
         for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
@@ -204,6 +221,7 @@ void acts_free(Acts *a) {
                  a->dxn, a->dffn, a->dq, a->datt, a->dk, a->dv, a->dgu, a->da, a->load};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
     if (a->mw.ds) moe_work_free(&a->mw);
+    moe_free(a->rc_xn); moe_free(a->rc_a); moe_free(a->rc_xe); moe_free(a->rc_ae);
     memset(a, 0, sizeof *a);
 }
 
@@ -380,6 +398,17 @@ void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
         float *dh = a->dh, *dxn = a->dxn;
         memcpy(dh, dx, sizeof(float) * ND);
         memset(dxn, 0, sizeof(float) * ND);
+        if (a->recompute) {   // the FFN's inputs and SwiGLU products, as the forward pass made them
+            t = prof_begin();
+            rmsnorm_forward(la->xn2, NULL, la->h, p->post_norm, N, D, c->rms_norm_eps);
+            if (!config_layer_is_moe(c, l)) swiglu_rows_forward(la->a, la->gu, N, c->intermediate_size);
+            else {
+                moe_gather(&la->moe, la->xn2);
+                swiglu_rows_forward(la->moe.ae, la->moe.gu, la->moe.A, Fe);
+                if (Fs > 0) swiglu_rows_forward(la->a, la->gu, N, Fs);
+            }
+            prof_end(PROF_RECOMPUTE, true, t, 0);
+        }
         if (!config_layer_is_moe(c, l)) {
             t = prof_begin();
             swiglu_ffn_backward(dxn, gp->gate, gp->down, dx, la->xn2, la->gu, la->a, p->gate, p->down, a->dgu, a->da,
@@ -415,6 +444,11 @@ void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
         t = prof_begin();
         attention_backward_train(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse, b->kv_lo, N,
                                  H, Hkv, hd);
+        if (a->recompute) {
+            double tr = prof_begin();
+            rmsnorm_forward(la->xn1, NULL, la->x, p->in_norm, N, D, c->rms_norm_eps);
+            prof_end(PROF_RECOMPUTE, true, tr, 0);
+        }
         prof_end(PROF_ATTN, true, t, 8.0 * pairs * H * hd);
         t = prof_begin();
         rope_backward(a->dq, b->pos, &m->rope, N, H, hd);

@@ -73,6 +73,8 @@ typedef struct {
 
 typedef struct {
     int Nmax, L, train;
+    bool recompute;        // selective recomputation: the buffers below are shared scratch
+    float *rc_xn, *rc_a, *rc_xe, *rc_ae;
     float *xs;             // [L+1][N,D] residual stream
     LayerActs *layer;
     float *rstdf, *xf;     // final norm
@@ -88,7 +90,12 @@ typedef struct {
     long dropped, assigned;
 } Acts;
 
-void acts_alloc(Acts *a, const Model *m, int Nmax, bool train);
+// mode: ACTS_INFER (one reused set), ACTS_TRAIN (every layer's intermediates kept), or
+// ACTS_TRAIN_SELECTIVE (--recompute selective: the norm outputs, the SwiGLU products and
+// the experts' gathered inputs are recomputed in the backward pass from what is kept;
+// the recomputation repeats the forward arithmetic, so gradients are bit-identical)
+enum { ACTS_INFER = 0, ACTS_TRAIN = 1, ACTS_TRAIN_SELECTIVE = 2 };
+void acts_alloc(Acts *a, const Model *m, int Nmax, int mode);
 void acts_free(Acts *a);
 
 // Key/value cache for generation: slot s of layer l holds the keys of one position.

@@ -21,12 +21,17 @@ void moe_work_free(MoeWork *w) {
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
 }
 
+void moe_gather(MoeActs *a, const float *xn) {
+    const int D = a->D;
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < a->A; r++) memcpy(a->xe + (size_t)r * D, xn + (size_t)a->row_tok[r] * D, sizeof(float) * D);
+}
+
 void moe_experts_forward(MoeActs *a, const float *xn, const MoeWeights *W, float *out) {
     const int D = a->D, F = a->F, K = a->K, N = a->N;
     // gather: row r is a copy of its token's input
     double t = prof_begin();
-#pragma omp parallel for schedule(static)
-    for (int r = 0; r < a->A; r++) memcpy(a->xe + (size_t)r * D, xn + (size_t)a->row_tok[r] * D, sizeof(float) * D);
+    moe_gather(a, xn);
     prof_end(PROF_PERMUTE, false, t, 0);
     t = prof_begin();
     // many experts: one expert per thread at a time (BLAS runs single-threaded inside the

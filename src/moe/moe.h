@@ -27,6 +27,7 @@ typedef struct {
     float *ye;              // [N*K,D] expert outputs (before weighting)
     int *load;              // [E] routed assignments per expert (before capacity)
     int dropped;            // assignments dropped by capacity
+    bool borrowed;          // xe and ae belong to the caller (recomputed scratch)
 } MoeActs;
 
 typedef struct {            // expert weights of one layer, experts contiguous
@@ -47,7 +48,10 @@ typedef struct {            // workspace for the backward pass, sized for N*K ro
     float *ds;              // [N,E]
 } MoeWork;
 
-void moe_acts_alloc(MoeActs *a, int Nmax, int E, int K, int D, int F);
+// with borrow, xe and ae are left NULL for the caller to point at shared scratch
+void moe_acts_alloc(MoeActs *a, int Nmax, int E, int K, int D, int F, bool borrow);
+// row r of xe <- xn[row_tok[r]] (the permutation's gather)
+void moe_gather(MoeActs *a, const float *xn);
 void moe_acts_free(MoeActs *a);
 void moe_work_alloc(MoeWork *w, int Nmax, int E, int K, int D, int F);
 void moe_work_free(MoeWork *w);

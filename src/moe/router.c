@@ -5,7 +5,7 @@
 #include "../kernels/gemm.h"
 #include "moe.h"
 
-void moe_acts_alloc(MoeActs *a, int Nmax, int E, int K, int D, int F) {
+void moe_acts_alloc(MoeActs *a, int Nmax, int E, int K, int D, int F, bool borrow) {
     memset(a, 0, sizeof *a);
     size_t NK = (size_t)Nmax * K;
     a->E = E; a->K = K; a->D = D; a->F = F;
@@ -17,16 +17,17 @@ void moe_acts_alloc(MoeActs *a, int Nmax, int E, int K, int D, int F) {
     a->offsets = MOE_NEW(int, E + 1);
     a->row_tok = MOE_NEW(int, NK);
     a->row_slot = MOE_NEW(int, NK);
-    a->xe = MOE_NEW(float, NK * D);
+    a->borrowed = borrow;
+    if (!borrow) { a->xe = MOE_NEW(float, NK * D); a->ae = MOE_NEW(float, NK * F); }
     a->gu = MOE_NEW(float, NK * 2 * F);
-    a->ae = MOE_NEW(float, NK * F);
     a->ye = MOE_NEW(float, NK * D);
     a->load = MOE_NEW(int, E);
 }
 void moe_acts_free(MoeActs *a) {
     void *p[] = {a->logits, a->scores, a->sel, a->w, a->row, a->offsets, a->row_tok, a->row_slot,
-                 a->xe, a->gu, a->ae, a->ye, a->load};
+                 a->gu, a->ye, a->load};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
+    if (!a->borrowed) { moe_free(a->xe); moe_free(a->ae); }
     memset(a, 0, sizeof *a);
 }
 

@@ -35,6 +35,7 @@ typedef struct {
     bool shuffle;
     DataFormat format;
     bool quiet;
+    int acts_mode;                // ACTS_TRAIN or ACTS_TRAIN_SELECTIVE (--recompute)
 } TrainConfig;
 
 typedef struct {                  // what a resume needs beyond the model

@@ -170,7 +170,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     if (rc != MOE_OK) { dataset_free(&d); adamw_free(&opt); model_free(&m); return MOE_FAIL; }
 
     Acts a;
-    acts_alloc(&a, &m, tc->micro_batch * tc->seq, true);
+    acts_alloc(&a, &m, tc->micro_batch * tc->seq, tc->acts_mode ? tc->acts_mode : ACTS_TRAIN);
     Batch b;
     batch_alloc(&b, tc->micro_batch * tc->seq, tc->micro_batch);
     DataOrder order;
