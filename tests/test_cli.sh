@@ -122,7 +122,8 @@ $MOE eval --ckpt "$T/crash" --data "$T/qa.txt" --limit 4 >/dev/null 2>&1 && [ "$
   && ok "a save interrupted before its journal leaves the old checkpoint" || bad "a save interrupted before its journal leaves the old checkpoint" "changed"
 # kill -9 a run that checkpoints every step, many times over: the checkpoint always loads
 $MOE train --model "$T/tiny.json" --out "$T/kill" --steps 1000 --ckpt-every 1 "${common[@]}" & pid=$!
-sleep 1.5; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+for _ in $(seq 100); do [ -e "$T/kill/model.safetensors" ] && break; sleep 0.1; done   # first save done
+sleep 0.7; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
 if $MOE eval --ckpt "$T/kill" --data "$T/qa.txt" --limit 4 >/dev/null 2>"$T/err"; then ok "checkpoint loads after kill -9 mid-training"
 else bad "checkpoint loads after kill -9 mid-training" "$(cat "$T/err")"; fi
 if $MOE train --resume "$T/kill" --out "$T/kill" --steps 1000 --time-budget 0.5 --data "$T/qa.txt" --quiet 2>"$T/err"; then ok "a killed run resumes"
