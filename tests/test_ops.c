@@ -179,8 +179,8 @@ static void test_attention_tiled(void) {
 }
 
 // ---------------- swiglu, xent, embed
-typedef struct { long n; float *g, *u, *R, *a; } SwCtx;
-static double sw_loss(void *p) { SwCtx *c = p; swiglu_forward(c->a, c->g, c->u, c->n); return dot(c->a, c->R, c->n); }
+typedef struct { int N, F; float *gu, *R, *a; } SwCtx;   // gu [N, 2F]: gate | up
+static double sw_loss(void *p) { SwCtx *c = p; swiglu_rows_forward(c->a, c->gu, c->N, c->F); return dot(c->a, c->R, (size_t)c->N * c->F); }
 typedef struct { int N, V; float *z, *work; int *t; } XeCtx;
 static double xe_loss(void *p) {
     XeCtx *c = p;
@@ -190,16 +190,18 @@ static double xe_loss(void *p) {
     return s;
 }
 static void test_small_ops(void) {
-    long n = 300;
-    SwCtx s = {n, rnd(n, 2), rnd(n, 1), rnd(n, 1), MOE_NEW(float, n)};
-    float *a2 = MOE_NEW(float, n), *dg = MOE_NEW(float, n), *du = MOE_NEW(float, n), *dg2 = MOE_NEW(float, n), *du2 = MOE_NEW(float, n);
+    const int SN = 10, SF = 30;
+    const long n = (long)SN * SF;
+    SwCtx s = {SN, SF, rnd(2 * n, 2), rnd(n, 1), MOE_NEW(float, n)};
+    float *a2 = MOE_NEW(float, n), *dgu = MOE_NEW(float, 2 * n), *dgu2 = MOE_NEW(float, 2 * n);
     sw_loss(&s);
-    swiglu_forward_ref(a2, s.g, s.u, n);
+    for (int r = 0; r < SN; r++) swiglu_forward_ref(a2 + r * SF, s.gu + 2 * r * SF, s.gu + 2 * r * SF + SF, SF);
     check("swiglu forward vs ref", relerr(s.a, a2, n), 1e-6);
-    swiglu_backward(dg, du, s.R, s.g, s.u, n);
-    swiglu_backward_ref(dg2, du2, s.R, s.g, s.u, n);
-    check("swiglu backward vs ref", relerr(dg, dg2, n) + relerr(du, du2, n), 1e-5);
-    check("swiglu backward vs finite differences", fd_check(s.g, dg, n, sw_loss, &s, 40) + fd_check(s.u, du, n, sw_loss, &s, 40), 1e-2);
+    swiglu_rows_backward(dgu, s.R, s.gu, SN, SF);
+    for (int r = 0; r < SN; r++)
+        swiglu_backward_ref(dgu2 + 2 * r * SF, dgu2 + 2 * r * SF + SF, s.R + r * SF, s.gu + 2 * r * SF, s.gu + 2 * r * SF + SF, SF);
+    check("swiglu backward vs ref", relerr(dgu, dgu2, 2 * n), 1e-5);
+    check("swiglu backward vs finite differences", fd_check(s.gu, dgu, 2 * n, sw_loss, &s, 60), 1e-2);
 
     int N = 6, V = 40;
     int t[6] = {0, 5, 39, 7, 7, 12};

@@ -86,25 +86,6 @@ void rmsnorm_backward_ref(float *dx, float *dw, const float *dout, const float *
     }
 }
 
-// elementwise, split into per-thread chunks, each chunk through the vector kernel
-void swiglu_forward(float *a, const float *g, const float *u, long n) {
-#pragma omp parallel
-    {
-        int ith = omp_get_thread_num(), nth = omp_get_num_threads();
-        long i0 = n * ith / nth, i1 = n * (ith + 1) / nth;
-        vec_swiglu(a + i0, g + i0, u + i0, i1 - i0);
-    }
-}
-
-void swiglu_backward(float *dg, float *du, const float *da, const float *g, const float *u, long n) {
-#pragma omp parallel
-    {
-        int ith = omp_get_thread_num(), nth = omp_get_num_threads();
-        long i0 = n * ith / nth, i1 = n * (ith + 1) / nth;
-        vec_swiglu_backward(dg + i0, du + i0, da + i0, g + i0, u + i0, i1 - i0);
-    }
-}
-
 void swiglu_rows_forward(float *a, const float *gu, int N, int F) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {

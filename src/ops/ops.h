@@ -50,9 +50,6 @@ void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, 
 // [F,2F)): a[N,F] = silu(g) * u; the backward pass writes dgu[N,2F] from da[N,F].
 void swiglu_rows_forward(float *a, const float *gu, int N, int F);
 void swiglu_rows_backward(float *dgu, const float *da, const float *gu, int N, int F);
-// SwiGLU gate: a = silu(g) * u, elementwise over n values; backward overwrites dg, du.
-void swiglu_forward(float *a, const float *g, const float *u, long n);
-void swiglu_backward(float *dg, float *du, const float *da, const float *g, const float *u, long n);
 
 // Fused softmax cross-entropy over rows of logits[Nt,V]: adds the summed loss to *loss_sum
 // and, when scale != 0, overwrites logits with dlogits = (softmax - onehot) * scale.
@@ -60,6 +57,7 @@ void xent_forward_backward(float *logits, const int *targets, int Nt, int V, flo
                            double *loss_sum);
 void xent_ref(float *dlogits, const float *logits, const int *targets, int Nt, int V, float scale,
               double *loss_sum);
+// naive SwiGLU on separate g and u arrays: a = silu(g) * u, and its backward
 void swiglu_forward_ref(float *a, const float *g, const float *u, long n);
 void swiglu_backward_ref(float *dg, float *du, const float *da, const float *g, const float *u, long n);
 void embed_backward_ref(float *dtable, const float *dout, const int *tokens, int N, int D);
