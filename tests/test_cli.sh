@@ -87,7 +87,8 @@ expect_fail "non-numeric flag" '--lr: expected a number, got "fast"' $MOE train 
 expect_fail "unknown flag" "unknown option --stepz" $MOE train --model "$T/tiny.json" --data "$T/qa.txt" --out "$T/r4" --stepz 3
 expect_fail "bad --recompute value" '--recompute must be none or selective, got "all"' $MOE bench --model "$T/tiny.json" --recompute all
 expect_fail "grad needs a positive limit" "--limit must be positive" $MOE grad --ckpt "$T/ck" --data "$T/qa.txt" --limit 0 --out "$T/g.st"
-for x in r0 r1 r2 r3 r4; do [ -e "$T/$x" ] && bad "nothing written for bad training flags ($x)" "$T/$x exists"; done
+expect_fail "missing eval data" "noeval.txt: cannot open" $MOE train --model "$T/tiny.json" --data "$T/qa.txt" --eval-data "$T/noeval.txt" --out "$T/r5"
+for x in r0 r1 r2 r3 r4 r5; do [ -e "$T/$x" ] && bad "nothing written for bad training flags ($x)" "$T/$x exists"; done
 
 # --- an existing checkpoint is never overwritten without --resume
 $MOE train --model "$T/tiny.json" --data "$T/qa.txt" --out "$T/run" --steps 3 --batch 8 --seq 64 --quiet
@@ -165,5 +166,7 @@ echo "$out" | /usr/bin/python3 -c 'import json,sys; o=json.load(sys.stdin); asse
 out=$($MOE plan --model "$T/tiny.json" --batch 4 --seq 32 --json)
 echo "$out" | /usr/bin/python3 -c 'import json,sys; o=json.load(sys.stdin); parts=[k for k in o if k.endswith("_mb") and k!="total_mb"]; assert {"parameters_mb","gradients_mb","optimizer state_mb","saved activations_mb","workspace_mb"} <= set(o); assert abs(sum(o[k] for k in parts) - o["total_mb"]) < 0.5; assert abs(o["optimizer state_mb"] - 2*o["gradients_mb"]) < 0.5' \
   && ok "plan --json gives memory by category that adds up" || bad "plan --json" "$out"
+$MOE train --model "$T/tiny.json" --data "$T/qa.txt" --eval-data "$T/cmp.txt" --eval-every 2 --out "$T/ev" --steps 4 --batch 4 --seq 64 --quiet \
+  && [ "$(grep -c '"eval_loss"' "$T/ev/log.jsonl")" -eq 2 ] && ok "--eval-data logs eval_loss every --eval-every steps" || bad "--eval-data" "$(cat "$T/ev/log.jsonl" | head -c 300)"
 echo "$pass passed, $fail failed"
 exit $((fail > 0))

@@ -19,6 +19,8 @@ static const char *HELP =
     "  --no-shuffle       examples in file order (default: shuffled every epoch)\n"
     "  --format F         auto | qa | jsonl | text (auto: .jsonl/.json are JSON lines, else Q/A lines)\n"
     "  --ckpt-every N     periodic checkpoints every N steps (default 0: at the end only)\n"
+    "  --eval-data FILE   held-out loss every --eval-every N steps (100) on its first\n"
+    "                     --eval-limit M examples (500; 0 = all), logged as eval_loss\n"
     "  --threads N        threads (default OMP_NUM_THREADS or all cores)\n"
     "  --recompute R      none | selective: recompute norms, SwiGLU products and expert inputs\n"
     "                     in the backward pass instead of keeping them (same gradients)\n"
@@ -35,6 +37,7 @@ int cmd_train(int argc, char **argv) {
     if (!(ta.data = cmd_required(&a, "--data")) || !(ta.out = cmd_required(&a, "--out"))) return cmd_fail("train");
     ta.model_cfg = args_str(&a, "--model", NULL);
     ta.resume = args_str(&a, "--resume", NULL);
+    ta.eval_data = args_str(&a, "--eval-data", NULL);
     if (!ta.model_cfg == !ta.resume) {
         moe_seterr("give exactly one of --model CFG.json (a new run) or --resume DIR");
         return cmd_fail("train");
@@ -59,6 +62,9 @@ int cmd_train(int argc, char **argv) {
     if (!rc) rc = args_int(&a, "--ckpt-every", 0, &tc.ckpt_every);
     if (!rc) rc = data_format_parse(fmt ? fmt : "auto", &tc.format);
     if (!rc) rc = cmd_recompute(&a, &tc.acts_mode);
+    if (!rc) rc = args_int(&a, "--eval-every", 100, &tc.eval_every);
+    if (!rc) rc = args_int(&a, "--eval-limit", 500, &tc.eval_limit);
+    if (!rc && (tc.eval_every <= 0 || tc.eval_limit < 0)) { moe_seterr("--eval-every must be positive and --eval-limit >= 0"); rc = MOE_FAIL; }
     tc.shuffle = !args_bool(&a, "--no-shuffle");
     if (args_has(&a, "--no-shuffle")) strcat(a.given, "--shuffle ");
     tc.quiet = args_bool(&a, "--quiet");

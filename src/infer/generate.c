@@ -88,33 +88,3 @@ int generate_greedy(Model *m, const char *const *q, const int *qlen, int n, char
     return MOE_OK;
 }
 
-int eval_loss(Model *m, const Dataset *d, int limit, int batch, double *loss, long *tokens) {
-    int n = limit > 0 && limit < d->n ? limit : d->n;
-    int maxlen = 0;
-    for (int i = 0; i < n; i++) maxlen = imax(maxlen, d->ex[i].len - 1);
-    Acts a;
-    acts_alloc(&a, m, batch * maxlen, false);
-    Batch b;
-    batch_alloc(&b, batch * maxlen, batch);
-    int *ids = MOE_NEW(int, batch);
-    double sum = 0;
-    long cnt = 0;
-    int rc = MOE_OK;
-    ForwardOpts fo = {.train = false};
-    for (int s = 0; s < n && rc == MOE_OK; s += batch) {
-        int nb = imin(batch, n - s);
-        for (int i = 0; i < nb; i++) ids[i] = s + i;
-        batch_fill(&b, d, ids, nb);
-        a.n_out = 0;
-        for (int t = 0; t < b.N; t++)
-            if (b.targets[t] >= 0) a.out_rows[a.n_out++] = t;
-        ForwardOut fout;
-        rc = model_forward(m, &a, &b, &fo, &fout);
-        sum += fout.ce_sum;
-        cnt += b.n_targets;
-    }
-    *loss = cnt ? sum / cnt : 0;
-    *tokens = cnt;
-    moe_free(ids); batch_free(&b); acts_free(&a);
-    return rc;
-}

@@ -10,5 +10,3 @@
 // latency_s (may be NULL) gets each answer's wall time share.
 int generate_greedy(Model *m, const char *const *q, const int *qlen, int n, char **answers, int batch);
 
-// Mean cross-entropy over target tokens (no balance loss, no capacity).
-int eval_loss(Model *m, const Dataset *d, int limit, int batch, double *loss, long *tokens);

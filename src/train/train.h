@@ -25,6 +25,10 @@ float grad_clip_scale(double norm, float max_norm);
 void adamw_step(AdamW *a, const Model *m, const OptConfig *o, float lr, float gscale);
 void adamw_step_ref(AdamW *a, const Model *m, const OptConfig *o, float lr);
 
+// Mean cross-entropy over the target tokens of the first `limit` examples (all when 0),
+// without balance losses or capacity: what `moe eval` reports.
+int eval_loss(Model *m, const Dataset *d, int limit, int batch, double *loss, long *tokens);
+
 typedef struct {
     OptConfig opt;
     int batch, micro_batch, seq;  // examples per step, per micro-batch; max inputs per example
@@ -36,6 +40,7 @@ typedef struct {
     DataFormat format;
     bool quiet;
     int acts_mode;                // ACTS_TRAIN or ACTS_TRAIN_SELECTIVE (--recompute)
+    int eval_every, eval_limit;   // --eval-data: held-out loss every N steps on the first M examples
 } TrainConfig;
 
 typedef struct {                  // what a resume needs beyond the model
@@ -58,6 +63,7 @@ typedef struct {
     const char *out;
     const char *model_cfg;        // new run
     const char *resume;           // or resume from
+    const char *eval_data;        // optional held-out Q/A file
     const char *set_flags;        // which TrainConfig fields the command line gave (for resume)
 } TrainArgs;
 

@@ -158,6 +158,11 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     if (rc != MOE_OK) { adamw_free(&opt); model_free(&m); return MOE_FAIL; }
     if (d.skipped && !tc->quiet)
         fprintf(stderr, "moe train: skipped %d examples longer than --seq %d\n", d.skipped, tc->seq);
+    Dataset evd = {0};
+    if (ar->eval_data && dataset_load(&evd, ar->eval_data, tc->format, m.cfg.max_position_embeddings - 1, tc->eval_limit) != MOE_OK) {
+        dataset_free(&d); adamw_free(&opt); model_free(&m);
+        return MOE_FAIL;
+    }
 
     // --- set up the output
     const MoeConfig *c = &m.cfg;
@@ -167,7 +172,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     if (rc == MOE_OK) rc = ar->resume ? log_carry(ar->resume, log_path, pr.step) : file_write_atomic(log_path, "", 0);
     FILE *log = rc == MOE_OK ? fopen(log_path, "a") : NULL;
     if (rc == MOE_OK && !log) { moe_seterr("%s: cannot open for appending", log_path); rc = MOE_FAIL; }
-    if (rc != MOE_OK) { dataset_free(&d); adamw_free(&opt); model_free(&m); return MOE_FAIL; }
+    if (rc != MOE_OK) { dataset_free(&d); dataset_free(&evd); adamw_free(&opt); model_free(&m); return MOE_FAIL; }
 
     Acts a;
     acts_alloc(&a, &m, tc->micro_batch * tc->seq, tc->acts_mode ? tc->acts_mode : ACTS_TRAIN);
@@ -226,7 +231,15 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
             fprintf(log, "]");
             if (sum > 0 && mx * (double)E / sum > worst) worst = mx * (double)E / sum;
         }
-        fprintf(log, "]}\n");
+        fprintf(log, "]");
+        double eval_ce = -1;
+        if (ar->eval_data && (pr.step % tc->eval_every == 0 || pr.step == tc->steps)) {
+            long et;
+            rc = eval_loss(&m, &evd, tc->eval_limit, 64, &eval_ce, &et);
+            if (rc) break;
+            fprintf(log, ",\"eval_loss\":%.9g", eval_ce);
+        }
+        fprintf(log, "}\n");
         fflush(log);
         run_dropped += a.dropped; run_assigned += a.assigned;
         // --- progress line
@@ -239,8 +252,10 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
             t_print = elapsed;
             char etas[32];
             fmt_eta(etas, sizeof etas, eta);
-            fprintf(stderr, "%sstep %ld/%d | loss %.4f (ce %.4f aux %.4f) | lr %.2e | %.0f tok/s | MFU %.1f%% | load max/mean %.2f | ETA %s%s",
-                    tty ? "\r\033[K" : "", pr.step, tc->steps, sl.loss, sl.ce, sl.aux, lr, tps, 100 * mfu, worst, etas,
+            char evs[32] = "";
+            if (eval_ce >= 0) snprintf(evs, sizeof evs, " | eval %.4f", eval_ce);
+            fprintf(stderr, "%sstep %ld/%d | loss %.4f (ce %.4f aux %.4f)%s | lr %.2e | %.0f tok/s | MFU %.1f%% | load max/mean %.2f | ETA %s%s",
+                    tty ? "\r\033[K" : "", pr.step, tc->steps, sl.loss, sl.ce, sl.aux, evs, lr, tps, 100 * mfu, worst, etas,
                     tty ? "" : "\n");
         }
         // --- checkpoints
@@ -270,6 +285,6 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     }
     fclose(log);
     moe_free(run_load); moe_free(ids); order_free(&order); batch_free(&b); acts_free(&a);
-    dataset_free(&d); adamw_free(&opt); model_free(&m);
+    dataset_free(&d); dataset_free(&evd); adamw_free(&opt); model_free(&m);
     return rc;
 }
