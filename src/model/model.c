@@ -191,12 +191,14 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
         }
     }
     a->rstdf = MOE_NEW(float, Nmax); a->xf = MOE_NEW(float, ND); a->xt = MOE_NEW(float, ND);
+    mem_category(MEM_WORK);
+    a->qkv = MOE_NEW(float, (size_t)Nmax * (Hq + 2 * Hk));
+    mem_category(MEM_ACTS);
     a->logits = MOE_NEW(float, (size_t)Nmax * V);
     a->out_rows = MOE_NEW(int, Nmax);
     if (train) {
         mem_category(MEM_WORK);   // backward-pass scratch, reused by every layer
         a->dx = MOE_NEW(float, ND); a->dh = MOE_NEW(float, ND); a->dxn = MOE_NEW(float, ND);
-        a->dffn = MOE_NEW(float, ND);
         a->dq = MOE_NEW(float, (size_t)Nmax * Hq); a->datt = MOE_NEW(float, (size_t)Nmax * Hq);
         a->dk = MOE_NEW(float, (size_t)Nmax * Hk); a->dv = MOE_NEW(float, (size_t)Nmax * Hk);
         a->dgu = MOE_NEW(float, (size_t)Nmax * 2 * Fmax);
@@ -218,7 +220,7 @@ void acts_free(Acts *a) {
         if (la->moe.scores) moe_acts_free(&la->moe);
     }
     void *p[] = {a->xs, a->layer, a->rstdf, a->xf, a->xt, a->logits, a->out_rows, a->dx, a->dh,
-                 a->dxn, a->dffn, a->dq, a->datt, a->dk, a->dv, a->dgu, a->da, a->load};
+                 a->dxn, a->qkv, a->dq, a->datt, a->dk, a->dv, a->dgu, a->da, a->load};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
     if (a->mw.ds) moe_work_free(&a->mw);
     moe_free(a->rc_xn); moe_free(a->rc_a); moe_free(a->rc_xe); moe_free(a->rc_ae);
@@ -226,6 +228,28 @@ void acts_free(Acts *a) {
 }
 
 // ---------------------------------------------------------------- forward
+
+// rows of qkv [N, Hq+2Hk] <-> q [N,Hq], k [N,Hk], v [N,Hk]
+static void qkv_split(const float *qkv, float *q, float *k, float *v, int N, int Hq, int Hk) {
+    const int W = Hq + 2 * Hk;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *r = qkv + (size_t)n * W;
+        memcpy(q + (size_t)n * Hq, r, sizeof(float) * Hq);
+        memcpy(k + (size_t)n * Hk, r + Hq, sizeof(float) * Hk);
+        memcpy(v + (size_t)n * Hk, r + Hq + Hk, sizeof(float) * Hk);
+    }
+}
+static void qkv_join(float *qkv, const float *q, const float *k, const float *v, int N, int Hq, int Hk) {
+    const int W = Hq + 2 * Hk;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float *r = qkv + (size_t)n * W;
+        memcpy(r, q + (size_t)n * Hq, sizeof(float) * Hq);
+        memcpy(r + Hq, k + (size_t)n * Hk, sizeof(float) * Hk);
+        memcpy(r + Hq + Hk, v + (size_t)n * Hk, sizeof(float) * Hk);
+    }
+}
 
 // out (+)= swiglu(x); Wgu is gate_proj followed by up_proj in the blob: one [2F,D] GEMM
 static void swiglu_ffn_forward(float *out, float *gu, float *act, const float *x, const float *Wgu,
@@ -270,9 +294,9 @@ int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, Forwa
         rmsnorm_forward(la->xn1, la->rstd1, x, p->in_norm, N, D, c->rms_norm_eps);
         prof_end(PROF_NORM, false, t, 0);
         t = prof_begin();
-        linear_forward(la->q, la->xn1, p->wq, N, D, Hq, false);
-        linear_forward(la->k, la->xn1, p->wk, N, D, Hk, false);
-        linear_forward(la->v, la->xn1, p->wv, N, D, Hk, false);
+        // wq, wk, wv lie one after another in the blob: one [Hq+2Hk, D] GEMM, then split
+        linear_forward(a->qkv, la->xn1, p->wq, N, D, Hq + 2 * Hk, false);
+        qkv_split(a->qkv, la->q, la->k, la->v, N, Hq, Hk);
         prof_end(PROF_QKV, false, t, 2.0 * N * D * (Hq + 2 * Hk));
         t = prof_begin();
         rope_forward(la->q, b->pos, &m->rope, N, H, hd);
@@ -456,9 +480,8 @@ void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
         prof_end(PROF_ROPE, true, t, 0);
         t = prof_begin();
         memset(dxn, 0, sizeof(float) * ND);
-        linear_backward(dxn, gp->wq, a->dq, la->xn1, p->wq, N, D, Hq);
-        linear_backward(dxn, gp->wk, a->dk, la->xn1, p->wk, N, D, Hk);
-        linear_backward(dxn, gp->wv, a->dv, la->xn1, p->wv, N, D, Hk);
+        qkv_join(a->qkv, a->dq, a->dk, a->dv, N, Hq, Hk);
+        linear_backward(dxn, gp->wq, a->qkv, la->xn1, p->wq, N, D, Hq + 2 * Hk);
         prof_end(PROF_QKV, true, t, 4.0 * N * D * (Hq + 2 * Hk));
         t = prof_begin();
         memcpy(dx, dh, sizeof(float) * ND);

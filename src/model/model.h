@@ -18,7 +18,7 @@ typedef struct {
 
 typedef struct {
     float *in_norm, *post_norm;          // [D]
-    float *wq, *wk, *wv, *wo;            // [H*hd,D] [Hkv*hd,D] [Hkv*hd,D] [D,H*hd]
+    float *wq, *wk, *wv, *wo;            // [H*hd,D] [Hkv*hd,D] [Hkv*hd,D] [D,H*hd]; q|k|v contiguous
     float *gate, *up, *down;             // dense [Fd,D] [Fd,D] [D,Fd]; up follows gate: [2Fd,D]
     float *router;                       // [E,D]
     float *e_gate_up, *e_down;           // [E,2Fe,D] (gate then up per expert), [E,D,Fe]
@@ -83,7 +83,8 @@ typedef struct {
     int *out_rows;         // [N]
     int n_out;
     // backward workspace
-    float *dx, *dh, *dxn, *dq, *dk, *dv, *datt, *dffn, *dgu, *da;
+    float *qkv;            // [N,Hq+2Hk] the fused q|k|v projection (and its gradient)
+    float *dx, *dh, *dxn, *dq, *dk, *dv, *datt, *dgu, *da;
     MoeWork mw;
     // per-step statistics
     long *load;            // [L,E] routed assignments (accumulated over micro-batches)
