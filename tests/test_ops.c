@@ -258,7 +258,7 @@ static void test_moe(void) {
         float *eye = MOE_NEW(float, E * E), *xl = MOE_NEW(float, N * E);
         for (int e = 0; e < E; e++) eye[e * E + e] = 1;
         for (int i = 0; i < N * E; i++) { float p = 0.05f + 0.9f * s[i]; xl[i] = logf(p / (1 - p)); }
-        moe_acts_alloc(&a, N, E, K, E, 4, false);
+        moe_acts_alloc(&a, N, E, K, E, 4, 0);
         MoeWeights mw = {eye, NULL, NULL};
         moe_router_forward(&c, &a, xl, &mw, bias, N);
         float *sref = MOE_NEW(float, N * E);
@@ -294,7 +294,7 @@ static void test_moe(void) {
         m.c.hidden_size = D; m.c.n_routed_experts = E; m.c.num_experts_per_tok = K; m.c.moe_intermediate_size = F;
         m.c.capacity_factor = cap ? 0.8f : 0;
         m.N = N;
-        moe_acts_alloc(&m.a, N, E, K, D, F, false);
+        moe_acts_alloc(&m.a, N, E, K, D, F, 0);
         moe_work_alloc(&m.w, N, E, K, D, F);
         m.xn = rnd(N * D, 1); m.R = rnd(N * D, 1); m.out = MOE_NEW(float, N * D); m.bias = MOE_NEW(float, E);
         float *router = rnd(E * D, 0.5f), *g = rnd(E * 2 * F * D, 0.3f), *dn = rnd(E * D * F, 0.3f);

@@ -40,7 +40,8 @@ void *moe_alloc(size_t bytes) {
     p[1] = (size_t)mem_cat;
     __atomic_fetch_add(&mem_total[mem_cat], rounded, __ATOMIC_RELAXED);
     void *user = (char *)p + 64;
-    if (!mem_dry) memset(user, 0, rounded);
+    // a dry run leaves big buffers untouched; small ones (structs, tables) are still zeroed
+    if (!mem_dry || rounded < (1 << 20)) memset(user, 0, rounded);
     return user;
 }
 void moe_free(void *user) {

@@ -22,7 +22,8 @@ const char *moe_errsrc(void);
 
 // 64-byte aligned, zeroed; dies with a message on exhaustion (as llm.c's mallocCheck).
 // Every allocation is counted under the current memory category (for `moe plan`); in dry
-// mode the memory is reserved but not touched, so a plan costs no resident memory.
+// mode blocks of 1 MiB and more are reserved but not touched (not zeroed either), so a plan
+// costs little resident memory.
 void *moe_alloc(size_t bytes);
 typedef enum { MEM_OTHER, MEM_PARAMS, MEM_GRADS, MEM_OPTIM, MEM_ACTS, MEM_WORK, MEM_N } MemCategory;
 MemCategory mem_category(MemCategory c);   // sets the category, returns the previous one

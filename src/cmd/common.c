@@ -17,12 +17,16 @@ const char *cmd_required(Args *a, const char *flag) {
     if (!v) moe_seterr("missing required option %s (see moe %s --help)", flag, a->cmd);
     return v;
 }
-int cmd_recompute(Args *a, int *mode) {
+int cmd_acts_mode(Args *a, int *mode) {
     const char *v = args_str(a, "--recompute", "none");
     if (!v) return MOE_FAIL;
-    if (!strcmp(v, "none")) *mode = ACTS_TRAIN;
-    else if (!strcmp(v, "selective")) *mode = ACTS_TRAIN_SELECTIVE;
-    else MOE_ERR("--recompute must be none or selective, got \"%s\"", v);
+    *mode = ACTS_TRAIN;
+    if (!strcmp(v, "selective")) *mode |= ACTS_RECOMPUTE;
+    else if (strcmp(v, "none")) MOE_ERR("--recompute must be none or selective, got \"%s\"", v);
+    v = args_str(a, "--act-dtype", "f32");
+    if (!v) return MOE_FAIL;
+    if (!strcmp(v, "bf16")) *mode |= ACTS_BF16;
+    else if (strcmp(v, "f32")) MOE_ERR("--act-dtype must be f32 or bf16, got \"%s\"", v);
     return MOE_OK;
 }
 

@@ -5,6 +5,7 @@
 #include <string.h>
 #include "../base/base.h"
 #include "../base/prof.h"
+#include "../kernels/bf16.h"
 #include "../kernels/gemm.h"
 
 // ---------------------------------------------------------------- parameter layout
@@ -144,7 +145,7 @@ void model_init_weights(Model *m, unsigned long long seed) {
 // ---------------------------------------------------------------- activations
 
 void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
-    const bool train = mode != ACTS_INFER, rc = mode == ACTS_TRAIN_SELECTIVE;
+    const bool train = mode != ACTS_INFER, rc = train && (mode & ACTS_RECOMPUTE), bf = train && (mode & ACTS_BF16);
     const MoeConfig *c = &m->cfg;
     memset(a, 0, sizeof *a);
     int L = c->num_hidden_layers, D = c->hidden_size, Hq = c->num_attention_heads * c->head_dim,
@@ -152,42 +153,67 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
         Fe = c->moe_intermediate_size, Fs = c->n_shared_experts * Fe, E = c->n_routed_experts,
         K = c->num_experts_per_tok, V = c->vocab_size;
     int Fmax = imax(c->intermediate_size, Fs);
-    a->Nmax = Nmax; a->L = L; a->train = train; a->recompute = rc;
+    const bool any_moe = config_n_moe_layers(c) > 0;
+    a->Nmax = Nmax; a->L = L; a->D = D; a->train = train; a->recompute = rc; a->bf16 = bf;
     MemCategory old = mem_category(MEM_ACTS);
+    size_t ND = (size_t)Nmax * D, NK = (size_t)Nmax * K;
+    mem_category(MEM_WORK);
     if (rc) {   // one set of recomputed intermediates for all layers
-        mem_category(MEM_WORK);
-        a->rc_xn = MOE_NEW(float, (size_t)Nmax * D);
+        a->rc_xn = MOE_NEW(float, ND);
         a->rc_a = MOE_NEW(float, (size_t)Nmax * Fmax);
-        if (config_n_moe_layers(c) > 0) {
-            a->rc_xe = MOE_NEW(float, (size_t)Nmax * K * D);
-            a->rc_ae = MOE_NEW(float, (size_t)Nmax * K * Fe);
-        }
-        mem_category(MEM_ACTS);
+        if (any_moe) { a->rc_xe = MOE_NEW(float, NK * D); a->rc_ae = MOE_NEW(float, NK * Fe); }
     }
+    if (bf) {   // the f32 working set every layer computes in; layers keep bf16 copies
+        a->ws_q = MOE_NEW(float, (size_t)Nmax * Hq); a->ws_att = MOE_NEW(float, (size_t)Nmax * Hq);
+        a->ws_k = MOE_NEW(float, (size_t)Nmax * Hk); a->ws_v = MOE_NEW(float, (size_t)Nmax * Hk);
+        a->ws_h = MOE_NEW(float, ND);
+        a->ws_gu = MOE_NEW(float, (size_t)Nmax * 2 * Fmax);
+        if (!rc) { a->ws_xn1 = MOE_NEW(float, ND); a->ws_xn2 = MOE_NEW(float, ND); a->ws_a = MOE_NEW(float, (size_t)Nmax * Fmax); }
+        if (any_moe) {
+            a->ws_mgu = MOE_NEW(float, NK * 2 * Fe); a->ws_mye = MOE_NEW(float, NK * D);
+            if (!rc) { a->ws_mxe = MOE_NEW(float, NK * D); a->ws_mae = MOE_NEW(float, NK * Fe); }
+        }
+    }
+    mem_category(MEM_ACTS);
     int nstore = train ? L : 1;
-    size_t ND = (size_t)Nmax * D;
-    a->xs = MOE_NEW(float, ND * (train ? L + 1 : 2));
+    // the residual stream: every layer's input kept in f32, or (bf16, inference) two in turn
+    a->xs = MOE_NEW(float, ND * (train && !bf ? L + 1 : 2));
     a->layer = MOE_NEW(LayerActs, nstore);
     for (int l = 0; l < nstore; l++) {
         LayerActs *la = &a->layer[l];
-        la->rstd1 = MOE_NEW(float, Nmax);
-        la->xn1 = rc ? a->rc_xn : MOE_NEW(float, ND);
-        la->q = MOE_NEW(float, (size_t)Nmax * Hq);
-        la->k = MOE_NEW(float, (size_t)Nmax * Hk); la->v = MOE_NEW(float, (size_t)Nmax * Hk);
-        la->att = MOE_NEW(float, (size_t)Nmax * Hq); la->lse = MOE_NEW(float, (size_t)Nmax * H);
-        la->h = MOE_NEW(float, ND);
-        la->rstd2 = MOE_NEW(float, Nmax);
-        la->xn2 = rc ? a->rc_xn : MOE_NEW(float, ND);
         int li = train ? l : 0;
-        bool moe = train ? config_layer_is_moe(c, li) : config_n_moe_layers(c) > 0;
+        bool moe = train ? config_layer_is_moe(c, li) : any_moe;
         int F = train ? (moe ? Fs : c->intermediate_size) : Fmax;
-        if (F > 0) {
-            la->gu = MOE_NEW(float, (size_t)Nmax * 2 * F);
-            la->a = rc ? a->rc_a : MOE_NEW(float, (size_t)Nmax * F);
+        la->rstd1 = MOE_NEW(float, Nmax);
+        la->rstd2 = MOE_NEW(float, Nmax);
+        la->lse = MOE_NEW(float, (size_t)Nmax * H);
+        if (bf) {
+            la->q = a->ws_q; la->k = a->ws_k; la->v = a->ws_v; la->att = a->ws_att; la->h = a->ws_h;
+            la->xn1 = rc ? a->rc_xn : a->ws_xn1;
+            la->xn2 = rc ? a->rc_xn : a->ws_xn2;
+            if (F > 0) { la->gu = a->ws_gu; la->a = rc ? a->rc_a : a->ws_a; }
+        } else {
+            la->q = MOE_NEW(float, (size_t)Nmax * Hq); la->att = MOE_NEW(float, (size_t)Nmax * Hq);
+            la->k = MOE_NEW(float, (size_t)Nmax * Hk); la->v = MOE_NEW(float, (size_t)Nmax * Hk);
+            la->h = MOE_NEW(float, ND);
+            la->xn1 = rc ? a->rc_xn : MOE_NEW(float, ND);
+            la->xn2 = rc ? a->rc_xn : MOE_NEW(float, ND);
+            if (F > 0) {
+                la->gu = MOE_NEW(float, (size_t)Nmax * 2 * F);
+                la->a = rc ? a->rc_a : MOE_NEW(float, (size_t)Nmax * F);
+            }
         }
         if (moe) {
-            moe_acts_alloc(&la->moe, Nmax, E, K, D, Fe, rc);
+            int borrow = (rc || bf ? MOE_BORROW_XE_AE : 0) | (bf ? MOE_BORROW_GU_YE : 0);
+            moe_acts_alloc(&la->moe, Nmax, E, K, D, Fe, borrow);
             if (rc) { la->moe.xe = a->rc_xe; la->moe.ae = a->rc_ae; }
+            else if (bf) { la->moe.xe = a->ws_mxe; la->moe.ae = a->ws_mae; }
+            if (bf) { la->moe.gu = a->ws_mgu; la->moe.ye = a->ws_mye; }
+        }
+        if (bf) {   // room for the largest stash this layer can need
+            size_t per_tok = D + 2 * Hq + 2 * Hk + D + (rc ? 0 : 2 * D) + (F > 0 ? 2 * F + (rc ? 0 : F) : 0);
+            size_t per_row = moe ? 2 * Fe + D + (rc ? 0 : D + Fe) : 0;
+            la->stash = MOE_NEW(unsigned short, (size_t)Nmax * per_tok + NK * per_row);
         }
     }
     a->rstdf = MOE_NEW(float, Nmax); a->xf = MOE_NEW(float, ND); a->xt = MOE_NEW(float, ND);
@@ -203,7 +229,7 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
         a->dk = MOE_NEW(float, (size_t)Nmax * Hk); a->dv = MOE_NEW(float, (size_t)Nmax * Hk);
         a->dgu = MOE_NEW(float, (size_t)Nmax * 2 * Fmax);
         a->da = MOE_NEW(float, (size_t)Nmax * Fmax);
-        if (config_n_moe_layers(c) > 0) moe_work_alloc(&a->mw, Nmax, E, K, D, Fe);
+        if (any_moe) moe_work_alloc(&a->mw, Nmax, E, K, D, Fe);
     }
     a->load = MOE_NEW(long, (size_t)L * imax(E, 1));
     mem_category(old);
@@ -213,18 +239,74 @@ void acts_free(Acts *a) {
     int nstore = a->train ? a->L : 1;
     for (int l = 0; l < nstore; l++) {
         LayerActs *la = &a->layer[l];
-        if (a->recompute) la->xn1 = la->xn2 = la->a = NULL;   // shared scratch, freed below
+        if (a->bf16) la->q = la->k = la->v = la->att = la->h = la->gu = NULL;   // the shared working set
+        if (a->recompute || a->bf16) la->xn1 = la->xn2 = la->a = NULL;
         void *p[] = {la->rstd1, la->xn1, la->q, la->k, la->v, la->att, la->lse, la->h, la->rstd2,
-                     la->xn2, la->gu, la->a};
+                     la->xn2, la->gu, la->a, la->stash};
         for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
         if (la->moe.scores) moe_acts_free(&la->moe);
     }
     void *p[] = {a->xs, a->layer, a->rstdf, a->xf, a->xt, a->logits, a->out_rows, a->dx, a->dh,
-                 a->dxn, a->qkv, a->dq, a->datt, a->dk, a->dv, a->dgu, a->da, a->load};
+                 a->dxn, a->qkv, a->dq, a->datt, a->dk, a->dv, a->dgu, a->da, a->load,
+                 a->rc_xn, a->rc_a, a->rc_xe, a->rc_ae, a->ws_q, a->ws_k, a->ws_v, a->ws_att, a->ws_h,
+                 a->ws_xn1, a->ws_xn2, a->ws_gu, a->ws_a, a->ws_mgu, a->ws_mye, a->ws_mxe, a->ws_mae};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
     if (a->mw.ds) moe_work_free(&a->mw);
-    moe_free(a->rc_xn); moe_free(a->rc_a); moe_free(a->rc_xe); moe_free(a->rc_ae);
     memset(a, 0, sizeof *a);
+}
+
+// The residual stream entering layer l (l = L: the stack's output).
+static float *resid(const Acts *a, int l, int N) {
+    if (a->train && !a->bf16) return a->xs + (size_t)l * N * a->D;
+    return a->xs + (size_t)(l % 2) * a->Nmax * a->D;
+}
+
+// ACTS_BF16: the f32 intermediates of layer l that its backward pass reads, in a fixed
+// order; packed after its forward pass, unpacked before its backward pass.
+typedef struct { float *p; size_t n; } StashItem;
+static int stash_items(const Acts *a, const Model *m, int l, int N, StashItem *it) {
+    const MoeConfig *c = &m->cfg;
+    const LayerActs *la = &a->layer[l];
+    const size_t D = c->hidden_size, Hq = (size_t)c->num_attention_heads * c->head_dim,
+                 Hk = (size_t)c->num_key_value_heads * c->head_dim, Fe = c->moe_intermediate_size;
+    const bool moe = config_layer_is_moe(c, l);
+    const size_t F = moe ? (size_t)c->n_shared_experts * Fe : (size_t)c->intermediate_size;
+    int n = 0;
+    it[n++] = (StashItem){la->x, N * D};
+    it[n++] = (StashItem){la->q, N * Hq};
+    it[n++] = (StashItem){la->k, N * Hk};
+    it[n++] = (StashItem){la->v, N * Hk};
+    it[n++] = (StashItem){la->att, N * Hq};
+    it[n++] = (StashItem){la->h, N * D};
+    if (!a->recompute) { it[n++] = (StashItem){la->xn1, N * D}; it[n++] = (StashItem){la->xn2, N * D}; }
+    if (F > 0) {
+        it[n++] = (StashItem){la->gu, N * 2 * F};
+        if (!a->recompute) it[n++] = (StashItem){la->a, N * F};
+    }
+    if (moe) {
+        const size_t A = la->moe.A;
+        it[n++] = (StashItem){la->moe.gu, A * 2 * Fe};
+        it[n++] = (StashItem){la->moe.ye, A * D};
+        if (!a->recompute) { it[n++] = (StashItem){la->moe.xe, A * D}; it[n++] = (StashItem){la->moe.ae, A * Fe}; }
+    }
+    return n;
+}
+static void stash_layer(const Acts *a, const Model *m, int l, int N, bool pack) {
+    StashItem it[16];
+    int n = stash_items(a, m, l, N, it);
+    unsigned short *s = a->layer[l].stash;
+    for (int i = 0; i < n; i++) {
+        float *p = it[i].p;
+        const long cnt = (long)it[i].n;
+        if (pack) {
+#pragma omp parallel for schedule(static)
+            for (long j = 0; j < cnt; j++) s[j] = f32_to_bf16(p[j]);
+        } else {
+#pragma omp parallel for schedule(static)
+            for (long j = 0; j < cnt; j++) p[j] = bf16_to_f32(s[j]);
+        }
+        s += cnt;
+    }
 }
 
 // ---------------------------------------------------------------- forward
@@ -281,14 +363,14 @@ int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, Forwa
     double pairs = 0;   // (query, key) pairs, for the attention FLOP count
     for (int n = 0; n < N; n++) pairs += kv_hi[n] - b->kv_lo[n] + 1;
     const double attn_flops = 4.0 * pairs * H * hd;
-    float *x = a->xs;
+    float *x = resid(a, 0, N);
     double t = prof_begin();
     embed_forward(x, b->tokens, m->w.embed, N, D);
     prof_end(PROF_EMBED, false, t, 0);
     for (int l = 0; l < L; l++) {
         LayerActs *la = &a->layer[a->train ? l : 0];
         const LayerParams *p = &m->w.layer[l];
-        float *xnext = a->train ? a->xs + (size_t)(l + 1) * N * D : a->xs + (size_t)((l + 1) % 2) * a->Nmax * D;
+        float *xnext = resid(a, l + 1, N);
         la->x = x;
         t = prof_begin();
         rmsnorm_forward(la->xn1, la->rstd1, x, p->in_norm, N, D, c->rms_norm_eps);
@@ -351,6 +433,7 @@ int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, Forwa
                 a->assigned += (long)N * c->num_experts_per_tok;
             }
         }
+        if (a->bf16) stash_layer(a, m, l, N, true);
         x = xnext;
     }
     moe_free(kv_hi);
@@ -412,7 +495,7 @@ void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
     float *dx = a->dx;
     t = prof_begin();
     memset(dx, 0, sizeof(float) * ND);
-    rmsnorm_backward(dx, m->g.norm, dxf, a->xs + (size_t)L * ND, m->w.norm, a->rstdf, N, D);
+    rmsnorm_backward(dx, m->g.norm, dxf, resid(a, L, N), m->w.norm, a->rstdf, N, D);
     prof_end(PROF_NORM, true, t, 0);
     for (int l = L - 1; l >= 0; l--) {
         LayerActs *la = &a->layer[l];
@@ -420,6 +503,7 @@ void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
         LayerParams *gp = &m->g.layer[l];
         // x_{l+1} = h + ffn(xn2), xn2 = rmsnorm(h): dh = dx + rmsnorm^T(ffn^T(dx))
         float *dh = a->dh, *dxn = a->dxn;
+        if (a->bf16) stash_layer(a, m, l, N, false);
         memcpy(dh, dx, sizeof(float) * ND);
         memset(dxn, 0, sizeof(float) * ND);
         if (a->recompute) {   // the FFN's inputs and SwiGLU products, as the forward pass made them

@@ -69,12 +69,15 @@ typedef struct {
     float *rstd2, *xn2;    // [N], [N,D]
     float *gu, *a;         // dense or shared-expert SwiGLU: [N,2F] gate|up, [N,F] silu(g)*u
     MoeActs moe;
+    unsigned short *stash; // ACTS_BF16: this layer's saved intermediates, bf16
 } LayerActs;
 
 typedef struct {
-    int Nmax, L, train;
+    int Nmax, L, D, train;
     bool recompute;        // selective recomputation: the buffers below are shared scratch
     float *rc_xn, *rc_a, *rc_xe, *rc_ae;
+    bool bf16;             // saved intermediates packed per layer; f32 working set shared
+    float *ws_q, *ws_k, *ws_v, *ws_att, *ws_h, *ws_xn1, *ws_xn2, *ws_gu, *ws_a, *ws_mgu, *ws_mye, *ws_mxe, *ws_mae;
     float *xs;             // [L+1][N,D] residual stream
     LayerActs *layer;
     float *rstdf, *xf;     // final norm
@@ -91,11 +94,15 @@ typedef struct {
     long dropped, assigned;
 } Acts;
 
-// mode: ACTS_INFER (one reused set), ACTS_TRAIN (every layer's intermediates kept), or
-// ACTS_TRAIN_SELECTIVE (--recompute selective: the norm outputs, the SwiGLU products and
-// the experts' gathered inputs are recomputed in the backward pass from what is kept;
-// the recomputation repeats the forward arithmetic, so gradients are bit-identical)
-enum { ACTS_INFER = 0, ACTS_TRAIN = 1, ACTS_TRAIN_SELECTIVE = 2 };
+// mode: ACTS_INFER (one reused set) or ACTS_TRAIN (every layer's intermediates kept), with
+// ACTS_RECOMPUTE (--recompute selective: the norm outputs, the SwiGLU products and the
+// experts' gathered inputs are recomputed in the backward pass from what is kept; the
+// recomputation repeats the forward arithmetic, so gradients are bit-identical) and
+// ACTS_BF16 (--act-dtype bf16: each layer's saved intermediates are packed to bf16 after
+// its forward pass and unpacked into one shared f32 working set for its backward pass;
+// all arithmetic stays f32)
+enum { ACTS_INFER = 0, ACTS_TRAIN = 1, ACTS_RECOMPUTE = 2, ACTS_BF16 = 4 };
+#define ACTS_TRAIN_SELECTIVE (ACTS_TRAIN | ACTS_RECOMPUTE)
 void acts_alloc(Acts *a, const Model *m, int Nmax, int mode);
 void acts_free(Acts *a);
 

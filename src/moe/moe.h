@@ -27,8 +27,9 @@ typedef struct {
     float *ye;              // [N*K,D] expert outputs (before weighting)
     int *load;              // [E] routed assignments per expert (before capacity)
     int dropped;            // assignments dropped by capacity
-    bool borrowed;          // xe and ae belong to the caller (recomputed scratch)
+    int borrowed;           // MOE_BORROW_* flags: buffers that belong to the caller
 } MoeActs;
+enum { MOE_BORROW_XE_AE = 1, MOE_BORROW_GU_YE = 2 };
 
 typedef struct {            // expert weights of one layer, experts contiguous
     const float *router;    // [E,D]
@@ -48,8 +49,9 @@ typedef struct {            // workspace for the backward pass, sized for N*K ro
     float *ds;              // [N,E]
 } MoeWork;
 
-// with borrow, xe and ae are left NULL for the caller to point at shared scratch
-void moe_acts_alloc(MoeActs *a, int Nmax, int E, int K, int D, int F, bool borrow);
+// borrow (MOE_BORROW_* flags): those buffers are left NULL for the caller to point at
+// shared scratch
+void moe_acts_alloc(MoeActs *a, int Nmax, int E, int K, int D, int F, int borrow);
 // row r of xe <- xn[row_tok[r]] (the permutation's gather)
 void moe_gather(MoeActs *a, const float *xn);
 void moe_acts_free(MoeActs *a);

@@ -5,7 +5,7 @@
 #include "../kernels/gemm.h"
 #include "moe.h"
 
-void moe_acts_alloc(MoeActs *a, int Nmax, int E, int K, int D, int F, bool borrow) {
+void moe_acts_alloc(MoeActs *a, int Nmax, int E, int K, int D, int F, int borrow) {
     memset(a, 0, sizeof *a);
     size_t NK = (size_t)Nmax * K;
     a->E = E; a->K = K; a->D = D; a->F = F;
@@ -18,16 +18,15 @@ void moe_acts_alloc(MoeActs *a, int Nmax, int E, int K, int D, int F, bool borro
     a->row_tok = MOE_NEW(int, NK);
     a->row_slot = MOE_NEW(int, NK);
     a->borrowed = borrow;
-    if (!borrow) { a->xe = MOE_NEW(float, NK * D); a->ae = MOE_NEW(float, NK * F); }
-    a->gu = MOE_NEW(float, NK * 2 * F);
-    a->ye = MOE_NEW(float, NK * D);
+    if (!(borrow & MOE_BORROW_XE_AE)) { a->xe = MOE_NEW(float, NK * D); a->ae = MOE_NEW(float, NK * F); }
+    if (!(borrow & MOE_BORROW_GU_YE)) { a->gu = MOE_NEW(float, NK * 2 * F); a->ye = MOE_NEW(float, NK * D); }
     a->load = MOE_NEW(int, E);
 }
 void moe_acts_free(MoeActs *a) {
-    void *p[] = {a->logits, a->scores, a->sel, a->w, a->row, a->offsets, a->row_tok, a->row_slot,
-                 a->gu, a->ye, a->load};
+    void *p[] = {a->logits, a->scores, a->sel, a->w, a->row, a->offsets, a->row_tok, a->row_slot, a->load};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
-    if (!a->borrowed) { moe_free(a->xe); moe_free(a->ae); }
+    if (!(a->borrowed & MOE_BORROW_XE_AE)) { moe_free(a->xe); moe_free(a->ae); }
+    if (!(a->borrowed & MOE_BORROW_GU_YE)) { moe_free(a->gu); moe_free(a->ye); }
     memset(a, 0, sizeof *a);
 }
 

@@ -39,7 +39,7 @@ typedef struct {
     bool shuffle;
     DataFormat format;
     bool quiet;
-    int acts_mode;                // ACTS_TRAIN or ACTS_TRAIN_SELECTIVE (--recompute)
+    int acts_mode;                // ACTS_TRAIN [| ACTS_RECOMPUTE] [| ACTS_BF16]
     int eval_every, eval_limit;   // --eval-data: held-out loss every N steps on the first M examples
 } TrainConfig;
 
