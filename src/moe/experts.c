@@ -9,15 +9,16 @@
 
 void moe_work_alloc(MoeWork *w, int Nmax, int E, int K, int D, int F) {
     size_t NK = (size_t)Nmax * K;
+    // dxe reuses dye: an expert's input gradient is written after its output gradient is used
     w->dye = MOE_NEW(float, NK * D);
-    w->dxe = MOE_NEW(float, NK * D);
+    w->dxe = w->dye;
     w->dae = MOE_NEW(float, NK * F);
     w->dgu = MOE_NEW(float, NK * 2 * F);
     w->dw = MOE_NEW(float, NK);
     w->ds = MOE_NEW(float, (size_t)Nmax * E);
 }
 void moe_work_free(MoeWork *w) {
-    void *p[] = {w->dye, w->dxe, w->dae, w->dgu, w->dw, w->ds};
+    void *p[] = {w->dye, w->dae, w->dgu, w->dw, w->ds};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
 }
 
@@ -120,9 +121,9 @@ void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const floa
                     *act = a->ae + (size_t)r0 * F, *dy = wk->dye + (size_t)r0 * D;
         float *dact = wk->dae + (size_t)r0 * F, *dgu = wk->dgu + (size_t)r0 * 2 * F, *dx = wk->dxe + (size_t)r0 * D;
         memset(dact, 0, sizeof(float) * (size_t)M * F);
-        memset(dx, 0, sizeof(float) * (size_t)M * D);
         linear_backward(dact, G->down + (size_t)e * D * F, dy, act, W->down + (size_t)e * D * F, M, F, D);
         swiglu_rows_backward(dgu, dact, gu, M, F);
+        memset(dx, 0, sizeof(float) * (size_t)M * D);   // dx and dy share rows: dy is used up
         linear_backward(dx, G->gate_up + (size_t)e * 2 * F * D, dgu, x, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F);
     }
     prof_end(PROF_EXPERTS, true, t, 12.0 * a->A * D * F);

@@ -42,7 +42,7 @@ typedef struct {
 } MoeGrads;
 
 typedef struct {            // workspace for the backward pass, sized for N*K rows
-    float *dye, *dxe;       // [N*K,D]
+    float *dye, *dxe;       // [N*K,D], one buffer: dxe overwrites dye expert by expert
     float *dae;             // [N*K,F]
     float *dgu;             // [N*K,2F]
     float *dw;              // [N,K]
