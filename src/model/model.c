@@ -144,6 +144,8 @@ void model_init_weights(Model *m, unsigned long long seed) {
 
 // ---------------------------------------------------------------- activations
 
+#define HEAD_CHUNK 256   // rows of the output head per GEMM while training
+
 void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
     const bool train = mode != ACTS_INFER, rc = train && (mode & ACTS_RECOMPUTE), bf = train && (mode & ACTS_BF16);
     const MoeConfig *c = &m->cfg;
@@ -220,7 +222,9 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
     mem_category(MEM_WORK);
     a->qkv = MOE_NEW(float, (size_t)Nmax * (Hq + 2 * Hk));
     mem_category(MEM_ACTS);
-    a->logits = MOE_NEW(float, (size_t)Nmax * V);
+    // training runs the head in chunks of HEAD_CHUNK rows, its backward fused in: no [N,V] buffer
+    a->logits = MOE_NEW(float, (size_t)(train ? imin(Nmax, HEAD_CHUNK) : Nmax) * V);
+    if (train) { mem_category(MEM_WORK); a->dxt = MOE_NEW(float, ND); mem_category(MEM_ACTS); }
     a->out_rows = MOE_NEW(int, Nmax);
     if (train) {
         mem_category(MEM_WORK);   // backward-pass scratch, reused by every layer
@@ -246,7 +250,7 @@ void acts_free(Acts *a) {
         for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
         if (la->moe.scores) moe_acts_free(&la->moe);
     }
-    void *p[] = {a->xs, a->layer, a->rstdf, a->xf, a->xt, a->logits, a->out_rows, a->dx, a->dh,
+    void *p[] = {a->xs, a->layer, a->rstdf, a->xf, a->xt, a->logits, a->dxt, a->out_rows, a->dx, a->dh,
                  a->dxn, a->qkv, a->dq, a->datt, a->dk, a->dv, a->dgu, a->da, a->load,
                  a->rc_xn, a->rc_a, a->rc_xe, a->rc_ae, a->ws_q, a->ws_k, a->ws_v, a->ws_att, a->ws_h,
                  a->ws_xn1, a->ws_xn2, a->ws_gu, a->ws_a, a->ws_mgu, a->ws_mye, a->ws_mxe, a->ws_mae};
@@ -448,18 +452,37 @@ int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, Forwa
     }
     int Nt = a->n_out;
     for (int i = 0; i < Nt; i++) memcpy(a->xt + (size_t)i * D, a->xf + (size_t)a->out_rows[i] * D, sizeof(float) * D);
-    t = prof_begin();
-    linear_forward(a->logits, a->xt, m->w.head, Nt, D, V, false);
-    prof_end(PROF_HEAD, false, t, 2.0 * Nt * D * V);
-    t = prof_begin();
-    if (b->targets) {
-        int *tg = MOE_NEW(int, Nt > 0 ? Nt : 1);
-        int ok = 1;
+    int *tg = NULL, ok = b->targets != NULL;
+    if (ok) {
+        tg = MOE_NEW(int, Nt > 0 ? Nt : 1);
         for (int i = 0; i < Nt; i++) { tg[i] = b->targets[a->out_rows[i]]; ok &= tg[i] >= 0; }
-        if (ok) xent_forward_backward(a->logits, tg, Nt, V, o->train ? o->ce_scale : 0.0f, &out->ce_sum);
-        moe_free(tg);
     }
-    prof_end(PROF_XENT, false, t, 0);
+    if (!o->train) {   // all the logits at once: generation reads them
+        t = prof_begin();
+        linear_forward(a->logits, a->xt, m->w.head, Nt, D, V, false);
+        prof_end(PROF_HEAD, false, t, 2.0 * Nt * D * V);
+        t = prof_begin();
+        if (ok) xent_forward_backward(a->logits, tg, Nt, V, 0.0f, &out->ce_sum);
+        prof_end(PROF_XENT, false, t, 0);
+    } else {
+        // chunk by chunk: logits, fused softmax cross-entropy (-> dlogits), then the head's
+        // backward pass at once: dxt = dlogits W, dW += dlogits^T xt
+        memset(a->dxt, 0, sizeof(float) * (size_t)Nt * D);
+        for (int i0 = 0; i0 < Nt; i0 += HEAD_CHUNK) {
+            const int nc = imin(HEAD_CHUNK, Nt - i0);
+            const float *xt = a->xt + (size_t)i0 * D;
+            t = prof_begin();
+            linear_forward(a->logits, xt, m->w.head, nc, D, V, false);
+            prof_end(PROF_HEAD, false, t, 2.0 * nc * D * V);
+            t = prof_begin();
+            if (ok) xent_forward_backward(a->logits, tg + i0, nc, V, o->ce_scale, &out->ce_sum);
+            prof_end(PROF_XENT, false, t, 0);
+            t = prof_begin();
+            linear_backward(a->dxt + (size_t)i0 * D, m->g.head, a->logits, xt, m->w.head, nc, D, V);
+            prof_end(PROF_HEAD, true, t, 4.0 * nc * D * V);
+        }
+    }
+    moe_free(tg);
     return MOE_OK;
 }
 
@@ -481,12 +504,10 @@ void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
               Fe = c->moe_intermediate_size, Fs = c->n_shared_experts * Fe;
     const int Hq = H * hd, Hk = Hkv * hd, Nt = a->n_out;
     const size_t ND = (size_t)N * D;
-    // head: logits = xt W^T ; a->logits holds dlogits already
-    float *dxt = a->dh;
-    double t = prof_begin();
-    memset(dxt, 0, sizeof(float) * (size_t)Nt * D);
-    linear_backward(dxt, m->g.head, a->logits, a->xt, m->w.head, Nt, D, V);
-    prof_end(PROF_HEAD, true, t, 4.0 * Nt * D * V);
+    // the head's backward pass ran with the forward pass (a->dxt); the rest starts here
+    const float *dxt = a->dxt;
+    double t;
+    (void)V;
     double pairs = 0;
     for (int n = 0; n < N; n++) pairs += n - b->kv_lo[n] + 1;
     float *dxf = a->dxn;

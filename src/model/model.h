@@ -82,7 +82,8 @@ typedef struct {
     LayerActs *layer;
     float *rstdf, *xf;     // final norm
     float *xt;             // [N,D] gathered output rows
-    float *logits;         // [N,V] (dlogits after a training forward)
+    float *logits;         // inference [N,V]; training one chunk of rows (then dlogits)
+    float *dxt;            // training: [N,D] gradient at the head's input rows
     int *out_rows;         // [N]
     int n_out;
     // backward workspace
@@ -122,5 +123,6 @@ typedef struct { double ce_sum, aux; } ForwardOut;
 // Logits are computed for the target rows (training) or for `out_rows` set by the caller
 // (inference: a->n_out rows of a->out_rows before the call); they land in a->logits.
 int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, ForwardOut *out);
-// Accumulates into m->grads (call after a training forward).
+// Accumulates into m->grads (call after a training forward, which has already accumulated
+// the output head's gradient).
 void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o);
