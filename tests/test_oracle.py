@@ -110,18 +110,19 @@ def main():
                     worst, wname = e, k
             check(f"grad tensors {name}", worst <= 1e-4 and not missing,
                   f"worst {wname} rel {worst:.2e}" + (f"; names differ: {sorted(missing)[:3]}" if missing else ""))
-            # --recompute selective repeats the forward arithmetic: the same gradient, bit for bit
-            grc = os.path.join(tmp, name + ".rc.safetensors")
-            rc = json.loads(run(["grad", "--ckpt", ck, "--data", data, "--limit", str(limit), "--out", grc,
-                                 "--recompute", "selective", "--json"]))
-            gr, _ = moe_ref.read_safetensors(grc)
-            same = rc["loss"] == mine["loss"] and all(np.array_equal(gr[k], gmine[k]) for k in gmine)
-            check(f"grad with --recompute selective is bit-identical {name}", same,
-                  f"loss {rc['loss']} vs {mine['loss']}")
+            # recomputation repeats the forward arithmetic: the same gradient, bit for bit
+            for rcm in ("selective", "full"):
+                grc = os.path.join(tmp, name + f".rc-{rcm}.safetensors")
+                rc = json.loads(run(["grad", "--ckpt", ck, "--data", data, "--limit", str(limit), "--out", grc,
+                                     "--recompute", rcm, "--json"]))
+                gr, _ = moe_ref.read_safetensors(grc)
+                same = rc["loss"] == mine["loss"] and all(np.array_equal(gr[k], gmine[k]) for k in gmine)
+                check(f"grad with --recompute {rcm} is bit-identical {name}", same,
+                      f"loss {rc['loss']} vs {mine['loss']}")
             # --act-dtype bf16 stores what the backward pass reads with 8 significant bits
             # (relative rounding 2^-9): the loss is unchanged (the forward pass is f32) and each
             # gradient stays within 2e-2 of the oracle's (measured: worst 4e-3, median 2e-3)
-            for rcm in ("none", "selective"):
+            for rcm in ("none", "selective", "full"):
                 gb = os.path.join(tmp, name + f".bf16-{rcm}.safetensors")
                 bf = json.loads(run(["grad", "--ckpt", ck, "--data", data, "--limit", str(limit), "--out", gb,
                                      "--act-dtype", "bf16", "--recompute", rcm, "--json"]))

@@ -8,7 +8,7 @@
 
 static const char *HELP =
     "usage: moe bench --model CFG.json --batch B --seq T [--steps N] [--threads N] [--profile]\n"
-    "                 [--recompute none|selective] [--act-dtype f32|bf16] [--json]\n"
+    "                 [--recompute none|selective|full] [--act-dtype f32|bf16] [--json]\n"
     "  training-step speed (forward, backward, AdamW) on random tokens\n";
 
 int cmd_bench(int argc, char **argv) {

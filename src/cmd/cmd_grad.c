@@ -7,7 +7,7 @@
 
 static const char *HELP =
     "usage: moe grad --ckpt DIR --data FILE --limit N --out G.safetensors [--micro-batch M]\n"
-    "                [--recompute none|selective] [--act-dtype f32|bf16] [--json]\n"
+    "                [--recompute none|selective|full] [--act-dtype f32|bf16] [--json]\n"
     "  gradient of the training loss (balance losses included) of the first N examples taken\n"
     "  as one batch; one tensor per parameter, same names. --json prints the loss pieces.\n";
 

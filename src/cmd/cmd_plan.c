@@ -5,7 +5,7 @@
 #include "cmd.h"
 
 static const char *HELP =
-    "usage: moe plan --model CFG.json --batch B --seq T [--recompute none|selective] [--act-dtype f32|bf16] [--json]\n"
+    "usage: moe plan --model CFG.json --batch B --seq T [--recompute none|selective|full] [--act-dtype f32|bf16] [--json]\n"
     "  predicted memory of a training step, by category: parameters, gradients, optimizer\n"
     "  state, saved activations, workspace (compare with moe bench's peak_rss_mb)\n";
 

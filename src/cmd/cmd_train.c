@@ -23,7 +23,8 @@ static const char *HELP =
     "                     --eval-limit M examples (500; 0 = all), logged as eval_loss\n"
     "  --threads N        threads (default OMP_NUM_THREADS or all cores)\n"
     "  --recompute R      none | selective: recompute norms, SwiGLU products and expert inputs\n"
-    "                     in the backward pass instead of keeping them (same gradients)\n"
+    "                     in the backward pass instead of keeping them (same gradients) |\n"
+    "                     full: also the attention output projection and the experts' outputs\n"
     "  --act-dtype T      f32 | bf16: store each layer's saved intermediates in bf16\n"
     "                     (arithmetic stays f32)\n"
     "  --quiet            no progress line\n";

@@ -22,7 +22,8 @@ int cmd_acts_mode(Args *a, int *mode) {
     if (!v) return MOE_FAIL;
     *mode = ACTS_TRAIN;
     if (!strcmp(v, "selective")) *mode |= ACTS_RECOMPUTE;
-    else if (strcmp(v, "none")) MOE_ERR("--recompute must be none or selective, got \"%s\"", v);
+    else if (!strcmp(v, "full")) *mode |= ACTS_RECOMPUTE | ACTS_RECOMPUTE_FULL;
+    else if (strcmp(v, "none")) MOE_ERR("--recompute must be none, selective or full, got \"%s\"", v);
     v = args_str(a, "--act-dtype", "f32");
     if (!v) return MOE_FAIL;
     if (!strcmp(v, "bf16")) *mode |= ACTS_BF16;

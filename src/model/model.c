@@ -147,7 +147,8 @@ void model_init_weights(Model *m, unsigned long long seed) {
 #define HEAD_CHUNK 256   // rows of the output head per GEMM while training
 
 void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
-    const bool train = mode != ACTS_INFER, rc = train && (mode & ACTS_RECOMPUTE), bf = train && (mode & ACTS_BF16);
+    const bool train = mode != ACTS_INFER, full = train && (mode & ACTS_RECOMPUTE_FULL),
+               rc = full || (train && (mode & ACTS_RECOMPUTE)), bf = train && (mode & ACTS_BF16);
     const MoeConfig *c = &m->cfg;
     memset(a, 0, sizeof *a);
     int L = c->num_hidden_layers, D = c->hidden_size, Hq = c->num_attention_heads * c->head_dim,
@@ -156,7 +157,7 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
         K = c->num_experts_per_tok, V = c->vocab_size;
     int Fmax = imax(c->intermediate_size, Fs);
     const bool any_moe = config_n_moe_layers(c) > 0;
-    a->Nmax = Nmax; a->L = L; a->D = D; a->train = train; a->recompute = rc; a->bf16 = bf;
+    a->Nmax = Nmax; a->L = L; a->D = D; a->train = train; a->recompute = rc; a->full = full; a->bf16 = bf;
     MemCategory old = mem_category(MEM_ACTS);
     size_t ND = (size_t)Nmax * D, NK = (size_t)Nmax * K;
     mem_category(MEM_WORK);
@@ -165,14 +166,20 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
         a->rc_a = MOE_NEW(float, (size_t)Nmax * Fmax);
         if (any_moe) { a->rc_xe = MOE_NEW(float, NK * D); a->rc_ae = MOE_NEW(float, NK * Fe); }
     }
+    if (full) {
+        a->rc_h = MOE_NEW(float, ND);
+        if (any_moe) a->rc_ye = MOE_NEW(float, NK * D);
+    }
+    if (any_moe) a->router_logits = MOE_NEW(float, (size_t)Nmax * E);   // scratch of every router
     if (bf) {   // the f32 working set every layer computes in; layers keep bf16 copies
         a->ws_q = MOE_NEW(float, (size_t)Nmax * Hq); a->ws_att = MOE_NEW(float, (size_t)Nmax * Hq);
         a->ws_k = MOE_NEW(float, (size_t)Nmax * Hk); a->ws_v = MOE_NEW(float, (size_t)Nmax * Hk);
-        a->ws_h = MOE_NEW(float, ND);
+        if (!full) a->ws_h = MOE_NEW(float, ND);
         a->ws_gu = MOE_NEW(float, (size_t)Nmax * 2 * Fmax);
         if (!rc) { a->ws_xn1 = MOE_NEW(float, ND); a->ws_xn2 = MOE_NEW(float, ND); a->ws_a = MOE_NEW(float, (size_t)Nmax * Fmax); }
         if (any_moe) {
-            a->ws_mgu = MOE_NEW(float, NK * 2 * Fe); a->ws_mye = MOE_NEW(float, NK * D);
+            a->ws_mgu = MOE_NEW(float, NK * 2 * Fe);
+            if (!full) a->ws_mye = MOE_NEW(float, NK * D);
             if (!rc) { a->ws_mxe = MOE_NEW(float, NK * D); a->ws_mae = MOE_NEW(float, NK * Fe); }
         }
     }
@@ -190,14 +197,15 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
         la->rstd2 = MOE_NEW(float, Nmax);
         la->lse = MOE_NEW(float, (size_t)Nmax * H);
         if (bf) {
-            la->q = a->ws_q; la->k = a->ws_k; la->v = a->ws_v; la->att = a->ws_att; la->h = a->ws_h;
+            la->q = a->ws_q; la->k = a->ws_k; la->v = a->ws_v; la->att = a->ws_att;
+            la->h = full ? a->rc_h : a->ws_h;
             la->xn1 = rc ? a->rc_xn : a->ws_xn1;
             la->xn2 = rc ? a->rc_xn : a->ws_xn2;
             if (F > 0) { la->gu = a->ws_gu; la->a = rc ? a->rc_a : a->ws_a; }
         } else {
             la->q = MOE_NEW(float, (size_t)Nmax * Hq); la->att = MOE_NEW(float, (size_t)Nmax * Hq);
             la->k = MOE_NEW(float, (size_t)Nmax * Hk); la->v = MOE_NEW(float, (size_t)Nmax * Hk);
-            la->h = MOE_NEW(float, ND);
+            la->h = full ? a->rc_h : MOE_NEW(float, ND);
             la->xn1 = rc ? a->rc_xn : MOE_NEW(float, ND);
             la->xn2 = rc ? a->rc_xn : MOE_NEW(float, ND);
             if (F > 0) {
@@ -206,15 +214,19 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
             }
         }
         if (moe) {
-            int borrow = (rc || bf ? MOE_BORROW_XE_AE : 0) | (bf ? MOE_BORROW_GU_YE : 0);
+            int borrow = MOE_BORROW_LOGITS | (rc || bf ? MOE_BORROW_XE_AE : 0) | (bf ? MOE_BORROW_GU : 0) |
+                         (bf || full ? MOE_BORROW_YE : 0);
             moe_acts_alloc(&la->moe, Nmax, E, K, D, Fe, borrow);
+            la->moe.logits = a->router_logits;
             if (rc) { la->moe.xe = a->rc_xe; la->moe.ae = a->rc_ae; }
             else if (bf) { la->moe.xe = a->ws_mxe; la->moe.ae = a->ws_mae; }
-            if (bf) { la->moe.gu = a->ws_mgu; la->moe.ye = a->ws_mye; }
+            if (bf) la->moe.gu = a->ws_mgu;
+            if (full) la->moe.ye = a->rc_ye;
+            else if (bf) la->moe.ye = a->ws_mye;
         }
         if (bf) {   // room for the largest stash this layer can need
-            size_t per_tok = D + 2 * Hq + 2 * Hk + D + (rc ? 0 : 2 * D) + (F > 0 ? 2 * F + (rc ? 0 : F) : 0);
-            size_t per_row = moe ? 2 * Fe + D + (rc ? 0 : D + Fe) : 0;
+            size_t per_tok = D + 2 * Hq + 2 * Hk + (full ? 0 : D) + (rc ? 0 : 2 * D) + (F > 0 ? 2 * F + (rc ? 0 : F) : 0);
+            size_t per_row = moe ? 2 * Fe + (full ? 0 : D) + (rc ? 0 : D + Fe) : 0;
             la->stash = MOE_NEW(unsigned short, (size_t)Nmax * per_tok + NK * per_row);
         }
     }
@@ -245,6 +257,7 @@ void acts_free(Acts *a) {
         LayerActs *la = &a->layer[l];
         if (a->bf16) la->q = la->k = la->v = la->att = la->h = la->gu = NULL;   // the shared working set
         if (a->recompute || a->bf16) la->xn1 = la->xn2 = la->a = NULL;
+        if (a->full) la->h = NULL;
         void *p[] = {la->rstd1, la->xn1, la->q, la->k, la->v, la->att, la->lse, la->h, la->rstd2,
                      la->xn2, la->gu, la->a, la->stash};
         for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
@@ -252,7 +265,7 @@ void acts_free(Acts *a) {
     }
     void *p[] = {a->xs, a->layer, a->rstdf, a->xf, a->xt, a->logits, a->dxt, a->out_rows, a->dx, a->dh,
                  a->dxn, a->qkv, a->dq, a->datt, a->dk, a->dv, a->dgu, a->da, a->load,
-                 a->rc_xn, a->rc_a, a->rc_xe, a->rc_ae, a->ws_q, a->ws_k, a->ws_v, a->ws_att, a->ws_h,
+                 a->rc_xn, a->rc_a, a->rc_xe, a->rc_ae, a->rc_h, a->rc_ye, a->router_logits, a->ws_q, a->ws_k, a->ws_v, a->ws_att, a->ws_h,
                  a->ws_xn1, a->ws_xn2, a->ws_gu, a->ws_a, a->ws_mgu, a->ws_mye, a->ws_mxe, a->ws_mae};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
     if (a->mw.ds) moe_work_free(&a->mw);
@@ -281,7 +294,7 @@ static int stash_items(const Acts *a, const Model *m, int l, int N, StashItem *i
     it[n++] = (StashItem){la->k, N * Hk};
     it[n++] = (StashItem){la->v, N * Hk};
     it[n++] = (StashItem){la->att, N * Hq};
-    it[n++] = (StashItem){la->h, N * D};
+    if (!a->full) it[n++] = (StashItem){la->h, N * D};
     if (!a->recompute) { it[n++] = (StashItem){la->xn1, N * D}; it[n++] = (StashItem){la->xn2, N * D}; }
     if (F > 0) {
         it[n++] = (StashItem){la->gu, N * 2 * F};
@@ -290,7 +303,7 @@ static int stash_items(const Acts *a, const Model *m, int l, int N, StashItem *i
     if (moe) {
         const size_t A = la->moe.A;
         it[n++] = (StashItem){la->moe.gu, A * 2 * Fe};
-        it[n++] = (StashItem){la->moe.ye, A * D};
+        if (!a->full) it[n++] = (StashItem){la->moe.ye, A * D};
         if (!a->recompute) { it[n++] = (StashItem){la->moe.xe, A * D}; it[n++] = (StashItem){la->moe.ae, A * Fe}; }
     }
     return n;
@@ -529,11 +542,20 @@ void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
         memset(dxn, 0, sizeof(float) * ND);
         if (a->recompute) {   // the FFN's inputs and SwiGLU products, as the forward pass made them
             t = prof_begin();
+            if (a->full) {   // h = x + att Wo^T
+                memcpy(la->h, la->x, sizeof(float) * ND);
+                linear_forward(la->h, la->att, p->wo, N, Hq, D, true);
+            }
             rmsnorm_forward(la->xn2, NULL, la->h, p->post_norm, N, D, c->rms_norm_eps);
             if (!config_layer_is_moe(c, l)) swiglu_rows_forward(la->a, la->gu, N, c->intermediate_size);
             else {
                 moe_gather(&la->moe, la->xn2);
                 swiglu_rows_forward(la->moe.ae, la->moe.gu, la->moe.A, Fe);
+                if (a->full) {
+                    MoeWeights mw;
+                    moe_views(p, c, &mw);
+                    moe_experts_outputs(&la->moe, &mw);
+                }
                 if (Fs > 0) swiglu_rows_forward(la->a, la->gu, N, Fs);
             }
             prof_end(PROF_RECOMPUTE, true, t, 0);

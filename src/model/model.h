@@ -74,8 +74,8 @@ typedef struct {
 
 typedef struct {
     int Nmax, L, D, train;
-    bool recompute;        // selective recomputation: the buffers below are shared scratch
-    float *rc_xn, *rc_a, *rc_xe, *rc_ae;
+    bool recompute, full;  // recomputation (selective; full): the buffers below are shared scratch
+    float *rc_xn, *rc_a, *rc_xe, *rc_ae, *rc_h, *rc_ye, *router_logits;
     bool bf16;             // saved intermediates packed per layer; f32 working set shared
     float *ws_q, *ws_k, *ws_v, *ws_att, *ws_h, *ws_xn1, *ws_xn2, *ws_gu, *ws_a, *ws_mgu, *ws_mye, *ws_mxe, *ws_mae;
     float *xs;             // [L+1][N,D] residual stream
@@ -102,7 +102,9 @@ typedef struct {
 // ACTS_BF16 (--act-dtype bf16: each layer's saved intermediates are packed to bf16 after
 // its forward pass and unpacked into one shared f32 working set for its backward pass;
 // all arithmetic stays f32)
-enum { ACTS_INFER = 0, ACTS_TRAIN = 1, ACTS_RECOMPUTE = 2, ACTS_BF16 = 4 };
+// ACTS_RECOMPUTE_FULL (--recompute full) adds the attention block's output h (the o_proj
+// GEMM again) and the experts' outputs (their down_proj GEMMs again).
+enum { ACTS_INFER = 0, ACTS_TRAIN = 1, ACTS_RECOMPUTE = 2, ACTS_BF16 = 4, ACTS_RECOMPUTE_FULL = 8 };
 #define ACTS_TRAIN_SELECTIVE (ACTS_TRAIN | ACTS_RECOMPUTE)
 void acts_alloc(Acts *a, const Model *m, int Nmax, int mode);
 void acts_free(Acts *a);

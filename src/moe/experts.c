@@ -28,6 +28,17 @@ void moe_gather(MoeActs *a, const float *xn) {
     for (int r = 0; r < a->A; r++) memcpy(a->xe + (size_t)r * D, xn + (size_t)a->row_tok[r] * D, sizeof(float) * D);
 }
 
+void moe_experts_outputs(MoeActs *a, const MoeWeights *W) {
+    const int D = a->D, F = a->F;
+    const bool by_expert = a->E >= 2 * omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 1) if (by_expert)
+    for (int e = 0; e < a->E; e++) {
+        int r0 = a->offsets[e], M = a->offsets[e + 1] - r0;
+        if (M == 0) continue;
+        linear_forward(a->ye + (size_t)r0 * D, a->ae + (size_t)r0 * F, W->down + (size_t)e * D * F, M, F, D, false);
+    }
+}
+
 void moe_experts_forward(MoeActs *a, const float *xn, const MoeWeights *W, float *out) {
     const int D = a->D, F = a->F, K = a->K, N = a->N;
     // gather: row r is a copy of its token's input

@@ -29,7 +29,7 @@ typedef struct {
     int dropped;            // assignments dropped by capacity
     int borrowed;           // MOE_BORROW_* flags: buffers that belong to the caller
 } MoeActs;
-enum { MOE_BORROW_XE_AE = 1, MOE_BORROW_GU_YE = 2 };
+enum { MOE_BORROW_XE_AE = 1, MOE_BORROW_GU = 2, MOE_BORROW_YE = 4, MOE_BORROW_LOGITS = 8 };
 
 typedef struct {            // expert weights of one layer, experts contiguous
     const float *router;    // [E,D]
@@ -54,6 +54,8 @@ typedef struct {            // workspace for the backward pass, sized for N*K ro
 void moe_acts_alloc(MoeActs *a, int Nmax, int E, int K, int D, int F, int borrow);
 // row r of xe <- xn[row_tok[r]] (the permutation's gather)
 void moe_gather(MoeActs *a, const float *xn);
+// ye <- ae Wd^T expert by expert, as moe_experts_forward computes it (for recomputation)
+void moe_experts_outputs(MoeActs *a, const MoeWeights *W);
 void moe_acts_free(MoeActs *a);
 void moe_work_alloc(MoeWork *w, int Nmax, int E, int K, int D, int F);
 void moe_work_free(MoeWork *w);

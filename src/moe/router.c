@@ -9,7 +9,7 @@ void moe_acts_alloc(MoeActs *a, int Nmax, int E, int K, int D, int F, int borrow
     memset(a, 0, sizeof *a);
     size_t NK = (size_t)Nmax * K;
     a->E = E; a->K = K; a->D = D; a->F = F;
-    a->logits = MOE_NEW(float, (size_t)Nmax * E);
+    if (!(borrow & MOE_BORROW_LOGITS)) a->logits = MOE_NEW(float, (size_t)Nmax * E);
     a->scores = MOE_NEW(float, (size_t)Nmax * E);
     a->sel = MOE_NEW(int, NK);
     a->w = MOE_NEW(float, NK);
@@ -19,14 +19,17 @@ void moe_acts_alloc(MoeActs *a, int Nmax, int E, int K, int D, int F, int borrow
     a->row_slot = MOE_NEW(int, NK);
     a->borrowed = borrow;
     if (!(borrow & MOE_BORROW_XE_AE)) { a->xe = MOE_NEW(float, NK * D); a->ae = MOE_NEW(float, NK * F); }
-    if (!(borrow & MOE_BORROW_GU_YE)) { a->gu = MOE_NEW(float, NK * 2 * F); a->ye = MOE_NEW(float, NK * D); }
+    if (!(borrow & MOE_BORROW_GU)) a->gu = MOE_NEW(float, NK * 2 * F);
+    if (!(borrow & MOE_BORROW_YE)) a->ye = MOE_NEW(float, NK * D);
     a->load = MOE_NEW(int, E);
 }
 void moe_acts_free(MoeActs *a) {
-    void *p[] = {a->logits, a->scores, a->sel, a->w, a->row, a->offsets, a->row_tok, a->row_slot, a->load};
+    void *p[] = {a->scores, a->sel, a->w, a->row, a->offsets, a->row_tok, a->row_slot, a->load};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
     if (!(a->borrowed & MOE_BORROW_XE_AE)) { moe_free(a->xe); moe_free(a->ae); }
-    if (!(a->borrowed & MOE_BORROW_GU_YE)) { moe_free(a->gu); moe_free(a->ye); }
+    if (!(a->borrowed & MOE_BORROW_GU)) moe_free(a->gu);
+    if (!(a->borrowed & MOE_BORROW_YE)) moe_free(a->ye);
+    if (!(a->borrowed & MOE_BORROW_LOGITS)) moe_free(a->logits);
     memset(a, 0, sizeof *a);
 }
 
