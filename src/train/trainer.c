@@ -191,7 +191,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         fprintf(stderr, "moe train: %.2fM params (%.2fM active), %d examples, batch %d x seq %d, %d threads, sgemm peak %.1f GFLOP/s\n",
                 config_total_params(c) / 1e6, config_active_params(c) / 1e6, d.n, tc->batch, tc->seq,
                 kernels_threads(), peak / 1e9);
-    double t_start = time_now(), t_last_ckpt = t_start;
+    double t_start = time_now();
     long start_step = pr.step;
     double t_print = 0;   // not a terminal: a line every 10 s instead of a live line
     StepLoss sl = {0};
@@ -264,11 +264,9 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
             pr.ckpt_id = ((unsigned long long)time(NULL) << 20) ^ (unsigned long long)pr.step * 2654435761ULL ^ (unsigned long long)getpid();
             rc = ckpt_save(ar->out, &m, &opt, tc, &pr, false);
             if (rc) break;
-            t_last_ckpt = time_now();
         }
         if (stop_time) break;
     }
-    (void)t_last_ckpt;
     if (!tc->quiet && tty) fprintf(stderr, "\n");
     if (rc == MOE_OK && !tc->quiet) {
         double el = time_now() - t_start;
