@@ -513,8 +513,8 @@ static void swiglu_ffn_backward(float *dx, float *dWgu, float *dWd, const float 
 void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
     const MoeConfig *c = &m->cfg;
     const int N = b->N, D = c->hidden_size, L = c->num_hidden_layers, H = c->num_attention_heads,
-              Hkv = c->num_key_value_heads, hd = c->head_dim, Fe = c->moe_intermediate_size,
-              Fs = c->n_shared_experts * Fe;
+              Hkv = c->num_key_value_heads, hd = c->head_dim, E = c->n_routed_experts,
+              Fe = c->moe_intermediate_size, Fs = c->n_shared_experts * Fe;
     const int Hq = H * hd, Hk = Hkv * hd, Nt = a->n_out;
     const size_t ND = (size_t)N * D;
     // the head's backward pass ran with the forward pass (a->dxt); the rest starts here
