@@ -68,7 +68,6 @@ uint64_t rng_u64(Rng *r) {
     s[2] ^= t; s[3] = rotl(s[3], 45);
     return result;
 }
-float rng_uniform(Rng *r) { return (float)((rng_u64(r) >> 40) * (1.0 / 16777216.0)); }
 float rng_normal(Rng *r) {
     double u1 = ((rng_u64(r) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
     double u2 = (rng_u64(r) >> 11) * (1.0 / 9007199254740992.0);

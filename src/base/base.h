@@ -36,7 +36,6 @@ void moe_free(void *p);
 typedef struct { uint64_t s[4]; } Rng;
 void rng_seed(Rng *r, uint64_t seed);
 uint64_t rng_u64(Rng *r);
-float rng_uniform(Rng *r);            // [0,1)
 float rng_normal(Rng *r);             // N(0,1)
 uint64_t rng_below(Rng *r, uint64_t n);
 

@@ -52,17 +52,23 @@ static const char *find(Args *a, const char *flag, bool *missing_value) {
     return val;   // the last one wins, as with most tools
 }
 
-const char *args_str(Args *a, const char *flag, const char *def) {
+// the flag's value (NULL when absent); an error when the flag is last and has none
+static int value(Args *a, const char *flag, const char **v) {
     bool mv;
-    const char *v = find(a, flag, &mv);
-    if (mv) { moe_seterr("%s needs a value", flag); return NULL; }
+    *v = find(a, flag, &mv);
+    if (mv) MOE_ERR("%s needs a value", flag);
+    return MOE_OK;
+}
+
+const char *args_str(Args *a, const char *flag, const char *def) {
+    const char *v;
+    if (value(a, flag, &v)) return NULL;
     return v ? v : def;
 }
 
 int args_int(Args *a, const char *flag, int def, int *out) {
-    bool mv;
-    const char *v = find(a, flag, &mv);
-    if (mv) MOE_ERR("%s needs a value", flag);
+    const char *v;
+    MOE_TRY(value(a, flag, &v));
     if (!v) { *out = def; return MOE_OK; }
     char *end;
     errno = 0;
@@ -72,9 +78,8 @@ int args_int(Args *a, const char *flag, int def, int *out) {
     return MOE_OK;
 }
 int args_double(Args *a, const char *flag, double def, double *out) {
-    bool mv;
-    const char *v = find(a, flag, &mv);
-    if (mv) MOE_ERR("%s needs a value", flag);
+    const char *v;
+    MOE_TRY(value(a, flag, &v));
     if (!v) { *out = def; return MOE_OK; }
     char *end;
     double x = strtod(v, &end);
@@ -89,9 +94,8 @@ int args_float(Args *a, const char *flag, float def, float *out) {
     return MOE_OK;
 }
 int args_u64(Args *a, const char *flag, unsigned long long def, unsigned long long *out) {
-    bool mv;
-    const char *v = find(a, flag, &mv);
-    if (mv) MOE_ERR("%s needs a value", flag);
+    const char *v;
+    MOE_TRY(value(a, flag, &v));
     if (!v) { *out = def; return MOE_OK; }
     char *end;
     errno = 0;

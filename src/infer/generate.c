@@ -44,13 +44,12 @@ static int generate_chunk(Model *m, const char *const *q, const int *qlen, int S
         a.out_rows[s] = n - 1;
         len[s] = np;
     }
+    int *targets_buf = b.targets;   // no targets while generating; batch_free wants it back
     b.N = n; b.targets = NULL; b.n_seq = 0;
     a.n_out = S;
     ForwardOpts fo = {.train = false, .cache = &cache, .slot = slot};
     ForwardOut fout;
     if (rc == MOE_OK) rc = model_forward(m, &a, &b, &fo, &fout);
-    int *tg = b.targets;
-    int produced = 0;
     for (int s = 0; s < S && rc == MOE_OK; s++) nxt[s] = argmax(a.logits + (size_t)s * V, V);
     while (rc == MOE_OK) {
         int na = 0;
@@ -71,9 +70,8 @@ static int generate_chunk(Model *m, const char *const *q, const int *qlen, int S
         b.N = na; a.n_out = na;
         rc = model_forward(m, &a, &b, &fo, &fout);
         for (int i = 0; i < na && rc == MOE_OK; i++) nxt[idx[i]] = argmax(a.logits + (size_t)i * V, V);
-        produced += na;
     }
-    b.targets = tg;
+    b.targets = targets_buf;
     for (int l = 0; l < L; l++) { moe_free(cache.k[l]); moe_free(cache.v[l]); }
     moe_free(cache.k); moe_free(cache.v);
     moe_free(slot); moe_free(len); moe_free(done); moe_free(idx); moe_free(nxt);
