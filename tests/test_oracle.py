@@ -159,9 +159,14 @@ def main():
             out = os.path.join(tmp, name + ".run")
             flags = ["--steps", "10", "--batch", "6", "--lr", "3e-3", "--warmup", "3", "--decay-steps", "10",
                      "--min-lr", "3e-4", "--weight-decay", "0.1", "--clip", "0.5"]
+            # exact storage here; the defaults (full recompute, bf16 storage) are checked below
             run(["train", "--model", cpath, "--data", data, "--out", out, "--seed", "7", "--no-shuffle", "--quiet",
-                 "--seq", "128"] + flags)
+                 "--seq", "128", "--recompute", "none", "--act-dtype", "f32"] + flags)
             mine = [json.loads(l)["loss"] for l in open(os.path.join(out, "log.jsonl"))]
+            outd = os.path.join(tmp, name + ".run-defaults")
+            run(["train", "--model", cpath, "--data", data, "--out", outd, "--seed", "7", "--no-shuffle", "--quiet",
+                 "--seq", "128"] + flags)
+            dflt = [json.loads(l)["loss"] for l in open(os.path.join(outd, "log.jsonl"))]
             p = subprocess.run([PY, os.path.join(HERE, "ref", "moe_ref.py"), "train", "--ckpt", ck, "--data", data]
                                + [f for f in flags if f != "--steps" or True], capture_output=True, text=True)
             if p.returncode:
@@ -170,6 +175,13 @@ def main():
             errs = [abs(a - b) / abs(b) for a, b in zip(mine, ref)]
             check(f"adamw 10 steps {name}", len(mine) == 10 and max(errs) <= 1e-4,
                   f"max rel {max(errs):.2e}; moe {mine[-1]:.6f} ref {ref[-1]:.6f}")
+            # bf16-stored activations round the gradients (2^-9 relative), and Adam normalises
+            # each step, so the losses drift slowly from the exact ones: the first loss is exact
+            # (the forward pass is f32) and over 10 steps it stayed near 1e-5 (limit 1e-4)
+            derrs = [abs(a - b) / abs(b) for a, b in zip(dflt, ref)]
+            check(f"adamw 10 steps with default storage (full, bf16) {name}",
+                  len(dflt) == 10 and derrs[0] <= 1e-5 and max(derrs) <= 1e-4,
+                  f"first rel {derrs[0]:.2e}, max rel {max(derrs):.2e}")
         except Exception as e:  # noqa: BLE001
             check(f"oracle {name}", False, str(e).strip().splitlines()[-1] if str(e).strip() else repr(e))
     return 0 if all(results) else 1

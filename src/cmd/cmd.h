@@ -18,4 +18,4 @@ const char *cmd_required(Args *a, const char *flag);
 // --threads N (or OMP_NUM_THREADS) for BLAS and OpenMP
 int cmd_threads(Args *a);
 // --recompute none|selective|full and --act-dtype f32|bf16 as an acts_alloc mode
-int cmd_acts_mode(Args *a, int *mode);
+int cmd_acts_mode(Args *a, int *mode, int exact);

@@ -9,7 +9,8 @@
 static const char *HELP =
     "usage: moe bench --model CFG.json --batch B --seq T [--steps N] [--threads N] [--profile]\n"
     "                 [--recompute none|selective|full] [--act-dtype f32|bf16] [--json]\n"
-    "  training-step speed (forward, backward, AdamW) on random tokens\n";
+    "  training-step speed (forward, backward, AdamW) on random tokens\n"
+    "  (defaults as in train: --recompute full --act-dtype bf16)\n";
 
 int cmd_bench(int argc, char **argv) {
     Args a;
@@ -19,7 +20,7 @@ int cmd_bench(int argc, char **argv) {
     if (!cfg) return cmd_fail("bench");
     int B, T, steps, mode;
     if (cmd_threads(&a) || args_int(&a, "--batch", 8, &B) || args_int(&a, "--seq", 256, &T) ||
-        args_int(&a, "--steps", 5, &steps) || cmd_acts_mode(&a, &mode))
+        args_int(&a, "--steps", 5, &steps) || cmd_acts_mode(&a, &mode, 0))
         return cmd_fail("bench");
     bool json = args_bool(&a, "--json"), profile = args_bool(&a, "--profile");
     if (args_finish(&a)) return cmd_fail("bench");

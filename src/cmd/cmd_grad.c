@@ -9,7 +9,8 @@ static const char *HELP =
     "usage: moe grad --ckpt DIR --data FILE --limit N --out G.safetensors [--micro-batch M]\n"
     "                [--recompute none|selective|full] [--act-dtype f32|bf16] [--json]\n"
     "  gradient of the training loss (balance losses included) of the first N examples taken\n"
-    "  as one batch; one tensor per parameter, same names. --json prints the loss pieces.\n";
+    "  as one batch; one tensor per parameter, same names. --json prints the loss pieces.\n"
+    "  Exact by default (--recompute none --act-dtype f32).\n";
 
 int cmd_grad(int argc, char **argv) {
     Args a;
@@ -22,7 +23,7 @@ int cmd_grad(int argc, char **argv) {
     const char *fmt = args_str(&a, "--format", "auto");
     DataFormat df;
     if (cmd_threads(&a) || args_int(&a, "--limit", 0, &limit) || args_int(&a, "--micro-batch", 0, &micro) ||
-        data_format_parse(fmt, &df) || cmd_acts_mode(&a, &mode))
+        data_format_parse(fmt, &df) || cmd_acts_mode(&a, &mode, 1))
         return cmd_fail("grad");
     bool json = args_bool(&a, "--json");
     if (args_finish(&a)) return cmd_fail("grad");

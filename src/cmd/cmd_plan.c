@@ -7,7 +7,8 @@
 static const char *HELP =
     "usage: moe plan --model CFG.json --batch B --seq T [--recompute none|selective|full] [--act-dtype f32|bf16] [--json]\n"
     "  predicted memory of a training step, by category: parameters, gradients, optimizer\n"
-    "  state, saved activations, workspace (compare with moe bench's peak_rss_mb)\n";
+    "  state, saved activations, workspace (compare with moe bench's peak_rss_mb);\n"
+    "  defaults as in train: --recompute full --act-dtype bf16\n";
 
 // The plan is the allocation itself: the model, optimizer and activations of a training
 // step are allocated in dry mode (reserved, never touched) and counted by category.
@@ -18,7 +19,7 @@ int cmd_plan(int argc, char **argv) {
     const char *cfg = cmd_required(&a, "--model");
     if (!cfg) return cmd_fail("plan");
     int B, T, mode;
-    if (cmd_threads(&a) || args_int(&a, "--batch", 8, &B) || args_int(&a, "--seq", 256, &T) || cmd_acts_mode(&a, &mode)) return cmd_fail("plan");
+    if (cmd_threads(&a) || args_int(&a, "--batch", 8, &B) || args_int(&a, "--seq", 256, &T) || cmd_acts_mode(&a, &mode, 0)) return cmd_fail("plan");
     bool json = args_bool(&a, "--json");
     if (args_finish(&a)) return cmd_fail("plan");
     if (B <= 0 || T <= 0) { moe_seterr("--batch and --seq must be positive"); return cmd_fail("plan"); }

@@ -24,9 +24,9 @@ static const char *HELP =
     "  --threads N        threads (default OMP_NUM_THREADS or all cores)\n"
     "  --recompute R      none | selective: recompute norms, SwiGLU products and expert inputs\n"
     "                     in the backward pass instead of keeping them (same gradients) |\n"
-    "                     full: also the attention output projection and the experts' outputs\n"
-    "  --act-dtype T      f32 | bf16: store each layer's saved intermediates in bf16\n"
-    "                     (arithmetic stays f32)\n"
+    "                     full (default): also the attention output and the experts' outputs\n"
+    "  --act-dtype T      bf16 (default): store each layer's saved intermediates in bf16\n"
+    "                     (arithmetic stays f32) | f32\n"
     "  --quiet            no progress line\n";
 
 int cmd_train(int argc, char **argv) {
@@ -64,7 +64,7 @@ int cmd_train(int argc, char **argv) {
     if (!rc) rc = args_u64(&a, "--seed", 1234, &tc.seed);
     if (!rc) rc = args_int(&a, "--ckpt-every", 0, &tc.ckpt_every);
     if (!rc) rc = data_format_parse(fmt ? fmt : "auto", &tc.format);
-    if (!rc) rc = cmd_acts_mode(&a, &tc.acts_mode);
+    if (!rc) rc = cmd_acts_mode(&a, &tc.acts_mode, 0);
     if (!rc) rc = args_int(&a, "--eval-every", 100, &tc.eval_every);
     if (!rc) rc = args_int(&a, "--eval-limit", 500, &tc.eval_limit);
     if (!rc && (tc.eval_every <= 0 || tc.eval_limit < 0)) { moe_seterr("--eval-every must be positive and --eval-limit >= 0"); rc = MOE_FAIL; }

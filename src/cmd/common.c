@@ -17,14 +17,17 @@ const char *cmd_required(Args *a, const char *flag) {
     if (!v) moe_seterr("missing required option %s (see moe %s --help)", flag, a->cmd);
     return v;
 }
-int cmd_acts_mode(Args *a, int *mode) {
-    const char *v = args_str(a, "--recompute", "none");
+// Defaults: train, bench and plan use full recomputation and bf16 storage, the fastest
+// setting that still doubles the micro-batch (bench/RESULTS.md); grad is exact (none, f32)
+// because it is what the oracle compares.
+int cmd_acts_mode(Args *a, int *mode, int exact) {
+    const char *v = args_str(a, "--recompute", exact ? "none" : "full");
     if (!v) return MOE_FAIL;
     *mode = ACTS_TRAIN;
     if (!strcmp(v, "selective")) *mode |= ACTS_RECOMPUTE;
     else if (!strcmp(v, "full")) *mode |= ACTS_RECOMPUTE | ACTS_RECOMPUTE_FULL;
     else if (strcmp(v, "none")) MOE_ERR("--recompute must be none, selective or full, got \"%s\"", v);
-    v = args_str(a, "--act-dtype", "f32");
+    v = args_str(a, "--act-dtype", exact ? "f32" : "bf16");
     if (!v) return MOE_FAIL;
     if (!strcmp(v, "bf16")) *mode |= ACTS_BF16;
     else if (strcmp(v, "f32")) MOE_ERR("--act-dtype must be f32 or bf16, got \"%s\"", v);
