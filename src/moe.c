@@ -29,19 +29,19 @@ int main(int argc, char **argv) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
-    DistInfo dist;
-    if (dist_init(&argc, &argv, &dist) != MOE_OK) { fprintf(stderr, "moe: %s\n", moe_errmsg()); return 1; }
-    if (dist.size > 1) {
-        // data and expert parallelism over MPI are not implemented yet: refuse rather than
-        // let P copies of one run write the same files
-        if (dist.rank == 0) fprintf(stderr, "moe: running under MPI with %d ranks: distributed training is not implemented yet; run one process\n", dist.size);
-        dist_finalize(&dist);
+    if (dist_init(&argc, &argv) != MOE_OK) { fprintf(stderr, "moe: %s\n", moe_errmsg()); return 1; }
+    const DistInfo *dist = dist_info();
+    if (dist->size > 1 && strcmp(argv[1], "train")) {
+        // only training is distributed; P copies of any other command would write the same files
+        if (dist->rank == 0) fprintf(stderr, "moe %s: runs on one process (only train runs under mpirun with %d ranks)\n", argv[1], dist->size);
+        dist_finalize();
         return 1;
     }
     for (size_t i = 0; i < sizeof COMMANDS / sizeof *COMMANDS; i++)
         if (!strcmp(argv[1], COMMANDS[i].name)) {
             int rc = COMMANDS[i].run(argc - 2, argv + 2);
-            dist_finalize(&dist);
+            if (rc && dist->size > 1) dist_abort(rc);   // a failed rank ends the whole job
+            dist_finalize();
             return rc;
         }
     fprintf(stderr, "moe: unknown command \"%s\"\n", argv[1]);

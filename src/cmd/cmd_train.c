@@ -27,7 +27,11 @@ static const char *HELP =
     "                     full (default): also the attention output and the experts' outputs\n"
     "  --act-dtype T      bf16 (default): store each layer's saved intermediates in bf16\n"
     "                     (arithmetic stays f32) | f32\n"
-    "  --quiet            no progress line\n";
+    "  --quiet            no progress line\n"
+    "Distributed (mpirun -np P moe train ...): --batch is the global batch, B/P examples a rank\n"
+    "  --ep E             expert parallelism: the experts of each MoE layer spread over groups\n"
+    "                     of E ranks (E divides P and n_routed_experts; default 1); the P/E\n"
+    "                     groups are data-parallel replicas\n";
 
 int cmd_train(int argc, char **argv) {
     Args a;
@@ -65,6 +69,8 @@ int cmd_train(int argc, char **argv) {
     if (!rc) rc = args_int(&a, "--ckpt-every", 0, &tc.ckpt_every);
     if (!rc) rc = data_format_parse(fmt ? fmt : "auto", &tc.format);
     if (!rc) rc = cmd_acts_mode(&a, &tc.acts_mode, 0);
+    if (!rc) rc = args_int(&a, "--ep", 1, &tc.ep);
+    if (!rc && tc.ep <= 0) { moe_seterr("--ep must be positive, got %d", tc.ep); rc = MOE_FAIL; }
     if (!rc) rc = args_int(&a, "--eval-every", 100, &tc.eval_every);
     if (!rc) rc = args_int(&a, "--eval-limit", 500, &tc.eval_limit);
     if (!rc && (tc.eval_every <= 0 || tc.eval_limit < 0)) { moe_seterr("--eval-every must be positive and --eval-limit >= 0"); rc = MOE_FAIL; }

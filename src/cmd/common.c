@@ -2,13 +2,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../base/base.h"
+#include "../dist/dist.h"
 #include "../kernels/gemm.h"
 #include "../model/model.h"
 #include "cmd.h"
 
 int cmd_fail(const char *cmd) {
-    if (getenv("MOE_DEBUG")) fprintf(stderr, "moe %s: %s [%s]\n", cmd, moe_errmsg(), moe_errsrc());
-    else fprintf(stderr, "moe %s: %s\n", cmd, moe_errmsg());
+    const DistInfo *d = dist_info();
+    char who[32] = "";
+    if (d->size > 1) snprintf(who, sizeof who, "rank %d: ", d->rank);
+    if (getenv("MOE_DEBUG")) fprintf(stderr, "moe %s: %s%s [%s]\n", cmd, who, moe_errmsg(), moe_errsrc());
+    else fprintf(stderr, "moe %s: %s%s\n", cmd, who, moe_errmsg());
     return 1;
 }
 const char *cmd_required(Args *a, const char *flag) {

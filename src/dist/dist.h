@@ -1,9 +1,43 @@
-// Process layout under an MPI launcher. The binary always links Open MPI; MPI is
-// initialised only when a launcher (mpirun, srun) started us, so ./moe runs without one.
+// Process layout under an MPI launcher, and the collectives training uses. The binary
+// always links Open MPI; MPI is initialised only when a launcher (mpirun, srun) started
+// us, so ./moe runs without one, and every call here is then a no-op on one process.
+//
+// P ranks form P/E data-parallel replicas of E ranks each: rank r is expert-parallel
+// rank r % E of EP group r / E (consecutive ranks, so that a group sits on one host when
+// the launcher fills hosts in order). Non-expert gradients are summed over all P ranks;
+// an expert's gradient over the P/E ranks that hold it (the "replicas" group).
 #pragma once
 #include <stdbool.h>
+#include <stddef.h>
+#include "../moe/moe.h"
 
-typedef struct { int rank, size; bool mpi; } DistInfo;
+typedef enum { DIST_WORLD, DIST_EP, DIST_REPLICAS } DistGroup;
 
-int dist_init(int *argc, char ***argv, DistInfo *d);
-void dist_finalize(const DistInfo *d);
+typedef struct {
+    int rank, size;        // world
+    bool mpi;
+    int ep, ep_rank;       // expert-parallel group size and this rank's place in it
+    int dp, dp_rank;       // replicas (P / E) and this rank's replica
+    MoeComm moe;           // the EP group's transport for the MoE layers
+    double ms;             // time spent in the collectives below (accumulated)
+} DistInfo;
+
+int dist_init(int *argc, char ***argv);
+void dist_finalize(void);
+DistInfo *dist_info(void);
+// split the world into EP groups of ep ranks (ep must divide size)
+int dist_setup(int ep);
+// hostname-aware: true when the ranks span more than one host
+bool dist_multi_host(void);
+// sum over a group, in place
+int dist_sum_f32(float *buf, size_t n, DistGroup g);
+int dist_sum_f64(double *buf, int n, DistGroup g);
+int dist_sum_long(long *buf, int n, DistGroup g);
+int dist_max_f64(double *buf, int n, DistGroup g);
+// rank 0 of the world receives n floats from each rank of EP group 0 (world ranks 0..ep-1)
+// into recv[ep * n]; recv is only read on rank 0
+int dist_gather_ep0(const float *send, size_t n, float *recv);
+int dist_bcast_int(int *v, int n);
+void dist_barrier(void);
+// end every rank of the job (after a failure on this one)
+void dist_abort(int code);

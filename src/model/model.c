@@ -28,6 +28,7 @@ static void add(LayoutBuilder *lb, const char *name, int d0, int d1) {
     t->numel = (size_t)d0 * (d1 ? d1 : 1);
     t->offset = m->n_params;
     t->decay = t->ndim >= 2;
+    t->expert = strstr(name, ".mlp.experts.") != NULL;
     m->n_params += t->numel;
 }
 
@@ -60,16 +61,16 @@ static void layout_walk(Model *m, LayoutBuilder *lb, float *base, ParamViews *v)
             TL("mlp.gate.weight", E, D, p->router);
             // expert e's gate_proj and up_proj side by side ([2Fe,D], one GEMM), the
             // experts one after another so that expert e's pair is base + e * 2 Fe D
-            for (int e = 0; e < E; e++) {
+            for (int e = m->e0; e < m->e0 + m->ne; e++) {
                 char s[64]; float *dummy;
                 snprintf(s, sizeof s, "mlp.experts.%d.gate_proj.weight", e);
-                TL(s, Fe, D, dummy); if (!lb && e == 0) p->e_gate_up = dummy;
+                TL(s, Fe, D, dummy); if (!lb && e == m->e0) p->e_gate_up = dummy;
                 snprintf(s, sizeof s, "mlp.experts.%d.up_proj.weight", e);
                 TL(s, Fe, D, dummy);
             }
-            for (int e = 0; e < E; e++) {
+            for (int e = m->e0; e < m->e0 + m->ne; e++) {
                 char s[64]; snprintf(s, sizeof s, "mlp.experts.%d.down_proj.weight", e);
-                float *dummy; TL(s, D, Fe, dummy); if (!lb && e == 0) p->e_down = dummy;
+                float *dummy; TL(s, D, Fe, dummy); if (!lb && e == m->e0) p->e_down = dummy;
             }
             if (Fs > 0) {
                 TL("mlp.shared_experts.gate_proj.weight", Fs, D, p->s_gate);
@@ -85,9 +86,29 @@ static void layout_walk(Model *m, LayoutBuilder *lb, float *base, ParamViews *v)
 #undef T
 }
 
-void model_build(Model *m, const MoeConfig *c, bool with_grads) {
+void model_layout(Model *m, const MoeConfig *c) { model_layout_shard(m, c, 0, c->n_routed_experts); }
+
+void model_layout_shard(Model *m, const MoeConfig *c, int e0, int ne) {
     memset(m, 0, sizeof *m);
     m->cfg = *c;
+    m->e0 = e0;
+    m->ne = ne;
+    LayoutBuilder lb = {m, 0};
+    ParamViews scratch;
+    scratch.layer = MOE_NEW(LayerParams, c->num_hidden_layers);
+    layout_walk(m, &lb, NULL, &scratch);
+    moe_free(scratch.layer);
+}
+
+void model_build(Model *m, const MoeConfig *c, bool with_grads) {
+    model_build_shard(m, c, with_grads, 0, c->n_routed_experts);
+}
+
+void model_build_shard(Model *m, const MoeConfig *c, bool with_grads, int e0, int ne) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *c;
+    m->e0 = e0;
+    m->ne = ne;
     LayoutBuilder lb = {m, 0};
     ParamViews scratch;
     scratch.layer = MOE_NEW(LayerParams, c->num_hidden_layers);
@@ -116,6 +137,18 @@ void model_free(Model *m) {
     memset(m, 0, sizeof *m);
 }
 
+void model_copy_blob(const Model *dst, float *dst_blob, const Model *src, const float *src_blob) {
+    for (int i = 0, j = 0; i < dst->n_tensors; i++) {
+        const ParamTensor *t = &dst->tensors[i];
+        // both layouts walk the same order: search forward from the last match
+        int k = -1;
+        for (int n = 0; n < src->n_tensors && k < 0; n++, j = (j + 1) % src->n_tensors)
+            if (!strcmp(src->tensors[j].name, t->name)) k = j;
+        if (k < 0) continue;
+        memcpy(dst_blob + t->offset, src_blob + src->tensors[k].offset, sizeof(float) * t->numel);
+    }
+}
+
 int model_find_tensor(const Model *m, const char *name) {
     for (int i = 0; i < m->n_tensors; i++)
         if (!strcmp(m->tensors[i].name, name)) return i;
@@ -128,11 +161,15 @@ void model_init_weights(Model *m, unsigned long long seed) {
     // as nn.Embedding; matrices N(0, 1/(3 fan_in)), the variance of nn.Linear's uniform
     // init. A tied embedding is also the output head, so it starts at N(0, 1/D) instead.
     // Norms start at 1, the balance bias at 0.
+    // Each tensor draws from its own stream (the seed and its name), so a process that
+    // holds some of the experts initialises them exactly as one that holds them all.
     Rng r;
-    rng_seed(&r, seed);
     for (int i = 0; i < m->n_tensors; i++) {
         ParamTensor *t = &m->tensors[i];
         float *p = m->params + t->offset;
+        uint64_t h = 1469598103934665603ULL;   // FNV-1a of the name
+        for (const char *q = t->name; *q; q++) h = (h ^ (unsigned char)*q) * 1099511628211ULL;
+        rng_seed(&r, seed ^ (h * 0x9E3779B97F4A7C15ULL));
         if (t->ndim == 1) { for (size_t j = 0; j < t->numel; j++) p[j] = 1.0f; continue; }
         float s = 1.0f / sqrtf(3.0f * t->shape[1]);
         if (!strcmp(t->name, "model.embed_tokens.weight"))
@@ -157,6 +194,10 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
         K = c->num_experts_per_tok, V = c->vocab_size;
     int Fmax = imax(c->intermediate_size, Fs);
     const bool any_moe = config_n_moe_layers(c) > 0;
+    // under expert parallelism the experts' rows live on their owners, kept per layer in f32
+    // and grown to what arrives (moe/ep.c): no shared, recomputed or bf16-stashed expert rows
+    const bool ep = m->comm != NULL, local_moe = any_moe && !ep;
+    a->ep = ep;
     a->Nmax = Nmax; a->L = L; a->D = D; a->train = train; a->recompute = rc; a->full = full; a->bf16 = bf;
     MemCategory old = mem_category(MEM_ACTS);
     size_t ND = (size_t)Nmax * D, NK = (size_t)Nmax * K;
@@ -164,11 +205,11 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
     if (rc) {   // one set of recomputed intermediates for all layers
         a->rc_xn = MOE_NEW(float, ND);
         a->rc_a = MOE_NEW(float, (size_t)Nmax * Fmax);
-        if (any_moe) { a->rc_xe = MOE_NEW(float, NK * D); a->rc_ae = MOE_NEW(float, NK * Fe); }
+        if (local_moe) { a->rc_xe = MOE_NEW(float, NK * D); a->rc_ae = MOE_NEW(float, NK * Fe); }
     }
     if (full) {
         a->rc_h = MOE_NEW(float, ND);
-        if (any_moe) a->rc_ye = MOE_NEW(float, NK * D);
+        if (local_moe) a->rc_ye = MOE_NEW(float, NK * D);
     }
     if (any_moe) a->router_logits = MOE_NEW(float, (size_t)Nmax * E);   // scratch of every router
     if (bf) {   // the f32 working set every layer computes in; layers keep bf16 copies
@@ -177,7 +218,7 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
         if (!full) a->ws_h = MOE_NEW(float, ND);
         a->ws_gu = MOE_NEW(float, (size_t)Nmax * 2 * Fmax);
         if (!rc) { a->ws_xn1 = MOE_NEW(float, ND); a->ws_xn2 = MOE_NEW(float, ND); a->ws_a = MOE_NEW(float, (size_t)Nmax * Fmax); }
-        if (any_moe) {
+        if (local_moe) {
             a->ws_mgu = MOE_NEW(float, NK * 2 * Fe);
             if (!full) a->ws_mye = MOE_NEW(float, NK * D);
             if (!rc) { a->ws_mxe = MOE_NEW(float, NK * D); a->ws_mae = MOE_NEW(float, NK * Fe); }
@@ -216,17 +257,20 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
         if (moe) {
             int borrow = MOE_BORROW_LOGITS | (rc || bf ? MOE_BORROW_XE_AE : 0) | (bf ? MOE_BORROW_GU : 0) |
                          (bf || full ? MOE_BORROW_YE : 0);
+            if (ep) borrow = MOE_BORROW_LOGITS | MOE_BORROW_XE_AE | MOE_BORROW_GU;
             moe_acts_alloc(&la->moe, Nmax, E, K, D, Fe, borrow);
             la->moe.logits = a->router_logits;
-            if (rc) { la->moe.xe = a->rc_xe; la->moe.ae = a->rc_ae; }
-            else if (bf) { la->moe.xe = a->ws_mxe; la->moe.ae = a->ws_mae; }
-            if (bf) la->moe.gu = a->ws_mgu;
-            if (full) la->moe.ye = a->rc_ye;
-            else if (bf) la->moe.ye = a->ws_mye;
+            if (!ep) {
+                if (rc) { la->moe.xe = a->rc_xe; la->moe.ae = a->rc_ae; }
+                else if (bf) { la->moe.xe = a->ws_mxe; la->moe.ae = a->ws_mae; }
+                if (bf) la->moe.gu = a->ws_mgu;
+                if (full) la->moe.ye = a->rc_ye;
+                else if (bf) la->moe.ye = a->ws_mye;
+            }
         }
         if (bf) {   // room for the largest stash this layer can need
             size_t per_tok = D + 2 * Hq + 2 * Hk + (full ? 0 : D) + (rc ? 0 : 2 * D) + (F > 0 ? 2 * F + (rc ? 0 : F) : 0);
-            size_t per_row = moe ? 2 * Fe + (full ? 0 : D) + (rc ? 0 : D + Fe) : 0;
+            size_t per_row = moe && !ep ? 2 * Fe + (full ? 0 : D) + (rc ? 0 : D + Fe) : 0;
             la->stash = MOE_NEW(unsigned short, (size_t)Nmax * per_tok + NK * per_row);
         }
     }
@@ -261,7 +305,7 @@ void acts_free(Acts *a) {
         void *p[] = {la->rstd1, la->xn1, la->q, la->k, la->v, la->att, la->lse, la->h, la->rstd2,
                      la->xn2, la->gu, la->a, la->stash};
         for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
-        if (la->moe.scores) moe_acts_free(&la->moe);
+        if (la->moe.scores) { moe_ep_acts_free(&la->moe); moe_acts_free(&la->moe); }
     }
     void *p[] = {a->xs, a->layer, a->rstdf, a->xf, a->xt, a->logits, a->dxt, a->out_rows, a->dx, a->dh,
                  a->dxn, a->qkv, a->dq, a->datt, a->dk, a->dv, a->dgu, a->da, a->load,
@@ -269,6 +313,7 @@ void acts_free(Acts *a) {
                  a->ws_xn1, a->ws_xn2, a->ws_gu, a->ws_a, a->ws_mgu, a->ws_mye, a->ws_mxe, a->ws_mae};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
     if (a->mw.ds) moe_work_free(&a->mw);
+    moe_ep_work_free(&a->ew);
     memset(a, 0, sizeof *a);
 }
 
@@ -300,7 +345,7 @@ static int stash_items(const Acts *a, const Model *m, int l, int N, StashItem *i
         it[n++] = (StashItem){la->gu, N * 2 * F};
         if (!a->recompute) it[n++] = (StashItem){la->a, N * F};
     }
-    if (moe) {
+    if (moe && !a->ep) {
         const size_t A = la->moe.A;
         it[n++] = (StashItem){la->moe.gu, A * 2 * Fe};
         if (!a->full) it[n++] = (StashItem){la->moe.ye, A * D};
@@ -436,7 +481,12 @@ int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, Forwa
             t = prof_begin();
             moe_dispatch(c, ma, o->train);
             prof_end(PROF_PERMUTE, false, t, 0);
-            moe_experts_forward(ma, la->xn2, &mw, xnext);
+            if (m->comm) {
+                int rc = moe_experts_forward_ep(ma, &a->ew, m->comm, la->xn2, &mw, xnext);
+                if (rc) { moe_free(kv_hi); return rc; }
+            } else {
+                moe_experts_forward(ma, la->xn2, &mw, xnext);
+            }
             t = prof_begin();
             if (Fs > 0)
                 swiglu_ffn_forward(xnext, la->gu, la->a, la->xn2, p->s_gate, p->s_down, N, D, Fs, true);
@@ -510,7 +560,7 @@ static void swiglu_ffn_backward(float *dx, float *dWgu, float *dWd, const float 
     linear_backward(dx, dWgu, dgu, x, Wgu, N, D, 2 * F);
 }
 
-void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
+int model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
     const MoeConfig *c = &m->cfg;
     const int N = b->N, D = c->hidden_size, L = c->num_hidden_layers, H = c->num_attention_heads,
               Hkv = c->num_key_value_heads, hd = c->head_dim, E = c->n_routed_experts,
@@ -548,9 +598,9 @@ void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
             rmsnorm_forward(la->xn2, NULL, la->h, p->post_norm, N, D, c->rms_norm_eps);
             if (!config_layer_is_moe(c, l)) swiglu_rows_forward(la->a, la->gu, N, c->intermediate_size);
             else {
-                moe_gather(&la->moe, la->xn2);
-                swiglu_rows_forward(la->moe.ae, la->moe.gu, la->moe.A, Fe);
-                if (a->full) {
+                if (!a->ep) moe_gather(&la->moe, la->xn2);
+                if (!a->ep) swiglu_rows_forward(la->moe.ae, la->moe.gu, la->moe.A, Fe);
+                if (a->full && !a->ep) {
                     MoeWeights mw;
                     moe_views(p, c, &mw);
                     moe_experts_outputs(&la->moe, &mw);
@@ -569,7 +619,12 @@ void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
             moe_views(p, c, &mw);
             MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down};
             MoeActs *ma = &la->moe;
-            moe_experts_backward(ma, &a->mw, dx, la->xn2, &mw, &mg, dxn);
+            if (m->comm) {
+                int rc = moe_experts_backward_ep(ma, &a->mw, &a->ew, m->comm, dx, &mw, &mg, dxn);
+                if (rc) return rc;
+            } else {
+                moe_experts_backward(ma, &a->mw, dx, la->xn2, &mw, &mg, dxn);
+            }
             t = prof_begin();
             moe_weights_backward(c, ma, &a->mw);
             moe_aux_loss(c, ma, &a->mw, b->seq_start, b->n_seq, o->aux_scale);
@@ -617,4 +672,5 @@ void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
     t = prof_begin();
     embed_backward(m->g.embed, dx, b->tokens, N, D);
     prof_end(PROF_EMBED, true, t, 0);
+    return MOE_OK;
 }

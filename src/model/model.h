@@ -14,6 +14,7 @@ typedef struct {
     int shape[2];
     size_t offset, numel;
     bool decay;          // AdamW weight decay: tensors of rank >= 2 only
+    bool expert;         // a routed expert's weight (sharded under expert parallelism)
 } ParamTensor;
 
 typedef struct {
@@ -34,6 +35,10 @@ typedef struct {
 
 typedef struct {
     MoeConfig cfg;
+    // expert parallelism: this process holds routed experts [e0, e0 + ne) of every MoE
+    // layer (all of them: e0 = 0, ne = E); comm moves tokens to the other experts' owners
+    int e0, ne;
+    MoeComm *comm;
     int n_tensors;
     ParamTensor *tensors;
     size_t n_params;
@@ -54,6 +59,13 @@ typedef struct {
 } Batch;
 
 void model_build(Model *m, const MoeConfig *c, bool with_grads);
+// the same with only routed experts [e0, e0 + ne) (their global names); ne must divide E
+void model_build_shard(Model *m, const MoeConfig *c, bool with_grads, int e0, int ne);
+// tensor names only (no blobs): what a full checkpoint of c holds
+void model_layout(Model *m, const MoeConfig *c);
+void model_layout_shard(Model *m, const MoeConfig *c, int e0, int ne);
+// dst_blob[t] <- src_blob[t] for every tensor t of dst that src has (by name)
+void model_copy_blob(const Model *dst, float *dst_blob, const Model *src, const float *src_blob);
 void model_free(Model *m);
 void model_init_weights(Model *m, unsigned long long seed);
 // the tensor index of `name`, or -1
@@ -90,6 +102,8 @@ typedef struct {
     float *qkv;            // [N,Hq+2Hk] the fused q|k|v projection (and its gradient)
     float *dx, *dh, *dxn, *dq, *dk, *dv, *datt, *dgu, *da;
     MoeWork mw;
+    MoeEpWork ew;          // expert parallelism (Model.comm)
+    bool ep;
     // per-step statistics
     long *load;            // [L,E] routed assignments (accumulated over micro-batches)
     long dropped, assigned;
@@ -127,4 +141,4 @@ typedef struct { double ce_sum, aux; } ForwardOut;
 int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, ForwardOut *out);
 // Accumulates into m->grads (call after a training forward, which has already accumulated
 // the output head's gradient).
-void model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o);
+int model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o);

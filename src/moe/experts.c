@@ -40,7 +40,7 @@ void moe_experts_outputs(MoeActs *a, const MoeWeights *W) {
 }
 
 void moe_experts_forward(MoeActs *a, const float *xn, const MoeWeights *W, float *out) {
-    const int D = a->D, F = a->F, K = a->K, N = a->N;
+    const int D = a->D, F = a->F;
     // gather: row r is a copy of its token's input
     double t = prof_begin();
     moe_gather(a, xn);
@@ -61,8 +61,14 @@ void moe_experts_forward(MoeActs *a, const float *xn, const MoeWeights *W, float
         linear_forward(a->ye + (size_t)r0 * D, act, W->down + (size_t)e * D * F, M, F, D, false);   // [M,D]
     }
     prof_end(PROF_EXPERTS, false, t, 6.0 * a->A * D * F);
-    // combine: every token sums its kept experts' rows with their weights
     t = prof_begin();
+    moe_combine(a, out);
+    prof_end(PROF_UNPERMUTE, false, t, 0);
+}
+
+void moe_combine(const MoeActs *a, float *out) {
+    // every token sums its kept experts' rows with their weights
+    const int D = a->D, K = a->K, N = a->N;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         float *o = out + (size_t)n * D;
@@ -74,7 +80,36 @@ void moe_experts_forward(MoeActs *a, const float *xn, const MoeWeights *W, float
             for (int i = 0; i < D; i++) o[i] += w * y[i];
         }
     }
-    prof_end(PROF_UNPERMUTE, false, t, 0);
+}
+
+void moe_combine_backward(const MoeActs *a, MoeWork *wk, const float *dout) {
+    // out_n = sum_k w_nk y_r  =>  dy_r = w_nk dout_n ; dw_nk = dout_n . y_r
+    const int D = a->D, K = a->K, N = a->N;
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < a->A; r++) {
+        int n = a->row_tok[r], slot = a->row_slot[r];
+        const float *dn = dout + (size_t)n * D, *y = a->ye + (size_t)r * D;
+        float *dy = wk->dye + (size_t)r * D, w = a->w[slot], dot = 0;
+        for (int i = 0; i < D; i++) { dy[i] = w * dn[i]; dot += dn[i] * y[i]; }
+        wk->dw[slot] = dot;
+    }
+    for (int i = 0; i < N * K; i++)
+        if (a->row[i] < 0) wk->dw[i] = 0;   // a dropped assignment adds nothing
+}
+
+void moe_scatter_backward(const MoeActs *a, const float *dxe, float *dxn) {
+    // each token sums the input gradients of its rows
+    const int D = a->D, K = a->K, N = a->N;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float *d = dxn + (size_t)n * D;
+        for (int k = 0; k < K; k++) {
+            int r = a->row[n * K + k];
+            if (r < 0) continue;
+            const float *s = dxe + (size_t)r * D;
+            for (int i = 0; i < D; i++) d[i] += s[i];
+        }
+    }
 }
 
 void moe_experts_forward_ref(const MoeConfig *c, const MoeActs *a, const float *xn,
@@ -107,20 +142,10 @@ void moe_experts_forward_ref(const MoeConfig *c, const MoeActs *a, const float *
 
 void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const float *xn,
                           const MoeWeights *W, MoeGrads *G, float *dxn) {
-    const int D = a->D, F = a->F, K = a->K, N = a->N;
+    const int D = a->D, F = a->F;
     (void)xn;
-    // out_n = sum_k w_nk y_r  =>  dy_r = w_nk dout_n ; dw_nk = dout_n . y_r
     double t = prof_begin();
-#pragma omp parallel for schedule(static)
-    for (int r = 0; r < a->A; r++) {
-        int n = a->row_tok[r], slot = a->row_slot[r];
-        const float *dn = dout + (size_t)n * D, *y = a->ye + (size_t)r * D;
-        float *dy = wk->dye + (size_t)r * D, w = a->w[slot], dot = 0;
-        for (int i = 0; i < D; i++) { dy[i] = w * dn[i]; dot += dn[i] * y[i]; }
-        wk->dw[slot] = dot;
-    }
-    for (int i = 0; i < N * K; i++)
-        if (a->row[i] < 0) wk->dw[i] = 0;   // a dropped assignment adds nothing
+    moe_combine_backward(a, wk, dout);
     prof_end(PROF_UNPERMUTE, true, t, 0);
     t = prof_begin();
     const bool by_expert = a->E >= 2 * omp_get_max_threads();
@@ -138,18 +163,8 @@ void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const floa
         linear_backward(dx, G->gate_up + (size_t)e * 2 * F * D, dgu, x, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F);
     }
     prof_end(PROF_EXPERTS, true, t, 12.0 * a->A * D * F);
-    // scatter back: each token sums the input gradients of its rows
     t = prof_begin();
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        float *d = dxn + (size_t)n * D;
-        for (int k = 0; k < K; k++) {
-            int r = a->row[n * K + k];
-            if (r < 0) continue;
-            const float *s = wk->dxe + (size_t)r * D;
-            for (int i = 0; i < D; i++) d[i] += s[i];
-        }
-    }
+    moe_scatter_backward(a, wk->dxe, dxn);
     prof_end(PROF_PERMUTE, true, t, 0);
 }
 

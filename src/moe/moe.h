@@ -28,6 +28,13 @@ typedef struct {
     int *load;              // [E] routed assignments per expert (before capacity)
     int dropped;            // assignments dropped by capacity
     int borrowed;           // MOE_BORROW_* flags: buffers that belong to the caller
+    // expert parallelism (moe_experts_forward_ep): xe, gu and ae then hold the R rows this
+    // process's experts received, expert-major (expert e's rows from every source, sources
+    // in rank order); ye stays this process's A rows in its own permuted order
+    int R, rcap;            // rows received, rows allocated
+    int *ecnt;              // [P*El] rows from source s for local expert e, s-major
+    int *scnt, *sdsp, *rcnt, *rdsp;   // [P] rows sent to / received from each rank
+    int *roff;              // [El+1] expert-major row offsets
 } MoeActs;
 enum { MOE_BORROW_XE_AE = 1, MOE_BORROW_GU = 2, MOE_BORROW_YE = 4, MOE_BORROW_LOGITS = 8 };
 
@@ -40,6 +47,25 @@ typedef struct {            // expert weights of one layer, experts contiguous
 typedef struct {
     float *router, *gate_up, *down;     // same shapes as MoeWeights
 } MoeGrads;
+
+// Expert parallelism: the transport between the P processes of an expert-parallel group,
+// each holding E/P experts (src/dist implements it over MPI). Counts are in rows of
+// `width` floats; both calls are collective over the group.
+typedef struct MoeComm {
+    int rank, size;
+    void *ctx;
+    int (*counts)(struct MoeComm *c, const int *send, int *recv, int n);   // n ints to each rank
+    int (*rows)(struct MoeComm *c, const float *send, const int *scnt, const int *sdsp, float *recv,
+                const int *rcnt, const int *rdsp, int width);
+    double ms;              // time spent in the two calls (accumulated)
+} MoeComm;
+
+// Expert-parallel scratch shared by all layers (grown on demand)
+typedef struct {
+    float *t1, *t2;         // [cap, max(D, ...)] rows in flight and reordered
+    float *dae, *dgu;       // [cap,F], [cap,2F]
+    size_t cap1, cap2, capa, capg;
+} MoeEpWork;
 
 typedef struct {            // workspace for the backward pass, sized for N*K rows
     float *dye, *dxe;       // [N*K,D], one buffer: dxe overwrites dye expert by expert
@@ -78,6 +104,20 @@ void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const floa
 void moe_weights_backward(const MoeConfig *c, const MoeActs *a, MoeWork *wk);
 void moe_router_backward(const MoeConfig *c, const MoeActs *a, MoeWork *wk, const float *xn,
                          const MoeWeights *W, MoeGrads *G, float *dxn);
+
+// the pieces around the expert GEMMs: out += weighted rows (ye); dye and dw from dout;
+// dxn += the rows' input gradients
+void moe_combine(const MoeActs *a, float *out);
+void moe_combine_backward(const MoeActs *a, MoeWork *wk, const float *dout);
+void moe_scatter_backward(const MoeActs *a, const float *dxe, float *dxn);
+// The same over an expert-parallel group: rows travel to the owners of their experts
+// (W holds this process's experts, comm->rank's block of E/comm->size) and back
+int moe_experts_forward_ep(MoeActs *a, MoeEpWork *w, MoeComm *comm, const float *xn,
+                           const MoeWeights *W, float *out);
+int moe_experts_backward_ep(MoeActs *a, MoeWork *wk, MoeEpWork *w, MoeComm *comm, const float *dout,
+                            const MoeWeights *W, MoeGrads *G, float *dxn);
+void moe_ep_acts_free(MoeActs *a);
+void moe_ep_work_free(MoeEpWork *w);
 
 // Switch aux loss alpha * E * sum_i f_i P_i over the tokens of each unit (the whole
 // micro-batch, or each sequence [seq_start[s], seq_start[s+1]) for "sequence" scope),

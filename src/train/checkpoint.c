@@ -142,7 +142,9 @@ int ckpt_save(const char *dir, const Model *m, const AdamW *opt, const TrainConf
     return ckpt_recover(dir);
 }
 
-int ckpt_load_model(const char *dir, Model *m, bool with_grads) {
+int ckpt_load_model(const char *dir, Model *m, bool with_grads) { return ckpt_load_model_shard(dir, m, with_grads, 0, 0); }
+
+int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, int e0, int ne) {
     char path[4096];
     if (!path_exists(dir)) MOE_ERR("%s: checkpoint directory does not exist", dir);
     MOE_TRY(ckpt_recover(dir));
@@ -153,13 +155,18 @@ int ckpt_load_model(const char *dir, Model *m, bool with_grads) {
     path_join(path, sizeof path, dir, "model.safetensors");
     StFile f;
     MOE_TRY(st_open(&f, path));
-    model_build(m, &c, with_grads);
+    if (ne <= 0) { e0 = 0; ne = c.n_routed_experts; }
+    model_build_shard(m, &c, with_grads, e0, ne);
     int rc = MOE_OK;
     for (int i = 0; i < m->n_tensors && rc == MOE_OK; i++) {
         const ParamTensor *t = &m->tensors[i];
         rc = st_read_f32(&f, t->name, m->params + t->offset, t->shape[0], t->ndim == 2 ? t->shape[1] : 0);
     }
-    int expected = m->n_tensors;
+    // every tensor in the file must be one the config describes (this process may hold
+    // only some of the experts: names are checked against the whole layout)
+    Model full;
+    model_layout(&full, &c);
+    int expected = full.n_tensors;
     for (int l = 0; l < c.num_hidden_layers && rc == MOE_OK; l++) {
         if (!config_layer_is_moe(&c, l)) continue;
         char nm[96];
@@ -171,12 +178,13 @@ int ckpt_load_model(const char *dir, Model *m, bool with_grads) {
     if (rc == MOE_OK && f.n != expected) {
         for (int i = 0; i < f.n; i++) {
             const char *nm = f.t[i].name;
-            if (model_find_tensor(m, nm) >= 0 || strstr(nm, "e_score_correction_bias")) continue;
+            if (model_find_tensor(&full, nm) >= 0 || strstr(nm, "e_score_correction_bias")) continue;
             moe_seterr("%s: unexpected tensor \"%s\" (config.json does not describe it)", path, nm);
             rc = MOE_FAIL;
             break;
         }
     }
+    model_free(&full);
     st_close(&f);
     if (rc) model_free(m);
     return rc;

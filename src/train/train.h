@@ -41,6 +41,7 @@ typedef struct {
     bool quiet;
     int acts_mode;                // ACTS_TRAIN [| ACTS_RECOMPUTE] [| ACTS_BF16]
     int eval_every, eval_limit;   // --eval-data: held-out loss every N steps on the first M examples
+    int ep;                       // expert-parallel group size under MPI (--ep), 1 = none
 } TrainConfig;
 
 typedef struct {                  // what a resume needs beyond the model
@@ -53,6 +54,8 @@ typedef struct {                  // what a resume needs beyond the model
 int ckpt_save(const char *dir, const Model *m, const AdamW *opt, const TrainConfig *tc,
               const TrainProgress *pr, bool bf16);
 int ckpt_load_model(const char *dir, Model *m, bool with_grads);
+// only routed experts [e0, e0 + ne) of each MoE layer (expert parallelism); ne 0: all
+int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, int e0, int ne);
 int ckpt_load_state(const char *dir, const Model *m, AdamW *opt, TrainConfig *tc, TrainProgress *pr);
 bool ckpt_exists(const char *dir);
 // repair an interrupted save (roll forward a complete journal, drop partial files)
@@ -75,3 +78,5 @@ int train_run(const TrainArgs *args, TrainConfig *tc, const char *given_flags);
 typedef struct { double loss, ce, aux; long tokens, targets; } StepLoss;
 int train_accumulate(Model *m, Acts *a, Batch *b, const Dataset *d, const int *ids, int count,
                      int micro_batch, StepLoss *out);
+// the global gradient norm (over the ranks of an expert-parallel group when there is one)
+double train_grad_norm(const Model *m);

@@ -4,25 +4,60 @@
 #include <time.h>
 #include <unistd.h>
 #include "../base/base.h"
+#include "../dist/dist.h"
 #include "../io/fileio.h"
 #include "../kernels/gemm.h"
 #include "train.h"
 
 static int example_targets(const Dataset *d, int id) { return d->ex[id].len - d->ex[id].n_prompt; }
 
+// Under MPI: non-expert gradients are summed over every rank, an expert's over the
+// replicas that hold it; contiguous runs of the blob go in one call each.
+static int reduce_grads(const Model *m) {
+    const DistInfo *di = dist_info();
+    for (int i = 0; i < m->n_tensors;) {
+        int j = i;
+        while (j < m->n_tensors && m->tensors[j].expert == m->tensors[i].expert) j++;
+        size_t off = m->tensors[i].offset, n = m->tensors[j - 1].offset + m->tensors[j - 1].numel - off;
+        if (!m->tensors[i].expert) MOE_TRY(dist_sum_f32(m->grads + off, n, DIST_WORLD));
+        else if (di->dp > 1) MOE_TRY(dist_sum_f32(m->grads + off, n, DIST_REPLICAS));
+        i = j;
+    }
+    return MOE_OK;
+}
+
+double train_grad_norm(const Model *m) {
+    // the global norm over every distinct parameter: non-expert tensors are the same on
+    // every rank (counted once), each expert lives on one rank of an EP group
+    double ss[2] = {0, 0};
+    for (int i = 0; i < m->n_tensors; i++) {
+        const ParamTensor *t = &m->tensors[i];
+        double n = grad_norm(m->grads + t->offset, t->numel);
+        ss[t->expert] += n * n;
+    }
+    if (m->comm) dist_sum_f64(&ss[1], 1, DIST_EP);
+    return sqrt(ss[0] + ss[1]);
+}
+
 int train_accumulate(Model *m, Acts *a, Batch *b, const Dataset *d, const int *ids, int count,
                      int micro_batch, StepLoss *out) {
+    // under MPI, ids are this rank's share of the global batch and the scales below are the
+    // global ones, so that the summed gradient is the single-process gradient
+    const DistInfo *di = dist_info();
+    const int P = di->size;
     memset(out, 0, sizeof *out);
     long targets = 0;
     for (int i = 0; i < count; i++) targets += example_targets(d, ids[i]);
+    MOE_TRY(dist_sum_long(&targets, 1, DIST_WORLD));
     if (targets == 0) MOE_ERR("%s: a batch without any target token", d->path);
     int n_micro = (count + micro_batch - 1) / micro_batch;
     const MoeConfig *c = &m->cfg;
     ForwardOpts fo = {.train = true, .ce_scale = (float)(1.0 / targets)};
     // balance units: micro-batches ("batch") or sequences ("sequence") of the global batch
-    fo.aux_scale = c->aux_scope == MOE_AUX_SEQUENCE ? 1.0f / count : 1.0f / n_micro;
+    fo.aux_scale = c->aux_scope == MOE_AUX_SEQUENCE ? 1.0f / ((long)count * P) : 1.0f / ((long)n_micro * P);
     memset(m->grads, 0, sizeof(float) * m->n_params);
-    memset(a->load, 0, sizeof(long) * c->num_hidden_layers * imax(c->n_routed_experts, 1));
+    const int LE = c->num_hidden_layers * imax(c->n_routed_experts, 1);
+    memset(a->load, 0, sizeof(long) * LE);
     a->dropped = a->assigned = 0;
     double ce = 0, aux = 0;
     for (int s = 0; s < count; s += micro_batch) {
@@ -30,10 +65,20 @@ int train_accumulate(Model *m, Acts *a, Batch *b, const Dataset *d, const int *i
         batch_fill(b, d, ids + s, nb);
         ForwardOut fout;
         MOE_TRY(model_forward(m, a, b, &fo, &fout));
-        model_backward(m, a, b, &fo);
+        MOE_TRY(model_backward(m, a, b, &fo));
         ce += fout.ce_sum;
         aux += fout.aux;
         out->tokens += b->N;
+    }
+    if (P > 1) {
+        MOE_TRY(reduce_grads(m));
+        double v[2] = {ce, aux};
+        MOE_TRY(dist_sum_f64(v, 2, DIST_WORLD));
+        ce = v[0]; aux = v[1];
+        long cnt[3] = {out->tokens, a->dropped, a->assigned};
+        MOE_TRY(dist_sum_long(cnt, 3, DIST_WORLD));
+        out->tokens = cnt[0]; a->dropped = cnt[1]; a->assigned = cnt[2];
+        MOE_TRY(dist_sum_long(a->load, LE, DIST_WORLD));
     }
     out->targets = targets;
     out->ce = ce / targets;
@@ -108,7 +153,57 @@ int train_check_config(const TrainConfig *tc) {
     return MOE_OK;
 }
 
+// One standard checkpoint whatever P and E: rank 0 gathers the experts of EP group 0
+// (their weights and moments) into a whole model and writes it; the others wait. Every
+// rank learns whether the save worked.
+static int save_checkpoint(const char *dir, const Model *m, const AdamW *opt, const TrainConfig *tc,
+                           const TrainProgress *pr) {
+    const DistInfo *di = dist_info();
+    int rc = MOE_OK;
+    if (!m->comm) {
+        if (di->rank == 0) rc = ckpt_save(dir, m, opt, tc, pr, false);
+    } else {
+        const size_t n = m->n_params;
+        const bool root = di->rank == 0;
+        Model full;
+        AdamW fo;
+        float *buf = NULL;
+        if (root) {
+            model_build(&full, &m->cfg, false);
+            adamw_alloc(&fo, full.n_params);
+            fo.t = opt->t;
+            memcpy(full.bias, m->bias, sizeof(float) * (size_t)m->cfg.num_hidden_layers * m->cfg.n_routed_experts);
+            buf = MOE_NEW(float, n * di->ep);
+        }
+        const float *src[3] = {m->params, opt->m, opt->v};
+        for (int k = 0; k < 3 && rc == MOE_OK; k++) {
+            rc = dist_gather_ep0(src[k], n, buf);
+            if (!root || rc) continue;
+            float *dst = k == 0 ? full.params : k == 1 ? fo.m : fo.v;
+            for (int r = 0; r < di->ep; r++) {
+                Model shard;
+                model_layout_shard(&shard, &m->cfg, r * m->ne, m->ne);
+                model_copy_blob(&full, dst, &shard, buf + (size_t)r * n);
+                model_free(&shard);
+            }
+        }
+        if (root) {
+            if (rc == MOE_OK) rc = ckpt_save(dir, &full, &fo, tc, pr, false);
+            moe_free(buf); adamw_free(&fo); model_free(&full);
+        }
+    }
+    int r = rc;
+    dist_bcast_int(&r, 1);
+    if (r && !rc) MOE_ERR("%s: rank 0 could not write the checkpoint", dir);
+    return r;
+}
+
 int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
+    DistInfo *di = dist_info();
+    const bool root = di->rank == 0;
+    if (!root) tc->quiet = true;
+    if (tc->ep <= 0) tc->ep = 1;
+    MOE_TRY(dist_setup(tc->ep));
     // --- everything is checked before anything is written
     char rout[4096] = "", rres[4096] = "";
     bool same_dir = false;
@@ -123,8 +218,23 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     Model m;
     AdamW opt;
     TrainProgress pr = {0};
+    // expert parallelism: this rank holds experts [e0, e0 + ne) of each MoE layer
+    MoeConfig c0;
     if (ar->resume) {
-        MOE_TRY(ckpt_load_model(ar->resume, &m, true));
+        char cp[4096];
+        path_join(cp, sizeof cp, ar->resume, "config.json");
+        MOE_TRY(ckpt_recover(ar->resume));
+        if (!path_exists(cp)) MOE_ERR("%s: missing config.json (not a checkpoint directory?)", ar->resume);
+        MOE_TRY(config_load(&c0, cp));
+    } else {
+        MOE_TRY(config_load(&c0, ar->model_cfg));
+    }
+    const int ep = tc->ep;
+    if (ep > 1 && (c0.n_routed_experts == 0 || c0.n_routed_experts % ep))
+        MOE_ERR("--ep %d must divide the model's n_routed_experts %d", ep, c0.n_routed_experts);
+    const int ne = c0.n_routed_experts / ep, e0 = di->ep_rank * ne;
+    if (ar->resume) {
+        MOE_TRY(ckpt_load_model_shard(ar->resume, &m, true, e0, ep > 1 ? ne : 0));
         adamw_alloc(&opt, m.n_params);
         TrainConfig saved = *tc;
         if (ckpt_load_state(ar->resume, &m, &opt, &saved, &pr) != MOE_OK) { adamw_free(&opt); model_free(&m); return MOE_FAIL; }
@@ -140,15 +250,18 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
 #undef KEEP
         if (!given(flags, "--micro-batch") && given(flags, "--batch")) tc->micro_batch = tc->batch;
     } else {
-        MoeConfig c;
-        MOE_TRY(config_load(&c, ar->model_cfg));
-        model_build(&m, &c, true);
+        model_build_shard(&m, &c0, true, e0, ep > 1 ? ne : c0.n_routed_experts);
         model_init_weights(&m, tc->seed);
         adamw_alloc(&opt, m.n_params);
     }
+    if (ep > 1) m.comm = &di->moe;
     if (tc->micro_batch > tc->batch) tc->micro_batch = tc->batch;
     if (tc->seq == 0) tc->seq = imin(256, m.cfg.max_position_embeddings);   // --seq not given
     int rc = train_check_config(tc);
+    if (rc == MOE_OK && tc->batch % di->size)
+        { moe_seterr("--batch %d must be a multiple of the %d ranks (each takes batch / P examples)", tc->batch, di->size); rc = MOE_FAIL; }
+    const int local_batch = tc->batch / di->size;
+    if (rc == MOE_OK && tc->micro_batch > local_batch) tc->micro_batch = local_batch;
     if (rc == MOE_OK && tc->seq > m.cfg.max_position_embeddings)
         { moe_seterr("--seq %d exceeds max_position_embeddings %d of the model", tc->seq, m.cfg.max_position_embeddings); rc = MOE_FAIL; }
     if (rc == MOE_OK && ar->resume && pr.step >= tc->steps)
@@ -168,10 +281,13 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     const MoeConfig *c = &m.cfg;
     char log_path[4096];
     path_join(log_path, sizeof log_path, ar->out, "log.jsonl");
-    rc = dir_ensure(ar->out);
-    if (rc == MOE_OK) rc = ar->resume ? log_carry(ar->resume, log_path, pr.step) : file_write_atomic(log_path, "", 0);
-    FILE *log = rc == MOE_OK ? fopen(log_path, "a") : NULL;
-    if (rc == MOE_OK && !log) { moe_seterr("%s: cannot open for appending", log_path); rc = MOE_FAIL; }
+    FILE *log = NULL;
+    if (root) {
+        rc = dir_ensure(ar->out);
+        if (rc == MOE_OK) rc = ar->resume ? log_carry(ar->resume, log_path, pr.step) : file_write_atomic(log_path, "", 0);
+        log = rc == MOE_OK ? fopen(log_path, "a") : NULL;
+        if (rc == MOE_OK && !log) { moe_seterr("%s: cannot open for appending", log_path); rc = MOE_FAIL; }
+    }
     if (rc != MOE_OK) { dataset_free(&d); dataset_free(&evd); adamw_free(&opt); model_free(&m); return MOE_FAIL; }
 
     Acts a;
@@ -185,12 +301,16 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     long *run_load = MOE_NEW(long, (size_t)L * imax(E, 1));
     long run_dropped = 0, run_assigned = 0;
     double peak = kernels_measure_peak_gflops(0.3) * 1e9;
+    dist_sum_f64(&peak, 1, DIST_WORLD);   // the job's peak: every rank's, measured side by side
     double flops_tok = config_flops_per_token(c, tc->seq);
     bool tty = isatty(2);
     if (!tc->quiet)
         fprintf(stderr, "moe train: %.2fM params (%.2fM active), %d examples, batch %d x seq %d, %d threads, sgemm peak %.1f GFLOP/s\n",
                 config_total_params(c) / 1e6, config_active_params(c) / 1e6, d.n, tc->batch, tc->seq,
                 kernels_threads(), peak / 1e9);
+    if (!tc->quiet && di->size > 1)
+        fprintf(stderr, "moe train: %d ranks: %d data-parallel replicas x expert parallelism %d (%d experts per rank)\n",
+                di->size, di->dp, ep, ne);
     double t_start = time_now();
     long start_step = pr.step;
     double t_print = 0;   // not a terminal: a line every 10 s instead of a live line
@@ -198,9 +318,10 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     while (pr.step < tc->steps) {
         double t0 = time_now();
         for (int i = 0; i < tc->batch; i++) ids[i] = order_example(&order, pr.cursor + i);
-        rc = train_accumulate(&m, &a, &b, &d, ids, tc->batch, tc->micro_batch, &sl);
+        const double comm0 = di->ms + di->moe.ms;
+        rc = train_accumulate(&m, &a, &b, &d, ids + di->rank * local_batch, local_batch, tc->micro_batch, &sl);
         if (rc) break;
-        double gnorm = grad_norm(m.grads, m.n_params);
+        double gnorm = train_grad_norm(&m);
         if (!isfinite(gnorm)) { moe_seterr("step %ld: gradient norm is not finite (loss %g); lower --lr", pr.step + 1, sl.loss); rc = MOE_FAIL; break; }
         float lr = lr_at(&tc->opt, pr.step + 1);
         adamw_step(&opt, &m, &tc->opt, lr, grad_clip_scale(gnorm, tc->opt.clip));
@@ -210,37 +331,51 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         pr.step++;
         pr.cursor += tc->batch;
         double dt = time_now() - t0;
+        double comm_ms = di->ms + di->moe.ms - comm0;
+        if (di->size > 1) {   // the step's slowest rank, as the job sees it
+            double v[2] = {dt, comm_ms};
+            dist_max_f64(v, 2, DIST_WORLD);
+            dt = v[0]; comm_ms = v[1];
+        }
         double tps = sl.tokens / dt, mfu = flops_tok * tps / peak;
-        // --- log line
-        fprintf(log, "{\"step\":%ld,\"loss\":%.9g,\"ce\":%.9g,\"aux\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,"
-                     "\"tokens_per_s\":%.1f,\"mfu\":%.5f,\"step_ms\":%.2f,\"tokens\":%ld,\"dropped\":%ld,\"expert_load\":[",
+        // --- log line (rank 0 writes it)
+        char *line = NULL;
+        size_t line_len = 0;
+        FILE *ls = open_memstream(&line, &line_len);
+        fprintf(ls, "{\"step\":%ld,\"loss\":%.9g,\"ce\":%.9g,\"aux\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,"
+                     "\"tokens_per_s\":%.1f,\"mfu\":%.5f,\"step_ms\":%.2f,\"tokens\":%ld,\"dropped\":%ld,",
                 pr.step, sl.loss, sl.ce, sl.aux, lr, gnorm, tps, mfu, dt * 1e3, sl.tokens, a.dropped);
+        if (di->size > 1)   // blocking collectives: all of their time is exposed
+            fprintf(ls, "\"comm_ms\":%.2f,\"comm_exposed_ms\":%.2f,", comm_ms, comm_ms);
+        fprintf(ls, "\"expert_load\":[");
         double worst = 0;
         int first = 1;
         for (int l = 0; l < L; l++) {
             if (!config_layer_is_moe(c, l)) continue;
-            fprintf(log, first ? "[" : ",[");
+            fprintf(ls, first ? "[" : ",[");
             first = 0;
             long mx = 0, sum = 0;
             for (int e = 0; e < E; e++) {
                 long v = a.load[(size_t)l * E + e];
-                fprintf(log, e ? ",%ld" : "%ld", v);
+                fprintf(ls, e ? ",%ld" : "%ld", v);
                 mx = v > mx ? v : mx; sum += v;
                 run_load[(size_t)l * E + e] += v;
             }
-            fprintf(log, "]");
+            fprintf(ls, "]");
             if (sum > 0 && mx * (double)E / sum > worst) worst = mx * (double)E / sum;
         }
-        fprintf(log, "]");
+        fprintf(ls, "]");
         double eval_ce = -1;
         if (ar->eval_data && (pr.step % tc->eval_every == 0 || pr.step == tc->steps)) {
             long et;
             rc = eval_loss(&m, &evd, tc->eval_limit, 64, &eval_ce, &et);
-            if (rc) break;
-            fprintf(log, ",\"eval_loss\":%.9g", eval_ce);
+            if (rc) { fclose(ls); free(line); break; }
+            fprintf(ls, ",\"eval_loss\":%.9g", eval_ce);
         }
-        fprintf(log, "}\n");
-        fflush(log);
+        fprintf(ls, "}\n");
+        fclose(ls);
+        if (log) { fputs(line, log); fflush(log); }
+        free(line);
         run_dropped += a.dropped; run_assigned += a.assigned;
         // --- progress line
         double elapsed = time_now() - t_start;
@@ -248,6 +383,11 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         double eta = per_step * (tc->steps - pr.step);
         if (tc->time_budget > 0 && tc->time_budget - elapsed < eta) eta = tc->time_budget - elapsed;
         bool stop_time = tc->time_budget > 0 && elapsed + per_step > tc->time_budget;
+        if (di->size > 1) {   // rank 0's clock decides, so that every rank stops at the same step
+            int st = stop_time;
+            dist_bcast_int(&st, 1);
+            stop_time = st;
+        }
         if (!tc->quiet && (tty || elapsed - t_print >= 10 || pr.step == start_step + 1 || pr.step == tc->steps || stop_time)) {
             t_print = elapsed;
             char etas[32];
@@ -262,7 +402,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         bool last = pr.step == tc->steps || stop_time;
         if (last || (tc->ckpt_every > 0 && pr.step % tc->ckpt_every == 0)) {
             pr.ckpt_id = ((unsigned long long)time(NULL) << 20) ^ (unsigned long long)pr.step * 2654435761ULL ^ (unsigned long long)getpid();
-            rc = ckpt_save(ar->out, &m, &opt, tc, &pr, false);
+            rc = save_checkpoint(ar->out, &m, &opt, tc, &pr);
             if (rc) break;
         }
         if (stop_time) break;
@@ -281,7 +421,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
                     run_assigned ? (double)run_dropped / run_assigned : 0);
         }
     }
-    fclose(log);
+    if (log) fclose(log);
     moe_free(run_load); moe_free(ids); order_free(&order); batch_free(&b); acts_free(&a);
     dataset_free(&d); dataset_free(&evd); adamw_free(&opt); model_free(&m);
     return rc;

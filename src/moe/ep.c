@@ -1,0 +1,180 @@
+// Expert parallelism: the routed experts of a layer are spread over the P processes of an
+// expert-parallel group, E/P each, in rank order. A process routes its own tokens, sorts
+// their assignments by expert (moe_dispatch), so that the rows bound for each owner lie
+// together, and then
+//   forward:  counts to every owner -> rows to the owners -> the owners' grouped GEMMs ->
+//             outputs back -> weighted combine, as on one process;
+//   backward: output gradients to the owners -> their GEMMs' backward pass (weight
+//             gradients stay with the owner) -> input gradients back -> scatter.
+// The transport is the caller's (MoeComm); nothing here knows about MPI.
+#include <omp.h>
+#include <string.h>
+#include "../base/base.h"
+#include "../base/prof.h"
+#include "../kernels/gemm.h"
+#include "../ops/ops.h"
+#include "moe.h"
+
+static void grow(float **p, size_t *cap, size_t need) {
+    if (need <= *cap) return;
+    moe_free(*p);
+    *cap = need + need / 4;
+    *p = MOE_NEW(float, *cap);
+}
+
+// rows arrive source-major (source s, then its rows for local expert e); the GEMMs want
+// them expert-major. to_expert: recv order -> expert-major, else back.
+static void reorder(const MoeActs *a, int P, int El, float *dst, const float *src, int width, bool to_expert) {
+    const size_t W = (size_t)width;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int s = 0; s < P; s++)
+        for (int e = 0; e < El; e++) {
+            int rp = a->rdsp[s], ep = a->roff[e];
+            for (int j = 0; j < e; j++) rp += a->ecnt[s * El + j];
+            for (int j = 0; j < s; j++) ep += a->ecnt[j * El + e];
+            const int n = a->ecnt[s * El + e];
+            if (to_expert) memcpy(dst + ep * W, src + rp * W, sizeof(float) * W * n);
+            else memcpy(dst + rp * W, src + ep * W, sizeof(float) * W * n);
+        }
+}
+
+static int timed_rows(MoeComm *c, const float *send, const int *sc, const int *sd, float *recv, const int *rc,
+                      const int *rd, int width) {
+    double t = time_now();
+    int rcode = c->rows(c, send, sc, sd, recv, rc, rd, width);
+    c->ms += (time_now() - t) * 1e3;
+    return rcode;
+}
+
+int moe_experts_forward_ep(MoeActs *a, MoeEpWork *w, MoeComm *comm, const float *xn, const MoeWeights *W,
+                           float *out) {
+    const int D = a->D, F = a->F, E = a->E, P = comm->size, El = E / P;
+    if (!a->ecnt) {
+        a->ecnt = MOE_NEW(int, (size_t)P * El);
+        a->scnt = MOE_NEW(int, P); a->sdsp = MOE_NEW(int, P);
+        a->rcnt = MOE_NEW(int, P); a->rdsp = MOE_NEW(int, P);
+        a->roff = MOE_NEW(int, El + 1);
+    }
+    // 1. how many rows each owner gets, per expert
+    double t = prof_begin();
+    int *cnt = MOE_NEW(int, E);
+    for (int e = 0; e < E; e++) cnt[e] = a->offsets[e + 1] - a->offsets[e];
+    double tc = time_now();
+    int rc = comm->counts(comm, cnt, a->ecnt, El);
+    comm->ms += (time_now() - tc) * 1e3;
+    moe_free(cnt);
+    if (rc) return rc;
+    for (int d = 0; d < P; d++) {
+        a->sdsp[d] = a->offsets[d * El];
+        a->scnt[d] = a->offsets[(d + 1) * El] - a->sdsp[d];
+    }
+    a->R = 0;
+    for (int s = 0; s < P; s++) {
+        a->rcnt[s] = 0;
+        for (int e = 0; e < El; e++) a->rcnt[s] += a->ecnt[s * El + e];
+        a->rdsp[s] = a->R;
+        a->R += a->rcnt[s];
+    }
+    a->roff[0] = 0;
+    for (int e = 0; e < El; e++) {
+        a->roff[e + 1] = a->roff[e];
+        for (int s = 0; s < P; s++) a->roff[e + 1] += a->ecnt[s * El + e];
+    }
+    const size_t R = a->R, A = a->A;
+    if (R > (size_t)a->rcap) {   // this layer's expert-side rows, kept for the backward pass
+        moe_free(a->xe); moe_free(a->gu); moe_free(a->ae);
+        a->rcap = (int)(R + R / 4);
+        MemCategory old = mem_category(MEM_ACTS);
+        a->xe = MOE_NEW(float, (size_t)a->rcap * D);
+        a->gu = MOE_NEW(float, (size_t)a->rcap * 2 * F);
+        a->ae = MOE_NEW(float, (size_t)a->rcap * F);
+        mem_category(old);
+    }
+    MemCategory old = mem_category(MEM_WORK);
+    grow(&w->t1, &w->cap1, (R > A ? R : A) * D);
+    grow(&w->t2, &w->cap2, (R > A ? R : A) * D);
+    mem_category(old);
+    // 2. the rows, gathered in permuted order, to their owners
+#pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < A; r++) memcpy(w->t2 + r * D, xn + (size_t)a->row_tok[r] * D, sizeof(float) * D);
+    prof_end(PROF_PERMUTE, false, t, 0);
+    MOE_TRY(timed_rows(comm, w->t2, a->scnt, a->sdsp, w->t1, a->rcnt, a->rdsp, D));
+    t = prof_begin();
+    reorder(a, P, El, a->xe, w->t1, D, true);
+    prof_end(PROF_PERMUTE, false, t, 0);
+    // 3. the local experts' GEMMs, as on one process
+    t = prof_begin();
+    const bool by_expert = El >= 2 * omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 1) if (by_expert)
+    for (int e = 0; e < El; e++) {
+        int r0 = a->roff[e], M = a->roff[e + 1] - r0;
+        if (M == 0) continue;
+        float *gu = a->gu + (size_t)r0 * 2 * F, *act = a->ae + (size_t)r0 * F;
+        linear_forward(gu, a->xe + (size_t)r0 * D, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F, false);
+        swiglu_rows_forward(act, gu, M, F);
+        linear_forward(w->t2 + (size_t)r0 * D, act, W->down + (size_t)e * D * F, M, F, D, false);
+    }
+    prof_end(PROF_EXPERTS, false, t, 6.0 * R * D * F);
+    // 4. outputs back to the tokens' processes, then the weighted combine
+    t = prof_begin();
+    reorder(a, P, El, w->t1, w->t2, D, false);
+    prof_end(PROF_UNPERMUTE, false, t, 0);
+    MOE_TRY(timed_rows(comm, w->t1, a->rcnt, a->rdsp, a->ye, a->scnt, a->sdsp, D));
+    t = prof_begin();
+    moe_combine(a, out);
+    prof_end(PROF_UNPERMUTE, false, t, 0);
+    return MOE_OK;
+}
+
+int moe_experts_backward_ep(MoeActs *a, MoeWork *wk, MoeEpWork *w, MoeComm *comm, const float *dout,
+                            const MoeWeights *W, MoeGrads *G, float *dxn) {
+    const int D = a->D, F = a->F, P = comm->size, El = a->E / P;
+    const size_t R = a->R;
+    double t = prof_begin();
+    moe_combine_backward(a, wk, dout);   // dye (A rows) and dw, from this process's ye
+    prof_end(PROF_UNPERMUTE, true, t, 0);
+    MOE_TRY(timed_rows(comm, wk->dye, a->scnt, a->sdsp, w->t1, a->rcnt, a->rdsp, D));
+    t = prof_begin();
+    reorder(a, P, El, w->t2, w->t1, D, true);   // t2: dy, expert-major
+    MemCategory old = mem_category(MEM_WORK);
+    grow(&w->dae, &w->capa, R * F);
+    grow(&w->dgu, &w->capg, R * 2 * F);
+    mem_category(old);
+    prof_end(PROF_UNPERMUTE, true, t, 0);
+    t = prof_begin();
+    const bool by_expert = El >= 2 * omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 1) if (by_expert)
+    for (int e = 0; e < El; e++) {
+        int r0 = a->roff[e], M = a->roff[e + 1] - r0;
+        if (M == 0) continue;
+        const float *x = a->xe + (size_t)r0 * D, *gu = a->gu + (size_t)r0 * 2 * F, *act = a->ae + (size_t)r0 * F;
+        float *dy = w->t2 + (size_t)r0 * D, *dact = w->dae + (size_t)r0 * F, *dgu = w->dgu + (size_t)r0 * 2 * F;
+        float *dx = w->t1 + (size_t)r0 * D;
+        memset(dact, 0, sizeof(float) * (size_t)M * F);
+        linear_backward(dact, G->down + (size_t)e * D * F, dy, act, W->down + (size_t)e * D * F, M, F, D);
+        swiglu_rows_backward(dgu, dact, gu, M, F);
+        memset(dx, 0, sizeof(float) * (size_t)M * D);
+        linear_backward(dx, G->gate_up + (size_t)e * 2 * F * D, dgu, x, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F);
+    }
+    prof_end(PROF_EXPERTS, true, t, 12.0 * R * D * F);
+    t = prof_begin();
+    reorder(a, P, El, w->t2, w->t1, D, false);   // dx, back in receive order
+    prof_end(PROF_PERMUTE, true, t, 0);
+    MOE_TRY(timed_rows(comm, w->t2, a->rcnt, a->rdsp, wk->dxe, a->scnt, a->sdsp, D));
+    t = prof_begin();
+    moe_scatter_backward(a, wk->dxe, dxn);
+    prof_end(PROF_PERMUTE, true, t, 0);
+    return MOE_OK;
+}
+
+void moe_ep_acts_free(MoeActs *a) {
+    if (a->rcap > 0) { moe_free(a->xe); moe_free(a->gu); moe_free(a->ae); a->xe = a->gu = a->ae = NULL; a->rcap = 0; }
+    void *p[] = {a->ecnt, a->scnt, a->sdsp, a->rcnt, a->rdsp, a->roff};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
+    a->ecnt = a->scnt = a->sdsp = a->rcnt = a->rdsp = a->roff = NULL;
+}
+
+void moe_ep_work_free(MoeEpWork *w) {
+    moe_free(w->t1); moe_free(w->t2); moe_free(w->dae); moe_free(w->dgu);
+    memset(w, 0, sizeof *w);
+}
