@@ -4,7 +4,8 @@
 set -euo pipefail
 # "build": what building and running needs (make, make demo); default: also the test oracle's
 pkgs=(build-essential libopenblas-openmp-dev libcjson-dev libopenmpi-dev openmpi-bin)
-[ "${1:-all}" = build ] || pkgs+=(python3 python3-numpy python3-torch)
+# the tests also use pgrep (procps) and, for the emulated hosts, ip and tc (iproute2)
+[ "${1:-all}" = build ] || pkgs+=(python3 python3-numpy python3-torch procps iproute2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

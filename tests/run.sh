@@ -17,6 +17,7 @@ suite() {
 suite "ops: fast vs reference vs finite differences" ./build/test_ops
 suite "PyTorch oracle: grad, eval, AdamW" /usr/bin/python3 tests/test_oracle.py
 suite "command line: bad input, resume, crash safety" bash tests/test_cli.sh
+suite "distributed: MPI data and expert parallelism" bash tests/test_dist.sh
 # the bad-input cases once more under AddressSanitizer + UBSan
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   MOE=./build/asan/moe BAD_ONLY=1 suite "bad input under ASan+UBSan" bash tests/test_cli.sh

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Distributed training under Open MPI on this one machine (--oversubscribe): P = 2 and 4
+# ranks with expert parallelism E = 1, 2, 4 log the single-process losses of the same global
+# batch; a checkpoint written at P = 4 resumes at P = 2; a killed rank ends the job, non-zero,
+# within 30 s, and leaves the last checkpoint whole; bad distributed input is refused.
+set -u
+MOE=${MOE:-./moe}
+MOE=$(readlink -f "$MOE")
+T=$(mktemp -d /tmp/moe-dist.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_rmaps_base_oversubscribe=1
+pass=0; fail=0
+ok()  { echo "PASS $1"; pass=$((pass+1)); }
+bad() { echo "FAIL $1: $2"; fail=$((fail+1)); }
+run() { mpirun -np "$1" --oversubscribe -x OMP_NUM_THREADS=1 "${@:2}"; }
+
+# 8 experts top-2, sigmoid scores, sequence-scope aux loss, the bias update on (SPEC §4:
+# exactly the single-process math up to summation order)
+cat >"$T/c.json" <<'J'
+{"vocab_size": 260, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+ "intermediate_size": 48, "moe_intermediate_size": 16, "n_routed_experts": 8, "num_experts_per_tok": 2,
+ "n_shared_experts": 1, "max_position_embeddings": 128, "scoring_func": "sigmoid", "aux_loss_alpha": 0.01,
+ "aux_scope": "sequence", "bias_update_speed": 0.01}
+J
+$MOE gen-math --n 400 --seed 3 --out "$T/qa.txt" || { echo "FAIL gen-math"; exit 1; }
+# exact storage on both sides: under EP the experts' rows are kept in f32 whatever
+# --act-dtype says, so bf16 storage would differ in what it rounds
+F="--data $T/qa.txt --batch 8 --seq 64 --quiet --recompute none --act-dtype f32 --seed 11"
+
+losses() { grep -o '"loss":[-0-9.e]*' "$1/log.jsonl" | cut -d: -f2; }
+# same_losses NAME A B N: N lines each, every pair within relative 1e-4
+same_losses() {
+  local r
+  r=$(paste <(losses "$2") <(losses "$3") | awk -v n="$4" '
+      { d = $1 - $2; if (d < 0) d = -d; r = d / ($2 < 0 ? -$2 : $2); if (r > m) m = r; c++ }
+      END { if (c != n) print "lines " c " of " n; else if (m > 1e-4) print "max rel " m; else printf "ok %.1e\n", m }')
+  case "$r" in ok*) ok "$1 (max rel ${r#ok })";; *) bad "$1" "$r";; esac
+}
+
+OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" $F --steps 10 --out "$T/single" || bad "single-process run" "failed"
+OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" $F --steps 20 --out "$T/single20" || bad "single-process run" "failed"
+for pe in "2 1" "2 2" "4 1" "4 2" "4 4"; do
+  set -- $pe
+  if run "$1" $MOE train --model "$T/c.json" $F --steps 10 --ep "$2" --out "$T/p$1e$2" 2>"$T/err"; then
+    same_losses "np $1 --ep $2: the single-process losses over 10 steps" "$T/p$1e$2" "$T/single" 10
+  else
+    bad "np $1 --ep $2" "$(tail -3 "$T/err")"
+  fi
+done
+if grep -q '"comm_ms":[0-9.]*,"comm_exposed_ms":[0-9.]*' "$T/p4e4/log.jsonl"; then ok "distributed log lines carry comm_ms and comm_exposed_ms"
+else bad "comm_ms in the log" "$(head -c 300 "$T/p4e4/log.jsonl")"; fi
+
+# a checkpoint written by 4 ranks (experts in 4 shards) is one standard checkpoint
+if OMP_NUM_THREADS=1 $MOE eval --ckpt "$T/p4e4" --data "$T/qa.txt" --limit 20 --json >"$T/e4" &&
+   OMP_NUM_THREADS=1 $MOE eval --ckpt "$T/single" --data "$T/qa.txt" --limit 20 --json >"$T/e1" &&
+   python3 -c "import json,sys; a,b=(json.load(open(f))['loss'] for f in sys.argv[1:]); sys.exit(abs(a-b)>1e-4*abs(b))" "$T/e4" "$T/e1"
+then ok "the P=4 E=4 checkpoint loads in one process with the single-process eval loss ($(cat "$T/e4"))"
+else bad "P=4 checkpoint in one process" "$(cat "$T/e4" "$T/e1" 2>&1)"; fi
+# ... and resumes at P = 2, E = 2, continuing the single-process 20-step run
+if run 2 $MOE train --resume "$T/p4e4" --out "$T/p4e4" $F --steps 20 --ep 2 2>"$T/err"; then
+  same_losses "a P=4 checkpoint resumed at P=2 continues the 20-step single-process losses" "$T/p4e4" "$T/single20" 20
+else bad "resume at P=2" "$(tail -3 "$T/err")"; fi
+
+# a killed rank: the job ends non-zero within 30 s, naming the rank; the checkpoint is whole
+timeout -s KILL 60 mpirun -np 2 --oversubscribe -x OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" $F \
+  --steps 1000000 --ckpt-every 2 --ep 2 --out "$T/kill" >"$T/kill.log" 2>&1 &
+mp=$!
+for _ in $(seq 100); do [ -f "$T/kill/model.safetensors" ] && break; sleep 0.1; done
+sleep 1
+victim=""
+for p in $(pgrep -f -- "--out $T/kill\$"); do   # the ranks themselves, not mpirun or timeout
+  [ "$(cat /proc/$p/comm 2>/dev/null)" = moe ] && victim=$p
+done
+t0=$(date +%s.%N)
+[ -n "$victim" ] && kill -9 "$victim"
+wait $mp; rc=$?
+t1=$(date +%s.%N)
+secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+if [ -n "$victim" ] && [ $rc -ne 0 ] && awk -v s="$secs" 'BEGIN { exit !(s < 30) }' && grep -q "rank [0-9]" "$T/kill.log"; then
+  ok "a rank killed mid-run: mpirun exits $rc after $secs s: $(grep -o 'process rank [0-9]* [^.]*' "$T/kill.log" | head -1)"
+else bad "killed rank" "victim '$victim' rc $rc after $secs s: $(tail -5 "$T/kill.log")"; fi
+if OMP_NUM_THREADS=1 $MOE eval --ckpt "$T/kill" --data "$T/qa.txt" --limit 5 --json >/dev/null 2>"$T/err"; then
+  ok "the last checkpoint before the kill is whole"
+else bad "checkpoint after the kill" "$(cat "$T/err")"; fi
+
+# bad distributed input: non-zero, and the message says what is wrong
+expect_dist_fail() {
+  local name=$1 pat=$2; shift 2
+  "$@" >"$T/out" 2>"$T/err"; local rc=$?
+  if [ $rc -ne 0 ] && grep -qF -- "$pat" "$T/err"; then ok "$name ($(grep -F -- "$pat" "$T/err" | head -1))"
+  else bad "$name" "rc $rc: $(head -c 300 "$T/err")"; fi
+}
+expect_dist_fail "--ep that does not divide the ranks" "--ep 3 must divide the number of ranks 2" \
+  run 2 $MOE train --model "$T/c.json" $F --steps 2 --ep 3 --out "$T/bad1"
+sed 's/"n_routed_experts": 8/"n_routed_experts": 6/' "$T/c.json" >"$T/c6.json"
+expect_dist_fail "--ep that does not divide the experts" "--ep 4 must divide the model's n_routed_experts 6" \
+  run 4 $MOE train --model "$T/c6.json" $F --steps 2 --ep 4 --out "$T/bad2"
+expect_dist_fail "a global batch the ranks cannot share" "--batch 6 must be a multiple of the 4 ranks" \
+  run 4 $MOE train --model "$T/c.json" --data "$T/qa.txt" --batch 6 --steps 2 --out "$T/bad3"
+expect_dist_fail "commands other than train under mpirun" "only train runs under mpirun" \
+  run 2 $MOE eval --ckpt "$T/single" --data "$T/qa.txt"
+for x in bad1 bad2 bad3; do [ -e "$T/$x/model.safetensors" ] && bad "nothing written for bad input ($x)" "exists"; done
+
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]
