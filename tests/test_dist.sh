@@ -40,14 +40,17 @@ same_losses() {
 
 OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" $F --steps 10 --out "$T/single" || bad "single-process run" "failed"
 OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" $F --steps 20 --out "$T/single20" || bad "single-process run" "failed"
-for pe in "2 1" "2 2" "4 1" "4 2" "4 4"; do
+# --overlap on (the default: halves interleaved under EP, reductions during the backward
+# pass) and off (everything blocking)
+for pe in "2 1 on" "2 2 on" "2 2 off" "4 1 on" "4 1 off" "4 2 on" "4 4 on" "4 4 off"; do
   set -- $pe
-  if run "$1" $MOE train --model "$T/c.json" $F --steps 10 --ep "$2" --out "$T/p$1e$2" 2>"$T/err"; then
-    same_losses "np $1 --ep $2: the single-process losses over 10 steps" "$T/p$1e$2" "$T/single" 10
+  if run "$1" $MOE train --model "$T/c.json" $F --steps 10 --ep "$2" --overlap "$3" --out "$T/p$1e$2$3" 2>"$T/err"; then
+    same_losses "np $1 --ep $2 --overlap $3: the single-process losses over 10 steps" "$T/p$1e$2$3" "$T/single" 10
   else
-    bad "np $1 --ep $2" "$(tail -3 "$T/err")"
+    bad "np $1 --ep $2 --overlap $3" "$(tail -3 "$T/err")"
   fi
 done
+mv "$T/p4e4on" "$T/p4e4"
 if grep -q '"comm_ms":[0-9.]*,"comm_exposed_ms":[0-9.]*' "$T/p4e4/log.jsonl"; then ok "distributed log lines carry comm_ms and comm_exposed_ms"
 else bad "comm_ms in the log" "$(head -c 300 "$T/p4e4/log.jsonl")"; fi
 

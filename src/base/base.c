@@ -109,3 +109,5 @@ char *file_read_all(const char *path, size_t *len) {
     if (len) *len = n;
     return buf;
 }
+
+void (*moe_progress_hook)(void) = NULL;

@@ -48,3 +48,9 @@ static inline int imax(int a, int b) { return a > b ? a : b; }
 char *moe_strdup(const char *s);
 // read a whole file; returns NULL and sets the error on failure
 char *file_read_all(const char *path, size_t *len);
+
+// Progress of outstanding communication (non-blocking MPI needs the process to call into
+// MPI now and then): compute loops call moe_progress() on the main thread between pieces
+// of work; src/dist sets the hook while exchanges are in flight.
+extern void (*moe_progress_hook)(void);
+static inline void moe_progress(void) { if (moe_progress_hook) moe_progress_hook(); }

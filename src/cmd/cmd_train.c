@@ -31,7 +31,10 @@ static const char *HELP =
     "Distributed (mpirun -np P moe train ...): --batch is the global batch, B/P examples a rank\n"
     "  --ep E             expert parallelism: the experts of each MoE layer spread over groups\n"
     "                     of E ranks (E divides P and n_routed_experts; default 1); the P/E\n"
-    "                     groups are data-parallel replicas\n";
+    "                     groups are data-parallel replicas\n"
+    "  --overlap on|off   on (default): gradient sums start during the backward pass, and under\n"
+    "                     --ep each micro-batch runs as two interleaved halves, one half's\n"
+    "                     tokens in flight while the other computes; off: all blocking\n";
 
 int cmd_train(int argc, char **argv) {
     Args a;
@@ -71,6 +74,11 @@ int cmd_train(int argc, char **argv) {
     if (!rc) rc = cmd_acts_mode(&a, &tc.acts_mode, 0);
     if (!rc) rc = args_int(&a, "--ep", 1, &tc.ep);
     if (!rc && tc.ep <= 0) { moe_seterr("--ep must be positive, got %d", tc.ep); rc = MOE_FAIL; }
+    tc.overlap = -1;
+    const char *ov = args_str(&a, "--overlap", "on");
+    if (!rc && !ov) rc = MOE_FAIL;   // no value after --overlap
+    if (!rc && ov && !strcmp(ov, "off")) tc.overlap = 0;
+    else if (!rc && ov && strcmp(ov, "on")) { moe_seterr("--overlap must be on or off, got \"%s\"", ov); rc = MOE_FAIL; }
     if (!rc) rc = args_int(&a, "--eval-every", 100, &tc.eval_every);
     if (!rc) rc = args_int(&a, "--eval-limit", 500, &tc.eval_limit);
     if (!rc && (tc.eval_every <= 0 || tc.eval_limit < 0)) { moe_seterr("--eval-every must be positive and --eval-limit >= 0"); rc = MOE_FAIL; }

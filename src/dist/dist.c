@@ -37,21 +37,74 @@ static MPI_Comm comm_of(DistGroup grp) {
     return grp == DIST_EP ? ep_comm : grp == DIST_REPLICAS ? rep_comm : MPI_COMM_WORLD;
 }
 
-// MoeComm over the EP group
-static int ep_counts(MoeComm *c, const int *send, int *recv, int n) {
-    if (MPI_Alltoall(send, n, MPI_INT, recv, n, MPI_INT, ep_comm) != MPI_SUCCESS) MOE_ERR("MPI_Alltoall failed");
+// ---------------------------------------------------------------- requests in flight
+// A small table of non-blocking operations. Each remembers when it started and when it was
+// seen complete (by a wait, or by the progress hook that compute loops call), so that
+// comm_ms is the time exchanges were in flight and exposed_ms the time compute waited.
+#define MAX_REQ 256
+static struct { MPI_Request r; double t0, t1; bool used, done; double *ms; } reqs[MAX_REQ];
+static int n_active;
+
+static void progress(void) {
+    if (n_active == 0) return;
+    for (int i = 0; i < MAX_REQ; i++) {
+        if (!reqs[i].used || reqs[i].done) continue;
+        int flag = 0;
+        MPI_Test(&reqs[i].r, &flag, MPI_STATUS_IGNORE);
+        if (flag) { reqs[i].done = true; reqs[i].t1 = time_now(); n_active--; }
+    }
+    if (n_active == 0) moe_progress_hook = NULL;
+}
+
+static int req_new(double *ms) {
+    for (int i = 0; i < MAX_REQ; i++)
+        if (!reqs[i].used) {
+            reqs[i].used = true; reqs[i].done = false; reqs[i].t0 = time_now(); reqs[i].ms = ms;
+            n_active++;
+            moe_progress_hook = progress;
+            return i;
+        }
+    return -1;
+}
+
+// completes request i; the blocked time goes to *exposed
+static int req_wait(int i, double *exposed) {
+    if (i < 0 || i >= MAX_REQ || !reqs[i].used) MOE_ERR("internal: no exchange %d in flight", i);
+    if (!reqs[i].done) {
+        double t = time_now();
+        if (MPI_Wait(&reqs[i].r, MPI_STATUS_IGNORE) != MPI_SUCCESS) MOE_ERR("MPI_Wait failed");
+        reqs[i].t1 = time_now();
+        *exposed += (reqs[i].t1 - t) * 1e3;
+        reqs[i].done = true;
+        if (--n_active == 0) moe_progress_hook = NULL;
+    }
+    *reqs[i].ms += (reqs[i].t1 - reqs[i].t0) * 1e3;
+    reqs[i].used = false;
     return MOE_OK;
 }
-static int ep_rows(MoeComm *c, const float *send, const int *scnt, const int *sdsp, float *recv, const int *rcnt,
-                   const int *rdsp, int width) {
+
+// ---------------------------------------------------------------- MoeComm over the EP group
+static int ep_counts(MoeComm *c, const int *send, int *recv, int n) {
+    double t = time_now();
+    if (MPI_Alltoall(send, n, MPI_INT, recv, n, MPI_INT, ep_comm) != MPI_SUCCESS) MOE_ERR("MPI_Alltoall failed");
+    double ms = (time_now() - t) * 1e3;
+    c->ms += ms; c->exposed_ms += ms;
+    return MOE_OK;
+}
+static int ep_start(MoeComm *c, const float *send, const int *scnt, const int *sdsp, float *recv, const int *rcnt,
+                    const int *rdsp, int width, int *req) {
     MPI_Datatype row;
     MPI_Type_contiguous(width, MPI_FLOAT, &row);
     MPI_Type_commit(&row);
-    int rc = MPI_Alltoallv(send, scnt, sdsp, row, recv, rcnt, rdsp, row, ep_comm);
-    MPI_Type_free(&row);
-    if (rc != MPI_SUCCESS) MOE_ERR("MPI_Alltoallv failed");
+    int i = req_new(&c->ms);
+    if (i < 0) { MPI_Type_free(&row); MOE_ERR("internal: too many exchanges in flight"); }
+    int rc = MPI_Ialltoallv(send, scnt, sdsp, row, recv, rcnt, rdsp, row, ep_comm, &reqs[i].r);
+    MPI_Type_free(&row);   // freed once the exchange no longer needs it
+    if (rc != MPI_SUCCESS) MOE_ERR("MPI_Ialltoallv failed");
+    *req = i;
     return MOE_OK;
 }
+static int ep_wait(MoeComm *c, int req) { return req_wait(req, &c->exposed_ms); }
 
 int dist_setup(int ep) {
     if (ep <= 0 || g.size % ep) MOE_ERR("--ep %d must divide the number of ranks %d", ep, g.size);
@@ -59,7 +112,7 @@ int dist_setup(int ep) {
     g.dp = g.size / ep; g.dp_rank = g.rank / ep;
     memset(&g.moe, 0, sizeof g.moe);
     g.moe.rank = g.ep_rank; g.moe.size = ep;
-    g.moe.counts = ep_counts; g.moe.rows = ep_rows;
+    g.moe.counts = ep_counts; g.moe.start = ep_start; g.moe.wait = ep_wait;
     if (!g.mpi) return MOE_OK;
     if (ep_comm != MPI_COMM_NULL) MPI_Comm_free(&ep_comm);
     if (rep_comm != MPI_COMM_NULL) MPI_Comm_free(&rep_comm);
@@ -95,8 +148,25 @@ static int sum(void *buf, size_t n, MPI_Datatype t, MPI_Op op, DistGroup grp) {
         off += cnt;
     }
     g.ms += (time_now() - t0) * 1e3;
+    g.exposed_ms += (time_now() - t0) * 1e3;
     return MOE_OK;
 }
+int dist_sum_f32_start(float *buf, size_t n, DistGroup grp, int *req) {
+    *req = -1;
+    if (!g.mpi) return MOE_OK;
+    MPI_Comm c = comm_of(grp);
+    int sz;
+    MPI_Comm_size(c, &sz);
+    if (sz == 1 || n == 0) return MOE_OK;
+    if (n > (1u << 30)) return dist_sum_f32(buf, n, grp);   // one blocking call per GB-sized piece
+    int i = req_new(&g.ms);
+    if (i < 0) MOE_ERR("internal: too many reductions in flight");
+    if (MPI_Iallreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, c, &reqs[i].r) != MPI_SUCCESS) MOE_ERR("MPI_Iallreduce failed");
+    *req = i;
+    return MOE_OK;
+}
+int dist_wait(int req) { return req < 0 ? MOE_OK : req_wait(req, &g.exposed_ms); }
+
 int dist_sum_f32(float *buf, size_t n, DistGroup grp) { return sum(buf, n, MPI_FLOAT, MPI_SUM, grp); }
 int dist_sum_f64(double *buf, int n, DistGroup grp) { return sum(buf, n, MPI_DOUBLE, MPI_SUM, grp); }
 int dist_sum_long(long *buf, int n, DistGroup grp) { return sum(buf, n, MPI_LONG, MPI_SUM, grp); }

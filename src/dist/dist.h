@@ -19,7 +19,7 @@ typedef struct {
     int ep, ep_rank;       // expert-parallel group size and this rank's place in it
     int dp, dp_rank;       // replicas (P / E) and this rank's replica
     MoeComm moe;           // the EP group's transport for the MoE layers
-    double ms;             // time spent in the collectives below (accumulated)
+    double ms, exposed_ms; // time the collectives below were in flight, and were waited for
 } DistInfo;
 
 int dist_init(int *argc, char ***argv);
@@ -31,6 +31,10 @@ int dist_setup(int ep);
 bool dist_multi_host(void);
 // sum over a group, in place
 int dist_sum_f32(float *buf, size_t n, DistGroup g);
+// the same, started (the buffer is not to be touched until dist_wait(*req)); *req -1 when
+// there is nothing to do
+int dist_sum_f32_start(float *buf, size_t n, DistGroup g, int *req);
+int dist_wait(int req);
 int dist_sum_f64(double *buf, int n, DistGroup g);
 int dist_sum_long(long *buf, int n, DistGroup g);
 int dist_max_f64(double *buf, int n, DistGroup g);

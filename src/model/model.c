@@ -29,6 +29,7 @@ static void add(LayoutBuilder *lb, const char *name, int d0, int d1) {
     t->offset = m->n_params;
     t->decay = t->ndim >= 2;
     t->expert = strstr(name, ".mlp.experts.") != NULL;
+    t->layer = strncmp(name, "model.layers.", 13) ? -1 : atoi(name + 13);
     m->n_params += t->numel;
 }
 
@@ -408,105 +409,174 @@ static void moe_views(const LayerParams *p, const MoeConfig *c, MoeWeights *w) {
     w->router = p->router; w->gate_up = p->e_gate_up; w->down = p->e_down;
 }
 
-int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, ForwardOut *out) {
+// A pass over one micro-batch, in stages. model_forward and model_backward run the stages
+// in order; the _pair drivers interleave two halves of a micro-batch, so that one half's
+// expert-parallel exchanges are in flight while the other half computes.
+typedef struct {
+    Model *m;
+    Acts *a;
+    const Batch *b;
+    const ForwardOpts *o;
+    ForwardOut *out;
+    float *x;              // forward: the residual stream entering the current layer
+    int *kv_hi;
+    double pairs;          // (query, key) pairs, for the attention FLOP count
+} Pass;
+
+static int fwd_begin(Pass *P) {
+    Model *m = P->m;
+    Acts *a = P->a;
+    const Batch *b = P->b;
     const MoeConfig *c = &m->cfg;
-    const int N = b->N, D = c->hidden_size, L = c->num_hidden_layers, H = c->num_attention_heads,
-              Hkv = c->num_key_value_heads, hd = c->head_dim, V = c->vocab_size, E = c->n_routed_experts,
-              Fe = c->moe_intermediate_size, Fs = c->n_shared_experts * Fe;
-    const int Hq = H * hd, Hk = Hkv * hd;
+    const int N = b->N, D = c->hidden_size;
     if (N > a->Nmax) MOE_ERR("internal: batch of %d tokens exceeds the %d allocated", N, a->Nmax);
     for (int n = 0; n < N; n++)
         if (b->pos[n] >= c->max_position_embeddings)
             MOE_ERR("sequence position %d exceeds max_position_embeddings %d", b->pos[n], c->max_position_embeddings);
-    out->ce_sum = 0;
-    out->aux = 0;
-    int *kv_hi = MOE_NEW(int, N);
-    for (int n = 0; n < N; n++) kv_hi[n] = o->cache ? o->slot[n] : n;
-    double pairs = 0;   // (query, key) pairs, for the attention FLOP count
-    for (int n = 0; n < N; n++) pairs += kv_hi[n] - b->kv_lo[n] + 1;
-    const double attn_flops = 4.0 * pairs * H * hd;
-    float *x = resid(a, 0, N);
-    double t = prof_begin();
-    embed_forward(x, b->tokens, m->w.embed, N, D);
-    prof_end(PROF_EMBED, false, t, 0);
-    for (int l = 0; l < L; l++) {
-        LayerActs *la = &a->layer[a->train ? l : 0];
-        const LayerParams *p = &m->w.layer[l];
-        float *xnext = resid(a, l + 1, N);
-        la->x = x;
-        t = prof_begin();
-        rmsnorm_forward(la->xn1, la->rstd1, x, p->in_norm, N, D, c->rms_norm_eps);
-        prof_end(PROF_NORM, false, t, 0);
-        t = prof_begin();
-        // wq, wk, wv lie one after another in the blob: one [Hq+2Hk, D] GEMM, then split
-        linear_forward(a->qkv, la->xn1, p->wq, N, D, Hq + 2 * Hk, false);
-        qkv_split(a->qkv, la->q, la->k, la->v, N, Hq, Hk);
-        prof_end(PROF_QKV, false, t, 2.0 * N * D * (Hq + 2 * Hk));
-        t = prof_begin();
-        rope_forward(la->q, b->pos, &m->rope, N, H, hd);
-        rope_forward(la->k, b->pos, &m->rope, N, Hkv, hd);
-        prof_end(PROF_ROPE, false, t, 0);
-        const float *K = la->k, *Vv = la->v;
-        if (o->cache) {   // append the new keys to the cache, attend over it
-            float *ck = o->cache->k[l], *cv = o->cache->v[l];
-            for (int n = 0; n < N; n++) {
-                memcpy(ck + (size_t)o->slot[n] * Hk, la->k + (size_t)n * Hk, sizeof(float) * Hk);
-                memcpy(cv + (size_t)o->slot[n] * Hk, la->v + (size_t)n * Hk, sizeof(float) * Hk);
-            }
-            K = ck; Vv = cv;
-        }
-        t = prof_begin();
-        if (o->cache) attention_forward(la->att, la->lse, la->q, K, Vv, b->kv_lo, kv_hi, N, H, Hkv, hd);
-        else attention_forward_train(la->att, la->lse, la->q, K, Vv, b->kv_lo, N, H, Hkv, hd);
-        prof_end(PROF_ATTN, false, t, attn_flops);
-        t = prof_begin();
-        memcpy(la->h, x, sizeof(float) * (size_t)N * D);
-        linear_forward(la->h, la->att, p->wo, N, Hq, D, true);
-        prof_end(PROF_OPROJ, false, t, 2.0 * N * Hq * D);
-        t = prof_begin();
-        rmsnorm_forward(la->xn2, la->rstd2, la->h, p->post_norm, N, D, c->rms_norm_eps);
-        prof_end(PROF_NORM, false, t, 0);
-        memcpy(xnext, la->h, sizeof(float) * (size_t)N * D);
-        if (!config_layer_is_moe(c, l)) {
-            t = prof_begin();
-            swiglu_ffn_forward(xnext, la->gu, la->a, la->xn2, p->gate, p->down, N, D, c->intermediate_size, true);
-            prof_end(PROF_DENSE, false, t, 6.0 * N * D * c->intermediate_size);
-        } else {
-            MoeWeights mw;
-            moe_views(p, c, &mw);
-            MoeActs *ma = &la->moe;
-            t = prof_begin();
-            moe_router_forward(c, ma, la->xn2, &mw, m->bias + (size_t)l * E, N);
-            prof_end(PROF_ROUTER, false, t, 2.0 * N * D * E);
-            t = prof_begin();
-            moe_dispatch(c, ma, o->train);
-            prof_end(PROF_PERMUTE, false, t, 0);
-            if (m->comm) {
-                int rc = moe_experts_forward_ep(ma, &a->ew, m->comm, la->xn2, &mw, xnext);
-                if (rc) { moe_free(kv_hi); return rc; }
-            } else {
-                moe_experts_forward(ma, la->xn2, &mw, xnext);
-            }
-            t = prof_begin();
-            if (Fs > 0)
-                swiglu_ffn_forward(xnext, la->gu, la->a, la->xn2, p->s_gate, p->s_down, N, D, Fs, true);
-            prof_end(PROF_SHARED, false, t, 6.0 * N * D * Fs);
-            if (o->train) {
-                t = prof_begin();
-                out->aux += moe_aux_loss(c, ma, NULL, b->seq_start, b->n_seq, o->aux_scale);
-                prof_end(PROF_BALANCE, false, t, 0);
-                for (int e = 0; e < E; e++) a->load[(size_t)l * E + e] += ma->load[e];
-                a->dropped += ma->dropped;
-                a->assigned += (long)N * c->num_experts_per_tok;
-            }
-        }
-        if (a->bf16) stash_layer(a, m, l, N, true);
-        x = xnext;
+    P->out->ce_sum = 0;
+    P->out->aux = 0;
+    P->kv_hi = MOE_NEW(int, N > 0 ? N : 1);
+    P->pairs = 0;
+    for (int n = 0; n < N; n++) {
+        P->kv_hi[n] = P->o->cache ? P->o->slot[n] : n;
+        P->pairs += P->kv_hi[n] - b->kv_lo[n] + 1;
     }
-    moe_free(kv_hi);
-    // output head over the rows that need logits only
+    P->x = resid(a, 0, N);
+    double t = prof_begin();
+    embed_forward(P->x, b->tokens, m->w.embed, N, D);
+    prof_end(PROF_EMBED, false, t, 0);
+    return MOE_OK;
+}
+
+// attention block, then the dense FFN, or the router and the dispatch of the MoE layer
+static int fwd_attn(Pass *P, int l) {
+    Model *m = P->m;
+    Acts *a = P->a;
+    const Batch *b = P->b;
+    const ForwardOpts *o = P->o;
+    const MoeConfig *c = &m->cfg;
+    const int N = b->N, D = c->hidden_size, H = c->num_attention_heads, Hkv = c->num_key_value_heads,
+              hd = c->head_dim, E = c->n_routed_experts;
+    const int Hq = H * hd, Hk = Hkv * hd;
+    LayerActs *la = &a->layer[a->train ? l : 0];
+    const LayerParams *p = &m->w.layer[l];
+    float *x = P->x, *xnext = resid(a, l + 1, N);
+    la->x = x;
+    double t = prof_begin();
+    rmsnorm_forward(la->xn1, la->rstd1, x, p->in_norm, N, D, c->rms_norm_eps);
+    prof_end(PROF_NORM, false, t, 0);
     t = prof_begin();
-    rmsnorm_forward(a->xf, a->rstdf, x, m->w.norm, N, D, c->rms_norm_eps);
+    // wq, wk, wv lie one after another in the blob: one [Hq+2Hk, D] GEMM, then split
+    linear_forward(a->qkv, la->xn1, p->wq, N, D, Hq + 2 * Hk, false);
+    qkv_split(a->qkv, la->q, la->k, la->v, N, Hq, Hk);
+    prof_end(PROF_QKV, false, t, 2.0 * N * D * (Hq + 2 * Hk));
+    moe_progress();
+    t = prof_begin();
+    rope_forward(la->q, b->pos, &m->rope, N, H, hd);
+    rope_forward(la->k, b->pos, &m->rope, N, Hkv, hd);
+    prof_end(PROF_ROPE, false, t, 0);
+    const float *K = la->k, *Vv = la->v;
+    if (o->cache) {   // append the new keys to the cache, attend over it
+        float *ck = o->cache->k[l], *cv = o->cache->v[l];
+        for (int n = 0; n < N; n++) {
+            memcpy(ck + (size_t)o->slot[n] * Hk, la->k + (size_t)n * Hk, sizeof(float) * Hk);
+            memcpy(cv + (size_t)o->slot[n] * Hk, la->v + (size_t)n * Hk, sizeof(float) * Hk);
+        }
+        K = ck; Vv = cv;
+    }
+    t = prof_begin();
+    if (o->cache) attention_forward(la->att, la->lse, la->q, K, Vv, b->kv_lo, P->kv_hi, N, H, Hkv, hd);
+    else attention_forward_train(la->att, la->lse, la->q, K, Vv, b->kv_lo, N, H, Hkv, hd);
+    prof_end(PROF_ATTN, false, t, 4.0 * P->pairs * H * hd);
+    moe_progress();
+    t = prof_begin();
+    memcpy(la->h, x, sizeof(float) * (size_t)N * D);
+    linear_forward(la->h, la->att, p->wo, N, Hq, D, true);
+    prof_end(PROF_OPROJ, false, t, 2.0 * N * Hq * D);
+    t = prof_begin();
+    rmsnorm_forward(la->xn2, la->rstd2, la->h, p->post_norm, N, D, c->rms_norm_eps);
+    prof_end(PROF_NORM, false, t, 0);
+    memcpy(xnext, la->h, sizeof(float) * (size_t)N * D);
+    moe_progress();
+    if (!config_layer_is_moe(c, l)) {
+        t = prof_begin();
+        swiglu_ffn_forward(xnext, la->gu, la->a, la->xn2, p->gate, p->down, N, D, c->intermediate_size, true);
+        prof_end(PROF_DENSE, false, t, 6.0 * N * D * c->intermediate_size);
+        return MOE_OK;
+    }
+    MoeWeights mw;
+    moe_views(p, c, &mw);
+    MoeActs *ma = &la->moe;
+    t = prof_begin();
+    moe_router_forward(c, ma, la->xn2, &mw, m->bias + (size_t)l * E, N);
+    prof_end(PROF_ROUTER, false, t, 2.0 * N * D * E);
+    t = prof_begin();
+    moe_dispatch(c, ma, o->train);
+    prof_end(PROF_PERMUTE, false, t, 0);
+    if (m->comm) return moe_ep_dispatch(ma, &a->ew, m->comm, la->xn2);
+    return MOE_OK;
+}
+
+static int fwd_experts(Pass *P, int l) {
+    Model *m = P->m;
+    if (!config_layer_is_moe(&m->cfg, l)) return MOE_OK;
+    LayerActs *la = &P->a->layer[P->a->train ? l : 0];
+    MoeWeights mw;
+    moe_views(&m->w.layer[l], &m->cfg, &mw);
+    if (m->comm) return moe_ep_experts(&la->moe, &P->a->ew, m->comm, &mw);
+    moe_experts_forward(&la->moe, la->xn2, &mw, resid(P->a, l + 1, P->b->N));
+    return MOE_OK;
+}
+
+static int fwd_shared(Pass *P, int l) {
+    const MoeConfig *c = &P->m->cfg;
+    const int N = P->b->N, D = c->hidden_size, Fs = c->n_shared_experts * c->moe_intermediate_size;
+    if (!config_layer_is_moe(c, l) || Fs == 0) return MOE_OK;
+    LayerActs *la = &P->a->layer[P->a->train ? l : 0];
+    const LayerParams *p = &P->m->w.layer[l];
+    double t = prof_begin();
+    swiglu_ffn_forward(resid(P->a, l + 1, N), la->gu, la->a, la->xn2, p->s_gate, p->s_down, N, D, Fs, true);
+    prof_end(PROF_SHARED, false, t, 6.0 * N * D * Fs);
+    return MOE_OK;
+}
+
+// the routed experts' outputs join the stream; balance loss and statistics; bf16 stash
+static int fwd_finish(Pass *P, int l) {
+    Model *m = P->m;
+    Acts *a = P->a;
+    const MoeConfig *c = &m->cfg;
+    const int N = P->b->N, E = c->n_routed_experts;
+    LayerActs *la = &a->layer[a->train ? l : 0];
+    float *xnext = resid(a, l + 1, N);
+    if (config_layer_is_moe(c, l)) {
+        MoeActs *ma = &la->moe;
+        if (m->comm) MOE_TRY(moe_ep_combine(ma, m->comm, xnext));
+        if (P->o->train) {
+            double t = prof_begin();
+            P->out->aux += moe_aux_loss(c, ma, NULL, P->b->seq_start, P->b->n_seq, P->o->aux_scale);
+            prof_end(PROF_BALANCE, false, t, 0);
+            for (int e = 0; e < E; e++) a->load[(size_t)l * E + e] += ma->load[e];
+            a->dropped += ma->dropped;
+            a->assigned += (long)N * c->num_experts_per_tok;
+        }
+    }
+    if (a->bf16) stash_layer(a, m, l, N, true);
+    P->x = xnext;
+    return MOE_OK;
+}
+
+// output head over the rows that need logits only
+static int fwd_end(Pass *P) {
+    Model *m = P->m;
+    Acts *a = P->a;
+    const Batch *b = P->b;
+    const ForwardOpts *o = P->o;
+    const MoeConfig *c = &m->cfg;
+    const int N = b->N, D = c->hidden_size, V = c->vocab_size;
+    moe_free(P->kv_hi);
+    P->kv_hi = NULL;
+    double t = prof_begin();
+    rmsnorm_forward(a->xf, a->rstdf, P->x, m->w.norm, N, D, c->rms_norm_eps);
     prof_end(PROF_NORM, false, t, 0);
     if (o->train) {
         a->n_out = 0;
@@ -525,7 +595,7 @@ int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, Forwa
         linear_forward(a->logits, a->xt, m->w.head, Nt, D, V, false);
         prof_end(PROF_HEAD, false, t, 2.0 * Nt * D * V);
         t = prof_begin();
-        if (ok) xent_forward_backward(a->logits, tg, Nt, V, 0.0f, &out->ce_sum);
+        if (ok) xent_forward_backward(a->logits, tg, Nt, V, 0.0f, &P->out->ce_sum);
         prof_end(PROF_XENT, false, t, 0);
     } else {
         // chunk by chunk: logits, fused softmax cross-entropy (-> dlogits), then the head's
@@ -538,15 +608,58 @@ int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, Forwa
             linear_forward(a->logits, xt, m->w.head, nc, D, V, false);
             prof_end(PROF_HEAD, false, t, 2.0 * nc * D * V);
             t = prof_begin();
-            if (ok) xent_forward_backward(a->logits, tg + i0, nc, V, o->ce_scale, &out->ce_sum);
+            if (ok) xent_forward_backward(a->logits, tg + i0, nc, V, o->ce_scale, &P->out->ce_sum);
             prof_end(PROF_XENT, false, t, 0);
             t = prof_begin();
             linear_backward(a->dxt + (size_t)i0 * D, m->g.head, a->logits, xt, m->w.head, nc, D, V);
             prof_end(PROF_HEAD, true, t, 4.0 * nc * D * V);
+            moe_progress();
         }
     }
     moe_free(tg);
     return MOE_OK;
+}
+
+static void pass_abort(Pass *P) { moe_free(P->kv_hi); P->kv_hi = NULL; }
+
+int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, ForwardOut *out) {
+    Pass P = {m, a, b, o, out, NULL, NULL, 0};
+    int rc = fwd_begin(&P);
+    for (int l = 0; rc == MOE_OK && l < m->cfg.num_hidden_layers; l++) {
+        rc = fwd_attn(&P, l);
+        if (rc == MOE_OK) rc = fwd_experts(&P, l);
+        if (rc == MOE_OK) rc = fwd_shared(&P, l);
+        if (rc == MOE_OK) rc = fwd_finish(&P, l);
+    }
+    if (rc == MOE_OK) return fwd_end(&P);
+    pass_abort(&P);
+    return rc;
+}
+
+int model_forward_pair(Model *m, Acts *a[2], const Batch *b[2], const ForwardOpts *o, ForwardOut out[2]) {
+    // per layer: A finishes the previous layer and runs its attention (hiding B's combine),
+    // B the same (hiding A's dispatch), then A's experts and shared expert (hiding B's
+    // dispatch and A's combine), then B's
+    Pass A = {m, a[0], b[0], o, &out[0], NULL, NULL, 0}, B = {m, a[1], b[1], o, &out[1], NULL, NULL, 0};
+    const int L = m->cfg.num_hidden_layers;
+    int rc = fwd_begin(&A);
+    if (rc == MOE_OK) rc = fwd_begin(&B);
+    for (int l = 0; rc == MOE_OK && l < L; l++) {
+        if (l > 0) rc = fwd_finish(&A, l - 1);
+        if (rc == MOE_OK) rc = fwd_attn(&A, l);
+        if (rc == MOE_OK && l > 0) rc = fwd_finish(&B, l - 1);
+        if (rc == MOE_OK) rc = fwd_attn(&B, l);
+        if (rc == MOE_OK) rc = fwd_experts(&A, l);
+        if (rc == MOE_OK) rc = fwd_shared(&A, l);
+        if (rc == MOE_OK) rc = fwd_experts(&B, l);
+        if (rc == MOE_OK) rc = fwd_shared(&B, l);
+    }
+    if (rc == MOE_OK) rc = fwd_finish(&A, L - 1);
+    if (rc == MOE_OK) rc = fwd_finish(&B, L - 1);
+    if (rc == MOE_OK) rc = fwd_end(&A);
+    if (rc == MOE_OK) return fwd_end(&B);
+    pass_abort(&A); pass_abort(&B);
+    return rc;
 }
 
 // ---------------------------------------------------------------- backward
@@ -560,117 +673,215 @@ static void swiglu_ffn_backward(float *dx, float *dWgu, float *dWd, const float 
     linear_backward(dx, dWgu, dgu, x, Wgu, N, D, 2 * F);
 }
 
-int model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
+// the head's backward pass ran with the forward pass (a->dxt); the rest starts here
+static void bwd_begin(Pass *P) {
+    Model *m = P->m;
+    Acts *a = P->a;
     const MoeConfig *c = &m->cfg;
-    const int N = b->N, D = c->hidden_size, L = c->num_hidden_layers, H = c->num_attention_heads,
-              Hkv = c->num_key_value_heads, hd = c->head_dim, E = c->n_routed_experts,
-              Fe = c->moe_intermediate_size, Fs = c->n_shared_experts * Fe;
-    const int Hq = H * hd, Hk = Hkv * hd, Nt = a->n_out;
+    const int N = P->b->N, D = c->hidden_size, L = c->num_hidden_layers, Nt = a->n_out;
     const size_t ND = (size_t)N * D;
-    // the head's backward pass ran with the forward pass (a->dxt); the rest starts here
-    const float *dxt = a->dxt;
-    double t;
-    double pairs = 0;
-    for (int n = 0; n < N; n++) pairs += n - b->kv_lo[n] + 1;
+    P->pairs = 0;
+    for (int n = 0; n < N; n++) P->pairs += n - P->b->kv_lo[n] + 1;
     float *dxf = a->dxn;
     memset(dxf, 0, sizeof(float) * ND);
-    for (int i = 0; i < Nt; i++) memcpy(dxf + (size_t)a->out_rows[i] * D, dxt + (size_t)i * D, sizeof(float) * D);
-    float *dx = a->dx;
-    t = prof_begin();
-    memset(dx, 0, sizeof(float) * ND);
-    rmsnorm_backward(dx, m->g.norm, dxf, resid(a, L, N), m->w.norm, a->rstdf, N, D);
+    for (int i = 0; i < Nt; i++) memcpy(dxf + (size_t)a->out_rows[i] * D, a->dxt + (size_t)i * D, sizeof(float) * D);
+    double t = prof_begin();
+    memset(a->dx, 0, sizeof(float) * ND);
+    rmsnorm_backward(a->dx, m->g.norm, dxf, resid(a, L, N), m->w.norm, a->rstdf, N, D);
     prof_end(PROF_NORM, true, t, 0);
-    for (int l = L - 1; l >= 0; l--) {
-        LayerActs *la = &a->layer[l];
-        const LayerParams *p = &m->w.layer[l];
-        LayerParams *gp = &m->g.layer[l];
-        // x_{l+1} = h + ffn(xn2), xn2 = rmsnorm(h): dh = dx + rmsnorm^T(ffn^T(dx))
-        float *dh = a->dh, *dxn = a->dxn;
-        if (a->bf16) stash_layer(a, m, l, N, false);
-        memcpy(dh, dx, sizeof(float) * ND);
-        memset(dxn, 0, sizeof(float) * ND);
-        if (a->recompute) {   // the FFN's inputs and SwiGLU products, as the forward pass made them
-            t = prof_begin();
-            if (a->full) {   // h = x + att Wo^T
-                memcpy(la->h, la->x, sizeof(float) * ND);
-                linear_forward(la->h, la->att, p->wo, N, Hq, D, true);
-            }
-            rmsnorm_forward(la->xn2, NULL, la->h, p->post_norm, N, D, c->rms_norm_eps);
-            if (!config_layer_is_moe(c, l)) swiglu_rows_forward(la->a, la->gu, N, c->intermediate_size);
-            else {
-                if (!a->ep) moe_gather(&la->moe, la->xn2);
-                if (!a->ep) swiglu_rows_forward(la->moe.ae, la->moe.gu, la->moe.A, Fe);
-                if (a->full && !a->ep) {
+}
+
+// x_{l+1} = h + ffn(xn2), xn2 = rmsnorm(h): dh = dx + rmsnorm^T(ffn^T(dx)). Stage 1: what
+// the backward pass reads comes back (bf16 unpack, recomputation); the dense FFN's backward
+// pass, or the routed experts' (on one process), or their output gradients start to the
+// experts' owners
+static int bwd_s1(Pass *P, int l) {
+    Model *m = P->m;
+    Acts *a = P->a;
+    const MoeConfig *c = &m->cfg;
+    const int N = P->b->N, D = c->hidden_size, Hq = c->num_attention_heads * c->head_dim,
+              Fe = c->moe_intermediate_size, Fs = c->n_shared_experts * Fe;
+    const size_t ND = (size_t)N * D;
+    LayerActs *la = &a->layer[l];
+    const LayerParams *p = &m->w.layer[l];
+    LayerParams *gp = &m->g.layer[l];
+    float *dx = a->dx, *dh = a->dh, *dxn = a->dxn;
+    if (a->bf16) stash_layer(a, m, l, N, false);
+    memcpy(dh, dx, sizeof(float) * ND);
+    memset(dxn, 0, sizeof(float) * ND);
+    if (a->recompute) {   // the FFN's inputs and SwiGLU products, as the forward pass made them
+        double t = prof_begin();
+        if (a->full) {   // h = x + att Wo^T
+            memcpy(la->h, la->x, sizeof(float) * ND);
+            linear_forward(la->h, la->att, p->wo, N, Hq, D, true);
+        }
+        rmsnorm_forward(la->xn2, NULL, la->h, p->post_norm, N, D, c->rms_norm_eps);
+        if (!config_layer_is_moe(c, l)) swiglu_rows_forward(la->a, la->gu, N, c->intermediate_size);
+        else {
+            if (!a->ep) {
+                moe_gather(&la->moe, la->xn2);
+                swiglu_rows_forward(la->moe.ae, la->moe.gu, la->moe.A, Fe);
+                if (a->full) {
                     MoeWeights mw;
                     moe_views(p, c, &mw);
                     moe_experts_outputs(&la->moe, &mw);
                 }
-                if (Fs > 0) swiglu_rows_forward(la->a, la->gu, N, Fs);
             }
-            prof_end(PROF_RECOMPUTE, true, t, 0);
+            if (Fs > 0) swiglu_rows_forward(la->a, la->gu, N, Fs);
         }
-        if (!config_layer_is_moe(c, l)) {
-            t = prof_begin();
-            swiglu_ffn_backward(dxn, gp->gate, gp->down, dx, la->xn2, la->gu, la->a, p->gate, p->down, a->dgu, a->da,
-                                N, D, c->intermediate_size);
-            prof_end(PROF_DENSE, true, t, 12.0 * N * D * c->intermediate_size);
-        } else {
-            MoeWeights mw;
-            moe_views(p, c, &mw);
-            MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down};
-            MoeActs *ma = &la->moe;
-            if (m->comm) {
-                int rc = moe_experts_backward_ep(ma, &a->mw, &a->ew, m->comm, dx, &mw, &mg, dxn);
-                if (rc) return rc;
-            } else {
-                moe_experts_backward(ma, &a->mw, dx, la->xn2, &mw, &mg, dxn);
-            }
-            t = prof_begin();
-            moe_weights_backward(c, ma, &a->mw);
-            moe_aux_loss(c, ma, &a->mw, b->seq_start, b->n_seq, o->aux_scale);
-            prof_end(PROF_BALANCE, true, t, 0);
-            t = prof_begin();
-            moe_router_backward(c, ma, &a->mw, la->xn2, &mw, &mg, dxn);
-            prof_end(PROF_ROUTER, true, t, 4.0 * N * D * E);
-            t = prof_begin();
-            if (Fs > 0)
-                swiglu_ffn_backward(dxn, gp->s_gate, gp->s_down, dx, la->xn2, la->gu, la->a, p->s_gate, p->s_down,
-                                    a->dgu, a->da, N, D, Fs);
-            prof_end(PROF_SHARED, true, t, 12.0 * N * D * Fs);
-        }
-        t = prof_begin();
-        rmsnorm_backward(dh, gp->post_norm, dxn, la->h, p->post_norm, la->rstd2, N, D);
-        prof_end(PROF_NORM, true, t, 0);
-        // h = x + att Wo^T
-        t = prof_begin();
-        memset(a->datt, 0, sizeof(float) * (size_t)N * Hq);
-        linear_backward(a->datt, gp->wo, dh, la->att, p->wo, N, Hq, D);
-        prof_end(PROF_OPROJ, true, t, 4.0 * N * Hq * D);
-        t = prof_begin();
-        attention_backward_train(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse, b->kv_lo, N,
-                                 H, Hkv, hd);
-        if (a->recompute) {
-            double tr = prof_begin();
-            rmsnorm_forward(la->xn1, NULL, la->x, p->in_norm, N, D, c->rms_norm_eps);
-            prof_end(PROF_RECOMPUTE, true, tr, 0);
-        }
-        prof_end(PROF_ATTN, true, t, 8.0 * pairs * H * hd);
-        t = prof_begin();
-        rope_backward(a->dq, b->pos, &m->rope, N, H, hd);
-        rope_backward(a->dk, b->pos, &m->rope, N, Hkv, hd);
-        prof_end(PROF_ROPE, true, t, 0);
-        t = prof_begin();
-        memset(dxn, 0, sizeof(float) * ND);
-        qkv_join(a->qkv, a->dq, a->dk, a->dv, N, Hq, Hk);
-        linear_backward(dxn, gp->wq, a->qkv, la->xn1, p->wq, N, D, Hq + 2 * Hk);
-        prof_end(PROF_QKV, true, t, 4.0 * N * D * (Hq + 2 * Hk));
-        t = prof_begin();
-        memcpy(dx, dh, sizeof(float) * ND);
-        rmsnorm_backward(dx, gp->in_norm, dxn, la->x, p->in_norm, la->rstd1, N, D);
-        prof_end(PROF_NORM, true, t, 0);
+        prof_end(PROF_RECOMPUTE, true, t, 0);
     }
-    t = prof_begin();
-    embed_backward(m->g.embed, dx, b->tokens, N, D);
-    prof_end(PROF_EMBED, true, t, 0);
+    if (!config_layer_is_moe(c, l)) {
+        double t = prof_begin();
+        swiglu_ffn_backward(dxn, gp->gate, gp->down, dx, la->xn2, la->gu, la->a, p->gate, p->down, a->dgu, a->da,
+                            N, D, c->intermediate_size);
+        prof_end(PROF_DENSE, true, t, 12.0 * N * D * c->intermediate_size);
+        return MOE_OK;
+    }
+    MoeWeights mw;
+    moe_views(p, c, &mw);
+    MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down};
+    if (m->comm) return moe_ep_backward_send(&la->moe, &a->mw, &a->ew, m->comm, dx);
+    moe_experts_backward(&la->moe, &a->mw, dx, la->xn2, &mw, &mg, dxn);
     return MOE_OK;
+}
+
+// stage 2: routing weights, balance loss, router, shared experts
+static int bwd_s2(Pass *P, int l) {
+    Model *m = P->m;
+    Acts *a = P->a;
+    const MoeConfig *c = &m->cfg;
+    if (!config_layer_is_moe(c, l)) return MOE_OK;
+    const int N = P->b->N, D = c->hidden_size, E = c->n_routed_experts,
+              Fs = c->n_shared_experts * c->moe_intermediate_size;
+    LayerActs *la = &a->layer[l];
+    const LayerParams *p = &m->w.layer[l];
+    LayerParams *gp = &m->g.layer[l];
+    MoeWeights mw;
+    moe_views(p, c, &mw);
+    MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down};
+    MoeActs *ma = &la->moe;
+    double t = prof_begin();
+    moe_weights_backward(c, ma, &a->mw);
+    moe_aux_loss(c, ma, &a->mw, P->b->seq_start, P->b->n_seq, P->o->aux_scale);
+    prof_end(PROF_BALANCE, true, t, 0);
+    t = prof_begin();
+    moe_router_backward(c, ma, &a->mw, la->xn2, &mw, &mg, a->dxn);
+    prof_end(PROF_ROUTER, true, t, 4.0 * N * D * E);
+    moe_progress();
+    t = prof_begin();
+    if (Fs > 0)
+        swiglu_ffn_backward(a->dxn, gp->s_gate, gp->s_down, a->dx, la->xn2, la->gu, la->a, p->s_gate, p->s_down,
+                            a->dgu, a->da, N, D, Fs);
+    prof_end(PROF_SHARED, true, t, 12.0 * N * D * Fs);
+    moe_progress();
+    return MOE_OK;
+}
+
+// stage 3 (expert parallelism): the owners' expert GEMMs
+static int bwd_s3(Pass *P, int l) {
+    Model *m = P->m;
+    if (!m->comm || !config_layer_is_moe(&m->cfg, l)) return MOE_OK;
+    const LayerParams *p = &m->w.layer[l];
+    LayerParams *gp = &m->g.layer[l];
+    MoeWeights mw;
+    moe_views(p, &m->cfg, &mw);
+    MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down};
+    return moe_ep_backward_experts(&P->a->layer[l].moe, &P->a->mw, &P->a->ew, m->comm, &mw, &mg);
+}
+
+// stage 4: the experts' input gradients arrive; the attention block's backward pass
+static int bwd_s4(Pass *P, int l) {
+    Model *m = P->m;
+    Acts *a = P->a;
+    const Batch *b = P->b;
+    const MoeConfig *c = &m->cfg;
+    const int N = b->N, D = c->hidden_size, H = c->num_attention_heads, Hkv = c->num_key_value_heads,
+              hd = c->head_dim;
+    const int Hq = H * hd, Hk = Hkv * hd;
+    const size_t ND = (size_t)N * D;
+    LayerActs *la = &a->layer[l];
+    const LayerParams *p = &m->w.layer[l];
+    LayerParams *gp = &m->g.layer[l];
+    float *dx = a->dx, *dh = a->dh, *dxn = a->dxn;
+    if (m->comm && config_layer_is_moe(c, l)) MOE_TRY(moe_ep_backward_finish(&la->moe, &a->mw, m->comm, dxn));
+    double t = prof_begin();
+    rmsnorm_backward(dh, gp->post_norm, dxn, la->h, p->post_norm, la->rstd2, N, D);
+    prof_end(PROF_NORM, true, t, 0);
+    // h = x + att Wo^T
+    t = prof_begin();
+    memset(a->datt, 0, sizeof(float) * (size_t)N * Hq);
+    linear_backward(a->datt, gp->wo, dh, la->att, p->wo, N, Hq, D);
+    prof_end(PROF_OPROJ, true, t, 4.0 * N * Hq * D);
+    moe_progress();
+    t = prof_begin();
+    attention_backward_train(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse, b->kv_lo, N,
+                             H, Hkv, hd);
+    if (a->recompute) {
+        double tr = prof_begin();
+        rmsnorm_forward(la->xn1, NULL, la->x, p->in_norm, N, D, c->rms_norm_eps);
+        prof_end(PROF_RECOMPUTE, true, tr, 0);
+    }
+    prof_end(PROF_ATTN, true, t, 8.0 * P->pairs * H * hd);
+    moe_progress();
+    t = prof_begin();
+    rope_backward(a->dq, b->pos, &m->rope, N, H, hd);
+    rope_backward(a->dk, b->pos, &m->rope, N, Hkv, hd);
+    prof_end(PROF_ROPE, true, t, 0);
+    t = prof_begin();
+    memset(dxn, 0, sizeof(float) * ND);
+    qkv_join(a->qkv, a->dq, a->dk, a->dv, N, Hq, Hk);
+    linear_backward(dxn, gp->wq, a->qkv, la->xn1, p->wq, N, D, Hq + 2 * Hk);
+    prof_end(PROF_QKV, true, t, 4.0 * N * D * (Hq + 2 * Hk));
+    moe_progress();
+    t = prof_begin();
+    memcpy(dx, dh, sizeof(float) * ND);
+    rmsnorm_backward(dx, gp->in_norm, dxn, la->x, p->in_norm, la->rstd1, N, D);
+    prof_end(PROF_NORM, true, t, 0);
+    return MOE_OK;
+}
+
+static void bwd_end(Pass *P) {
+    double t = prof_begin();
+    embed_backward(P->m->g.embed, P->a->dx, P->b->tokens, P->b->N, P->m->cfg.hidden_size);
+    prof_end(PROF_EMBED, true, t, 0);
+}
+
+static int grads_ready(const ForwardOpts *o, int l) { return o->grads_ready ? o->grads_ready(o->ctx, l) : MOE_OK; }
+
+int model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
+    Pass P = {m, a, b, o, NULL, NULL, NULL, 0};
+    bwd_begin(&P);
+    for (int l = m->cfg.num_hidden_layers - 1; l >= 0; l--) {
+        MOE_TRY(bwd_s1(&P, l));
+        MOE_TRY(bwd_s2(&P, l));
+        MOE_TRY(bwd_s3(&P, l));
+        MOE_TRY(bwd_s4(&P, l));
+        MOE_TRY(grads_ready(o, l));
+    }
+    bwd_end(&P);
+    return grads_ready(o, -1);
+}
+
+int model_backward_pair(Model *m, Acts *a[2], const Batch *b[2], const ForwardOpts *o) {
+    // per layer: A and B send their output gradients (each hidden by the other's router and
+    // shared-expert work), then the experts' GEMMs of A and B (each hiding the other's
+    // exchange), then A's attention block hides B's returning input gradients
+    Pass A = {m, a[0], b[0], o, NULL, NULL, NULL, 0}, B = {m, a[1], b[1], o, NULL, NULL, NULL, 0};
+    bwd_begin(&A);
+    bwd_begin(&B);
+    for (int l = m->cfg.num_hidden_layers - 1; l >= 0; l--) {
+        MOE_TRY(bwd_s1(&A, l));
+        MOE_TRY(bwd_s2(&A, l));
+        MOE_TRY(bwd_s1(&B, l));
+        MOE_TRY(bwd_s2(&B, l));
+        MOE_TRY(bwd_s3(&A, l));
+        MOE_TRY(bwd_s3(&B, l));
+        MOE_TRY(bwd_s4(&A, l));
+        MOE_TRY(bwd_s4(&B, l));
+        MOE_TRY(grads_ready(o, l));
+    }
+    bwd_end(&A);
+    bwd_end(&B);
+    return grads_ready(o, -1);
 }

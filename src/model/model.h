@@ -15,6 +15,7 @@ typedef struct {
     size_t offset, numel;
     bool decay;          // AdamW weight decay: tensors of rank >= 2 only
     bool expert;         // a routed expert's weight (sharded under expert parallelism)
+    int layer;           // its layer, -1 for the embedding, the final norm and the head
 } ParamTensor;
 
 typedef struct {
@@ -132,6 +133,10 @@ typedef struct {
     float aux_scale;       // weight of each balance unit (micro-batch or sequence)
     const KvCache *cache;  // inference: keys/values go to cache slots
     const int *slot;       // [N] cache slot of each token (kv range is [kv_lo, slot])
+    // training: called once layer l's gradients are complete in the backward pass (l = -1:
+    // the embedding, final norm and head), so that their reduction can start early
+    int (*grads_ready)(void *ctx, int l);
+    void *ctx;
 } ForwardOpts;
 
 typedef struct { double ce_sum, aux; } ForwardOut;
@@ -142,3 +147,8 @@ int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, Forwa
 // Accumulates into m->grads (call after a training forward, which has already accumulated
 // the output head's gradient).
 int model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o);
+// The same over the two halves of a micro-batch at once, interleaved layer by layer so
+// that one half's expert-parallel exchanges are in flight while the other half computes.
+// Gradients accumulate as from two model_backward calls.
+int model_forward_pair(Model *m, Acts *a[2], const Batch *b[2], const ForwardOpts *o, ForwardOut out[2]);
+int model_backward_pair(Model *m, Acts *a[2], const Batch *b[2], const ForwardOpts *o);

@@ -38,16 +38,12 @@ static void reorder(const MoeActs *a, int P, int El, float *dst, const float *sr
         }
 }
 
-static int timed_rows(MoeComm *c, const float *send, const int *sc, const int *sd, float *recv, const int *rc,
-                      const int *rd, int width) {
-    double t = time_now();
-    int rcode = c->rows(c, send, sc, sd, recv, rc, rd, width);
-    c->ms += (time_now() - t) * 1e3;
-    return rcode;
+static int post(MoeComm *c, const float *send, const int *sc, const int *sd, float *recv, const int *rc,
+                const int *rd, int width, int *req) {
+    return c->start(c, send, sc, sd, recv, rc, rd, width, req);
 }
 
-int moe_experts_forward_ep(MoeActs *a, MoeEpWork *w, MoeComm *comm, const float *xn, const MoeWeights *W,
-                           float *out) {
+int moe_ep_dispatch(MoeActs *a, MoeEpWork *w, MoeComm *comm, const float *xn) {
     const int D = a->D, F = a->F, E = a->E, P = comm->size, El = E / P;
     if (!a->ecnt) {
         a->ecnt = MOE_NEW(int, (size_t)P * El);
@@ -56,14 +52,12 @@ int moe_experts_forward_ep(MoeActs *a, MoeEpWork *w, MoeComm *comm, const float 
         a->roff = MOE_NEW(int, El + 1);
     }
     // 1. how many rows each owner gets, per expert
-    double t = prof_begin();
     int *cnt = MOE_NEW(int, E);
     for (int e = 0; e < E; e++) cnt[e] = a->offsets[e + 1] - a->offsets[e];
-    double tc = time_now();
     int rc = comm->counts(comm, cnt, a->ecnt, El);
-    comm->ms += (time_now() - tc) * 1e3;
     moe_free(cnt);
     if (rc) return rc;
+    double t = prof_begin();
     for (int d = 0; d < P; d++) {
         a->sdsp[d] = a->offsets[d * El];
         a->scnt[d] = a->offsets[(d + 1) * El] - a->sdsp[d];
@@ -94,15 +88,21 @@ int moe_experts_forward_ep(MoeActs *a, MoeEpWork *w, MoeComm *comm, const float 
     grow(&w->t1, &w->cap1, (R > A ? R : A) * D);
     grow(&w->t2, &w->cap2, (R > A ? R : A) * D);
     mem_category(old);
-    // 2. the rows, gathered in permuted order, to their owners
+    // 2. the rows, gathered in permuted order, start towards their owners
 #pragma omp parallel for schedule(static)
     for (size_t r = 0; r < A; r++) memcpy(w->t2 + r * D, xn + (size_t)a->row_tok[r] * D, sizeof(float) * D);
     prof_end(PROF_PERMUTE, false, t, 0);
-    MOE_TRY(timed_rows(comm, w->t2, a->scnt, a->sdsp, w->t1, a->rcnt, a->rdsp, D));
-    t = prof_begin();
+    return post(comm, w->t2, a->scnt, a->sdsp, w->t1, a->rcnt, a->rdsp, D, &a->req);
+}
+
+int moe_ep_experts(MoeActs *a, MoeEpWork *w, MoeComm *comm, const MoeWeights *W) {
+    const int D = a->D, F = a->F, P = comm->size, El = a->E / P;
+    const size_t R = a->R;
+    MOE_TRY(comm->wait(comm, a->req));
+    double t = prof_begin();
     reorder(a, P, El, a->xe, w->t1, D, true);
     prof_end(PROF_PERMUTE, false, t, 0);
-    // 3. the local experts' GEMMs, as on one process
+    // the local experts' GEMMs, as on one process
     t = prof_begin();
     const bool by_expert = El >= 2 * omp_get_max_threads();
 #pragma omp parallel for schedule(dynamic, 1) if (by_expert)
@@ -113,28 +113,38 @@ int moe_experts_forward_ep(MoeActs *a, MoeEpWork *w, MoeComm *comm, const float 
         linear_forward(gu, a->xe + (size_t)r0 * D, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F, false);
         swiglu_rows_forward(act, gu, M, F);
         linear_forward(w->t2 + (size_t)r0 * D, act, W->down + (size_t)e * D * F, M, F, D, false);
+        if (omp_get_thread_num() == 0) moe_progress();
     }
     prof_end(PROF_EXPERTS, false, t, 6.0 * R * D * F);
-    // 4. outputs back to the tokens' processes, then the weighted combine
+    // outputs start back to the tokens' processes
     t = prof_begin();
     reorder(a, P, El, w->t1, w->t2, D, false);
     prof_end(PROF_UNPERMUTE, false, t, 0);
-    MOE_TRY(timed_rows(comm, w->t1, a->rcnt, a->rdsp, a->ye, a->scnt, a->sdsp, D));
-    t = prof_begin();
+    return post(comm, w->t1, a->rcnt, a->rdsp, a->ye, a->scnt, a->sdsp, D, &a->req);
+}
+
+int moe_ep_combine(MoeActs *a, MoeComm *comm, float *out) {
+    MOE_TRY(comm->wait(comm, a->req));
+    double t = prof_begin();
     moe_combine(a, out);
     prof_end(PROF_UNPERMUTE, false, t, 0);
     return MOE_OK;
 }
 
-int moe_experts_backward_ep(MoeActs *a, MoeWork *wk, MoeEpWork *w, MoeComm *comm, const float *dout,
-                            const MoeWeights *W, MoeGrads *G, float *dxn) {
-    const int D = a->D, F = a->F, P = comm->size, El = a->E / P;
-    const size_t R = a->R;
+int moe_ep_backward_send(MoeActs *a, MoeWork *wk, MoeEpWork *w, MoeComm *comm, const float *dout) {
     double t = prof_begin();
     moe_combine_backward(a, wk, dout);   // dye (A rows) and dw, from this process's ye
     prof_end(PROF_UNPERMUTE, true, t, 0);
-    MOE_TRY(timed_rows(comm, wk->dye, a->scnt, a->sdsp, w->t1, a->rcnt, a->rdsp, D));
-    t = prof_begin();
+    // the counts are the forward pass's, reversed
+    return post(comm, wk->dye, a->scnt, a->sdsp, w->t1, a->rcnt, a->rdsp, a->D, &a->req);
+}
+
+int moe_ep_backward_experts(MoeActs *a, MoeWork *wk, MoeEpWork *w, MoeComm *comm, const MoeWeights *W,
+                            MoeGrads *G) {
+    const int D = a->D, F = a->F, P = comm->size, El = a->E / P;
+    const size_t R = a->R;
+    MOE_TRY(comm->wait(comm, a->req));
+    double t = prof_begin();
     reorder(a, P, El, w->t2, w->t1, D, true);   // t2: dy, expert-major
     MemCategory old = mem_category(MEM_WORK);
     grow(&w->dae, &w->capa, R * F);
@@ -155,13 +165,19 @@ int moe_experts_backward_ep(MoeActs *a, MoeWork *wk, MoeEpWork *w, MoeComm *comm
         swiglu_rows_backward(dgu, dact, gu, M, F);
         memset(dx, 0, sizeof(float) * (size_t)M * D);
         linear_backward(dx, G->gate_up + (size_t)e * 2 * F * D, dgu, x, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F);
+        if (omp_get_thread_num() == 0) moe_progress();
     }
     prof_end(PROF_EXPERTS, true, t, 12.0 * R * D * F);
     t = prof_begin();
     reorder(a, P, El, w->t2, w->t1, D, false);   // dx, back in receive order
     prof_end(PROF_PERMUTE, true, t, 0);
-    MOE_TRY(timed_rows(comm, w->t2, a->rcnt, a->rdsp, wk->dxe, a->scnt, a->sdsp, D));
-    t = prof_begin();
+    // dxe shares dye's buffer, whose exchange is complete
+    return post(comm, w->t2, a->rcnt, a->rdsp, wk->dxe, a->scnt, a->sdsp, D, &a->req);
+}
+
+int moe_ep_backward_finish(MoeActs *a, MoeWork *wk, MoeComm *comm, float *dxn) {
+    MOE_TRY(comm->wait(comm, a->req));
+    double t = prof_begin();
     moe_scatter_backward(a, wk->dxe, dxn);
     prof_end(PROF_PERMUTE, true, t, 0);
     return MOE_OK;

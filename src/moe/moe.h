@@ -35,6 +35,7 @@ typedef struct {
     int *ecnt;              // [P*El] rows from source s for local expert e, s-major
     int *scnt, *sdsp, *rcnt, *rdsp;   // [P] rows sent to / received from each rank
     int *roff;              // [El+1] expert-major row offsets
+    int req;                // the exchange in flight for this layer (MoeComm.start)
 } MoeActs;
 enum { MOE_BORROW_XE_AE = 1, MOE_BORROW_GU = 2, MOE_BORROW_YE = 4, MOE_BORROW_LOGITS = 8 };
 
@@ -50,14 +51,17 @@ typedef struct {
 
 // Expert parallelism: the transport between the P processes of an expert-parallel group,
 // each holding E/P experts (src/dist implements it over MPI). Counts are in rows of
-// `width` floats; both calls are collective over the group.
+// `width` floats; the calls are collective over the group. start posts an exchange and
+// returns at once (its handle in *req); wait completes it. ms: time from each exchange's
+// start to its completion; exposed_ms: time the caller spent blocked in counts and wait.
 typedef struct MoeComm {
     int rank, size;
     void *ctx;
     int (*counts)(struct MoeComm *c, const int *send, int *recv, int n);   // n ints to each rank
-    int (*rows)(struct MoeComm *c, const float *send, const int *scnt, const int *sdsp, float *recv,
-                const int *rcnt, const int *rdsp, int width);
-    double ms;              // time spent in the two calls (accumulated)
+    int (*start)(struct MoeComm *c, const float *send, const int *scnt, const int *sdsp, float *recv,
+                 const int *rcnt, const int *rdsp, int width, int *req);
+    int (*wait)(struct MoeComm *c, int req);
+    double ms, exposed_ms;
 } MoeComm;
 
 // Expert-parallel scratch shared by all layers (grown on demand)
@@ -110,12 +114,20 @@ void moe_router_backward(const MoeConfig *c, const MoeActs *a, MoeWork *wk, cons
 void moe_combine(const MoeActs *a, float *out);
 void moe_combine_backward(const MoeActs *a, MoeWork *wk, const float *dout);
 void moe_scatter_backward(const MoeActs *a, const float *dxe, float *dxn);
-// The same over an expert-parallel group: rows travel to the owners of their experts
-// (W holds this process's experts, comm->rank's block of E/comm->size) and back
-int moe_experts_forward_ep(MoeActs *a, MoeEpWork *w, MoeComm *comm, const float *xn,
-                           const MoeWeights *W, float *out);
-int moe_experts_backward_ep(MoeActs *a, MoeWork *wk, MoeEpWork *w, MoeComm *comm, const float *dout,
-                            const MoeWeights *W, MoeGrads *G, float *dxn);
+// The same over an expert-parallel group, in stages so that a caller can compute other
+// work while rows travel (W holds this process's experts, block comm->rank of E/comm->size):
+//   dispatch: counts to every owner, then the rows start towards their owners;
+//   experts:  the rows arrive, the owner's grouped GEMMs, the outputs start back;
+//   combine:  the outputs arrive, out += their weighted sum.
+int moe_ep_dispatch(MoeActs *a, MoeEpWork *w, MoeComm *comm, const float *xn);
+int moe_ep_experts(MoeActs *a, MoeEpWork *w, MoeComm *comm, const MoeWeights *W);
+int moe_ep_combine(MoeActs *a, MoeComm *comm, float *out);
+// backward: output gradients start to the owners; the owners' GEMMs (weight gradients stay
+// there) and the input gradients start back; they arrive and are scattered into dxn
+int moe_ep_backward_send(MoeActs *a, MoeWork *wk, MoeEpWork *w, MoeComm *comm, const float *dout);
+int moe_ep_backward_experts(MoeActs *a, MoeWork *wk, MoeEpWork *w, MoeComm *comm, const MoeWeights *W,
+                            MoeGrads *G);
+int moe_ep_backward_finish(MoeActs *a, MoeWork *wk, MoeComm *comm, float *dxn);
 void moe_ep_acts_free(MoeActs *a);
 void moe_ep_work_free(MoeEpWork *w);
 

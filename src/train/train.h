@@ -42,6 +42,7 @@ typedef struct {
     int acts_mode;                // ACTS_TRAIN [| ACTS_RECOMPUTE] [| ACTS_BF16]
     int eval_every, eval_limit;   // --eval-data: held-out loss every N steps on the first M examples
     int ep;                       // expert-parallel group size under MPI (--ep), 1 = none
+    int overlap;                  // --overlap: -1 default (on under MPI), 0 off, 1 on
 } TrainConfig;
 
 typedef struct {                  // what a resume needs beyond the model
@@ -78,5 +79,10 @@ int train_run(const TrainArgs *args, TrainConfig *tc, const char *given_flags);
 typedef struct { double loss, ce, aux; long tokens, targets; } StepLoss;
 int train_accumulate(Model *m, Acts *a, Batch *b, const Dataset *d, const int *ids, int count,
                      int micro_batch, StepLoss *out);
+// The same with a choice: a[1], b[1] non-NULL run each micro-batch as two interleaved halves
+// (model_forward_pair); overlap starts the gradient reductions (under MPI) during the last
+// backward pass instead of after it.
+int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, const int *ids, int count,
+                        int micro_batch, bool overlap, StepLoss *out);
 // the global gradient norm (over the ranks of an expert-parallel group when there is one)
 double train_grad_norm(const Model *m);

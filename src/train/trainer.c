@@ -12,18 +12,34 @@
 static int example_targets(const Dataset *d, int id) { return d->ex[id].len - d->ex[id].n_prompt; }
 
 // Under MPI: non-expert gradients are summed over every rank, an expert's over the
-// replicas that hold it; contiguous runs of the blob go in one call each.
-static int reduce_grads(const Model *m) {
+// replicas that hold it; contiguous runs of the blob go in one call each. layer: only the
+// tensors of that layer (-1: the embedding, final norm and head; -2: all). With reqs the
+// sums are started, their handles appended to reqs[*n].
+static int reduce_grads(const Model *m, int layer, int *reqs, int *n) {
     const DistInfo *di = dist_info();
     for (int i = 0; i < m->n_tensors;) {
+        const ParamTensor *t = &m->tensors[i];
+        if (layer != -2 && t->layer != layer) { i++; continue; }
         int j = i;
-        while (j < m->n_tensors && m->tensors[j].expert == m->tensors[i].expert) j++;
-        size_t off = m->tensors[i].offset, n = m->tensors[j - 1].offset + m->tensors[j - 1].numel - off;
-        if (!m->tensors[i].expert) MOE_TRY(dist_sum_f32(m->grads + off, n, DIST_WORLD));
-        else if (di->dp > 1) MOE_TRY(dist_sum_f32(m->grads + off, n, DIST_REPLICAS));
+        while (j < m->n_tensors && m->tensors[j].expert == t->expert && (layer == -2 || m->tensors[j].layer == layer)) j++;
+        size_t off = t->offset, len = m->tensors[j - 1].offset + m->tensors[j - 1].numel - off;
+        DistGroup g = t->expert ? DIST_REPLICAS : DIST_WORLD;
+        if (!t->expert || di->dp > 1) {
+            if (reqs) MOE_TRY(dist_sum_f32_start(m->grads + off, len, g, &reqs[(*n)++]));
+            else MOE_TRY(dist_sum_f32(m->grads + off, len, g));
+        }
         i = j;
     }
     return MOE_OK;
+}
+
+// the backward pass of the last micro-batch starts each layer's reduction as soon as the
+// layer's gradients are complete (buckets), while the layers below still compute
+typedef struct { const Model *m; int *reqs, n, cap; } Buckets;
+static int bucket_ready(void *ctx, int l) {
+    Buckets *bk = ctx;
+    if (bk->n + 2 * bk->m->n_tensors > bk->cap) MOE_ERR("internal: bucket table full");
+    return reduce_grads(bk->m, l, bk->reqs, &bk->n);
 }
 
 double train_grad_norm(const Model *m) {
@@ -41,6 +57,13 @@ double train_grad_norm(const Model *m) {
 
 int train_accumulate(Model *m, Acts *a, Batch *b, const Dataset *d, const int *ids, int count,
                      int micro_batch, StepLoss *out) {
+    Acts *as[2] = {a, NULL};
+    Batch *bs[2] = {b, NULL};
+    return train_accumulate_ex(m, as, bs, d, ids, count, micro_batch, false, out);
+}
+
+int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, const int *ids, int count,
+                        int micro_batch, bool overlap, StepLoss *out) {
     // under MPI, ids are this rank's share of the global batch and the scales below are the
     // global ones, so that the summed gradient is the single-process gradient
     const DistInfo *di = dist_info();
@@ -52,33 +75,64 @@ int train_accumulate(Model *m, Acts *a, Batch *b, const Dataset *d, const int *i
     if (targets == 0) MOE_ERR("%s: a batch without any target token", d->path);
     int n_micro = (count + micro_batch - 1) / micro_batch;
     const MoeConfig *c = &m->cfg;
+    const bool halves = a[1] != NULL;   // each micro-batch as two interleaved halves
     ForwardOpts fo = {.train = true, .ce_scale = (float)(1.0 / targets)};
-    // balance units: micro-batches ("batch") or sequences ("sequence") of the global batch
-    fo.aux_scale = c->aux_scope == MOE_AUX_SEQUENCE ? 1.0f / ((long)count * P) : 1.0f / ((long)n_micro * P);
+    // balance units: micro-batches ("batch"; halves count as units) or sequences
+    // ("sequence") of the global batch
+    fo.aux_scale = c->aux_scope == MOE_AUX_SEQUENCE ? 1.0f / ((long)count * P)
+                                                    : 1.0f / ((long)n_micro * (halves ? 2 : 1) * P);
     memset(m->grads, 0, sizeof(float) * m->n_params);
     const int LE = c->num_hidden_layers * imax(c->n_routed_experts, 1);
-    memset(a->load, 0, sizeof(long) * LE);
-    a->dropped = a->assigned = 0;
+    for (int h = 0; h < (halves ? 2 : 1); h++) {
+        memset(a[h]->load, 0, sizeof(long) * LE);
+        a[h]->dropped = a[h]->assigned = 0;
+    }
+    Buckets bk = {m, NULL, 0, 0};
+    if (P > 1 && overlap) { bk.cap = 4 * m->n_tensors + 8; bk.reqs = MOE_NEW(int, bk.cap); }
     double ce = 0, aux = 0;
-    for (int s = 0; s < count; s += micro_batch) {
+    int rc = MOE_OK;
+    for (int s = 0; s < count && rc == MOE_OK; s += micro_batch) {
         int nb = imin(micro_batch, count - s);
-        batch_fill(b, d, ids + s, nb);
-        ForwardOut fout;
-        MOE_TRY(model_forward(m, a, b, &fo, &fout));
-        MOE_TRY(model_backward(m, a, b, &fo));
-        ce += fout.ce_sum;
-        aux += fout.aux;
-        out->tokens += b->N;
+        if (bk.reqs && s + nb >= count) { fo.grads_ready = bucket_ready; fo.ctx = &bk; }
+        if (halves && nb >= 2) {   // the same split on every rank: every rank has nb examples
+            const int n0 = (nb + 1) / 2;
+            batch_fill(b[0], d, ids + s, n0);
+            batch_fill(b[1], d, ids + s + n0, nb - n0);
+            ForwardOut fout[2];
+            const Batch *bb[2] = {b[0], b[1]};
+            rc = model_forward_pair(m, a, bb, &fo, fout);
+            if (rc == MOE_OK) rc = model_backward_pair(m, a, bb, &fo);
+            ce += fout[0].ce_sum + fout[1].ce_sum;
+            aux += fout[0].aux + fout[1].aux;
+            out->tokens += b[0]->N + b[1]->N;
+        } else {
+            batch_fill(b[0], d, ids + s, nb);
+            ForwardOut fout;
+            rc = model_forward(m, a[0], b[0], &fo, &fout);
+            if (rc == MOE_OK) rc = model_backward(m, a[0], b[0], &fo);
+            ce += fout.ce_sum;
+            aux += fout.aux;
+            out->tokens += b[0]->N;
+        }
+    }
+    for (int i = 0; i < bk.n; i++)
+        if (dist_wait(bk.reqs[i]) && rc == MOE_OK) rc = MOE_FAIL;
+    moe_free(bk.reqs);
+    if (rc) return rc;
+    if (halves) {   // the statistics of both halves in a[0]
+        for (int i = 0; i < LE; i++) a[0]->load[i] += a[1]->load[i];
+        a[0]->dropped += a[1]->dropped;
+        a[0]->assigned += a[1]->assigned;
     }
     if (P > 1) {
-        MOE_TRY(reduce_grads(m));
+        if (!overlap) MOE_TRY(reduce_grads(m, -2, NULL, NULL));
         double v[2] = {ce, aux};
         MOE_TRY(dist_sum_f64(v, 2, DIST_WORLD));
         ce = v[0]; aux = v[1];
-        long cnt[3] = {out->tokens, a->dropped, a->assigned};
+        long cnt[3] = {out->tokens, a[0]->dropped, a[0]->assigned};
         MOE_TRY(dist_sum_long(cnt, 3, DIST_WORLD));
-        out->tokens = cnt[0]; a->dropped = cnt[1]; a->assigned = cnt[2];
-        MOE_TRY(dist_sum_long(a->load, LE, DIST_WORLD));
+        out->tokens = cnt[0]; a[0]->dropped = cnt[1]; a[0]->assigned = cnt[2];
+        MOE_TRY(dist_sum_long(a[0]->load, LE, DIST_WORLD));
     }
     out->targets = targets;
     out->ce = ce / targets;
@@ -290,10 +344,19 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     }
     if (rc != MOE_OK) { dataset_free(&d); dataset_free(&evd); adamw_free(&opt); model_free(&m); return MOE_FAIL; }
 
-    Acts a;
-    acts_alloc(&a, &m, tc->micro_batch * tc->seq, tc->acts_mode ? tc->acts_mode : ACTS_TRAIN);
-    Batch b;
-    batch_alloc(&b, tc->micro_batch * tc->seq, tc->micro_batch);
+    // --overlap (on by default under MPI): gradient reductions start during the backward
+    // pass, and with expert parallelism each micro-batch runs as two interleaved halves
+    const bool overlap = di->size > 1 && tc->overlap != 0;
+    const bool halves = overlap && ep > 1 && tc->micro_batch >= 2;
+    const int mb_acts = halves ? (tc->micro_batch + 1) / 2 : tc->micro_batch;
+    Acts a, a_half;
+    Batch b, b_half;
+    const int amode = tc->acts_mode ? tc->acts_mode : ACTS_TRAIN;
+    acts_alloc(&a, &m, mb_acts * tc->seq, amode);
+    batch_alloc(&b, mb_acts * tc->seq, mb_acts);
+    if (halves) { acts_alloc(&a_half, &m, mb_acts * tc->seq, amode); batch_alloc(&b_half, mb_acts * tc->seq, mb_acts); }
+    Acts *as[2] = {&a, halves ? &a_half : NULL};
+    Batch *bs[2] = {&b, halves ? &b_half : NULL};
     DataOrder order;
     order_init(&order, d.n, tc->seed, tc->shuffle);
     int *ids = MOE_NEW(int, tc->batch);
@@ -318,8 +381,8 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     while (pr.step < tc->steps) {
         double t0 = time_now();
         for (int i = 0; i < tc->batch; i++) ids[i] = order_example(&order, pr.cursor + i);
-        const double comm0 = di->ms + di->moe.ms;
-        rc = train_accumulate(&m, &a, &b, &d, ids + di->rank * local_batch, local_batch, tc->micro_batch, &sl);
+        const double comm0 = di->ms + di->moe.ms, exposed0 = di->exposed_ms + di->moe.exposed_ms;
+        rc = train_accumulate_ex(&m, as, bs, &d, ids + di->rank * local_batch, local_batch, tc->micro_batch, overlap, &sl);
         if (rc) break;
         double gnorm = train_grad_norm(&m);
         if (!isfinite(gnorm)) { moe_seterr("step %ld: gradient norm is not finite (loss %g); lower --lr", pr.step + 1, sl.loss); rc = MOE_FAIL; break; }
@@ -331,11 +394,11 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         pr.step++;
         pr.cursor += tc->batch;
         double dt = time_now() - t0;
-        double comm_ms = di->ms + di->moe.ms - comm0;
+        double comm_ms = di->ms + di->moe.ms - comm0, exposed_ms = di->exposed_ms + di->moe.exposed_ms - exposed0;
         if (di->size > 1) {   // the step's slowest rank, as the job sees it
-            double v[2] = {dt, comm_ms};
-            dist_max_f64(v, 2, DIST_WORLD);
-            dt = v[0]; comm_ms = v[1];
+            double v[3] = {dt, comm_ms, exposed_ms};
+            dist_max_f64(v, 3, DIST_WORLD);
+            dt = v[0]; comm_ms = v[1]; exposed_ms = v[2];
         }
         double tps = sl.tokens / dt, mfu = flops_tok * tps / peak;
         // --- log line (rank 0 writes it)
@@ -345,8 +408,8 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         fprintf(ls, "{\"step\":%ld,\"loss\":%.9g,\"ce\":%.9g,\"aux\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,"
                      "\"tokens_per_s\":%.1f,\"mfu\":%.5f,\"step_ms\":%.2f,\"tokens\":%ld,\"dropped\":%ld,",
                 pr.step, sl.loss, sl.ce, sl.aux, lr, gnorm, tps, mfu, dt * 1e3, sl.tokens, a.dropped);
-        if (di->size > 1)   // blocking collectives: all of their time is exposed
-            fprintf(ls, "\"comm_ms\":%.2f,\"comm_exposed_ms\":%.2f,", comm_ms, comm_ms);
+        if (di->size > 1)
+            fprintf(ls, "\"comm_ms\":%.2f,\"comm_exposed_ms\":%.2f,", comm_ms, exposed_ms);
         fprintf(ls, "\"expert_load\":[");
         double worst = 0;
         int first = 1;
@@ -423,6 +486,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     }
     if (log) fclose(log);
     moe_free(run_load); moe_free(ids); order_free(&order); batch_free(&b); acts_free(&a);
+    if (halves) { batch_free(&b_half); acts_free(&a_half); }
     dataset_free(&d); dataset_free(&evd); adamw_free(&opt); model_free(&m);
     return rc;
 }
