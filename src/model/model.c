@@ -29,7 +29,10 @@ static void add(LayoutBuilder *lb, const char *name, int d0, int d1) {
     t->offset = m->n_params;
     t->decay = t->ndim >= 2;
     t->expert = strstr(name, ".mlp.experts.") != NULL;
-    t->layer = strncmp(name, "model.layers.", 13) ? -1 : atoi(name + 13);
+    // the output head gets its own bucket (layer L): its gradient is complete after the
+    // forward pass, which computes it with the cross-entropy
+    t->layer = !strncmp(name, "model.layers.", 13) ? atoi(name + 13)
+             : !strcmp(name, "lm_head.weight") ? m->cfg.num_hidden_layers : -1;
     m->n_params += t->numel;
 }
 

@@ -15,7 +15,7 @@ typedef struct {
     size_t offset, numel;
     bool decay;          // AdamW weight decay: tensors of rank >= 2 only
     bool expert;         // a routed expert's weight (sharded under expert parallelism)
-    int layer;           // its layer, -1 for the embedding, the final norm and the head
+    int layer;           // its layer; L for an untied lm_head, -1 for the embedding and final norm
 } ParamTensor;
 
 typedef struct {

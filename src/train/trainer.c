@@ -13,7 +13,7 @@ static int example_targets(const Dataset *d, int id) { return d->ex[id].len - d-
 
 // Under MPI: non-expert gradients are summed over every rank, an expert's over the
 // replicas that hold it; contiguous runs of the blob go in one call each. layer: only the
-// tensors of that layer (-1: the embedding, final norm and head; -2: all). With reqs the
+// tensors of that layer (L: the head, -1: the embedding and final norm; -2: all). With reqs the
 // sums are started, their handles appended to reqs[*n].
 static int reduce_grads(const Model *m, int layer, int *reqs, int *n) {
     const DistInfo *di = dist_info();
@@ -101,6 +101,7 @@ int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, con
             ForwardOut fout[2];
             const Batch *bb[2] = {b[0], b[1]};
             rc = model_forward_pair(m, a, bb, &fo, fout);
+            if (rc == MOE_OK && fo.grads_ready) rc = fo.grads_ready(fo.ctx, c->num_hidden_layers);   // the head
             if (rc == MOE_OK) rc = model_backward_pair(m, a, bb, &fo);
             ce += fout[0].ce_sum + fout[1].ce_sum;
             aux += fout[0].aux + fout[1].aux;
@@ -109,6 +110,7 @@ int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, con
             batch_fill(b[0], d, ids + s, nb);
             ForwardOut fout;
             rc = model_forward(m, a[0], b[0], &fo, &fout);
+            if (rc == MOE_OK && fo.grads_ready) rc = fo.grads_ready(fo.ctx, c->num_hidden_layers);   // the head
             if (rc == MOE_OK) rc = model_backward(m, a[0], b[0], &fo);
             ce += fout.ce_sum;
             aux += fout.aux;
@@ -382,6 +384,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         double t0 = time_now();
         for (int i = 0; i < tc->batch; i++) ids[i] = order_example(&order, pr.cursor + i);
         const double comm0 = di->ms + di->moe.ms, exposed0 = di->exposed_ms + di->moe.exposed_ms;
+        const double dp_exposed0 = di->exposed_ms, ep_exposed0 = di->moe.exposed_ms;
         rc = train_accumulate_ex(&m, as, bs, &d, ids + di->rank * local_batch, local_batch, tc->micro_batch, overlap, &sl);
         if (rc) break;
         double gnorm = train_grad_norm(&m);
@@ -395,10 +398,13 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         pr.cursor += tc->batch;
         double dt = time_now() - t0;
         double comm_ms = di->ms + di->moe.ms - comm0, exposed_ms = di->exposed_ms + di->moe.exposed_ms - exposed0;
+        // of which: waiting on the expert-parallel exchanges, and on the gradient sums and the
+        // step's other collectives
+        double ep_exposed = di->moe.exposed_ms - ep_exposed0, dp_exposed = di->exposed_ms - dp_exposed0;
         if (di->size > 1) {   // the step's slowest rank, as the job sees it
-            double v[3] = {dt, comm_ms, exposed_ms};
-            dist_max_f64(v, 3, DIST_WORLD);
-            dt = v[0]; comm_ms = v[1]; exposed_ms = v[2];
+            double v[5] = {dt, comm_ms, exposed_ms, ep_exposed, dp_exposed};
+            dist_max_f64(v, 5, DIST_WORLD);
+            dt = v[0]; comm_ms = v[1]; exposed_ms = v[2]; ep_exposed = v[3]; dp_exposed = v[4];
         }
         double tps = sl.tokens / dt, mfu = flops_tok * tps / peak;
         // --- log line (rank 0 writes it)
@@ -409,7 +415,8 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
                      "\"tokens_per_s\":%.1f,\"mfu\":%.5f,\"step_ms\":%.2f,\"tokens\":%ld,\"dropped\":%ld,",
                 pr.step, sl.loss, sl.ce, sl.aux, lr, gnorm, tps, mfu, dt * 1e3, sl.tokens, a.dropped);
         if (di->size > 1)
-            fprintf(ls, "\"comm_ms\":%.2f,\"comm_exposed_ms\":%.2f,", comm_ms, exposed_ms);
+            fprintf(ls, "\"comm_ms\":%.2f,\"comm_exposed_ms\":%.2f,\"ep_exposed_ms\":%.2f,\"dp_exposed_ms\":%.2f,",
+                    comm_ms, exposed_ms, ep_exposed, dp_exposed);
         fprintf(ls, "\"expert_load\":[");
         double worst = 0;
         int first = 1;
