@@ -25,6 +25,10 @@ need_root() { [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces)"; }
 
 down() {
   for ns in $(ip netns list 2>/dev/null | awk '/^moe-h[0-9]+/ {print $1}'); do ip netns del "$ns" 2>/dev/null || true; done
+  # the bridge-side ends of the veth pairs go with their peers, but not always at once
+  for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | grep -E '^mh[0-9]+(@|$)' | cut -d@ -f1); do
+    ip link del "$l" 2>/dev/null || true
+  done
   ip link del "$BR" 2>/dev/null || true
 }
 

@@ -51,6 +51,19 @@ for pe in "2 1 on" "2 2 on" "2 2 off" "4 1 on" "4 1 off" "4 2 on" "4 4 on" "4 4 
   fi
 done
 mv "$T/p4e4on" "$T/p4e4"
+# the hierarchical all-to-all: forced on one host (every row through the host's leader), and
+# chosen by itself over 2 emulated hosts x 2 ranks (scripts/cluster-emu.sh, TCP between them)
+for ov in on off; do
+  if run 4 $MOE train --model "$T/c.json" $F --steps 10 --ep 4 --a2a hierarchical --overlap $ov --out "$T/h$ov" 2>"$T/err"; then
+    same_losses "np 4 --ep 4 --a2a hierarchical --overlap $ov: the single-process losses" "$T/h$ov" "$T/single" 10
+  else bad "hierarchical all-to-all, overlap $ov" "$(tail -3 "$T/err")"; fi
+done
+if OMP_NUM_THREADS=1 timeout 300 bash scripts/cluster-emu.sh run 2 --slots 2 -- $MOE train --model "$T/c.json" ${F/--quiet/} \
+     --steps 10 --ep 4 --out "$T/hosts" >"$T/emu.log" 2>&1 && grep -q "EP group on 2 hosts, hierarchical all-to-all" "$T/emu.log"; then
+  same_losses "2 emulated hosts x 2 ranks, --ep 4 (hierarchical chosen): the single-process losses" "$T/hosts" "$T/single" 10
+else bad "2 emulated hosts" "$(grep -v '^cluster-emu' "$T/emu.log" | tail -3)"; fi
+ip netns list 2>/dev/null | grep -q '^moe-h' && bad "cluster-emu cleans up" "namespaces left: $(ip netns list | tr '\n' ' ')"
+
 if grep -q '"comm_ms":[0-9.]*,"comm_exposed_ms":[0-9.]*' "$T/p4e4/log.jsonl"; then ok "distributed log lines carry comm_ms and comm_exposed_ms"
 else bad "comm_ms in the log" "$(head -c 300 "$T/p4e4/log.jsonl")"; fi
 

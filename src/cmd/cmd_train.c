@@ -1,5 +1,6 @@
 #include <string.h>
 #include "../base/base.h"
+#include "../dist/dist.h"
 #include "../train/train.h"
 #include "cmd.h"
 
@@ -34,7 +35,11 @@ static const char *HELP =
     "                     groups are data-parallel replicas\n"
     "  --overlap on|off   on (default): gradient sums start during the backward pass, and under\n"
     "                     --ep each micro-batch runs as two interleaved halves, one half's\n"
-    "                     tokens in flight while the other computes; off: all blocking\n";
+    "                     tokens in flight while the other computes; off: all blocking\n"
+    "  --a2a MODE         auto (default) | flat | hierarchical: the EP all-to-all; hierarchical\n"
+    "                     gathers each host's rows at one rank, makes one exchange per pair of\n"
+    "                     hosts and scatters within the host; auto uses it when the EP group\n"
+    "                     spans hosts with several of its ranks on some host\n";
 
 int cmd_train(int argc, char **argv) {
     Args a;
@@ -79,6 +84,12 @@ int cmd_train(int argc, char **argv) {
     if (!rc && !ov) rc = MOE_FAIL;   // no value after --overlap
     if (!rc && ov && !strcmp(ov, "off")) tc.overlap = 0;
     else if (!rc && ov && strcmp(ov, "on")) { moe_seterr("--overlap must be on or off, got \"%s\"", ov); rc = MOE_FAIL; }
+    const char *a2a = args_str(&a, "--a2a", "auto");
+    if (!rc && !a2a) rc = MOE_FAIL;
+    if (!rc && !strcmp(a2a, "auto")) tc.a2a = DIST_A2A_AUTO;
+    else if (!rc && !strcmp(a2a, "flat")) tc.a2a = DIST_A2A_FLAT;
+    else if (!rc && !strcmp(a2a, "hierarchical")) tc.a2a = DIST_A2A_HIER;
+    else if (!rc) { moe_seterr("--a2a must be auto, flat or hierarchical, got \"%s\"", a2a); rc = MOE_FAIL; }
     if (!rc) rc = args_int(&a, "--eval-every", 100, &tc.eval_every);
     if (!rc) rc = args_int(&a, "--eval-limit", 500, &tc.eval_limit);
     if (!rc && (tc.eval_every <= 0 || tc.eval_limit < 0)) { moe_seterr("--eval-every must be positive and --eval-limit >= 0"); rc = MOE_FAIL; }

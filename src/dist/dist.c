@@ -6,7 +6,7 @@
 #include "../base/base.h"
 
 static DistInfo g = {.rank = 0, .size = 1, .ep = 1, .dp = 1};
-static MPI_Comm ep_comm = MPI_COMM_NULL, rep_comm = MPI_COMM_NULL;
+static MPI_Comm ep_comm = MPI_COMM_NULL, rep_comm = MPI_COMM_NULL, node_comm = MPI_COMM_NULL;
 
 static bool under_launcher(void) {
     return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK") || getenv("SLURM_STEP_ID");
@@ -28,6 +28,7 @@ int dist_init(int *argc, char ***argv) {
 
 void dist_finalize(void) {
     if (!g.mpi) return;
+    if (node_comm != MPI_COMM_NULL) MPI_Comm_free(&node_comm);
     if (ep_comm != MPI_COMM_NULL) MPI_Comm_free(&ep_comm);
     if (rep_comm != MPI_COMM_NULL) MPI_Comm_free(&rep_comm);
     MPI_Finalize();
@@ -42,15 +43,19 @@ static MPI_Comm comm_of(DistGroup grp) {
 // seen complete (by a wait, or by the progress hook that compute loops call), so that
 // comm_ms is the time exchanges were in flight and exposed_ms the time compute waited.
 #define MAX_REQ 256
-static struct { MPI_Request r; double t0, t1; bool used, done; double *ms; } reqs[MAX_REQ];
+typedef struct Hier Hier;
+static struct { MPI_Request r; Hier *h; double t0, t1; bool used, done; double *ms; } reqs[MAX_REQ];
 static int n_active;
+static bool hier_step(Hier *h, bool block);   // advances a hierarchical exchange; true when done
+static void hier_free(Hier *h);
 
 static void progress(void) {
     if (n_active == 0) return;
     for (int i = 0; i < MAX_REQ; i++) {
         if (!reqs[i].used || reqs[i].done) continue;
         int flag = 0;
-        MPI_Test(&reqs[i].r, &flag, MPI_STATUS_IGNORE);
+        if (reqs[i].h) flag = hier_step(reqs[i].h, false);
+        else MPI_Test(&reqs[i].r, &flag, MPI_STATUS_IGNORE);
         if (flag) { reqs[i].done = true; reqs[i].t1 = time_now(); n_active--; }
     }
     if (n_active == 0) moe_progress_hook = NULL;
@@ -59,7 +64,7 @@ static void progress(void) {
 static int req_new(double *ms) {
     for (int i = 0; i < MAX_REQ; i++)
         if (!reqs[i].used) {
-            reqs[i].used = true; reqs[i].done = false; reqs[i].t0 = time_now(); reqs[i].ms = ms;
+            reqs[i].used = true; reqs[i].done = false; reqs[i].t0 = time_now(); reqs[i].ms = ms; reqs[i].h = NULL;
             n_active++;
             moe_progress_hook = progress;
             return i;
@@ -72,13 +77,15 @@ static int req_wait(int i, double *exposed) {
     if (i < 0 || i >= MAX_REQ || !reqs[i].used) MOE_ERR("internal: no exchange %d in flight", i);
     if (!reqs[i].done) {
         double t = time_now();
-        if (MPI_Wait(&reqs[i].r, MPI_STATUS_IGNORE) != MPI_SUCCESS) MOE_ERR("MPI_Wait failed");
+        if (reqs[i].h) hier_step(reqs[i].h, true);
+        else if (MPI_Wait(&reqs[i].r, MPI_STATUS_IGNORE) != MPI_SUCCESS) MOE_ERR("MPI_Wait failed");
         reqs[i].t1 = time_now();
         *exposed += (reqs[i].t1 - t) * 1e3;
         reqs[i].done = true;
         if (--n_active == 0) moe_progress_hook = NULL;
     }
     *reqs[i].ms += (reqs[i].t1 - reqs[i].t0) * 1e3;
+    if (reqs[i].h) { hier_free(reqs[i].h); reqs[i].h = NULL; }
     reqs[i].used = false;
     return MOE_OK;
 }
@@ -91,8 +98,28 @@ static int ep_counts(MoeComm *c, const int *send, int *recv, int n) {
     c->ms += ms; c->exposed_ms += ms;
     return MOE_OK;
 }
+static int hier_start(const float *send, const int *scnt, float *recv, const int *rcnt, int width, Hier **out);
+
+static bool prefix_layout(const int *cnt, const int *dsp, int n) {
+    for (int i = 0, o = 0; i < n; o += cnt[i], i++)
+        if (dsp[i] != o) return false;
+    return true;
+}
+
 static int ep_start(MoeComm *c, const float *send, const int *scnt, const int *sdsp, float *recv, const int *rcnt,
                     const int *rdsp, int width, int *req) {
+    if (g.hier && prefix_layout(scnt, sdsp, g.ep) && prefix_layout(rcnt, rdsp, g.ep)) {
+        double t = time_now();
+        Hier *h;
+        MOE_TRY(hier_start(send, scnt, recv, rcnt, width, &h));
+        c->exposed_ms += (time_now() - t) * 1e3;   // its count exchange blocks
+        int i = req_new(&c->ms);
+        if (i < 0) { hier_free(h); MOE_ERR("internal: too many exchanges in flight"); }
+        reqs[i].h = h;
+        reqs[i].t0 = t;
+        *req = i;
+        return MOE_OK;
+    }
     MPI_Datatype row;
     MPI_Type_contiguous(width, MPI_FLOAT, &row);
     MPI_Type_commit(&row);
@@ -106,7 +133,210 @@ static int ep_start(MoeComm *c, const float *send, const int *scnt, const int *s
 }
 static int ep_wait(MoeComm *c, int req) { return req_wait(req, &c->exposed_ms); }
 
-int dist_setup(int ep) {
+
+// ---------------------------------------------------------------- hierarchical all-to-all
+// Ranks of the EP group on one host (MPI_COMM_TYPE_SHARED) hand their rows to the host's
+// leader (its lowest rank); the leaders exchange one message per pair of hosts; each leader
+// hands every rank of its host what came for it. Point-to-point throughout (tags carry a
+// sequence number), so that several exchanges may be in flight in any order.
+static int n_hosts, my_host, node_rank, node_size;
+static int *host_of, *leader_of, *host_first, *host_members;   // [P], [P], [H+1], [P] (EP ranks by host)
+static unsigned hier_seq;
+
+struct Hier {
+    int phase, tag, width;
+    size_t W;
+    const float *send;
+    float *recv;
+    int *C;                     // [P*P] rows from EP rank s to d
+    float *G, *S2, *R2, *S3;    // leader: gathered, to hosts, from hosts, to local ranks
+    size_t *goff;               // leader: offset (rows) of local source j's buffer in G
+    MPI_Request *rq;
+    int nrq;
+};
+
+static void hier_free(Hier *h) {
+    if (!h) return;
+    free(h->C); free(h->G); free(h->S2); free(h->R2); free(h->S3); free(h->goff); free(h->rq);
+    free(h);
+}
+
+static int hier_setup(void) {
+    MPI_Comm_split_type(ep_comm, MPI_COMM_TYPE_SHARED, g.ep_rank, MPI_INFO_NULL, &node_comm);
+    MPI_Comm_rank(node_comm, &node_rank);
+    MPI_Comm_size(node_comm, &node_size);
+    int leader = g.ep_rank;
+    MPI_Bcast(&leader, 1, MPI_INT, 0, node_comm);   // node rank 0 is the lowest EP rank there
+    const int P = g.ep;
+    free(host_of); free(leader_of); free(host_first); free(host_members);
+    leader_of = malloc(sizeof(int) * P); host_of = malloc(sizeof(int) * P);
+    host_first = malloc(sizeof(int) * (P + 1)); host_members = malloc(sizeof(int) * P);
+    MPI_Allgather(&leader, 1, MPI_INT, leader_of, 1, MPI_INT, ep_comm);
+    n_hosts = 0;
+    for (int r = 0; r < P; r++) if (leader_of[r] == r) host_of[r] = n_hosts++;   // hosts by leader rank
+    for (int r = 0; r < P; r++) host_of[r] = host_of[leader_of[r]];
+    host_first[0] = 0;
+    for (int hh = 0, k = 0; hh < n_hosts; hh++) {
+        for (int r = 0; r < P; r++) if (host_of[r] == hh) host_members[k++] = r;
+        host_first[hh + 1] = k;
+    }
+    my_host = host_of[g.ep_rank];
+    return MOE_OK;
+}
+
+static int leader_rank(int hh) { return host_members[host_first[hh]]; }
+
+static int hier_start(const float *send, const int *scnt, float *recv, const int *rcnt, int width, Hier **out) {
+    const int P = g.ep;
+    Hier *h = calloc(1, sizeof *h);
+    h->width = width; h->W = (size_t)width; h->send = send; h->recv = recv;
+    h->tag = 100 + 3 * (int)(hier_seq++ % 10000);   // tag, tag + 1, tag + 2: its three phases
+    h->C = malloc(sizeof(int) * P * P);
+    MPI_Allgather(scnt, P, MPI_INT, h->C, P, MPI_INT, ep_comm);   // C[s*P + d]
+    (void)rcnt;
+    h->rq = malloc(sizeof(MPI_Request) * (2 * P + 4));
+    size_t mine = 0, in = 0;
+    for (int d = 0; d < P; d++) mine += h->C[g.ep_rank * P + d];
+    for (int s2 = 0; s2 < P; s2++) in += h->C[s2 * P + g.ep_rank];
+    if (node_rank != 0) {   // hand everything to the leader; what is ours comes back from it
+        int ld = leader_rank(my_host);
+        MPI_Isend(send, (int)(mine * h->W), MPI_FLOAT, ld, h->tag, ep_comm, &h->rq[h->nrq++]);
+        MPI_Irecv(recv, (int)(in * h->W), MPI_FLOAT, ld, h->tag + 1, ep_comm, &h->rq[h->nrq++]);
+        h->phase = 3;
+    } else {                // phase 1: gather the host's rows
+        const int n = host_first[my_host + 1] - host_first[my_host];
+        h->goff = malloc(sizeof(size_t) * (n + 1));
+        h->goff[0] = 0;
+        for (int j = 0; j < n; j++) {
+            int r = host_members[host_first[my_host] + j];
+            size_t rows = 0;
+            for (int d = 0; d < P; d++) rows += h->C[r * P + d];
+            h->goff[j + 1] = h->goff[j] + rows;
+        }
+        h->G = malloc(sizeof(float) * (h->goff[n] * h->W + 1));
+        memcpy(h->G, send, sizeof(float) * mine * h->W);   // the leader is member 0
+        for (int j = 1; j < n; j++) {
+            int r = host_members[host_first[my_host] + j];
+            MPI_Irecv(h->G + h->goff[j] * h->W, (int)((h->goff[j + 1] - h->goff[j]) * h->W), MPI_FLOAT, r, h->tag,
+                      ep_comm, &h->rq[h->nrq++]);
+        }
+        h->phase = 1;
+    }
+    *out = h;
+    return MOE_OK;
+}
+
+// block (s -> d) inside local source j's gathered buffer
+static size_t g_block(const Hier *h, int j, int s, int d) {
+    const int P = g.ep;
+    size_t o = h->goff[j];
+    for (int d2 = 0; d2 < d; d2++) o += h->C[s * P + d2];
+    return o;
+}
+
+static void hier_next(Hier *h) {
+    const int P = g.ep, H = n_hosts, me = my_host;
+    const size_t W = h->W;
+    const int *hm = host_members, *hf = host_first;
+    h->nrq = 0;
+    if (h->phase == 1) {
+        // phase 2: to every host, for each of its ranks d, for each local source s: (s -> d)
+        size_t tot = 0;
+        for (int hh = 0; hh < H; hh++)
+            for (int a = hf[hh]; a < hf[hh + 1]; a++)
+                for (int b = hf[me]; b < hf[me + 1]; b++) tot += h->C[hm[b] * P + hm[a]];
+        h->S2 = malloc(sizeof(float) * (tot * W + 1));
+        size_t *soff = malloc(sizeof(size_t) * (H + 1)), o = 0;
+        for (int hh = 0; hh < H; hh++) {
+            soff[hh] = o;
+            for (int a = hf[hh]; a < hf[hh + 1]; a++)
+                for (int b = hf[me]; b < hf[me + 1]; b++) {
+                    int s = hm[b], d = hm[a], j = b - hf[me];
+                    size_t n = h->C[s * P + d];
+                    memcpy(h->S2 + o * W, h->G + g_block(h, j, s, d) * W, sizeof(float) * n * W);
+                    o += n;
+                }
+        }
+        soff[H] = o;
+        // from every host, for each of our ranks d, for each of its sources s: (s -> d)
+        size_t rtot = 0, *roff = malloc(sizeof(size_t) * (H + 1));
+        for (int hh = 0; hh < H; hh++) {
+            roff[hh] = rtot;
+            for (int a = hf[me]; a < hf[me + 1]; a++)
+                for (int b = hf[hh]; b < hf[hh + 1]; b++) rtot += h->C[hm[b] * P + hm[a]];
+        }
+        roff[H] = rtot;
+        h->R2 = malloc(sizeof(float) * (rtot * W + 1));
+        free(h->rq);
+        h->rq = malloc(sizeof(MPI_Request) * (2 * H + 2));
+        for (int hh = 0; hh < H; hh++) {
+            if (hh == me) {
+                memcpy(h->R2 + roff[hh] * W, h->S2 + soff[hh] * W, sizeof(float) * (soff[hh + 1] - soff[hh]) * W);
+                continue;
+            }
+            MPI_Irecv(h->R2 + roff[hh] * W, (int)((roff[hh + 1] - roff[hh]) * W), MPI_FLOAT, leader_rank(hh), h->tag + 2,
+                      ep_comm, &h->rq[h->nrq++]);
+            MPI_Isend(h->S2 + soff[hh] * W, (int)((soff[hh + 1] - soff[hh]) * W), MPI_FLOAT, leader_rank(hh), h->tag + 2,
+                      ep_comm, &h->rq[h->nrq++]);
+        }
+        free(soff); free(roff);
+        h->phase = 2;
+    } else if (h->phase == 2) {
+        // phase 3: each local rank d gets (s -> d) for every source s, in EP rank order
+        size_t *off = malloc(sizeof(size_t) * P);   // where (s -> d) for the current d sits in R2
+        size_t o = 0, tot = 0;
+        for (int a = hf[me]; a < hf[me + 1]; a++)
+            for (int s = 0; s < P; s++) tot += h->C[s * P + hm[a]];
+        h->S3 = malloc(sizeof(float) * (tot * W + 1));
+        size_t *dst = malloc(sizeof(size_t) * (hf[me + 1] - hf[me] + 1));
+        size_t so = 0;
+        for (int a = hf[me]; a < hf[me + 1]; a++) {
+            int d = hm[a];
+            // R2 order: host hh, our rank a', its source b: locate (s -> d)
+            o = 0;
+            for (int hh = 0; hh < H; hh++)
+                for (int a2 = hf[me]; a2 < hf[me + 1]; a2++)
+                    for (int b = hf[hh]; b < hf[hh + 1]; b++) {
+                        int s = hm[b];
+                        if (a2 == a) off[s] = o;
+                        o += h->C[s * P + hm[a2]];
+                    }
+            dst[a - hf[me]] = so;
+            for (int s = 0; s < P; s++) {
+                size_t n = h->C[s * P + d];
+                memcpy(h->S3 + so * W, h->R2 + off[s] * W, sizeof(float) * n * W);
+                so += n;
+            }
+        }
+        dst[hf[me + 1] - hf[me]] = so;
+        free(off);
+        free(h->rq);
+        h->rq = malloc(sizeof(MPI_Request) * (hf[me + 1] - hf[me] + 1));
+        memcpy(h->recv, h->S3, sizeof(float) * dst[1] * W);   // the leader is member 0
+        for (int a = hf[me] + 1; a < hf[me + 1]; a++) {
+            int j = a - hf[me];
+            MPI_Isend(h->S3 + dst[j] * W, (int)((dst[j + 1] - dst[j]) * W), MPI_FLOAT, hm[a], h->tag + 1, ep_comm,
+                      &h->rq[h->nrq++]);
+        }
+        free(dst);
+        h->phase = 3;
+    }
+}
+
+static bool hier_step(Hier *h, bool block) {
+    for (;;) {
+        int flag = 1;
+        if (h->nrq > 0) {
+            if (block) MPI_Waitall(h->nrq, h->rq, MPI_STATUSES_IGNORE);
+            else MPI_Testall(h->nrq, h->rq, &flag, MPI_STATUSES_IGNORE);
+        }
+        if (!flag) return false;
+        if (h->phase == 3) { h->nrq = 0; return true; }
+        hier_next(h);
+    }
+}
+
+int dist_setup(int ep, DistA2A mode) {
     if (ep <= 0 || g.size % ep) MOE_ERR("--ep %d must divide the number of ranks %d", ep, g.size);
     g.ep = ep; g.ep_rank = g.rank % ep;
     g.dp = g.size / ep; g.dp_rank = g.rank / ep;
@@ -118,6 +348,12 @@ int dist_setup(int ep) {
     if (rep_comm != MPI_COMM_NULL) MPI_Comm_free(&rep_comm);
     MPI_Comm_split(MPI_COMM_WORLD, g.dp_rank, g.ep_rank, &ep_comm);
     MPI_Comm_split(MPI_COMM_WORLD, g.ep_rank, g.dp_rank, &rep_comm);
+    if (node_comm != MPI_COMM_NULL) MPI_Comm_free(&node_comm);
+    hier_setup();
+    // automatic: hierarchical when the EP group spans hosts and some host has several of
+    // its ranks (with one rank a host the two are the same exchange)
+    g.hosts = n_hosts;
+    g.hier = mode == DIST_A2A_HIER || (mode == DIST_A2A_AUTO && n_hosts > 1 && n_hosts < ep);
     return MOE_OK;
 }
 

@@ -12,12 +12,18 @@
 #include "../moe/moe.h"
 
 typedef enum { DIST_WORLD, DIST_EP, DIST_REPLICAS } DistGroup;
+// the expert-parallel all-to-all: flat (one MPI_Ialltoallv), or hierarchical (within a host
+// to its leader, one exchange between hosts, back within the host); auto picks hierarchical
+// when the EP group spans hosts with several ranks on some host
+typedef enum { DIST_A2A_AUTO, DIST_A2A_FLAT, DIST_A2A_HIER } DistA2A;
 
 typedef struct {
     int rank, size;        // world
     bool mpi;
     int ep, ep_rank;       // expert-parallel group size and this rank's place in it
     int dp, dp_rank;       // replicas (P / E) and this rank's replica
+    int hosts;             // hosts the EP group spans
+    bool hier;             // hierarchical all-to-all in use
     MoeComm moe;           // the EP group's transport for the MoE layers
     double ms, exposed_ms; // time the collectives below were in flight, and were waited for
 } DistInfo;
@@ -26,7 +32,7 @@ int dist_init(int *argc, char ***argv);
 void dist_finalize(void);
 DistInfo *dist_info(void);
 // split the world into EP groups of ep ranks (ep must divide size)
-int dist_setup(int ep);
+int dist_setup(int ep, DistA2A mode);
 // hostname-aware: true when the ranks span more than one host
 bool dist_multi_host(void);
 // sum over a group, in place

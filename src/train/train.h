@@ -43,6 +43,7 @@ typedef struct {
     int eval_every, eval_limit;   // --eval-data: held-out loss every N steps on the first M examples
     int ep;                       // expert-parallel group size under MPI (--ep), 1 = none
     int overlap;                  // --overlap: -1 default (on under MPI), 0 off, 1 on
+    int a2a;                      // --a2a: DistA2A (auto, flat, hierarchical)
 } TrainConfig;
 
 typedef struct {                  // what a resume needs beyond the model

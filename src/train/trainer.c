@@ -259,7 +259,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     const bool root = di->rank == 0;
     if (!root) tc->quiet = true;
     if (tc->ep <= 0) tc->ep = 1;
-    MOE_TRY(dist_setup(tc->ep));
+    MOE_TRY(dist_setup(tc->ep, (DistA2A)tc->a2a));
     // --- everything is checked before anything is written
     char rout[4096] = "", rres[4096] = "";
     bool same_dir = false;
@@ -374,8 +374,10 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
                 config_total_params(c) / 1e6, config_active_params(c) / 1e6, d.n, tc->batch, tc->seq,
                 kernels_threads(), peak / 1e9);
     if (!tc->quiet && di->size > 1)
-        fprintf(stderr, "moe train: %d ranks: %d data-parallel replicas x expert parallelism %d (%d experts per rank)\n",
-                di->size, di->dp, ep, ne);
+        fprintf(stderr, "moe train: %d ranks: %d data-parallel replicas x expert parallelism %d (%d experts per rank), "
+                        "EP group on %d host%s, %s all-to-all, overlap %s\n",
+                di->size, di->dp, ep, ne, di->hosts, di->hosts == 1 ? "" : "s", di->hier ? "hierarchical" : "flat",
+                tc->overlap ? "on" : "off");
     double t_start = time_now();
     long start_step = pr.step;
     double t_print = 0;   // not a terminal: a line every 10 s instead of a live line
