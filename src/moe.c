@@ -16,6 +16,7 @@ static const Command COMMANDS[] = {
     {"gen-math", cmd_gen_math, "generate math question/answer data"},
     {"bench", cmd_bench, "training-step speed on random tokens"},
     {"plan", cmd_plan, "predicted memory of a training step, by category"},
+    {"plot", cmd_plot, "an SVG of a run: loss, tokens/s, expert-load heatmaps"},
 };
 
 static void usage(FILE *f) {

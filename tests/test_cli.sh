@@ -99,6 +99,14 @@ expect_fail "init over an existing checkpoint" "run: already holds a checkpoint"
 [ "$(cat "$T/run"/* | md5sum)" = "$sum_before" ] && ok "refused runs leave the checkpoint untouched" || bad "refused runs leave the checkpoint untouched" "files changed"
 expect_fail "resume past the end" "already trained 3 steps" $MOE train --resume "$T/run" --data "$T/qa.txt" --out "$T/run" --steps 3
 
+# --- moe plot: bad runs
+expect_fail "plot of a missing run" "nosuchrun: run directory does not exist" $MOE plot --run "$T/nosuchrun" --out "$T/p0.svg"
+mkdir -p "$T/badlog"; printf '{"step":1,"loss":2.5,"expert_load":[[1,2]]}\n{"step":2,"loss":\n' >"$T/badlog/log.jsonl"
+expect_fail "plot of a malformed log line" "badlog/log.jsonl:2: not a JSON object" $MOE plot --run "$T/badlog" --out "$T/p1.svg"
+printf '{"step":1,"loss":2.5,"expert_load":[[1,2]]}\n{"step":2,"loss":2.4,"expert_load":[[1,2,3]]}\n' >"$T/badlog/log.jsonl"
+expect_fail "plot of a log whose expert_load changes shape" "log.jsonl:2: expert_load is 1 x 3 here but 1 x 2 before" $MOE plot --run "$T/badlog" --out "$T/p2.svg"
+for x in p0 p1 p2; do [ -e "$T/$x.svg" ] && bad "nothing written for a bad plot ($x)" "$T/$x.svg exists"; done
+
 [ "${BAD_ONLY:-0}" = 1 ] && { echo "$pass passed, $fail failed"; exit $((fail > 0)); }
 
 # --- resume is exact: 20 steps then --resume to 40 logs the 40 losses of a straight run
@@ -169,5 +177,18 @@ echo "$out" | /usr/bin/python3 -c 'import json,sys; o=json.load(sys.stdin); part
   && ok "plan --json gives memory by category that adds up" || bad "plan --json" "$out"
 $MOE train --model "$T/tiny.json" --data "$T/qa.txt" --eval-data "$T/cmp.txt" --eval-every 2 --out "$T/ev" --steps 4 --batch 4 --seq 64 --quiet \
   && [ "$(grep -c '"eval_loss"' "$T/ev/log.jsonl")" -eq 2 ] && ok "--eval-data logs eval_loss every --eval-every steps" || bad "--eval-data" "$(cat "$T/ev/log.jsonl" | head -c 300)"
+# --- moe plot: a run with eval losses becomes one SVG with curves and a heatmap per MoE layer
+if $MOE plot --run "$T/ev" --out "$T/ev.svg" 2>"$T/err" && /usr/bin/python3 - "$T/ev.svg" <<'PY'
+import sys, xml.etree.ElementTree as ET
+r = ET.parse(sys.argv[1]).getroot(); ns = "{http://www.w3.org/2000/svg}"
+imgs = [i for i in r.iter(ns + "image") if i.get("href", "").startswith("data:image/png;base64,")]
+lines = list(r.iter(ns + "polyline")); dots = list(r.iter(ns + "circle"))
+text = " ".join(t.text or "" for t in r.iter(ns + "text"))
+# 2 MoE layers (+ the colour scale), loss / cross-entropy / eval / tokens/s curves, 2 eval points
+assert len(imgs) == 3 and len(lines) == 4 and len(dots) == 2, (len(imgs), len(lines), len(dots))
+assert "MoE layer 0" in text and "MoE layer 1" in text and "eval loss" in text and "tokens/s" in text
+PY
+then ok "plot writes one self-contained SVG: loss, eval and tokens/s curves, a heatmap per MoE layer"
+else bad "plot" "$(cat "$T/err")"; fi
 echo "$pass passed, $fail failed"
 exit $((fail > 0))

@@ -100,6 +100,16 @@ if OMP_NUM_THREADS=1 $MOE eval --ckpt "$T/kill" --data "$T/qa.txt" --limit 5 --j
   ok "the last checkpoint before the kill is whole"
 else bad "checkpoint after the kill" "$(cat "$T/err")"; fi
 
+# MoGE with one group per EP rank: every device gets the same load, IS exactly 0 every step
+sed 's/"num_experts_per_tok": 2/"num_experts_per_tok": 4, "topk_method": "moge", "n_group": 4/' "$T/c.json" >"$T/moge.json"
+if run 4 $MOE train --model "$T/moge.json" $F --steps 10 --ep 4 --out "$T/moge" 2>"$T/err"; then
+  n0=$(grep -c '"IS":\[0.000000,0.000000\]' "$T/moge/log.jsonl")
+  if [ "$n0" -eq 10 ]; then ok "moge with n_group 4 over --ep 4: IS is 0 on all 10 steps"
+  else bad "moge IS" "$n0 of 10 steps with IS 0: $(grep -o '"IS":[^]]*]' "$T/moge/log.jsonl" | head -3 | tr '\n' ' ')"; fi
+  if grep -q '"IS":\[0.[0-9]*[1-9]' "$T/p4e4/log.jsonl"; then ok "greedy routing over --ep 4 logs a non-zero IS"
+  else bad "greedy IS" "$(grep -o '"IS":[^]]*]' "$T/p4e4/log.jsonl" | head -2)"; fi
+else bad "moge run" "$(tail -3 "$T/err")"; fi
+
 # bad distributed input: non-zero, and the message says what is wrong
 expect_dist_fail() {
   local name=$1 pat=$2; shift 2

@@ -296,6 +296,7 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
         if (any_moe) moe_work_alloc(&a->mw, Nmax, E, K, D, Fe);
     }
     a->load = MOE_NEW(long, (size_t)L * imax(E, 1));
+    a->drop_l = MOE_NEW(long, L);
     mem_category(old);
 }
 
@@ -312,7 +313,7 @@ void acts_free(Acts *a) {
         if (la->moe.scores) { moe_ep_acts_free(&la->moe); moe_acts_free(&la->moe); }
     }
     void *p[] = {a->xs, a->layer, a->rstdf, a->xf, a->xt, a->logits, a->dxt, a->out_rows, a->dx, a->dh,
-                 a->dxn, a->qkv, a->dq, a->datt, a->dk, a->dv, a->dgu, a->da, a->load,
+                 a->dxn, a->qkv, a->dq, a->datt, a->dk, a->dv, a->dgu, a->da, a->load, a->drop_l,
                  a->rc_xn, a->rc_a, a->rc_xe, a->rc_ae, a->rc_h, a->rc_ye, a->router_logits, a->ws_q, a->ws_k, a->ws_v, a->ws_att, a->ws_h,
                  a->ws_xn1, a->ws_xn2, a->ws_gu, a->ws_a, a->ws_mgu, a->ws_mye, a->ws_mxe, a->ws_mae};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
@@ -560,6 +561,7 @@ static int fwd_finish(Pass *P, int l) {
             prof_end(PROF_BALANCE, false, t, 0);
             for (int e = 0; e < E; e++) a->load[(size_t)l * E + e] += ma->load[e];
             a->dropped += ma->dropped;
+            a->drop_l[l] += ma->dropped;
             a->assigned += (long)N * c->num_experts_per_tok;
         }
     }

@@ -107,6 +107,7 @@ typedef struct {
     bool ep;
     // per-step statistics
     long *load;            // [L,E] routed assignments (accumulated over micro-batches)
+    long *drop_l;          // [L] assignments dropped by capacity, per layer
     long dropped, assigned;
 } Acts;
 

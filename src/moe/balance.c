@@ -65,3 +65,22 @@ void moe_bias_update(float *bias, const long *load, int E, float gamma) {
         bias[e] += gamma * (float)((d > 0) - (d < 0));
     }
 }
+
+void moe_load_stats(const long *load, int E, int P, long tokens, LoadStats *s) {
+    double sum = 0, mx = 0;
+    for (int e = 0; e < E; e++) { sum += load[e]; mx = load[e] > mx ? load[e] : mx; }
+    double mean = E > 0 ? sum / E : 0;
+    s->max_mean = mean > 0 ? mx / mean : 0;
+    s->maxvio = mean > 0 ? (mx - mean) / mean : 0;
+    s->is = 0;
+    if (P > 1 && E % P == 0 && tokens > 0) {
+        double dmax = 0, dmin = 1e300;
+        for (int d = 0; d < P; d++) {
+            double v = 0;
+            for (int e = d * (E / P); e < (d + 1) * (E / P); e++) v += load[e];
+            dmax = v > dmax ? v : dmax;
+            dmin = v < dmin ? v : dmin;
+        }
+        s->is = (dmax - dmin) / tokens;
+    }
+}

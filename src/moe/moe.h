@@ -137,5 +137,10 @@ void moe_ep_work_free(MoeEpWork *w);
 // when wk != NULL.
 double moe_aux_loss(const MoeConfig *c, const MoeActs *a, MoeWork *wk, const int *seq_start,
                     int n_seq, float scale);
+// SPEC §5 load figures of one layer's expert loads (one step): max/mean, MaxVio, and the
+// device imbalance IS = (max - min device load) / tokens for P devices holding E/P
+// consecutive experts each (0 when P = 1)
+typedef struct { double max_mean, maxvio, is; } LoadStats;
+void moe_load_stats(const long *load, int E, int P, long tokens, LoadStats *s);
 // DeepSeek aux-loss-free update: b_i += gamma * sign(mean(load) - load_i)
 void moe_bias_update(float *bias, const long *load, int E, float gamma);

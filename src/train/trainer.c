@@ -85,6 +85,7 @@ int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, con
     const int LE = c->num_hidden_layers * imax(c->n_routed_experts, 1);
     for (int h = 0; h < (halves ? 2 : 1); h++) {
         memset(a[h]->load, 0, sizeof(long) * LE);
+        memset(a[h]->drop_l, 0, sizeof(long) * c->num_hidden_layers);
         a[h]->dropped = a[h]->assigned = 0;
     }
     Buckets bk = {m, NULL, 0, 0};
@@ -123,6 +124,7 @@ int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, con
     if (rc) return rc;
     if (halves) {   // the statistics of both halves in a[0]
         for (int i = 0; i < LE; i++) a[0]->load[i] += a[1]->load[i];
+        for (int l = 0; l < c->num_hidden_layers; l++) a[0]->drop_l[l] += a[1]->drop_l[l];
         a[0]->dropped += a[1]->dropped;
         a[0]->assigned += a[1]->assigned;
     }
@@ -135,6 +137,7 @@ int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, con
         MOE_TRY(dist_sum_long(cnt, 3, DIST_WORLD));
         out->tokens = cnt[0]; a[0]->dropped = cnt[1]; a[0]->assigned = cnt[2];
         MOE_TRY(dist_sum_long(a[0]->load, LE, DIST_WORLD));
+        MOE_TRY(dist_sum_long(a[0]->drop_l, c->num_hidden_layers, DIST_WORLD));
     }
     out->targets = targets;
     out->ce = ce / targets;
@@ -363,8 +366,11 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     order_init(&order, d.n, tc->seed, tc->shuffle);
     int *ids = MOE_NEW(int, tc->batch);
     const int L = c->num_hidden_layers, E = c->n_routed_experts;
-    long *run_load = MOE_NEW(long, (size_t)L * imax(E, 1));
-    long run_dropped = 0, run_assigned = 0;
+    // balance figures per MoE layer: sums over the run's steps, and the last 50 steps
+    enum { LAST = 50 };
+    double *bal_sum = MOE_NEW(double, (size_t)L * 3), *bal_last = MOE_NEW(double, (size_t)LAST * L * 3);
+    long *run_drop = MOE_NEW(long, L), run_assigned = 0;
+    long n_bal = 0;
     double peak = kernels_measure_peak_gflops(0.3) * 1e9;
     dist_sum_f64(&peak, 1, DIST_WORLD);   // the job's peak: every rank's, measured side by side
     double flops_tok = config_flops_per_token(c, tc->seq);
@@ -420,35 +426,43 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
             fprintf(ls, "\"comm_ms\":%.2f,\"comm_exposed_ms\":%.2f,\"ep_exposed_ms\":%.2f,\"dp_exposed_ms\":%.2f,",
                     comm_ms, exposed_ms, ep_exposed, dp_exposed);
         fprintf(ls, "\"expert_load\":[");
-        double worst = 0;
+        LoadStats *ls_l = MOE_NEW(LoadStats, L > 0 ? L : 1);
         int first = 1;
         for (int l = 0; l < L; l++) {
             if (!config_layer_is_moe(c, l)) continue;
             fprintf(ls, first ? "[" : ",[");
             first = 0;
-            long mx = 0, sum = 0;
-            for (int e = 0; e < E; e++) {
-                long v = a.load[(size_t)l * E + e];
-                fprintf(ls, e ? ",%ld" : "%ld", v);
-                mx = v > mx ? v : mx; sum += v;
-                run_load[(size_t)l * E + e] += v;
-            }
+            for (int e = 0; e < E; e++) fprintf(ls, e ? ",%ld" : "%ld", a.load[(size_t)l * E + e]);
             fprintf(ls, "]");
-            if (sum > 0 && mx * (double)E / sum > worst) worst = mx * (double)E / sum;
+            moe_load_stats(a.load + (size_t)l * E, E, ep, sl.tokens, &ls_l[l]);
+            double v[3] = {ls_l[l].max_mean, ls_l[l].maxvio, ls_l[l].is};
+            for (int k = 0; k < 3; k++) {
+                bal_sum[l * 3 + k] += v[k];
+                bal_last[((size_t)(n_bal % LAST) * L + l) * 3 + k] = v[k];
+            }
+            run_drop[l] += a.drop_l[l];
         }
+        n_bal++;
         fprintf(ls, "]");
+        if (ep > 1) {   // device imbalance per MoE layer (the EP group's ranks are the devices)
+            fprintf(ls, ",\"IS\":[");
+            first = 1;
+            for (int l = 0; l < L; l++)
+                if (config_layer_is_moe(c, l)) { fprintf(ls, first ? "%.6f" : ",%.6f", ls_l[l].is); first = 0; }
+            fprintf(ls, "]");
+        }
         double eval_ce = -1;
         if (ar->eval_data && (pr.step % tc->eval_every == 0 || pr.step == tc->steps)) {
             long et;
             rc = eval_loss(&m, &evd, tc->eval_limit, 64, &eval_ce, &et);
-            if (rc) { fclose(ls); free(line); break; }
+            if (rc) { fclose(ls); free(line); moe_free(ls_l); break; }
             fprintf(ls, ",\"eval_loss\":%.9g", eval_ce);
         }
         fprintf(ls, "}\n");
         fclose(ls);
         if (log) { fputs(line, log); fflush(log); }
         free(line);
-        run_dropped += a.dropped; run_assigned += a.assigned;
+        run_assigned += sl.tokens * c->num_experts_per_tok;   // per MoE layer
         // --- progress line
         double elapsed = time_now() - t_start;
         double per_step = elapsed / (pr.step - start_step);
@@ -466,10 +480,30 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
             fmt_eta(etas, sizeof etas, eta);
             char evs[32] = "";
             if (eval_ce >= 0) snprintf(evs, sizeof evs, " | eval %.4f", eval_ce);
-            fprintf(stderr, "%sstep %ld/%d | loss %.4f (ce %.4f aux %.4f)%s | lr %.2e | %.0f tok/s | MFU %.1f%% | load max/mean %.2f | ETA %s%s",
-                    tty ? "\r\033[K" : "", pr.step, tc->steps, sl.loss, sl.ce, sl.aux, evs, lr, tps, 100 * mfu, worst, etas,
+            // max/mean load of each MoE layer (the worst one when there are many), drops, IS
+            char bal[256] = "";
+            int nb = 0, n_moe = config_n_moe_layers(c), worst = -1;
+            for (int l = 0; l < L; l++)
+                if (config_layer_is_moe(c, l) && (worst < 0 || ls_l[l].max_mean > ls_l[worst].max_mean)) worst = l;
+            if (n_moe > 0 && n_moe <= 8) {
+                nb += snprintf(bal + nb, sizeof bal - nb, " | load max/mean");
+                for (int l = 0; l < L; l++)
+                    if (config_layer_is_moe(c, l)) nb += snprintf(bal + nb, sizeof bal - nb, " %.2f", ls_l[l].max_mean);
+            } else if (n_moe > 0) {
+                nb += snprintf(bal + nb, sizeof bal - nb, " | load max/mean %.2f (layer %d)", ls_l[worst].max_mean, worst);
+            }
+            if (c->capacity_factor > 0 && a.assigned > 0)
+                nb += snprintf(bal + nb, sizeof bal - nb, " | drop %.2f%%", 100.0 * a.dropped / a.assigned);
+            if (ep > 1 && n_moe > 0) {
+                double is = 0;
+                for (int l = 0; l < L; l++) if (config_layer_is_moe(c, l) && ls_l[l].is > is) is = ls_l[l].is;
+                nb += snprintf(bal + nb, sizeof bal - nb, " | IS %.3f", is);
+            }
+            fprintf(stderr, "%sstep %ld/%d | loss %.4f (ce %.4f aux %.4f)%s | lr %.2e | %.0f tok/s | MFU %.1f%%%s | ETA %s%s",
+                    tty ? "\r\033[K" : "", pr.step, tc->steps, sl.loss, sl.ce, sl.aux, evs, lr, tps, 100 * mfu, bal, etas,
                     tty ? "" : "\n");
         }
+        moe_free(ls_l);
         // --- checkpoints
         bool last = pr.step == tc->steps || stop_time;
         if (last || (tc->ckpt_every > 0 && pr.step % tc->ckpt_every == 0)) {
@@ -483,18 +517,21 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     if (rc == MOE_OK && !tc->quiet) {
         double el = time_now() - t_start;
         fprintf(stderr, "moe train: %ld steps in %.1f s, final loss %.4f, checkpoint %s\n", pr.step - start_step, el, sl.loss, ar->out);
-        for (int l = 0; l < L; l++) {
+        const long nl = n_bal < LAST ? n_bal : LAST;
+        for (int l = 0; l < L && n_bal > 0; l++) {
             if (!config_layer_is_moe(c, l)) continue;
-            long mx = 0, sum = 0;
-            for (int e = 0; e < E; e++) { long v = run_load[(size_t)l * E + e]; mx = v > mx ? v : mx; sum += v; }
-            double mean = (double)sum / E;
-            fprintf(stderr, "  layer %d experts: max/mean %.3f  MaxVio %.3f  drop rate %.4f\n", l,
-                    mean > 0 ? mx / mean : 0, mean > 0 ? (mx - mean) / mean : 0,
-                    run_assigned ? (double)run_dropped / run_assigned : 0);
+            double last = 0;
+            for (long i = 0; i < nl; i++) last += bal_last[((size_t)i * L + l) * 3];
+            fprintf(stderr, "  layer %d experts: max/mean %.3f (last %ld steps %.3f)  MaxVio %.3f  drop rate %.4f", l,
+                    bal_sum[l * 3] / n_bal, nl, last / nl, bal_sum[l * 3 + 1] / n_bal,
+                    run_assigned ? (double)run_drop[l] / run_assigned : 0);
+            if (ep > 1) fprintf(stderr, "  IS %.4f", bal_sum[l * 3 + 2] / n_bal);
+            fprintf(stderr, "\n");
         }
+        if (n_bal > 0 && config_n_moe_layers(c) > 0) fprintf(stderr, "  (means over the run's steps of each step's figures)\n");
     }
     if (log) fclose(log);
-    moe_free(run_load); moe_free(ids); order_free(&order); batch_free(&b); acts_free(&a);
+    moe_free(bal_sum); moe_free(bal_last); moe_free(run_drop); moe_free(ids); order_free(&order); batch_free(&b); acts_free(&a);
     if (halves) { batch_free(&b_half); acts_free(&a_half); }
     dataset_free(&d); dataset_free(&evd); adamw_free(&opt); model_free(&m);
     return rc;
