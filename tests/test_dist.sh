@@ -100,6 +100,19 @@ if OMP_NUM_THREADS=1 $MOE eval --ckpt "$T/kill" --data "$T/qa.txt" --limit 5 --j
   ok "the last checkpoint before the kill is whole"
 else bad "checkpoint after the kill" "$(cat "$T/err")"; fi
 
+# aux_scope "ep_group": f and P over the EP group's tokens, so an EP group holding the whole
+# global batch is single-process "batch" scope over it, and two groups are two micro-batches
+sed 's/"aux_scope": "sequence"/"aux_scope": "ep_group"/; s/"aux_loss_alpha": 0.01/"aux_loss_alpha": 0.05/' "$T/c.json" >"$T/cg.json"
+sed 's/"aux_scope": "sequence"/"aux_scope": "batch"/; s/"aux_loss_alpha": 0.01/"aux_loss_alpha": 0.05/' "$T/c.json" >"$T/cb.json"
+OMP_NUM_THREADS=1 $MOE train --model "$T/cb.json" $F --steps 10 --out "$T/sb8" && \
+OMP_NUM_THREADS=1 $MOE train --model "$T/cb.json" $F --steps 10 --micro-batch 4 --out "$T/sb4" || bad "batch-scope runs" "failed"
+for pe in "2 2 sb8" "4 4 sb8" "4 2 sb4"; do
+  set -- $pe
+  if run "$1" $MOE train --model "$T/cg.json" $F --steps 10 --ep "$2" --overlap off --out "$T/g$1$2" 2>"$T/err"; then
+    same_losses "aux_scope ep_group, np $1 --ep $2: single-process batch scope over the group's examples" "$T/g$1$2" "$T/$3" 10
+  else bad "ep_group np $1 --ep $2" "$(tail -3 "$T/err")"; fi
+done
+
 # MoGE with one group per EP rank: every device gets the same load, IS exactly 0 every step
 sed 's/"num_experts_per_tok": 2/"num_experts_per_tok": 4, "topk_method": "moge", "n_group": 4/' "$T/c.json" >"$T/moge.json"
 if run 4 $MOE train --model "$T/moge.json" $F --steps 10 --ep 4 --out "$T/moge" 2>"$T/err"; then

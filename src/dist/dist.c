@@ -132,6 +132,13 @@ static int ep_start(MoeComm *c, const float *send, const int *scnt, const int *s
     return MOE_OK;
 }
 static int ep_wait(MoeComm *c, int req) { return req_wait(req, &c->exposed_ms); }
+static int ep_sum(MoeComm *c, double *buf, int n) {
+    double t = time_now();
+    if (MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_DOUBLE, MPI_SUM, ep_comm) != MPI_SUCCESS) MOE_ERR("MPI_Allreduce failed");
+    double ms = (time_now() - t) * 1e3;
+    c->ms += ms; c->exposed_ms += ms;
+    return MOE_OK;
+}
 
 
 // ---------------------------------------------------------------- hierarchical all-to-all
@@ -342,7 +349,7 @@ int dist_setup(int ep, DistA2A mode) {
     g.dp = g.size / ep; g.dp_rank = g.rank / ep;
     memset(&g.moe, 0, sizeof g.moe);
     g.moe.rank = g.ep_rank; g.moe.size = ep;
-    g.moe.counts = ep_counts; g.moe.start = ep_start; g.moe.wait = ep_wait;
+    g.moe.counts = ep_counts; g.moe.start = ep_start; g.moe.wait = ep_wait; g.moe.sum = ep_sum;
     if (!g.mpi) return MOE_OK;
     if (ep_comm != MPI_COMM_NULL) MPI_Comm_free(&ep_comm);
     if (rep_comm != MPI_COMM_NULL) MPI_Comm_free(&rep_comm);

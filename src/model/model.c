@@ -557,7 +557,13 @@ static int fwd_finish(Pass *P, int l) {
         if (m->comm) MOE_TRY(moe_ep_combine(ma, m->comm, xnext));
         if (P->o->train) {
             double t = prof_begin();
-            P->out->aux += moe_aux_loss(c, ma, NULL, P->b->seq_start, P->b->n_seq, P->o->aux_scale);
+            if (c->aux_scope == MOE_AUX_EP_GROUP && m->comm) {
+                double share;
+                MOE_TRY(moe_aux_ep_group(c, ma, m->comm, P->o->aux_scale, &share));
+                P->out->aux += share;
+            } else {
+                P->out->aux += moe_aux_loss(c, ma, NULL, P->b->seq_start, P->b->n_seq, P->o->aux_scale);
+            }
             prof_end(PROF_BALANCE, false, t, 0);
             for (int e = 0; e < E; e++) a->load[(size_t)l * E + e] += ma->load[e];
             a->dropped += ma->dropped;

@@ -36,6 +36,7 @@ typedef struct {
     int *scnt, *sdsp, *rcnt, *rdsp;   // [P] rows sent to / received from each rank
     int *roff;              // [El+1] expert-major row offsets
     int req;                // the exchange in flight for this layer (MoeComm.start)
+    double *ep_f, ep_n;     // aux_scope "ep_group": the group's f [E] and P [E], and its tokens
 } MoeActs;
 enum { MOE_BORROW_XE_AE = 1, MOE_BORROW_GU = 2, MOE_BORROW_YE = 4, MOE_BORROW_LOGITS = 8 };
 
@@ -61,6 +62,7 @@ typedef struct MoeComm {
     int (*start)(struct MoeComm *c, const float *send, const int *scnt, const int *sdsp, float *recv,
                  const int *rcnt, const int *rdsp, int width, int *req);
     int (*wait)(struct MoeComm *c, int req);
+    int (*sum)(struct MoeComm *c, double *buf, int n);   // all-reduce (sum) over the group
     double ms, exposed_ms;
 } MoeComm;
 
@@ -142,5 +144,9 @@ double moe_aux_loss(const MoeConfig *c, const MoeActs *a, MoeWork *wk, const int
 // consecutive experts each (0 when P = 1)
 typedef struct { double max_mean, maxvio, is; } LoadStats;
 void moe_load_stats(const long *load, int E, int P, long tokens, LoadStats *s);
+// aux_scope "ep_group" under expert parallelism (forward): f and P reduced over the group
+// (kept in a for the backward pass, where moe_aux_loss adds the gradient); *share is this
+// rank's part of the loss (the group's loss / group size)
+int moe_aux_ep_group(const MoeConfig *c, MoeActs *a, MoeComm *comm, float scale, double *share);
 // DeepSeek aux-loss-free update: b_i += gamma * sign(mean(load) - load_i)
 void moe_bias_update(float *bias, const long *load, int E, float gamma);

@@ -24,7 +24,7 @@ void moe_acts_alloc(MoeActs *a, int Nmax, int E, int K, int D, int F, int borrow
     a->load = MOE_NEW(int, E);
 }
 void moe_acts_free(MoeActs *a) {
-    void *p[] = {a->scores, a->sel, a->w, a->row, a->offsets, a->row_tok, a->row_slot, a->load};
+    void *p[] = {a->scores, a->sel, a->w, a->row, a->offsets, a->row_tok, a->row_slot, a->load, a->ep_f};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
     if (!(a->borrowed & MOE_BORROW_XE_AE)) { moe_free(a->xe); moe_free(a->ae); }
     if (!(a->borrowed & MOE_BORROW_GU)) moe_free(a->gu);
