@@ -377,6 +377,47 @@ static void test_adamw(void) {
     model_free(&m1); model_free(&m2); adamw_free(&a1); adamw_free(&a2);
 }
 
+static void test_placement(void) {
+    // a skewed load: a few hot experts, the rest light
+    enum { E = 32, P = 4 };
+    double load[E];
+    for (int e = 0; e < E; e++) load[e] = 100 + 10 * (e % 7);
+    load[3] = 2500; load[17] = 1800; load[30] = 1200;
+    double total = 0;
+    for (int e = 0; e < E; e++) total += load[e];
+    for (int R = 0; R <= 8; R += 4) {
+        int slots[(E + 8)];
+        double rl[P];
+        int rc = moe_place(load, E, P, R, slots, rl);
+        const int S = (E + R) / P;
+        int seen[E] = {0}, dup = 0, sorted = 1;
+        double mx = 0, sum = 0;
+        for (int p = 0; p < P; p++) {
+            for (int s = 0; s < S; s++) {
+                seen[slots[p * S + s]]++;
+                for (int t = 0; t < s; t++) dup += slots[p * S + t] == slots[p * S + s];
+                if (s && slots[p * S + s - 1] > slots[p * S + s]) sorted = 0;
+            }
+            mx = rl[p] > mx ? rl[p] : mx;
+            sum += rl[p];
+        }
+        int missing = 0;
+        for (int e = 0; e < E; e++) missing += seen[e] == 0;
+        char nm[96];
+        snprintf(nm, sizeof nm, "placement R=%d: every expert placed once or more, no rank twice", R);
+        check(nm, rc == MOE_OK && !missing && !dup && sorted ? 0 : 1, 0);
+        snprintf(nm, sizeof nm, "placement R=%d: predicted loads add up to the total", R);
+        check(nm, fabs(sum - total) / total, 1e-12);
+        if (R == 8) {   // replicating the hot experts evens the ranks out
+            snprintf(nm, sizeof nm, "placement R=%d: max rank load / mean - 1 (<= 0.1)", R);
+            check(nm, rc == MOE_OK ? mx / (total / P) - 1 : 1, 0.1);
+        }
+    }
+    int slots[8];
+    double rl[3];
+    check("placement refuses slots that do not split over the ranks", moe_place(load, 8, 3, 0, slots, rl) == MOE_FAIL ? 0 : 1, 0);
+}
+
 int main(void) {
     rng_seed(&rng, 42);
     test_gemm();
@@ -388,6 +429,7 @@ int main(void) {
     test_moe();
     test_simd();
     test_adamw();
+    test_placement();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail != 0;
 }

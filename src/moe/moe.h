@@ -148,5 +148,11 @@ void moe_load_stats(const long *load, int E, int P, long tokens, LoadStats *s);
 // (kept in a for the backward pass, where moe_aux_loss adds the gradient); *share is this
 // rank's part of the loss (the group's loss / group size)
 int moe_aux_ep_group(const MoeConfig *c, MoeActs *a, MoeComm *comm, float scale, double *share);
+// Dynamic expert placement over P ranks with S = (E + R) / P expert slots each: the R extra
+// slots replicate the experts with the highest load per replica, then replicas (each
+// predicted to carry load / replicas) are packed heaviest first onto the least loaded rank
+// with room, never two replicas of one expert on a rank. slot_expert[p*S + s]: the expert in
+// slot s of rank p (ascending within a rank); rank_load[p]: its predicted load.
+int moe_place(const double *load, int E, int P, int R, int *slot_expert, double *rank_load);
 // DeepSeek aux-loss-free update: b_i += gamma * sign(mean(load) - load_i)
 void moe_bias_update(float *bias, const long *load, int E, float gamma);
