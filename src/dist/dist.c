@@ -364,18 +364,6 @@ int dist_setup(int ep, DistA2A mode) {
     return MOE_OK;
 }
 
-bool dist_multi_host(void) {
-    if (!g.mpi || g.size == 1) return false;
-    MPI_Comm node;
-    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, g.rank, MPI_INFO_NULL, &node);
-    int n;
-    MPI_Comm_size(node, &n);
-    MPI_Comm_free(&node);
-    int all_local = n == g.size, every;
-    MPI_Allreduce(&all_local, &every, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-    return !every;
-}
-
 static int sum(void *buf, size_t n, MPI_Datatype t, MPI_Op op, DistGroup grp) {
     if (!g.mpi) return MOE_OK;
     MPI_Comm c = comm_of(grp);
@@ -443,10 +431,6 @@ int dist_gather_ep0(const float *send, size_t n, float *recv) {
 int dist_bcast_int(int *v, int n) {
     if (g.mpi && g.size > 1) MPI_Bcast(v, n, MPI_INT, 0, MPI_COMM_WORLD);
     return MOE_OK;
-}
-
-void dist_barrier(void) {
-    if (g.mpi && g.size > 1) MPI_Barrier(MPI_COMM_WORLD);
 }
 
 void dist_abort(int code) {

@@ -33,8 +33,6 @@ void dist_finalize(void);
 DistInfo *dist_info(void);
 // split the world into EP groups of ep ranks (ep must divide size)
 int dist_setup(int ep, DistA2A mode);
-// hostname-aware: true when the ranks span more than one host
-bool dist_multi_host(void);
 // sum over a group, in place
 int dist_sum_f32(float *buf, size_t n, DistGroup g);
 // the same, started (the buffer is not to be touched until dist_wait(*req)); *req -1 when
@@ -48,6 +46,5 @@ int dist_max_f64(double *buf, int n, DistGroup g);
 // into recv[ep * n]; recv is only read on rank 0
 int dist_gather_ep0(const float *send, size_t n, float *recv);
 int dist_bcast_int(int *v, int n);
-void dist_barrier(void);
 // end every rank of the job (after a failure on this one)
 void dist_abort(int code);
