@@ -109,15 +109,7 @@ void model_build(Model *m, const MoeConfig *c, bool with_grads) {
 }
 
 void model_build_shard(Model *m, const MoeConfig *c, bool with_grads, int e0, int ne) {
-    memset(m, 0, sizeof *m);
-    m->cfg = *c;
-    m->e0 = e0;
-    m->ne = ne;
-    LayoutBuilder lb = {m, 0};
-    ParamViews scratch;
-    scratch.layer = MOE_NEW(LayerParams, c->num_hidden_layers);
-    layout_walk(m, &lb, NULL, &scratch);
-    moe_free(scratch.layer);
+    model_layout_shard(m, c, e0, ne);
     MemCategory old = mem_category(MEM_PARAMS);
     m->params = MOE_NEW(float, m->n_params);
     m->w.layer = MOE_NEW(LayerParams, c->num_hidden_layers);

@@ -104,17 +104,7 @@ int moe_ep_experts(MoeActs *a, MoeEpWork *w, MoeComm *comm, const MoeWeights *W)
     prof_end(PROF_PERMUTE, false, t, 0);
     // the local experts' GEMMs, as on one process
     t = prof_begin();
-    const bool by_expert = El >= 2 * omp_get_max_threads();
-#pragma omp parallel for schedule(dynamic, 1) if (by_expert)
-    for (int e = 0; e < El; e++) {
-        int r0 = a->roff[e], M = a->roff[e + 1] - r0;
-        if (M == 0) continue;
-        float *gu = a->gu + (size_t)r0 * 2 * F, *act = a->ae + (size_t)r0 * F;
-        linear_forward(gu, a->xe + (size_t)r0 * D, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F, false);
-        swiglu_rows_forward(act, gu, M, F);
-        linear_forward(w->t2 + (size_t)r0 * D, act, W->down + (size_t)e * D * F, M, F, D, false);
-        if (omp_get_thread_num() == 0) moe_progress();
-    }
+    moe_grouped_forward(El, a->roff, a->xe, a->gu, a->ae, w->t2, W, D, F);
     prof_end(PROF_EXPERTS, false, t, 6.0 * R * D * F);
     // outputs start back to the tokens' processes
     t = prof_begin();
@@ -152,21 +142,7 @@ int moe_ep_backward_experts(MoeActs *a, MoeWork *wk, MoeEpWork *w, MoeComm *comm
     mem_category(old);
     prof_end(PROF_UNPERMUTE, true, t, 0);
     t = prof_begin();
-    const bool by_expert = El >= 2 * omp_get_max_threads();
-#pragma omp parallel for schedule(dynamic, 1) if (by_expert)
-    for (int e = 0; e < El; e++) {
-        int r0 = a->roff[e], M = a->roff[e + 1] - r0;
-        if (M == 0) continue;
-        const float *x = a->xe + (size_t)r0 * D, *gu = a->gu + (size_t)r0 * 2 * F, *act = a->ae + (size_t)r0 * F;
-        float *dy = w->t2 + (size_t)r0 * D, *dact = w->dae + (size_t)r0 * F, *dgu = w->dgu + (size_t)r0 * 2 * F;
-        float *dx = w->t1 + (size_t)r0 * D;
-        memset(dact, 0, sizeof(float) * (size_t)M * F);
-        linear_backward(dact, G->down + (size_t)e * D * F, dy, act, W->down + (size_t)e * D * F, M, F, D);
-        swiglu_rows_backward(dgu, dact, gu, M, F);
-        memset(dx, 0, sizeof(float) * (size_t)M * D);
-        linear_backward(dx, G->gate_up + (size_t)e * 2 * F * D, dgu, x, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F);
-        if (omp_get_thread_num() == 0) moe_progress();
-    }
+    moe_grouped_backward(El, a->roff, a->xe, a->gu, a->ae, w->t2, w->dae, w->dgu, w->t1, W, G, D, F);
     prof_end(PROF_EXPERTS, true, t, 12.0 * R * D * F);
     t = prof_begin();
     reorder(a, P, El, w->t2, w->t1, D, false);   // dx, back in receive order

@@ -22,6 +22,43 @@ void moe_work_free(MoeWork *w) {
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
 }
 
+// Many experts: one expert per thread at a time (BLAS runs single-threaded inside the
+// region), so that small per-expert GEMMs do not pay a fork/join each; few experts: each
+// GEMM on all threads.
+void moe_grouped_forward(int n, const int *off, const float *xe, float *gu, float *ae, float *ye,
+                         const MoeWeights *W, int D, int F) {
+    const bool by_expert = n >= 2 * omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 1) if (by_expert)
+    for (int e = 0; e < n; e++) {
+        const int r0 = off[e], M = off[e + 1] - r0;
+        if (M == 0) continue;
+        float *g = gu + (size_t)r0 * 2 * F, *act = ae + (size_t)r0 * F;
+        linear_forward(g, xe + (size_t)r0 * D, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F, false);   // [M,2F]
+        swiglu_rows_forward(act, g, M, F);
+        linear_forward(ye + (size_t)r0 * D, act, W->down + (size_t)e * D * F, M, F, D, false);          // [M,D]
+        if (omp_get_thread_num() == 0) moe_progress();
+    }
+}
+
+void moe_grouped_backward(int n, const int *off, const float *xe, const float *gu, const float *ae, const float *dy,
+                          float *dae, float *dgu, float *dx, const MoeWeights *W, MoeGrads *G, int D, int F) {
+    const bool by_expert = n >= 2 * omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 1) if (by_expert)
+    for (int e = 0; e < n; e++) {
+        const int r0 = off[e], M = off[e + 1] - r0;
+        if (M == 0) continue;
+        float *da = dae + (size_t)r0 * F, *dg = dgu + (size_t)r0 * 2 * F, *dxr = dx + (size_t)r0 * D;
+        memset(da, 0, sizeof(float) * (size_t)M * F);
+        linear_backward(da, G->down + (size_t)e * D * F, dy + (size_t)r0 * D, ae + (size_t)r0 * F,
+                        W->down + (size_t)e * D * F, M, F, D);
+        swiglu_rows_backward(dg, da, gu + (size_t)r0 * 2 * F, M, F);
+        memset(dxr, 0, sizeof(float) * (size_t)M * D);
+        linear_backward(dxr, G->gate_up + (size_t)e * 2 * F * D, dg, xe + (size_t)r0 * D,
+                        W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F);
+        if (omp_get_thread_num() == 0) moe_progress();
+    }
+}
+
 void moe_gather(MoeActs *a, const float *xn) {
     const int D = a->D;
 #pragma omp parallel for schedule(static)
@@ -46,20 +83,7 @@ void moe_experts_forward(MoeActs *a, const float *xn, const MoeWeights *W, float
     moe_gather(a, xn);
     prof_end(PROF_PERMUTE, false, t, 0);
     t = prof_begin();
-    // many experts: one expert per thread at a time (BLAS runs single-threaded inside the
-    // region), so that small per-expert GEMMs do not pay a fork/join each; few experts:
-    // each GEMM on all threads
-    const bool by_expert = a->E >= 2 * omp_get_max_threads();
-#pragma omp parallel for schedule(dynamic, 1) if (by_expert)
-    for (int e = 0; e < a->E; e++) {
-        int r0 = a->offsets[e], M = a->offsets[e + 1] - r0;
-        if (M == 0) continue;
-        const float *x = a->xe + (size_t)r0 * D;
-        float *gu = a->gu + (size_t)r0 * 2 * F, *act = a->ae + (size_t)r0 * F;
-        linear_forward(gu, x, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F, false);   // [M,2F]
-        swiglu_rows_forward(act, gu, M, F);
-        linear_forward(a->ye + (size_t)r0 * D, act, W->down + (size_t)e * D * F, M, F, D, false);   // [M,D]
-    }
+    moe_grouped_forward(a->E, a->offsets, a->xe, a->gu, a->ae, a->ye, W, D, F);
     prof_end(PROF_EXPERTS, false, t, 6.0 * a->A * D * F);
     t = prof_begin();
     moe_combine(a, out);
@@ -148,20 +172,8 @@ void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const floa
     moe_combine_backward(a, wk, dout);
     prof_end(PROF_UNPERMUTE, true, t, 0);
     t = prof_begin();
-    const bool by_expert = a->E >= 2 * omp_get_max_threads();
-#pragma omp parallel for schedule(dynamic, 1) if (by_expert)
-    for (int e = 0; e < a->E; e++) {
-        int r0 = a->offsets[e], M = a->offsets[e + 1] - r0;
-        if (M == 0) continue;
-        const float *x = a->xe + (size_t)r0 * D, *gu = a->gu + (size_t)r0 * 2 * F,
-                    *act = a->ae + (size_t)r0 * F, *dy = wk->dye + (size_t)r0 * D;
-        float *dact = wk->dae + (size_t)r0 * F, *dgu = wk->dgu + (size_t)r0 * 2 * F, *dx = wk->dxe + (size_t)r0 * D;
-        memset(dact, 0, sizeof(float) * (size_t)M * F);
-        linear_backward(dact, G->down + (size_t)e * D * F, dy, act, W->down + (size_t)e * D * F, M, F, D);
-        swiglu_rows_backward(dgu, dact, gu, M, F);
-        memset(dx, 0, sizeof(float) * (size_t)M * D);   // dx and dy share rows: dy is used up
-        linear_backward(dx, G->gate_up + (size_t)e * 2 * F * D, dgu, x, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F);
-    }
+    // dxe overwrites dye expert by expert: an expert's dy is used up before its dx is written
+    moe_grouped_backward(a->E, a->offsets, a->xe, a->gu, a->ae, wk->dye, wk->dae, wk->dgu, wk->dxe, W, G, D, F);
     prof_end(PROF_EXPERTS, true, t, 12.0 * a->A * D * F);
     t = prof_begin();
     moe_scatter_backward(a, wk->dxe, dxn);

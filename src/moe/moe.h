@@ -111,6 +111,13 @@ void moe_weights_backward(const MoeConfig *c, const MoeActs *a, MoeWork *wk);
 void moe_router_backward(const MoeConfig *c, const MoeActs *a, MoeWork *wk, const float *xn,
                          const MoeWeights *W, MoeGrads *G, float *dxn);
 
+// The grouped expert GEMMs over rows grouped by expert (expert e: rows [off[e], off[e+1]),
+// weights block e of W): forward gu, ae, ye; backward dae, dgu, dx (which may share dy's
+// buffer) and the weight gradients
+void moe_grouped_forward(int n, const int *off, const float *xe, float *gu, float *ae, float *ye,
+                         const MoeWeights *W, int D, int F);
+void moe_grouped_backward(int n, const int *off, const float *xe, const float *gu, const float *ae, const float *dy,
+                          float *dae, float *dgu, float *dx, const MoeWeights *W, MoeGrads *G, int D, int F);
 // the pieces around the expert GEMMs: out += weighted rows (ye); dye and dw from dout;
 // dxn += the rows' input gradients
 void moe_combine(const MoeActs *a, float *out);
