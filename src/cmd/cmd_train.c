@@ -39,7 +39,11 @@ static const char *HELP =
     "  --a2a MODE         auto (default) | flat | hierarchical: the EP all-to-all; hierarchical\n"
     "                     gathers each host's rows at one rank, makes one exchange per pair of\n"
     "                     hosts and scatters within the host; auto uses it when the EP group\n"
-    "                     spans hosts with several of its ranks on some host\n";
+    "                     spans hosts with several of its ranks on some host\n"
+    "  --replace-every N  dynamic expert placement: every N steps, place the experts again from\n"
+    "                     the last N steps' loads (replicate the hottest, pack by predicted\n"
+    "                     load) and move weights and optimizer state to their new ranks\n"
+    "  --redundant-experts R  R extra expert slots in all for those replicas (default 0)\n";
 
 int cmd_train(int argc, char **argv) {
     Args a;
@@ -90,6 +94,10 @@ int cmd_train(int argc, char **argv) {
     else if (!rc && !strcmp(a2a, "flat")) tc.a2a = DIST_A2A_FLAT;
     else if (!rc && !strcmp(a2a, "hierarchical")) tc.a2a = DIST_A2A_HIER;
     else if (!rc) { moe_seterr("--a2a must be auto, flat or hierarchical, got \"%s\"", a2a); rc = MOE_FAIL; }
+    if (!rc) rc = args_int(&a, "--redundant-experts", 0, &tc.redundant);
+    if (!rc) rc = args_int(&a, "--replace-every", 0, &tc.replace_every);
+    if (!rc && (tc.redundant < 0 || tc.replace_every < 0)) { moe_seterr("--redundant-experts and --replace-every must be >= 0"); rc = MOE_FAIL; }
+    if (!rc && tc.redundant > 0 && tc.replace_every == 0) { moe_seterr("--redundant-experts needs --replace-every N"); rc = MOE_FAIL; }
     if (!rc) rc = args_int(&a, "--eval-every", 100, &tc.eval_every);
     if (!rc) rc = args_int(&a, "--eval-limit", 500, &tc.eval_limit);
     if (!rc && (tc.eval_every <= 0 || tc.eval_limit < 0)) { moe_seterr("--eval-every must be positive and --eval-limit >= 0"); rc = MOE_FAIL; }

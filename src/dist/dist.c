@@ -428,6 +428,17 @@ int dist_gather_ep0(const float *send, size_t n, float *recv) {
     return MOE_OK;
 }
 
+int dist_alltoallv_f32(const float *send, const int *scnt, const int *sdsp, float *recv, const int *rcnt,
+                       const int *rdsp) {
+    if (!g.mpi || g.ep == 1) { if (scnt[0]) memcpy(recv + rdsp[0], send + sdsp[0], sizeof(float) * scnt[0]); return MOE_OK; }
+    double t = time_now();
+    if (MPI_Alltoallv(send, scnt, sdsp, MPI_FLOAT, recv, rcnt, rdsp, MPI_FLOAT, ep_comm) != MPI_SUCCESS)
+        MOE_ERR("MPI_Alltoallv failed");
+    g.ms += (time_now() - t) * 1e3;
+    g.exposed_ms += (time_now() - t) * 1e3;
+    return MOE_OK;
+}
+
 int dist_bcast_int(int *v, int n) {
     if (g.mpi && g.size > 1) MPI_Bcast(v, n, MPI_INT, 0, MPI_COMM_WORLD);
     return MOE_OK;

@@ -46,5 +46,8 @@ int dist_max_f64(double *buf, int n, DistGroup g);
 // into recv[ep * n]; recv is only read on rank 0
 int dist_gather_ep0(const float *send, size_t n, float *recv);
 int dist_bcast_int(int *v, int n);
+// all-to-all of floats over the EP group (counts and displacements in floats)
+int dist_alltoallv_f32(const float *send, const int *scnt, const int *sdsp, float *recv, const int *rcnt,
+                       const int *rdsp);
 // end every rank of the job (after a failure on this one)
 void dist_abort(int code);

@@ -28,7 +28,9 @@ static void add(LayoutBuilder *lb, const char *name, int d0, int d1) {
     t->numel = (size_t)d0 * (d1 ? d1 : 1);
     t->offset = m->n_params;
     t->decay = t->ndim >= 2;
-    t->expert = strstr(name, ".mlp.experts.") != NULL;
+    const char *ex = strstr(name, ".mlp.experts.");
+    t->expert = ex != NULL;
+    t->expert_id = ex ? atoi(ex + 13) : -1;
     // the output head gets its own bucket (layer L): its gradient is complete after the
     // forward pass, which computes it with the cross-entropy
     t->layer = !strncmp(name, "model.layers.", 13) ? atoi(name + 13)
@@ -65,16 +67,21 @@ static void layout_walk(Model *m, LayoutBuilder *lb, float *base, ParamViews *v)
             TL("mlp.gate.weight", E, D, p->router);
             // expert e's gate_proj and up_proj side by side ([2Fe,D], one GEMM), the
             // experts one after another so that expert e's pair is base + e * 2 Fe D
-            for (int e = m->e0; e < m->e0 + m->ne; e++) {
+            // this process's experts: [e0, e0 + ne), or its slots under a placement
+            const int n = m->place ? m->place->S : m->ne;
+            const int *slot = m->place ? m->place->slot_expert + ((size_t)l * m->place->P + m->prank) * n : NULL;
+            for (int j = 0; j < n; j++) {
+                const int e = slot ? slot[j] : m->e0 + j;
                 char s[64]; float *dummy;
                 snprintf(s, sizeof s, "mlp.experts.%d.gate_proj.weight", e);
-                TL(s, Fe, D, dummy); if (!lb && e == m->e0) p->e_gate_up = dummy;
+                TL(s, Fe, D, dummy); if (!lb && j == 0) p->e_gate_up = dummy;
                 snprintf(s, sizeof s, "mlp.experts.%d.up_proj.weight", e);
                 TL(s, Fe, D, dummy);
             }
-            for (int e = m->e0; e < m->e0 + m->ne; e++) {
+            for (int j = 0; j < n; j++) {
+                const int e = slot ? slot[j] : m->e0 + j;
                 char s[64]; snprintf(s, sizeof s, "mlp.experts.%d.down_proj.weight", e);
-                float *dummy; TL(s, D, Fe, dummy); if (!lb && e == m->e0) p->e_down = dummy;
+                float *dummy; TL(s, D, Fe, dummy); if (!lb && j == 0) p->e_down = dummy;
             }
             if (Fs > 0) {
                 TL("mlp.shared_experts.gate_proj.weight", Fs, D, p->s_gate);
@@ -108,8 +115,32 @@ void model_build(Model *m, const MoeConfig *c, bool with_grads) {
     model_build_shard(m, c, with_grads, 0, c->n_routed_experts);
 }
 
+static void build_blobs(Model *m, const MoeConfig *c, bool with_grads);
+
 void model_build_shard(Model *m, const MoeConfig *c, bool with_grads, int e0, int ne) {
     model_layout_shard(m, c, e0, ne);
+    build_blobs(m, c, with_grads);
+}
+
+void model_layout_placed(Model *m, const MoeConfig *c, const MoePlacement *pl, int rank) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *c;
+    m->place = pl;
+    m->prank = rank;
+    m->ne = pl->S;
+    LayoutBuilder lb = {m, 0};
+    ParamViews scratch;
+    scratch.layer = MOE_NEW(LayerParams, c->num_hidden_layers);
+    layout_walk(m, &lb, NULL, &scratch);
+    moe_free(scratch.layer);
+}
+
+void model_build_placed(Model *m, const MoeConfig *c, bool with_grads, const MoePlacement *pl, int rank) {
+    model_layout_placed(m, c, pl, rank);
+    build_blobs(m, c, with_grads);
+}
+
+static void build_blobs(Model *m, const MoeConfig *c, bool with_grads) {
     MemCategory old = mem_category(MEM_PARAMS);
     m->params = MOE_NEW(float, m->n_params);
     m->w.layer = MOE_NEW(LayerParams, c->num_hidden_layers);
@@ -289,6 +320,7 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
     }
     a->load = MOE_NEW(long, (size_t)L * imax(E, 1));
     a->drop_l = MOE_NEW(long, L);
+    a->rows_l = MOE_NEW(long, L);
     mem_category(old);
 }
 
@@ -305,7 +337,7 @@ void acts_free(Acts *a) {
         if (la->moe.scores) { moe_ep_acts_free(&la->moe); moe_acts_free(&la->moe); }
     }
     void *p[] = {a->xs, a->layer, a->rstdf, a->xf, a->xt, a->logits, a->dxt, a->out_rows, a->dx, a->dh,
-                 a->dxn, a->qkv, a->dq, a->datt, a->dk, a->dv, a->dgu, a->da, a->load, a->drop_l,
+                 a->dxn, a->qkv, a->dq, a->datt, a->dk, a->dv, a->dgu, a->da, a->load, a->drop_l, a->rows_l,
                  a->rc_xn, a->rc_a, a->rc_xe, a->rc_ae, a->rc_h, a->rc_ye, a->router_logits, a->ws_q, a->ws_k, a->ws_v, a->ws_att, a->ws_h,
                  a->ws_xn1, a->ws_xn2, a->ws_gu, a->ws_a, a->ws_mgu, a->ws_mye, a->ws_mxe, a->ws_mae};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
@@ -506,6 +538,13 @@ static int fwd_attn(Pass *P, int l) {
     t = prof_begin();
     moe_router_forward(c, ma, la->xn2, &mw, m->bias + (size_t)l * E, N);
     prof_end(PROF_ROUTER, false, t, 2.0 * N * D * E);
+    if (m->place) {   // rows go to replica slots, not to experts
+        const MoePlacement *pl = m->place;
+        ma->n_keys = pl->P * pl->S;
+        ma->key_n = pl->rep_n + (size_t)l * E;
+        ma->key_first = pl->rep_first + (size_t)l * E;
+        ma->key_slot = pl->rep_slot + (size_t)l * pl->P * pl->S;
+    }
     t = prof_begin();
     moe_dispatch(c, ma, o->train);
     prof_end(PROF_PERMUTE, false, t, 0);
@@ -519,7 +558,10 @@ static int fwd_experts(Pass *P, int l) {
     LayerActs *la = &P->a->layer[P->a->train ? l : 0];
     MoeWeights mw;
     moe_views(&m->w.layer[l], &m->cfg, &mw);
-    if (m->comm) return moe_ep_experts(&la->moe, &P->a->ew, m->comm, &mw);
+    if (m->comm) {
+        if (P->o->train) P->a->rows_l[l] += la->moe.R;
+        return moe_ep_experts(&la->moe, &P->a->ew, m->comm, &mw);
+    }
     moe_experts_forward(&la->moe, la->xn2, &mw, resid(P->a, l + 1, P->b->N));
     return MOE_OK;
 }

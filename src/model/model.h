@@ -16,6 +16,7 @@ typedef struct {
     bool decay;          // AdamW weight decay: tensors of rank >= 2 only
     bool expert;         // a routed expert's weight (sharded under expert parallelism)
     int layer;           // its layer; L for an untied lm_head, -1 for the embedding and final norm
+    int expert_id;       // a routed expert's index in its layer, else -1
 } ParamTensor;
 
 typedef struct {
@@ -40,6 +41,9 @@ typedef struct {
     // layer (all of them: e0 = 0, ne = E); comm moves tokens to the other experts' owners
     int e0, ne;
     MoeComm *comm;
+    // or, under a dynamic placement, the experts of rank prank's S slots in each MoE layer
+    const MoePlacement *place;
+    int prank;
     int n_tensors;
     ParamTensor *tensors;
     size_t n_params;
@@ -62,6 +66,9 @@ typedef struct {
 void model_build(Model *m, const MoeConfig *c, bool with_grads);
 // the same with only routed experts [e0, e0 + ne) (their global names); ne must divide E
 void model_build_shard(Model *m, const MoeConfig *c, bool with_grads, int e0, int ne);
+// the experts of rank `rank`'s slots under a placement
+void model_build_placed(Model *m, const MoeConfig *c, bool with_grads, const MoePlacement *pl, int rank);
+void model_layout_placed(Model *m, const MoeConfig *c, const MoePlacement *pl, int rank);
 // tensor names only (no blobs): what a full checkpoint of c holds
 void model_layout(Model *m, const MoeConfig *c);
 void model_layout_shard(Model *m, const MoeConfig *c, int e0, int ne);
@@ -108,6 +115,7 @@ typedef struct {
     // per-step statistics
     long *load;            // [L,E] routed assignments (accumulated over micro-batches)
     long *drop_l;          // [L] assignments dropped by capacity, per layer
+    long *rows_l;          // [L] expert parallelism: rows this rank's experts computed, per layer
     long dropped, assigned;
 } Acts;
 

@@ -37,20 +37,24 @@ void moe_dispatch(const MoeConfig *c, MoeActs *a, bool train) {
         }
         moe_free(cand); moe_free(start); moe_free(fill);
     }
-    // counting sort of the kept assignments by expert; rows keep token order
-    int *cnt = MOE_NEW(int, E);
+    // counting sort of the kept assignments by expert (or by replica slot under a
+    // placement); rows keep token order
+    const int nk = a->n_keys > 0 ? a->n_keys : E;
+#define KEY(i) (a->n_keys > 0 ? a->key_slot[a->key_first[a->sel[i]] + ((i) / K) % a->key_n[a->sel[i]]] : a->sel[i])
+    int *cnt = MOE_NEW(int, nk);
     for (int i = 0; i < N * K; i++)
-        if (a->row[i] >= 0) cnt[a->sel[i]]++;
+        if (a->row[i] >= 0) cnt[KEY(i)]++;
     a->offsets[0] = 0;
-    for (int e = 0; e < E; e++) a->offsets[e + 1] = a->offsets[e] + cnt[e];
-    a->A = a->offsets[E];
-    memcpy(cnt, a->offsets, sizeof(int) * E);
+    for (int e = 0; e < nk; e++) a->offsets[e + 1] = a->offsets[e] + cnt[e];
+    a->A = a->offsets[nk];
+    memcpy(cnt, a->offsets, sizeof(int) * nk);
     for (int i = 0; i < N * K; i++) {
         if (a->row[i] < 0) continue;
-        int r = cnt[a->sel[i]]++;
+        int r = cnt[KEY(i)]++;
         a->row[i] = r;
         a->row_tok[r] = i / K;
         a->row_slot[r] = i;
     }
     moe_free(cnt);
+#undef KEY
 }

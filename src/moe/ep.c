@@ -43,9 +43,14 @@ static int post(MoeComm *c, const float *send, const int *sc, const int *sd, flo
     return c->start(c, send, sc, sd, recv, rc, rd, width, req);
 }
 
+// rows sorted by expert, or by placement slot: P blocks of El keys
+static int keys(const MoeActs *a) { return a->n_keys > 0 ? a->n_keys : a->E; }
+
 int moe_ep_dispatch(MoeActs *a, MoeEpWork *w, MoeComm *comm, const float *xn) {
-    const int D = a->D, F = a->F, E = a->E, P = comm->size, El = E / P;
+    const int D = a->D, F = a->F, E = keys(a), P = comm->size, El = E / P;
+    if (a->ecnt && a->el_alloc != El) moe_ep_acts_free_counts(a);   // the placement changed shape
     if (!a->ecnt) {
+        a->el_alloc = El;
         a->ecnt = MOE_NEW(int, (size_t)P * El);
         a->scnt = MOE_NEW(int, P); a->sdsp = MOE_NEW(int, P);
         a->rcnt = MOE_NEW(int, P); a->rdsp = MOE_NEW(int, P);
@@ -96,7 +101,7 @@ int moe_ep_dispatch(MoeActs *a, MoeEpWork *w, MoeComm *comm, const float *xn) {
 }
 
 int moe_ep_experts(MoeActs *a, MoeEpWork *w, MoeComm *comm, const MoeWeights *W) {
-    const int D = a->D, F = a->F, P = comm->size, El = a->E / P;
+    const int D = a->D, F = a->F, P = comm->size, El = keys(a) / P;
     const size_t R = a->R;
     MOE_TRY(comm->wait(comm, a->req));
     double t = prof_begin();
@@ -131,7 +136,7 @@ int moe_ep_backward_send(MoeActs *a, MoeWork *wk, MoeEpWork *w, MoeComm *comm, c
 
 int moe_ep_backward_experts(MoeActs *a, MoeWork *wk, MoeEpWork *w, MoeComm *comm, const MoeWeights *W,
                             MoeGrads *G) {
-    const int D = a->D, F = a->F, P = comm->size, El = a->E / P;
+    const int D = a->D, F = a->F, P = comm->size, El = keys(a) / P;
     const size_t R = a->R;
     MOE_TRY(comm->wait(comm, a->req));
     double t = prof_begin();
@@ -159,11 +164,15 @@ int moe_ep_backward_finish(MoeActs *a, MoeWork *wk, MoeComm *comm, float *dxn) {
     return MOE_OK;
 }
 
-void moe_ep_acts_free(MoeActs *a) {
-    if (a->rcap > 0) { moe_free(a->xe); moe_free(a->gu); moe_free(a->ae); a->xe = a->gu = a->ae = NULL; a->rcap = 0; }
+void moe_ep_acts_free_counts(MoeActs *a) {
     void *p[] = {a->ecnt, a->scnt, a->sdsp, a->rcnt, a->rdsp, a->roff};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
     a->ecnt = a->scnt = a->sdsp = a->rcnt = a->rdsp = a->roff = NULL;
+}
+
+void moe_ep_acts_free(MoeActs *a) {
+    if (a->rcap > 0) { moe_free(a->xe); moe_free(a->gu); moe_free(a->ae); a->xe = a->gu = a->ae = NULL; a->rcap = 0; }
+    moe_ep_acts_free_counts(a);
 }
 
 void moe_ep_work_free(MoeEpWork *w) {

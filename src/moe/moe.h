@@ -35,8 +35,13 @@ typedef struct {
     int *ecnt;              // [P*El] rows from source s for local expert e, s-major
     int *scnt, *sdsp, *rcnt, *rdsp;   // [P] rows sent to / received from each rank
     int *roff;              // [El+1] expert-major row offsets
+    int el_alloc;           // El the arrays above were sized for
     int req;                // the exchange in flight for this layer (MoeComm.start)
     double *ep_f, ep_n;     // aux_scope "ep_group": the group's f [E] and P [E], and its tokens
+    // dynamic placement (MoePlacement): rows are sorted by replica slot instead of expert;
+    // the assignment of token n to expert e goes to slot key_slot[key_first[e] + n % key_n[e]]
+    int n_keys;             // P*S slots (0: sort by expert)
+    const int *key_n, *key_first, *key_slot;
 } MoeActs;
 enum { MOE_BORROW_XE_AE = 1, MOE_BORROW_GU = 2, MOE_BORROW_YE = 4, MOE_BORROW_LOGITS = 8 };
 
@@ -138,6 +143,7 @@ int moe_ep_backward_experts(MoeActs *a, MoeWork *wk, MoeEpWork *w, MoeComm *comm
                             MoeGrads *G);
 int moe_ep_backward_finish(MoeActs *a, MoeWork *wk, MoeComm *comm, float *dxn);
 void moe_ep_acts_free(MoeActs *a);
+void moe_ep_acts_free_counts(MoeActs *a);
 void moe_ep_work_free(MoeEpWork *w);
 
 // Switch aux loss alpha * E * sum_i f_i P_i over the tokens of each unit (the whole
@@ -155,6 +161,19 @@ void moe_load_stats(const long *load, int E, int P, long tokens, LoadStats *s);
 // (kept in a for the backward pass, where moe_aux_loss adds the gradient); *share is this
 // rank's part of the loss (the group's loss / group size)
 int moe_aux_ep_group(const MoeConfig *c, MoeActs *a, MoeComm *comm, float scale, double *share);
+// A placement of every MoE layer's experts over the P ranks of an EP group, S slots a rank
+// (layers that are not MoE keep empty rows). Slot g = p*S + s is slot s of rank p.
+typedef struct {
+    int L, E, P, S, R;
+    int *slot_expert;       // [L][P*S] expert in each slot (ascending within a rank)
+    int *rep_n, *rep_first; // [L][E] each expert's replica count and first entry in rep_slot
+    int *rep_slot;          // [L][P*S] the slots holding each expert, grouped by expert
+} MoePlacement;
+void moe_placement_alloc(MoePlacement *pl, int L, int E, int P, int R);
+void moe_placement_free(MoePlacement *pl);
+// layer l from slot_expert (rep_* derived); returns MOE_FAIL for a slot table that misses
+// an expert
+int moe_placement_index(MoePlacement *pl, int l);
 // Dynamic expert placement over P ranks with S = (E + R) / P expert slots each: the R extra
 // slots replicate the experts with the highest load per replica, then replicas (each
 // predicted to carry load / replicas) are packed heaviest first onto the least loaded rank

@@ -60,3 +60,32 @@ int moe_place(const double *load, int E, int P, int R, int *slot_expert, double 
     moe_free(rep); moe_free(all); moe_free(fill);
     return rc;
 }
+
+void moe_placement_alloc(MoePlacement *pl, int L, int E, int P, int R) {
+    memset(pl, 0, sizeof *pl);
+    pl->L = L; pl->E = E; pl->P = P; pl->R = R; pl->S = (E + R) / P;
+    pl->slot_expert = MOE_NEW(int, (size_t)L * P * pl->S);
+    pl->rep_slot = MOE_NEW(int, (size_t)L * P * pl->S);
+    pl->rep_n = MOE_NEW(int, (size_t)L * E);
+    pl->rep_first = MOE_NEW(int, (size_t)L * E);
+}
+void moe_placement_free(MoePlacement *pl) {
+    moe_free(pl->slot_expert); moe_free(pl->rep_slot); moe_free(pl->rep_n); moe_free(pl->rep_first);
+    memset(pl, 0, sizeof *pl);
+}
+int moe_placement_index(MoePlacement *pl, int l) {
+    const int E = pl->E, G = pl->P * pl->S;
+    const int *se = pl->slot_expert + (size_t)l * G;
+    int *n = pl->rep_n + (size_t)l * E, *first = pl->rep_first + (size_t)l * E, *rs = pl->rep_slot + (size_t)l * G;
+    memset(n, 0, sizeof(int) * E);
+    for (int g = 0; g < G; g++) n[se[g]]++;
+    for (int e = 0, o = 0; e < E; e++) {
+        if (n[e] == 0) MOE_ERR("placement: expert %d of layer %d has no slot", e, l);
+        first[e] = o;
+        o += n[e];
+    }
+    int *fill = MOE_NEW(int, E);
+    for (int g = 0; g < G; g++) rs[first[se[g]] + fill[se[g]]++] = g;
+    moe_free(fill);
+    return MOE_OK;
+}

@@ -14,7 +14,7 @@ void moe_acts_alloc(MoeActs *a, int Nmax, int E, int K, int D, int F, int borrow
     a->sel = MOE_NEW(int, NK);
     a->w = MOE_NEW(float, NK);
     a->row = MOE_NEW(int, NK);
-    a->offsets = MOE_NEW(int, E + 1);
+    a->offsets = MOE_NEW(int, 2 * E + 2);   // room for a placement's P*S <= 2E slots
     a->row_tok = MOE_NEW(int, NK);
     a->row_slot = MOE_NEW(int, NK);
     a->borrowed = borrow;

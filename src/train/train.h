@@ -44,6 +44,7 @@ typedef struct {
     int ep;                       // expert-parallel group size under MPI (--ep), 1 = none
     int overlap;                  // --overlap: -1 default (on under MPI), 0 off, 1 on
     int a2a;                      // --a2a: DistA2A (auto, flat, hierarchical)
+    int redundant, replace_every; // dynamic expert placement: extra slots, steps between placements
 } TrainConfig;
 
 typedef struct {                  // what a resume needs beyond the model

@@ -42,6 +42,42 @@ static int bucket_ready(void *ctx, int l) {
     return reduce_grads(bk->m, l, bk->reqs, &bk->n);
 }
 
+// Under a placement with replicas: an expert's replicas on several ranks of the EP group
+// each hold the gradient of the tokens they computed; their sum is the expert's gradient.
+static int sum_replicas(const Model *m) {
+    const MoePlacement *pl = m->place;
+    if (!pl || pl->R == 0) return MOE_OK;
+    const MoeConfig *c = &m->cfg;
+    const size_t FD = (size_t)c->moe_intermediate_size * c->hidden_size, per = 3 * FD;
+    const int E = pl->E, S = pl->S, me = m->prank;
+    int n = 0;
+    for (int l = 0; l < c->num_hidden_layers; l++)
+        if (config_layer_is_moe(c, l))
+            for (int e = 0; e < E; e++) n += pl->rep_n[(size_t)l * E + e] > 1;
+    if (n == 0) return MOE_OK;
+    float *buf = MOE_NEW(float, (size_t)n * per);
+    for (int pass = 0; pass < 2; pass++) {   // 0: pack (zeros where this rank has no replica), 1: unpack
+        int k = 0;
+        for (int l = 0; l < c->num_hidden_layers; l++) {
+            if (!config_layer_is_moe(c, l)) continue;
+            const int *slot = pl->slot_expert + ((size_t)l * pl->P + me) * S;
+            for (int e = 0; e < E; e++) {
+                if (pl->rep_n[(size_t)l * E + e] < 2) continue;
+                float *b = buf + (size_t)k++ * per;
+                for (int j = 0; j < S; j++) {
+                    if (slot[j] != e) continue;
+                    float *gu = m->g.layer[l].e_gate_up + (size_t)j * 2 * FD, *dn = m->g.layer[l].e_down + (size_t)j * FD;
+                    if (pass == 0) { memcpy(b, gu, sizeof(float) * 2 * FD); memcpy(b + 2 * FD, dn, sizeof(float) * FD); }
+                    else { memcpy(gu, b, sizeof(float) * 2 * FD); memcpy(dn, b + 2 * FD, sizeof(float) * FD); }
+                }
+            }
+        }
+        if (pass == 0 && dist_sum_f32(buf, (size_t)n * per, DIST_EP)) { moe_free(buf); return MOE_FAIL; }
+    }
+    moe_free(buf);
+    return MOE_OK;
+}
+
 double train_grad_norm(const Model *m) {
     // the global norm over every distinct parameter: non-expert tensors are the same on
     // every rank (counted once), each expert lives on one rank of an EP group
@@ -49,7 +85,9 @@ double train_grad_norm(const Model *m) {
     for (int i = 0; i < m->n_tensors; i++) {
         const ParamTensor *t = &m->tensors[i];
         double n = grad_norm(m->grads + t->offset, t->numel);
-        ss[t->expert] += n * n;
+        // an expert replicated on r ranks is one parameter, counted once
+        double w = m->place && t->expert ? 1.0 / m->place->rep_n[(size_t)t->layer * m->place->E + t->expert_id] : 1.0;
+        ss[t->expert] += w * n * n;
     }
     if (m->comm) dist_sum_f64(&ss[1], 1, DIST_EP);
     return sqrt(ss[0] + ss[1]);
@@ -89,6 +127,7 @@ int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, con
     for (int h = 0; h < (halves ? 2 : 1); h++) {
         memset(a[h]->load, 0, sizeof(long) * LE);
         memset(a[h]->drop_l, 0, sizeof(long) * c->num_hidden_layers);
+        memset(a[h]->rows_l, 0, sizeof(long) * c->num_hidden_layers);
         a[h]->dropped = a[h]->assigned = 0;
     }
     Buckets bk = {m, NULL, 0, 0};
@@ -124,10 +163,11 @@ int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, con
     for (int i = 0; i < bk.n; i++)
         if (dist_wait(bk.reqs[i]) && rc == MOE_OK) rc = MOE_FAIL;
     moe_free(bk.reqs);
+    if (rc == MOE_OK) rc = sum_replicas(m);
     if (rc) return rc;
     if (halves) {   // the statistics of both halves in a[0]
         for (int i = 0; i < LE; i++) a[0]->load[i] += a[1]->load[i];
-        for (int l = 0; l < c->num_hidden_layers; l++) a[0]->drop_l[l] += a[1]->drop_l[l];
+        for (int l = 0; l < c->num_hidden_layers; l++) { a[0]->drop_l[l] += a[1]->drop_l[l]; a[0]->rows_l[l] += a[1]->rows_l[l]; }
         a[0]->dropped += a[1]->dropped;
         a[0]->assigned += a[1]->assigned;
     }
@@ -215,6 +255,115 @@ int train_check_config(const TrainConfig *tc) {
     return MOE_OK;
 }
 
+// ---------------------------------------------------------------- dynamic expert placement
+
+static bool holds(const Model *m, int rank, int l, int e) {
+    if (!m->place) return e / m->ne == rank;
+    const int S = m->place->S;
+    const int *slot = m->place->slot_expert + ((size_t)l * m->place->P + rank) * S;
+    for (int j = 0; j < S; j++) if (slot[j] == e) return true;
+    return false;
+}
+static int first_holder(const Model *m, int P, int l, int e) {
+    for (int q = 0; q < P; q++) if (holds(m, q, l, e)) return q;
+    return -1;
+}
+
+// an expert's weights and moments in a blob: gate, up, down of one layer
+static void expert_io(const Model *m, float *blob, int l, int e, float *buf, bool pack, size_t FD) {
+    static const char *part[3] = {"gate_proj", "up_proj", "down_proj"};
+    for (int k = 0; k < 3; k++) {
+        char nm[96];
+        snprintf(nm, sizeof nm, "model.layers.%d.mlp.experts.%d.%s.weight", l, e, part[k]);
+        int ti = model_find_tensor(m, nm);
+        float *t = blob + m->tensors[ti].offset;
+        if (pack) memcpy(buf + k * FD, t, sizeof(float) * FD);
+        else memcpy(t, buf + k * FD, sizeof(float) * FD);
+    }
+}
+
+// Moves to placement npl: a new model and optimizer state holding this rank's new slots;
+// what this rank held is copied, the rest comes from the lowest rank that held it.
+static int migrate(Model *m, AdamW *opt, const MoePlacement *npl, int me) {
+    const MoeConfig *c = &m->cfg;
+    const int P = npl->P, S = npl->S, L = c->num_hidden_layers;
+    const size_t FD = (size_t)c->moe_intermediate_size * c->hidden_size, per = 9 * FD;   // params, m, v
+    Model nm;
+    model_build_placed(&nm, c, true, npl, me);
+    nm.comm = m->comm;
+    AdamW no;
+    adamw_alloc(&no, nm.n_params);
+    no.t = opt->t;
+    model_copy_blob(&nm, nm.params, m, m->params);
+    model_copy_blob(&nm, no.m, m, opt->m);
+    model_copy_blob(&nm, no.v, m, opt->v);
+    memcpy(nm.bias, m->bias, sizeof(float) * (size_t)L * c->n_routed_experts);
+    int *sc = MOE_NEW(int, 4 * P), *sd = sc + P, *rc = sc + 2 * P, *rd = sc + 3 * P;
+    // messages (q -> p): layers ascending, p's new slots ascending, each missing expert once
+    for (int pass = 0; pass < 2; pass++)
+        for (int p = 0; p < P; p++)
+            for (int l = 0; l < L; l++) {
+                if (!config_layer_is_moe(c, l)) continue;
+                const int *slot = npl->slot_expert + ((size_t)l * P + p) * S;
+                for (int j = 0; j < S; j++) {
+                    const int e = slot[j];
+                    if (holds(m, p, l, e)) continue;
+                    const int q = first_holder(m, P, l, e);
+                    if (pass == 0 && q == me) sc[p] += (int)per;
+                    if (pass == 1 && p == me) rc[q] += (int)per;
+                }
+            }
+    long ns = 0, nr = 0;
+    for (int p = 0; p < P; p++) { sd[p] = (int)ns; ns += sc[p]; rd[p] = (int)nr; nr += rc[p]; }
+    float *sbuf = MOE_NEW(float, ns + 1), *rbuf = MOE_NEW(float, nr + 1);
+    for (int dir = 0; dir < 2; dir++) {   // 0: pack what others need from us, 1: unpack ours
+        long o = 0;
+        for (int p = 0; p < P; p++)
+            for (int l = 0; l < L; l++) {
+                if (!config_layer_is_moe(c, l)) continue;
+                const int *slot = npl->slot_expert + ((size_t)l * P + p) * S;
+                for (int j = 0; j < S; j++) {
+                    const int e = slot[j];
+                    if (holds(m, p, l, e)) continue;
+                    const int q = first_holder(m, P, l, e);
+                    if (dir == 0 && q == me) {
+                        expert_io(m, m->params, l, e, sbuf + o, true, FD);
+                        expert_io(m, opt->m, l, e, sbuf + o + 3 * FD, true, FD);
+                        expert_io(m, opt->v, l, e, sbuf + o + 6 * FD, true, FD);
+                        o += per;
+                    }
+                }
+            }
+        if (dir == 0 && dist_alltoallv_f32(sbuf, sc, sd, rbuf, rc, rd)) {
+            moe_free(sbuf); moe_free(rbuf); moe_free(sc); adamw_free(&no); model_free(&nm);
+            return MOE_FAIL;
+        }
+        if (dir == 1) {   // from each source q, in its packing order
+            for (int q = 0; q < P; q++) {
+                long oq = rd[q];
+                for (int l = 0; l < L; l++) {
+                    if (!config_layer_is_moe(c, l)) continue;
+                    const int *slot = npl->slot_expert + ((size_t)l * P + me) * S;
+                    for (int j = 0; j < S; j++) {
+                        const int e = slot[j];
+                        if (holds(m, me, l, e) || first_holder(m, P, l, e) != q) continue;
+                        expert_io(&nm, nm.params, l, e, rbuf + oq, false, FD);
+                        expert_io(&nm, no.m, l, e, rbuf + oq + 3 * FD, false, FD);
+                        expert_io(&nm, no.v, l, e, rbuf + oq + 6 * FD, false, FD);
+                        oq += per;
+                    }
+                }
+            }
+        }
+    }
+    moe_free(sbuf); moe_free(rbuf); moe_free(sc);
+    model_free(m);
+    adamw_free(opt);
+    *m = nm;
+    *opt = no;
+    return MOE_OK;
+}
+
 // One standard checkpoint whatever P and E: rank 0 gathers the experts of EP group 0
 // (their weights and moments) into a whole model and writes it; the others wait. Every
 // rank learns whether the save worked.
@@ -244,7 +393,8 @@ static int save_checkpoint(const char *dir, const Model *m, const AdamW *opt, co
             float *dst = k == 0 ? full.params : k == 1 ? fo.m : fo.v;
             for (int r = 0; r < di->ep; r++) {
                 Model shard;
-                model_layout_shard(&shard, &m->cfg, r * m->ne, m->ne);
+                if (m->place) model_layout_placed(&shard, &m->cfg, m->place, r);
+                else model_layout_shard(&shard, &m->cfg, r * m->ne, m->ne);
                 model_copy_blob(&full, dst, &shard, buf + (size_t)r * n);
                 model_free(&shard);
             }
@@ -323,6 +473,11 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     if (rc == MOE_OK && tc->batch % di->size)
         { moe_seterr("--batch %d must be a multiple of the %d ranks (each takes batch / P examples)", tc->batch, di->size); rc = MOE_FAIL; }
     const int local_batch = tc->batch / di->size;
+    if (rc == MOE_OK && tc->replace_every > 0 && ep == 1) { moe_seterr("--replace-every needs expert parallelism (--ep > 1)"); rc = MOE_FAIL; }
+    if (rc == MOE_OK && tc->replace_every > 0 &&
+        (tc->redundant > c0.n_routed_experts || (c0.n_routed_experts + tc->redundant) % ep))
+        { moe_seterr("--redundant-experts %d: the %d experts and the redundant slots must split evenly over --ep %d (at most %d redundant)",
+                     tc->redundant, c0.n_routed_experts, ep, c0.n_routed_experts); rc = MOE_FAIL; }
     if (rc == MOE_OK && tc->micro_batch > local_batch) tc->micro_batch = local_batch;
     if (rc == MOE_OK && tc->seq > m.cfg.max_position_embeddings)
         { moe_seterr("--seq %d exceeds max_position_embeddings %d of the model", tc->seq, m.cfg.max_position_embeddings); rc = MOE_FAIL; }
@@ -387,11 +542,15 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
                         "EP group on %d host%s, %s all-to-all, overlap %s\n",
                 di->size, di->dp, ep, ne, di->hosts, di->hosts == 1 ? "" : "s", di->hier ? "hierarchical" : "flat",
                 tc->overlap ? "on" : "off");
+    // dynamic placement (--replace-every N, --redundant-experts R): loads over the window
+    MoePlacement places[2];
+    int cur_place = -1;
+    double *win_load = MOE_NEW(double, (size_t)L * imax(E, 1));
     double t_start = time_now();
     long start_step = pr.step;
     double t_print = 0;   // not a terminal: a line every 10 s instead of a live line
     StepLoss sl = {0};
-    while (pr.step < tc->steps) {
+    while (rc == MOE_OK && pr.step < tc->steps) {
         double t0 = time_now();
         for (int i = 0; i < tc->batch; i++) ids[i] = order_example(&order, pr.cursor + i);
         const double comm0 = di->ms + di->moe.ms, exposed0 = di->exposed_ms + di->moe.exposed_ms;
@@ -407,6 +566,42 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
                 if (config_layer_is_moe(c, l)) moe_bias_update(m.bias + (size_t)l * E, a.load + (size_t)l * E, E, c->bias_update_speed);
         pr.step++;
         pr.cursor += tc->batch;
+        for (size_t i = 0; i < (size_t)L * E; i++) win_load[i] += a.load[i];
+        if (tc->replace_every > 0 && pr.step % tc->replace_every == 0) {
+            // a placement for the loads of the last N steps (the same on every rank), then
+            // weights and moments move to their new ranks
+            const int nx = cur_place == 0 ? 1 : 0;
+            moe_placement_alloc(&places[nx], L, E, ep, tc->redundant);
+            MoePlacement *np = &places[nx];
+            double *rl = MOE_NEW(double, ep), worst_before = 0, worst_after = 0;
+            for (int l = 0; l < L && rc == MOE_OK; l++) {
+                if (!config_layer_is_moe(c, l)) continue;
+                rc = moe_place(win_load + (size_t)l * E, E, ep, tc->redundant, np->slot_expert + (size_t)l * ep * np->S, rl);
+                if (rc == MOE_OK) rc = moe_placement_index(np, l);
+                double mx = 0, sum = 0, bmx = 0;
+                for (int p = 0; p < ep; p++) {
+                    mx = fmax(mx, rl[p]); sum += rl[p];
+                    double b = 0;   // under the current placement, by the same prediction
+                    for (int e = 0; e < E; e++)
+                        if (holds(&m, p, l, e)) {
+                            int nrep = m.place ? m.place->rep_n[(size_t)l * E + e] : 1;
+                            b += win_load[(size_t)l * E + e] / nrep;
+                        }
+                    bmx = fmax(bmx, b);
+                }
+                if (sum > 0) { worst_after = fmax(worst_after, mx * ep / sum); worst_before = fmax(worst_before, bmx * ep / sum); }
+            }
+            moe_free(rl);
+            if (rc == MOE_OK) rc = migrate(&m, &opt, np, di->ep_rank);
+            if (rc) { moe_placement_free(np); break; }
+            if (cur_place >= 0) moe_placement_free(&places[cur_place]);
+            cur_place = nx;
+            memset(win_load, 0, sizeof(double) * (size_t)L * E);
+            if (!tc->quiet)
+                fprintf(stderr, "%smoe train: step %ld: experts placed again (%d slots a rank, %d redundant): worst "
+                                "predicted rank load %.3f -> %.3f of the mean\n",
+                        tty ? "\r\033[K" : "", pr.step, np->S, tc->redundant, worst_before, worst_after);
+        }
         double dt = time_now() - t0;
         double comm_ms = di->ms + di->moe.ms - comm0, exposed_ms = di->exposed_ms + di->moe.exposed_ms - exposed0;
         // of which: waiting on the expert-parallel exchanges, and on the gradient sums and the
@@ -430,6 +625,14 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
                     comm_ms, exposed_ms, ep_exposed, dp_exposed);
         fprintf(ls, "\"expert_load\":[");
         LoadStats *ls_l = MOE_NEW(LoadStats, L > 0 ? L : 1);
+        // under EP, the rows each rank's experts computed: the largest, smallest and total
+        // over the group give the rank load (max/mean) and the device imbalance IS
+        double *rmax = MOE_NEW(double, 3 * (L > 0 ? L : 1)), *rmin = rmax + L, *rsum = rmax + 2 * L;
+        if (ep > 1) {
+            for (int l = 0; l < L; l++) { rmax[l] = rsum[l] = (double)a.rows_l[l]; rmin[l] = -(double)a.rows_l[l]; }
+            dist_max_f64(rmax, 2 * L, DIST_EP);   // max of rows and of -rows
+            dist_sum_f64(rsum, L, DIST_EP);
+        }
         int first = 1;
         for (int l = 0; l < L; l++) {
             if (!config_layer_is_moe(c, l)) continue;
@@ -438,6 +641,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
             for (int e = 0; e < E; e++) fprintf(ls, e ? ",%ld" : "%ld", a.load[(size_t)l * E + e]);
             fprintf(ls, "]");
             moe_load_stats(a.load + (size_t)l * E, E, ep, sl.tokens, &ls_l[l]);
+            if (ep > 1) ls_l[l].is = sl.tokens > 0 ? (rmax[l] + rmin[l]) / sl.tokens : 0;   // max - min
             double v[3] = {ls_l[l].max_mean, ls_l[l].maxvio, ls_l[l].is};
             for (int k = 0; k < 3; k++) {
                 bal_sum[l * 3 + k] += v[k];
@@ -447,6 +651,14 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         }
         n_bal++;
         fprintf(ls, "]");
+        if (ep > 1) {   // rows each rank's experts computed: the largest over the EP group / mean
+            fprintf(ls, ",\"rank_load\":[");
+            first = 1;
+            for (int l = 0; l < L; l++)
+                if (config_layer_is_moe(c, l)) { fprintf(ls, first ? "%.4f" : ",%.4f", rsum[l] > 0 ? rmax[l] * ep / rsum[l] : 0); first = 0; }
+            fprintf(ls, "]");
+        }
+        moe_free(rmax);
         if (ep > 1) {   // device imbalance per MoE layer (the EP group's ranks are the devices)
             fprintf(ls, ",\"IS\":[");
             first = 1;
@@ -534,8 +746,10 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         if (n_bal > 0 && config_n_moe_layers(c) > 0) fprintf(stderr, "  (means over the run's steps of each step's figures)\n");
     }
     if (log) fclose(log);
+    moe_free(win_load);
     moe_free(bal_sum); moe_free(bal_last); moe_free(run_drop); moe_free(ids); order_free(&order); batch_free(&b); acts_free(&a);
     if (halves) { batch_free(&b_half); acts_free(&a_half); }
     dataset_free(&d); dataset_free(&evd); adamw_free(&opt); model_free(&m);
+    if (cur_place >= 0) moe_placement_free(&places[cur_place]);
     return rc;
 }
