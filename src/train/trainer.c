@@ -567,6 +567,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         pr.step++;
         pr.cursor += tc->batch;
         for (size_t i = 0; i < (size_t)L * E; i++) win_load[i] += a.load[i];
+        int moved_now = -1;
         if (tc->replace_every > 0 && pr.step % tc->replace_every == 0) {
             // a placement for the loads of the last N steps (the same on every rank), then
             // weights and moments move to their new ranks
@@ -574,10 +575,40 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
             moe_placement_alloc(&places[nx], L, E, ep, tc->redundant);
             MoePlacement *np = &places[nx];
             double *rl = MOE_NEW(double, ep), worst_before = 0, worst_after = 0;
+            int *ov = MOE_NEW(int, ep * ep + 3 * ep), *to = ov + ep * ep, *used = to + ep, *done = used + ep;
+            const int G = ep * np->S;
+            int moved = 0;
             for (int l = 0; l < L && rc == MOE_OK; l++) {
                 if (!config_layer_is_moe(c, l)) continue;
-                rc = moe_place(win_load + (size_t)l * E, E, ep, tc->redundant, np->slot_expert + (size_t)l * ep * np->S, rl);
-                if (rc == MOE_OK) rc = moe_placement_index(np, l);
+                int *se = np->slot_expert + (size_t)l * G;
+                rc = moe_place(win_load + (size_t)l * E, E, ep, tc->redundant, se, rl);
+                if (rc) break;
+                // ranks are interchangeable: new rank p becomes the old rank that already holds
+                // most of its experts (greedy), so that fewer experts move
+                for (int p = 0; p < ep; p++)
+                    for (int q = 0; q < ep; q++) {
+                        ov[p * ep + q] = 0;
+                        for (int j = 0; j < np->S; j++) ov[p * ep + q] += holds(&m, q, l, se[p * np->S + j]);
+                    }
+                for (int p = 0; p < ep; p++) to[p] = used[p] = done[p] = 0;
+                for (int k = 0; k < ep; k++) {
+                    int bp = -1, bq = -1;
+                    for (int p = 0; p < ep; p++)
+                        for (int q = 0; q < ep; q++)
+                            if (!done[p] && !used[q] && (bp < 0 || ov[p * ep + q] > ov[bp * ep + bq])) { bp = p; bq = q; }
+                    to[bp] = bq;
+                    done[bp] = used[bq] = 1;
+                }
+                int *tmp = MOE_NEW(int, G);
+                double *rt = MOE_NEW(double, ep);
+                for (int p = 0; p < ep; p++) {
+                    const int q = to[p];
+                    memcpy(tmp + q * np->S, se + p * np->S, sizeof(int) * np->S);
+                    rt[q] = rl[p];
+                }
+                memcpy(se, tmp, sizeof(int) * G);
+                memcpy(rl, rt, sizeof(double) * ep);
+                moe_free(tmp); moe_free(rt);
                 double mx = 0, sum = 0, bmx = 0;
                 for (int p = 0; p < ep; p++) {
                     mx = fmax(mx, rl[p]); sum += rl[p];
@@ -589,18 +620,27 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
                         }
                     bmx = fmax(bmx, b);
                 }
+                // a layer whose current placement is within 2% of the new one stays as it is
+                if (m.place && sum > 0 && bmx * ep / sum <= 1.02 * mx * ep / sum) {
+                    memcpy(se, m.place->slot_expert + (size_t)l * G, sizeof(int) * G);
+                    mx = bmx;
+                }
+                rc = moe_placement_index(np, l);
+                for (int g = 0; g < G; g++) moved += !holds(&m, g / np->S, l, se[g]);
                 if (sum > 0) { worst_after = fmax(worst_after, mx * ep / sum); worst_before = fmax(worst_before, bmx * ep / sum); }
             }
+            moe_free(ov);
             moe_free(rl);
             if (rc == MOE_OK) rc = migrate(&m, &opt, np, di->ep_rank);
             if (rc) { moe_placement_free(np); break; }
             if (cur_place >= 0) moe_placement_free(&places[cur_place]);
             cur_place = nx;
+            moved_now = moved;
             memset(win_load, 0, sizeof(double) * (size_t)L * E);
             if (!tc->quiet)
-                fprintf(stderr, "%smoe train: step %ld: experts placed again (%d slots a rank, %d redundant): worst "
-                                "predicted rank load %.3f -> %.3f of the mean\n",
-                        tty ? "\r\033[K" : "", pr.step, np->S, tc->redundant, worst_before, worst_after);
+                fprintf(stderr, "%smoe train: step %ld: experts placed again (%d slots a rank, %d redundant, %d experts moved): "
+                                "worst predicted rank load %.3f -> %.3f of the mean\n",
+                        tty ? "\r\033[K" : "", pr.step, np->S, tc->redundant, moved, worst_before, worst_after);
         }
         double dt = time_now() - t0;
         double comm_ms = di->ms + di->moe.ms - comm0, exposed_ms = di->exposed_ms + di->moe.exposed_ms - exposed0;
@@ -651,6 +691,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         }
         n_bal++;
         fprintf(ls, "]");
+        if (moved_now >= 0) fprintf(ls, ",\"experts_moved\":%d", moved_now);   // placed again after this step
         if (ep > 1) {   // rows each rank's experts computed: the largest over the EP group / mean
             fprintf(ls, ",\"rank_load\":[");
             first = 1;
