@@ -42,7 +42,7 @@ static MPI_Comm comm_of(DistGroup grp) {
 // A small table of non-blocking operations. Each remembers when it started and when it was
 // seen complete (by a wait, or by the progress hook that compute loops call), so that
 // comm_ms is the time exchanges were in flight and exposed_ms the time compute waited.
-#define MAX_REQ 256
+#define MAX_REQ 4096   // buckets of every layer (a few each) plus the exchanges in flight
 typedef struct Hier Hier;
 static struct { MPI_Request r; Hier *h; double t0, t1; bool used, done; double *ms; } reqs[MAX_REQ];
 static int n_active;
