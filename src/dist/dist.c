@@ -45,13 +45,13 @@ static MPI_Comm comm_of(DistGroup grp) {
 #define MAX_REQ 4096   // buckets of every layer (a few each) plus the exchanges in flight
 typedef struct Hier Hier;
 static struct { MPI_Request r; Hier *h; double t0, t1; bool used, done; double *ms; } reqs[MAX_REQ];
-static int n_active;
+static int n_active, n_hi;   // requests in flight; entries [0, n_hi) may be in use
 static bool hier_step(Hier *h, bool block);   // advances a hierarchical exchange; true when done
 static void hier_free(Hier *h);
 
 static void progress(void) {
     if (n_active == 0) return;
-    for (int i = 0; i < MAX_REQ; i++) {
+    for (int i = 0; i < n_hi; i++) {
         if (!reqs[i].used || reqs[i].done) continue;
         int flag = 0;
         if (reqs[i].h) flag = hier_step(reqs[i].h, false);
@@ -65,6 +65,7 @@ static int req_new(double *ms) {
     for (int i = 0; i < MAX_REQ; i++)
         if (!reqs[i].used) {
             reqs[i].used = true; reqs[i].done = false; reqs[i].t0 = time_now(); reqs[i].ms = ms; reqs[i].h = NULL;
+            if (i + 1 > n_hi) n_hi = i + 1;
             n_active++;
             moe_progress_hook = progress;
             return i;
