@@ -364,6 +364,72 @@ static int migrate(Model *m, AdamW *opt, const MoePlacement *npl, int me) {
     return MOE_OK;
 }
 
+// A placement for the loads of the last N steps (the same on every rank: the loads are
+// global and the packing deterministic), then the weights and moments move (migrate).
+// *before / *after: the worst layer's predicted busiest rank over the mean, under the
+// current placement and the new one.
+static int place_again(Model *m, AdamW *opt, const double *win_load, int R, MoePlacement *np, int *moved,
+                       double *before, double *after) {
+    const MoeConfig *c = &m->cfg;
+    const DistInfo *di = dist_info();
+    const int L = c->num_hidden_layers, E = c->n_routed_experts, ep = di->ep;
+    moe_placement_alloc(np, L, E, ep, R);
+    const int S = np->S, G = ep * S;
+    double *rl = MOE_NEW(double, 2 * ep), *rt = rl + ep;
+    int *ov = MOE_NEW(int, ep * ep + 3 * ep + G), *to = ov + ep * ep, *used = to + ep, *done = used + ep, *tmp = done + ep;
+    int rc = MOE_OK;
+    *moved = 0;
+    *before = *after = 0;
+    for (int l = 0; l < L && rc == MOE_OK; l++) {
+        if (!config_layer_is_moe(c, l)) continue;
+        int *se = np->slot_expert + (size_t)l * G;
+        const double *ld = win_load + (size_t)l * E;
+        if ((rc = moe_place(ld, E, ep, R, se, rl))) break;
+        // ranks are interchangeable: new rank p becomes the old rank that already holds most
+        // of its experts (greedy), so that fewer experts move
+        for (int p = 0; p < ep; p++)
+            for (int q = 0; q < ep; q++) {
+                ov[p * ep + q] = 0;
+                for (int j = 0; j < S; j++) ov[p * ep + q] += holds(m, q, l, se[p * S + j]);
+            }
+        for (int p = 0; p < ep; p++) to[p] = used[p] = done[p] = 0;
+        for (int k = 0; k < ep; k++) {
+            int bp = -1, bq = -1;
+            for (int p = 0; p < ep; p++)
+                for (int q = 0; q < ep; q++)
+                    if (!done[p] && !used[q] && (bp < 0 || ov[p * ep + q] > ov[bp * ep + bq])) { bp = p; bq = q; }
+            to[bp] = bq;
+            done[bp] = used[bq] = 1;
+        }
+        for (int p = 0; p < ep; p++) {
+            memcpy(tmp + to[p] * S, se + p * S, sizeof(int) * S);
+            rt[to[p]] = rl[p];
+        }
+        memcpy(se, tmp, sizeof(int) * G);
+        double mx = 0, sum = 0, bmx = 0;
+        for (int p = 0; p < ep; p++) {
+            mx = fmax(mx, rt[p]); sum += rt[p];
+            double b = 0;   // the current placement, by the same prediction
+            for (int e = 0; e < E; e++)
+                if (holds(m, p, l, e)) b += ld[e] / (m->place ? m->place->rep_n[(size_t)l * E + e] : 1);
+            bmx = fmax(bmx, b);
+        }
+        // a layer whose current placement is within 2% of the new one stays as it is
+        if (m->place && bmx <= 1.02 * mx) {
+            memcpy(se, m->place->slot_expert + (size_t)l * G, sizeof(int) * G);
+            mx = bmx;
+        }
+        rc = moe_placement_index(np, l);
+        for (int g = 0; g < G; g++) *moved += !holds(m, g / S, l, se[g]);
+        if (sum > 0) { *after = fmax(*after, mx * ep / sum); *before = fmax(*before, bmx * ep / sum); }
+    }
+    moe_free(ov);
+    moe_free(rl);
+    if (rc == MOE_OK) rc = migrate(m, opt, np, di->ep_rank);
+    if (rc) moe_placement_free(np);
+    return rc;
+}
+
 // One standard checkpoint whatever P and E: rank 0 gathers the experts of EP group 0
 // (their weights and moments) into a whole model and writes it; the others wait. Every
 // rank learns whether the save worked.
@@ -569,78 +635,17 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         for (size_t i = 0; i < (size_t)L * E; i++) win_load[i] += a.load[i];
         int moved_now = -1;
         if (tc->replace_every > 0 && pr.step % tc->replace_every == 0) {
-            // a placement for the loads of the last N steps (the same on every rank), then
-            // weights and moments move to their new ranks
             const int nx = cur_place == 0 ? 1 : 0;
-            moe_placement_alloc(&places[nx], L, E, ep, tc->redundant);
-            MoePlacement *np = &places[nx];
-            double *rl = MOE_NEW(double, ep), worst_before = 0, worst_after = 0;
-            int *ov = MOE_NEW(int, ep * ep + 3 * ep), *to = ov + ep * ep, *used = to + ep, *done = used + ep;
-            const int G = ep * np->S;
-            int moved = 0;
-            for (int l = 0; l < L && rc == MOE_OK; l++) {
-                if (!config_layer_is_moe(c, l)) continue;
-                int *se = np->slot_expert + (size_t)l * G;
-                rc = moe_place(win_load + (size_t)l * E, E, ep, tc->redundant, se, rl);
-                if (rc) break;
-                // ranks are interchangeable: new rank p becomes the old rank that already holds
-                // most of its experts (greedy), so that fewer experts move
-                for (int p = 0; p < ep; p++)
-                    for (int q = 0; q < ep; q++) {
-                        ov[p * ep + q] = 0;
-                        for (int j = 0; j < np->S; j++) ov[p * ep + q] += holds(&m, q, l, se[p * np->S + j]);
-                    }
-                for (int p = 0; p < ep; p++) to[p] = used[p] = done[p] = 0;
-                for (int k = 0; k < ep; k++) {
-                    int bp = -1, bq = -1;
-                    for (int p = 0; p < ep; p++)
-                        for (int q = 0; q < ep; q++)
-                            if (!done[p] && !used[q] && (bp < 0 || ov[p * ep + q] > ov[bp * ep + bq])) { bp = p; bq = q; }
-                    to[bp] = bq;
-                    done[bp] = used[bq] = 1;
-                }
-                int *tmp = MOE_NEW(int, G);
-                double *rt = MOE_NEW(double, ep);
-                for (int p = 0; p < ep; p++) {
-                    const int q = to[p];
-                    memcpy(tmp + q * np->S, se + p * np->S, sizeof(int) * np->S);
-                    rt[q] = rl[p];
-                }
-                memcpy(se, tmp, sizeof(int) * G);
-                memcpy(rl, rt, sizeof(double) * ep);
-                moe_free(tmp); moe_free(rt);
-                double mx = 0, sum = 0, bmx = 0;
-                for (int p = 0; p < ep; p++) {
-                    mx = fmax(mx, rl[p]); sum += rl[p];
-                    double b = 0;   // under the current placement, by the same prediction
-                    for (int e = 0; e < E; e++)
-                        if (holds(&m, p, l, e)) {
-                            int nrep = m.place ? m.place->rep_n[(size_t)l * E + e] : 1;
-                            b += win_load[(size_t)l * E + e] / nrep;
-                        }
-                    bmx = fmax(bmx, b);
-                }
-                // a layer whose current placement is within 2% of the new one stays as it is
-                if (m.place && sum > 0 && bmx * ep / sum <= 1.02 * mx * ep / sum) {
-                    memcpy(se, m.place->slot_expert + (size_t)l * G, sizeof(int) * G);
-                    mx = bmx;
-                }
-                rc = moe_placement_index(np, l);
-                for (int g = 0; g < G; g++) moved += !holds(&m, g / np->S, l, se[g]);
-                if (sum > 0) { worst_after = fmax(worst_after, mx * ep / sum); worst_before = fmax(worst_before, bmx * ep / sum); }
-            }
-            moe_free(ov);
-            moe_free(rl);
-            if (rc == MOE_OK) rc = migrate(&m, &opt, np, di->ep_rank);
-            if (rc) { moe_placement_free(np); break; }
+            double before, after;
+            rc = place_again(&m, &opt, win_load, tc->redundant, &places[nx], &moved_now, &before, &after);
+            if (rc) break;
             if (cur_place >= 0) moe_placement_free(&places[cur_place]);
             cur_place = nx;
-            moved_now = moved;
             memset(win_load, 0, sizeof(double) * (size_t)L * E);
             if (!tc->quiet)
                 fprintf(stderr, "%smoe train: step %ld: experts placed again (%d slots a rank, %d redundant, %d experts moved): "
                                 "worst predicted rank load %.3f -> %.3f of the mean\n",
-                        tty ? "\r\033[K" : "", pr.step, np->S, tc->redundant, moved, worst_before, worst_after);
+                        tty ? "\r\033[K" : "", pr.step, places[nx].S, tc->redundant, moved_now, before, after);
         }
         double dt = time_now() - t0;
         double comm_ms = di->ms + di->moe.ms - comm0, exposed_ms = di->exposed_ms + di->moe.exposed_ms - exposed0;
