@@ -298,64 +298,44 @@ static int migrate(Model *m, AdamW *opt, const MoePlacement *npl, int me) {
     model_copy_blob(&nm, no.m, m, opt->m);
     model_copy_blob(&nm, no.v, m, opt->v);
     memcpy(nm.bias, m->bias, sizeof(float) * (size_t)L * c->n_routed_experts);
-    int *sc = MOE_NEW(int, 4 * P), *sd = sc + P, *rc = sc + 2 * P, *rd = sc + 3 * P;
-    // messages (q -> p): layers ascending, p's new slots ascending, each missing expert once
-    for (int pass = 0; pass < 2; pass++)
-        for (int p = 0; p < P; p++)
-            for (int l = 0; l < L; l++) {
-                if (!config_layer_is_moe(c, l)) continue;
-                const int *slot = npl->slot_expert + ((size_t)l * P + p) * S;
-                for (int j = 0; j < S; j++) {
-                    const int e = slot[j];
-                    if (holds(m, p, l, e)) continue;
-                    const int q = first_holder(m, P, l, e);
-                    if (pass == 0 && q == me) sc[p] += (int)per;
-                    if (pass == 1 && p == me) rc[q] += (int)per;
-                }
-            }
-    long ns = 0, nr = 0;
-    for (int p = 0; p < P; p++) { sd[p] = (int)ns; ns += sc[p]; rd[p] = (int)nr; nr += rc[p]; }
-    float *sbuf = MOE_NEW(float, ns + 1), *rbuf = MOE_NEW(float, nr + 1);
-    for (int dir = 0; dir < 2; dir++) {   // 0: pack what others need from us, 1: unpack ours
-        long o = 0;
-        for (int p = 0; p < P; p++)
-            for (int l = 0; l < L; l++) {
-                if (!config_layer_is_moe(c, l)) continue;
-                const int *slot = npl->slot_expert + ((size_t)l * P + p) * S;
-                for (int j = 0; j < S; j++) {
-                    const int e = slot[j];
-                    if (holds(m, p, l, e)) continue;
-                    const int q = first_holder(m, P, l, e);
-                    if (dir == 0 && q == me) {
-                        expert_io(m, m->params, l, e, sbuf + o, true, FD);
-                        expert_io(m, opt->m, l, e, sbuf + o + 3 * FD, true, FD);
-                        expert_io(m, opt->v, l, e, sbuf + o + 6 * FD, true, FD);
-                        o += per;
-                    }
-                }
-            }
-        if (dir == 0 && dist_alltoallv_f32(sbuf, sc, sd, rbuf, rc, rd)) {
-            moe_free(sbuf); moe_free(rbuf); moe_free(sc); adamw_free(&no); model_free(&nm);
-            return MOE_FAIL;
+    // the moves: expert e of layer l to rank p (a new slot) from q, the lowest rank that held
+    // it; in the order rank p, layer, slot, which both ends of each message follow
+    typedef struct { int p, q, l, e; } Move;
+    Move *mv = MOE_NEW(Move, (size_t)L * P * S + 1);
+    int n = 0;
+    for (int p = 0; p < P; p++)
+        for (int l = 0; l < L; l++) {
+            if (!config_layer_is_moe(c, l)) continue;
+            const int *slot = npl->slot_expert + ((size_t)l * P + p) * S;
+            for (int j = 0; j < S; j++)
+                if (!holds(m, p, l, slot[j])) mv[n++] = (Move){p, first_holder(m, P, l, slot[j]), l, slot[j]};
         }
-        if (dir == 1) {   // from each source q, in its packing order
-            for (int q = 0; q < P; q++) {
-                long oq = rd[q];
-                for (int l = 0; l < L; l++) {
-                    if (!config_layer_is_moe(c, l)) continue;
-                    const int *slot = npl->slot_expert + ((size_t)l * P + me) * S;
-                    for (int j = 0; j < S; j++) {
-                        const int e = slot[j];
-                        if (holds(m, me, l, e) || first_holder(m, P, l, e) != q) continue;
-                        expert_io(&nm, nm.params, l, e, rbuf + oq, false, FD);
-                        expert_io(&nm, no.m, l, e, rbuf + oq + 3 * FD, false, FD);
-                        expert_io(&nm, no.v, l, e, rbuf + oq + 6 * FD, false, FD);
-                        oq += per;
-                    }
-                }
-            }
-        }
+    int *sc = MOE_NEW(int, 5 * P), *sd = sc + P, *rc = sc + 2 * P, *rd = sc + 3 * P, *at = sc + 4 * P;
+    for (int i = 0; i < n; i++) {
+        if (mv[i].q == me) sc[mv[i].p] += (int)per;
+        if (mv[i].p == me) rc[mv[i].q] += (int)per;
     }
+    long ns = 0, nr = 0;
+    for (int p = 0; p < P; p++) { sd[p] = (int)ns; ns += sc[p]; rd[p] = at[p] = (int)nr; nr += rc[p]; }
+    float *sbuf = MOE_NEW(float, ns + 1), *rbuf = MOE_NEW(float, nr + 1);
+    for (long i = 0, o = 0; i < n; i++)   // p-major: each destination's part is contiguous
+        if (mv[i].q == me) {
+            expert_io(m, m->params, mv[i].l, mv[i].e, sbuf + o, true, FD);
+            expert_io(m, opt->m, mv[i].l, mv[i].e, sbuf + o + 3 * FD, true, FD);
+            expert_io(m, opt->v, mv[i].l, mv[i].e, sbuf + o + 6 * FD, true, FD);
+            o += per;
+        }
+    int rcode = dist_alltoallv_f32(sbuf, sc, sd, rbuf, rc, rd);
+    for (int i = 0; i < n && rcode == MOE_OK; i++)
+        if (mv[i].p == me) {
+            float *b = rbuf + at[mv[i].q];
+            expert_io(&nm, nm.params, mv[i].l, mv[i].e, b, false, FD);
+            expert_io(&nm, no.m, mv[i].l, mv[i].e, b + 3 * FD, false, FD);
+            expert_io(&nm, no.v, mv[i].l, mv[i].e, b + 6 * FD, false, FD);
+            at[mv[i].q] += (int)per;
+        }
+    moe_free(mv);
+    if (rcode) { moe_free(sbuf); moe_free(rbuf); moe_free(sc); adamw_free(&no); model_free(&nm); return MOE_FAIL; }
     moe_free(sbuf); moe_free(rbuf); moe_free(sc);
     model_free(m);
     adamw_free(opt);
