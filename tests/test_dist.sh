@@ -127,6 +127,15 @@ if OMP_NUM_THREADS=1 $MOE eval --ckpt "$T/pl44" --data "$T/qa.txt" --limit 20 --
    python3 -c "import json,sys; a,b=(json.load(open(f))['loss'] for f in sys.argv[1:]); sys.exit(abs(a-b)>1e-4*abs(b))" "$T/epl" "$T/es20"
 then ok "a checkpoint of a placed run (replicas on several ranks) is the single-process model"
 else bad "placed checkpoint" "$(cat "$T/epl" "$T/es20" 2>&1)"; fi
+if $MOE plot --run "$T/pl44" --out "$T/pl44.svg" 2>"$T/err" && /usr/bin/python3 - "$T/pl44.svg" <<'PY'
+import sys, xml.etree.ElementTree as ET
+r = ET.parse(sys.argv[1]).getroot(); ns = "{http://www.w3.org/2000/svg}"
+text = " ".join(t.text or "" for t in r.iter(ns + "text"))
+# loss, cross-entropy, tokens/s, and the busiest rank's load of each of the 2 MoE layers
+assert len(list(r.iter(ns + "polyline"))) == 5 and "busiest rank / mean" in text
+PY
+then ok "plot of a distributed run adds the busiest rank's load per MoE layer"
+else bad "plot of a distributed run" "$(cat "$T/err")"; fi
 # a skewed router: a large e_score_correction_bias on expert 0 of each layer (bias update
 # off) sends every token there; the rank holding it carries about 1.43x the mean load,
 # until placement replicates it

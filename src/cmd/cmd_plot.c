@@ -8,7 +8,8 @@
 static const char *HELP =
     "usage: moe plot --run DIR --out FILE.svg [--title T]\n"
     "  one self-contained SVG of a training run (DIR/log.jsonl): loss curves (train, and eval\n"
-    "  where logged), tokens/s, and a heatmap of expert load (experts x steps) per MoE layer\n";
+    "  where logged), tokens/s, under expert parallelism the busiest rank's load over the mean,\n"
+    "  and a heatmap of expert load (experts x steps) per MoE layer\n";
 
 int cmd_plot(int argc, char **argv) {
     Args a;

@@ -12,7 +12,7 @@
 // ---------------------------------------------------------------- the log
 
 void runlog_free(RunLog *r) {
-    free(r->step); free(r->loss); free(r->ce); free(r->tps); free(r->eval); free(r->is); free(r->load);
+    free(r->step); free(r->loss); free(r->ce); free(r->tps); free(r->eval); free(r->is); free(r->rank_load); free(r->load);
     memset(r, 0, sizeof *r);
 }
 
@@ -58,6 +58,7 @@ int runlog_read(const char *path, RunLog *r) {
             r->loss = realloc(r->loss, sizeof(double) * cap); r->ce = realloc(r->ce, sizeof(double) * cap);
             r->tps = realloc(r->tps, sizeof(double) * cap); r->eval = realloc(r->eval, sizeof(double) * cap);
             r->is = realloc(r->is, sizeof(double) * cap * (L > 0 ? L : 1));
+            r->rank_load = realloc(r->rank_load, sizeof(double) * cap * (L > 0 ? L : 1));
             r->load = realloc(r->load, sizeof(long) * cap * (L * E > 0 ? L * E : 1));
         }
         const int i = r->n++;
@@ -67,10 +68,13 @@ int runlog_read(const char *path, RunLog *r) {
         r->tps[i] = num(o, "tokens_per_s", NAN);
         r->eval[i] = num(o, "eval_loss", NAN);
         if (!isnan(r->eval[i])) r->eval_points++;
-        const cJSON *is = cJSON_GetObjectItem(o, "IS");
+        const cJSON *is = cJSON_GetObjectItem(o, "IS"), *rl = cJSON_GetObjectItem(o, "rank_load");
+        if (cJSON_IsArray(rl)) r->rank_points++;
         for (int l = 0; l < L; l++) {
             const cJSON *v = cJSON_IsArray(is) ? cJSON_GetArrayItem(is, l) : NULL;
             r->is[(size_t)i * L + l] = cJSON_IsNumber(v) ? v->valuedouble : NAN;
+            v = cJSON_IsArray(rl) ? cJSON_GetArrayItem(rl, l) : NULL;
+            r->rank_load[(size_t)i * L + l] = cJSON_IsNumber(v) ? v->valuedouble : NAN;
             const cJSON *row = cJSON_GetArrayItem(el, l);
             if (!cJSON_IsArray(row) || cJSON_GetArraySize(row) != E) {
                 moe_seterr("%s:%d: expert_load row %d does not have %d entries", path, line, l, E);
@@ -331,7 +335,8 @@ int plot_svg(const RunLog *r, const char *title, const char *out_path) {
     const int H_LOSS = 240, H_TPS = 140, GAP = 56;
     const int h_heat = r->E > 0 ? (r->E * 4 < 64 ? 64 : r->E * 4 > 256 ? 256 : r->E * 4) : 0;
     const int top0 = 56;
-    int height = top0 + H_LOSS + GAP + H_TPS + GAP + r->L * (h_heat + GAP) + (r->L ? 40 : 0);
+    int height = top0 + H_LOSS + GAP + H_TPS + GAP + (r->rank_points > 0 && r->L > 0 ? H_TPS + GAP : 0) +
+                 r->L * (h_heat + GAP) + (r->L ? 40 : 0);
     FILE *f = file_atomic_open(out_path);
     if (!f) MOE_ERR("%s: cannot write", out_path);
     fprintf(f, "<svg xmlns='http://www.w3.org/2000/svg' width='%d' height='%d' viewBox='0 0 %d %d' font-family='DejaVu Sans, Arial, sans-serif'>\n",
@@ -350,6 +355,23 @@ int plot_svg(const RunLog *r, const char *title, const char *out_path) {
     line_panel(f, r, top, H_TPS, "tokens/s", &ts, 1);
     fprintf(f, "<text x='%d' y='%d' text-anchor='middle' class='t'>step</text>\n", ML + PW / 2, top + H_TPS + 30);
     top += H_TPS + GAP;
+    if (r->rank_points > 0 && r->L > 0) {   // expert parallelism: the busiest rank over the mean, per MoE layer
+        static const char *colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
+        const int nl = r->L < 8 ? r->L : 8;   // the first 8 MoE layers
+        Series *rs = malloc(sizeof(Series) * nl);
+        double **cols = malloc(sizeof(double *) * nl);
+        char (*names)[32] = malloc(sizeof(*names) * nl);
+        for (int l = 0; l < nl; l++) {
+            cols[l] = malloc(sizeof(double) * r->n);
+            for (int i = 0; i < r->n; i++) cols[l][i] = r->rank_load[(size_t)i * r->L + l];
+            snprintf(names[l], sizeof names[l], "MoE layer %d", l);
+            rs[l] = (Series){cols[l], names[l], colors[l], false};
+        }
+        line_panel(f, r, top, H_TPS, "busiest rank / mean", rs, nl);
+        top += H_TPS + GAP;
+        for (int l = 0; l < nl; l++) free(cols[l]);
+        free(cols); free(rs); free(names);
+    }
     for (int l = 0; l < r->L; l++) {
         heat_panel(f, r, l, top, h_heat);
         top += h_heat + GAP;

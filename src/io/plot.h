@@ -10,6 +10,8 @@ typedef struct {
     long *step;            // [n]
     double *loss, *ce, *tps, *eval;   // [n]; eval NaN where not logged
     double *is;            // [n*L] device imbalance IS when logged, else NaN
+    double *rank_load;     // [n*L] busiest EP rank / mean when logged, else NaN
+    int rank_points;
     long *load;            // [n*L*E]
     int eval_points;
 } RunLog;
