@@ -152,7 +152,7 @@ static int *host_of, *leader_of, *host_first, *host_members;   // [P], [P], [H+1
 static unsigned hier_seq;
 
 struct Hier {
-    int phase, tag, width;
+    int phase, tag;
     size_t W;
     const float *send;
     float *recv;
@@ -197,7 +197,7 @@ static int leader_rank(int hh) { return host_members[host_first[hh]]; }
 static int hier_start(const float *send, const int *scnt, float *recv, const int *rcnt, int width, Hier **out) {
     const int P = g.ep;
     Hier *h = calloc(1, sizeof *h);
-    h->width = width; h->W = (size_t)width; h->send = send; h->recv = recv;
+    h->W = (size_t)width; h->send = send; h->recv = recv;
     h->tag = 100 + 3 * (int)(hier_seq++ % 10000);   // tag, tag + 1, tag + 2: its three phases
     h->C = malloc(sizeof(int) * P * P);
     MPI_Allgather(scnt, P, MPI_INT, h->C, P, MPI_INT, ep_comm);   // C[s*P + d]

@@ -62,7 +62,6 @@ typedef struct {
 // start to its completion; exposed_ms: time the caller spent blocked in counts and wait.
 typedef struct MoeComm {
     int rank, size;
-    void *ctx;
     int (*counts)(struct MoeComm *c, const int *send, int *recv, int n);   // n ints to each rank
     int (*start)(struct MoeComm *c, const float *send, const int *scnt, const int *sdsp, float *recv,
                  const int *rcnt, const int *rdsp, int width, int *req);
