@@ -345,6 +345,17 @@ static void test_simd(void) {
     swiglu_backward_ref(dg2, du2, da, g, u, n);
     snprintf(nm, sizeof nm, "vec_swiglu_backward (%s) vs ref", simd_level());
     check(nm, relerr(dg, dg2, n) + relerr(du, du2, n), 1e-6);
+    float *p1 = rnd(n, 1), *p2 = MOE_NEW(float, n), *m1 = rnd(n, 1), *m2 = MOE_NEW(float, n),
+          *v1 = rnd(n, 1), *v2 = MOE_NEW(float, n);
+    for (int i = 0; i < n; i++) v1[i] = v1[i] * v1[i];
+    memcpy(p2, p1, sizeof(float) * n); memcpy(m2, m1, sizeof(float) * n); memcpy(v2, v1, sizeof(float) * n);
+    const AdamWArgs aa = {0.7f, 0.9f, 0.95f, 1e-2f, 1.3f, 1e-8f, 0.999f};
+    vec_adamw(p1, g, m1, v1, n, &aa);
+    vec_adamw_ref(p2, g, m2, v2, n, &aa);
+    snprintf(nm, sizeof nm, "vec_adamw (%s) vs ref", simd_level());
+    check(nm, relerr(p1, p2, n) + relerr(m1, m2, n) + relerr(v1, v2, n), 1e-6);
+    snprintf(nm, sizeof nm, "vec_sumsq (%s) vs ref", simd_level());
+    check(nm, fabs(vec_sumsq(g, n) - vec_sumsq_ref(g, n)) / vec_sumsq_ref(g, n), 1e-12);
     // and the fallback the dispatcher picks on CPUs without AVX2
     simd_force_scalar(1);
     vec_exp_sum(y, x, 3.0f, n);

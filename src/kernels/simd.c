@@ -35,6 +35,22 @@ static void swiglu_backward_scalar(float *dg, float *du, const float *da, const 
     }
 }
 
+// AdamW on n elements (the torch.optim.AdamW arithmetic, bias corrections folded into
+// step = lr/bc1 and rbc2 = 1/sqrt(bc2)): g is scaled by gscale (the clipping factor) first.
+static void adamw_scalar(float *p, const float *g, float *m, float *v, long n, const AdamWArgs *a) {
+    for (long i = 0; i < n; i++) {
+        float gi = g[i] * a->gscale;
+        m[i] = a->b1 * m[i] + (1 - a->b1) * gi;
+        v[i] = a->b2 * v[i] + (1 - a->b2) * gi * gi;
+        p[i] = p[i] * a->decay - a->step * m[i] / (sqrtf(v[i]) * a->rbc2 + a->eps);
+    }
+}
+static double sumsq_scalar(const float *x, long n) {
+    double s = 0;
+    for (long i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+
 // ---------------------------------------------------------------- AVX2 + FMA
 
 // exp by range reduction x = k ln2 + r, |r| <= ln2/2, and a degree-6 polynomial for e^r
@@ -95,6 +111,40 @@ __attribute__((target("avx2,fma"))) static void swiglu_backward_avx2(float *dg, 
     swiglu_backward_scalar(dg + i, du + i, da + i, g + i, u + i, n - i);
 }
 
+__attribute__((target("avx2,fma"))) static void adamw_avx2(float *p, const float *g, float *m, float *v, long n,
+                                                            const AdamWArgs *a) {
+    const __m256 gs = _mm256_set1_ps(a->gscale), b1 = _mm256_set1_ps(a->b1), c1 = _mm256_set1_ps(1 - a->b1),
+                 b2 = _mm256_set1_ps(a->b2), c2 = _mm256_set1_ps(1 - a->b2), st = _mm256_set1_ps(a->step),
+                 rb = _mm256_set1_ps(a->rbc2), ep = _mm256_set1_ps(a->eps), dc = _mm256_set1_ps(a->decay);
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 gi = _mm256_mul_ps(_mm256_loadu_ps(g + i), gs);
+        __m256 mi = _mm256_add_ps(_mm256_mul_ps(b1, _mm256_loadu_ps(m + i)), _mm256_mul_ps(c1, gi));
+        __m256 vi = _mm256_add_ps(_mm256_mul_ps(b2, _mm256_loadu_ps(v + i)), _mm256_mul_ps(_mm256_mul_ps(c2, gi), gi));
+        __m256 den = _mm256_add_ps(_mm256_mul_ps(_mm256_sqrt_ps(vi), rb), ep);
+        __m256 pi = _mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(p + i), dc), _mm256_div_ps(_mm256_mul_ps(st, mi), den));
+        _mm256_storeu_ps(m + i, mi);
+        _mm256_storeu_ps(v + i, vi);
+        _mm256_storeu_ps(p + i, pi);
+    }
+    adamw_scalar(p + i, g + i, m + i, v + i, n - i, a);
+}
+
+__attribute__((target("avx2,fma"))) static double sumsq_avx2(const float *x, long n) {
+    __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 xv = _mm256_loadu_ps(x + i);
+        __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(xv)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(xv, 1));
+        a0 = _mm256_fmadd_pd(lo, lo, a0);
+        a1 = _mm256_fmadd_pd(hi, hi, a1);
+    }
+    double t[4], s = 0;
+    _mm256_storeu_pd(t, _mm256_add_pd(a0, a1));
+    for (int j = 0; j < 4; j++) s += t[j];
+    return s + sumsq_scalar(x + i, n - i);
+}
+
 // ---------------------------------------------------------------- dispatch
 
 float vec_exp_sum(float *y, const float *x, float shift, int n) {
@@ -106,3 +156,9 @@ void vec_swiglu(float *a, const float *g, const float *u, long n) {
 void vec_swiglu_backward(float *dg, float *du, const float *da, const float *g, const float *u, long n) {
     if (detect()) swiglu_backward_avx2(dg, du, da, g, u, n); else swiglu_backward_scalar(dg, du, da, g, u, n);
 }
+void vec_adamw(float *p, const float *g, float *m, float *v, long n, const AdamWArgs *a) {
+    if (detect()) adamw_avx2(p, g, m, v, n, a); else adamw_scalar(p, g, m, v, n, a);
+}
+void vec_adamw_ref(float *p, const float *g, float *m, float *v, long n, const AdamWArgs *a) { adamw_scalar(p, g, m, v, n, a); }
+double vec_sumsq(const float *x, long n) { return detect() ? sumsq_avx2(x, n) : sumsq_scalar(x, n); }
+double vec_sumsq_ref(const float *x, long n) { return sumsq_scalar(x, n); }

@@ -11,3 +11,10 @@ float vec_exp_sum_ref(float *y, const float *x, float shift, int n);
 // SwiGLU: a = silu(g) * u ; and its backward (dg, du overwritten)
 void vec_swiglu(float *a, const float *g, const float *u, long n);
 void vec_swiglu_backward(float *dg, float *du, const float *da, const float *g, const float *u, long n);
+// AdamW on n elements: g *= gscale; m, v moments; p = p decay - step m / (sqrt(v) rbc2 + eps)
+typedef struct { float gscale, b1, b2, step, rbc2, eps, decay; } AdamWArgs;
+void vec_adamw(float *p, const float *g, float *m, float *v, long n, const AdamWArgs *a);
+void vec_adamw_ref(float *p, const float *g, float *m, float *v, long n, const AdamWArgs *a);
+// sum of squares, accumulated in double
+double vec_sumsq(const float *x, long n);
+double vec_sumsq_ref(const float *x, long n);

@@ -1,6 +1,7 @@
 #include <math.h>
 #include <string.h>
 #include "../base/base.h"
+#include "../kernels/simd.h"
 #include "train.h"
 
 void opt_defaults(OptConfig *o) {
@@ -27,9 +28,11 @@ void adamw_alloc(AdamW *a, size_t n) {
 void adamw_free(AdamW *a) { moe_free(a->m); moe_free(a->v); }
 
 double grad_norm(const float *g, size_t n) {
+    // chunks of 64K elements so that small tensors stay on one thread
+    const long chunk = 1 << 16, nc = ((long)n + chunk - 1) / chunk;
     double ss = 0;
-#pragma omp parallel for reduction(+ : ss) schedule(static)
-    for (size_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
+#pragma omp parallel for reduction(+ : ss) schedule(static) if (nc > 1)
+    for (long c = 0; c < nc; c++) ss += vec_sumsq(g + c * chunk, c == nc - 1 ? (long)n - c * chunk : chunk);
     return sqrt(ss);
 }
 
@@ -46,18 +49,18 @@ void adamw_step(AdamW *a, const Model *m, const OptConfig *o, float lr, float gs
     const float b1 = o->beta1, b2 = o->beta2;
     const double bc1 = 1.0 - pow(b1, (double)a->t), bc2 = 1.0 - pow(b2, (double)a->t);
     const float step = (float)(lr / bc1), rbc2 = (float)(1.0 / sqrt(bc2));
+    // each tensor in chunks of 16K elements, spread over the threads
+    const long chunk = 1 << 14;
 #pragma omp parallel
     for (int ti = 0; ti < m->n_tensors; ti++) {
         const ParamTensor *t = &m->tensors[ti];
-        float *p = m->params + t->offset, *g = m->grads + t->offset, *mm = a->m + t->offset, *vv = a->v + t->offset;
-        const float decay = t->decay ? 1.0f - lr * o->weight_decay : 1.0f;
-        const long n = (long)t->numel;
+        const size_t o0 = t->offset;
+        const AdamWArgs args = {gscale, b1, b2, step, rbc2, o->eps, t->decay ? 1.0f - lr * o->weight_decay : 1.0f};
+        const long n = (long)t->numel, nc = (n + chunk - 1) / chunk;
 #pragma omp for schedule(static) nowait
-        for (long i = 0; i < n; i++) {
-            float gi = g[i] * gscale;
-            mm[i] = b1 * mm[i] + (1 - b1) * gi;
-            vv[i] = b2 * vv[i] + (1 - b2) * gi * gi;
-            p[i] = p[i] * decay - step * mm[i] / (sqrtf(vv[i]) * rbc2 + o->eps);
+        for (long c = 0; c < nc; c++) {
+            const size_t i = o0 + (size_t)c * chunk;
+            vec_adamw(m->params + i, m->grads + i, a->m + i, a->v + i, c == nc - 1 ? n - c * chunk : chunk, &args);
         }
     }
 }
