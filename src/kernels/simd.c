@@ -162,3 +162,8 @@ void vec_adamw(float *p, const float *g, float *m, float *v, long n, const AdamW
 void vec_adamw_ref(float *p, const float *g, float *m, float *v, long n, const AdamWArgs *a) { adamw_scalar(p, g, m, v, n, a); }
 double vec_sumsq(const float *x, long n) { return detect() ? sumsq_avx2(x, n) : sumsq_scalar(x, n); }
 double vec_sumsq_ref(const float *x, long n) { return sumsq_scalar(x, n); }
+void vec_zero(float *x, size_t n) {
+    const size_t chunk = (size_t)1 << 16, nc = (n + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if (nc > 1)
+    for (size_t c = 0; c < nc; c++) memset(x + c * chunk, 0, sizeof(float) * (c == nc - 1 ? n - c * chunk : chunk));
+}

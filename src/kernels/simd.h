@@ -1,6 +1,7 @@
 // Vector kernels picked at run time: AVX2+FMA where the CPU has them, scalar otherwise
 // (MOE_SIMD=scalar forces the fallback). Each has a plain-C _ref twin for the tests.
 #pragma once
+#include <stddef.h>
 
 const char *simd_level(void);         // "avx2" or "scalar"
 void simd_force_scalar(int on);       // tests: run the fallback
@@ -18,3 +19,5 @@ void vec_adamw_ref(float *p, const float *g, float *m, float *v, long n, const A
 // sum of squares, accumulated in double
 double vec_sumsq(const float *x, long n);
 double vec_sumsq_ref(const float *x, long n);
+// x[0..n) = 0, on all threads
+void vec_zero(float *x, size_t n);

@@ -7,6 +7,7 @@
 #include "../dist/dist.h"
 #include "../io/fileio.h"
 #include "../kernels/gemm.h"
+#include "../kernels/simd.h"
 #include "train.h"
 
 static int example_targets(const Dataset *d, int id) { return d->ex[id].len - d->ex[id].n_prompt; }
@@ -116,13 +117,12 @@ int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, con
     const bool halves = a[1] != NULL;   // each micro-batch as two interleaved halves
     ForwardOpts fo = {.train = true, .ce_scale = (float)(1.0 / targets)};
     // balance units: micro-batches ("batch"; halves count as units) or sequences
-    // ("sequence") of the global batch
     // ("sequence") of the global batch; "ep_group" under EP: one unit per EP group's
     // micro-batch, shared by its ranks
     const int unit_ranks = c->aux_scope == MOE_AUX_EP_GROUP && m->comm ? di->dp : P;
     fo.aux_scale = c->aux_scope == MOE_AUX_SEQUENCE ? 1.0f / ((long)count * P)
                                                     : 1.0f / ((long)n_micro * (halves ? 2 : 1) * unit_ranks);
-    memset(m->grads, 0, sizeof(float) * m->n_params);
+    vec_zero(m->grads, m->n_params);
     const int LE = c->num_hidden_layers * imax(c->n_routed_experts, 1);
     for (int h = 0; h < (halves ? 2 : 1); h++) {
         memset(a[h]->load, 0, sizeof(long) * LE);
