@@ -23,13 +23,25 @@ void moe_work_free(MoeWork *w) {
 }
 
 // Many experts: one expert per thread at a time (BLAS runs single-threaded inside the
-// region), so that small per-expert GEMMs do not pay a fork/join each; few experts: each
-// GEMM on all threads.
+// region), so that small per-expert GEMMs do not pay a fork/join each, the busiest experts
+// first so that the threads finish together; few experts: each GEMM on all threads.
+static int *busiest_first(int n, const int *off) {
+    int *ord = MOE_NEW(int, n);
+    for (int i = 0; i < n; i++) ord[i] = i;
+    for (int i = 1; i < n; i++)   // insertion sort by rows, descending (n is small)
+        for (int j = i; j > 0 && off[ord[j] + 1] - off[ord[j]] > off[ord[j - 1] + 1] - off[ord[j - 1]]; j--) {
+            int t = ord[j]; ord[j] = ord[j - 1]; ord[j - 1] = t;
+        }
+    return ord;
+}
+
 void moe_grouped_forward(int n, const int *off, const float *xe, float *gu, float *ae, float *ye,
                          const MoeWeights *W, int D, int F) {
     const bool by_expert = n >= 2 * omp_get_max_threads();
+    int *ord = busiest_first(n, off);
 #pragma omp parallel for schedule(dynamic, 1) if (by_expert)
-    for (int e = 0; e < n; e++) {
+    for (int i = 0; i < n; i++) {
+        const int e = ord[i];
         const int r0 = off[e], M = off[e + 1] - r0;
         if (M == 0) continue;
         float *g = gu + (size_t)r0 * 2 * F, *act = ae + (size_t)r0 * F;
@@ -38,14 +50,16 @@ void moe_grouped_forward(int n, const int *off, const float *xe, float *gu, floa
         linear_forward(ye + (size_t)r0 * D, act, W->down + (size_t)e * D * F, M, F, D, false);          // [M,D]
         if (omp_get_thread_num() == 0) moe_progress();
     }
+    moe_free(ord);
 }
 
 void moe_grouped_backward(int n, const int *off, const float *xe, const float *gu, const float *ae, const float *dy,
                           float *dae, float *dgu, float *dx, const MoeWeights *W, MoeGrads *G, int D, int F) {
     const bool by_expert = n >= 2 * omp_get_max_threads();
+    int *ord = busiest_first(n, off);
 #pragma omp parallel for schedule(dynamic, 1) if (by_expert)
-    for (int e = 0; e < n; e++) {
-        const int r0 = off[e], M = off[e + 1] - r0;
+    for (int i = 0; i < n; i++) {
+        const int e = ord[i], r0 = off[e], M = off[e + 1] - r0;
         if (M == 0) continue;
         float *da = dae + (size_t)r0 * F, *dg = dgu + (size_t)r0 * 2 * F, *dxr = dx + (size_t)r0 * D;
         memset(da, 0, sizeof(float) * (size_t)M * F);
@@ -57,6 +71,7 @@ void moe_grouped_backward(int n, const int *off, const float *xe, const float *g
                         W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F);
         if (omp_get_thread_num() == 0) moe_progress();
     }
+    moe_free(ord);
 }
 
 void moe_gather(MoeActs *a, const float *xn) {
