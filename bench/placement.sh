@@ -8,7 +8,8 @@
 # off), so that every token picks both: their rank (experts 0-15 with E = 2) computes about
 # 1.5x the mean. From there it trains STEPS more steps on 2 emulated hosts
 # (scripts/cluster-emu.sh), 1 rank each, --ep 2, once as placed at the start and once with
-# --replace-every 3 --redundant-experts R (default 2: room for replicas of the two hot experts).
+# --replace-every 3 --redundant-experts R (default 2: room for replicas of the two hot experts)
+# and --replace-when $WHEN (default paying).
 # Medians over the steps after the first placement that move no experts: step time, the
 # busiest rank's load (max/mean of the rows each rank's experts computed, worst layer); the
 # steps that migrate are reported apart (their extra time is the migration's cost), with the
@@ -18,6 +19,7 @@ cd "$(dirname "$0")/.."
 STEPS=${1:-10}
 RATE=${2:-10gbit}
 R=${R:-2}   # redundant slots (R=2: replicas for the two favoured experts)
+WHEN=${WHEN:-paying}
 DATA=${DATA:-../shared/data/mathematics_dataset/train/numbers__place_value.txt}
 [ -f "$DATA" ] || { echo "placement: no data file $DATA (set DATA=...)" >&2; exit 1; }
 make -s moe
@@ -35,7 +37,7 @@ PY
 cp -r "$T/base" "$T/fixed"; cp -r "$T/base" "$T/placed"
 for run in fixed placed; do
   extra=()
-  [ $run = placed ] && extra=(--replace-every 3 --redundant-experts "$R")
+  [ $run = placed ] && extra=(--replace-every 3 --redundant-experts "$R" --replace-when "$WHEN")
   OMP_NUM_THREADS=1 bash scripts/cluster-emu.sh run 2 --rate "$RATE" -- "$PWD/moe" train --resume "$T/$run" \
     --out "$T/$run" "${F[@]}" --steps $((STEPS + 1)) --ep 2 "${extra[@]}" 2>&1 | grep -v '^cluster-emu:' >&2 || true
 done
@@ -58,7 +60,12 @@ for r, name in (("fixed", "fixed (experts 0-15 | 16-31)"), ("placed", f"--replac
     print(f"{name:30} {res[r]['step']:9.1f} {res[r]['tps']:9.1f} {res[r]['load']:20.3f}")
 print(f"step-time speed-up {res['fixed']['step'] / res['placed']['step']:.3f}x; a later placement moved {moved:.0f} experts "
       f"(all layers) and cost {mig_ms:.0f} ms; largest relative loss difference {loss:.2e}")
+whole = {r: sum(x["step_ms"] for x in v) / 1e3 for r, v in rows.items()}
+print(f"all {len(rows['fixed'])} steps, placements included: fixed {whole['fixed']:.1f} s, placed {whole['placed']:.1f} s "
+      f"({whole['fixed'] / whole['placed']:.3f}x); experts moved per placement: "
+      + " ".join(str(x["experts_moved"]) for x in rows["placed"] if "experts_moved" in x))
 print(json.dumps({"rank_load_fixed": round(res["fixed"]["load"], 4), "rank_load_placed": round(res["placed"]["load"], 4),
                   "step_ms_fixed": round(res["fixed"]["step"], 2), "step_ms_placed": round(res["placed"]["step"], 2),
-                  "migration_ms": round(mig_ms, 1), "loss_max_rel_diff": loss}))
+                  "migration_ms": round(mig_ms, 1), "loss_max_rel_diff": loss,
+                  "run_s_fixed": round(whole["fixed"], 2), "run_s_placed": round(whole["placed"], 2)}))
 EOF

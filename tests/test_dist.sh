@@ -118,10 +118,29 @@ done
 for pr in "2 2 0" "4 4 4"; do
   set -- $pr
   if run "$1" $MOE train --model "$T/c.json" $F --steps 20 --ep "$2" --replace-every 5 --redundant-experts "$3" \
-       --out "$T/pl$1$3" 2>"$T/err"; then
-    same_losses "np $1 --ep $2 --replace-every 5 --redundant-experts $3: the single-process losses through 3 migrations" "$T/pl$1$3" "$T/single20" 20
+       --replace-when always --out "$T/pl$1$3" 2>"$T/err"; then
+    moved=$(grep -o '"experts_moved":[0-9]*' "$T/pl$1$3/log.jsonl" | cut -d: -f2 | tr '\n' ' ')
+    set -- $1 $2 $3 $moved
+    # the placements at steps 5, 10 and 15 shape the losses; at least the first two move experts
+    if [ $# = 7 ] && [ "$4" -gt 0 ] && [ "$5" -gt 0 ]; then
+      same_losses "np $1 --ep $2 --replace-every 5 --redundant-experts $3 --replace-when always: the single-process losses through the migrations (experts moved at steps 5, 10, 15, 20: $moved)" "$T/pl$1$3" "$T/single20" 20
+    else bad "placement np $1: 4 placements, the first two moving experts" "experts moved: $moved"; fi
   else bad "placement np $1" "$(tail -3 "$T/err")"; fi
 done
+# the default --replace-when paying: after the first migration measured what a move costs,
+# a layer moves only when the rows it takes off its busiest rank are worth more
+if run 4 $MOE train --model "$T/c.json" $F --steps 20 --ep 4 --replace-every 5 --redundant-experts 4 \
+     --out "$T/plpay" 2>"$T/err"; then
+  pay=$(grep -o '"experts_moved":[0-9]*' "$T/plpay/log.jsonl" | cut -d: -f2 | tr '\n' ' ')
+  set -- $pay
+  if [ $# = 4 ] && [ "$1" -gt 0 ] && [ $(($2 + $3 + $4)) -lt 16 ]; then
+    same_losses "--replace-when paying: the first placement moves experts, the later ones fewer than always (moved: $pay)" "$T/plpay" "$T/single20" 20
+  else bad "--replace-when paying" "experts moved: $pay"; fi
+else bad "--replace-when paying" "$(tail -3 "$T/err")"; fi
+if run 2 $MOE train --model "$T/c.json" $F --steps 2 --ep 2 --replace-every 1 --replace-when sometimes --out "$T/plbad" 2>"$T/err"; then
+  bad "--replace-when sometimes was accepted"
+elif grep -q 'replace-when must be paying or always' "$T/err"; then ok "a bad --replace-when value ($(grep -m1 -o 'moe train.*' "$T/err"))"
+else bad "--replace-when sometimes" "$(cat "$T/err")"; fi
 if OMP_NUM_THREADS=1 $MOE eval --ckpt "$T/pl44" --data "$T/qa.txt" --limit 20 --json >"$T/epl" &&
    OMP_NUM_THREADS=1 $MOE eval --ckpt "$T/single20" --data "$T/qa.txt" --limit 20 --json >"$T/es20" &&
    python3 -c "import json,sys; a,b=(json.load(open(f))['loss'] for f in sys.argv[1:]); sys.exit(abs(a-b)>1e-4*abs(b))" "$T/epl" "$T/es20"

@@ -43,7 +43,10 @@ static const char *HELP =
     "  --replace-every N  dynamic expert placement: every N steps, place the experts again from\n"
     "                     the last N steps' loads (replicate the hottest, pack by predicted\n"
     "                     load) and move weights and optimizer state to their new ranks\n"
-    "  --redundant-experts R  R extra expert slots in all for those replicas (default 0)\n";
+    "  --redundant-experts R  R extra expert slots in all for those replicas (default 0)\n"
+    "  --replace-when W   paying (default): a layer's experts move only when the rows it takes\n"
+    "                     off the busiest rank (at the sgemm peak) outweigh the move's time (as\n"
+    "                     the last migration measured it) | always: whenever it gains 2%\n";
 
 int cmd_train(int argc, char **argv) {
     Args a;
@@ -97,6 +100,10 @@ int cmd_train(int argc, char **argv) {
     if (!rc) rc = args_int(&a, "--redundant-experts", 0, &tc.redundant);
     if (!rc) rc = args_int(&a, "--replace-every", 0, &tc.replace_every);
     if (!rc && (tc.redundant < 0 || tc.replace_every < 0)) { moe_seterr("--redundant-experts and --replace-every must be >= 0"); rc = MOE_FAIL; }
+    const char *rw = args_str(&a, "--replace-when", "paying");
+    if (!rc && !rw) rc = MOE_FAIL;
+    if (!rc && !strcmp(rw, "always")) tc.replace_always = 1;
+    else if (!rc && strcmp(rw, "paying")) { moe_seterr("--replace-when must be paying or always, got \"%s\"", rw); rc = MOE_FAIL; }
     if (!rc && tc.redundant > 0 && tc.replace_every == 0) { moe_seterr("--redundant-experts needs --replace-every N"); rc = MOE_FAIL; }
     if (!rc) rc = args_int(&a, "--eval-every", 100, &tc.eval_every);
     if (!rc) rc = args_int(&a, "--eval-limit", 500, &tc.eval_limit);

@@ -45,6 +45,7 @@ typedef struct {
     int overlap;                  // --overlap: -1 default (on under MPI), 0 off, 1 on
     int a2a;                      // --a2a: DistA2A (auto, flat, hierarchical)
     int redundant, replace_every; // dynamic expert placement: extra slots, steps between placements
+    int replace_always;           // 1: move whenever it gains 2%, not only when it pays for itself
 } TrainConfig;
 
 typedef struct {                  // what a resume needs beyond the model
