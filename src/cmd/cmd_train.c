@@ -45,8 +45,9 @@ static const char *HELP =
     "                     load) and move weights and optimizer state to their new ranks\n"
     "  --redundant-experts R  R extra expert slots in all for those replicas (default 0)\n"
     "  --replace-when W   paying (default): a layer's experts move only when the rows it takes\n"
-    "                     off the busiest rank (at the sgemm peak) outweigh the move's time (as\n"
-    "                     the last migration measured it) | always: whenever it gains 2%\n";
+    "                     off the busiest rank until the run ends (at the sgemm peak) outweigh\n"
+    "                     the move's time (as the last migration measured it) | always:\n"
+    "                     whenever it gains 2%\n";
 
 int cmd_train(int argc, char **argv) {
     Args a;

@@ -348,11 +348,12 @@ static int migrate(Model *m, AdamW *opt, const MoePlacement *npl, int me) {
 // global and the packing deterministic), then the weights and moments move (migrate).
 // *before / *after: the worst layer's predicted busiest rank over the mean, under the
 // current placement and the new one.
-// What a placement is worth: the rows it takes off a layer's busiest rank over one window,
-// at s_per_row (an expert row's forward and backward GEMMs at the measured sgemm peak, so
-// the gain errs low), against what moving that layer's experts costs at s_per_move (one
+// What a placement is worth: the rows it takes off a layer's busiest rank over the windows
+// left in the run (windows: how many; the loads are taken to stay as they were), at
+// s_per_row (an expert row's forward and backward GEMMs at the measured sgemm peak, so the
+// gain errs low), against what moving that layer's experts costs at s_per_move (one
 // expert's weights and moments, measured at the last migration; 0 until there was one).
-typedef struct { double s_per_row, s_per_move; bool always; } PlaceCost;
+typedef struct { double s_per_row, s_per_move, windows; bool always; } PlaceCost;
 
 static int place_again(Model *m, AdamW *opt, const double *win_load, int R, PlaceCost *pc, MoePlacement *np, int *moved,
                        double *before, double *after) {
@@ -404,7 +405,7 @@ static int place_again(Model *m, AdamW *opt, const double *win_load, int R, Plac
         // when moving its experts would cost more than the window's time the move saves
         int moves = 0;
         for (int g = 0; g < G; g++) moves += !holds(m, g / S, l, se[g]);
-        const bool pays = pc->always || pc->s_per_move == 0 || (bmx - mx) * pc->s_per_row > moves * pc->s_per_move;
+        const bool pays = pc->always || pc->s_per_move == 0 || (bmx - mx) * pc->s_per_row * pc->windows > moves * pc->s_per_move;
         if (m->place && (bmx <= 1.02 * mx || !pays)) {
             memcpy(se, m->place->slot_expert + (size_t)l * G, sizeof(int) * G);
             mx = bmx;
@@ -595,7 +596,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     double peak = kernels_measure_peak_gflops(0.3) * 1e9;
     dist_sum_f64(&peak, 1, DIST_WORLD);   // the job's peak: every rank's, measured side by side
     double flops_tok = config_flops_per_token(c, tc->seq);
-    PlaceCost pcost = {18.0 * c->hidden_size * c->moe_intermediate_size / (peak / di->size), 0, tc->replace_always};
+    PlaceCost pcost = {18.0 * c->hidden_size * c->moe_intermediate_size / (peak / di->size), 0, 1, tc->replace_always};
     bool tty = isatty(2);
     if (!tc->quiet)
         fprintf(stderr, "moe train: %.2fM params (%.2fM active), %d examples, batch %d x seq %d, %d threads, sgemm peak %.1f GFLOP/s\n",
@@ -635,6 +636,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         if (tc->replace_every > 0 && pr.step % tc->replace_every == 0) {
             const int nx = cur_place == 0 ? 1 : 0;
             double before, after;
+            pcost.windows = fmax(1.0, (double)(tc->steps - pr.step) / tc->replace_every);
             rc = place_again(&m, &opt, win_load, tc->redundant, &pcost, &places[nx], &moved_now, &before, &after);
             if (rc) break;
             if (cur_place >= 0) moe_placement_free(&places[cur_place]);
