@@ -356,6 +356,18 @@ static void test_simd(void) {
     check(nm, relerr(p1, p2, n) + relerr(m1, m2, n) + relerr(v1, v2, n), 1e-6);
     snprintf(nm, sizeof nm, "vec_sumsq (%s) vs ref", simd_level());
     check(nm, fabs(vec_sumsq(g, n) - vec_sumsq_ref(g, n)) / vec_sumsq_ref(g, n), 1e-12);
+    // bf16 packing: random values, ties to even, infinities, NaNs, denormals and zeros
+    float *f = rnd(n, 100), *f1 = MOE_NEW(float, n), *f2 = MOE_NEW(float, n);
+    const uint32_t special[] = {0x3f808000u, 0x3f818000u, 0x7f800000u, 0xff800000u, 0x7fc00000u, 0x7f800001u,
+                                0xff812345u, 0x00000001u, 0x807fffffu, 0x00000000u, 0x80000000u, 0x7f7fffffu};
+    for (int i = 0; i < 12; i++) memcpy(&f[7 * i + 3], &special[i], 4);
+    uint16_t *h1 = MOE_NEW(uint16_t, n), *h2 = MOE_NEW(uint16_t, n);
+    vec_to_bf16(h1, f, n);
+    vec_to_bf16_ref(h2, f, n);
+    vec_from_bf16(f1, h1, n);
+    vec_from_bf16_ref(f2, h2, n);
+    snprintf(nm, sizeof nm, "vec_to_bf16 / vec_from_bf16 (%s) vs ref, bit for bit (NaN, inf, ties)", simd_level());
+    check(nm, memcmp(h1, h2, sizeof(uint16_t) * n) || memcmp(f1, f2, sizeof(float) * n) ? 1 : 0, 0);
     // and the fallback the dispatcher picks on CPUs without AVX2
     simd_force_scalar(1);
     vec_exp_sum(y, x, 3.0f, n);

@@ -1,4 +1,5 @@
 #include "simd.h"
+#include "bf16.h"
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -44,6 +45,12 @@ static void adamw_scalar(float *p, const float *g, float *m, float *v, long n, c
         v[i] = a->b2 * v[i] + (1 - a->b2) * gi * gi;
         p[i] = p[i] * a->decay - a->step * m[i] / (sqrtf(v[i]) * a->rbc2 + a->eps);
     }
+}
+static void to_bf16_scalar(uint16_t *d, const float *x, long n) {
+    for (long i = 0; i < n; i++) d[i] = f32_to_bf16(x[i]);
+}
+static void from_bf16_scalar(float *y, const uint16_t *s, long n) {
+    for (long i = 0; i < n; i++) y[i] = bf16_to_f32(s[i]);
 }
 static double sumsq_scalar(const float *x, long n) {
     double s = 0;
@@ -145,6 +152,30 @@ __attribute__((target("avx2,fma"))) static double sumsq_avx2(const float *x, lon
     return s + sumsq_scalar(x + i, n - i);
 }
 
+// f32 -> bf16 as f32_to_bf16: round to nearest even, a NaN stays a (quiet) NaN
+__attribute__((target("avx2,fma"))) static void to_bf16_avx2(uint16_t *d, const float *x, long n) {
+    const __m256i abs = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000),
+                  one = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7fff), quiet = _mm256_set1_epi32(0x40);
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i u = _mm256_castps_si256(_mm256_loadu_ps(x + i));
+        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs), inf);
+        __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(u, 16), one)));
+        __m256i h = _mm256_blendv_epi8(_mm256_srli_epi32(r, 16), _mm256_or_si256(_mm256_srli_epi32(u, 16), quiet), nan);
+        __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(h, h), 0x08);   // lanes 0 and 2: 8 u16 in order
+        _mm_storeu_si128((__m128i *)(d + i), _mm256_castsi256_si128(p));
+    }
+    to_bf16_scalar(d + i, x + i, n - i);
+}
+__attribute__((target("avx2,fma"))) static void from_bf16_avx2(float *y, const uint16_t *s, long n) {
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + i)));
+        _mm256_storeu_ps(y + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+    }
+    from_bf16_scalar(y + i, s + i, n - i);
+}
+
 // ---------------------------------------------------------------- dispatch
 
 float vec_exp_sum(float *y, const float *x, float shift, int n) {
@@ -167,3 +198,7 @@ void vec_zero(float *x, size_t n) {
 #pragma omp parallel for schedule(static) if (nc > 1)
     for (size_t c = 0; c < nc; c++) memset(x + c * chunk, 0, sizeof(float) * (c == nc - 1 ? n - c * chunk : chunk));
 }
+void vec_to_bf16(uint16_t *d, const float *x, long n) { if (detect()) to_bf16_avx2(d, x, n); else to_bf16_scalar(d, x, n); }
+void vec_from_bf16(float *y, const uint16_t *s, long n) { if (detect()) from_bf16_avx2(y, s, n); else from_bf16_scalar(y, s, n); }
+void vec_to_bf16_ref(uint16_t *d, const float *x, long n) { to_bf16_scalar(d, x, n); }
+void vec_from_bf16_ref(float *y, const uint16_t *s, long n) { from_bf16_scalar(y, s, n); }

@@ -7,6 +7,7 @@
 #include "../base/prof.h"
 #include "../kernels/bf16.h"
 #include "../kernels/gemm.h"
+#include "../kernels/simd.h"
 
 // ---------------------------------------------------------------- parameter layout
 
@@ -389,12 +390,12 @@ static void stash_layer(const Acts *a, const Model *m, int l, int N, bool pack) 
     for (int i = 0; i < n; i++) {
         float *p = it[i].p;
         const long cnt = (long)it[i].n;
-        if (pack) {
-#pragma omp parallel for schedule(static)
-            for (long j = 0; j < cnt; j++) s[j] = f32_to_bf16(p[j]);
-        } else {
-#pragma omp parallel for schedule(static)
-            for (long j = 0; j < cnt; j++) p[j] = bf16_to_f32(s[j]);
+        const long chunk = 1 << 14, nc = (cnt + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if (nc > 1)
+        for (long c = 0; c < nc; c++) {
+            const long j = c * chunk, len = c == nc - 1 ? cnt - j : chunk;
+            if (pack) vec_to_bf16(s + j, p + j, len);
+            else vec_from_bf16(p + j, s + j, len);
         }
         s += cnt;
     }
