@@ -237,8 +237,11 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
     }
     if (full) {
         a->rc_h = MOE_NEW(float, ND);
-        if (local_moe) a->rc_ye = MOE_NEW(float, NK * D);
+        if (local_moe && !bf) a->rc_mgu = MOE_NEW(float, NK * 2 * Fe);   // (bf16: ws_mgu)
     }
+    // the experts' outputs are summed into each layer's output and not needed again (the
+    // backward pass gets dw from dout W_down . ae): one buffer for all layers
+    if (local_moe) a->rc_ye = MOE_NEW(float, NK * D);
     if (any_moe) a->router_logits = MOE_NEW(float, (size_t)Nmax * E);   // scratch of every router
     if (bf) {   // the f32 working set every layer computes in; layers keep bf16 copies
         a->ws_q = MOE_NEW(float, (size_t)Nmax * Hq); a->ws_att = MOE_NEW(float, (size_t)Nmax * Hq);
@@ -248,7 +251,6 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
         if (!rc) { a->ws_xn1 = MOE_NEW(float, ND); a->ws_xn2 = MOE_NEW(float, ND); a->ws_a = MOE_NEW(float, (size_t)Nmax * Fmax); }
         if (local_moe) {
             a->ws_mgu = MOE_NEW(float, NK * 2 * Fe);
-            if (!full) a->ws_mye = MOE_NEW(float, NK * D);
             if (!rc) { a->ws_mxe = MOE_NEW(float, NK * D); a->ws_mae = MOE_NEW(float, NK * Fe); }
         }
     }
@@ -283,8 +285,7 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
             }
         }
         if (moe) {
-            int borrow = MOE_BORROW_LOGITS | (rc || bf ? MOE_BORROW_XE_AE : 0) | (bf ? MOE_BORROW_GU : 0) |
-                         (bf || full ? MOE_BORROW_YE : 0);
+            int borrow = MOE_BORROW_LOGITS | (rc || bf ? MOE_BORROW_XE_AE : 0) | (bf || full ? MOE_BORROW_GU : 0) | MOE_BORROW_YE;
             if (ep) borrow = MOE_BORROW_LOGITS | MOE_BORROW_XE_AE | MOE_BORROW_GU;
             moe_acts_alloc(&la->moe, Nmax, E, K, D, Fe, borrow);
             la->moe.logits = a->router_logits;
@@ -292,13 +293,13 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
                 if (rc) { la->moe.xe = a->rc_xe; la->moe.ae = a->rc_ae; }
                 else if (bf) { la->moe.xe = a->ws_mxe; la->moe.ae = a->ws_mae; }
                 if (bf) la->moe.gu = a->ws_mgu;
-                if (full) la->moe.ye = a->rc_ye;
-                else if (bf) la->moe.ye = a->ws_mye;
+                else if (full) la->moe.gu = a->rc_mgu;
+                la->moe.ye = a->rc_ye;
             }
         }
         if (bf) {   // room for the largest stash this layer can need
             size_t per_tok = D + 2 * Hq + 2 * Hk + (full ? 0 : D) + (rc ? 0 : 2 * D) + (F > 0 ? 2 * F + (rc ? 0 : F) : 0);
-            size_t per_row = moe && !ep ? 2 * Fe + (full ? 0 : D) + (rc ? 0 : D + Fe) : 0;
+            size_t per_row = moe && !ep ? (full ? 0 : 2 * Fe) + (rc ? 0 : D + Fe) : 0;
             la->stash = MOE_NEW(unsigned short, (size_t)Nmax * per_tok + NK * per_row);
         }
     }
@@ -339,8 +340,8 @@ void acts_free(Acts *a) {
     }
     void *p[] = {a->xs, a->layer, a->rstdf, a->xf, a->xt, a->logits, a->dxt, a->out_rows, a->dx, a->dh,
                  a->dxn, a->qkv, a->dq, a->datt, a->dk, a->dv, a->dgu, a->da, a->load, a->drop_l, a->rows_l,
-                 a->rc_xn, a->rc_a, a->rc_xe, a->rc_ae, a->rc_h, a->rc_ye, a->router_logits, a->ws_q, a->ws_k, a->ws_v, a->ws_att, a->ws_h,
-                 a->ws_xn1, a->ws_xn2, a->ws_gu, a->ws_a, a->ws_mgu, a->ws_mye, a->ws_mxe, a->ws_mae};
+                 a->rc_xn, a->rc_a, a->rc_xe, a->rc_ae, a->rc_h, a->rc_ye, a->rc_mgu, a->router_logits, a->ws_q, a->ws_k, a->ws_v, a->ws_att, a->ws_h,
+                 a->ws_xn1, a->ws_xn2, a->ws_gu, a->ws_a, a->ws_mgu, a->ws_mxe, a->ws_mae};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
     if (a->mw.ds) moe_work_free(&a->mw);
     moe_ep_work_free(&a->ew);
@@ -377,8 +378,7 @@ static int stash_items(const Acts *a, const Model *m, int l, int N, StashItem *i
     }
     if (moe && !a->ep) {
         const size_t A = la->moe.A;
-        it[n++] = (StashItem){la->moe.gu, A * 2 * Fe};
-        if (!a->full) it[n++] = (StashItem){la->moe.ye, A * D};
+        if (!a->full) it[n++] = (StashItem){la->moe.gu, A * 2 * Fe};
         if (!a->recompute) { it[n++] = (StashItem){la->moe.xe, A * D}; it[n++] = (StashItem){la->moe.ae, A * Fe}; }
     }
     return n;
@@ -766,12 +766,12 @@ static int bwd_s1(Pass *P, int l) {
         else {
             if (!a->ep) {
                 moe_gather(&la->moe, la->xn2);
-                swiglu_rows_forward(la->moe.ae, la->moe.gu, la->moe.A, Fe);
-                if (a->full) {
+                if (a->full) {   // the experts' gate and up projections again (ye is not needed)
                     MoeWeights mw;
                     moe_views(p, c, &mw);
-                    moe_experts_outputs(&la->moe, &mw);
+                    moe_experts_gate_up(&la->moe, &mw);
                 }
+                swiglu_rows_forward(la->moe.ae, la->moe.gu, la->moe.A, Fe);
             }
             if (Fs > 0) swiglu_rows_forward(la->a, la->gu, N, Fs);
         }
@@ -788,7 +788,7 @@ static int bwd_s1(Pass *P, int l) {
     moe_views(p, c, &mw);
     MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down};
     if (m->comm) return moe_ep_backward_send(&la->moe, &a->mw, &a->ew, m->comm, dx);
-    moe_experts_backward(&la->moe, &a->mw, dx, la->xn2, &mw, &mg, dxn);
+    moe_experts_backward(&la->moe, &a->mw, dx, la->xn2, &mw, &mg, dxn, false);
     return MOE_OK;
 }
 

@@ -95,9 +95,9 @@ typedef struct {
 typedef struct {
     int Nmax, L, D, train;
     bool recompute, full;  // recomputation (selective; full): the buffers below are shared scratch
-    float *rc_xn, *rc_a, *rc_xe, *rc_ae, *rc_h, *rc_ye, *router_logits;
+    float *rc_xn, *rc_a, *rc_xe, *rc_ae, *rc_h, *rc_ye, *rc_mgu, *router_logits;
     bool bf16;             // saved intermediates packed per layer; f32 working set shared
-    float *ws_q, *ws_k, *ws_v, *ws_att, *ws_h, *ws_xn1, *ws_xn2, *ws_gu, *ws_a, *ws_mgu, *ws_mye, *ws_mxe, *ws_mae;
+    float *ws_q, *ws_k, *ws_v, *ws_att, *ws_h, *ws_xn1, *ws_xn2, *ws_gu, *ws_a, *ws_mgu, *ws_mxe, *ws_mae;
     float *xs;             // [L+1][N,D] residual stream
     LayerActs *layer;
     float *rstdf, *xf;     // final norm

@@ -16,9 +16,11 @@ void moe_work_alloc(MoeWork *w, int Nmax, int E, int K, int D, int F) {
     w->dgu = MOE_NEW(float, NK * 2 * F);
     w->dw = MOE_NEW(float, NK);
     w->ds = MOE_NEW(float, (size_t)Nmax * E);
+    w->wrow = MOE_NEW(float, NK);
+    w->dwrow = MOE_NEW(float, NK);
 }
 void moe_work_free(MoeWork *w) {
-    void *p[] = {w->dye, w->dae, w->dgu, w->dw, w->ds};
+    void *p[] = {w->dye, w->dae, w->dgu, w->dw, w->ds, w->wrow, w->dwrow};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
 }
 
@@ -53,8 +55,9 @@ void moe_grouped_forward(int n, const int *off, const float *xe, float *gu, floa
     moe_free(ord);
 }
 
-void moe_grouped_backward(int n, const int *off, const float *xe, const float *gu, const float *ae, const float *dy,
-                          float *dae, float *dgu, float *dx, const MoeWeights *W, MoeGrads *G, int D, int F) {
+void moe_grouped_backward(int n, const int *off, const float *xe, const float *gu, const float *ae, float *dy,
+                          float *dae, float *dgu, float *dx, const MoeWeights *W, MoeGrads *G, int D, int F,
+                          const float *wrow, float *dwrow) {
     const bool by_expert = n >= 2 * omp_get_max_threads();
     int *ord = busiest_first(n, off);
 #pragma omp parallel for schedule(dynamic, 1) if (by_expert)
@@ -63,8 +66,20 @@ void moe_grouped_backward(int n, const int *off, const float *xe, const float *g
         if (M == 0) continue;
         float *da = dae + (size_t)r0 * F, *dg = dgu + (size_t)r0 * 2 * F, *dxr = dx + (size_t)r0 * D;
         memset(da, 0, sizeof(float) * (size_t)M * F);
-        linear_backward(da, G->down + (size_t)e * D * F, dy + (size_t)r0 * D, ae + (size_t)r0 * F,
-                        W->down + (size_t)e * D * F, M, F, D);
+        float *dyr = dy + (size_t)r0 * D;
+        const float *aer = ae + (size_t)r0 * F, *Wd = W->down + (size_t)e * D * F;
+        if (wrow) {   // g = dy W_down; dw = g . ae; dae = w g; dW_down += (w dy)^T ae
+            linear_backward(da, NULL, dyr, aer, Wd, M, F, D);
+            for (int i = 0; i < M; i++) {
+                float *g = da + (size_t)i * F, *d = dyr + (size_t)i * D, w = wrow[r0 + i], dot = 0;
+                const float *ar = aer + (size_t)i * F;
+                for (int f = 0; f < F; f++) { dot += g[f] * ar[f]; g[f] *= w; }
+                for (int j = 0; j < D; j++) d[j] *= w;
+                dwrow[r0 + i] = dot;
+            }
+            linear_backward(NULL, G->down + (size_t)e * D * F, dyr, aer, Wd, M, F, D);
+        } else
+            linear_backward(da, G->down + (size_t)e * D * F, dyr, aer, Wd, M, F, D);
         swiglu_rows_backward(dg, da, gu + (size_t)r0 * 2 * F, M, F);
         memset(dxr, 0, sizeof(float) * (size_t)M * D);
         linear_backward(dxr, G->gate_up + (size_t)e * 2 * F * D, dg, xe + (size_t)r0 * D,
@@ -80,14 +95,14 @@ void moe_gather(MoeActs *a, const float *xn) {
     for (int r = 0; r < a->A; r++) memcpy(a->xe + (size_t)r * D, xn + (size_t)a->row_tok[r] * D, sizeof(float) * D);
 }
 
-void moe_experts_outputs(MoeActs *a, const MoeWeights *W) {
+void moe_experts_gate_up(MoeActs *a, const MoeWeights *W) {
     const int D = a->D, F = a->F;
     const bool by_expert = a->E >= 2 * omp_get_max_threads();
 #pragma omp parallel for schedule(dynamic, 1) if (by_expert)
     for (int e = 0; e < a->E; e++) {
         int r0 = a->offsets[e], M = a->offsets[e + 1] - r0;
         if (M == 0) continue;
-        linear_forward(a->ye + (size_t)r0 * D, a->ae + (size_t)r0 * F, W->down + (size_t)e * D * F, M, F, D, false);
+        linear_forward(a->gu + (size_t)r0 * 2 * F, a->xe + (size_t)r0 * D, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F, false);
     }
 }
 
@@ -180,16 +195,28 @@ void moe_experts_forward_ref(const MoeConfig *c, const MoeActs *a, const float *
 }
 
 void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const float *xn,
-                          const MoeWeights *W, MoeGrads *G, float *dxn) {
+                          const MoeWeights *W, MoeGrads *G, float *dxn, bool have_ye) {
     const int D = a->D, F = a->F;
     (void)xn;
     double t = prof_begin();
-    moe_combine_backward(a, wk, dout);
+    if (have_ye) moe_combine_backward(a, wk, dout);
+    else {   // each row gets its token's dout as it is, and its weight
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < a->A; r++) {
+            memcpy(wk->dye + (size_t)r * D, dout + (size_t)a->row_tok[r] * D, sizeof(float) * D);
+            wk->wrow[r] = a->w[a->row_slot[r]];
+        }
+    }
     prof_end(PROF_UNPERMUTE, true, t, 0);
     t = prof_begin();
     // dxe overwrites dye expert by expert: an expert's dy is used up before its dx is written
-    moe_grouped_backward(a->E, a->offsets, a->xe, a->gu, a->ae, wk->dye, wk->dae, wk->dgu, wk->dxe, W, G, D, F);
+    moe_grouped_backward(a->E, a->offsets, a->xe, a->gu, a->ae, wk->dye, wk->dae, wk->dgu, wk->dxe, W, G, D, F,
+                         have_ye ? NULL : wk->wrow, wk->dwrow);
     prof_end(PROF_EXPERTS, true, t, 12.0 * a->A * D * F);
+    if (!have_ye) {
+        for (int i = 0; i < a->N * a->K; i++) wk->dw[i] = 0;   // a dropped assignment adds nothing
+        for (int r = 0; r < a->A; r++) wk->dw[a->row_slot[r]] = wk->dwrow[r];
+    }
     t = prof_begin();
     moe_scatter_backward(a, wk->dxe, dxn);
     prof_end(PROF_PERMUTE, true, t, 0);

@@ -83,6 +83,7 @@ typedef struct {            // workspace for the backward pass, sized for N*K ro
     float *dgu;             // [N*K,2F]
     float *dw;              // [N,K]
     float *ds;              // [N,E]
+    float *wrow, *dwrow;    // [N*K] each row's weight and its gradient (backward without ye)
 } MoeWork;
 
 // borrow (MOE_BORROW_* flags): those buffers are left NULL for the caller to point at
@@ -90,8 +91,8 @@ typedef struct {            // workspace for the backward pass, sized for N*K ro
 void moe_acts_alloc(MoeActs *a, int Nmax, int E, int K, int D, int F, int borrow);
 // row r of xe <- xn[row_tok[r]] (the permutation's gather)
 void moe_gather(MoeActs *a, const float *xn);
-// ye <- ae Wd^T expert by expert, as moe_experts_forward computes it (for recomputation)
-void moe_experts_outputs(MoeActs *a, const MoeWeights *W);
+// gu <- xe Wgu^T expert by expert, as moe_experts_forward computes it (for recomputation)
+void moe_experts_gate_up(MoeActs *a, const MoeWeights *W);
 void moe_acts_free(MoeActs *a);
 void moe_work_alloc(MoeWork *w, int Nmax, int E, int K, int D, int F);
 void moe_work_free(MoeWork *w);
@@ -106,9 +107,11 @@ void moe_dispatch(const MoeConfig *c, MoeActs *a, bool train);
 void moe_experts_forward(MoeActs *a, const float *xn, const MoeWeights *W, float *out);
 void moe_experts_forward_ref(const MoeConfig *c, const MoeActs *a, const float *xn,
                              const MoeWeights *W, float *out);
-// dxn += ..., grads += ..., fills work->dw (gradient of each assignment's weight)
+// dxn += ..., grads += ..., fills work->dw (gradient of each assignment's weight).
+// have_ye: the experts' outputs a->ye are at hand, dw_r = dout . ye_r; otherwise (full
+// recomputation) dw_r = (dout W_down) . ae_r, the same number without ye.
 void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const float *xn,
-                          const MoeWeights *W, MoeGrads *G, float *dxn);
+                          const MoeWeights *W, MoeGrads *G, float *dxn, bool have_ye);
 // ds from dw (through normalisation and scaling) is written into work->ds; balance losses
 // add to it; then this turns ds into dlogits and accumulates dWr and dxn.
 void moe_weights_backward(const MoeConfig *c, const MoeActs *a, MoeWork *wk);
@@ -120,8 +123,11 @@ void moe_router_backward(const MoeConfig *c, const MoeActs *a, MoeWork *wk, cons
 // buffer) and the weight gradients
 void moe_grouped_forward(int n, const int *off, const float *xe, float *gu, float *ae, float *ye,
                          const MoeWeights *W, int D, int F);
-void moe_grouped_backward(int n, const int *off, const float *xe, const float *gu, const float *ae, const float *dy,
-                          float *dae, float *dgu, float *dx, const MoeWeights *W, MoeGrads *G, int D, int F);
+// With wrow (each row's routing weight): dy holds the unweighted output gradients, which
+// this scales in place, and dwrow gets each row's weight gradient (dy W_down) . ae
+void moe_grouped_backward(int n, const int *off, const float *xe, const float *gu, const float *ae, float *dy,
+                          float *dae, float *dgu, float *dx, const MoeWeights *W, MoeGrads *G, int D, int F,
+                          const float *wrow, float *dwrow);
 // the pieces around the expert GEMMs: out += weighted rows (ye); dye and dw from dout;
 // dxn += the rows' input gradients
 void moe_combine(const MoeActs *a, float *out);
