@@ -185,6 +185,25 @@ if [ "${4:-0}" = 20 ] && [ "${5:-0}" = 20 ] && awk -v u="$1" -v p="$2" -v l="$3"
   ok "a skewed run: the busiest rank's load falls from $1x to $2x the mean once placed (losses within $3)"
 else bad "skewed placement" "unplaced $1, placed $2, loss rel $3 (${4:-?}/${5:-?} lines)"; fi
 
+# the placement is part of the checkpoint: a resume takes it up at once (without it, steps
+# 22-23 would run unplaced at about 1.39x until the placement at step 25), and the losses
+# still follow the unplaced run
+run 2 $MOE train --resume "$T/skew" --out "$T/skew" ${F/--batch 8/--batch 32} --steps 23 --ep 2 2>/dev/null
+if run 2 $MOE train --resume "$T/skew2" --out "$T/skew2" ${F/--batch 8/--batch 32} --steps 23 --ep 2 --replace-every 5 \
+     --redundant-experts 2 2>"$T/err"; then
+  r=$(python3 - "$T/skew/log.jsonl" "$T/skew2/log.jsonl" <<'PY'
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])][21:]
+b = [json.loads(l) for l in open(sys.argv[2])][21:]
+print(f"{max(max(x['rank_load']) for x in b):.3f} {max(abs(x['loss'] - y['loss']) / y['loss'] for x, y in zip(b, a)):.1e} {len(a)} {len(b)}")
+PY
+)
+  set -- $r
+  if [ "${3:-0}" = 2 ] && [ "${4:-0}" = 2 ] && awk -v p="$1" -v l="$2" 'BEGIN { exit !(p <= 1.1 && l <= 1e-4) }'; then
+    ok "a resumed placed run takes up its placement at once: busiest rank $1x the mean on steps 22-23 (losses within $2)"
+  else bad "resumed placement" "busiest rank $1, loss rel $2 (${3:-?}/${4:-?} lines)"; fi
+else bad "resumed placement" "$(tail -3 "$T/err")"; fi
+
 # MoGE with one group per EP rank: every device gets the same load, IS exactly 0 every step
 sed 's/"num_experts_per_tok": 2/"num_experts_per_tok": 4, "topk_method": "moge", "n_group": 4/' "$T/c.json" >"$T/moge.json"
 if run 4 $MOE train --model "$T/moge.json" $F --steps 10 --ep 4 --out "$T/moge" 2>"$T/err"; then

@@ -64,6 +64,14 @@ static char *state_meta_json(const TrainConfig *tc, const TrainProgress *pr, con
     N("ckpt_every", tc->ckpt_every); N("format", tc->format);
 #undef N
     cJSON_AddBoolToObject(s, "shuffle", tc->shuffle);
+    if (pr->place) {   // dynamic expert placement: each rank's slots, layer by layer
+        const MoePlacement *pl = pr->place;
+        cJSON *p = cJSON_AddObjectToObject(s, "placement");
+        cJSON_AddNumberToObject(p, "ep", pl->P);
+        cJSON_AddNumberToObject(p, "slots_per_rank", pl->S);
+        cJSON *a = cJSON_AddArrayToObject(p, "slot_expert");
+        for (size_t i = 0; i < (size_t)pl->L * pl->P * pl->S; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(pl->slot_expert[i]));
+    }
     char *inner = cJSON_PrintUnformatted(s);
     cJSON_Delete(s);
     cJSON *meta = cJSON_CreateObject();
@@ -190,6 +198,35 @@ int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, int e0, in
     return rc;
 }
 
+// the recorded placement, checked against the model: [L][ep][S] expert ids, each MoE
+// layer's slots on a rank distinct and every expert in some slot
+static int load_placement(const cJSON *p, const MoeConfig *c, TrainProgress *pr) {
+    const cJSON *ep = cJSON_GetObjectItem(p, "ep"), *S = cJSON_GetObjectItem(p, "slots_per_rank"),
+                *a = cJSON_GetObjectItem(p, "slot_expert");
+    if (!cJSON_IsNumber(ep) || !cJSON_IsNumber(S) || !cJSON_IsArray(a) || ep->valueint < 1 || S->valueint < 1) return MOE_FAIL;
+    const int L = c->num_hidden_layers, E = c->n_routed_experts, P = ep->valueint, n = S->valueint;
+    if (cJSON_GetArraySize(a) != L * P * n || P * n < E) return MOE_FAIL;
+    int *slots = malloc(sizeof(int) * (size_t)L * P * n), i = 0, rc = MOE_OK;
+    const cJSON *v;
+    cJSON_ArrayForEach(v, a) slots[i++] = cJSON_IsNumber(v) ? v->valueint : -1;
+    char *seen = calloc((size_t)E, 1);
+    for (int l = 0; l < L && rc == MOE_OK; l++) {
+        if (!config_layer_is_moe(c, l)) continue;
+        memset(seen, 0, (size_t)E);
+        for (int g = 0; g < P * n && rc == MOE_OK; g++) {
+            const int e = slots[(size_t)l * P * n + g];
+            if (e < 0 || e >= E) rc = MOE_FAIL;
+            else seen[e] = 1;
+            for (int h = g / n * n; h < g && rc == MOE_OK; h++) if (slots[(size_t)l * P * n + h] == e) rc = MOE_FAIL;
+        }
+        for (int e = 0; e < E && rc == MOE_OK; e++) if (!seen[e]) rc = MOE_FAIL;
+    }
+    free(seen);
+    if (rc) { free(slots); return rc; }
+    pr->slots = slots; pr->slots_ep = P; pr->slots_S = n;
+    return MOE_OK;
+}
+
 int ckpt_load_state(const char *dir, const Model *m, AdamW *opt, TrainConfig *tc, TrainProgress *pr) {
     char path[4096], buf[4096];
     path_join(path, sizeof path, dir, "train_state.safetensors");
@@ -197,9 +234,19 @@ int ckpt_load_state(const char *dir, const Model *m, AdamW *opt, TrainConfig *tc
     StFile f;
     MOE_TRY(st_open(&f, path));
     int rc = MOE_OK;
-    const char *js = st_meta(&f, "train_state", buf, sizeof buf);
+    // the train state can be long (a recorded placement): a buffer as large as the metadata
+    const size_t cap = f.metadata_json ? strlen(f.metadata_json) + 1 : 1;
+    char *mbuf = malloc(cap);
+    const char *js = st_meta(&f, "train_state", mbuf, cap);
     cJSON *s = js ? cJSON_Parse(js) : NULL;
+    free(mbuf);
     if (!s) { st_close(&f); MOE_ERR("%s: no readable \"train_state\" metadata", path); }
+    pr->slots = NULL;
+    const cJSON *pl = cJSON_GetObjectItem(s, "placement");
+    if (pl && load_placement(pl, &m->cfg, pr)) {
+        cJSON_Delete(s); st_close(&f);
+        MOE_ERR("%s: the recorded expert placement does not fit the model", path);
+    }
 #define GETN(k) (cJSON_IsNumber(cJSON_GetObjectItem(s, k)) ? cJSON_GetObjectItem(s, k)->valuedouble : (rc = MOE_FAIL, 0))
     pr->step = (long)GETN("step");
     pr->cursor = (long)GETN("cursor");
@@ -215,7 +262,7 @@ int ckpt_load_state(const char *dir, const Model *m, AdamW *opt, TrainConfig *tc
     if (!cJSON_IsString(sd) || !cJSON_IsString(id)) rc = MOE_FAIL;
     else { tc->seed = strtoull(sd->valuestring, NULL, 10); pr->ckpt_id = strtoull(id->valuestring, NULL, 10); }
     cJSON_Delete(s);
-    if (rc) { st_close(&f); MOE_ERR("%s: \"train_state\" metadata is incomplete", path); }
+    if (rc) { free(pr->slots); pr->slots = NULL; st_close(&f); MOE_ERR("%s: \"train_state\" metadata is incomplete", path); }
     for (int i = 0; i < m->n_tensors && rc == MOE_OK; i++) {
         const ParamTensor *t = &m->tensors[i];
         char nm[112];

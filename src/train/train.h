@@ -51,6 +51,8 @@ typedef struct {
 typedef struct {                  // what a resume needs beyond the model
     long step, cursor;
     unsigned long long ckpt_id;
+    const MoePlacement *place;    // saving: the experts' placement to record (NULL: contiguous)
+    int *slots, slots_ep, slots_S; // loading: the recorded one, [L][ep][S] (malloc'd; NULL: none)
 } TrainProgress;
 
 // Checkpoint directory (SPEC §3): config.json, model.safetensors, train_state.safetensors.

@@ -432,9 +432,12 @@ static int place_again(Model *m, AdamW *opt, const double *win_load, int R, Plac
 // (their weights and moments) into a whole model and writes it; the others wait. Every
 // rank learns whether the save worked.
 static int save_checkpoint(const char *dir, const Model *m, const AdamW *opt, const TrainConfig *tc,
-                           const TrainProgress *pr) {
+                           const TrainProgress *pr_in) {
     const DistInfo *di = dist_info();
     int rc = MOE_OK;
+    TrainProgress prc = *pr_in;   // the placement goes in the train state, for a resume
+    prc.place = m->place;
+    const TrainProgress *pr = &prc;
     if (!m->comm) {
         if (di->rank == 0) rc = ckpt_save(dir, m, opt, tc, pr, false);
     } else {
@@ -611,6 +614,29 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     MoePlacement places[2];
     int cur_place = -1;
     double *win_load = MOE_NEW(double, (size_t)L * imax(E, 1));
+    // a resume with the same --ep and slots takes up the recorded placement at once
+    if (rc == MOE_OK && pr.slots) {
+        const int S = (E + tc->redundant) / imax(ep, 1);
+        if (tc->replace_every > 0 && pr.slots_ep == ep && pr.slots_S == S) {
+            moe_placement_alloc(&places[0], L, E, ep, tc->redundant);
+            memcpy(places[0].slot_expert, pr.slots, sizeof(int) * (size_t)L * ep * S);
+            for (int l = 0; l < L && rc == MOE_OK; l++)
+                if (config_layer_is_moe(c, l)) rc = moe_placement_index(&places[0], l);
+            int moved = 0;
+            for (int l = 0; l < L; l++)
+                if (config_layer_is_moe(c, l))
+                    for (int g = 0; g < ep * S; g++) moved += !holds(&m, g / S, l, places[0].slot_expert[(size_t)l * ep * S + g]);
+            if (rc == MOE_OK) rc = migrate(&m, &opt, &places[0], di->ep_rank);
+            if (rc == MOE_OK) {
+                cur_place = 0;
+                if (!tc->quiet) fprintf(stderr, "moe train: the checkpoint's expert placement taken up (%d experts moved)\n", moved);
+            } else moe_placement_free(&places[0]);
+        } else if (!tc->quiet)
+            fprintf(stderr, "moe train: the checkpoint's expert placement (--ep %d, %d slots a rank) does not apply here; "
+                            "experts start in order\n", pr.slots_ep, pr.slots_S);
+        free(pr.slots);
+        pr.slots = NULL;
+    }
     double t_start = time_now();
     long start_step = pr.step;
     double t_print = 0;   // not a terminal: a line every 10 s instead of a live line
