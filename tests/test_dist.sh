@@ -204,6 +204,22 @@ PY
   else bad "resumed placement" "busiest rank $1, loss rel $2 (${3:-?}/${4:-?} lines)"; fi
 else bad "resumed placement" "$(tail -3 "$T/err")"; fi
 
+# a recorded placement that names an expert the model does not have is refused, by name
+cp -r "$T/skew2" "$T/skewbad"
+/usr/bin/python3 - "$T/skewbad/train_state.safetensors" <<'PY'
+import json, struct, sys
+p = sys.argv[1]; b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
+ts = json.loads(h["__metadata__"]["train_state"]); ts["placement"]["slot_expert"][0] = 99
+h["__metadata__"]["train_state"] = json.dumps(ts)
+hb = json.dumps(h).encode(); hb += b" " * ((8 - len(hb) % 8) % 8)
+open(p, "wb").write(struct.pack("<Q", len(hb)) + hb + b[8 + n:])
+PY
+if run 2 $MOE train --resume "$T/skewbad" --out "$T/skewbad" ${F/--batch 8/--batch 32} --steps 24 --ep 2 --replace-every 5 \
+     --redundant-experts 2 2>"$T/err"; then bad "a bad recorded placement was accepted"
+elif grep -q "skewbad/train_state.safetensors: the recorded expert placement does not fit the model" "$T/err"; then
+  ok "a recorded placement naming expert 99 is refused ($(grep -m1 -o 'moe train: rank 0.*' "$T/err"))"
+else bad "bad recorded placement" "$(tail -3 "$T/err")"; fi
+
 # MoGE with one group per EP rank: every device gets the same load, IS exactly 0 every step
 sed 's/"num_experts_per_tok": 2/"num_experts_per_tok": 4, "topk_method": "moge", "n_group": 4/' "$T/c.json" >"$T/moge.json"
 if run 4 $MOE train --model "$T/moge.json" $F --steps 10 --ep 4 --out "$T/moge" 2>"$T/err"; then
