@@ -632,8 +632,9 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
                 if (!tc->quiet) fprintf(stderr, "moe train: the checkpoint's expert placement taken up (%d experts moved)\n", moved);
             } else moe_placement_free(&places[0]);
         } else if (!tc->quiet)
-            fprintf(stderr, "moe train: the checkpoint's expert placement (--ep %d, %d slots a rank) does not apply here; "
-                            "experts start in order\n", pr.slots_ep, pr.slots_S);
+            fprintf(stderr, "moe train: the checkpoint's expert placement (--ep %d, %d slots a rank) is not taken up %s; "
+                            "experts start in order\n", pr.slots_ep, pr.slots_S,
+                    tc->replace_every == 0 ? "without --replace-every" : "with other --ep or --redundant-experts");
         free(pr.slots);
         pr.slots = NULL;
     }
