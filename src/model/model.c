@@ -765,12 +765,11 @@ static int bwd_s1(Pass *P, int l) {
         if (!config_layer_is_moe(c, l)) swiglu_rows_forward(la->a, la->gu, N, c->intermediate_size);
         else {
             if (!a->ep) {
-                moe_gather(&la->moe, la->xn2);
-                if (a->full) {   // the experts' gate and up projections again (ye is not needed)
+                if (a->full) {   // the gather and the experts' gate and up projections again
                     MoeWeights mw;
                     moe_views(p, c, &mw);
-                    moe_experts_gate_up(&la->moe, &mw);
-                }
+                    moe_experts_gate_up(&la->moe, la->xn2, &mw);
+                } else moe_gather(&la->moe, la->xn2);
                 swiglu_rows_forward(la->moe.ae, la->moe.gu, la->moe.A, Fe);
             }
             if (Fs > 0) swiglu_rows_forward(la->a, la->gu, N, Fs);

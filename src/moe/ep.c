@@ -109,7 +109,7 @@ int moe_ep_experts(MoeActs *a, MoeEpWork *w, MoeComm *comm, const MoeWeights *W)
     prof_end(PROF_PERMUTE, false, t, 0);
     // the local experts' GEMMs, as on one process
     t = prof_begin();
-    moe_grouped_forward(El, a->roff, a->xe, a->gu, a->ae, w->t2, W, D, F);
+    moe_grouped_forward(El, a->roff, a->xe, a->gu, a->ae, w->t2, W, D, F, NULL, NULL);
     prof_end(PROF_EXPERTS, false, t, 6.0 * R * D * F);
     // outputs start back to the tokens' processes
     t = prof_begin();

@@ -37,8 +37,8 @@ static int *busiest_first(int n, const int *off) {
     return ord;
 }
 
-void moe_grouped_forward(int n, const int *off, const float *xe, float *gu, float *ae, float *ye,
-                         const MoeWeights *W, int D, int F) {
+void moe_grouped_forward(int n, const int *off, float *xe, float *gu, float *ae, float *ye,
+                         const MoeWeights *W, int D, int F, const float *xn, const int *row_tok) {
     const bool by_expert = n >= 2 * omp_get_max_threads();
     int *ord = busiest_first(n, off);
 #pragma omp parallel for schedule(dynamic, 1) if (by_expert)
@@ -46,6 +46,8 @@ void moe_grouped_forward(int n, const int *off, const float *xe, float *gu, floa
         const int e = ord[i];
         const int r0 = off[e], M = off[e + 1] - r0;
         if (M == 0) continue;
+        if (xn)   // the gather, expert by expert: its rows are still in cache for the GEMM
+            for (int r = r0; r < r0 + M; r++) memcpy(xe + (size_t)r * D, xn + (size_t)row_tok[r] * D, sizeof(float) * D);
         float *g = gu + (size_t)r0 * 2 * F, *act = ae + (size_t)r0 * F;
         linear_forward(g, xe + (size_t)r0 * D, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F, false);   // [M,2F]
         swiglu_rows_forward(act, g, M, F);
@@ -95,25 +97,23 @@ void moe_gather(MoeActs *a, const float *xn) {
     for (int r = 0; r < a->A; r++) memcpy(a->xe + (size_t)r * D, xn + (size_t)a->row_tok[r] * D, sizeof(float) * D);
 }
 
-void moe_experts_gate_up(MoeActs *a, const MoeWeights *W) {
+void moe_experts_gate_up(MoeActs *a, const float *xn, const MoeWeights *W) {
     const int D = a->D, F = a->F;
     const bool by_expert = a->E >= 2 * omp_get_max_threads();
 #pragma omp parallel for schedule(dynamic, 1) if (by_expert)
     for (int e = 0; e < a->E; e++) {
         int r0 = a->offsets[e], M = a->offsets[e + 1] - r0;
         if (M == 0) continue;
+        for (int r = r0; r < r0 + M; r++) memcpy(a->xe + (size_t)r * D, xn + (size_t)a->row_tok[r] * D, sizeof(float) * D);
         linear_forward(a->gu + (size_t)r0 * 2 * F, a->xe + (size_t)r0 * D, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F, false);
     }
 }
 
 void moe_experts_forward(MoeActs *a, const float *xn, const MoeWeights *W, float *out) {
     const int D = a->D, F = a->F;
-    // gather: row r is a copy of its token's input
+    // row r of xe is a copy of its token's input, gathered as each expert starts
     double t = prof_begin();
-    moe_gather(a, xn);
-    prof_end(PROF_PERMUTE, false, t, 0);
-    t = prof_begin();
-    moe_grouped_forward(a->E, a->offsets, a->xe, a->gu, a->ae, a->ye, W, D, F);
+    moe_grouped_forward(a->E, a->offsets, a->xe, a->gu, a->ae, a->ye, W, D, F, xn, a->row_tok);
     prof_end(PROF_EXPERTS, false, t, 6.0 * a->A * D * F);
     t = prof_begin();
     moe_combine(a, out);

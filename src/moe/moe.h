@@ -91,8 +91,9 @@ typedef struct {            // workspace for the backward pass, sized for N*K ro
 void moe_acts_alloc(MoeActs *a, int Nmax, int E, int K, int D, int F, int borrow);
 // row r of xe <- xn[row_tok[r]] (the permutation's gather)
 void moe_gather(MoeActs *a, const float *xn);
-// gu <- xe Wgu^T expert by expert, as moe_experts_forward computes it (for recomputation)
-void moe_experts_gate_up(MoeActs *a, const MoeWeights *W);
+// xe <- the gather of xn and gu <- xe Wgu^T, expert by expert, as moe_experts_forward
+// computes them (for recomputation)
+void moe_experts_gate_up(MoeActs *a, const float *xn, const MoeWeights *W);
 void moe_acts_free(MoeActs *a);
 void moe_work_alloc(MoeWork *w, int Nmax, int E, int K, int D, int F);
 void moe_work_free(MoeWork *w);
@@ -121,8 +122,9 @@ void moe_router_backward(const MoeConfig *c, const MoeActs *a, MoeWork *wk, cons
 // The grouped expert GEMMs over rows grouped by expert (expert e: rows [off[e], off[e+1]),
 // weights block e of W): forward gu, ae, ye; backward dae, dgu, dx (which may share dy's
 // buffer) and the weight gradients
-void moe_grouped_forward(int n, const int *off, const float *xe, float *gu, float *ae, float *ye,
-                         const MoeWeights *W, int D, int F);
+// (with xn: the rows of xe are first gathered from xn[row_tok[r]], expert by expert)
+void moe_grouped_forward(int n, const int *off, float *xe, float *gu, float *ae, float *ye,
+                         const MoeWeights *W, int D, int F, const float *xn, const int *row_tok);
 // With wrow (each row's routing weight): dy holds the unweighted output gradients, which
 // this scales in place, and dwrow gets each row's weight gradient (dy W_down) . ae
 void moe_grouped_backward(int n, const int *off, const float *xe, const float *gu, const float *ae, float *dy,
