@@ -147,7 +147,7 @@ int moe_ep_backward_experts(MoeActs *a, MoeWork *wk, MoeEpWork *w, MoeComm *comm
     mem_category(old);
     prof_end(PROF_UNPERMUTE, true, t, 0);
     t = prof_begin();
-    moe_grouped_backward(El, a->roff, a->xe, a->gu, a->ae, w->t2, w->dae, w->dgu, w->t1, W, G, D, F, NULL, NULL);
+    moe_grouped_backward(El, a->roff, a->xe, a->gu, a->ae, w->t2, w->dae, w->dgu, w->t1, W, G, D, F, NULL, NULL, NULL, NULL);
     prof_end(PROF_EXPERTS, true, t, 12.0 * R * D * F);
     t = prof_begin();
     reorder(a, P, El, w->t2, w->t1, D, false);   // dx, back in receive order

@@ -59,7 +59,7 @@ void moe_grouped_forward(int n, const int *off, float *xe, float *gu, float *ae,
 
 void moe_grouped_backward(int n, const int *off, const float *xe, const float *gu, const float *ae, float *dy,
                           float *dae, float *dgu, float *dx, const MoeWeights *W, MoeGrads *G, int D, int F,
-                          const float *wrow, float *dwrow) {
+                          const float *wrow, float *dwrow, const float *dsrc, const int *row_tok) {
     const bool by_expert = n >= 2 * omp_get_max_threads();
     int *ord = busiest_first(n, off);
 #pragma omp parallel for schedule(dynamic, 1) if (by_expert)
@@ -69,6 +69,8 @@ void moe_grouped_backward(int n, const int *off, const float *xe, const float *g
         float *da = dae + (size_t)r0 * F, *dg = dgu + (size_t)r0 * 2 * F, *dxr = dx + (size_t)r0 * D;
         memset(da, 0, sizeof(float) * (size_t)M * F);
         float *dyr = dy + (size_t)r0 * D;
+        if (dsrc)   // the rows' output gradients, gathered as the expert starts
+            for (int r = r0; r < r0 + M; r++) memcpy(dy + (size_t)r * D, dsrc + (size_t)row_tok[r] * D, sizeof(float) * D);
         const float *aer = ae + (size_t)r0 * F, *Wd = W->down + (size_t)e * D * F;
         if (wrow) {   // g = dy W_down; dw = g . ae; dae = w g; dW_down += (w dy)^T ae
             linear_backward(da, NULL, dyr, aer, Wd, M, F, D);
@@ -200,18 +202,13 @@ void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const floa
     (void)xn;
     double t = prof_begin();
     if (have_ye) moe_combine_backward(a, wk, dout);
-    else {   // each row gets its token's dout as it is, and its weight
-#pragma omp parallel for schedule(static)
-        for (int r = 0; r < a->A; r++) {
-            memcpy(wk->dye + (size_t)r * D, dout + (size_t)a->row_tok[r] * D, sizeof(float) * D);
-            wk->wrow[r] = a->w[a->row_slot[r]];
-        }
-    }
+    else   // each row's weight; its token's dout (as it is) is gathered in the expert loop
+        for (int r = 0; r < a->A; r++) wk->wrow[r] = a->w[a->row_slot[r]];
     prof_end(PROF_UNPERMUTE, true, t, 0);
     t = prof_begin();
     // dxe overwrites dye expert by expert: an expert's dy is used up before its dx is written
     moe_grouped_backward(a->E, a->offsets, a->xe, a->gu, a->ae, wk->dye, wk->dae, wk->dgu, wk->dxe, W, G, D, F,
-                         have_ye ? NULL : wk->wrow, wk->dwrow);
+                         have_ye ? NULL : wk->wrow, wk->dwrow, have_ye ? NULL : dout, a->row_tok);
     prof_end(PROF_EXPERTS, true, t, 12.0 * a->A * D * F);
     if (!have_ye) {
         for (int i = 0; i < a->N * a->K; i++) wk->dw[i] = 0;   // a dropped assignment adds nothing

@@ -125,11 +125,12 @@ void moe_router_backward(const MoeConfig *c, const MoeActs *a, MoeWork *wk, cons
 // (with xn: the rows of xe are first gathered from xn[row_tok[r]], expert by expert)
 void moe_grouped_forward(int n, const int *off, float *xe, float *gu, float *ae, float *ye,
                          const MoeWeights *W, int D, int F, const float *xn, const int *row_tok);
-// With wrow (each row's routing weight): dy holds the unweighted output gradients, which
-// this scales in place, and dwrow gets each row's weight gradient (dy W_down) . ae
+// With wrow (each row's routing weight): dy holds the unweighted output gradients (or, with
+// dsrc, gets them gathered from dsrc[row_tok[r]] expert by expert), which this scales in
+// place, and dwrow gets each row's weight gradient (dy W_down) . ae
 void moe_grouped_backward(int n, const int *off, const float *xe, const float *gu, const float *ae, float *dy,
                           float *dae, float *dgu, float *dx, const MoeWeights *W, MoeGrads *G, int D, int F,
-                          const float *wrow, float *dwrow);
+                          const float *wrow, float *dwrow, const float *dsrc, const int *row_tok);
 // the pieces around the expert GEMMs: out += weighted rows (ye); dye and dw from dout;
 // dxn += the rows' input gradients
 void moe_combine(const MoeActs *a, float *out);
