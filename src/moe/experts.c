@@ -24,6 +24,11 @@ void moe_work_free(MoeWork *w) {
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
 }
 
+// rows [r0, r0 + M) of dst <- rows row_tok[r] of src (the permutation's gather, one expert's part)
+static void gather_rows(float *dst, const float *src, const int *row_tok, int r0, int M, int D) {
+    for (int r = r0; r < r0 + M; r++) memcpy(dst + (size_t)r * D, src + (size_t)row_tok[r] * D, sizeof(float) * D);
+}
+
 // Many experts: one expert per thread at a time (BLAS runs single-threaded inside the
 // region), so that small per-expert GEMMs do not pay a fork/join each, the busiest experts
 // first so that the threads finish together; few experts: each GEMM on all threads.
@@ -46,8 +51,7 @@ void moe_grouped_forward(int n, const int *off, float *xe, float *gu, float *ae,
         const int e = ord[i];
         const int r0 = off[e], M = off[e + 1] - r0;
         if (M == 0) continue;
-        if (xn)   // the gather, expert by expert: its rows are still in cache for the GEMM
-            for (int r = r0; r < r0 + M; r++) memcpy(xe + (size_t)r * D, xn + (size_t)row_tok[r] * D, sizeof(float) * D);
+        if (xn) gather_rows(xe, xn, row_tok, r0, M, D);   // expert by expert: its rows are still in cache for the GEMM
         float *g = gu + (size_t)r0 * 2 * F, *act = ae + (size_t)r0 * F;
         linear_forward(g, xe + (size_t)r0 * D, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F, false);   // [M,2F]
         swiglu_rows_forward(act, g, M, F);
@@ -69,8 +73,7 @@ void moe_grouped_backward(int n, const int *off, const float *xe, const float *g
         float *da = dae + (size_t)r0 * F, *dg = dgu + (size_t)r0 * 2 * F, *dxr = dx + (size_t)r0 * D;
         memset(da, 0, sizeof(float) * (size_t)M * F);
         float *dyr = dy + (size_t)r0 * D;
-        if (dsrc)   // the rows' output gradients, gathered as the expert starts
-            for (int r = r0; r < r0 + M; r++) memcpy(dy + (size_t)r * D, dsrc + (size_t)row_tok[r] * D, sizeof(float) * D);
+        if (dsrc) gather_rows(dy, dsrc, row_tok, r0, M, D);   // the rows' output gradients, as the expert starts
         const float *aer = ae + (size_t)r0 * F, *Wd = W->down + (size_t)e * D * F;
         if (wrow) {   // g = dy W_down; dw = g . ae; dae = w g; dW_down += (w dy)^T ae
             linear_backward(da, NULL, dyr, aer, Wd, M, F, D);
@@ -106,7 +109,7 @@ void moe_experts_gate_up(MoeActs *a, const float *xn, const MoeWeights *W) {
     for (int e = 0; e < a->E; e++) {
         int r0 = a->offsets[e], M = a->offsets[e + 1] - r0;
         if (M == 0) continue;
-        for (int r = r0; r < r0 + M; r++) memcpy(a->xe + (size_t)r * D, xn + (size_t)a->row_tok[r] * D, sizeof(float) * D);
+        gather_rows(a->xe, xn, a->row_tok, r0, M, D);
         linear_forward(a->gu + (size_t)r0 * 2 * F, a->xe + (size_t)r0 * D, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F, false);
     }
 }

@@ -344,10 +344,6 @@ static int migrate(Model *m, AdamW *opt, const MoePlacement *npl, int me) {
     return MOE_OK;
 }
 
-// A placement for the loads of the last N steps (the same on every rank: the loads are
-// global and the packing deterministic), then the weights and moments move (migrate).
-// *before / *after: the worst layer's predicted busiest rank over the mean, under the
-// current placement and the new one.
 // What a placement is worth: the rows it takes off a layer's busiest rank over the windows
 // left in the run (windows: how many; the loads are taken to stay as they were), at
 // s_per_row (an expert row's forward and backward GEMMs at the measured sgemm peak, so the
@@ -355,6 +351,19 @@ static int migrate(Model *m, AdamW *opt, const MoePlacement *npl, int me) {
 // expert's weights and moments, measured at the last migration; 0 until there was one).
 typedef struct { double s_per_row, s_per_move, windows; bool always; } PlaceCost;
 
+// the slots of layer l under placement np that this model's ranks do not hold yet
+static int layer_moves(const Model *m, const MoePlacement *np, int l) {
+    const int G = np->P * np->S;
+    const int *se = np->slot_expert + (size_t)l * G;
+    int n = 0;
+    for (int g = 0; g < G; g++) n += !holds(m, g / np->S, l, se[g]);
+    return n;
+}
+
+// A placement for the loads of the last N steps (the same on every rank: the loads are
+// global and the packing deterministic), then the weights and moments move (migrate).
+// *before / *after: the worst layer's predicted busiest rank over the mean, under the
+// current placement and the new one.
 static int place_again(Model *m, AdamW *opt, const double *win_load, int R, PlaceCost *pc, MoePlacement *np, int *moved,
                        double *before, double *after) {
     const MoeConfig *c = &m->cfg;
@@ -403,15 +412,13 @@ static int place_again(Model *m, AdamW *opt, const double *win_load, int R, Plac
         }
         // a layer stays as it is when its current placement is within 2% of the new one, or
         // when moving its experts would cost more than the window's time the move saves
-        int moves = 0;
-        for (int g = 0; g < G; g++) moves += !holds(m, g / S, l, se[g]);
+        const int moves = layer_moves(m, np, l);
         const bool pays = pc->always || pc->s_per_move == 0 || (bmx - mx) * pc->s_per_row * pc->windows > moves * pc->s_per_move;
-        if (m->place && (bmx <= 1.02 * mx || !pays)) {
+        if (m->place && (bmx <= 1.02 * mx || !pays)) {   // kept: nothing of this layer moves
             memcpy(se, m->place->slot_expert + (size_t)l * G, sizeof(int) * G);
             mx = bmx;
-        }
+        } else *moved += moves;
         rc = moe_placement_index(np, l);
-        for (int g = 0; g < G; g++) *moved += !holds(m, g / S, l, se[g]);
         if (sum > 0) { *after = fmax(*after, mx * ep / sum); *before = fmax(*before, bmx * ep / sum); }
     }
     moe_free(ov);
@@ -620,12 +627,9 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         if (tc->replace_every > 0 && pr.slots_ep == ep && pr.slots_S == S) {
             moe_placement_alloc(&places[0], L, E, ep, tc->redundant);
             memcpy(places[0].slot_expert, pr.slots, sizeof(int) * (size_t)L * ep * S);
-            for (int l = 0; l < L && rc == MOE_OK; l++)
-                if (config_layer_is_moe(c, l)) rc = moe_placement_index(&places[0], l);
             int moved = 0;
-            for (int l = 0; l < L; l++)
-                if (config_layer_is_moe(c, l))
-                    for (int g = 0; g < ep * S; g++) moved += !holds(&m, g / S, l, places[0].slot_expert[(size_t)l * ep * S + g]);
+            for (int l = 0; l < L && rc == MOE_OK; l++)
+                if (config_layer_is_moe(c, l)) { rc = moe_placement_index(&places[0], l); moved += layer_moves(&m, &places[0], l); }
             if (rc == MOE_OK) rc = migrate(&m, &opt, &places[0], di->ep_rank);
             if (rc == MOE_OK) {
                 cur_place = 0;
