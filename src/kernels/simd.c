@@ -193,10 +193,23 @@ void vec_adamw(float *p, const float *g, float *m, float *v, long n, const AdamW
 void vec_adamw_ref(float *p, const float *g, float *m, float *v, long n, const AdamWArgs *a) { adamw_scalar(p, g, m, v, n, a); }
 double vec_sumsq(const float *x, long n) { return detect() ? sumsq_avx2(x, n) : sumsq_scalar(x, n); }
 double vec_sumsq_ref(const float *x, long n) { return sumsq_scalar(x, n); }
+// Zeros with streaming stores: the lines go to memory without being read first (a blob
+// larger than the caches costs half the traffic of memset, which reads each line it writes).
+__attribute__((target("avx2"))) static void zero_stream_avx2(float *x, size_t n) {
+    size_t i = 0;
+    for (; i < n && ((uintptr_t)(x + i) & 31); i++) x[i] = 0;
+    for (; i + 8 <= n; i += 8) _mm256_stream_ps(x + i, _mm256_setzero_ps());
+    for (; i < n; i++) x[i] = 0;
+}
 void vec_zero(float *x, size_t n) {
     const size_t chunk = (size_t)1 << 16, nc = (n + chunk - 1) / chunk;
+    const int stream = n >= ((size_t)1 << 22) && detect();   // 16 MB and up: it will not stay in cache anyway
 #pragma omp parallel for schedule(static) if (nc > 1)
-    for (size_t c = 0; c < nc; c++) memset(x + c * chunk, 0, sizeof(float) * (c == nc - 1 ? n - c * chunk : chunk));
+    for (size_t c = 0; c < nc; c++) {
+        const size_t len = c == nc - 1 ? n - c * chunk : chunk;
+        if (stream) zero_stream_avx2(x + c * chunk, len); else memset(x + c * chunk, 0, sizeof(float) * len);
+    }
+    if (stream) _mm_sfence();
 }
 void vec_to_bf16(uint16_t *d, const float *x, long n) { if (detect()) to_bf16_avx2(d, x, n); else to_bf16_scalar(d, x, n); }
 void vec_from_bf16(float *y, const uint16_t *s, long n) { if (detect()) from_bf16_avx2(y, s, n); else from_bf16_scalar(y, s, n); }
