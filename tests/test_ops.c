@@ -381,6 +381,20 @@ static void test_simd(void) {
     vec_from_bf16_ref(f2, h2, n);
     snprintf(nm, sizeof nm, "vec_to_bf16 / vec_from_bf16 (%s) vs ref, bit for bit (NaN, inf, ties)", simd_level());
     check(nm, memcmp(h1, h2, sizeof(uint16_t) * n) || memcmp(f1, f2, sizeof(float) * n) ? 1 : 0, 0);
+    // vec_zero: a blob big enough for streaming stores, starting off a vector boundary, and
+    // a huge-page block from moe_alloc (its header apart from the data)
+    {
+        const size_t zn = ((size_t)5 << 20) + 7;
+        float *z = MOE_NEW(float, zn + 1);
+        check("moe_alloc of a big block gives zeroed memory", z[0] == 0 && z[zn] == 0 ? 0 : 1, 0);
+        for (size_t i = 0; i <= zn; i++) z[i] = 1.0f;
+        vec_zero(z + 1, zn - 1);
+        size_t bad = z[0] != 1.0f || z[zn] != 1.0f;
+        for (size_t i = 1; i < zn; i++) bad += z[i] != 0.0f;
+        snprintf(nm, sizeof nm, "vec_zero (%s, streaming) zeroes exactly its range", simd_level());
+        check(nm, (double)bad, 0);
+        moe_free(z);
+    }
     // and the fallback the dispatcher picks on CPUs without AVX2
     simd_force_scalar(1);
     vec_exp_sum(y, x, 3.0f, n);
