@@ -1,6 +1,7 @@
 #include <math.h>
 #include <string.h>
 #include <omp.h>
+#include "../base/base.h"
 #include "../kernels/simd.h"
 #include "ops.h"
 
@@ -29,9 +30,11 @@ void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, in
         const float *xr = x + (size_t)n * D;
         float *o = out + (size_t)n * D;
         float ss = 0;
+#pragma omp simd reduction(+ : ss)
         for (int i = 0; i < D; i++) ss += xr[i] * xr[i];
         float r = 1.0f / sqrtf(ss / D + eps);
         if (rstd) rstd[n] = r;
+#pragma omp simd
         for (int i = 0; i < D; i++) o[i] = xr[i] * r * w[i];
     }
 }
@@ -39,25 +42,33 @@ void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, in
 void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
                       const float *rstd, int N, int D) {
     // y = xhat * w, xhat = x * r.  dxhat = dy * w;  dx = r * (dxhat - xhat * mean(dxhat * xhat))
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        const float *xr = x + (size_t)n * D, *dy = dout + (size_t)n * D;
-        float r = rstd[n], dot = 0;
-        for (int i = 0; i < D; i++) dot += dy[i] * w[i] * xr[i];
-        dot *= r / D;   // mean(dxhat * xhat)
-        float *d = dx + (size_t)n * D;
-        for (int i = 0; i < D; i++) d[i] += r * (dy[i] * w[i] - xr[i] * r * dot);
-    }
-#pragma omp parallel
+    // One pass over the rows: each thread sums its rows' dw in its own row of part, and the
+    // parts are added in thread order (the same result for the same thread count).
+    const int nth = omp_get_max_threads();
+    float *part = MOE_NEW(float, (size_t)nth * D);
+#pragma omp parallel num_threads(nth)
     {
-        int ith = omp_get_thread_num(), nth = omp_get_num_threads();
-        int c0 = D * ith / nth, c1 = D * (ith + 1) / nth;
+        const int ith = omp_get_thread_num(), used = omp_get_num_threads();
+        float *pw = part + (size_t)ith * D;
+#pragma omp for schedule(static)
         for (int n = 0; n < N; n++) {
             const float *xr = x + (size_t)n * D, *dy = dout + (size_t)n * D;
-            float r = rstd[n];
-            for (int c = c0; c < c1; c++) dw[c] += dy[c] * xr[c] * r;
+            float r = rstd[n], dot = 0;
+#pragma omp simd reduction(+ : dot)
+            for (int i = 0; i < D; i++) dot += dy[i] * w[i] * xr[i];
+            dot *= r / D;   // mean(dxhat * xhat)
+            float *d = dx + (size_t)n * D;
+#pragma omp simd
+            for (int i = 0; i < D; i++) {
+                d[i] += r * (dy[i] * w[i] - xr[i] * r * dot);
+                pw[i] += dy[i] * xr[i] * r;
+            }
         }
+        const int c0 = D * ith / used, c1 = D * (ith + 1) / used;   // after the loop's barrier
+        for (int t = 0; t < used; t++)
+            for (int c = c0; c < c1; c++) dw[c] += part[(size_t)t * D + c];
     }
+    moe_free(part);
 }
 
 void rmsnorm_forward_ref(float *out, float *rstd, const float *x, const float *w, int N, int D, float eps) {
