@@ -295,7 +295,7 @@ static void test_moe(void) {
         m.c.capacity_factor = cap ? 0.8f : 0;
         m.N = N;
         moe_acts_alloc(&m.a, N, E, K, D, F, 0);
-        moe_work_alloc(&m.w, N, E, K, D, F);
+        moe_work_alloc(&m.w, N, E, K, D, F, true);
         m.xn = rnd(N * D, 1); m.R = rnd(N * D, 1); m.out = MOE_NEW(float, N * D); m.bias = MOE_NEW(float, E);
         float *router = rnd(E * D, 0.5f), *g = rnd(E * 2 * F * D, 0.3f), *dn = rnd(E * D * F, 0.3f);
         m.W = (MoeWeights){router, g, dn};

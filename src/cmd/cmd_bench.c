@@ -10,7 +10,7 @@ static const char *HELP =
     "usage: moe bench --model CFG.json --batch B --seq T [--steps N] [--threads N] [--profile]\n"
     "                 [--recompute none|selective|full] [--act-dtype f32|bf16] [--json]\n"
     "  training-step speed (forward, backward, AdamW) on random tokens\n"
-    "  (defaults as in train: --recompute full --act-dtype bf16)\n";
+    "  (defaults as in train: --recompute selective --act-dtype bf16)\n";
 
 int cmd_bench(int argc, char **argv) {
     Args a;

@@ -8,7 +8,7 @@ static const char *HELP =
     "usage: moe plan --model CFG.json --batch B --seq T [--recompute none|selective|full] [--act-dtype f32|bf16] [--json]\n"
     "  predicted memory of a training step, by category: parameters, gradients, optimizer\n"
     "  state, saved activations, workspace (compare with moe bench's peak_rss_mb);\n"
-    "  defaults as in train: --recompute full --act-dtype bf16\n";
+    "  defaults as in train: --recompute selective --act-dtype bf16\n";
 
 // The plan is the allocation itself: the model, optimizer and activations of a training
 // step are allocated in dry mode (reserved, never touched) and counted by category.

@@ -21,11 +21,11 @@ const char *cmd_required(Args *a, const char *flag) {
     if (!v) moe_seterr("missing required option %s (see moe %s --help)", flag, a->cmd);
     return v;
 }
-// Defaults: train, bench and plan use full recomputation and bf16 storage, the fastest
-// setting that still doubles the micro-batch (bench/RESULTS.md); grad is exact (none, f32)
-// because it is what the oracle compares.
+// Defaults: train, bench and plan use selective recomputation and bf16 storage, the fastest
+// setting that still doubles the micro-batch on bench-s (bench/RESULTS.md); grad is exact
+// (none, f32) because it is what the oracle compares.
 int cmd_acts_mode(Args *a, int *mode, int exact) {
-    const char *v = args_str(a, "--recompute", exact ? "none" : "full");
+    const char *v = args_str(a, "--recompute", exact ? "none" : "selective");
     if (!v) return MOE_FAIL;
     *mode = ACTS_TRAIN;
     if (!strcmp(v, "selective")) *mode |= ACTS_RECOMPUTE;

@@ -29,10 +29,10 @@ static void swiglu_scalar(float *a, const float *g, const float *u, long n) {
 }
 static void swiglu_backward_scalar(float *dg, float *du, const float *da, const float *g, const float *u, long n) {
     // silu'(z) = s (1 + z (1 - s)), s = sigmoid(z)
-    for (long i = 0; i < n; i++) {
-        float s = 1.0f / (1.0f + expf(-g[i]));
-        dg[i] = da[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
-        du[i] = da[i] * g[i] * s;
+    for (long i = 0; i < n; i++) {   // both inputs read before either output is written
+        const float gi = g[i], ui = u[i], s = 1.0f / (1.0f + expf(-gi));
+        dg[i] = da[i] * ui * s * (1.0f + gi * (1.0f - s));
+        du[i] = da[i] * gi * s;
     }
 }
 

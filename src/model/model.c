@@ -220,7 +220,8 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
         Hk = c->num_key_value_heads * c->head_dim, H = c->num_attention_heads,
         Fe = c->moe_intermediate_size, Fs = c->n_shared_experts * Fe, E = c->n_routed_experts,
         K = c->num_experts_per_tok, V = c->vocab_size;
-    int Fmax = imax(c->intermediate_size, Fs);
+    int Fmax = 0;   // the widest feed-forward among the layers there are (dense or shared experts)
+    for (int l = 0; l < L; l++) Fmax = imax(Fmax, config_layer_is_moe(c, l) ? Fs : c->intermediate_size);
     const bool any_moe = config_n_moe_layers(c) > 0;
     // under expert parallelism the experts' rows live on their owners, kept per layer in f32
     // and grown to what arrives (moe/ep.c): no shared, recomputed or bf16-stashed expert rows
@@ -240,8 +241,10 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
         if (local_moe && !bf) a->rc_mgu = MOE_NEW(float, NK * 2 * Fe);   // (bf16: ws_mgu)
     }
     // the experts' outputs are summed into each layer's output and not needed again (the
-    // backward pass gets dw from dout W_down . ae): one buffer for all layers
-    if (local_moe) a->rc_ye = MOE_NEW(float, NK * D);
+    // backward pass gets dw from dout W_down . ae): one buffer for all layers, which in
+    // training is the backward pass's dye (no forward runs inside a layer's backward)
+    if (train && any_moe) moe_work_alloc(&a->mw, Nmax, E, K, D, Fe, false);
+    if (local_moe) a->rc_ye = train ? a->mw.dye : MOE_NEW(float, NK * D);
     if (any_moe) a->router_logits = MOE_NEW(float, (size_t)Nmax * E);   // scratch of every router
     if (bf) {   // the f32 working set every layer computes in; layers keep bf16 copies
         a->ws_q = MOE_NEW(float, (size_t)Nmax * Hq); a->ws_att = MOE_NEW(float, (size_t)Nmax * Hq);
@@ -309,16 +312,14 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
     mem_category(MEM_ACTS);
     // training runs the head in chunks of HEAD_CHUNK rows, its backward fused in: no [N,V] buffer
     a->logits = MOE_NEW(float, (size_t)(train ? imin(Nmax, HEAD_CHUNK) : Nmax) * V);
-    if (train) { mem_category(MEM_WORK); a->dxt = MOE_NEW(float, ND); mem_category(MEM_ACTS); }
+    if (train) { mem_category(MEM_WORK); a->dh = MOE_NEW(float, ND); a->dxt = a->dh; mem_category(MEM_ACTS); }   // see bwd_begin
     a->out_rows = MOE_NEW(int, Nmax);
     if (train) {
         mem_category(MEM_WORK);   // backward-pass scratch, reused by every layer
-        a->dx = MOE_NEW(float, ND); a->dh = MOE_NEW(float, ND); a->dxn = MOE_NEW(float, ND);
+        a->dx = MOE_NEW(float, ND); a->dxn = MOE_NEW(float, ND);
         a->dq = MOE_NEW(float, (size_t)Nmax * Hq); a->datt = MOE_NEW(float, (size_t)Nmax * Hq);
         a->dk = MOE_NEW(float, (size_t)Nmax * Hk); a->dv = MOE_NEW(float, (size_t)Nmax * Hk);
-        a->dgu = MOE_NEW(float, (size_t)Nmax * 2 * Fmax);
-        a->da = MOE_NEW(float, (size_t)Nmax * Fmax);
-        if (any_moe) moe_work_alloc(&a->mw, Nmax, E, K, D, Fe);
+        a->da = MOE_NEW(float, (size_t)Nmax * Fmax);   // (the FFNs' gate/up gradients go over gu)
     }
     a->load = MOE_NEW(long, (size_t)L * imax(E, 1));
     a->drop_l = MOE_NEW(long, L);
@@ -338,8 +339,9 @@ void acts_free(Acts *a) {
         for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
         if (la->moe.scores) { moe_ep_acts_free(&la->moe); moe_acts_free(&la->moe); }
     }
-    void *p[] = {a->xs, a->layer, a->rstdf, a->xf, a->xt, a->logits, a->dxt, a->out_rows, a->dx, a->dh,
-                 a->dxn, a->qkv, a->dq, a->datt, a->dk, a->dv, a->dgu, a->da, a->load, a->drop_l, a->rows_l,
+    if (a->rc_ye == a->mw.dye) a->rc_ye = NULL;   // shared buffers, freed once
+    void *p[] = {a->xs, a->layer, a->rstdf, a->xf, a->xt, a->logits, a->out_rows, a->dx, a->dh,
+                 a->dxn, a->qkv, a->dq, a->datt, a->dk, a->dv, a->da, a->load, a->drop_l, a->rows_l,
                  a->rc_xn, a->rc_a, a->rc_xe, a->rc_ae, a->rc_h, a->rc_ye, a->rc_mgu, a->router_logits, a->ws_q, a->ws_k, a->ws_v, a->ws_att, a->ws_h,
                  a->ws_xn1, a->ws_xn2, a->ws_gu, a->ws_a, a->ws_mgu, a->ws_mxe, a->ws_mae};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
@@ -710,9 +712,11 @@ int model_forward_pair(Model *m, Acts *a[2], const Batch *b[2], const ForwardOpt
 
 // ---------------------------------------------------------------- backward
 
+// the gate/up gradients are written over gu (read only before, element by element)
 static void swiglu_ffn_backward(float *dx, float *dWgu, float *dWd, const float *dout, const float *x,
-                                const float *gu, const float *act, const float *Wgu, const float *Wd,
-                                float *dgu, float *da, int N, int D, int F) {
+                                float *gu, const float *act, const float *Wgu, const float *Wd,
+                                float *da, int N, int D, int F) {
+    float *dgu = gu;
     memset(da, 0, sizeof(float) * (size_t)N * F);
     linear_backward(da, dWd, dout, act, Wd, N, F, D);
     swiglu_rows_backward(dgu, da, gu, N, F);
@@ -778,7 +782,7 @@ static int bwd_s1(Pass *P, int l) {
     }
     if (!config_layer_is_moe(c, l)) {
         double t = prof_begin();
-        swiglu_ffn_backward(dxn, gp->gate, gp->down, dx, la->xn2, la->gu, la->a, p->gate, p->down, a->dgu, a->da,
+        swiglu_ffn_backward(dxn, gp->gate, gp->down, dx, la->xn2, la->gu, la->a, p->gate, p->down, a->da,
                             N, D, c->intermediate_size);
         prof_end(PROF_DENSE, true, t, 12.0 * N * D * c->intermediate_size);
         return MOE_OK;
@@ -817,7 +821,7 @@ static int bwd_s2(Pass *P, int l) {
     t = prof_begin();
     if (Fs > 0)
         swiglu_ffn_backward(a->dxn, gp->s_gate, gp->s_down, a->dx, la->xn2, la->gu, la->a, p->s_gate, p->s_down,
-                            a->dgu, a->da, N, D, Fs);
+                            a->da, N, D, Fs);
     prof_end(PROF_SHARED, true, t, 12.0 * N * D * Fs);
     moe_progress();
     return MOE_OK;

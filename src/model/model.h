@@ -103,12 +103,12 @@ typedef struct {
     float *rstdf, *xf;     // final norm
     float *xt;             // [N,D] gathered output rows
     float *logits;         // inference [N,V]; training one chunk of rows (then dlogits)
-    float *dxt;            // training: [N,D] gradient at the head's input rows
+    float *dxt;            // training: [N,D] gradient at the head's input rows (dh's buffer: used up before dh)
     int *out_rows;         // [N]
     int n_out;
     // backward workspace
     float *qkv;            // [N,Hq+2Hk] the fused q|k|v projection (and its gradient)
-    float *dx, *dh, *dxn, *dq, *dk, *dv, *datt, *dgu, *da;
+    float *dx, *dh, *dxn, *dq, *dk, *dv, *datt, *da;
     MoeWork mw;
     MoeEpWork ew;          // expert parallelism (Model.comm)
     bool ep;

@@ -7,13 +7,13 @@
 #include "../ops/ops.h"
 #include "moe.h"
 
-void moe_work_alloc(MoeWork *w, int Nmax, int E, int K, int D, int F) {
+void moe_work_alloc(MoeWork *w, int Nmax, int E, int K, int D, int F, bool own_dgu) {
     size_t NK = (size_t)Nmax * K;
     // dxe reuses dye: an expert's input gradient is written after its output gradient is used
     w->dye = MOE_NEW(float, NK * D);
     w->dxe = w->dye;
     w->dae = MOE_NEW(float, NK * F);
-    w->dgu = MOE_NEW(float, NK * 2 * F);
+    w->dgu = own_dgu ? MOE_NEW(float, NK * 2 * F) : NULL;
     w->dw = MOE_NEW(float, NK);
     w->ds = MOE_NEW(float, (size_t)Nmax * E);
     w->wrow = MOE_NEW(float, NK);
@@ -210,7 +210,8 @@ void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const floa
     prof_end(PROF_UNPERMUTE, true, t, 0);
     t = prof_begin();
     // dxe overwrites dye expert by expert: an expert's dy is used up before its dx is written
-    moe_grouped_backward(a->E, a->offsets, a->xe, a->gu, a->ae, wk->dye, wk->dae, wk->dgu, wk->dxe, W, G, D, F,
+    // without a dgu of its own the gate/up gradients overwrite gu, which is read only before
+    moe_grouped_backward(a->E, a->offsets, a->xe, a->gu, a->ae, wk->dye, wk->dae, wk->dgu ? wk->dgu : a->gu, wk->dxe, W, G, D, F,
                          have_ye ? NULL : wk->wrow, wk->dwrow, have_ye ? NULL : dout, a->row_tok);
     prof_end(PROF_EXPERTS, true, t, 12.0 * a->A * D * F);
     if (!have_ye) {

@@ -95,7 +95,9 @@ void moe_gather(MoeActs *a, const float *xn);
 // computes them (for recomputation)
 void moe_experts_gate_up(MoeActs *a, const float *xn, const MoeWeights *W);
 void moe_acts_free(MoeActs *a);
-void moe_work_alloc(MoeWork *w, int Nmax, int E, int K, int D, int F);
+// own_dgu false: the backward pass writes the experts' gate/up gradients over the
+// activations' gu (swiglu's backward reads each element before it writes it)
+void moe_work_alloc(MoeWork *w, int Nmax, int E, int K, int D, int F, bool own_dgu);
 void moe_work_free(MoeWork *w);
 
 // router: scores, selection and weights for N tokens
