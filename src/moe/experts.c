@@ -80,7 +80,9 @@ void moe_grouped_backward(int n, const int *off, const float *xe, const float *g
             for (int i = 0; i < M; i++) {
                 float *g = da + (size_t)i * F, *d = dyr + (size_t)i * D, w = wrow[r0 + i], dot = 0;
                 const float *ar = aer + (size_t)i * F;
+#pragma omp simd reduction(+ : dot)
                 for (int f = 0; f < F; f++) { dot += g[f] * ar[f]; g[f] *= w; }
+#pragma omp simd
                 for (int j = 0; j < D; j++) d[j] *= w;
                 dwrow[r0 + i] = dot;
             }
@@ -149,6 +151,7 @@ void moe_combine_backward(const MoeActs *a, MoeWork *wk, const float *dout) {
         int n = a->row_tok[r], slot = a->row_slot[r];
         const float *dn = dout + (size_t)n * D, *y = a->ye + (size_t)r * D;
         float *dy = wk->dye + (size_t)r * D, w = a->w[slot], dot = 0;
+#pragma omp simd reduction(+ : dot)
         for (int i = 0; i < D; i++) { dy[i] = w * dn[i]; dot += dn[i] * y[i]; }
         wk->dw[slot] = dot;
     }

@@ -208,6 +208,7 @@ void attention_backward_train(float *dq, float *dk, float *dv, const float *dout
                     float *dQ = dq + (size_t)s0 * qs + h * hd;
                     for (int r = 0; r < T; r++) {
                         float d = 0;
+#pragma omp simd reduction(+ : d)
                         for (int i = 0; i < hd; i++) d += dO[(size_t)r * qs + i] * Ot[(size_t)r * qs + i];
                         Dr[r] = d;
                     }
