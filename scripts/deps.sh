@@ -10,9 +10,29 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
-echo "deps.sh: installing ${missing[*]}" >&2
+# Intel MKL (Debian's libmkl-rt, in the non-free component): gemm loads it at run time on
+# Intel CPUs, where it is 10-20% faster than OpenBLAS on our shapes; optional, OpenBLAS
+# stays the fallback when it is absent
+mkl=0
+dpkg-query -W -f='${Status}' libmkl-rt 2>/dev/null | grep -q 'install ok installed' || mkl=1
+[ ${#missing[@]} -eq 0 ] && [ $mkl -eq 0 ] && exit 0
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps.sh: installing ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+if [ $mkl -eq 1 ]; then
+  src=/etc/apt/sources.list.d/moe-debian-non-free.sources
+  cand=$(apt-cache policy libmkl-rt 2>/dev/null | awk '/Candidate:/ {print $2}')
+  if { [ -z "$cand" ] || [ "$cand" = "(none)" ]; } && [ -r /etc/os-release ] && . /etc/os-release && [ "${ID:-}" = debian ] \
+     && [ -n "${VERSION_CODENAME:-}" ] && [ ! -e "$src" ]; then
+    echo "deps.sh: adding Debian's non-free component ($src) for libmkl-rt" >&2
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      "$VERSION_CODENAME" | $SUDO tee "$src" >/dev/null
+    $SUDO apt-get update -qq || true
+  fi
+  echo "deps.sh: installing libmkl-rt (optional: OpenBLAS is used without it)" >&2
+  $SUDO apt-get install -y -qq --no-install-recommends libmkl-rt >&2 || echo "deps.sh: libmkl-rt not installed; gemm uses OpenBLAS" >&2
+fi

@@ -16,6 +16,11 @@ suite() {
 }
 suite "ops: fast vs reference vs finite differences" ./build/test_ops
 suite "PyTorch oracle: grad, eval, AdamW" /usr/bin/python3 tests/test_oracle.py
+# the BLAS that auto did not pick, where both are there (MKL from Debian's libmkl-rt)
+if ldconfig -p | grep -q 'libmkl_rt\.so '; then
+  other=$(./moe bench --model configs/bench-tiny.json --batch 1 --seq 8 --steps 1 --json | grep -q '"blas":"mkl"' && echo openblas || echo mkl)
+  MOE_BLAS=$other suite "PyTorch oracle again with MOE_BLAS=$other" /usr/bin/python3 tests/test_oracle.py
+fi
 suite "command line: bad input, resume, crash safety" bash tests/test_cli.sh
 suite "distributed: MPI data and expert parallelism" bash tests/test_dist.sh
 # the bad-input cases once more under AddressSanitizer + UBSan

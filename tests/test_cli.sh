@@ -87,6 +87,7 @@ expect_fail "non-numeric flag" '--lr: expected a number, got "fast"' $MOE train 
 expect_fail "unknown flag" "unknown option --stepz" $MOE train --model "$T/tiny.json" --data "$T/qa.txt" --out "$T/r4" --stepz 3
 expect_fail "bad --act-dtype value" '--act-dtype must be f32 or bf16, got "f16"' $MOE bench --model "$T/tiny.json" --act-dtype f16
 expect_fail "bad --recompute value" '--recompute must be none, selective or full, got "all"' $MOE bench --model "$T/tiny.json" --recompute all
+expect_fail "unknown MOE_BLAS" 'MOE_BLAS must be auto, mkl or openblas, got "gotoblas"' env MOE_BLAS=gotoblas $MOE bench --model "$T/tiny.json"
 expect_fail "grad needs a positive limit" "--limit must be positive" $MOE grad --ckpt "$T/ck" --data "$T/qa.txt" --limit 0 --out "$T/g.st"
 expect_fail "missing eval data" "noeval.txt: cannot open" $MOE train --model "$T/tiny.json" --data "$T/qa.txt" --eval-data "$T/noeval.txt" --out "$T/r5"
 for x in r0 r1 r2 r3 r4 r5; do [ -e "$T/$x" ] && bad "nothing written for bad training flags ($x)" "$T/$x exists"; done

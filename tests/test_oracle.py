@@ -175,7 +175,7 @@ def main():
             out = os.path.join(tmp, name + ".run")
             flags = ["--steps", "10", "--batch", "6", "--lr", "3e-3", "--warmup", "3", "--decay-steps", "10",
                      "--min-lr", "3e-4", "--weight-decay", "0.1", "--clip", "0.5"]
-            # exact storage here; the defaults (full recompute, bf16 storage) are checked below
+            # exact storage here; the defaults (selective recompute, bf16 storage) are checked below
             run(["train", "--model", cpath, "--data", data, "--out", out, "--seed", "7", "--no-shuffle", "--quiet",
                  "--seq", "128", "--recompute", "none", "--act-dtype", "f32"] + flags)
             mine = [json.loads(l)["loss"] for l in open(os.path.join(out, "log.jsonl"))]
@@ -199,7 +199,7 @@ def main():
                  "--seq", "128"] + flags)
             dflt = [json.loads(l)["loss"] for l in open(os.path.join(outd, "log.jsonl"))]
             derrs = [abs(a - b) / abs(b) for a, b in zip(dflt, ref)]
-            check(f"adamw 10 steps with default storage (full, bf16) {name}",
+            check(f"adamw 10 steps with default storage (selective, bf16) {name}",
                   len(dflt) == 10 and derrs[0] <= 1e-5 and max(derrs) <= 2e-3,
                   f"first rel {derrs[0]:.2e}, max rel {max(derrs):.2e}")
         except Exception as e:  # noqa: BLE001

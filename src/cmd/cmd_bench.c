@@ -70,11 +70,11 @@ int cmd_bench(int argc, char **argv) {
         double tps = (double)B * T / best, mfu = config_flops_per_token(&c, T) * tps / peak;
         double rss = peak_rss_kb() / 1024.0;
         if (json)
-            printf("{\"tokens_per_s\":%.1f,\"step_ms\":%.2f,\"mfu\":%.4f,\"peak_rss_mb\":%.1f,\"peak_gflops\":%.1f,\"threads\":%d}\n",
-                   tps, best * 1e3, mfu, rss, peak / 1e9, kernels_threads());
+            printf("{\"tokens_per_s\":%.1f,\"step_ms\":%.2f,\"mfu\":%.4f,\"peak_rss_mb\":%.1f,\"peak_gflops\":%.1f,\"threads\":%d,\"blas\":\"%s\"}\n",
+                   tps, best * 1e3, mfu, rss, peak / 1e9, kernels_threads(), kernels_blas_name());
         else
-            printf("%s: %.0f tokens/s, %.1f ms/step, MFU %.1f%% of %.1f GFLOP/s (%d threads), peak RSS %.0f MB\n", cfg, tps,
-                   best * 1e3, 100 * mfu, peak / 1e9, kernels_threads(), rss);
+            printf("%s: %.0f tokens/s, %.1f ms/step, MFU %.1f%% of %.1f GFLOP/s (%d threads, %s), peak RSS %.0f MB\n", cfg, tps,
+                   best * 1e3, 100 * mfu, peak / 1e9, kernels_threads(), kernels_blas_name(), rss);
     }
     moe_free(ids); batch_free(&b); acts_free(&acts); dataset_free(&d); adamw_free(&opt); model_free(&m);
     return rc ? cmd_fail("bench") : 0;

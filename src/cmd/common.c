@@ -43,6 +43,7 @@ int cmd_threads(Args *a) {
     MOE_TRY(args_int(a, "--threads", 0, &t));
     if (t < 0) MOE_ERR("--threads must be positive, got %d", t);
     if (t == 0 && getenv("OMP_NUM_THREADS")) t = atoi(getenv("OMP_NUM_THREADS"));
+    MOE_TRY(kernels_blas(getenv("MOE_BLAS")));
     kernels_set_threads(t);
     return MOE_OK;
 }

@@ -1,10 +1,62 @@
 #include "gemm.h"
 #include <cblas.h>
+#include <dlfcn.h>
 #include <omp.h>
 #include <stdlib.h>
+#include <string.h>
 #include "../base/base.h"
 
 void openblas_set_num_threads(int);
+
+// The sgemm behind gemm(): OpenBLAS (linked), or Intel MKL (Debian's libmkl-rt, loaded at
+// run time) on Intel CPUs, where it runs this program's GEMM shapes 10-20% faster
+// (bench/RESULTS.md). MOE_BLAS=auto|mkl|openblas; auto takes MKL on Intel when it loads.
+// MKL runs on the program's OpenMP threads (its GNU threading layer), one thread inside
+// our parallel regions, as OpenBLAS does.
+typedef void (*SgemmFn)(int, int, int, int, int, int, float, const float *, int, const float *, int, float,
+                        float *, int);
+static SgemmFn blas_sgemm;
+static void (*blas_threads)(int);
+static const char *blas_lib;
+static int blas_n = 0;   // threads set before the library was picked
+
+static void use_openblas(void) {
+    blas_sgemm = (SgemmFn)cblas_sgemm;
+    blas_threads = openblas_set_num_threads;
+    blas_lib = "openblas";
+}
+static int use_mkl(void) {
+    void *h = dlopen("libmkl_rt.so", RTLD_NOW | RTLD_LOCAL);
+    if (!h) return MOE_FAIL;
+    int (*layer)(int) = (int (*)(int))dlsym(h, "MKL_Set_Threading_Layer");
+    int (*iface)(int) = (int (*)(int))dlsym(h, "MKL_Set_Interface_Layer");
+    void (*thr)(int) = (void (*)(int))dlsym(h, "MKL_Set_Num_Threads");
+    SgemmFn f = (SgemmFn)dlsym(h, "cblas_sgemm");
+    if (!layer || !iface || !thr || !f) { dlclose(h); return MOE_FAIL; }
+    iface(0);   // MKL_INTERFACE_LP64: 32-bit ints
+    layer(3);   // MKL_THREADING_GNU: libgomp, the runtime this program runs on
+    blas_sgemm = f;
+    blas_threads = thr;
+    blas_lib = "mkl";
+    return MOE_OK;
+}
+
+int kernels_blas(const char *want) {
+    if (!want || !*want) want = "auto";
+    if (!strcmp(want, "openblas")) use_openblas();
+    else if (!strcmp(want, "mkl")) {
+        if (use_mkl()) MOE_ERR("MOE_BLAS=mkl: cannot load libmkl_rt.so (scripts/deps.sh installs it: Debian's libmkl-rt)");
+    } else if (!strcmp(want, "auto")) {
+        if (!__builtin_cpu_is("intel") || use_mkl()) use_openblas();
+    } else
+        MOE_ERR("MOE_BLAS must be auto, mkl or openblas, got \"%s\"", want);
+    if (blas_n > 0) blas_threads(blas_n);
+    return MOE_OK;
+}
+const char *kernels_blas_name(void) {
+    if (!blas_lib && kernels_blas(getenv("MOE_BLAS"))) use_openblas();
+    return blas_lib;
+}
 
 void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc) {
@@ -14,8 +66,9 @@ void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, in
             for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
         return;
     }
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    if (!blas_lib) kernels_blas_name();
+    blas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+               M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void gemm_ref(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
@@ -49,7 +102,8 @@ void kernels_set_threads(int n) {
     if (n > 0) {
         omp_set_num_threads(n);
         openblas_set_num_threads(n);
-        g_threads = n;
+        if (blas_lib && blas_threads != openblas_set_num_threads) blas_threads(n);
+        blas_n = g_threads = n;
     }
 }
 int kernels_threads(void) { return g_threads > 0 ? g_threads : omp_get_max_threads(); }

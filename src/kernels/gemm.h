@@ -14,6 +14,11 @@ void linear_forward(float *y, const float *x, const float *W, int N, int in, int
 void linear_backward(float *dx, float *dW, const float *dy, const float *x, const float *W,
                      int N, int in, int out);
 
+// The BLAS behind gemm: "auto" (MKL on Intel CPUs when libmkl_rt.so loads, else OpenBLAS),
+// "mkl" or "openblas"; an error for an unknown name or an MKL that does not load. Without
+// a call, the first gemm picks by MOE_BLAS (auto when unset).
+int kernels_blas(const char *want);
+const char *kernels_blas_name(void);
 // Threads for BLAS and OpenMP; 0 leaves the defaults (OMP_NUM_THREADS or all cores).
 void kernels_set_threads(int n);
 int kernels_threads(void);
