@@ -156,6 +156,7 @@ void attention_forward_train(float *out, float *lse, const float *q, const float
                             float *sr = S + r * AT;
                             const int cmax = j0 == i0 ? r + 1 : nj;   // causal mask on the diagonal tile
                             float bm = m[r];
+#pragma omp simd reduction(max : bm)
                             for (int c = 0; c < cmax; c++) bm = sr[c] > bm ? sr[c] : bm;
                             const float corr = expf(m[r] - bm);
                             const float sum = vec_exp_sum(sr, sr, bm, cmax);
