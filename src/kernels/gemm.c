@@ -96,6 +96,11 @@ void linear_backward(float *dx, float *dW, const float *dy, const float *x, cons
     if (dx) gemm(false, false, N, in, out, 1.0f, dy, out, W, in, 1.0f, dx, in);   // dx += dy W
     if (dW) gemm(true, false, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);    // dW += dy^T x
 }
+void linear_backward_set(float *dx, float *dW, const float *dy, const float *x, const float *W,
+                         int N, int in, int out) {
+    if (dx) gemm(false, false, N, in, out, 1.0f, dy, out, W, in, 0.0f, dx, in);   // dx = dy W
+    if (dW) gemm(true, false, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);    // dW += dy^T x
+}
 
 static int g_threads = 0;
 void kernels_set_threads(int n) {

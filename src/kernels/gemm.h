@@ -13,6 +13,9 @@ void gemm_ref(bool ta, bool tb, int M, int N, int K, float alpha, const float *A
 void linear_forward(float *y, const float *x, const float *W, int N, int in, int out, bool acc);
 void linear_backward(float *dx, float *dW, const float *dy, const float *x, const float *W,
                      int N, int in, int out);
+// the same with dx = dy W (dx need not be cleared first; dW still accumulates)
+void linear_backward_set(float *dx, float *dW, const float *dy, const float *x, const float *W,
+                         int N, int in, int out);
 
 // The BLAS behind gemm: "auto" (MKL on Intel CPUs when libmkl_rt.so loads, else OpenBLAS),
 // "mkl" or "openblas"; an error for an unknown name or an MKL that does not load. Without

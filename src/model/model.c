@@ -648,7 +648,6 @@ static int fwd_end(Pass *P) {
     } else {
         // chunk by chunk: logits, fused softmax cross-entropy (-> dlogits), then the head's
         // backward pass at once: dxt = dlogits W, dW += dlogits^T xt
-        memset(a->dxt, 0, sizeof(float) * (size_t)Nt * D);
         for (int i0 = 0; i0 < Nt; i0 += HEAD_CHUNK) {
             const int nc = imin(HEAD_CHUNK, Nt - i0);
             const float *xt = a->xt + (size_t)i0 * D;
@@ -659,7 +658,7 @@ static int fwd_end(Pass *P) {
             if (ok) xent_forward_backward(a->logits, tg + i0, nc, V, o->ce_scale, &P->out->ce_sum);
             prof_end(PROF_XENT, false, t, 0);
             t = prof_begin();
-            linear_backward(a->dxt + (size_t)i0 * D, m->g.head, a->logits, xt, m->w.head, nc, D, V);
+            linear_backward_set(a->dxt + (size_t)i0 * D, m->g.head, a->logits, xt, m->w.head, nc, D, V);
             prof_end(PROF_HEAD, true, t, 4.0 * nc * D * V);
             moe_progress();
         }
@@ -717,8 +716,7 @@ static void swiglu_ffn_backward(float *dx, float *dWgu, float *dWd, const float 
                                 float *gu, const float *act, const float *Wgu, const float *Wd,
                                 float *da, int N, int D, int F) {
     float *dgu = gu;
-    memset(da, 0, sizeof(float) * (size_t)N * F);
-    linear_backward(da, dWd, dout, act, Wd, N, F, D);
+    linear_backward_set(da, dWd, dout, act, Wd, N, F, D);
     swiglu_rows_backward(dgu, da, gu, N, F);
     linear_backward(dx, dWgu, dgu, x, Wgu, N, D, 2 * F);
 }
@@ -859,8 +857,7 @@ static int bwd_s4(Pass *P, int l) {
     prof_end(PROF_NORM, true, t, 0);
     // h = x + att Wo^T
     t = prof_begin();
-    memset(a->datt, 0, sizeof(float) * (size_t)N * Hq);
-    linear_backward(a->datt, gp->wo, dh, la->att, p->wo, N, Hq, D);
+    linear_backward_set(a->datt, gp->wo, dh, la->att, p->wo, N, Hq, D);
     prof_end(PROF_OPROJ, true, t, 4.0 * N * Hq * D);
     moe_progress();
     t = prof_begin();
@@ -878,9 +875,8 @@ static int bwd_s4(Pass *P, int l) {
     rope_backward(a->dk, b->pos, &m->rope, N, Hkv, hd);
     prof_end(PROF_ROPE, true, t, 0);
     t = prof_begin();
-    memset(dxn, 0, sizeof(float) * ND);
     qkv_join(a->qkv, a->dq, a->dk, a->dv, N, Hq, Hk);
-    linear_backward(dxn, gp->wq, a->qkv, la->xn1, p->wq, N, D, Hq + 2 * Hk);
+    linear_backward_set(dxn, gp->wq, a->qkv, la->xn1, p->wq, N, D, Hq + 2 * Hk);
     prof_end(PROF_QKV, true, t, 4.0 * N * D * (Hq + 2 * Hk));
     moe_progress();
     t = prof_begin();

@@ -71,12 +71,11 @@ void moe_grouped_backward(int n, const int *off, const float *xe, const float *g
         const int e = ord[i], r0 = off[e], M = off[e + 1] - r0;
         if (M == 0) continue;
         float *da = dae + (size_t)r0 * F, *dg = dgu + (size_t)r0 * 2 * F, *dxr = dx + (size_t)r0 * D;
-        memset(da, 0, sizeof(float) * (size_t)M * F);
         float *dyr = dy + (size_t)r0 * D;
         if (dsrc) gather_rows(dy, dsrc, row_tok, r0, M, D);   // the rows' output gradients, as the expert starts
         const float *aer = ae + (size_t)r0 * F, *Wd = W->down + (size_t)e * D * F;
         if (wrow) {   // g = dy W_down; dw = g . ae; dae = w g; dW_down += (w dy)^T ae
-            linear_backward(da, NULL, dyr, aer, Wd, M, F, D);
+            linear_backward_set(da, NULL, dyr, aer, Wd, M, F, D);
             for (int i = 0; i < M; i++) {
                 float *g = da + (size_t)i * F, *d = dyr + (size_t)i * D, w = wrow[r0 + i], dot = 0;
                 const float *ar = aer + (size_t)i * F;
@@ -88,10 +87,9 @@ void moe_grouped_backward(int n, const int *off, const float *xe, const float *g
             }
             linear_backward(NULL, G->down + (size_t)e * D * F, dyr, aer, Wd, M, F, D);
         } else
-            linear_backward(da, G->down + (size_t)e * D * F, dyr, aer, Wd, M, F, D);
+            linear_backward_set(da, G->down + (size_t)e * D * F, dyr, aer, Wd, M, F, D);
         swiglu_rows_backward(dg, da, gu + (size_t)r0 * 2 * F, M, F);
-        memset(dxr, 0, sizeof(float) * (size_t)M * D);
-        linear_backward(dxr, G->gate_up + (size_t)e * 2 * F * D, dg, xe + (size_t)r0 * D,
+        linear_backward_set(dxr, G->gate_up + (size_t)e * 2 * F * D, dg, xe + (size_t)r0 * D,
                         W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F);
         if (omp_get_thread_num() == 0) moe_progress();
     }
