@@ -358,6 +358,20 @@ static void test_simd(void) {
     swiglu_backward_ref(dg2, du2, da, g, u, n);
     snprintf(nm, sizeof nm, "vec_swiglu_backward (%s) vs ref", simd_level());
     check(nm, relerr(dg, dg2, n) + relerr(du, du2, n), 1e-6);
+    // in place (dg over g, du over u), as the model's backward pass runs it, at every level
+    float *G = MOE_NEW(float, n), *U = MOE_NEW(float, n);
+    for (int lv = simd_cap(2); lv >= 0; lv--) {
+        simd_cap(lv);
+        memcpy(G, g, sizeof(float) * n); memcpy(U, u, sizeof(float) * n);
+        vec_swiglu_backward(G, U, da, G, U, n);
+        float e1 = relerr(G, dg2, n) + relerr(U, du2, n);
+        vec_swiglu(a, g, u, n);
+        float s3 = vec_exp_sum(y, x, 3.0f, n);
+        snprintf(nm, sizeof nm, "vec_swiglu_backward in place, vec_swiglu, vec_exp_sum (%s) vs ref", simd_level());
+        check(nm, e1 + relerr(a, a2, n) + relerr(y, y2, n) + fabs(s3 - s2) / s2, 1e-6);
+    }
+    simd_cap(2);
+    moe_free(G); moe_free(U);
     float *p1 = rnd(n, 1), *p2 = MOE_NEW(float, n), *m1 = rnd(n, 1), *m2 = MOE_NEW(float, n),
           *v1 = rnd(n, 1), *v2 = MOE_NEW(float, n);
     for (int i = 0; i < n; i++) v1[i] = v1[i] * v1[i];

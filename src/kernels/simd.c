@@ -5,17 +5,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int level = -1;   // 0 scalar, 1 avx2+fma
+static int level = -1;   // 0 scalar, 1 avx2+fma, 2 avx512f (the exp-based kernels; the rest stay avx2)
+static int cpu_level(void) {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return 0;
+    return __builtin_cpu_supports("avx512f") ? 2 : 1;
+}
 static int detect(void) {
     if (level < 0) {
         const char *e = getenv("MOE_SIMD");
-        __builtin_cpu_init();
-        level = (e && !strcmp(e, "scalar")) ? 0 : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
+        level = cpu_level();
+        if (e && !strcmp(e, "scalar")) level = 0;
+        else if (e && !strcmp(e, "avx2") && level > 1) level = 1;
     }
     return level;
 }
-const char *simd_level(void) { return detect() ? "avx2" : "scalar"; }
-void simd_force_scalar(int on) { detect(); level = on ? 0 : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")); }
+const char *simd_level(void) { static const char *nm[] = {"scalar", "avx2", "avx512"}; return nm[detect()]; }
+void simd_force_scalar(int on) { detect(); level = on ? 0 : cpu_level(); }
+int simd_cap(int max) { detect(); level = cpu_level() < max ? cpu_level() : max; return level; }
 
 // ---------------------------------------------------------------- scalar
 
@@ -176,16 +183,75 @@ __attribute__((target("avx2,fma"))) static void from_bf16_avx2(float *y, const u
     from_bf16_scalar(y + i, s + i, n - i);
 }
 
+// ---------------------------------------------------------------- AVX-512F
+
+// exp256's arithmetic on 16 lanes; tails run masked instead of through scalar expf
+__attribute__((target("avx512f"))) static inline __m512 exp512(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+static inline __mmask16 tail16(long left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
+
+__attribute__((target("avx512f"))) static float exp_sum_avx512(float *y, const float *x, float shift, int n) {
+    __m512 acc = _mm512_setzero_ps(), sh = _mm512_set1_ps(shift);
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 m = tail16(n - i);
+        __m512 v = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), sh));
+        _mm512_mask_storeu_ps(y + i, m, v);
+        acc = _mm512_mask_add_ps(acc, m, acc, v);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+__attribute__((target("avx512f"))) static void swiglu_avx512(float *a, const float *g, const float *u, long n) {
+    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+    for (long i = 0; i < n; i += 16) {
+        const __mmask16 m = tail16(n - i);
+        __m512 gv = _mm512_maskz_loadu_ps(m, g + i);
+        __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, exp512(_mm512_sub_ps(zero, gv))));
+        _mm512_mask_storeu_ps(a + i, m, _mm512_mul_ps(_mm512_mul_ps(gv, s), _mm512_maskz_loadu_ps(m, u + i)));
+    }
+}
+
+__attribute__((target("avx512f"))) static void swiglu_backward_avx512(float *dg, float *du, const float *da, const float *g,
+                                                                   const float *u, long n) {
+    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+    for (long i = 0; i < n; i += 16) {   // both inputs loaded before either output is stored (dg may be g)
+        const __mmask16 m = tail16(n - i);
+        __m512 gv = _mm512_maskz_loadu_ps(m, g + i), uv = _mm512_maskz_loadu_ps(m, u + i), dav = _mm512_maskz_loadu_ps(m, da + i);
+        __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, exp512(_mm512_sub_ps(zero, gv))));
+        __m512 ds = _mm512_fmadd_ps(_mm512_mul_ps(gv, s), _mm512_sub_ps(one, s), s);
+        _mm512_mask_storeu_ps(dg + i, m, _mm512_mul_ps(_mm512_mul_ps(dav, uv), ds));
+        _mm512_mask_storeu_ps(du + i, m, _mm512_mul_ps(dav, _mm512_mul_ps(gv, s)));
+    }
+}
+
 // ---------------------------------------------------------------- dispatch
 
 float vec_exp_sum(float *y, const float *x, float shift, int n) {
-    return detect() ? exp_sum_avx2(y, x, shift, n) : vec_exp_sum_ref(y, x, shift, n);
+    const int l = detect();
+    return l == 2 ? exp_sum_avx512(y, x, shift, n) : l ? exp_sum_avx2(y, x, shift, n) : vec_exp_sum_ref(y, x, shift, n);
 }
 void vec_swiglu(float *a, const float *g, const float *u, long n) {
-    if (detect()) swiglu_avx2(a, g, u, n); else swiglu_scalar(a, g, u, n);
+    const int l = detect();
+    if (l == 2) swiglu_avx512(a, g, u, n); else if (l) swiglu_avx2(a, g, u, n); else swiglu_scalar(a, g, u, n);
 }
 void vec_swiglu_backward(float *dg, float *du, const float *da, const float *g, const float *u, long n) {
-    if (detect()) swiglu_backward_avx2(dg, du, da, g, u, n); else swiglu_backward_scalar(dg, du, da, g, u, n);
+    const int l = detect();
+    if (l == 2) swiglu_backward_avx512(dg, du, da, g, u, n);
+    else if (l) swiglu_backward_avx2(dg, du, da, g, u, n);
+    else swiglu_backward_scalar(dg, du, da, g, u, n);
 }
 void vec_adamw(float *p, const float *g, float *m, float *v, long n, const AdamWArgs *a) {
     if (detect()) adamw_avx2(p, g, m, v, n, a); else adamw_scalar(p, g, m, v, n, a);

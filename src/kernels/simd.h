@@ -1,11 +1,13 @@
-// Vector kernels picked at run time: AVX2+FMA where the CPU has them, scalar otherwise
-// (MOE_SIMD=scalar forces the fallback). Each has a plain-C _ref twin for the tests.
+// Vector kernels picked at run time: AVX2+FMA where the CPU has them (and AVX-512F for the
+// exp-based ones: exp sums, SwiGLU and its backward), scalar otherwise. MOE_SIMD=avx2 or
+// MOE_SIMD=scalar caps the level. Each has a plain-C _ref twin for the tests.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
 
-const char *simd_level(void);         // "avx2" or "scalar"
+const char *simd_level(void);         // "avx512", "avx2" or "scalar"
 void simd_force_scalar(int on);       // tests: run the fallback
+int simd_cap(int max);                // tests: at most level max (0 scalar, 1 avx2, 2 avx512); the level now
 
 // y[i] = exp(x[i]) (y may be x); returns sum of y
 float vec_exp_sum(float *y, const float *x, float shift, int n);   // y = exp(x - shift)
