@@ -386,6 +386,7 @@ static int stash_items(const Acts *a, const Model *m, int l, int N, StashItem *i
     return n;
 }
 static void stash_layer(const Acts *a, const Model *m, int l, int N, bool pack) {
+    const double t = prof_begin();
     StashItem it[16];
     int n = stash_items(a, m, l, N, it);
     unsigned short *s = a->layer[l].stash;
@@ -401,6 +402,7 @@ static void stash_layer(const Acts *a, const Model *m, int l, int N, bool pack) 
         }
         s += cnt;
     }
+    prof_end(PROF_STASH, !pack, t, 0);   // packing after the forward pass, unpacking before the backward
 }
 
 // ---------------------------------------------------------------- forward

@@ -4,6 +4,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "../base/base.h"
+#include "../base/prof.h"
 #include "../dist/dist.h"
 #include "../io/fileio.h"
 #include "../kernels/gemm.h"
@@ -122,7 +123,9 @@ int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, con
     const int unit_ranks = c->aux_scope == MOE_AUX_EP_GROUP && m->comm ? di->dp : P;
     fo.aux_scale = c->aux_scope == MOE_AUX_SEQUENCE ? 1.0f / ((long)count * P)
                                                     : 1.0f / ((long)n_micro * (halves ? 2 : 1) * unit_ranks);
+    double tz = prof_begin();
     vec_zero(m->grads, m->n_params);
+    prof_end(PROF_ZERO, false, tz, 0);
     const int LE = c->num_hidden_layers * imax(c->n_routed_experts, 1);
     for (int h = 0; h < (halves ? 2 : 1); h++) {
         memset(a[h]->load, 0, sizeof(long) * LE);
