@@ -107,7 +107,6 @@ typedef struct {
     int *out_rows;         // [N]
     int n_out;
     // backward workspace
-    float *qkv;            // [N,Hq+2Hk] the fused q|k|v projection (and its gradient)
     float *dx, *dh, *dxn, *dq, *dk, *dv, *datt, *da;
     MoeWork mw;
     MoeEpWork ew;          // expert parallelism (Model.comm)
