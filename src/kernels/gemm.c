@@ -54,7 +54,10 @@ int kernels_blas(const char *want) {
     return MOE_OK;
 }
 const char *kernels_blas_name(void) {
-    if (!blas_lib && kernels_blas(getenv("MOE_BLAS"))) use_openblas();
+    if (!blas_lib) {   // the first gemm may run inside a parallel region
+#pragma omp critical(moe_blas_pick)
+        if (!blas_lib && kernels_blas(getenv("MOE_BLAS"))) use_openblas();
+    }
     return blas_lib;
 }
 
