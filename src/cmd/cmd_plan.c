@@ -36,9 +36,10 @@ int cmd_plan(int argc, char **argv) {
     mem_dry_run(0);
     const char *names[MEM_N] = {"other", "parameters", "gradients", "optimizer state", "saved activations", "workspace"};
     const int order[] = {MEM_PARAMS, MEM_GRADS, MEM_OPTIM, MEM_ACTS, MEM_WORK, MEM_OTHER};
-    // OpenBLAS reserves a GEMM buffer per thread, of which these GEMMs touch about 8 MiB
-    // (measured: bench-tiny and bench-s peak RSS minus everything counted here)
-    double blas_mb = 8.0 * kernels_threads();
+    // OpenBLAS reserves a GEMM buffer per thread, of which these GEMMs touch about 8 MiB;
+    // MKL's buffers come to about 19 MiB at 1 or 2 threads (measured: bench-tiny and bench-s
+    // peak RSS minus everything counted here)
+    double blas_mb = strcmp(kernels_blas_name(), "mkl") ? 8.0 * kernels_threads() : 19.0;
     double total = base_mb + blas_mb;
     for (int i = 0; i < MEM_N; i++) total += mem_bytes(i) / 1048576.0;
     if (json) {
