@@ -109,8 +109,8 @@ static int g_threads = 0;
 void kernels_set_threads(int n) {
     if (n > 0) {
         omp_set_num_threads(n);
-        openblas_set_num_threads(n);
-        if (blas_lib && blas_threads != openblas_set_num_threads) blas_threads(n);
+        openblas_set_num_threads(n);   // linked either way
+        if (blas_lib) blas_threads(n);
         blas_n = g_threads = n;
     }
 }

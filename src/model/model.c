@@ -476,9 +476,10 @@ static int fwd_attn(Pass *P, int l) {
     t = prof_begin();
     // wq, wk, wv lie one after another in the blob; three GEMMs straight into q, k, v (12%
     // faster on bench-s than one fused GEMM followed by a copy splitting its rows)
+    const float *wk = p->wq + (size_t)Hq * D, *wv = wk + (size_t)Hk * D;
     linear_forward(la->q, la->xn1, p->wq, N, D, Hq, false);
-    linear_forward(la->k, la->xn1, p->wq + (size_t)Hq * D, N, D, Hk, false);
-    linear_forward(la->v, la->xn1, p->wq + (size_t)(Hq + Hk) * D, N, D, Hk, false);
+    linear_forward(la->k, la->xn1, wk, N, D, Hk, false);
+    linear_forward(la->v, la->xn1, wv, N, D, Hk, false);
     prof_end(PROF_QKV, false, t, 2.0 * N * D * (Hq + 2 * Hk));
     moe_progress();
     t = prof_begin();
@@ -694,10 +695,9 @@ int model_forward_pair(Model *m, Acts *a[2], const Batch *b[2], const ForwardOpt
 static void swiglu_ffn_backward(float *dx, float *dWgu, float *dWd, const float *dout, const float *x,
                                 float *gu, const float *act, const float *Wgu, const float *Wd,
                                 float *da, int N, int D, int F) {
-    float *dgu = gu;
     linear_backward_set(da, dWd, dout, act, Wd, N, F, D);
-    swiglu_rows_backward(dgu, da, gu, N, F);
-    linear_backward(dx, dWgu, dgu, x, Wgu, N, D, 2 * F);
+    swiglu_rows_backward(gu, da, gu, N, F);
+    linear_backward(dx, dWgu, gu, x, Wgu, N, D, 2 * F);
 }
 
 // the head's backward pass ran with the forward pass (a->dxt); the rest starts here
@@ -854,9 +854,10 @@ static int bwd_s4(Pass *P, int l) {
     rope_backward(a->dk, b->pos, &m->rope, N, Hkv, hd);
     prof_end(PROF_ROPE, true, t, 0);
     t = prof_begin();
+    const size_t ok = (size_t)Hq * D, ov = (size_t)(Hq + Hk) * D;   // wk, wv after wq
     linear_backward_set(dxn, gp->wq, a->dq, la->xn1, p->wq, N, D, Hq);
-    linear_backward(dxn, gp->wq + (size_t)Hq * D, a->dk, la->xn1, p->wq + (size_t)Hq * D, N, D, Hk);
-    linear_backward(dxn, gp->wq + (size_t)(Hq + Hk) * D, a->dv, la->xn1, p->wq + (size_t)(Hq + Hk) * D, N, D, Hk);
+    linear_backward(dxn, gp->wq + ok, a->dk, la->xn1, p->wq + ok, N, D, Hk);
+    linear_backward(dxn, gp->wq + ov, a->dv, la->xn1, p->wq + ov, N, D, Hk);
     prof_end(PROF_QKV, true, t, 4.0 * N * D * (Hq + 2 * Hk));
     moe_progress();
     t = prof_begin();

@@ -124,11 +124,14 @@ void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, 
 
 #define AT 64
 
-static int attention_segments(const int *kv_lo, int N, int *seg) {
+// the examples' first rows (seg[nseg] = N); *Tmax: the longest example
+static int attention_segments(const int *kv_lo, int N, int *seg, int *Tmax) {
     int nseg = 0;
     for (int n = 0; n < N; n++)
         if (kv_lo[n] == n) seg[nseg++] = n;
     seg[nseg] = N;
+    *Tmax = 0;
+    for (int si = 0; si < nseg; si++) *Tmax = imax(*Tmax, seg[si + 1] - seg[si]);
     return nseg;
 }
 
@@ -137,9 +140,8 @@ void attention_forward_train(float *out, float *lse, const float *q, const float
     const float scale = 1.0f / sqrtf((float)hd);
     const int group = H / Hkv, qs = H * hd, ks = Hkv * hd;
     int *seg = MOE_NEW(int, N + 1);
-    const int nseg = attention_segments(kv_lo, N, seg);
-    int Tmax = 0;
-    for (int si = 0; si < nseg; si++) Tmax = imax(Tmax, seg[si + 1] - seg[si]);
+    int Tmax;
+    const int nseg = attention_segments(kv_lo, N, seg, &Tmax);
 #pragma omp parallel
     {
         float *S = MOE_NEW(float, (size_t)AT * Tmax);
@@ -186,9 +188,8 @@ void attention_backward_train(float *dq, float *dk, float *dv, const float *dout
     memset(dk, 0, sizeof(float) * (size_t)N * ks);
     memset(dv, 0, sizeof(float) * (size_t)N * ks);
     int *seg = MOE_NEW(int, N + 1);
-    const int nseg = attention_segments(kv_lo, N, seg);
-    int Tmax = 0;
-    for (int si = 0; si < nseg; si++) Tmax = imax(Tmax, seg[si + 1] - seg[si]);
+    int Tmax;
+    const int nseg = attention_segments(kv_lo, N, seg, &Tmax);
 #pragma omp parallel
     {
         float *P = MOE_NEW(float, (size_t)Tmax * AT), *dP = MOE_NEW(float, (size_t)Tmax * AT), *Dr = MOE_NEW(float, Tmax);
