@@ -184,9 +184,8 @@ void attention_backward_train(float *dq, float *dk, float *dv, const float *dout
                               const int *kv_lo, int N, int H, int Hkv, int hd) {
     const float scale = 1.0f / sqrtf((float)hd);
     const int group = H / Hkv, qs = H * hd, ks = Hkv * hd;
-    memset(dq, 0, sizeof(float) * (size_t)N * qs);
-    memset(dk, 0, sizeof(float) * (size_t)N * ks);
-    memset(dv, 0, sizeof(float) * (size_t)N * ks);
+    // no clearing first: the first product into each gradient block overwrites it (beta 0) —
+    // dQ's at key tile 0, which reaches every query row; dK's and dV's at the group's first head
     int *seg = MOE_NEW(int, N + 1);
     int Tmax;
     const int nseg = attention_segments(kv_lo, N, seg, &Tmax);
@@ -209,8 +208,10 @@ void attention_backward_train(float *dq, float *dk, float *dv, const float *dout
                         for (int i = 0; i < hd; i++) d += dO[(size_t)r * qs + i] * Ot[(size_t)r * qs + i];
                         Dr[r] = d;
                     }
+                    const float bkv = h == kh * group ? 0.0f : 1.0f;
                     for (int j0 = 0; j0 < T; j0 += AT) {
                         const int nj = imin(AT, T - j0), mq = T - j0;   // query rows j0 .. T-1
+                        const float bq = j0 == 0 ? 0.0f : 1.0f;
                         const float *Qj = Q + (size_t)j0 * qs, *dOj = dO + (size_t)j0 * qs;
                         gemm(false, true, mq, nj, hd, scale, Qj, qs, K + (size_t)j0 * ks, ks, 0.0f, P, AT);
                         for (int r = 0; r < mq; r++) {
@@ -219,7 +220,7 @@ void attention_backward_train(float *dq, float *dk, float *dv, const float *dout
                             vec_exp_sum(pr, pr, Lr[(size_t)(j0 + r) * H], cmax);
                             for (int c = cmax; c < nj; c++) pr[c] = 0;
                         }
-                        gemm(true, false, nj, hd, mq, 1.0f, P, AT, dOj, qs, 1.0f, dV + (size_t)j0 * ks, ks);
+                        gemm(true, false, nj, hd, mq, 1.0f, P, AT, dOj, qs, bkv, dV + (size_t)j0 * ks, ks);
                         gemm(false, true, mq, nj, hd, 1.0f, dOj, qs, Vv + (size_t)j0 * ks, ks, 0.0f, dP, AT);
                         for (int r = 0; r < mq; r++) {
                             const float dr = Dr[j0 + r];
@@ -228,8 +229,8 @@ void attention_backward_train(float *dq, float *dk, float *dv, const float *dout
 #pragma omp simd
                             for (int c = 0; c < nj; c++) dpr[c] = pr[c] * (dpr[c] - dr) * scale;
                         }
-                        gemm(false, false, mq, hd, nj, 1.0f, dP, AT, K + (size_t)j0 * ks, ks, 1.0f, dQ + (size_t)j0 * qs, qs);
-                        gemm(true, false, nj, hd, mq, 1.0f, dP, AT, Qj, qs, 1.0f, dK + (size_t)j0 * ks, ks);
+                        gemm(false, false, mq, hd, nj, 1.0f, dP, AT, K + (size_t)j0 * ks, ks, bq, dQ + (size_t)j0 * qs, qs);
+                        gemm(true, false, nj, hd, mq, 1.0f, dP, AT, Qj, qs, bkv, dK + (size_t)j0 * ks, ks);
                     }
                 }
             }
