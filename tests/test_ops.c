@@ -304,25 +304,28 @@ static void test_moe(void) {
         moe_loss(&m);
         float *o2 = MOE_NEW(float, N * D);
         moe_experts_forward_ref(&m.c, &m.a, m.xn, &m.W, o2);
-        char nm[96];
+        char nm[128];
         snprintf(nm, sizeof nm, "grouped experts forward vs ref%s (%d dropped)", cap ? " with capacity" : "", m.a.dropped);
         check(nm, relerr(m.out, o2, N * D), 1e-5);
         float *dx = MOE_NEW(float, N * D), *dr = MOE_NEW(float, E * D), *dg = MOE_NEW(float, E * 2 * F * D),
               *dd = MOE_NEW(float, E * D * F);
-        MoeGrads G = {dr, dg, dd};
+        MoeGrads G = {dr, dg, dd, false};
         moe_experts_backward(&m.a, &m.w, m.R, m.xn, &m.W, &G, dx, true);
         moe_weights_backward(&m.c, &m.a, &m.w);
         moe_router_backward(&m.c, &m.a, &m.w, m.xn, &m.W, &G, dx);
         {   // the backward pass without ye (full recomputation) gives the same gradients
             float *dx2 = MOE_NEW(float, N * D), *dr2 = MOE_NEW(float, E * D), *dg2 = MOE_NEW(float, E * 2 * F * D),
                   *dd2 = MOE_NEW(float, E * D * F), *dw1 = copy(m.w.dw, N * K);
-            MoeGrads G2 = {dr2, dg2, dd2};
+            for (int i = 0; i < E * D; i++) dr2[i] = NAN;   // and written over (set), not added to
+            for (int i = 0; i < E * 2 * F * D; i++) dg2[i] = NAN;
+            for (int i = 0; i < E * D * F; i++) dd2[i] = NAN;
+            MoeGrads G2 = {dr2, dg2, dd2, true};
             moe_experts_backward(&m.a, &m.w, m.R, m.xn, &m.W, &G2, dx2, false);
             double e = relerr(m.w.dw, dw1, N * K);
             moe_weights_backward(&m.c, &m.a, &m.w);
             moe_router_backward(&m.c, &m.a, &m.w, m.xn, &m.W, &G2, dx2);
             e = fmax(e, fmax(fmax(relerr(dx2, dx, N * D), relerr(dr2, dr, E * D)), fmax(relerr(dg2, dg, E * 2 * F * D), relerr(dd2, dd, E * D * F))));
-            snprintf(nm, sizeof nm, "MoE backward without the experts' outputs = with them%s", cap ? ", capacity" : "");
+            snprintf(nm, sizeof nm, "MoE backward without the experts' outputs, overwriting the gradients = with them, adding%s", cap ? ", capacity" : "");
             check(nm, e, 1e-5);
             moe_free(dx2); moe_free(dr2); moe_free(dg2); moe_free(dd2); moe_free(dw1);
         }

@@ -66,7 +66,7 @@ void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, in
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {  // BLAS leaves C alone for K = 0 only when beta = 1; make it explicit
         for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
+            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
         return;
     }
     if (!blas_lib) kernels_blas_name();
@@ -94,15 +94,18 @@ void linear_forward(float *y, const float *x, const float *W, int N, int in, int
     gemm(false, true, N, out, in, 1.0f, x, in, W, in, acc ? 1.0f : 0.0f, y, out);
 }
 
+void linear_backward_beta(float *dx, float *dW, const float *dy, const float *x, const float *W,
+                          int N, int in, int out, float bx, float bw) {
+    if (dx) gemm(false, false, N, in, out, 1.0f, dy, out, W, in, bx, dx, in);   // dx = bx dx + dy W
+    if (dW) gemm(true, false, out, in, N, 1.0f, dy, out, x, in, bw, dW, in);      // dW = bw dW + dy^T x
+}
 void linear_backward(float *dx, float *dW, const float *dy, const float *x, const float *W,
                      int N, int in, int out) {
-    if (dx) gemm(false, false, N, in, out, 1.0f, dy, out, W, in, 1.0f, dx, in);   // dx += dy W
-    if (dW) gemm(true, false, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);    // dW += dy^T x
+    linear_backward_beta(dx, dW, dy, x, W, N, in, out, 1.0f, 1.0f);
 }
 void linear_backward_set(float *dx, float *dW, const float *dy, const float *x, const float *W,
                          int N, int in, int out) {
-    if (dx) gemm(false, false, N, in, out, 1.0f, dy, out, W, in, 0.0f, dx, in);   // dx = dy W
-    if (dW) gemm(true, false, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);    // dW += dy^T x
+    linear_backward_beta(dx, dW, dy, x, W, N, in, out, 0.0f, 1.0f);
 }
 
 static int g_threads = 0;

@@ -16,6 +16,9 @@ void linear_backward(float *dx, float *dW, const float *dy, const float *x, cons
 // the same with dx = dy W (dx need not be cleared first; dW still accumulates)
 void linear_backward_set(float *dx, float *dW, const float *dy, const float *x, const float *W,
                          int N, int in, int out);
+// the general form: dx = bx dx + dy W ; dW = bw dW + dy^T x (a beta of 0 never reads the old value)
+void linear_backward_beta(float *dx, float *dW, const float *dy, const float *x, const float *W,
+                          int N, int in, int out, float bx, float bw);
 
 // The BLAS behind gemm: "auto" (MKL on Intel CPUs when libmkl_rt.so loads, else OpenBLAS),
 // "mkl" or "openblas"; an error for an unknown name or an MKL that does not load. Without

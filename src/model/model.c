@@ -429,6 +429,7 @@ typedef struct {
     float *x;              // forward: the residual stream entering the current layer
     int *kv_hi;
     double pairs;          // (query, key) pairs, for the attention FLOP count
+    bool gset;             // this pass writes the gradients first: overwrite, do not add
 } Pass;
 
 static int fwd_begin(Pass *P) {
@@ -638,11 +639,13 @@ static int fwd_end(Pass *P) {
             if (ok) xent_forward_backward(a->logits, tg + i0, nc, V, o->ce_scale, &P->out->ce_sum);
             prof_end(PROF_XENT, false, t, 0);
             t = prof_begin();
-            linear_backward_set(a->dxt + (size_t)i0 * D, m->g.head, a->logits, xt, m->w.head, nc, D, V);
+            linear_backward_beta(a->dxt + (size_t)i0 * D, m->g.head, a->logits, xt, m->w.head, nc, D, V, 0.0f,
+                                 P->gset && i0 == 0 ? 0.0f : 1.0f);
             prof_end(PROF_HEAD, true, t, 4.0 * nc * D * V);
             moe_progress();
         }
     }
+    if (o->train && P->gset && Nt == 0) memset(m->g.head, 0, sizeof(float) * (size_t)V * D);   // no rows, no GEMM
     moe_free(tg);
     return MOE_OK;
 }
@@ -650,7 +653,7 @@ static int fwd_end(Pass *P) {
 static void pass_abort(Pass *P) { moe_free(P->kv_hi); P->kv_hi = NULL; }
 
 int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, ForwardOut *out) {
-    Pass P = {m, a, b, o, out, NULL, NULL, 0};
+    Pass P = {m, a, b, o, out, NULL, NULL, 0, o->grad_set};
     int rc = fwd_begin(&P);
     for (int l = 0; rc == MOE_OK && l < m->cfg.num_hidden_layers; l++) {
         rc = fwd_attn(&P, l);
@@ -667,7 +670,8 @@ int model_forward_pair(Model *m, Acts *a[2], const Batch *b[2], const ForwardOpt
     // per layer: A finishes the previous layer and runs its attention (hiding B's combine),
     // B the same (hiding A's dispatch), then A's experts and shared expert (hiding B's
     // dispatch and A's combine), then B's
-    Pass A = {m, a[0], b[0], o, &out[0], NULL, NULL, 0}, B = {m, a[1], b[1], o, &out[1], NULL, NULL, 0};
+    // (A writes every gradient before B adds to it: A may overwrite)
+    Pass A = {m, a[0], b[0], o, &out[0], NULL, NULL, 0, o->grad_set}, B = {m, a[1], b[1], o, &out[1], NULL, NULL, 0, false};
     const int L = m->cfg.num_hidden_layers;
     int rc = fwd_begin(&A);
     if (rc == MOE_OK) rc = fwd_begin(&B);
@@ -694,10 +698,10 @@ int model_forward_pair(Model *m, Acts *a[2], const Batch *b[2], const ForwardOpt
 // the gate/up gradients are written over gu (read only before, element by element)
 static void swiglu_ffn_backward(float *dx, float *dWgu, float *dWd, const float *dout, const float *x,
                                 float *gu, const float *act, const float *Wgu, const float *Wd,
-                                float *da, int N, int D, int F) {
-    linear_backward_set(da, dWd, dout, act, Wd, N, F, D);
+                                float *da, int N, int D, int F, float bw) {
+    linear_backward_beta(da, dWd, dout, act, Wd, N, F, D, 0.0f, bw);
     swiglu_rows_backward(gu, da, gu, N, F);
-    linear_backward(dx, dWgu, gu, x, Wgu, N, D, 2 * F);
+    linear_backward_beta(dx, dWgu, gu, x, Wgu, N, D, 2 * F, 1.0f, bw);
 }
 
 // the head's backward pass ran with the forward pass (a->dxt); the rest starts here
@@ -714,6 +718,7 @@ static void bwd_begin(Pass *P) {
     for (int i = 0; i < Nt; i++) memcpy(dxf + (size_t)a->out_rows[i] * D, a->dxt + (size_t)i * D, sizeof(float) * D);
     double t = prof_begin();
     memset(a->dx, 0, sizeof(float) * ND);
+    if (P->gset) memset(m->g.norm, 0, sizeof(float) * D);
     rmsnorm_backward(a->dx, m->g.norm, dxf, resid(a, L, N), m->w.norm, a->rstdf, N, D);
     prof_end(PROF_NORM, true, t, 0);
 }
@@ -760,13 +765,13 @@ static int bwd_s1(Pass *P, int l) {
     if (!config_layer_is_moe(c, l)) {
         double t = prof_begin();
         swiglu_ffn_backward(dxn, gp->gate, gp->down, dx, la->xn2, la->gu, la->a, p->gate, p->down, a->da,
-                            N, D, c->intermediate_size);
+                            N, D, c->intermediate_size, P->gset ? 0.0f : 1.0f);
         prof_end(PROF_DENSE, true, t, 12.0 * N * D * c->intermediate_size);
         return MOE_OK;
     }
     MoeWeights mw;
     moe_views(p, c, &mw);
-    MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down};
+    MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down, P->gset};
     if (m->comm) return moe_ep_backward_send(&la->moe, &a->mw, &a->ew, m->comm, dx);
     moe_experts_backward(&la->moe, &a->mw, dx, la->xn2, &mw, &mg, dxn, false);
     return MOE_OK;
@@ -785,7 +790,7 @@ static int bwd_s2(Pass *P, int l) {
     LayerParams *gp = &m->g.layer[l];
     MoeWeights mw;
     moe_views(p, c, &mw);
-    MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down};
+    MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down, P->gset};
     MoeActs *ma = &la->moe;
     double t = prof_begin();
     moe_weights_backward(c, ma, &a->mw);
@@ -798,7 +803,7 @@ static int bwd_s2(Pass *P, int l) {
     t = prof_begin();
     if (Fs > 0)
         swiglu_ffn_backward(a->dxn, gp->s_gate, gp->s_down, a->dx, la->xn2, la->gu, la->a, p->s_gate, p->s_down,
-                            a->da, N, D, Fs);
+                            a->da, N, D, Fs, P->gset ? 0.0f : 1.0f);
     prof_end(PROF_SHARED, true, t, 12.0 * N * D * Fs);
     moe_progress();
     return MOE_OK;
@@ -812,7 +817,7 @@ static int bwd_s3(Pass *P, int l) {
     LayerParams *gp = &m->g.layer[l];
     MoeWeights mw;
     moe_views(p, &m->cfg, &mw);
-    MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down};
+    MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down, P->gset};
     return moe_ep_backward_experts(&P->a->layer[l].moe, &P->a->mw, &P->a->ew, m->comm, &mw, &mg);
 }
 
@@ -831,12 +836,14 @@ static int bwd_s4(Pass *P, int l) {
     LayerParams *gp = &m->g.layer[l];
     float *dx = a->dx, *dh = a->dh, *dxn = a->dxn;
     if (m->comm && config_layer_is_moe(c, l)) MOE_TRY(moe_ep_backward_finish(&la->moe, &a->mw, m->comm, dxn));
+    const float bw = P->gset ? 0.0f : 1.0f;
+    if (P->gset) { memset(gp->post_norm, 0, sizeof(float) * D); memset(gp->in_norm, 0, sizeof(float) * D); }
     double t = prof_begin();
     rmsnorm_backward(dh, gp->post_norm, dxn, la->h, p->post_norm, la->rstd2, N, D);
     prof_end(PROF_NORM, true, t, 0);
     // h = x + att Wo^T
     t = prof_begin();
-    linear_backward_set(a->datt, gp->wo, dh, la->att, p->wo, N, Hq, D);
+    linear_backward_beta(a->datt, gp->wo, dh, la->att, p->wo, N, Hq, D, 0.0f, bw);
     prof_end(PROF_OPROJ, true, t, 4.0 * N * Hq * D);
     moe_progress();
     t = prof_begin();
@@ -855,9 +862,9 @@ static int bwd_s4(Pass *P, int l) {
     prof_end(PROF_ROPE, true, t, 0);
     t = prof_begin();
     const size_t ok = (size_t)Hq * D, ov = (size_t)(Hq + Hk) * D;   // wk, wv after wq
-    linear_backward_set(dxn, gp->wq, a->dq, la->xn1, p->wq, N, D, Hq);
-    linear_backward(dxn, gp->wq + ok, a->dk, la->xn1, p->wq + ok, N, D, Hk);
-    linear_backward(dxn, gp->wq + ov, a->dv, la->xn1, p->wq + ov, N, D, Hk);
+    linear_backward_beta(dxn, gp->wq, a->dq, la->xn1, p->wq, N, D, Hq, 0.0f, bw);
+    linear_backward_beta(dxn, gp->wq + ok, a->dk, la->xn1, p->wq + ok, N, D, Hk, 1.0f, bw);
+    linear_backward_beta(dxn, gp->wq + ov, a->dv, la->xn1, p->wq + ov, N, D, Hk, 1.0f, bw);
     prof_end(PROF_QKV, true, t, 4.0 * N * D * (Hq + 2 * Hk));
     moe_progress();
     t = prof_begin();
@@ -868,6 +875,9 @@ static int bwd_s4(Pass *P, int l) {
 }
 
 static void bwd_end(Pass *P) {
+    const MoeConfig *c = &P->m->cfg;
+    // a tied embedding is the head's gradient, which the forward pass has written
+    if (P->gset && !c->tie_word_embeddings) memset(P->m->g.embed, 0, sizeof(float) * (size_t)c->vocab_size * c->hidden_size);
     double t = prof_begin();
     embed_backward(P->m->g.embed, P->a->dx, P->b->tokens, P->b->N, P->m->cfg.hidden_size);
     prof_end(PROF_EMBED, true, t, 0);
@@ -876,7 +886,7 @@ static void bwd_end(Pass *P) {
 static int grads_ready(const ForwardOpts *o, int l) { return o->grads_ready ? o->grads_ready(o->ctx, l) : MOE_OK; }
 
 int model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
-    Pass P = {m, a, b, o, NULL, NULL, NULL, 0};
+    Pass P = {m, a, b, o, NULL, NULL, NULL, 0, o->grad_set};
     bwd_begin(&P);
     for (int l = m->cfg.num_hidden_layers - 1; l >= 0; l--) {
         MOE_TRY(bwd_s1(&P, l));
@@ -893,7 +903,7 @@ int model_backward_pair(Model *m, Acts *a[2], const Batch *b[2], const ForwardOp
     // per layer: A and B send their output gradients (each hidden by the other's router and
     // shared-expert work), then the experts' GEMMs of A and B (each hiding the other's
     // exchange), then A's attention block hides B's returning input gradients
-    Pass A = {m, a[0], b[0], o, NULL, NULL, NULL, 0}, B = {m, a[1], b[1], o, NULL, NULL, NULL, 0};
+    Pass A = {m, a[0], b[0], o, NULL, NULL, NULL, 0, o->grad_set}, B = {m, a[1], b[1], o, NULL, NULL, NULL, 0, false};
     bwd_begin(&A);
     bwd_begin(&B);
     for (int l = m->cfg.num_hidden_layers - 1; l >= 0; l--) {

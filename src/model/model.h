@@ -145,6 +145,9 @@ typedef struct {
     // the embedding, final norm and head), so that their reduction can start early
     int (*grads_ready)(void *ctx, int l);
     void *ctx;
+    // training: this micro-batch's gradients are the first of the step, written over
+    // m->grads instead of added to them (no clearing pass; one process, no halves)
+    bool grad_set;
 } ForwardOpts;
 
 typedef struct { double ce_sum, aux; } ForwardOut;

@@ -66,10 +66,17 @@ void moe_grouped_backward(int n, const int *off, const float *xe, const float *g
                           const float *wrow, float *dwrow, const float *dsrc, const int *row_tok) {
     const bool by_expert = n >= 2 * omp_get_max_threads();
     int *ord = busiest_first(n, off);
+    const float bw = G->set ? 0.0f : 1.0f;
 #pragma omp parallel for schedule(dynamic, 1) if (by_expert)
     for (int i = 0; i < n; i++) {
         const int e = ord[i], r0 = off[e], M = off[e + 1] - r0;
-        if (M == 0) continue;
+        if (M == 0) {   // no rows, no GEMMs: a first write is a clear
+            if (G->set) {
+                memset(G->gate_up + (size_t)e * 2 * F * D, 0, sizeof(float) * 2 * F * D);
+                memset(G->down + (size_t)e * D * F, 0, sizeof(float) * D * F);
+            }
+            continue;
+        }
         float *da = dae + (size_t)r0 * F, *dg = dgu + (size_t)r0 * 2 * F, *dxr = dx + (size_t)r0 * D;
         float *dyr = dy + (size_t)r0 * D;
         if (dsrc) gather_rows(dy, dsrc, row_tok, r0, M, D);   // the rows' output gradients, as the expert starts
@@ -85,12 +92,12 @@ void moe_grouped_backward(int n, const int *off, const float *xe, const float *g
                 for (int j = 0; j < D; j++) d[j] *= w;
                 dwrow[r0 + i] = dot;
             }
-            linear_backward(NULL, G->down + (size_t)e * D * F, dyr, aer, Wd, M, F, D);
+            linear_backward_beta(NULL, G->down + (size_t)e * D * F, dyr, aer, Wd, M, F, D, 0.0f, bw);
         } else
-            linear_backward_set(da, G->down + (size_t)e * D * F, dyr, aer, Wd, M, F, D);
+            linear_backward_beta(da, G->down + (size_t)e * D * F, dyr, aer, Wd, M, F, D, 0.0f, bw);
         swiglu_rows_backward(dg, da, gu + (size_t)r0 * 2 * F, M, F);
-        linear_backward_set(dxr, G->gate_up + (size_t)e * 2 * F * D, dg, xe + (size_t)r0 * D,
-                        W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F);
+        linear_backward_beta(dxr, G->gate_up + (size_t)e * 2 * F * D, dg, xe + (size_t)r0 * D,
+                             W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F, 0.0f, bw);
         if (omp_get_thread_num() == 0) moe_progress();
     }
     moe_free(ord);
@@ -262,5 +269,5 @@ void moe_router_backward(const MoeConfig *c, const MoeActs *a, MoeWork *wk, cons
             for (int e = 0; e < E; e++) d[e] *= s[e] * (1.0f - s[e]);
         }
     }
-    linear_backward(dxn, G->router, wk->ds, xn, W->router, N, a->D, E);
+    linear_backward_beta(dxn, G->router, wk->ds, xn, W->router, N, a->D, E, 1.0f, G->set ? 0.0f : 1.0f);
 }

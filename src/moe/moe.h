@@ -53,6 +53,7 @@ typedef struct {            // expert weights of one layer, experts contiguous
 
 typedef struct {
     float *router, *gate_up, *down;     // same shapes as MoeWeights
+    bool set;                           // overwrite them (the step's first backward), else add
 } MoeGrads;
 
 // Expert parallelism: the transport between the P processes of an expert-parallel group,

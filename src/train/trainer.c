@@ -123,9 +123,15 @@ int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, con
     const int unit_ranks = c->aux_scope == MOE_AUX_EP_GROUP && m->comm ? di->dp : P;
     fo.aux_scale = c->aux_scope == MOE_AUX_SEQUENCE ? 1.0f / ((long)count * P)
                                                     : 1.0f / ((long)n_micro * (halves ? 2 : 1) * unit_ranks);
-    double tz = prof_begin();
-    vec_zero(m->grads, m->n_params);
-    prof_end(PROF_ZERO, false, tz, 0);
+    // one process without halves: the first micro-batch's backward writes the gradients
+    // (beta 0 products) and no pass clears them first; otherwise they are cleared here
+    const bool first_write = !m->comm && !halves && !m->place;
+    fo.grad_set = first_write;
+    if (!first_write) {
+        double tz = prof_begin();
+        vec_zero(m->grads, m->n_params);
+        prof_end(PROF_ZERO, false, tz, 0);
+    }
     const int LE = c->num_hidden_layers * imax(c->n_routed_experts, 1);
     for (int h = 0; h < (halves ? 2 : 1); h++) {
         memset(a[h]->load, 0, sizeof(long) * LE);
@@ -158,6 +164,7 @@ int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, con
             rc = model_forward(m, a[0], b[0], &fo, &fout);
             if (rc == MOE_OK && fo.grads_ready) rc = fo.grads_ready(fo.ctx, c->num_hidden_layers);   // the head
             if (rc == MOE_OK) rc = model_backward(m, a[0], b[0], &fo);
+            fo.grad_set = false;
             ce += fout.ce_sum;
             aux += fout.aux;
             out->tokens += b[0]->N;
