@@ -176,27 +176,37 @@ __attribute__((target("avx2,fma"))) static double sumsq_avx2(const float *x, lon
     return s + sumsq_scalar(x + 4 * q, n - 4 * q);
 }
 
-// f32 -> bf16 as f32_to_bf16: round to nearest even, a NaN stays a (quiet) NaN
+// f32 -> bf16 as f32_to_bf16: round to nearest even, a NaN stays a (quiet) NaN. Both
+// directions serve the activation stash: what is packed is read back only in the backward
+// pass, and what is unpacked goes to a working set the backward pass reads, so both write
+// with streaming stores (from aligned starts) and leave the caches to the GEMMs. bench-s
+// defaults: pack 18.5 -> 14 ms, unpack 22.6 -> 14 ms, and the step 4-5% faster, more than
+// the copies' own share.
 __attribute__((target("avx2,fma"))) static void to_bf16_avx2(uint16_t *d, const float *x, long n) {
     const __m256i abs = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000),
                   one = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7fff), quiet = _mm256_set1_epi32(0x40);
     long i = 0;
     for (; i + 8 <= n; i += 8) {
+        if ((i & 15) == 0) _mm_prefetch((const char *)(x + i + 512), _MM_HINT_T0);   // 2 KB ahead
         __m256i u = _mm256_castps_si256(_mm256_loadu_ps(x + i));
         __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs), inf);
         __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(u, 16), one)));
         __m256i h = _mm256_blendv_epi8(_mm256_srli_epi32(r, 16), _mm256_or_si256(_mm256_srli_epi32(u, 16), quiet), nan);
         __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(h, h), 0x08);   // lanes 0 and 2: 8 u16 in order
-        _mm_storeu_si128((__m128i *)(d + i), _mm256_castsi256_si128(p));
+        if (((uintptr_t)(d + i) & 15) == 0) _mm_stream_si128((__m128i *)(d + i), _mm256_castsi256_si128(p));
+        else _mm_storeu_si128((__m128i *)(d + i), _mm256_castsi256_si128(p));
     }
+    _mm_sfence();
     to_bf16_scalar(d + i, x + i, n - i);
 }
 __attribute__((target("avx2,fma"))) static void from_bf16_avx2(float *y, const uint16_t *s, long n) {
     long i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + i)));
-        _mm256_storeu_ps(y + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+        if (((uintptr_t)(y + i) & 31) == 0) _mm256_stream_ps(y + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+        else _mm256_storeu_ps(y + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
     }
+    _mm_sfence();
     from_bf16_scalar(y + i, s + i, n - i);
 }
 

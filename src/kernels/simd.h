@@ -24,7 +24,8 @@ double vec_sumsq(const float *x, long n);
 double vec_sumsq_ref(const float *x, long n);
 // x[0..n) = 0, on all threads
 void vec_zero(float *x, size_t n);
-// f32 <-> bf16 arrays (round to nearest even; NaN stays NaN), as bf16.h element by element
+// f32 <-> bf16 arrays (round to nearest even; NaN stays NaN), as bf16.h element by element;
+// streaming stores: for the activation stash, whose output is not read again soon
 void vec_to_bf16(uint16_t *d, const float *x, long n);
 void vec_from_bf16(float *y, const uint16_t *s, long n);
 void vec_to_bf16_ref(uint16_t *d, const float *x, long n);
