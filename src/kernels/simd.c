@@ -180,8 +180,7 @@ __attribute__((target("avx2,fma"))) static double sumsq_avx2(const float *x, lon
 // directions serve the activation stash: what is packed is read back only in the backward
 // pass, and what is unpacked goes to a working set the backward pass reads, so both write
 // with streaming stores (from aligned starts) and leave the caches to the GEMMs. bench-s
-// defaults: pack 18.5 -> 14 ms, unpack 22.6 -> 14 ms, and the step 4-5% faster, more than
-// the copies' own share.
+// defaults: pack 18.5 -> 13-14 ms, unpack 19-23 -> 14 ms per step.
 __attribute__((target("avx2,fma"))) static void to_bf16_avx2(uint16_t *d, const float *x, long n) {
     const __m256i abs = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000),
                   one = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7fff), quiet = _mm256_set1_epi32(0x40);
