@@ -28,7 +28,7 @@ run() {   # run NAME CFG CMD...: appends "cfg name tokens_per_s peak_rss_mb mfu"
 for cfg in $CONFIGS; do
   c=configs/$cfg.json
   for th in 1 2; do
-    # the defaults (full recomputation, bf16 storage), and keeping every activation in f32
+    # the defaults (selective recomputation, bf16 storage), and keeping every activation in f32
     run "moe.c/${th}t" $cfg ./moe bench --model $c --batch $B --seq $T --steps $STEPS --threads $th --json
     run "moe.c-none-f32/${th}t" $cfg ./moe bench --model $c --batch $B --seq $T --steps $STEPS --threads $th --json \
         --recompute none --act-dtype f32
