@@ -155,8 +155,8 @@ typedef struct { double ce_sum, aux; } ForwardOut;
 // Logits are computed for the target rows (training) or for `out_rows` set by the caller
 // (inference: a->n_out rows of a->out_rows before the call); they land in a->logits.
 int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, ForwardOut *out);
-// Accumulates into m->grads (call after a training forward, which has already accumulated
-// the output head's gradient).
+// Accumulates into m->grads, or writes them when o->grad_set (call after a training forward,
+// which has already done the same with the output head's gradient).
 int model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o);
 // The same over the two halves of a micro-batch at once, interleaved layer by layer so
 // that one half's expert-parallel exchanges are in flight while the other half computes.
