@@ -78,6 +78,29 @@ if run 2 $MOE train --resume "$T/p4e4" --out "$T/p4e4" $F --steps 20 --ep 2 2>"$
   same_losses "a P=4 checkpoint resumed at P=2 continues the 20-step single-process losses" "$T/p4e4" "$T/single20" 20
 else bad "resume at P=2" "$(tail -3 "$T/err")"; fi
 
+# --zero 1: each rank keeps the moments of 1/P of the parameters; the same losses, and the
+# checkpoint (rank 0 gathers the moments) holds the same tensors as without --zero
+for np in 2 4; do
+  if run $np $MOE train --model "$T/c.json" $F --steps 10 --zero 1 --out "$T/z$np" 2>"$T/err"; then
+    same_losses "np $np --zero 1: the single-process losses over 10 steps" "$T/z$np" "$T/single" 10
+  else bad "np $np --zero 1" "$(tail -3 "$T/err")"; fi
+done
+zdiff=$(/usr/bin/python3 - "$T/z4" "$T/p4e1on" <<'P'
+import json, struct, sys
+def tensors(p):
+    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n]); h.pop("__metadata__", None)
+    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items()}
+bad = [f"{f}:{k}" for f in ("model.safetensors", "train_state.safetensors")
+       for a, b in [(tensors(f"{sys.argv[1]}/{f}"), tensors(f"{sys.argv[2]}/{f}"))] for k in a if a[k] != b.get(k)]
+print(" ".join(bad[:3]) if bad else "none")
+P
+)
+if [ "$zdiff" = none ]; then ok "the np 4 --zero 1 checkpoint's weights and moments equal the np 4 run's bit for bit"
+else bad "--zero 1 checkpoint" "differs in ${zdiff:-(unreadable)}"; fi
+if run 2 $MOE train --resume "$T/z4" --out "$T/z4" $F --steps 20 --zero 1 2>"$T/err"; then
+  same_losses "the np 4 --zero 1 checkpoint resumed at np 2 --zero 1 continues the 20-step single-process losses" "$T/z4" "$T/single20" 20
+else bad "--zero 1 resume at P=2" "$(tail -3 "$T/err")"; fi
+
 # a killed rank: the job ends non-zero within 30 s, naming the rank; the checkpoint is whole
 timeout -s KILL 60 mpirun -np 2 --oversubscribe -x OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" $F \
   --steps 1000000 --ckpt-every 2 --ep 2 --out "$T/kill" >"$T/kill.log" 2>&1 &
@@ -244,9 +267,13 @@ expect_dist_fail "--ep that does not divide the experts" "--ep 4 must divide the
   run 4 $MOE train --model "$T/c6.json" $F --steps 2 --ep 4 --out "$T/bad2"
 expect_dist_fail "a global batch the ranks cannot share" "--batch 6 must be a multiple of the 4 ranks" \
   run 4 $MOE train --model "$T/c.json" --data "$T/qa.txt" --batch 6 --steps 2 --out "$T/bad3"
+expect_dist_fail "--zero 1 with expert parallelism" "--zero 1 shards the optimizer over data-parallel ranks and needs --ep 1 (got --ep 2)" \
+  run 2 $MOE train --model "$T/c.json" $F --steps 2 --ep 2 --zero 1 --out "$T/bad4"
+expect_dist_fail "--zero other than 0 or 1" "--zero must be 0 or 1, got 2" \
+  run 2 $MOE train --model "$T/c.json" $F --steps 2 --zero 2 --out "$T/bad5"
 expect_dist_fail "commands other than train under mpirun" "only train runs under mpirun" \
   run 2 $MOE eval --ckpt "$T/single" --data "$T/qa.txt"
-for x in bad1 bad2 bad3; do [ -e "$T/$x/model.safetensors" ] && bad "nothing written for bad input ($x)" "exists"; done
+for x in bad1 bad2 bad3 bad4 bad5; do [ -e "$T/$x/model.safetensors" ] && bad "nothing written for bad input ($x)" "exists"; done
 
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

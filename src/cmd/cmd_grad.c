@@ -52,7 +52,7 @@ int cmd_grad(int argc, char **argv) {
         StWriteItem *it = MOE_NEW(StWriteItem, m.n_tensors);
         for (int i = 0; i < m.n_tensors; i++) {
             ParamTensor *t = &m.tensors[i];
-            it[i] = (StWriteItem){t->name, t->ndim, {t->shape[0], t->shape[1]}, m.grads + t->offset};
+            it[i] = (StWriteItem){t->name, t->ndim, {t->shape[0], t->shape[1]}, m.grads + t->offset, NULL, NULL};
         }
         char meta[256];
         snprintf(meta, sizeof meta, "{\"loss\":\"%.9g\",\"ce\":\"%.9g\",\"aux\":\"%.9g\"}", sl.loss, sl.ce, sl.aux);

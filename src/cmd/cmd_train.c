@@ -34,6 +34,9 @@ static const char *HELP =
     "  --ep E             expert parallelism: the experts of each MoE layer spread over groups\n"
     "                     of E ranks (E divides P and n_routed_experts; default 1); the P/E\n"
     "                     groups are data-parallel replicas\n"
+    "  --zero 0|1         1: each data-parallel rank keeps the AdamW moments of 1/P of the\n"
+    "                     parameters and updates those, then the ranks exchange the updated\n"
+    "                     parameters (ZeRO stage 1; needs --ep 1; default 0)\n"
     "  --overlap on|off   on (default): gradient sums start during the backward pass, and under\n"
     "                     --ep each micro-batch runs as two interleaved halves, one half's\n"
     "                     tokens in flight while the other computes; off: all blocking\n"
@@ -88,6 +91,10 @@ int cmd_train(int argc, char **argv) {
     if (!rc) rc = cmd_acts_mode(&a, &tc.acts_mode, 0);
     if (!rc) rc = args_int(&a, "--ep", 1, &tc.ep);
     if (!rc && tc.ep <= 0) { moe_seterr("--ep must be positive, got %d", tc.ep); rc = MOE_FAIL; }
+    if (!rc) rc = args_int(&a, "--zero", 0, &tc.zero);
+    if (!rc && tc.zero != 0 && tc.zero != 1) { moe_seterr("--zero must be 0 or 1, got %d", tc.zero); rc = MOE_FAIL; }
+    if (!rc && tc.zero && tc.ep > 1)
+        { moe_seterr("--zero 1 shards the optimizer over data-parallel ranks and needs --ep 1 (got --ep %d)", tc.ep); rc = MOE_FAIL; }
     tc.overlap = -1;
     const char *ov = args_str(&a, "--overlap", "on");
     if (!rc && !ov) rc = MOE_FAIL;   // no value after --overlap

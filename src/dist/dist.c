@@ -1,6 +1,7 @@
 #include "dist.h"
 #include <mpi.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
 #include <unistd.h>
 #include "../base/base.h"
@@ -438,6 +439,34 @@ int dist_alltoallv_f32(const float *send, const int *scnt, const int *sdsp, floa
     g.ms += (time_now() - t) * 1e3;
     g.exposed_ms += (time_now() - t) * 1e3;
     return MOE_OK;
+}
+
+// counts and displacements of the world's parts [off[r], off[r+1]) as MPI's ints
+static int part_counts(const size_t *off, int *cnt, int *dsp) {
+    if (off[g.size] > INT_MAX) MOE_ERR("--zero 1: %zu parameters exceed what one MPI call moves (%d)", off[g.size], INT_MAX);
+    for (int r = 0; r < g.size; r++) { cnt[r] = (int)(off[r + 1] - off[r]); dsp[r] = (int)off[r]; }
+    return MOE_OK;
+}
+int dist_allgather_f32(float *buf, const size_t *off) {
+    if (!g.mpi || g.size == 1) return MOE_OK;
+    int *cnt = MOE_NEW(int, g.size), *dsp = MOE_NEW(int, g.size), rc = part_counts(off, cnt, dsp);
+    double t0 = time_now();
+    if (rc == MOE_OK && MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, cnt, dsp, MPI_FLOAT, MPI_COMM_WORLD) != MPI_SUCCESS)
+        { moe_seterr("MPI_Allgatherv failed"); rc = MOE_FAIL; }
+    g.ms += (time_now() - t0) * 1e3;
+    g.exposed_ms += (time_now() - t0) * 1e3;
+    moe_free(cnt); moe_free(dsp);
+    return rc;
+}
+int dist_gather_f32(const float *part, const size_t *off, float *full) {
+    if (!g.mpi || g.size == 1) { memcpy(full, part, sizeof(float) * off[1]); return MOE_OK; }
+    int *cnt = MOE_NEW(int, g.size), *dsp = MOE_NEW(int, g.size), rc = part_counts(off, cnt, dsp);
+    double t0 = time_now();
+    if (rc == MOE_OK && MPI_Gatherv(part, cnt[g.rank], MPI_FLOAT, full, cnt, dsp, MPI_FLOAT, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
+        { moe_seterr("MPI_Gatherv failed"); rc = MOE_FAIL; }
+    g.ms += (time_now() - t0) * 1e3;
+    moe_free(cnt); moe_free(dsp);
+    return rc;
 }
 
 int dist_bcast_int(int *v, int n) {

@@ -46,6 +46,11 @@ int dist_max_f64(double *buf, int n, DistGroup g);
 // into recv[ep * n]; recv is only read on rank 0
 int dist_gather_ep0(const float *send, size_t n, float *recv);
 int dist_bcast_int(int *v, int n);
+// --zero 1: rank r owns elements [off[r], off[r+1]) of a blob of off[size] floats. allgather
+// gives every rank every part of buf (in place); gather puts each rank's part (part: its
+// own) into full[off[size]] on rank 0 (full is only written there)
+int dist_allgather_f32(float *buf, const size_t *off);
+int dist_gather_f32(const float *part, const size_t *off, float *full);
 // all-to-all of floats over the EP group (counts and displacements in floats)
 int dist_alltoallv_f32(const float *send, const int *scnt, const int *sdsp, float *recv, const int *rcnt,
                        const int *rdsp);

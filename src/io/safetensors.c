@@ -1,6 +1,7 @@
 #include "safetensors.h"
 #include <cjson/cJSON.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 #include "../base/base.h"
 #include "../kernels/bf16.h"
@@ -157,7 +158,11 @@ int st_write(const char *path, const StWriteItem *items, int n, StDtype dtype, c
     cJSON_Delete(h);
     size_t hlen = strlen(text), pad = (8 - hlen % 8) % 8;   // keep data 8-byte aligned
     FILE *f = file_atomic_open(path);
-    if (!f) { free(text); return MOE_FAIL; }
+    if (!f) {
+        free(text);
+        for (int i = 0; i < n; i++) if (items[i].get) items[i].get(items[i].ctx, i);   // as promised: once each
+        return MOE_FAIL;
+    }
     uint64_t total = hlen + pad;
     uint8_t lenb[8];
     for (int i = 0; i < 8; i++) lenb[i] = (uint8_t)(total >> (8 * i));
@@ -166,18 +171,22 @@ int st_write(const char *path, const StWriteItem *items, int n, StDtype dtype, c
     for (size_t i = 0; i < pad; i++) fputc(' ', f);
     free(text);
     uint16_t *tmp = dtype == ST_BF16 ? MOE_NEW(uint16_t, 1 << 16) : NULL;
+    bool got = true;
     for (int i = 0; i < n; i++) {
         size_t numel = 1;
         for (int d = 0; d < items[i].ndim; d++) numel *= (size_t)items[i].shape[d];
-        if (dtype == ST_F32) fwrite(items[i].data, 4, numel, f);
+        const float *src = items[i].get ? items[i].get(items[i].ctx, i) : items[i].data;
+        if (!src) { got = false; continue; }
+        if (dtype == ST_F32) fwrite(src, 4, numel, f);
         else
             for (size_t s = 0; s < numel; s += 1 << 16) {
                 size_t m = numel - s < (1 << 16) ? numel - s : (1 << 16);
-                for (size_t j = 0; j < m; j++) tmp[j] = f32_to_bf16(items[i].data[s + j]);
+                for (size_t j = 0; j < m; j++) tmp[j] = f32_to_bf16(src[s + j]);
                 fwrite(tmp, 2, m, f);
             }
     }
     moe_free(tmp);
+    if (!got) { file_atomic_abort(f, path); return MOE_FAIL; }   // get set the error
     if (ferror(f)) { file_atomic_abort(f, path); MOE_ERR("%s: write failed", path); }
     return file_atomic_commit(f, path);
 }

@@ -37,6 +37,10 @@ typedef struct {
     int ndim;
     int64_t shape[4];
     const float *data;       // f32 source
+    // or, when get is set, the source comes from get(ctx, i) (item i) just before it is
+    // written: called once per item in order, even after a write error; NULL fails the write
+    const float *(*get)(void *ctx, int i);
+    void *ctx;
 } StWriteItem;
 
 // Writes atomically; dtype applies to every tensor. meta: NULL or a flat JSON object of

@@ -18,11 +18,24 @@ float lr_at(const OptConfig *o, long step) {
     return (float)(o->min_lr + 0.5 * (o->lr - o->min_lr) * (1 + cos(M_PI * p)));
 }
 
-void adamw_alloc(AdamW *a, size_t n) {
+void adamw_alloc_part(AdamW *a, size_t lo, size_t n) {
     MemCategory old = mem_category(MEM_OPTIM);
-    a->m = MOE_NEW(float, n);
-    a->v = MOE_NEW(float, n);
+    a->m = MOE_NEW(float, n > 0 ? n : 1);
+    a->v = MOE_NEW(float, n > 0 ? n : 1);
     a->t = 0;
+    a->lo = lo;
+    a->n = n;
+    mem_category(old);
+}
+void adamw_alloc(AdamW *a, size_t n) { adamw_alloc_part(a, 0, n); }
+
+void adamw_shard(AdamW *a, size_t lo, size_t n) {
+    MemCategory old = mem_category(MEM_OPTIM);
+    float *m = MOE_NEW(float, n > 0 ? n : 1), *v = MOE_NEW(float, n > 0 ? n : 1);
+    memcpy(m, a->m + (lo - a->lo), sizeof(float) * n);
+    memcpy(v, a->v + (lo - a->lo), sizeof(float) * n);
+    moe_free(a->m); moe_free(a->v);
+    a->m = m; a->v = v; a->lo = lo; a->n = n;
     mem_category(old);
 }
 void adamw_free(AdamW *a) { moe_free(a->m); moe_free(a->v); }
@@ -49,18 +62,20 @@ void adamw_step(AdamW *a, const Model *m, const OptConfig *o, float lr, float gs
     const float b1 = o->beta1, b2 = o->beta2;
     const double bc1 = 1.0 - pow(b1, (double)a->t), bc2 = 1.0 - pow(b2, (double)a->t);
     const float step = (float)(lr / bc1), rbc2 = (float)(1.0 / sqrt(bc2));
-    // each tensor in chunks of 16K elements, spread over the threads
+    // each tensor (its part in the shard) in chunks of 16K elements, spread over the threads
     const long chunk = 1 << 14;
+    const size_t lo = a->lo, hi = a->lo + a->n;
 #pragma omp parallel
     for (int ti = 0; ti < m->n_tensors; ti++) {
         const ParamTensor *t = &m->tensors[ti];
-        const size_t o0 = t->offset;
+        const size_t o0 = t->offset > lo ? t->offset : lo, o1 = t->offset + t->numel < hi ? t->offset + t->numel : hi;
+        if (o0 >= o1) continue;
         const AdamWArgs args = {gscale, b1, b2, step, rbc2, o->eps, t->decay ? 1.0f - lr * o->weight_decay : 1.0f};
-        const long n = (long)t->numel, nc = (n + chunk - 1) / chunk;
+        const long n = (long)(o1 - o0), nc = (n + chunk - 1) / chunk;
 #pragma omp for schedule(static) nowait
         for (long c = 0; c < nc; c++) {
             const size_t i = o0 + (size_t)c * chunk;
-            vec_adamw(m->params + i, m->grads + i, a->m + i, a->v + i, c == nc - 1 ? n - c * chunk : chunk, &args);
+            vec_adamw(m->params + i, m->grads + i, a->m + (i - lo), a->v + (i - lo), c == nc - 1 ? n - c * chunk : chunk, &args);
         }
     }
 }

@@ -90,7 +90,7 @@ static StWriteItem *model_items(const Model *m, int *n_out) {
     int k = 0;
     for (int i = 0; i < m->n_tensors; i++) {
         const ParamTensor *t = &m->tensors[i];
-        it[k] = (StWriteItem){t->name, t->ndim, {t->shape[0], t->shape[1]}, m->params + t->offset};
+        it[k] = (StWriteItem){t->name, t->ndim, {t->shape[0], t->shape[1]}, m->params + t->offset, NULL, NULL};
         k++;
     }
     static char names[1024][64];
@@ -98,15 +98,42 @@ static StWriteItem *model_items(const Model *m, int *n_out) {
     for (int l = 0; l < c->num_hidden_layers; l++) {
         if (!config_layer_is_moe(c, l)) continue;
         snprintf(names[nb], 64, "model.layers.%d.mlp.gate.e_score_correction_bias", l);
-        it[k++] = (StWriteItem){names[nb], 1, {c->n_routed_experts}, m->bias + (size_t)l * c->n_routed_experts};
+        it[k++] = (StWriteItem){names[nb], 1, {c->n_routed_experts}, m->bias + (size_t)l * c->n_routed_experts, NULL, NULL};
         nb++;
     }
     *n_out = k;
     return it;
 }
 
+typedef struct {
+    const float *(*moment)(void *ctx, int ti, int which);
+    void *ctx;
+    int calls;
+} MomentSrc;
+static const float *moment_item(void *ctx, int i) {   // train_state item i: tensor i / 2, m then v
+    MomentSrc *s = ctx;
+    s->calls++;
+    return s->moment(s->ctx, i / 2, i % 2);
+}
+
+static int save(const char *dir, const Model *m, const AdamW *opt, const TrainConfig *tc,
+                const TrainProgress *pr, bool bf16, MomentSrc *src);
+
 int ckpt_save(const char *dir, const Model *m, const AdamW *opt, const TrainConfig *tc,
               const TrainProgress *pr, bool bf16) {
+    return save(dir, m, opt, tc, pr, bf16, NULL);
+}
+int ckpt_save_moments(const char *dir, const Model *m, const AdamW *opt, const TrainConfig *tc,
+                      const TrainProgress *pr, const float *(*moment)(void *ctx, int ti, int which), void *ctx,
+                      int *calls) {
+    MomentSrc s = {moment, ctx, 0};
+    int rc = save(dir, m, opt, tc, pr, false, &s);
+    *calls = s.calls;
+    return rc;
+}
+
+static int save(const char *dir, const Model *m, const AdamW *opt, const TrainConfig *tc,
+                const TrainProgress *pr, bool bf16, MomentSrc *src) {
     MOE_TRY(dir_ensure(dir));
     MOE_TRY(ckpt_recover(dir));
     char path[4096], next[4096];
@@ -132,8 +159,13 @@ int ckpt_save(const char *dir, const Model *m, const AdamW *opt, const TrainConf
             const ParamTensor *t = &m->tensors[i];
             snprintf(nm[2 * i], 112, "adam.m.%s", t->name);
             snprintf(nm[2 * i + 1], 112, "adam.v.%s", t->name);
-            st[2 * i] = (StWriteItem){nm[2 * i], t->ndim, {t->shape[0], t->shape[1]}, opt->m + t->offset};
-            st[2 * i + 1] = (StWriteItem){nm[2 * i + 1], t->ndim, {t->shape[0], t->shape[1]}, opt->v + t->offset};
+            if (src) {
+                st[2 * i] = (StWriteItem){nm[2 * i], t->ndim, {t->shape[0], t->shape[1]}, NULL, moment_item, src};
+                st[2 * i + 1] = (StWriteItem){nm[2 * i + 1], t->ndim, {t->shape[0], t->shape[1]}, NULL, moment_item, src};
+            } else {
+                st[2 * i] = (StWriteItem){nm[2 * i], t->ndim, {t->shape[0], t->shape[1]}, opt->m + t->offset, NULL, NULL};
+                st[2 * i + 1] = (StWriteItem){nm[2 * i + 1], t->ndim, {t->shape[0], t->shape[1]}, opt->v + t->offset, NULL, NULL};
+            }
         }
         char *sm = state_meta_json(tc, pr, opt);
         path_join(path, sizeof path, dir, "train_state.safetensors");

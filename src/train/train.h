@@ -10,18 +10,24 @@ typedef struct {
 } OptConfig;
 
 typedef struct {
-    float *m, *v;                // moments, same layout as the parameter blob
+    float *m, *v;                // moments of blob elements [lo, lo + n): all of it, or a shard
     long t;                      // optimizer steps taken
+    size_t lo, n;
 } AdamW;
 
 void opt_defaults(OptConfig *o);
 float lr_at(const OptConfig *o, long step);   // step counts from 1
 void adamw_alloc(AdamW *a, size_t n);
+void adamw_alloc_part(AdamW *a, size_t lo, size_t n);   // zero moments of elements [lo, lo + n)
 void adamw_free(AdamW *a);
+// keep only the moments of blob elements [lo, lo + n) (--zero 1: each data-parallel rank
+// updates its own share of the parameters)
+void adamw_shard(AdamW *a, size_t lo, size_t n);
 // global gradient norm, and the clipping factor for it
 double grad_norm(const float *g, size_t n);
 float grad_clip_scale(double norm, float max_norm);
-// one AdamW step on gradients scaled by gscale (the clipping factor), one pass over the blobs
+// one AdamW step on gradients scaled by gscale (the clipping factor), one pass over the blobs;
+// a sharded optimizer updates only the parameters of its shard
 void adamw_step(AdamW *a, const Model *m, const OptConfig *o, float lr, float gscale);
 void adamw_step_ref(AdamW *a, const Model *m, const OptConfig *o, float lr);
 
@@ -42,6 +48,7 @@ typedef struct {
     int acts_mode;                // ACTS_TRAIN [| ACTS_RECOMPUTE] [| ACTS_BF16]
     int eval_every, eval_limit;   // --eval-data: held-out loss every N steps on the first M examples
     int ep;                       // expert-parallel group size under MPI (--ep), 1 = none
+    int zero;                     // --zero 1: the optimizer's moments sharded over the ranks
     int overlap;                  // --overlap: -1 default (on under MPI), 0 off, 1 on
     int a2a;                      // --a2a: DistA2A (auto, flat, hierarchical)
     int redundant, replace_every; // dynamic expert placement: extra slots, steps between placements
@@ -59,6 +66,14 @@ typedef struct {                  // what a resume needs beyond the model
 // Saves go through a journal so that a crash leaves the previous checkpoint whole.
 int ckpt_save(const char *dir, const Model *m, const AdamW *opt, const TrainConfig *tc,
               const TrainProgress *pr, bool bf16);
+// The same with the moments from moment(ctx, ti, which) instead of opt->m / opt->v (which 0:
+// m, 1: v of tensor ti; valid until the next call; NULL fails the save), for moments that
+// are not whole in this process (--zero 1). It is called for every tensor in order, m
+// before v, unless the save fails before train_state.safetensors; it returns how many
+// calls it made in *calls, so that the caller can make the rest.
+int ckpt_save_moments(const char *dir, const Model *m, const AdamW *opt, const TrainConfig *tc,
+                      const TrainProgress *pr, const float *(*moment)(void *ctx, int ti, int which), void *ctx,
+                      int *calls);
 int ckpt_load_model(const char *dir, Model *m, bool with_grads);
 // only routed experts [e0, e0 + ne) of each MoE layer (expert parallelism); ne 0: all
 int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, int e0, int ne);

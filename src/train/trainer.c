@@ -445,6 +445,37 @@ static int place_again(Model *m, AdamW *opt, const double *win_load, int R, Plac
     return rc;
 }
 
+// --zero 1: rank r keeps the moments of blob elements [off[r], off[r+1]), cut on 64-byte
+// boundaries
+static void zero_parts(size_t n, int P, size_t *off) {
+    off[0] = 0;
+    for (int r = 1; r < P; r++) off[r] = (n * r / P) & ~(size_t)15;
+    off[P] = n;
+}
+
+// Tensor ti's m (which 0) or v (1) from the ranks' shares onto rank 0, for the checkpoint;
+// every rank makes the same calls in the same order
+typedef struct {
+    const Model *m;
+    const AdamW *opt;
+    size_t *off, *part;   // the shares of the blob; of the tensor
+    float *buf;           // rank 0: the tensor
+    int rc;
+} ZeroGather;
+static const float *zero_moment(void *ctx, int ti, int which) {
+    ZeroGather *z = ctx;
+    const ParamTensor *t = &z->m->tensors[ti];
+    const int P = dist_info()->size, r = dist_info()->rank;
+    for (int k = 0; k <= P; k++) {   // the shares clipped to the tensor
+        size_t o = z->off[k] < t->offset ? t->offset : z->off[k];
+        z->part[k] = (o > t->offset + t->numel ? t->offset + t->numel : o) - t->offset;
+    }
+    const float *mom = which ? z->opt->v : z->opt->m;
+    const float *mine = z->part[r + 1] > z->part[r] ? mom + (t->offset + z->part[r] - z->opt->lo) : mom;
+    if (dist_gather_f32(mine, z->part, z->buf) && z->rc == MOE_OK) z->rc = MOE_FAIL;
+    return z->rc == MOE_OK ? z->buf : NULL;
+}
+
 // One standard checkpoint whatever P and E: rank 0 gathers the experts of EP group 0
 // (their weights and moments) into a whole model and writes it; the others wait. Every
 // rank learns whether the save worked.
@@ -455,7 +486,20 @@ static int save_checkpoint(const char *dir, const Model *m, const AdamW *opt, co
     TrainProgress prc = *pr_in;   // the placement goes in the train state, for a resume
     prc.place = m->place;
     const TrainProgress *pr = &prc;
-    if (!m->comm) {
+    if (!m->comm && opt->n < m->n_params) {   // --zero 1: rank 0 gathers the moments tensor by tensor
+        ZeroGather z = {m, opt, MOE_NEW(size_t, di->size + 1), MOE_NEW(size_t, di->size + 1), NULL, MOE_OK};
+        zero_parts(m->n_params, di->size, z.off);
+        size_t most = 0;
+        for (int i = 0; i < m->n_tensors; i++) most = m->tensors[i].numel > most ? m->tensors[i].numel : most;
+        int calls = 0;
+        if (di->rank == 0) {
+            z.buf = MOE_NEW(float, most);
+            rc = ckpt_save_moments(dir, m, opt, tc, pr, zero_moment, &z, &calls);
+        }
+        for (int i = calls; i < 2 * m->n_tensors; i++) zero_moment(&z, i / 2, i % 2);   // the gathers not made yet
+        if (rc == MOE_OK) rc = z.rc;
+        moe_free(z.buf); moe_free(z.off); moe_free(z.part);
+    } else if (!m->comm) {
         if (di->rank == 0) rc = ckpt_save(dir, m, opt, tc, pr, false);
     } else {
         const size_t n = m->n_params;
@@ -548,7 +592,12 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     } else {
         model_build_shard(&m, &c0, true, e0, ep > 1 ? ne : c0.n_routed_experts);
         model_init_weights(&m, tc->seed);
-        adamw_alloc(&opt, m.n_params);
+        if (tc->zero && di->size > 1) {   // this rank's share of the moments only (below)
+            size_t *off = MOE_NEW(size_t, di->size + 1);
+            zero_parts(m.n_params, di->size, off);
+            adamw_alloc_part(&opt, off[di->rank], off[di->rank + 1] - off[di->rank]);
+            moe_free(off);
+        } else adamw_alloc(&opt, m.n_params);
     }
     if (ep > 1) m.comm = &di->moe;
     if (tc->micro_batch > tc->batch) tc->micro_batch = tc->batch;
@@ -572,9 +621,19 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     if (rc != MOE_OK) { adamw_free(&opt); model_free(&m); return MOE_FAIL; }
     if (d.skipped && !tc->quiet)
         fprintf(stderr, "moe train: skipped %d examples longer than --seq %d\n", d.skipped, tc->seq);
+    // --zero 1 on several ranks: this rank keeps the moments of its share of the blob only
+    size_t *zoff = NULL;
+    if (tc->zero && di->size > 1) {
+        zoff = MOE_NEW(size_t, di->size + 1);
+        zero_parts(m.n_params, di->size, zoff);
+        if (opt.n == m.n_params) adamw_shard(&opt, zoff[di->rank], zoff[di->rank + 1] - zoff[di->rank]);   // resumed
+        if (!tc->quiet)
+            fprintf(stderr, "moe train: --zero 1: AdamW moments of 1/%d of the parameters a rank (%.1f MB instead of %.1f)\n",
+                    di->size, 8.0 * opt.n / 1e6, 8.0 * m.n_params / 1e6);
+    }
     Dataset evd = {0};
     if (ar->eval_data && dataset_load(&evd, ar->eval_data, tc->format, m.cfg.max_position_embeddings - 1, tc->eval_limit) != MOE_OK) {
-        dataset_free(&d); adamw_free(&opt); model_free(&m);
+        moe_free(zoff); dataset_free(&d); adamw_free(&opt); model_free(&m);
         return MOE_FAIL;
     }
 
@@ -589,7 +648,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         log = rc == MOE_OK ? fopen(log_path, "a") : NULL;
         if (rc == MOE_OK && !log) { moe_seterr("%s: cannot open for appending", log_path); rc = MOE_FAIL; }
     }
-    if (rc != MOE_OK) { dataset_free(&d); dataset_free(&evd); adamw_free(&opt); model_free(&m); return MOE_FAIL; }
+    if (rc != MOE_OK) { moe_free(zoff); dataset_free(&d); dataset_free(&evd); adamw_free(&opt); model_free(&m); return MOE_FAIL; }
 
     // --overlap (on by default under MPI): gradient reductions start during the backward
     // pass, and with expert parallelism each micro-batch runs as two interleaved halves
@@ -667,6 +726,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         if (!isfinite(gnorm)) { moe_seterr("step %ld: gradient norm is not finite (loss %g); lower --lr", pr.step + 1, sl.loss); rc = MOE_FAIL; break; }
         float lr = lr_at(&tc->opt, pr.step + 1);
         adamw_step(&opt, &m, &tc->opt, lr, grad_clip_scale(gnorm, tc->opt.clip));
+        if (zoff && (rc = dist_allgather_f32(m.params, zoff))) break;   // every rank's updated share to all
         if (c->bias_update_speed > 0)
             for (int l = 0; l < L; l++)
                 if (config_layer_is_moe(c, l)) moe_bias_update(m.bias + (size_t)l * E, a.load + (size_t)l * E, E, c->bias_update_speed);
@@ -836,6 +896,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     moe_free(win_load);
     moe_free(bal_sum); moe_free(bal_last); moe_free(run_drop); moe_free(ids); order_free(&order); batch_free(&b); acts_free(&a);
     if (halves) { batch_free(&b_half); acts_free(&a_half); }
+    moe_free(zoff);
     dataset_free(&d); dataset_free(&evd); adamw_free(&opt); model_free(&m);
     if (cur_place >= 0) moe_placement_free(&places[cur_place]);
     return rc;
