@@ -78,8 +78,10 @@ if run 2 $MOE train --resume "$T/p4e4" --out "$T/p4e4" $F --steps 20 --ep 2 2>"$
   same_losses "a P=4 checkpoint resumed at P=2 continues the 20-step single-process losses" "$T/p4e4" "$T/single20" 20
 else bad "resume at P=2" "$(tail -3 "$T/err")"; fi
 
-# --zero 1: each rank keeps the moments of 1/P of the parameters; the same losses, and the
-# checkpoint (rank 0 gathers the moments) holds the same tensors as without --zero
+# --zero 1: each rank keeps the moments of 1/P of the parameters and gets the gradient sum of
+# those only (reduce-scatter); the same losses, and the checkpoint (rank 0 gathers the
+# moments) holds the tensors of the run without --zero (up to the collectives' summation
+# order: MPI does not promise that a reduce-scatter adds in an all-reduce's order)
 for np in 2 4; do
   if run $np $MOE train --model "$T/c.json" $F --steps 10 --zero 1 --out "$T/z$np" 2>"$T/err"; then
     same_losses "np $np --zero 1: the single-process losses over 10 steps" "$T/z$np" "$T/single" 10
@@ -87,16 +89,28 @@ for np in 2 4; do
 done
 zdiff=$(/usr/bin/python3 - "$T/z4" "$T/p4e1on" <<'P'
 import json, struct, sys
+import numpy as np
 def tensors(p):
     b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n]); h.pop("__metadata__", None)
-    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items()}
-bad = [f"{f}:{k}" for f in ("model.safetensors", "train_state.safetensors")
-       for a, b in [(tensors(f"{sys.argv[1]}/{f}"), tensors(f"{sys.argv[2]}/{f}"))] for k in a if a[k] != b.get(k)]
-print(" ".join(bad[:3]) if bad else "none")
+    return {k: np.frombuffer(b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]], np.float32) for k, v in h.items()}
+worst, name, same = 0.0, "", True
+for f in ("model.safetensors", "train_state.safetensors"):
+    a, b = tensors(f"{sys.argv[1]}/{f}"), tensors(f"{sys.argv[2]}/{f}")
+    if set(a) != set(b): print("names differ"); sys.exit()
+    for k in a:
+        same &= a[k].tobytes() == b[k].tobytes()
+        d = float(np.max(np.abs(a[k].astype(np.float64) - b[k])) / (np.max(np.abs(b[k])) + 1e-30)) if a[k].size else 0.0
+        if d > worst: worst, name = d, f"{f}:{k}"
+print("bit-identical" if same else f"{worst:.1e} {name}")
 P
 )
-if [ "$zdiff" = none ]; then ok "the np 4 --zero 1 checkpoint's weights and moments equal the np 4 run's bit for bit"
-else bad "--zero 1 checkpoint" "differs in ${zdiff:-(unreadable)}"; fi
+case "$zdiff" in
+  bit-identical) ok "the np 4 --zero 1 checkpoint's weights and moments equal the np 4 run's (bit for bit)";;
+  [0-9]*) if /usr/bin/python3 -c "import sys; sys.exit(float(sys.argv[1]) > 1e-5)" "${zdiff%% *}"; then
+            ok "the np 4 --zero 1 checkpoint's weights and moments equal the np 4 run's (max rel $zdiff)"
+          else bad "--zero 1 checkpoint" "max rel $zdiff"; fi;;
+  *) bad "--zero 1 checkpoint" "${zdiff:-(unreadable)}";;
+esac
 if run 2 $MOE train --resume "$T/z4" --out "$T/z4" $F --steps 20 --zero 1 2>"$T/err"; then
   same_losses "the np 4 --zero 1 checkpoint resumed at np 2 --zero 1 continues the 20-step single-process losses" "$T/z4" "$T/single20" 20
 else bad "--zero 1 resume at P=2" "$(tail -3 "$T/err")"; fi

@@ -400,6 +400,25 @@ int dist_sum_f32_start(float *buf, size_t n, DistGroup grp, int *req) {
 }
 int dist_wait(int req) { return req < 0 ? MOE_OK : req_wait(req, &g.exposed_ms); }
 
+int dist_sum_part_f32(float *buf, const int *cnt, int *req) {
+    if (req) *req = -1;
+    if (!g.mpi || g.size == 1) return MOE_OK;
+    if (!req) {
+        double t0 = time_now();
+        if (MPI_Reduce_scatter(MPI_IN_PLACE, buf, cnt, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
+            MOE_ERR("MPI_Reduce_scatter failed");
+        g.ms += (time_now() - t0) * 1e3;
+        g.exposed_ms += (time_now() - t0) * 1e3;
+        return MOE_OK;
+    }
+    int i = req_new(&g.ms);
+    if (i < 0) MOE_ERR("internal: too many reductions in flight");
+    if (MPI_Ireduce_scatter(MPI_IN_PLACE, buf, cnt, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &reqs[i].r) != MPI_SUCCESS)
+        MOE_ERR("MPI_Ireduce_scatter failed");
+    *req = i;
+    return MOE_OK;
+}
+
 int dist_sum_f32(float *buf, size_t n, DistGroup grp) { return sum(buf, n, MPI_FLOAT, MPI_SUM, grp); }
 int dist_sum_f64(double *buf, int n, DistGroup grp) { return sum(buf, n, MPI_DOUBLE, MPI_SUM, grp); }
 int dist_sum_long(long *buf, int n, DistGroup grp) { return sum(buf, n, MPI_LONG, MPI_SUM, grp); }

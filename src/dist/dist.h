@@ -39,6 +39,9 @@ int dist_sum_f32(float *buf, size_t n, DistGroup g);
 // there is nothing to do
 int dist_sum_f32_start(float *buf, size_t n, DistGroup g, int *req);
 int dist_wait(int req);
+// --zero 1: the world's sum of buf[0, sum of cnt), of which rank r gets cnt[r] elements, at
+// the start of buf (in place, MPI_Reduce_scatter's way); started when req is not NULL
+int dist_sum_part_f32(float *buf, const int *cnt, int *req);
 int dist_sum_f64(double *buf, int n, DistGroup g);
 int dist_sum_long(long *buf, int n, DistGroup g);
 int dist_max_f64(double *buf, int n, DistGroup g);

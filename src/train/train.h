@@ -101,8 +101,10 @@ int train_accumulate(Model *m, Acts *a, Batch *b, const Dataset *d, const int *i
                      int micro_batch, StepLoss *out);
 // The same with a choice: a[1], b[1] non-NULL run each micro-batch as two interleaved halves
 // (model_forward_pair); overlap starts the gradient reductions (under MPI) during the last
-// backward pass instead of after it.
+// backward pass instead of after it. zoff (--zero 1, NULL otherwise): rank r needs the
+// summed gradient of blob elements [zoff[r], zoff[r+1]) only, and gets only that.
 int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, const int *ids, int count,
-                        int micro_batch, bool overlap, StepLoss *out);
-// the global gradient norm (over the ranks of an expert-parallel group when there is one)
-double train_grad_norm(const Model *m);
+                        int micro_batch, bool overlap, const size_t *zoff, StepLoss *out);
+// the global gradient norm (over the ranks of an expert-parallel group when there is one;
+// with zoff, each rank's part of the summed gradient, over the world)
+double train_grad_norm(const Model *m, const size_t *zoff);

@@ -13,35 +13,54 @@
 
 static int example_targets(const Dataset *d, int id) { return d->ex[id].len - d->ex[id].n_prompt; }
 
+// --zero 1's summed gradient of a run of the blob lands at the run's start (reduce-scatter
+// in place); once the sum is complete, it moves to this rank's part of the run
+typedef struct { float *dst, *src; size_t n; } GradMove;
+static void grad_move(const GradMove *mv) { if (mv->n && mv->dst != mv->src) memmove(mv->dst, mv->src, sizeof(float) * mv->n); }
+
 // Under MPI: non-expert gradients are summed over every rank, an expert's over the
 // replicas that hold it; contiguous runs of the blob go in one call each. layer: only the
 // tensors of that layer (L: the head, -1: the embedding and final norm; -2: all). With reqs the
-// sums are started, their handles appended to reqs[*n].
-static int reduce_grads(const Model *m, int layer, int *reqs, int *n) {
+// sums are started, their handles appended to reqs[*n] (and with zoff the moves to mv[*n]).
+// zoff (--zero 1): each rank needs only the sum over its part of the blob, a reduce-scatter.
+static int reduce_grads(const Model *m, int layer, int *reqs, int *n, const size_t *zoff, GradMove *mv) {
     const DistInfo *di = dist_info();
-    for (int i = 0; i < m->n_tensors;) {
+    int *cnt = zoff ? MOE_NEW(int, di->size) : NULL, rc = MOE_OK;
+    for (int i = 0; i < m->n_tensors && rc == MOE_OK;) {
         const ParamTensor *t = &m->tensors[i];
         if (layer != -2 && t->layer != layer) { i++; continue; }
         int j = i;
         while (j < m->n_tensors && m->tensors[j].expert == t->expert && (layer == -2 || m->tensors[j].layer == layer)) j++;
         size_t off = t->offset, len = m->tensors[j - 1].offset + m->tensors[j - 1].numel - off;
         DistGroup g = t->expert ? DIST_REPLICAS : DIST_WORLD;
-        if (!t->expert || di->dp > 1) {
-            if (reqs) MOE_TRY(dist_sum_f32_start(m->grads + off, len, g, &reqs[(*n)++]));
-            else MOE_TRY(dist_sum_f32(m->grads + off, len, g));
+        if (zoff) {   // (--ep 1: every tensor over the world)
+            size_t mine = off;
+            for (int r = 0; r < di->size; r++) {
+                size_t a = zoff[r] > off ? zoff[r] : off, b = zoff[r + 1] < off + len ? zoff[r + 1] : off + len;
+                cnt[r] = b > a ? (int)(b - a) : 0;
+                if (r == di->rank) mine = a;
+            }
+            GradMove mvi = {m->grads + mine, m->grads + off, (size_t)cnt[di->rank]};
+            rc = dist_sum_part_f32(m->grads + off, cnt, reqs ? &reqs[*n] : NULL);
+            if (rc == MOE_OK && reqs) mv[(*n)++] = mvi;
+            else if (rc == MOE_OK) grad_move(&mvi);
+        } else if (!t->expert || di->dp > 1) {
+            if (reqs) rc = dist_sum_f32_start(m->grads + off, len, g, &reqs[(*n)++]);
+            else rc = dist_sum_f32(m->grads + off, len, g);
         }
         i = j;
     }
-    return MOE_OK;
+    moe_free(cnt);
+    return rc;
 }
 
 // the backward pass of the last micro-batch starts each layer's reduction as soon as the
 // layer's gradients are complete (buckets), while the layers below still compute
-typedef struct { const Model *m; int *reqs, n, cap; } Buckets;
+typedef struct { const Model *m; int *reqs, n, cap; const size_t *zoff; GradMove *mv; } Buckets;
 static int bucket_ready(void *ctx, int l) {
     Buckets *bk = ctx;
     if (bk->n + 2 * bk->m->n_tensors > bk->cap) MOE_ERR("internal: bucket table full");
-    return reduce_grads(bk->m, l, bk->reqs, &bk->n);
+    return reduce_grads(bk->m, l, bk->reqs, &bk->n, bk->zoff, bk->mv);
 }
 
 // Under a placement with replicas: an expert's replicas on several ranks of the EP group
@@ -80,7 +99,14 @@ static int sum_replicas(const Model *m) {
     return MOE_OK;
 }
 
-double train_grad_norm(const Model *m) {
+double train_grad_norm(const Model *m, const size_t *zoff) {
+    if (zoff) {   // each rank sums the squares of its part
+        const int r = dist_info()->rank;
+        double ss = grad_norm(m->grads + zoff[r], zoff[r + 1] - zoff[r]);
+        ss *= ss;
+        dist_sum_f64(&ss, 1, DIST_WORLD);
+        return sqrt(ss);
+    }
     // the global norm over every distinct parameter: non-expert tensors are the same on
     // every rank (counted once), each expert lives on one rank of an EP group
     double ss[2] = {0, 0};
@@ -99,11 +125,11 @@ int train_accumulate(Model *m, Acts *a, Batch *b, const Dataset *d, const int *i
                      int micro_batch, StepLoss *out) {
     Acts *as[2] = {a, NULL};
     Batch *bs[2] = {b, NULL};
-    return train_accumulate_ex(m, as, bs, d, ids, count, micro_batch, false, out);
+    return train_accumulate_ex(m, as, bs, d, ids, count, micro_batch, false, NULL, out);
 }
 
 int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, const int *ids, int count,
-                        int micro_batch, bool overlap, StepLoss *out) {
+                        int micro_batch, bool overlap, const size_t *zoff, StepLoss *out) {
     // under MPI, ids are this rank's share of the global batch and the scales below are the
     // global ones, so that the summed gradient is the single-process gradient
     const DistInfo *di = dist_info();
@@ -139,8 +165,12 @@ int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, con
         memset(a[h]->rows_l, 0, sizeof(long) * c->num_hidden_layers);
         a[h]->dropped = a[h]->assigned = 0;
     }
-    Buckets bk = {m, NULL, 0, 0};
-    if (P > 1 && overlap) { bk.cap = 4 * m->n_tensors + 8; bk.reqs = MOE_NEW(int, bk.cap); }
+    Buckets bk = {m, NULL, 0, 0, zoff, NULL};
+    if (P > 1 && overlap) {
+        bk.cap = 4 * m->n_tensors + 8;
+        bk.reqs = MOE_NEW(int, bk.cap);
+        if (zoff) bk.mv = MOE_NEW(GradMove, bk.cap);
+    }
     double ce = 0, aux = 0;
     int rc = MOE_OK;
     for (int s = 0; s < count && rc == MOE_OK; s += micro_batch) {
@@ -170,9 +200,11 @@ int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, con
             out->tokens += b[0]->N;
         }
     }
-    for (int i = 0; i < bk.n; i++)
+    for (int i = 0; i < bk.n; i++) {
         if (dist_wait(bk.reqs[i]) && rc == MOE_OK) rc = MOE_FAIL;
-    moe_free(bk.reqs);
+        if (bk.mv) grad_move(&bk.mv[i]);
+    }
+    moe_free(bk.reqs); moe_free(bk.mv);
     if (rc == MOE_OK) rc = sum_replicas(m);
     if (rc) return rc;
     if (halves) {   // the statistics of both halves in a[0]
@@ -182,7 +214,7 @@ int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, con
         a[0]->assigned += a[1]->assigned;
     }
     if (P > 1) {
-        if (!overlap) MOE_TRY(reduce_grads(m, -2, NULL, NULL));
+        if (!overlap) MOE_TRY(reduce_grads(m, -2, NULL, NULL, zoff, NULL));
         double v[2] = {ce, aux};
         MOE_TRY(dist_sum_f64(v, 2, DIST_WORLD));
         ce = v[0]; aux = v[1];
@@ -720,9 +752,9 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         for (int i = 0; i < tc->batch; i++) ids[i] = order_example(&order, pr.cursor + i);
         const double comm0 = di->ms + di->moe.ms, exposed0 = di->exposed_ms + di->moe.exposed_ms;
         const double dp_exposed0 = di->exposed_ms, ep_exposed0 = di->moe.exposed_ms;
-        rc = train_accumulate_ex(&m, as, bs, &d, ids + di->rank * local_batch, local_batch, tc->micro_batch, overlap, &sl);
+        rc = train_accumulate_ex(&m, as, bs, &d, ids + di->rank * local_batch, local_batch, tc->micro_batch, overlap, zoff, &sl);
         if (rc) break;
-        double gnorm = train_grad_norm(&m);
+        double gnorm = train_grad_norm(&m, zoff);
         if (!isfinite(gnorm)) { moe_seterr("step %ld: gradient norm is not finite (loss %g); lower --lr", pr.step + 1, sl.loss); rc = MOE_FAIL; break; }
         float lr = lr_at(&tc->opt, pr.step + 1);
         adamw_step(&opt, &m, &tc->opt, lr, grad_clip_scale(gnorm, tc->opt.clip));
