@@ -490,7 +490,8 @@ static void zero_parts(size_t n, int P, size_t *off) {
 typedef struct {
     const Model *m;
     const AdamW *opt;
-    size_t *off, *part;   // the shares of the blob; of the tensor
+    const size_t *off;    // the shares of the blob
+    size_t *part;         // ... clipped to the tensor
     float *buf;           // rank 0: the tensor
     int rc;
 } ZeroGather;
@@ -511,16 +512,15 @@ static const float *zero_moment(void *ctx, int ti, int which) {
 // One standard checkpoint whatever P and E: rank 0 gathers the experts of EP group 0
 // (their weights and moments) into a whole model and writes it; the others wait. Every
 // rank learns whether the save worked.
-static int save_checkpoint(const char *dir, const Model *m, const AdamW *opt, const TrainConfig *tc,
-                           const TrainProgress *pr_in) {
+static int save_checkpoint(const char *dir, const Model *m, const AdamW *opt, const size_t *zoff,
+                           const TrainConfig *tc, const TrainProgress *pr_in) {
     const DistInfo *di = dist_info();
     int rc = MOE_OK;
     TrainProgress prc = *pr_in;   // the placement goes in the train state, for a resume
     prc.place = m->place;
     const TrainProgress *pr = &prc;
-    if (!m->comm && opt->n < m->n_params) {   // --zero 1: rank 0 gathers the moments tensor by tensor
-        ZeroGather z = {m, opt, MOE_NEW(size_t, di->size + 1), MOE_NEW(size_t, di->size + 1), NULL, MOE_OK};
-        zero_parts(m->n_params, di->size, z.off);
+    if (zoff) {   // --zero 1: rank 0 gathers the moments tensor by tensor
+        ZeroGather z = {m, opt, zoff, MOE_NEW(size_t, di->size + 1), NULL, MOE_OK};
         size_t most = 0;
         for (int i = 0; i < m->n_tensors; i++) most = m->tensors[i].numel > most ? m->tensors[i].numel : most;
         int calls = 0;
@@ -530,7 +530,7 @@ static int save_checkpoint(const char *dir, const Model *m, const AdamW *opt, co
         }
         for (int i = calls; i < 2 * m->n_tensors; i++) zero_moment(&z, i / 2, i % 2);   // the gathers not made yet
         if (rc == MOE_OK) rc = z.rc;
-        moe_free(z.buf); moe_free(z.off); moe_free(z.part);
+        moe_free(z.buf); moe_free(z.part);
     } else if (!m->comm) {
         if (di->rank == 0) rc = ckpt_save(dir, m, opt, tc, pr, false);
     } else {
@@ -588,7 +588,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         MOE_ERR("%s: already holds a checkpoint; continue it with --resume %s, or choose another --out", ar->out, ar->out);
     }
     Model m;
-    AdamW opt;
+    AdamW opt = {0};   // (not allocated yet under --zero 1 until the shares are known)
     TrainProgress pr = {0};
     // expert parallelism: this rank holds experts [e0, e0 + ne) of each MoE layer
     MoeConfig c0;
@@ -624,12 +624,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     } else {
         model_build_shard(&m, &c0, true, e0, ep > 1 ? ne : c0.n_routed_experts);
         model_init_weights(&m, tc->seed);
-        if (tc->zero && di->size > 1) {   // this rank's share of the moments only (below)
-            size_t *off = MOE_NEW(size_t, di->size + 1);
-            zero_parts(m.n_params, di->size, off);
-            adamw_alloc_part(&opt, off[di->rank], off[di->rank + 1] - off[di->rank]);
-            moe_free(off);
-        } else adamw_alloc(&opt, m.n_params);
+        if (!(tc->zero && di->size > 1)) adamw_alloc(&opt, m.n_params);   // (--zero 1: a share, below)
     }
     if (ep > 1) m.comm = &di->moe;
     if (tc->micro_batch > tc->batch) tc->micro_batch = tc->batch;
@@ -658,7 +653,9 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
     if (tc->zero && di->size > 1) {
         zoff = MOE_NEW(size_t, di->size + 1);
         zero_parts(m.n_params, di->size, zoff);
-        if (opt.n == m.n_params) adamw_shard(&opt, zoff[di->rank], zoff[di->rank + 1] - zoff[di->rank]);   // resumed
+        const size_t lo = zoff[di->rank], n = zoff[di->rank + 1] - lo;
+        if (ar->resume) adamw_shard(&opt, lo, n);   // cut from the checkpoint's moments
+        else adamw_alloc_part(&opt, lo, n);
         if (!tc->quiet)
             fprintf(stderr, "moe train: --zero 1: AdamW moments of 1/%d of the parameters a rank (%.1f MB instead of %.1f)\n",
                     di->size, 8.0 * opt.n / 1e6, 8.0 * m.n_params / 1e6);
@@ -902,7 +899,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc, const char *flags) {
         bool last = pr.step == tc->steps || stop_time;
         if (last || (tc->ckpt_every > 0 && pr.step % tc->ckpt_every == 0)) {
             pr.ckpt_id = ((unsigned long long)time(NULL) << 20) ^ (unsigned long long)pr.step * 2654435761ULL ^ (unsigned long long)getpid();
-            rc = save_checkpoint(ar->out, &m, &opt, tc, &pr);
+            rc = save_checkpoint(ar->out, &m, &opt, zoff, tc, &pr);
             if (rc) break;
         }
         if (stop_time) break;
