@@ -11,8 +11,8 @@ BLASDIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
 LDLIBS  := -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lcjson -lm
 CPPFLAGS := -I/usr/include/x86_64-linux-gnu/openblas-openmp
 
-SRC := $(wildcard src/base/*.c src/kernels/*.c src/ops/*.c src/moe/*.c src/model/*.c src/io/*.c \
-                  src/data/*.c src/train/*.c src/infer/*.c src/dist/*.c src/cmd/*.c)
+SRC := $(wildcard src/base/*.c src/kernels/*.c src/config/*.c src/ops/*.c src/moe/*.c src/model/*.c src/io/*.c \
+                  src/data/*.c src/optim/*.c src/train/*.c src/infer/*.c src/dist/*.c src/parallel/*.c src/cmd/*.c)
 OBJ := $(SRC:%.c=build/%.o)
 LIB := build/libmoe.a
 

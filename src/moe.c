@@ -3,7 +3,7 @@
 #include <string.h>
 #include "base/base.h"
 #include "cmd/cmd.h"
-#include "dist/dist.h"
+#include "parallel/parallel.h"
 
 typedef struct { const char *name; int (*run)(int, char **); const char *doc; } Command;
 

@@ -14,6 +14,7 @@ suite() {
   if [ "$rc" -ne 0 ] && ! grep -q '^FAIL' "$log"; then echo "FAIL $name exited $rc" | tee -a "$log"; fi
   echo "   ($((SECONDS - t0)) s)"
 }
+suite "layers: includes run one way" bash tests/check_layers.sh
 suite "ops: fast vs reference vs finite differences" ./build/test_ops
 suite "PyTorch oracle: grad, eval, AdamW" /usr/bin/python3 tests/test_oracle.py
 # the BLAS that auto did not pick, where both are there (MKL from Debian's libmkl-rt)

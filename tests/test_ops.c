@@ -9,7 +9,7 @@
 #include "../src/kernels/simd.h"
 #include "../src/moe/moe.h"
 #include "../src/ops/ops.h"
-#include "../src/train/train.h"
+#include "../src/optim/optim.h"
 
 static int n_pass, n_fail;
 static Rng rng;

@@ -3,6 +3,8 @@
 #include "../base/base.h"
 #include "../base/prof.h"
 #include "../kernels/gemm.h"
+#include "../io/checkpoint.h"
+#include "../optim/optim.h"
 #include "../train/train.h"
 #include "cmd.h"
 

@@ -1,7 +1,7 @@
 #include <string.h>
 #include "../base/base.h"
 #include "../data/data.h"
-#include "../io/fileio.h"
+#include "../base/fileio.h"
 #include "cmd.h"
 
 static void help(void) {

@@ -3,6 +3,8 @@
 #include <string.h>
 #include "../base/base.h"
 #include "../io/safetensors.h"
+#include "../io/checkpoint.h"
+#include "../optim/optim.h"
 #include "../train/train.h"
 #include "cmd.h"
 

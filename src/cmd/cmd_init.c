@@ -1,6 +1,6 @@
 #include <string.h>
 #include "../base/base.h"
-#include "../train/train.h"
+#include "../io/checkpoint.h"
 #include "cmd.h"
 
 static const char *HELP =
@@ -28,7 +28,7 @@ int cmd_init(int argc, char **argv) {
     Model m;
     model_build(&m, &c, false);
     model_init_weights(&m, seed);
-    int rc = ckpt_save(out, &m, NULL, NULL, NULL, bf16);
+    int rc = ckpt_save(out, &m, NULL, bf16);
     if (rc == MOE_OK)
         fprintf(stderr, "moe init: %s: %.2fM parameters (%.2fM active per token)\n", out, config_total_params(&c) / 1e6,
                 config_active_params(&c) / 1e6);

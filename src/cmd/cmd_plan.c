@@ -1,6 +1,8 @@
 #include <string.h>
 #include "../base/base.h"
 #include "../kernels/gemm.h"
+#include "../io/checkpoint.h"
+#include "../optim/optim.h"
 #include "../train/train.h"
 #include "cmd.h"
 

@@ -1,7 +1,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "../base/base.h"
-#include "../io/fileio.h"
+#include "../base/fileio.h"
 #include "../io/plot.h"
 #include "cmd.h"
 

@@ -2,7 +2,7 @@
 #include <string.h>
 #include "../base/base.h"
 #include "../infer/infer.h"
-#include "../train/train.h"
+#include "../io/checkpoint.h"
 #include "cmd.h"
 
 static const char *HELP =

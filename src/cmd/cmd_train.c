@@ -1,6 +1,6 @@
 #include <string.h>
 #include "../base/base.h"
-#include "../dist/dist.h"
+#include "../parallel/parallel.h"
 #include "../train/train.h"
 #include "cmd.h"
 
@@ -118,9 +118,17 @@ int cmd_train(int argc, char **argv) {
     if (!rc) rc = args_int(&a, "--eval-limit", 500, &tc.eval_limit);
     if (!rc && (tc.eval_every <= 0 || tc.eval_limit < 0)) { moe_seterr("--eval-every must be positive and --eval-limit >= 0"); rc = MOE_FAIL; }
     tc.shuffle = !args_bool(&a, "--no-shuffle");
-    if (args_has(&a, "--no-shuffle")) strcat(a.given, "--shuffle ");
     tc.quiet = args_bool(&a, "--quiet");
+    // what a resume keeps from the command line rather than the checkpoint
+    static const struct { const char *flag; unsigned bit; } SET[] = {
+        {"--lr", TRAIN_SET_LR}, {"--min-lr", TRAIN_SET_MIN_LR}, {"--weight-decay", TRAIN_SET_WEIGHT_DECAY},
+        {"--beta1", TRAIN_SET_BETA1}, {"--beta2", TRAIN_SET_BETA2}, {"--clip", TRAIN_SET_CLIP},
+        {"--warmup", TRAIN_SET_WARMUP}, {"--decay-steps", TRAIN_SET_DECAY_STEPS}, {"--batch", TRAIN_SET_BATCH},
+        {"--micro-batch", TRAIN_SET_MICRO_BATCH}, {"--seq", TRAIN_SET_SEQ}, {"--seed", TRAIN_SET_SEED},
+        {"--ckpt-every", TRAIN_SET_CKPT_EVERY}, {"--format", TRAIN_SET_FORMAT}, {"--no-shuffle", TRAIN_SET_SHUFFLE}};
+    for (size_t i = 0; i < sizeof SET / sizeof *SET; i++)
+        if (args_has(&a, SET[i].flag)) tc.given |= SET[i].bit;
     if (!rc) rc = args_finish(&a);
-    if (!rc) rc = train_run(&ta, &tc, a.given);
+    if (!rc) rc = train_run(&ta, &tc);
     return rc ? cmd_fail("train") : 0;
 }

@@ -2,7 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../base/base.h"
-#include "../dist/dist.h"
+#include "../parallel/parallel.h"
 #include "../kernels/gemm.h"
 #include "../model/model.h"
 #include "cmd.h"

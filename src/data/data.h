@@ -2,7 +2,6 @@
 #pragma once
 #include <stdbool.h>
 #include "../base/base.h"
-#include "../model/model.h"
 
 enum { TOK_PAD = 256, TOK_BOS = 257, TOK_SEP = 258, TOK_EOS = 259 };
 
@@ -33,6 +32,16 @@ int data_format_parse(const char *s, DataFormat *out);
 
 // Several datasets read as one (train --data A,B)
 int dataset_concat(Dataset *out, Dataset *parts, int n);
+
+// A micro-batch: the real tokens of its examples laid end to end (no padding). Token n
+// attends to [kv_lo[n], n]; that mask keeps examples apart.
+typedef struct {
+    int N;                 // tokens
+    int *tokens, *pos, *kv_lo, *targets;   // [N]; target -1 = not a target
+    int n_seq;
+    int *seq_start;        // [n_seq+1]
+    int n_targets;
+} Batch;
 
 // Batch buffers sized for max_tokens; fill from example ids.
 void batch_alloc(Batch *b, int max_tokens, int max_seq);

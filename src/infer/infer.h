@@ -10,3 +10,7 @@
 // latency_s (may be NULL) gets each answer's wall time share.
 int generate_greedy(Model *m, const char *const *q, const int *qlen, int n, char **answers, int batch);
 
+
+// Mean cross-entropy over the target tokens of the first `limit` examples (all when 0),
+// without balance losses or capacity: what `moe eval` reports.
+int eval_loss(Model *m, const Dataset *d, int limit, int batch, double *loss, long *tokens);

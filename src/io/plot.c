@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../base/base.h"
-#include "fileio.h"
+#include "../base/fileio.h"
 
 // ---------------------------------------------------------------- the log
 

@@ -5,7 +5,7 @@
 #include <string.h>
 #include "../base/base.h"
 #include "../kernels/bf16.h"
-#include "fileio.h"
+#include "../base/fileio.h"
 
 static int cmp_offsets(const void *a, const void *b) {
     const StTensor *x = a, *y = b;

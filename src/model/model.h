@@ -6,7 +6,8 @@
 #include <stddef.h>
 #include "../moe/moe.h"
 #include "../ops/ops.h"
-#include "config.h"
+#include "../config/config.h"
+#include "../data/data.h"
 
 typedef struct {
     char name[96];
@@ -53,15 +54,6 @@ typedef struct {
     RopeTable rope;
 } Model;
 
-// A micro-batch: the real tokens of its examples laid end to end (no padding). Token n
-// attends to [kv_lo[n], n]; that mask keeps examples apart.
-typedef struct {
-    int N;                 // tokens
-    int *tokens, *pos, *kv_lo, *targets;   // [N]; target -1 = not a target
-    int n_seq;
-    int *seq_start;        // [n_seq+1]
-    int n_targets;
-} Batch;
 
 void model_build(Model *m, const MoeConfig *c, bool with_grads);
 // the same with only routed experts [e0, e0 + ne) (their global names); ne must divide E

@@ -9,7 +9,7 @@
 // The shared experts are an ordinary dense SwiGLU, run by the model beside this.
 #pragma once
 #include <stdbool.h>
-#include "../model/config.h"
+#include "../config/config.h"
 
 typedef struct {
     int N, E, K, D, F, A;   // A: kept assignments (rows)

@@ -1,39 +1,19 @@
-// Training: AdamW, the learning-rate schedule, checkpoints and the trainer loop.
+// Training: gradient accumulation over micro-batches, the training loop, its run log and
+// progress line, and what a resume restores.
 #pragma once
 #include <stdbool.h>
+#include <stdio.h>
 #include "../data/data.h"
 #include "../model/model.h"
+#include "../optim/optim.h"
 
-typedef struct {
-    float lr, min_lr, weight_decay, beta1, beta2, eps, clip;
-    int warmup, decay_steps;     // decay_steps 0: constant after warm-up
-} OptConfig;
-
-typedef struct {
-    float *m, *v;                // moments of blob elements [lo, lo + n): all of it, or a shard
-    long t;                      // optimizer steps taken
-    size_t lo, n;
-} AdamW;
-
-void opt_defaults(OptConfig *o);
-float lr_at(const OptConfig *o, long step);   // step counts from 1
-void adamw_alloc(AdamW *a, size_t n);
-void adamw_alloc_part(AdamW *a, size_t lo, size_t n);   // zero moments of elements [lo, lo + n)
-void adamw_free(AdamW *a);
-// keep only the moments of blob elements [lo, lo + n) (--zero 1: each data-parallel rank
-// updates its own share of the parameters)
-void adamw_shard(AdamW *a, size_t lo, size_t n);
-// global gradient norm, and the clipping factor for it
-double grad_norm(const float *g, size_t n);
-float grad_clip_scale(double norm, float max_norm);
-// one AdamW step on gradients scaled by gscale (the clipping factor), one pass over the blobs;
-// a sharded optimizer updates only the parameters of its shard
-void adamw_step(AdamW *a, const Model *m, const OptConfig *o, float lr, float gscale);
-void adamw_step_ref(AdamW *a, const Model *m, const OptConfig *o, float lr);
-
-// Mean cross-entropy over the target tokens of the first `limit` examples (all when 0),
-// without balance losses or capacity: what `moe eval` reports.
-int eval_loss(Model *m, const Dataset *d, int limit, int batch, double *loss, long *tokens);
+// the settings a resume continues as saved unless the command line gives them
+enum {
+    TRAIN_SET_LR = 1 << 0, TRAIN_SET_MIN_LR = 1 << 1, TRAIN_SET_WEIGHT_DECAY = 1 << 2, TRAIN_SET_BETA1 = 1 << 3,
+    TRAIN_SET_BETA2 = 1 << 4, TRAIN_SET_CLIP = 1 << 5, TRAIN_SET_WARMUP = 1 << 6, TRAIN_SET_DECAY_STEPS = 1 << 7,
+    TRAIN_SET_BATCH = 1 << 8, TRAIN_SET_MICRO_BATCH = 1 << 9, TRAIN_SET_SEQ = 1 << 10, TRAIN_SET_SEED = 1 << 11,
+    TRAIN_SET_CKPT_EVERY = 1 << 12, TRAIN_SET_FORMAT = 1 << 13, TRAIN_SET_SHUFFLE = 1 << 14,
+};
 
 typedef struct {
     OptConfig opt;
@@ -53,34 +33,13 @@ typedef struct {
     int a2a;                      // --a2a: DistA2A (auto, flat, hierarchical)
     int redundant, replace_every; // dynamic expert placement: extra slots, steps between placements
     int replace_always;           // 1: move whenever it gains 2%, not only when it pays for itself
+    unsigned given;               // TRAIN_SET_* bits: the settings the command line gave
 } TrainConfig;
 
-typedef struct {                  // what a resume needs beyond the model
-    long step, cursor;
-    unsigned long long ckpt_id;
-    const MoePlacement *place;    // saving: the experts' placement to record (NULL: contiguous)
-    int *slots, slots_ep, slots_S; // loading: the recorded one, [L][ep][S] (malloc'd; NULL: none)
+typedef struct {                  // where a run is, beyond the model and optimizer
+    long step, cursor;            // steps taken, examples consumed
+    int *slots, slots_ep, slots_S; // loading: a recorded placement, [L][ep][S] (NULL: none)
 } TrainProgress;
-
-// Checkpoint directory (SPEC §3): config.json, model.safetensors, train_state.safetensors.
-// Saves go through a journal so that a crash leaves the previous checkpoint whole.
-int ckpt_save(const char *dir, const Model *m, const AdamW *opt, const TrainConfig *tc,
-              const TrainProgress *pr, bool bf16);
-// The same with the moments from moment(ctx, ti, which) instead of opt->m / opt->v (which 0:
-// m, 1: v of tensor ti; valid until the next call; NULL fails the save), for moments that
-// are not whole in this process (--zero 1). It is called for every tensor in order, m
-// before v, unless the save fails before train_state.safetensors; it returns how many
-// calls it made in *calls, so that the caller can make the rest.
-int ckpt_save_moments(const char *dir, const Model *m, const AdamW *opt, const TrainConfig *tc,
-                      const TrainProgress *pr, const float *(*moment)(void *ctx, int ti, int which), void *ctx,
-                      int *calls);
-int ckpt_load_model(const char *dir, Model *m, bool with_grads);
-// only routed experts [e0, e0 + ne) of each MoE layer (expert parallelism); ne 0: all
-int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, int e0, int ne);
-int ckpt_load_state(const char *dir, const Model *m, AdamW *opt, TrainConfig *tc, TrainProgress *pr);
-bool ckpt_exists(const char *dir);
-// repair an interrupted save (roll forward a complete journal, drop partial files)
-int ckpt_recover(const char *dir);
 
 typedef struct {
     const char *data;             // comma-separated paths
@@ -88,11 +47,20 @@ typedef struct {
     const char *model_cfg;        // new run
     const char *resume;           // or resume from
     const char *eval_data;        // optional held-out Q/A file
-    const char *set_flags;        // which TrainConfig fields the command line gave (for resume)
 } TrainArgs;
 
 int train_check_config(const TrainConfig *tc);
-int train_run(const TrainArgs *args, TrainConfig *tc, const char *given_flags);
+int train_run(const TrainArgs *args, TrainConfig *tc);
+
+// resume.c: the train state's JSON (train_state.safetensors's metadata), read back into
+// the saved settings (what names the source in errors); the merge keeps a setting the
+// command line gave (tc->given) and takes the rest from saved; log.jsonl's lines of steps
+// up to `last` carried to to_path
+char *train_state_json(const TrainConfig *tc, const TrainProgress *pr, long adam_t, const MoePlacement *pl);
+int train_state_read(const char *json, const char *what, const MoeConfig *c, TrainConfig *saved, TrainProgress *pr,
+                     long *adam_t);
+void train_resume_merge(TrainConfig *tc, const TrainConfig *saved);
+int train_log_carry(const char *from_dir, const char *to_path, long last);
 
 // Gradient accumulation over micro-batches of one global batch: fills m->grads and
 // returns the loss pieces. Used by train, grad and the oracle tests.
@@ -105,6 +73,36 @@ int train_accumulate(Model *m, Acts *a, Batch *b, const Dataset *d, const int *i
 // summed gradient of blob elements [zoff[r], zoff[r+1]) only, and gets only that.
 int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, const int *ids, int count,
                         int micro_batch, bool overlap, const size_t *zoff, StepLoss *out);
-// the global gradient norm (over the ranks of an expert-parallel group when there is one;
-// with zoff, each rank's part of the summed gradient, over the world)
-double train_grad_norm(const Model *m, const size_t *zoff);
+
+// runlog.c: DIR/log.jsonl (rank 0 writes it), the progress line on stderr and, at the end,
+// each MoE layer's load figures over the run
+typedef struct {
+    long step;
+    StepLoss sl;
+    float lr;
+    double gnorm, dt, tps, mfu;                         // dt: the step's slowest rank
+    double comm_ms, exposed_ms, ep_exposed, dp_exposed; // under MPI
+    int moved;                                          // experts moved after this step, -1: none
+    double eval_ce;                                     // -1: no held-out loss this step
+    double elapsed;                                     // seconds since the run (this process) began
+    bool stop_time;                                     // the time budget ends the run here
+} StepFigures;
+
+typedef struct {
+    const MoeConfig *c;
+    FILE *log;
+    bool quiet, tty;
+    int ep, steps;                // EP group size; the run's total steps
+    double time_budget, t_print;
+    long start_step, n_bal, run_assigned;
+    double *bal_sum, *bal_last;   // per MoE layer: sums over the run of max/mean, MaxVio, IS; the last 50
+    long *run_drop;
+    LoadStats *ls;                // this step's, per layer
+} RunLog;
+// root: this rank writes the log (a resume carries the lines of steps up to pr->step over)
+int runlog_open(RunLog *r, const MoeConfig *c, const TrainArgs *ar, const TrainConfig *tc, long start_step, bool root, int ep);
+// collective under expert parallelism (the ranks' expert rows)
+int runlog_step(RunLog *r, const Acts *a, const StepFigures *f);
+// ok false: the run failed; only the progress line is ended
+void runlog_summary(const RunLog *r, bool ok, long step, double seconds, double loss, const char *out);
+void runlog_close(RunLog *r);

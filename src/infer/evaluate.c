@@ -1,6 +1,6 @@
 #include <string.h>
 #include "../base/base.h"
-#include "train.h"
+#include "infer.h"
 
 // Forward passes only, in batches of examples; the logits of the target rows only.
 int eval_loss(Model *m, const Dataset *d, int limit, int batch, double *loss, long *tokens) {

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../base/base.h"
-#include "../io/fileio.h"
+#include "../base/fileio.h"
 
 void config_defaults(MoeConfig *c) {
     memset(c, 0, sizeof *c);
@@ -202,11 +202,14 @@ char *config_to_json(const MoeConfig *c) {
 
 int config_save(const MoeConfig *c, const char *path) {
     char *s = config_to_json(c);
-    size_t n = strlen(s);
-    s = realloc(s, n + 2);
-    s[n] = '\n'; s[n + 1] = 0;
-    int rc = file_write_atomic(path, s, n + 1);
+    if (!s) MOE_ERR("%s: out of memory writing the config", path);
+    const size_t n = strlen(s);
+    char *t = (char *)moe_alloc(n + 2);
+    memcpy(t, s, n);
+    t[n] = '\n';
     free(s);
+    int rc = file_write_atomic(path, t, n + 1);
+    moe_free(t);
     return rc;
 }
 

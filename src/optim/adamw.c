@@ -2,7 +2,7 @@
 #include <string.h>
 #include "../base/base.h"
 #include "../kernels/simd.h"
-#include "train.h"
+#include "optim.h"
 
 void opt_defaults(OptConfig *o) {
     o->lr = 1e-3f; o->min_lr = 0.0f; o->weight_decay = 0.0f;

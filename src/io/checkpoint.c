@@ -11,11 +11,12 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include "../base/base.h"
-#include "../io/fileio.h"
+#include "../base/fileio.h"
 #include "../io/safetensors.h"
-#include "train.h"
+#include "checkpoint.h"
 
 static const char *CKPT_FILES[] = {"config.json", "model.safetensors", "train_state.safetensors"};
 #define N_CKPT_FILES 3
@@ -46,32 +47,14 @@ int ckpt_recover(const char *dir) {
     return MOE_OK;
 }
 
-static char *state_meta_json(const TrainConfig *tc, const TrainProgress *pr, const AdamW *opt) {
-    cJSON *s = cJSON_CreateObject();
-    cJSON_AddNumberToObject(s, "step", (double)pr->step);
-    cJSON_AddNumberToObject(s, "cursor", (double)pr->cursor);
-    cJSON_AddNumberToObject(s, "adam_t", (double)opt->t);
+// the train_state metadata: the trainer's object with the save id added
+static char *state_meta_json(const char *json, unsigned long long id) {
+    cJSON *s = cJSON_Parse(json);
+    if (!cJSON_IsObject(s)) { cJSON_Delete(s); return NULL; }
     char buf[32];
-    snprintf(buf, sizeof buf, "%llu", pr->ckpt_id);
+    snprintf(buf, sizeof buf, "%llu", id);
+    cJSON_DeleteItemFromObject(s, "ckpt_id");
     cJSON_AddStringToObject(s, "ckpt_id", buf);
-    snprintf(buf, sizeof buf, "%llu", tc->seed);
-    cJSON_AddStringToObject(s, "seed", buf);
-#define N(k, v) cJSON_AddNumberToObject(s, k, (double)(v))
-    N("lr", tc->opt.lr); N("min_lr", tc->opt.min_lr); N("weight_decay", tc->opt.weight_decay);
-    N("beta1", tc->opt.beta1); N("beta2", tc->opt.beta2); N("eps", tc->opt.eps); N("clip", tc->opt.clip);
-    N("warmup", tc->opt.warmup); N("decay_steps", tc->opt.decay_steps);
-    N("batch", tc->batch); N("micro_batch", tc->micro_batch); N("seq", tc->seq);
-    N("ckpt_every", tc->ckpt_every); N("format", tc->format);
-#undef N
-    cJSON_AddBoolToObject(s, "shuffle", tc->shuffle);
-    if (pr->place) {   // dynamic expert placement: each rank's slots, layer by layer
-        const MoePlacement *pl = pr->place;
-        cJSON *p = cJSON_AddObjectToObject(s, "placement");
-        cJSON_AddNumberToObject(p, "ep", pl->P);
-        cJSON_AddNumberToObject(p, "slots_per_rank", pl->S);
-        cJSON *a = cJSON_AddArrayToObject(p, "slot_expert");
-        for (size_t i = 0; i < (size_t)pl->L * pl->P * pl->S; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(pl->slot_expert[i]));
-    }
     char *inner = cJSON_PrintUnformatted(s);
     cJSON_Delete(s);
     cJSON *meta = cJSON_CreateObject();
@@ -105,35 +88,19 @@ static StWriteItem *model_items(const Model *m, int *n_out) {
     return it;
 }
 
-typedef struct {
-    const float *(*moment)(void *ctx, int ti, int which);
-    void *ctx;
-    int calls;
-} MomentSrc;
 static const float *moment_item(void *ctx, int i) {   // train_state item i: tensor i / 2, m then v
-    MomentSrc *s = ctx;
+    CkptState *s = ctx;
     s->calls++;
     return s->moment(s->ctx, i / 2, i % 2);
 }
 
-static int save(const char *dir, const Model *m, const AdamW *opt, const TrainConfig *tc,
-                const TrainProgress *pr, bool bf16, MomentSrc *src);
-
-int ckpt_save(const char *dir, const Model *m, const AdamW *opt, const TrainConfig *tc,
-              const TrainProgress *pr, bool bf16) {
-    return save(dir, m, opt, tc, pr, bf16, NULL);
-}
-int ckpt_save_moments(const char *dir, const Model *m, const AdamW *opt, const TrainConfig *tc,
-                      const TrainProgress *pr, const float *(*moment)(void *ctx, int ti, int which), void *ctx,
-                      int *calls) {
-    MomentSrc s = {moment, ctx, 0};
-    int rc = save(dir, m, opt, tc, pr, false, &s);
-    *calls = s.calls;
-    return rc;
-}
-
-static int save(const char *dir, const Model *m, const AdamW *opt, const TrainConfig *tc,
-                const TrainProgress *pr, bool bf16, MomentSrc *src) {
+int ckpt_save(const char *dir, const Model *m, CkptState *st, bool bf16) {
+    // a fresh id for this save, in both files
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    const unsigned long long id = ((unsigned long long)ts.tv_sec << 20) ^ (unsigned long long)ts.tv_nsec * 2654435761ULL ^
+                                  (unsigned long long)getpid() ^ (st ? (unsigned long long)st->step << 40 : 0);
+    if (st) st->calls = 0;
     MOE_TRY(dir_ensure(dir));
     MOE_TRY(ckpt_recover(dir));
     char path[4096], next[4096];
@@ -144,34 +111,34 @@ static int save(const char *dir, const Model *m, const AdamW *opt, const TrainCo
     int n;
     StWriteItem *items = model_items(m, &n);
     char meta[128];
-    snprintf(meta, sizeof meta, "{\"format\":\"pt\",\"step\":\"%ld\",\"ckpt_id\":\"%llu\"}", pr ? pr->step : 0L,
-             pr ? pr->ckpt_id : 0ULL);
+    snprintf(meta, sizeof meta, "{\"format\":\"pt\",\"step\":\"%ld\",\"ckpt_id\":\"%llu\"}", st ? st->step : 0L,
+             st ? id : 0ULL);
     path_join(path, sizeof path, dir, "model.safetensors");
     snprintf(next, sizeof next, "%s.new", path);
     int rc = st_write(next, items, n, bf16 ? ST_BF16 : ST_F32, meta);
     moe_free(items);
     if (rc) return rc;
-    bool with_state = opt && tc && pr;
-    if (with_state) {
-        StWriteItem *st = MOE_NEW(StWriteItem, 2 * m->n_tensors);
-        char (*nm)[112] = malloc(sizeof(*nm) * 2 * m->n_tensors);
+    if (st) {
+        char *sm = state_meta_json(st->json, id);
+        if (!sm) MOE_ERR("%s: internal: the train state is not a JSON object", dir);
+        StWriteItem *it = MOE_NEW(StWriteItem, 2 * m->n_tensors);
+        char (*nm)[112] = (char (*)[112])moe_alloc(sizeof(*nm) * 2 * m->n_tensors);
         for (int i = 0; i < m->n_tensors; i++) {
             const ParamTensor *t = &m->tensors[i];
             snprintf(nm[2 * i], 112, "adam.m.%s", t->name);
             snprintf(nm[2 * i + 1], 112, "adam.v.%s", t->name);
-            if (src) {
-                st[2 * i] = (StWriteItem){nm[2 * i], t->ndim, {t->shape[0], t->shape[1]}, NULL, moment_item, src};
-                st[2 * i + 1] = (StWriteItem){nm[2 * i + 1], t->ndim, {t->shape[0], t->shape[1]}, NULL, moment_item, src};
+            if (st->moment) {
+                it[2 * i] = (StWriteItem){nm[2 * i], t->ndim, {t->shape[0], t->shape[1]}, NULL, moment_item, st};
+                it[2 * i + 1] = (StWriteItem){nm[2 * i + 1], t->ndim, {t->shape[0], t->shape[1]}, NULL, moment_item, st};
             } else {
-                st[2 * i] = (StWriteItem){nm[2 * i], t->ndim, {t->shape[0], t->shape[1]}, opt->m + t->offset, NULL, NULL};
-                st[2 * i + 1] = (StWriteItem){nm[2 * i + 1], t->ndim, {t->shape[0], t->shape[1]}, opt->v + t->offset, NULL, NULL};
+                it[2 * i] = (StWriteItem){nm[2 * i], t->ndim, {t->shape[0], t->shape[1]}, st->m + t->offset, NULL, NULL};
+                it[2 * i + 1] = (StWriteItem){nm[2 * i + 1], t->ndim, {t->shape[0], t->shape[1]}, st->v + t->offset, NULL, NULL};
             }
         }
-        char *sm = state_meta_json(tc, pr, opt);
         path_join(path, sizeof path, dir, "train_state.safetensors");
         snprintf(next, sizeof next, "%s.new", path);
-        rc = st_write(next, st, 2 * m->n_tensors, ST_F32, sm);
-        free(sm); free(nm); moe_free(st);
+        rc = st_write(next, it, 2 * m->n_tensors, ST_F32, sm);
+        free(sm); moe_free(nm); moe_free(it);
         if (rc) return rc;
     }
     // 2. the journal makes the set final; 3. the renames
@@ -230,88 +197,45 @@ int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, int e0, in
     return rc;
 }
 
-// the recorded placement, checked against the model: [L][ep][S] expert ids, each MoE
-// layer's slots on a rank distinct and every expert in some slot
-static int load_placement(const cJSON *p, const MoeConfig *c, TrainProgress *pr) {
-    const cJSON *ep = cJSON_GetObjectItem(p, "ep"), *S = cJSON_GetObjectItem(p, "slots_per_rank"),
-                *a = cJSON_GetObjectItem(p, "slot_expert");
-    if (!cJSON_IsNumber(ep) || !cJSON_IsNumber(S) || !cJSON_IsArray(a) || ep->valueint < 1 || S->valueint < 1) return MOE_FAIL;
-    const int L = c->num_hidden_layers, E = c->n_routed_experts, P = ep->valueint, n = S->valueint;
-    if (cJSON_GetArraySize(a) != L * P * n || P * n < E) return MOE_FAIL;
-    int *slots = malloc(sizeof(int) * (size_t)L * P * n), i = 0, rc = MOE_OK;
-    const cJSON *v;
-    cJSON_ArrayForEach(v, a) slots[i++] = cJSON_IsNumber(v) ? v->valueint : -1;
-    char *seen = calloc((size_t)E, 1);
-    for (int l = 0; l < L && rc == MOE_OK; l++) {
-        if (!config_layer_is_moe(c, l)) continue;
-        memset(seen, 0, (size_t)E);
-        for (int g = 0; g < P * n && rc == MOE_OK; g++) {
-            const int e = slots[(size_t)l * P * n + g];
-            if (e < 0 || e >= E) rc = MOE_FAIL;
-            else seen[e] = 1;
-            for (int h = g / n * n; h < g && rc == MOE_OK; h++) if (slots[(size_t)l * P * n + h] == e) rc = MOE_FAIL;
-        }
-        for (int e = 0; e < E && rc == MOE_OK; e++) if (!seen[e]) rc = MOE_FAIL;
-    }
-    free(seen);
-    if (rc) { free(slots); return rc; }
-    pr->slots = slots; pr->slots_ep = P; pr->slots_S = n;
-    return MOE_OK;
-}
-
-int ckpt_load_state(const char *dir, const Model *m, AdamW *opt, TrainConfig *tc, TrainProgress *pr) {
+int ckpt_load_state(const char *dir, const Model *m, float *mom_m, float *mom_v, char **json) {
     char path[4096], buf[4096];
+    *json = NULL;
     path_join(path, sizeof path, dir, "train_state.safetensors");
     if (!path_exists(path)) MOE_ERR("%s: missing: the checkpoint has no training state to resume from", path);
     StFile f;
     MOE_TRY(st_open(&f, path));
-    int rc = MOE_OK;
     // the train state can be long (a recorded placement): a buffer as large as the metadata
     const size_t cap = f.metadata_json ? strlen(f.metadata_json) + 1 : 1;
-    char *mbuf = malloc(cap);
-    const char *js = st_meta(&f, "train_state", mbuf, cap);
-    cJSON *s = js ? cJSON_Parse(js) : NULL;
-    free(mbuf);
-    if (!s) { st_close(&f); MOE_ERR("%s: no readable \"train_state\" metadata", path); }
-    pr->slots = NULL;
-    const cJSON *pl = cJSON_GetObjectItem(s, "placement");
-    if (pl && load_placement(pl, &m->cfg, pr)) {
-        cJSON_Delete(s); st_close(&f);
-        MOE_ERR("%s: the recorded expert placement does not fit the model", path);
+    char *js = (char *)moe_alloc(cap);
+    cJSON *s = st_meta(&f, "train_state", js, cap) ? cJSON_Parse(js) : NULL;
+    const cJSON *id = cJSON_GetObjectItem(s, "ckpt_id");
+    if (!cJSON_IsObject(s) || !cJSON_IsString(id)) {
+        cJSON_Delete(s); moe_free(js); st_close(&f);
+        MOE_ERR("%s: no readable \"train_state\" metadata", path);
     }
-#define GETN(k) (cJSON_IsNumber(cJSON_GetObjectItem(s, k)) ? cJSON_GetObjectItem(s, k)->valuedouble : (rc = MOE_FAIL, 0))
-    pr->step = (long)GETN("step");
-    pr->cursor = (long)GETN("cursor");
-    opt->t = (long)GETN("adam_t");
-    tc->opt.lr = GETN("lr"); tc->opt.min_lr = GETN("min_lr"); tc->opt.weight_decay = GETN("weight_decay");
-    tc->opt.beta1 = GETN("beta1"); tc->opt.beta2 = GETN("beta2"); tc->opt.eps = GETN("eps");
-    tc->opt.clip = GETN("clip"); tc->opt.warmup = (int)GETN("warmup"); tc->opt.decay_steps = (int)GETN("decay_steps");
-    tc->batch = (int)GETN("batch"); tc->micro_batch = (int)GETN("micro_batch"); tc->seq = (int)GETN("seq");
-    tc->ckpt_every = (int)GETN("ckpt_every"); tc->format = (DataFormat)GETN("format");
-#undef GETN
-    tc->shuffle = cJSON_IsTrue(cJSON_GetObjectItem(s, "shuffle"));
-    cJSON *sd = cJSON_GetObjectItem(s, "seed"), *id = cJSON_GetObjectItem(s, "ckpt_id");
-    if (!cJSON_IsString(sd) || !cJSON_IsString(id)) rc = MOE_FAIL;
-    else { tc->seed = strtoull(sd->valuestring, NULL, 10); pr->ckpt_id = strtoull(id->valuestring, NULL, 10); }
+    const unsigned long long state_id = strtoull(id->valuestring, NULL, 10);
     cJSON_Delete(s);
-    if (rc) { free(pr->slots); pr->slots = NULL; st_close(&f); MOE_ERR("%s: \"train_state\" metadata is incomplete", path); }
+    int rc = MOE_OK;
     for (int i = 0; i < m->n_tensors && rc == MOE_OK; i++) {
         const ParamTensor *t = &m->tensors[i];
         char nm[112];
         snprintf(nm, sizeof nm, "adam.m.%s", t->name);
-        rc = st_read_f32(&f, nm, opt->m + t->offset, t->shape[0], t->ndim == 2 ? t->shape[1] : 0);
+        rc = st_read_f32(&f, nm, mom_m + t->offset, t->shape[0], t->ndim == 2 ? t->shape[1] : 0);
         snprintf(nm, sizeof nm, "adam.v.%s", t->name);
-        if (rc == MOE_OK) rc = st_read_f32(&f, nm, opt->v + t->offset, t->shape[0], t->ndim == 2 ? t->shape[1] : 0);
+        if (rc == MOE_OK) rc = st_read_f32(&f, nm, mom_v + t->offset, t->shape[0], t->ndim == 2 ? t->shape[1] : 0);
     }
     st_close(&f);
-    if (rc) return rc;
+    if (rc) { moe_free(js); return rc; }
     // the model file must be the one this state was saved with
     path_join(path, sizeof path, dir, "model.safetensors");
-    MOE_TRY(st_open(&f, path));
+    if (st_open(&f, path)) { moe_free(js); return MOE_FAIL; }
     const char *mid = st_meta(&f, "ckpt_id", buf, sizeof buf);
     unsigned long long model_id = mid ? strtoull(mid, NULL, 10) : 0;
     st_close(&f);
-    if (model_id != pr->ckpt_id)
+    if (model_id != state_id) {
+        moe_free(js);
         MOE_ERR("%s: inconsistent checkpoint: model.safetensors and train_state.safetensors come from different saves", dir);
+    }
+    *json = js;
     return MOE_OK;
 }

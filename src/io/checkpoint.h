@@ -1,0 +1,37 @@
+// Checkpoint directory (SPEC §3): config.json, model.safetensors, and for a resume
+// train_state.safetensors (AdamW moments "adam.m.<name>", "adam.v.<name>" and the trainer's
+// state as JSON in its __metadata__ "train_state"). What that JSON says is the trainer's
+// business (src/train/resume.c); this layer only stamps both files with one save id, so that
+// a model and a state from different saves are never taken for a pair.
+// Saves go through a journal so that a crash leaves the previous checkpoint whole.
+#pragma once
+#include <stdbool.h>
+#include "../model/model.h"
+
+typedef struct {
+    const char *json;         // the trainer's state: one JSON object (gets "ckpt_id" added)
+    long step;                // recorded in model.safetensors's metadata
+    // the moments, in the blob layout of the model being saved: whole arrays, or, for
+    // moments that are not whole in this process (--zero 1), moment(ctx, ti, which) gives
+    // tensor ti's m (which 0) or v (1), valid until the next call, NULL to fail the save.
+    // moment() is called for every tensor in order, m before v, unless the save fails
+    // before train_state.safetensors; *calls counts the calls made, so that a caller
+    // whose calls are collective can make the rest.
+    const float *m, *v;
+    const float *(*moment)(void *ctx, int ti, int which);
+    void *ctx;
+    int calls;
+} CkptState;
+
+// st NULL: config.json and model.safetensors only (moe init); bf16: the weights as BF16
+int ckpt_save(const char *dir, const Model *m, CkptState *st, bool bf16);
+int ckpt_load_model(const char *dir, Model *m, bool with_grads);
+// only routed experts [e0, e0 + ne) of each MoE layer (expert parallelism); ne 0: all
+int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, int e0, int ne);
+// train_state.safetensors: the moments into mom_m, mom_v (the blob layout of m) and the
+// trainer's JSON (*json, malloc'd); checks that it comes from the save model.safetensors
+// comes from
+int ckpt_load_state(const char *dir, const Model *m, float *mom_m, float *mom_v, char **json);
+bool ckpt_exists(const char *dir);
+// repair an interrupted save (roll forward a complete journal, drop partial files)
+int ckpt_recover(const char *dir);

@@ -1,0 +1,111 @@
+// One optimizer step's gradient: accumulation over the micro-batches of this rank's share
+// of the global batch, the gradient sums over the ranks (src/parallel), and the step's
+// loss and load figures summed over the ranks.
+#include <string.h>
+#include "../base/base.h"
+#include "../base/prof.h"
+#include "../kernels/simd.h"
+#include "../parallel/parallel.h"
+#include "train.h"
+
+static int example_targets(const Dataset *d, int id) { return d->ex[id].len - d->ex[id].n_prompt; }
+
+int train_accumulate(Model *m, Acts *a, Batch *b, const Dataset *d, const int *ids, int count,
+                     int micro_batch, StepLoss *out) {
+    Acts *as[2] = {a, NULL};
+    Batch *bs[2] = {b, NULL};
+    return train_accumulate_ex(m, as, bs, d, ids, count, micro_batch, false, NULL, out);
+}
+
+int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, const int *ids, int count,
+                        int micro_batch, bool overlap, const size_t *zoff, StepLoss *out) {
+    // under MPI, ids are this rank's share of the global batch and the scales below are the
+    // global ones, so that the summed gradient is the single-process gradient
+    const DistInfo *di = dist_info();
+    const int P = di->size;
+    memset(out, 0, sizeof *out);
+    long targets = 0;
+    for (int i = 0; i < count; i++) targets += example_targets(d, ids[i]);
+    MOE_TRY(dist_sum_long(&targets, 1, DIST_WORLD));
+    if (targets == 0) MOE_ERR("%s: a batch without any target token", d->path);
+    int n_micro = (count + micro_batch - 1) / micro_batch;
+    const MoeConfig *c = &m->cfg;
+    const bool halves = a[1] != NULL;   // each micro-batch as two interleaved halves
+    ForwardOpts fo = {.train = true, .ce_scale = (float)(1.0 / targets)};
+    // balance units: micro-batches ("batch"; halves count as units) or sequences
+    // ("sequence") of the global batch; "ep_group" under EP: one unit per EP group's
+    // micro-batch, shared by its ranks
+    const int unit_ranks = c->aux_scope == MOE_AUX_EP_GROUP && m->comm ? di->dp : P;
+    fo.aux_scale = c->aux_scope == MOE_AUX_SEQUENCE ? 1.0f / ((long)count * P)
+                                                    : 1.0f / ((long)n_micro * (halves ? 2 : 1) * unit_ranks);
+    // one process without halves: the first micro-batch's backward writes the gradients
+    // (beta 0 products) and no pass clears them first; otherwise they are cleared here
+    const bool first_write = !m->comm && !halves && !m->place;
+    fo.grad_set = first_write;
+    if (!first_write) {
+        double tz = prof_begin();
+        vec_zero(m->grads, m->n_params);
+        prof_end(PROF_ZERO, false, tz, 0);
+    }
+    const int LE = c->num_hidden_layers * imax(c->n_routed_experts, 1);
+    for (int h = 0; h < (halves ? 2 : 1); h++) {
+        memset(a[h]->load, 0, sizeof(long) * LE);
+        memset(a[h]->drop_l, 0, sizeof(long) * c->num_hidden_layers);
+        memset(a[h]->rows_l, 0, sizeof(long) * c->num_hidden_layers);
+        a[h]->dropped = a[h]->assigned = 0;
+    }
+    GradSync gs;
+    par_grads_begin(&gs, m, zoff, overlap);
+    double ce = 0, aux = 0;
+    int rc = MOE_OK;
+    for (int s = 0; s < count && rc == MOE_OK; s += micro_batch) {
+        int nb = imin(micro_batch, count - s);
+        if (gs.overlap && s + nb >= count) { fo.grads_ready = par_grads_ready; fo.ctx = &gs; }
+        if (halves && nb >= 2) {   // the same split on every rank: every rank has nb examples
+            const int n0 = (nb + 1) / 2;
+            batch_fill(b[0], d, ids + s, n0);
+            batch_fill(b[1], d, ids + s + n0, nb - n0);
+            ForwardOut fout[2];
+            const Batch *bb[2] = {b[0], b[1]};
+            rc = model_forward_pair(m, a, bb, &fo, fout);
+            if (rc == MOE_OK && fo.grads_ready) rc = fo.grads_ready(fo.ctx, c->num_hidden_layers);   // the head
+            if (rc == MOE_OK) rc = model_backward_pair(m, a, bb, &fo);
+            ce += fout[0].ce_sum + fout[1].ce_sum;
+            aux += fout[0].aux + fout[1].aux;
+            out->tokens += b[0]->N + b[1]->N;
+        } else {
+            batch_fill(b[0], d, ids + s, nb);
+            ForwardOut fout;
+            rc = model_forward(m, a[0], b[0], &fo, &fout);
+            if (rc == MOE_OK && fo.grads_ready) rc = fo.grads_ready(fo.ctx, c->num_hidden_layers);   // the head
+            if (rc == MOE_OK) rc = model_backward(m, a[0], b[0], &fo);
+            fo.grad_set = false;
+            ce += fout.ce_sum;
+            aux += fout.aux;
+            out->tokens += b[0]->N;
+        }
+    }
+    MOE_TRY(par_grads_end(&gs, rc));
+    if (halves) {   // the statistics of both halves in a[0]
+        for (int i = 0; i < LE; i++) a[0]->load[i] += a[1]->load[i];
+        for (int l = 0; l < c->num_hidden_layers; l++) { a[0]->drop_l[l] += a[1]->drop_l[l]; a[0]->rows_l[l] += a[1]->rows_l[l]; }
+        a[0]->dropped += a[1]->dropped;
+        a[0]->assigned += a[1]->assigned;
+    }
+    if (P > 1) {
+        double v[2] = {ce, aux};
+        MOE_TRY(dist_sum_f64(v, 2, DIST_WORLD));
+        ce = v[0]; aux = v[1];
+        long cnt[3] = {out->tokens, a[0]->dropped, a[0]->assigned};
+        MOE_TRY(dist_sum_long(cnt, 3, DIST_WORLD));
+        out->tokens = cnt[0]; a[0]->dropped = cnt[1]; a[0]->assigned = cnt[2];
+        MOE_TRY(dist_sum_long(a[0]->load, LE, DIST_WORLD));
+        MOE_TRY(dist_sum_long(a[0]->drop_l, c->num_hidden_layers, DIST_WORLD));
+    }
+    out->targets = targets;
+    out->ce = ce / targets;
+    out->aux = aux;
+    out->loss = out->ce + out->aux;
+    return MOE_OK;
+}
+
