@@ -49,6 +49,7 @@ static struct { MPI_Request r; Hier *h; double t0, t1; bool used, done; double *
 static int n_active, n_hi;   // requests in flight; entries [0, n_hi) may be in use
 static bool hier_step(Hier *h, bool block);   // advances a hierarchical exchange; true when done
 static void hier_free(Hier *h);
+static const char *hier_error(const Hier *h);   // why the exchange failed, or NULL
 
 static void progress(void) {
     if (n_active == 0) return;
@@ -87,9 +88,14 @@ static int req_wait(int i, double *exposed) {
         if (--n_active == 0) moe_progress_hook = NULL;
     }
     *reqs[i].ms += (reqs[i].t1 - reqs[i].t0) * 1e3;
-    if (reqs[i].h) { hier_free(reqs[i].h); reqs[i].h = NULL; }
+    int rc = MOE_OK;
+    if (reqs[i].h) {
+        if (hier_error(reqs[i].h)) { moe_seterr("%s", hier_error(reqs[i].h)); rc = MOE_FAIL; }
+        hier_free(reqs[i].h);
+        reqs[i].h = NULL;
+    }
     reqs[i].used = false;
-    return MOE_OK;
+    return rc;
 }
 
 // ---------------------------------------------------------------- MoeComm over the EP group
@@ -162,12 +168,26 @@ struct Hier {
     size_t *goff;               // leader: offset (rows) of local source j's buffer in G
     MPI_Request *rq;
     int nrq;
+    char err[160];              // why the exchange failed (it then ends early), or ""
 };
+
+// The rows' buffers (G, S2, R2, S3) come from malloc, not moe_alloc: they are written in
+// full at once, and zeroing them too would double the copying of every exchange. Running
+// out of memory fails the exchange, and its wait returns the error.
+static float *hier_rows(Hier *h, size_t rows) {
+    float *p = malloc(sizeof(float) * (rows * h->W + 1));
+    if (!p && !h->err[0])
+        snprintf(h->err, sizeof h->err, "out of memory: %zu bytes for the hierarchical all-to-all", sizeof(float) * rows * h->W);
+    return p;
+}
+
+static const char *hier_error(const Hier *h) { return h->err[0] ? h->err : NULL; }
 
 static void hier_free(Hier *h) {
     if (!h) return;
-    free(h->C); free(h->G); free(h->S2); free(h->R2); free(h->S3); free(h->goff); free(h->rq);
-    free(h);
+    free(h->G); free(h->S2); free(h->R2); free(h->S3);
+    moe_free(h->C); moe_free(h->goff); moe_free(h->rq);
+    moe_free(h);
 }
 
 static int hier_setup(void) {
@@ -177,9 +197,9 @@ static int hier_setup(void) {
     int leader = g.ep_rank;
     MPI_Bcast(&leader, 1, MPI_INT, 0, node_comm);   // node rank 0 is the lowest EP rank there
     const int P = g.ep;
-    free(host_of); free(leader_of); free(host_first); free(host_members);
-    leader_of = malloc(sizeof(int) * P); host_of = malloc(sizeof(int) * P);
-    host_first = malloc(sizeof(int) * (P + 1)); host_members = malloc(sizeof(int) * P);
+    moe_free(host_of); moe_free(leader_of); moe_free(host_first); moe_free(host_members);
+    leader_of = MOE_NEW(int, P); host_of = MOE_NEW(int, P);
+    host_first = MOE_NEW(int, P + 1); host_members = MOE_NEW(int, P);
     MPI_Allgather(&leader, 1, MPI_INT, leader_of, 1, MPI_INT, ep_comm);
     n_hosts = 0;
     for (int r = 0; r < P; r++) if (leader_of[r] == r) host_of[r] = n_hosts++;   // hosts by leader rank
@@ -197,13 +217,13 @@ static int leader_rank(int hh) { return host_members[host_first[hh]]; }
 
 static int hier_start(const float *send, const int *scnt, float *recv, const int *rcnt, int width, Hier **out) {
     const int P = g.ep;
-    Hier *h = calloc(1, sizeof *h);
+    Hier *h = MOE_NEW(Hier, 1);
     h->W = (size_t)width; h->send = send; h->recv = recv;
     h->tag = 100 + 3 * (int)(hier_seq++ % 10000);   // tag, tag + 1, tag + 2: its three phases
-    h->C = malloc(sizeof(int) * P * P);
+    h->C = MOE_NEW(int, P * P);
     MPI_Allgather(scnt, P, MPI_INT, h->C, P, MPI_INT, ep_comm);   // C[s*P + d]
     (void)rcnt;
-    h->rq = malloc(sizeof(MPI_Request) * (2 * P + 4));
+    h->rq = MOE_NEW(MPI_Request, 2 * P + 4);
     size_t mine = 0, in = 0;
     for (int d = 0; d < P; d++) mine += h->C[g.ep_rank * P + d];
     for (int s2 = 0; s2 < P; s2++) in += h->C[s2 * P + g.ep_rank];
@@ -214,7 +234,7 @@ static int hier_start(const float *send, const int *scnt, float *recv, const int
         h->phase = 3;
     } else {                // phase 1: gather the host's rows
         const int n = host_first[my_host + 1] - host_first[my_host];
-        h->goff = malloc(sizeof(size_t) * (n + 1));
+        h->goff = MOE_NEW(size_t, n + 1);
         h->goff[0] = 0;
         for (int j = 0; j < n; j++) {
             int r = host_members[host_first[my_host] + j];
@@ -222,7 +242,8 @@ static int hier_start(const float *send, const int *scnt, float *recv, const int
             for (int d = 0; d < P; d++) rows += h->C[r * P + d];
             h->goff[j + 1] = h->goff[j] + rows;
         }
-        h->G = malloc(sizeof(float) * (h->goff[n] * h->W + 1));
+        h->G = hier_rows(h, h->goff[n]);
+        if (!h->G) { moe_seterr("%s", h->err); hier_free(h); return MOE_FAIL; }
         memcpy(h->G, send, sizeof(float) * mine * h->W);   // the leader is member 0
         for (int j = 1; j < n; j++) {
             int r = host_members[host_first[my_host] + j];
@@ -254,8 +275,9 @@ static void hier_next(Hier *h) {
         for (int hh = 0; hh < H; hh++)
             for (int a = hf[hh]; a < hf[hh + 1]; a++)
                 for (int b = hf[me]; b < hf[me + 1]; b++) tot += h->C[hm[b] * P + hm[a]];
-        h->S2 = malloc(sizeof(float) * (tot * W + 1));
-        size_t *soff = malloc(sizeof(size_t) * (H + 1)), o = 0;
+        h->S2 = hier_rows(h, tot);
+        if (!h->S2) { h->phase = 3; return; }
+        size_t *soff = MOE_NEW(size_t, H + 1), o = 0;
         for (int hh = 0; hh < H; hh++) {
             soff[hh] = o;
             for (int a = hf[hh]; a < hf[hh + 1]; a++)
@@ -268,16 +290,17 @@ static void hier_next(Hier *h) {
         }
         soff[H] = o;
         // from every host, for each of our ranks d, for each of its sources s: (s -> d)
-        size_t rtot = 0, *roff = malloc(sizeof(size_t) * (H + 1));
+        size_t rtot = 0, *roff = MOE_NEW(size_t, H + 1);
         for (int hh = 0; hh < H; hh++) {
             roff[hh] = rtot;
             for (int a = hf[me]; a < hf[me + 1]; a++)
                 for (int b = hf[hh]; b < hf[hh + 1]; b++) rtot += h->C[hm[b] * P + hm[a]];
         }
         roff[H] = rtot;
-        h->R2 = malloc(sizeof(float) * (rtot * W + 1));
-        free(h->rq);
-        h->rq = malloc(sizeof(MPI_Request) * (2 * H + 2));
+        h->R2 = hier_rows(h, rtot);
+        if (!h->R2) { moe_free(soff); moe_free(roff); h->phase = 3; return; }
+        moe_free(h->rq);
+        h->rq = MOE_NEW(MPI_Request, 2 * H + 2);
         for (int hh = 0; hh < H; hh++) {
             if (hh == me) {
                 memcpy(h->R2 + roff[hh] * W, h->S2 + soff[hh] * W, sizeof(float) * (soff[hh + 1] - soff[hh]) * W);
@@ -288,16 +311,17 @@ static void hier_next(Hier *h) {
             MPI_Isend(h->S2 + soff[hh] * W, (int)((soff[hh + 1] - soff[hh]) * W), MPI_FLOAT, leader_rank(hh), h->tag + 2,
                       ep_comm, &h->rq[h->nrq++]);
         }
-        free(soff); free(roff);
+        moe_free(soff); moe_free(roff);
         h->phase = 2;
     } else if (h->phase == 2) {
         // phase 3: each local rank d gets (s -> d) for every source s, in EP rank order
-        size_t *off = malloc(sizeof(size_t) * P);   // where (s -> d) for the current d sits in R2
         size_t o = 0, tot = 0;
         for (int a = hf[me]; a < hf[me + 1]; a++)
             for (int s = 0; s < P; s++) tot += h->C[s * P + hm[a]];
-        h->S3 = malloc(sizeof(float) * (tot * W + 1));
-        size_t *dst = malloc(sizeof(size_t) * (hf[me + 1] - hf[me] + 1));
+        h->S3 = hier_rows(h, tot);
+        if (!h->S3) { h->phase = 3; return; }
+        size_t *off = MOE_NEW(size_t, P);   // where (s -> d) for the current d sits in R2
+        size_t *dst = MOE_NEW(size_t, hf[me + 1] - hf[me] + 1);
         size_t so = 0;
         for (int a = hf[me]; a < hf[me + 1]; a++) {
             int d = hm[a];
@@ -318,16 +342,16 @@ static void hier_next(Hier *h) {
             }
         }
         dst[hf[me + 1] - hf[me]] = so;
-        free(off);
-        free(h->rq);
-        h->rq = malloc(sizeof(MPI_Request) * (hf[me + 1] - hf[me] + 1));
+        moe_free(off);
+        moe_free(h->rq);
+        h->rq = MOE_NEW(MPI_Request, hf[me + 1] - hf[me] + 1);
         memcpy(h->recv, h->S3, sizeof(float) * dst[1] * W);   // the leader is member 0
         for (int a = hf[me] + 1; a < hf[me + 1]; a++) {
             int j = a - hf[me];
             MPI_Isend(h->S3 + dst[j] * W, (int)((dst[j + 1] - dst[j]) * W), MPI_FLOAT, hm[a], h->tag + 1, ep_comm,
                       &h->rq[h->nrq++]);
         }
-        free(dst);
+        moe_free(dst);
         h->phase = 3;
     }
 }
