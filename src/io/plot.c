@@ -115,7 +115,7 @@ static uint32_t crc(uint32_t c, const unsigned char *b, size_t n) {
 typedef struct { unsigned char *b; size_t n, cap; } Buf;   // b: moe_alloc'd (moe_free)
 static void put(Buf *o, const void *p, size_t n) {
     if (o->n + n > o->cap) { o->cap = (o->n + n) * 2 + 64; o->b = moe_realloc(o->b, o->cap); }
-    memcpy(o->b + o->n, p, n);
+    if (n) memcpy(o->b + o->n, p, n);   // the IEND chunk has no data (p NULL)
     o->n += n;
 }
 static void put32(Buf *o, uint32_t v) { unsigned char b[4] = {v >> 24, v >> 16, v >> 8, v}; put(o, b, 4); }
