@@ -1,28 +1,38 @@
 # moe.c — a CPU engine for Mixture-of-Experts language models.
-#   make        builds ./moe
-#   make test   installs what is missing (scripts/deps.sh), builds, runs every test
+#   make        builds ./moe with what is installed; when something is missing it names the
+#               Debian package and stops (it installs nothing)
+#   make deps   installs what is missing to build and test (scripts/deps.sh, apt-get)
+#   make test   installs what is missing, builds, runs every test
 #   make demo   installs, builds, trains configs/math-tiny.json on generated math, solves
 CC      := mpicc
 # -O2 with native tuning off: the binary must run on any x86-64 (kernels pick features at run time)
 CFLAGS  ?= -O3 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation -fopenmp
 BLASDIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
+BLASINC := /usr/include/x86_64-linux-gnu/openblas-openmp
 # OpenMP build of OpenBLAS: a GEMM called inside our parallel regions runs on its thread
 LDLIBS  := -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lcjson -lm
-CPPFLAGS := -I/usr/include/x86_64-linux-gnu/openblas-openmp
+CPPFLAGS := -I$(BLASINC)
 
 SRC := $(wildcard src/base/*.c src/kernels/*.c src/config/*.c src/ops/*.c src/moe/*.c src/model/*.c src/io/*.c \
                   src/data/*.c src/optim/*.c src/train/*.c src/infer/*.c src/dist/*.c src/parallel/*.c src/cmd/*.c)
 OBJ := $(SRC:%.c=build/%.o)
 LIB := build/libmoe.a
 
-.PHONY: all test demo deps deps-build clean
-all: deps-build moe
+.PHONY: all test demo deps clean
+all: moe
+
+# Building changes nothing on the system: before any build, one line names the packages that
+# hold what is missing, and make stops. test and demo install first, then build in a sub-make.
+ifneq ($(filter-out deps clean test demo,$(or $(MAKECMDGOALS),all)),)
+  MISSING := $(shell BLASDIR=$(BLASDIR) BLASINC=$(BLASINC) bash scripts/deps.sh check)
+  ifneq ($(MISSING),)
+    $(error $(MISSING))
+  endif
+endif
 
 deps:
 	@bash scripts/deps.sh
-deps-build:
-	@bash scripts/deps.sh build
 
 build/%.o: %.c $(wildcard src/*/*.h)
 	@mkdir -p $(dir $@)
@@ -43,10 +53,14 @@ build/asan/moe: $(SRC) src/moe.c $(wildcard src/*/*.h)
 	$(CC) $(CPPFLAGS) -std=c11 -D_GNU_SOURCE -O1 -g -fopenmp -fsanitize=address,undefined \
 	  -fno-omit-frame-pointer $(SRC) src/moe.c -o $@ $(LDLIBS)
 
-test: deps moe build/test_ops build/asan/moe
+test:
+	@bash scripts/deps.sh
+	@$(MAKE) --no-print-directory moe build/test_ops build/asan/moe
 	@bash tests/run.sh
 
-demo: deps-build moe
+demo:
+	@bash scripts/deps.sh build
+	@$(MAKE) --no-print-directory moe
 	@bash scripts/demo.sh
 
 clean:

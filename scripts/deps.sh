@@ -1,7 +1,29 @@
 #!/usr/bin/env bash
 # Installs what moe.c needs to build and test, from Debian's packages, when it is missing.
 # Safe to run again: it does nothing when everything is there.
+#   deps.sh         build, run and test (make deps, make test)
+#   deps.sh build   build and run (make demo)
+#   deps.sh check   installs nothing: prints one line naming the packages that hold what the
+#                   build lacks, or nothing (make's build; BLASDIR and BLASINC from the Makefile)
 set -euo pipefail
+if [ "${1:-}" = check ]; then
+  lack=(); pkgs=()
+  miss() { lack+=("$1"); [[ " ${pkgs[*]} " = *" $2 "* ]] || pkgs+=("$2"); }
+  command -v gcc >/dev/null || miss gcc build-essential
+  command -v mpicc >/dev/null || miss mpicc openmpi-bin
+  mpi_h=0
+  for d in $(mpicc --showme:incdirs 2>/dev/null) /usr/lib/x86_64-linux-gnu/openmpi/include; do
+    [ -e "$d/mpi.h" ] && mpi_h=1
+  done
+  [ $mpi_h -eq 1 ] || miss mpi.h libopenmpi-dev
+  [ -e "$BLASINC/cblas.h" ] || miss "$BLASINC/cblas.h" libopenblas-openmp-dev
+  [ -e "$BLASDIR/libopenblas.so" ] || miss "$BLASDIR/libopenblas.so" libopenblas-openmp-dev
+  [ -e /usr/include/cjson/cJSON.h ] || miss /usr/include/cjson/cJSON.h libcjson-dev
+  # the linker's search path, as gcc sees it (it prints the bare name when it finds nothing)
+  command -v gcc >/dev/null && { [[ $(gcc -print-file-name=libcjson.so) = */* ]] || miss libcjson.so libcjson-dev; }
+  [ ${#lack[@]} -eq 0 ] || echo "cannot build: no ${lack[*]}; install Debian's ${pkgs[*]} (apt-get install ${pkgs[*]}, or make deps)"
+  exit 0
+fi
 # "build": what building and running needs (make, make demo); default: also the test oracle's
 pkgs=(build-essential libopenblas-openmp-dev libcjson-dev libopenmpi-dev openmpi-bin)
 # the tests also use pgrep (procps) and, for the emulated hosts, ip and tc (iproute2)

@@ -118,12 +118,16 @@ $MOE train --resume "$T/half" --out "$T/half" --steps 40 --data "$T/qa.txt" --qu
 a=$(grep -o '"loss":[^,]*' "$T/straight/log.jsonl"); b=$(grep -o '"loss":[^,]*' "$T/half/log.jsonl")
 if [ "$a" = "$b" ] && [ "$(echo "$a" | wc -l)" -eq 40 ]; then ok "resume 20 -> 40 logs the same 40 losses as 40 straight"
 else bad "resume 20 -> 40 logs the same 40 losses as 40 straight" "$(diff <(echo "$a") <(echo "$b") | head -4)"; fi
-/usr/bin/python3 - "$T/straight/model.safetensors" "$T/half/model.safetensors" <<'P' && ok "resumed weights are bit-identical" || bad "resumed weights are bit-identical" "differ"
+# and ends with the same weights and AdamW moments, bit for bit
+if /usr/bin/python3 - "$T/straight" "$T/half" >"$T/err" 2>&1 <<'P'
 import sys; sys.path.insert(0, "tests/ref"); import moe_ref, numpy as np
-a, _ = moe_ref.read_safetensors(sys.argv[1]); b, _ = moe_ref.read_safetensors(sys.argv[2])
-assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+for f in ("model.safetensors", "train_state.safetensors"):
+    a, _ = moe_ref.read_safetensors(f"{sys.argv[1]}/{f}"); b, _ = moe_ref.read_safetensors(f"{sys.argv[2]}/{f}")
+    diff = sorted(a.keys() ^ b.keys()) + sorted(k for k in a.keys() & b.keys() if not np.array_equal(a[k], b[k]))
+    assert not diff, f"{f}: {len(diff)} tensors differ, first {diff[0]}"
 P
-true || ok "resumed weights are bit-identical" || bad "resumed weights are bit-identical" "differ"
+then ok "resumed weights and optimizer state are bit-identical"
+else bad "resumed weights and optimizer state are bit-identical" "$(tail -1 "$T/err")"; fi
 
 # --- crash safety: an unfinished save (no journal) is dropped; a journaled one is finished
 cp -r "$T/straight" "$T/crash"

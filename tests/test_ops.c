@@ -45,7 +45,9 @@ static long (*fd_signature)(void *ctx);
 static double fd_check(float *x, const float *grad, size_t n, LossFn f, void *ctx, int npoints) {
     double num = 0, den = 0;
     long base = fd_signature ? (f(ctx), fd_signature(ctx)) : 0;
-    for (int p = 0, tries = 0; p < npoints && tries < 20 * npoints; p++, tries++) {
+    int kept = 0, tries = 0;
+    while (kept < npoints && tries < 20 * npoints) {
+        tries++;
         size_t i = rng_below(&rng, n);
         float keep = x[i], h = (float)fd_h * fmaxf(1.0f, fabsf(keep));
         x[i] = keep + h; double lp = f(ctx);
@@ -53,10 +55,18 @@ static double fd_check(float *x, const float *grad, size_t n, LossFn f, void *ct
         x[i] = keep - h; double lm = f(ctx);
         long sm = fd_signature ? fd_signature(ctx) : 0;
         x[i] = keep;
-        if (sp != base || sm != base) { p--; continue; }
+        if (sp != base || sm != base) continue;
+        kept++;
         double fd = (lp - lm) / (2 * h);
         num += (fd - grad[i]) * (fd - grad[i]);
         den += fd * fd;
+    }
+    // too few kept probes test nothing (none kept would be a 0/0 "error" of 0): fail, with
+    // infinity rather than NaN, which fmax would drop when errors are combined
+    if (2 * kept < npoints) {
+        printf("  finite differences: %d of %d probes kept (%d drawn, the rest flipped a discrete choice); "
+               "at least %d needed\n", kept, npoints, tries, (npoints + 1) / 2);
+        return INFINITY;
     }
     return sqrt(num / (den + 1e-20));
 }

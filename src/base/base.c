@@ -78,6 +78,17 @@ void moe_free(void *user) {
     __atomic_fetch_sub(&mem_total[h[1]], h[0], __ATOMIC_RELAXED);
     if (h[2]) munmap((char *)user - SMALL_PAGE, h[2]); else free((char *)user - 64);
 }
+// a new block under the old one's category, the old contents copied, the old block freed
+void *moe_realloc(void *user, size_t bytes) {
+    if (!user) return moe_alloc(bytes);
+    const size_t *h = (const size_t *)user - 3;
+    MemCategory old = mem_category((MemCategory)h[1]);
+    void *p = moe_alloc(bytes);
+    mem_category(old);
+    memcpy(p, user, h[0] < bytes ? h[0] : bytes);
+    moe_free(user);
+    return p;
+}
 
 static uint64_t splitmix64(uint64_t *x) {
     uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
@@ -122,10 +133,16 @@ char *moe_strdup(const char *s) {
 char *file_read_all(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) { moe_seterr("%s: cannot open: %s", path, strerror(errno)); return NULL; }
+    // plain malloc: callers free() the text
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap + 1);
     for (;;) {
-        if (n == cap) { cap *= 2; buf = realloc(buf, cap + 1); }
+        if (buf && n == cap) {
+            char *grown = realloc(buf, 2 * cap + 1);
+            if (!grown) free(buf);
+            buf = grown; cap *= 2;
+        }
+        if (!buf) { fclose(f); moe_seterr("%s: out of memory reading it (%zu bytes so far)", path, n); return NULL; }
         size_t got = fread(buf + n, 1, cap - n, f);
         n += got;
         if (got == 0) break;

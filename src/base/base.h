@@ -30,6 +30,10 @@ MemCategory mem_category(MemCategory c);   // sets the category, returns the pre
 size_t mem_bytes(MemCategory c);           // bytes allocated under c so far (not freed)
 void mem_dry_run(int on);
 void moe_free(void *p);
+// resizes a block from moe_alloc (or NULL) to `bytes`, keeping its contents and category
+// (what is new is as moe_alloc leaves it); dies on exhaustion like moe_alloc. For growable
+// arrays; moe_free frees.
+void *moe_realloc(void *p, size_t bytes);
 #define MOE_NEW(type, n) ((type *)moe_alloc(sizeof(type) * (size_t)(n)))
 
 // xoshiro256** seeded by splitmix64: deterministic, serialisable (4 words).

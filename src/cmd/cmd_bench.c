@@ -40,8 +40,8 @@ int cmd_bench(int argc, char **argv) {
     // random byte tokens as B text windows of T+1 tokens (every position a target)
     Dataset d = {0};
     d.n = B; d.n_tok = (long)B * (T + 1);
-    d.tok = malloc(sizeof(int) * d.n_tok);
-    d.ex = malloc(sizeof(Example) * B);
+    d.tok = MOE_NEW(int, d.n_tok);   // dataset_free frees them
+    d.ex = MOE_NEW(Example, B);
     d.path = moe_strdup("(random tokens)");
     Rng r;
     rng_seed(&r, 7);

@@ -38,9 +38,9 @@ int cmd_eval(int argc, char **argv) {
     int rc = eval_loss(&m, &d, limit, batch, &loss, &tokens);
     double em = 0, gen_s = 0;
     if (rc == MOE_OK && gen) {
-        const char **qs = malloc(sizeof(char *) * d.n);
-        int *ql = malloc(sizeof(int) * d.n);
-        char **ans = malloc(sizeof(char *) * d.n);
+        const char **qs = MOE_NEW(const char *, d.n);
+        int *ql = MOE_NEW(int, d.n);
+        char **ans = MOE_NEW(char *, d.n);   // zeroed: NULL where generation did not get to
         for (int i = 0; i < d.n; i++) qs[i] = dataset_question(&d, i, &ql[i]);
         double tg = time_now();
         rc = generate_greedy(&m, qs, ql, d.n, ans, batch);
@@ -53,9 +53,9 @@ int cmd_eval(int argc, char **argv) {
             hit += ok;
             if (i < show) fprintf(stderr, "%s %.*s -> %s (expected %.*s)\n", ok ? "ok " : "BAD", ql[i], qs[i], ans[i], al, ref);
         }
-        for (int i = 0; rc == MOE_OK && i < d.n; i++) free(ans[i]);
+        for (int i = 0; i < d.n; i++) moe_free(ans[i]);
         em = (double)hit / d.n;
-        free(qs); free(ql); free(ans);
+        moe_free(qs); moe_free(ql); moe_free(ans);
     }
     double el = time_now() - t0;
     if (rc == MOE_OK) {

@@ -18,11 +18,11 @@ int cmd_solve(int argc, char **argv) {
     if (!ckpt) return cmd_fail("solve");
     if (cmd_threads(&a)) return cmd_fail("solve");
     bool latency = args_bool(&a, "--latency");
-    char **pos = malloc(sizeof(char *) * argc);
+    char **pos = MOE_NEW(char *, argc);
     int n = args_positionals(&a, pos, argc);
-    if (args_finish(&a)) { free(pos); return cmd_fail("solve"); }
+    if (args_finish(&a)) { moe_free(pos); return cmd_fail("solve"); }
     Model m;
-    if (ckpt_load_model(ckpt, &m, false)) { free(pos); return cmd_fail("solve"); }
+    if (ckpt_load_model(ckpt, &m, false)) { moe_free(pos); return cmd_fail("solve"); }
     int rc = MOE_OK;
     char line[4096];
     // stdin: answer line by line, so that an interactive user sees each answer at once
@@ -41,13 +41,14 @@ int cmd_solve(int argc, char **argv) {
         char *ans = NULL;
         double t0 = time_now();
         rc = generate_greedy(&m, &q, &ql, 1, &ans, 1);
-        if (rc) break;
-        printf("%s\n", ans);
-        fflush(stdout);
-        if (latency) fprintf(stderr, "%.1f ms\n", 1e3 * (time_now() - t0));
-        free(ans);
+        if (rc == MOE_OK) {
+            printf("%s\n", ans);
+            fflush(stdout);
+            if (latency) fprintf(stderr, "%.1f ms\n", 1e3 * (time_now() - t0));
+        }
+        moe_free(ans);
     }
-    free(pos);
+    moe_free(pos);
     model_free(&m);
     return rc ? cmd_fail("solve") : 0;
 }

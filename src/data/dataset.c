@@ -12,13 +12,14 @@ int data_format_parse(const char *s, DataFormat *out) {
     return MOE_OK;
 }
 
+// tok and ex grow by doubling (moe_realloc, freed with moe_free)
 typedef struct { int *tok; long n, cap; Example *ex; int nex, capex; } Builder;
 static void push_tok(Builder *b, int t) {
-    if (b->n == b->cap) { b->cap = b->cap ? b->cap * 2 : 1 << 16; b->tok = realloc(b->tok, sizeof(int) * b->cap); }
+    if (b->n == b->cap) { b->cap = b->cap ? b->cap * 2 : 1 << 16; b->tok = moe_realloc(b->tok, sizeof(int) * b->cap); }
     b->tok[b->n++] = t;
 }
 static void push_ex(Builder *b, Example e) {
-    if (b->nex == b->capex) { b->capex = b->capex ? b->capex * 2 : 1024; b->ex = realloc(b->ex, sizeof(Example) * b->capex); }
+    if (b->nex == b->capex) { b->capex = b->capex ? b->capex * 2 : 1024; b->ex = moe_realloc(b->ex, sizeof(Example) * b->capex); }
     b->ex[b->nex++] = e;
 }
 // <bos> q <sep> a <eos>; q and a point into d->text
@@ -110,21 +111,21 @@ int dataset_load(Dataset *d, const char *path, DataFormat fmt, int max_inputs, i
             { moe_seterr("%s: odd number of lines: the question on line %d has no answer", path, qline); rc = MOE_FAIL; }
     }
     if (rc == MOE_OK && b.nex == 0) { moe_seterr("%s: no examples", path); rc = MOE_FAIL; }
-    if (rc != MOE_OK) { free(text); free(b.tok); free(b.ex); return rc; }
+    if (rc != MOE_OK) { free(text); moe_free(b.tok); moe_free(b.ex); return rc; }
     // skip what does not fit the sequence length
     int kept = 0;
     for (int i = 0; i < b.nex; i++) {
         if (b.ex[i].len - 1 > max_inputs) { d->skipped++; continue; }
         b.ex[kept++] = b.ex[i];
     }
-    if (kept == 0) { free(text); free(b.tok); free(b.ex); MOE_ERR("%s: every example is longer than the sequence length %d", path, max_inputs); }
+    if (kept == 0) { free(text); moe_free(b.tok); moe_free(b.ex); MOE_ERR("%s: every example is longer than the sequence length %d", path, max_inputs); }
     d->path = moe_strdup(path);
     d->text = text; d->tok = b.tok; d->n_tok = b.n; d->ex = b.ex; d->n = kept; d->format = fmt;
     return MOE_OK;
 }
 
 void dataset_free(Dataset *d) {
-    moe_free(d->path); free(d->text); free(d->tok); free(d->ex);
+    moe_free(d->path); free(d->text); moe_free(d->tok); moe_free(d->ex);   // text is file_read_all's
     memset(d, 0, sizeof *d);
 }
 const char *dataset_question(const Dataset *d, int i, int *len) { *len = d->ex[i].q_len; return d->text + d->ex[i].q_off; }
@@ -135,12 +136,17 @@ int dataset_concat(Dataset *out, Dataset *parts, int n) {
     memset(out, 0, sizeof *out);
     long ntok = 0, nex = 0;
     for (int i = 0; i < n; i++) { ntok += parts[i].n_tok; nex += parts[i].n; }
-    out->tok = malloc(sizeof(int) * ntok);
-    out->ex = malloc(sizeof(Example) * nex);
     // question/answer text offsets stay relative to each part's buffer: keep one joined copy
+    // (malloc'd, as file_read_all's text is: dataset_free frees it)
     size_t tlen = 0;
     for (int i = 0; i < n; i++) tlen += parts[i].ex[parts[i].n - 1].a_off + parts[i].ex[parts[i].n - 1].a_len + 1;
     out->text = malloc(tlen + 1);
+    if (!out->text) {
+        for (int i = 0; i < n; i++) dataset_free(&parts[i]);
+        MOE_ERR("out of memory joining %d data files (%zu bytes of text)", n, tlen + 1);
+    }
+    out->tok = MOE_NEW(int, ntok);
+    out->ex = MOE_NEW(Example, nex);
     long to = 0, eo = 0; size_t xo = 0;
     for (int i = 0; i < n; i++) {
         Dataset *p = &parts[i];

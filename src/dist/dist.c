@@ -15,13 +15,29 @@ static bool under_launcher(void) {
 
 DistInfo *dist_info(void) { return &g; }
 
+// An MPI call's error (it comes back only under an error handler that returns errors; MPI's
+// default ends the job): "NAME failed: MPI's reason". call is the call's text; its name is
+// what comes before the '('.
+static void mpi_error_text(char *out, size_t cap, const char *call, int code) {
+    char why[MPI_MAX_ERROR_STRING];
+    int n = 0;
+    if (MPI_Error_string(code, why, &n) != MPI_SUCCESS) snprintf(why, sizeof why, "error code %d", code);
+    snprintf(out, cap, "%.*s failed: %s", (int)strcspn(call, "("), call, why);
+}
+static int mpi_fail(const char *call, int code) {
+    char msg[512];
+    mpi_error_text(msg, sizeof msg, call, code);
+    MOE_ERR("%s", msg);
+}
+#define MPI_TRY(call) do { int rc_ = (call); if (rc_ != MPI_SUCCESS) return mpi_fail(#call, rc_); } while (0)
+
 int dist_init(int *argc, char ***argv) {
     if (!under_launcher()) return MOE_OK;
     int provided;
     if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) MOE_ERR("MPI_Init failed");
     g.mpi = true;
-    MPI_Comm_rank(MPI_COMM_WORLD, &g.rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &g.size);
+    MPI_TRY(MPI_Comm_rank(MPI_COMM_WORLD, &g.rank));
+    MPI_TRY(MPI_Comm_size(MPI_COMM_WORLD, &g.size));
     g.dp = g.size;
     g.dp_rank = g.rank;
     return MOE_OK;
@@ -45,10 +61,12 @@ static MPI_Comm comm_of(DistGroup grp) {
 // comm_ms is the time exchanges were in flight and exposed_ms the time compute waited.
 #define MAX_REQ 4096   // buckets of every layer (a few each) plus the exchanges in flight
 typedef struct Hier Hier;
-static struct { MPI_Request r; Hier *h; double t0, t1; bool used, done; double *ms; } reqs[MAX_REQ];
+// A request whose MPI_Test failed counts as done; its wait returns the error (err, err_call).
+static struct { MPI_Request r; Hier *h; double t0, t1; bool used, done; double *ms; int err; const char *err_call; } reqs[MAX_REQ];
 static int n_active, n_hi;   // requests in flight; entries [0, n_hi) may be in use
 static bool hier_step(Hier *h, bool block);   // advances a hierarchical exchange; true when done
 static void hier_free(Hier *h);
+static const char *hier_error(const Hier *h);   // why the exchange failed, or NULL
 
 static void progress(void) {
     if (n_active == 0) return;
@@ -56,7 +74,8 @@ static void progress(void) {
         if (!reqs[i].used || reqs[i].done) continue;
         int flag = 0;
         if (reqs[i].h) flag = hier_step(reqs[i].h, false);
-        else MPI_Test(&reqs[i].r, &flag, MPI_STATUS_IGNORE);
+        else if ((reqs[i].err = MPI_Test(&reqs[i].r, &flag, MPI_STATUS_IGNORE)) != MPI_SUCCESS)
+            { reqs[i].err_call = "MPI_Test"; flag = 1; }
         if (flag) { reqs[i].done = true; reqs[i].t1 = time_now(); n_active--; }
     }
     if (n_active == 0) moe_progress_hook = NULL;
@@ -66,6 +85,7 @@ static int req_new(double *ms) {
     for (int i = 0; i < MAX_REQ; i++)
         if (!reqs[i].used) {
             reqs[i].used = true; reqs[i].done = false; reqs[i].t0 = time_now(); reqs[i].ms = ms; reqs[i].h = NULL;
+            reqs[i].err = MPI_SUCCESS;
             if (i + 1 > n_hi) n_hi = i + 1;
             n_active++;
             moe_progress_hook = progress;
@@ -74,22 +94,33 @@ static int req_new(double *ms) {
     return -1;
 }
 
-// completes request i; the blocked time goes to *exposed
+// gives back the slot of an operation that did not start
+static void req_drop(int i) {
+    reqs[i].used = false;
+    if (--n_active == 0) moe_progress_hook = NULL;
+}
+
+// completes request i (and gives its slot back, failed or not); the blocked time goes to *exposed
 static int req_wait(int i, double *exposed) {
     if (i < 0 || i >= MAX_REQ || !reqs[i].used) MOE_ERR("internal: no exchange %d in flight", i);
     if (!reqs[i].done) {
         double t = time_now();
         if (reqs[i].h) hier_step(reqs[i].h, true);
-        else if (MPI_Wait(&reqs[i].r, MPI_STATUS_IGNORE) != MPI_SUCCESS) MOE_ERR("MPI_Wait failed");
+        else if ((reqs[i].err = MPI_Wait(&reqs[i].r, MPI_STATUS_IGNORE)) != MPI_SUCCESS) reqs[i].err_call = "MPI_Wait";
         reqs[i].t1 = time_now();
         *exposed += (reqs[i].t1 - t) * 1e3;
         reqs[i].done = true;
         if (--n_active == 0) moe_progress_hook = NULL;
     }
     *reqs[i].ms += (reqs[i].t1 - reqs[i].t0) * 1e3;
-    if (reqs[i].h) { hier_free(reqs[i].h); reqs[i].h = NULL; }
+    int rc = reqs[i].err == MPI_SUCCESS ? MOE_OK : mpi_fail(reqs[i].err_call, reqs[i].err);
+    if (reqs[i].h) {
+        if (hier_error(reqs[i].h)) { moe_seterr("%s", hier_error(reqs[i].h)); rc = MOE_FAIL; }
+        hier_free(reqs[i].h);
+        reqs[i].h = NULL;
+    }
     reqs[i].used = false;
-    return MOE_OK;
+    return rc;
 }
 
 // ---------------------------------------------------------------- MoeComm over the EP group
@@ -123,13 +154,14 @@ static int ep_start(MoeComm *c, const float *send, const int *scnt, const int *s
         return MOE_OK;
     }
     MPI_Datatype row;
-    MPI_Type_contiguous(width, MPI_FLOAT, &row);
-    MPI_Type_commit(&row);
+    MPI_TRY(MPI_Type_contiguous(width, MPI_FLOAT, &row));
+    int rc = MPI_Type_commit(&row);
+    if (rc != MPI_SUCCESS) { MPI_Type_free(&row); return mpi_fail("MPI_Type_commit", rc); }
     int i = req_new(&c->ms);
     if (i < 0) { MPI_Type_free(&row); MOE_ERR("internal: too many exchanges in flight"); }
-    int rc = MPI_Ialltoallv(send, scnt, sdsp, row, recv, rcnt, rdsp, row, ep_comm, &reqs[i].r);
+    rc = MPI_Ialltoallv(send, scnt, sdsp, row, recv, rcnt, rdsp, row, ep_comm, &reqs[i].r);
     MPI_Type_free(&row);   // freed once the exchange no longer needs it
-    if (rc != MPI_SUCCESS) MOE_ERR("MPI_Ialltoallv failed");
+    if (rc != MPI_SUCCESS) { req_drop(i); return mpi_fail("MPI_Ialltoallv", rc); }
     *req = i;
     return MOE_OK;
 }
@@ -162,25 +194,42 @@ struct Hier {
     size_t *goff;               // leader: offset (rows) of local source j's buffer in G
     MPI_Request *rq;
     int nrq;
+    char err[160];              // why the exchange failed (it then ends early), or ""
 };
+
+// The rows' buffers (G, S2, R2, S3) come from malloc, not moe_alloc: they are written in
+// full at once, and zeroing them too would double the copying of every exchange. Running
+// out of memory fails the exchange, and its wait returns the error.
+static float *hier_rows(Hier *h, size_t rows) {
+    float *p = malloc(sizeof(float) * (rows * h->W + 1));
+    if (!p && !h->err[0])
+        snprintf(h->err, sizeof h->err, "out of memory: %zu bytes for the hierarchical all-to-all", sizeof(float) * rows * h->W);
+    return p;
+}
+
+static const char *hier_error(const Hier *h) { return h->err[0] ? h->err : NULL; }
+// records the first failed MPI call of the exchange
+#define HIER_TRY(h, call) \
+    do { int rc_ = (call); if (rc_ != MPI_SUCCESS) { mpi_error_text((h)->err, sizeof (h)->err, #call, rc_); goto hier_fail; } } while (0)
 
 static void hier_free(Hier *h) {
     if (!h) return;
-    free(h->C); free(h->G); free(h->S2); free(h->R2); free(h->S3); free(h->goff); free(h->rq);
-    free(h);
+    free(h->G); free(h->S2); free(h->R2); free(h->S3);
+    moe_free(h->C); moe_free(h->goff); moe_free(h->rq);
+    moe_free(h);
 }
 
 static int hier_setup(void) {
-    MPI_Comm_split_type(ep_comm, MPI_COMM_TYPE_SHARED, g.ep_rank, MPI_INFO_NULL, &node_comm);
-    MPI_Comm_rank(node_comm, &node_rank);
-    MPI_Comm_size(node_comm, &node_size);
+    MPI_TRY(MPI_Comm_split_type(ep_comm, MPI_COMM_TYPE_SHARED, g.ep_rank, MPI_INFO_NULL, &node_comm));
+    MPI_TRY(MPI_Comm_rank(node_comm, &node_rank));
+    MPI_TRY(MPI_Comm_size(node_comm, &node_size));
     int leader = g.ep_rank;
-    MPI_Bcast(&leader, 1, MPI_INT, 0, node_comm);   // node rank 0 is the lowest EP rank there
+    MPI_TRY(MPI_Bcast(&leader, 1, MPI_INT, 0, node_comm));   // node rank 0 is the lowest EP rank there
     const int P = g.ep;
-    free(host_of); free(leader_of); free(host_first); free(host_members);
-    leader_of = malloc(sizeof(int) * P); host_of = malloc(sizeof(int) * P);
-    host_first = malloc(sizeof(int) * (P + 1)); host_members = malloc(sizeof(int) * P);
-    MPI_Allgather(&leader, 1, MPI_INT, leader_of, 1, MPI_INT, ep_comm);
+    moe_free(host_of); moe_free(leader_of); moe_free(host_first); moe_free(host_members);
+    leader_of = MOE_NEW(int, P); host_of = MOE_NEW(int, P);
+    host_first = MOE_NEW(int, P + 1); host_members = MOE_NEW(int, P);
+    MPI_TRY(MPI_Allgather(&leader, 1, MPI_INT, leader_of, 1, MPI_INT, ep_comm));
     n_hosts = 0;
     for (int r = 0; r < P; r++) if (leader_of[r] == r) host_of[r] = n_hosts++;   // hosts by leader rank
     for (int r = 0; r < P; r++) host_of[r] = host_of[leader_of[r]];
@@ -197,24 +246,24 @@ static int leader_rank(int hh) { return host_members[host_first[hh]]; }
 
 static int hier_start(const float *send, const int *scnt, float *recv, const int *rcnt, int width, Hier **out) {
     const int P = g.ep;
-    Hier *h = calloc(1, sizeof *h);
+    Hier *h = MOE_NEW(Hier, 1);
     h->W = (size_t)width; h->send = send; h->recv = recv;
     h->tag = 100 + 3 * (int)(hier_seq++ % 10000);   // tag, tag + 1, tag + 2: its three phases
-    h->C = malloc(sizeof(int) * P * P);
-    MPI_Allgather(scnt, P, MPI_INT, h->C, P, MPI_INT, ep_comm);   // C[s*P + d]
+    h->C = MOE_NEW(int, P * P);
+    HIER_TRY(h, MPI_Allgather(scnt, P, MPI_INT, h->C, P, MPI_INT, ep_comm));   // C[s*P + d]
     (void)rcnt;
-    h->rq = malloc(sizeof(MPI_Request) * (2 * P + 4));
+    h->rq = MOE_NEW(MPI_Request, 2 * P + 4);
     size_t mine = 0, in = 0;
     for (int d = 0; d < P; d++) mine += h->C[g.ep_rank * P + d];
     for (int s2 = 0; s2 < P; s2++) in += h->C[s2 * P + g.ep_rank];
     if (node_rank != 0) {   // hand everything to the leader; what is ours comes back from it
         int ld = leader_rank(my_host);
-        MPI_Isend(send, (int)(mine * h->W), MPI_FLOAT, ld, h->tag, ep_comm, &h->rq[h->nrq++]);
-        MPI_Irecv(recv, (int)(in * h->W), MPI_FLOAT, ld, h->tag + 1, ep_comm, &h->rq[h->nrq++]);
+        HIER_TRY(h, MPI_Isend(send, (int)(mine * h->W), MPI_FLOAT, ld, h->tag, ep_comm, &h->rq[h->nrq++]));
+        HIER_TRY(h, MPI_Irecv(recv, (int)(in * h->W), MPI_FLOAT, ld, h->tag + 1, ep_comm, &h->rq[h->nrq++]));
         h->phase = 3;
     } else {                // phase 1: gather the host's rows
         const int n = host_first[my_host + 1] - host_first[my_host];
-        h->goff = malloc(sizeof(size_t) * (n + 1));
+        h->goff = MOE_NEW(size_t, n + 1);
         h->goff[0] = 0;
         for (int j = 0; j < n; j++) {
             int r = host_members[host_first[my_host] + j];
@@ -222,17 +271,22 @@ static int hier_start(const float *send, const int *scnt, float *recv, const int
             for (int d = 0; d < P; d++) rows += h->C[r * P + d];
             h->goff[j + 1] = h->goff[j] + rows;
         }
-        h->G = malloc(sizeof(float) * (h->goff[n] * h->W + 1));
+        h->G = hier_rows(h, h->goff[n]);
+        if (!h->G) goto hier_fail;
         memcpy(h->G, send, sizeof(float) * mine * h->W);   // the leader is member 0
         for (int j = 1; j < n; j++) {
             int r = host_members[host_first[my_host] + j];
-            MPI_Irecv(h->G + h->goff[j] * h->W, (int)((h->goff[j + 1] - h->goff[j]) * h->W), MPI_FLOAT, r, h->tag,
-                      ep_comm, &h->rq[h->nrq++]);
+            HIER_TRY(h, MPI_Irecv(h->G + h->goff[j] * h->W, (int)((h->goff[j + 1] - h->goff[j]) * h->W), MPI_FLOAT, r,
+                                  h->tag, ep_comm, &h->rq[h->nrq++]));
         }
         h->phase = 1;
     }
     *out = h;
     return MOE_OK;
+hier_fail:
+    moe_seterr("%s", h->err);
+    hier_free(h);
+    return MOE_FAIL;
 }
 
 // block (s -> d) inside local source j's gathered buffer
@@ -243,10 +297,13 @@ static size_t g_block(const Hier *h, int j, int s, int d) {
     return o;
 }
 
+// Posts the next phase's messages. A failure (out of memory, an MPI call) leaves h->err
+// set, and hier_step then ends the exchange.
 static void hier_next(Hier *h) {
     const int P = g.ep, H = n_hosts, me = my_host;
     const size_t W = h->W;
     const int *hm = host_members, *hf = host_first;
+    size_t *soff = NULL, *roff = NULL, *off = NULL, *dst = NULL;   // this phase's scratch
     h->nrq = 0;
     if (h->phase == 1) {
         // phase 2: to every host, for each of its ranks d, for each local source s: (s -> d)
@@ -254,8 +311,10 @@ static void hier_next(Hier *h) {
         for (int hh = 0; hh < H; hh++)
             for (int a = hf[hh]; a < hf[hh + 1]; a++)
                 for (int b = hf[me]; b < hf[me + 1]; b++) tot += h->C[hm[b] * P + hm[a]];
-        h->S2 = malloc(sizeof(float) * (tot * W + 1));
-        size_t *soff = malloc(sizeof(size_t) * (H + 1)), o = 0;
+        h->S2 = hier_rows(h, tot);
+        if (!h->S2) goto hier_fail;
+        soff = MOE_NEW(size_t, H + 1);
+        size_t o = 0;
         for (int hh = 0; hh < H; hh++) {
             soff[hh] = o;
             for (int a = hf[hh]; a < hf[hh + 1]; a++)
@@ -268,36 +327,38 @@ static void hier_next(Hier *h) {
         }
         soff[H] = o;
         // from every host, for each of our ranks d, for each of its sources s: (s -> d)
-        size_t rtot = 0, *roff = malloc(sizeof(size_t) * (H + 1));
+        size_t rtot = 0;
+        roff = MOE_NEW(size_t, H + 1);
         for (int hh = 0; hh < H; hh++) {
             roff[hh] = rtot;
             for (int a = hf[me]; a < hf[me + 1]; a++)
                 for (int b = hf[hh]; b < hf[hh + 1]; b++) rtot += h->C[hm[b] * P + hm[a]];
         }
         roff[H] = rtot;
-        h->R2 = malloc(sizeof(float) * (rtot * W + 1));
-        free(h->rq);
-        h->rq = malloc(sizeof(MPI_Request) * (2 * H + 2));
+        h->R2 = hier_rows(h, rtot);
+        if (!h->R2) goto hier_fail;
+        moe_free(h->rq);
+        h->rq = MOE_NEW(MPI_Request, 2 * H + 2);
         for (int hh = 0; hh < H; hh++) {
             if (hh == me) {
                 memcpy(h->R2 + roff[hh] * W, h->S2 + soff[hh] * W, sizeof(float) * (soff[hh + 1] - soff[hh]) * W);
                 continue;
             }
-            MPI_Irecv(h->R2 + roff[hh] * W, (int)((roff[hh + 1] - roff[hh]) * W), MPI_FLOAT, leader_rank(hh), h->tag + 2,
-                      ep_comm, &h->rq[h->nrq++]);
-            MPI_Isend(h->S2 + soff[hh] * W, (int)((soff[hh + 1] - soff[hh]) * W), MPI_FLOAT, leader_rank(hh), h->tag + 2,
-                      ep_comm, &h->rq[h->nrq++]);
+            HIER_TRY(h, MPI_Irecv(h->R2 + roff[hh] * W, (int)((roff[hh + 1] - roff[hh]) * W), MPI_FLOAT, leader_rank(hh),
+                                  h->tag + 2, ep_comm, &h->rq[h->nrq++]));
+            HIER_TRY(h, MPI_Isend(h->S2 + soff[hh] * W, (int)((soff[hh + 1] - soff[hh]) * W), MPI_FLOAT, leader_rank(hh),
+                                  h->tag + 2, ep_comm, &h->rq[h->nrq++]));
         }
-        free(soff); free(roff);
         h->phase = 2;
     } else if (h->phase == 2) {
         // phase 3: each local rank d gets (s -> d) for every source s, in EP rank order
-        size_t *off = malloc(sizeof(size_t) * P);   // where (s -> d) for the current d sits in R2
         size_t o = 0, tot = 0;
         for (int a = hf[me]; a < hf[me + 1]; a++)
             for (int s = 0; s < P; s++) tot += h->C[s * P + hm[a]];
-        h->S3 = malloc(sizeof(float) * (tot * W + 1));
-        size_t *dst = malloc(sizeof(size_t) * (hf[me + 1] - hf[me] + 1));
+        h->S3 = hier_rows(h, tot);
+        if (!h->S3) goto hier_fail;
+        off = MOE_NEW(size_t, P);   // where (s -> d) for the current d sits in R2
+        dst = MOE_NEW(size_t, hf[me + 1] - hf[me] + 1);
         size_t so = 0;
         for (int a = hf[me]; a < hf[me + 1]; a++) {
             int d = hm[a];
@@ -318,31 +379,34 @@ static void hier_next(Hier *h) {
             }
         }
         dst[hf[me + 1] - hf[me]] = so;
-        free(off);
-        free(h->rq);
-        h->rq = malloc(sizeof(MPI_Request) * (hf[me + 1] - hf[me] + 1));
+        moe_free(h->rq);
+        h->rq = MOE_NEW(MPI_Request, hf[me + 1] - hf[me] + 1);
         memcpy(h->recv, h->S3, sizeof(float) * dst[1] * W);   // the leader is member 0
         for (int a = hf[me] + 1; a < hf[me + 1]; a++) {
             int j = a - hf[me];
-            MPI_Isend(h->S3 + dst[j] * W, (int)((dst[j + 1] - dst[j]) * W), MPI_FLOAT, hm[a], h->tag + 1, ep_comm,
-                      &h->rq[h->nrq++]);
+            HIER_TRY(h, MPI_Isend(h->S3 + dst[j] * W, (int)((dst[j + 1] - dst[j]) * W), MPI_FLOAT, hm[a], h->tag + 1,
+                                  ep_comm, &h->rq[h->nrq++]));
         }
-        free(dst);
         h->phase = 3;
     }
+hier_fail:   // reached on success too: the scratch goes either way
+    moe_free(soff); moe_free(roff); moe_free(off); moe_free(dst);
 }
 
 static bool hier_step(Hier *h, bool block) {
     for (;;) {
+        if (hier_error(h)) return true;   // ended early: its wait reports why
         int flag = 1;
         if (h->nrq > 0) {
-            if (block) MPI_Waitall(h->nrq, h->rq, MPI_STATUSES_IGNORE);
-            else MPI_Testall(h->nrq, h->rq, &flag, MPI_STATUSES_IGNORE);
+            if (block) HIER_TRY(h, MPI_Waitall(h->nrq, h->rq, MPI_STATUSES_IGNORE));
+            else HIER_TRY(h, MPI_Testall(h->nrq, h->rq, &flag, MPI_STATUSES_IGNORE));
         }
         if (!flag) return false;
         if (h->phase == 3) { h->nrq = 0; return true; }
         hier_next(h);
     }
+hier_fail:
+    return true;
 }
 
 int dist_setup(int ep, DistA2A mode) {
@@ -353,12 +417,12 @@ int dist_setup(int ep, DistA2A mode) {
     g.moe.rank = g.ep_rank; g.moe.size = ep;
     g.moe.counts = ep_counts; g.moe.start = ep_start; g.moe.wait = ep_wait; g.moe.sum = ep_sum;
     if (!g.mpi) return MOE_OK;
-    if (ep_comm != MPI_COMM_NULL) MPI_Comm_free(&ep_comm);
-    if (rep_comm != MPI_COMM_NULL) MPI_Comm_free(&rep_comm);
-    MPI_Comm_split(MPI_COMM_WORLD, g.dp_rank, g.ep_rank, &ep_comm);
-    MPI_Comm_split(MPI_COMM_WORLD, g.ep_rank, g.dp_rank, &rep_comm);
-    if (node_comm != MPI_COMM_NULL) MPI_Comm_free(&node_comm);
-    hier_setup();
+    if (ep_comm != MPI_COMM_NULL) MPI_TRY(MPI_Comm_free(&ep_comm));
+    if (rep_comm != MPI_COMM_NULL) MPI_TRY(MPI_Comm_free(&rep_comm));
+    MPI_TRY(MPI_Comm_split(MPI_COMM_WORLD, g.dp_rank, g.ep_rank, &ep_comm));
+    MPI_TRY(MPI_Comm_split(MPI_COMM_WORLD, g.ep_rank, g.dp_rank, &rep_comm));
+    if (node_comm != MPI_COMM_NULL) MPI_TRY(MPI_Comm_free(&node_comm));
+    MOE_TRY(hier_setup());
     // automatic: hierarchical when the EP group spans hosts and some host has several of
     // its ranks (with one rank a host the two are the same exchange)
     g.hosts = n_hosts;
@@ -371,7 +435,7 @@ static int sum(void *buf, size_t n, MPI_Datatype t, MPI_Op op, DistGroup grp) {
     MPI_Comm c = comm_of(grp);
     if (c == MPI_COMM_NULL) return MOE_OK;
     int sz;
-    MPI_Comm_size(c, &sz);
+    MPI_TRY(MPI_Comm_size(c, &sz));
     if (sz == 1) return MOE_OK;
     double t0 = time_now();
     size_t el = t == MPI_FLOAT ? 4 : 8;
@@ -389,12 +453,13 @@ int dist_sum_f32_start(float *buf, size_t n, DistGroup grp, int *req) {
     if (!g.mpi) return MOE_OK;
     MPI_Comm c = comm_of(grp);
     int sz;
-    MPI_Comm_size(c, &sz);
+    MPI_TRY(MPI_Comm_size(c, &sz));
     if (sz == 1 || n == 0) return MOE_OK;
     if (n > (1u << 30)) return dist_sum_f32(buf, n, grp);   // one blocking call per GB-sized piece
     int i = req_new(&g.ms);
     if (i < 0) MOE_ERR("internal: too many reductions in flight");
-    if (MPI_Iallreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, c, &reqs[i].r) != MPI_SUCCESS) MOE_ERR("MPI_Iallreduce failed");
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, c, &reqs[i].r);
+    if (rc != MPI_SUCCESS) { req_drop(i); return mpi_fail("MPI_Iallreduce", rc); }
     *req = i;
     return MOE_OK;
 }
@@ -413,8 +478,8 @@ int dist_sum_part_f32(float *buf, const int *cnt, int *req) {
     }
     int i = req_new(&g.ms);
     if (i < 0) MOE_ERR("internal: too many reductions in flight");
-    if (MPI_Ireduce_scatter(MPI_IN_PLACE, buf, cnt, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &reqs[i].r) != MPI_SUCCESS)
-        MOE_ERR("MPI_Ireduce_scatter failed");
+    int rc = MPI_Ireduce_scatter(MPI_IN_PLACE, buf, cnt, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &reqs[i].r);
+    if (rc != MPI_SUCCESS) { req_drop(i); return mpi_fail("MPI_Ireduce_scatter", rc); }
     *req = i;
     return MOE_OK;
 }
@@ -434,13 +499,13 @@ int dist_gather_ep0(const float *send, size_t n, float *recv) {
             for (int r = 1; r < g.ep; r++)
                 for (size_t off = 0; off < n;) {
                     int cnt = n - off > (1u << 30) ? 1 << 30 : (int)(n - off);
-                    MPI_Recv(recv + (size_t)r * n + off, cnt, MPI_FLOAT, r, 7, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+                    MPI_TRY(MPI_Recv(recv + (size_t)r * n + off, cnt, MPI_FLOAT, r, 7, MPI_COMM_WORLD, MPI_STATUS_IGNORE));
                     off += cnt;
                 }
         } else {
             for (size_t off = 0; off < n;) {
                 int cnt = n - off > (1u << 30) ? 1 << 30 : (int)(n - off);
-                MPI_Send(send + off, cnt, MPI_FLOAT, 0, 7, MPI_COMM_WORLD);
+                MPI_TRY(MPI_Send(send + off, cnt, MPI_FLOAT, 0, 7, MPI_COMM_WORLD));
                 off += cnt;
             }
         }
@@ -489,7 +554,7 @@ int dist_gather_f32(const float *part, const size_t *off, float *full) {
 }
 
 int dist_bcast_int(int *v, int n) {
-    if (g.mpi && g.size > 1) MPI_Bcast(v, n, MPI_INT, 0, MPI_COMM_WORLD);
+    if (g.mpi && g.size > 1) MPI_TRY(MPI_Bcast(v, n, MPI_INT, 0, MPI_COMM_WORLD));
     return MOE_OK;
 }
 

@@ -31,7 +31,7 @@ static int generate_chunk(Model *m, const char *const *q, const int *qlen, int S
     int *slot = MOE_NEW(int, total), *len = MOE_NEW(int, S), *done = MOE_NEW(int, S), *idx = MOE_NEW(int, S),
         *nxt = MOE_NEW(int, S);
     char **out = answers;
-    for (int s = 0; s < S; s++) { out[s] = malloc(GEN_MAX_NEW + 1); out[s][0] = 0; }
+    for (int s = 0; s < S; s++) out[s] = MOE_NEW(char, GEN_MAX_NEW + 1);   // zeroed: empty strings
     // prefill
     int n = 0, rc = MOE_OK;
     for (int s = 0; s < S; s++) {

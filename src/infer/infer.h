@@ -6,8 +6,8 @@
 #define GEN_MAX_NEW 64
 
 // Greedy answers for n questions (SPEC §2: prompt <bos> q <sep>, argmax with ties to the
-// lower id, stop at <eos> or 64 tokens). answers[i] is malloc'ed, NUL-terminated.
-// latency_s (may be NULL) gets each answer's wall time share.
+// lower id, stop at <eos> or 64 tokens). answers[i] is NUL-terminated, from moe_alloc (the
+// caller moe_frees it); on failure, the answers of the chunks not reached stay untouched.
 int generate_greedy(Model *m, const char *const *q, const int *qlen, int n, char **answers, int batch);
 
 

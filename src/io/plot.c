@@ -12,7 +12,8 @@
 // ---------------------------------------------------------------- the log
 
 void runlog_free(RunLog *r) {
-    free(r->step); free(r->loss); free(r->ce); free(r->tps); free(r->eval); free(r->is); free(r->rank_load); free(r->load);
+    moe_free(r->step); moe_free(r->loss); moe_free(r->ce); moe_free(r->tps); moe_free(r->eval); moe_free(r->is);
+    moe_free(r->rank_load); moe_free(r->load);
     memset(r, 0, sizeof *r);
 }
 
@@ -54,12 +55,12 @@ int runlog_read(const char *path, RunLog *r) {
         }
         if (r->n == cap) {
             cap = cap ? 2 * cap : 256;
-            r->step = realloc(r->step, sizeof(long) * cap);
-            r->loss = realloc(r->loss, sizeof(double) * cap); r->ce = realloc(r->ce, sizeof(double) * cap);
-            r->tps = realloc(r->tps, sizeof(double) * cap); r->eval = realloc(r->eval, sizeof(double) * cap);
-            r->is = realloc(r->is, sizeof(double) * cap * (L > 0 ? L : 1));
-            r->rank_load = realloc(r->rank_load, sizeof(double) * cap * (L > 0 ? L : 1));
-            r->load = realloc(r->load, sizeof(long) * cap * (L * E > 0 ? L * E : 1));
+            r->step = moe_realloc(r->step, sizeof(long) * cap);
+            r->loss = moe_realloc(r->loss, sizeof(double) * cap); r->ce = moe_realloc(r->ce, sizeof(double) * cap);
+            r->tps = moe_realloc(r->tps, sizeof(double) * cap); r->eval = moe_realloc(r->eval, sizeof(double) * cap);
+            r->is = moe_realloc(r->is, sizeof(double) * cap * (L > 0 ? L : 1));
+            r->rank_load = moe_realloc(r->rank_load, sizeof(double) * cap * (L > 0 ? L : 1));
+            r->load = moe_realloc(r->load, sizeof(long) * cap * (L * E > 0 ? L * E : 1));
         }
         const int i = r->n++;
         r->step[i] = (long)st->valuedouble;
@@ -111,10 +112,10 @@ static uint32_t crc(uint32_t c, const unsigned char *b, size_t n) {
     return c ^ 0xFFFFFFFFu;
 }
 
-typedef struct { unsigned char *b; size_t n, cap; } Buf;
+typedef struct { unsigned char *b; size_t n, cap; } Buf;   // b: moe_alloc'd (moe_free)
 static void put(Buf *o, const void *p, size_t n) {
-    if (o->n + n > o->cap) { o->cap = (o->n + n) * 2 + 64; o->b = realloc(o->b, o->cap); }
-    memcpy(o->b + o->n, p, n);
+    if (o->n + n > o->cap) { o->cap = (o->n + n) * 2 + 64; o->b = moe_realloc(o->b, o->cap); }
+    if (n) memcpy(o->b + o->n, p, n);   // the IEND chunk has no data (p NULL)
     o->n += n;
 }
 static void put32(Buf *o, uint32_t v) { unsigned char b[4] = {v >> 24, v >> 16, v >> 8, v}; put(o, b, 4); }
@@ -136,7 +137,7 @@ static Buf png_rgb(const unsigned char *rgb, int w, int h) {
     chunk(&o, "IHDR", ihdr, 13);
     // raw scanlines (filter 0), then a zlib stream of stored blocks
     size_t raw_n = (size_t)h * (1 + 3 * (size_t)w);
-    unsigned char *raw = malloc(raw_n);
+    unsigned char *raw = MOE_NEW(unsigned char, raw_n);
     for (int y = 0; y < h; y++) {
         raw[(size_t)y * (1 + 3 * w)] = 0;
         memcpy(raw + (size_t)y * (1 + 3 * w) + 1, rgb + (size_t)y * 3 * w, 3 * (size_t)w);
@@ -155,7 +156,7 @@ static Buf png_rgb(const unsigned char *rgb, int w, int h) {
     put32(&z, (b << 16) | a);
     chunk(&o, "IDAT", z.b, z.n);
     chunk(&o, "IEND", NULL, 0);
-    free(raw); free(z.b);
+    moe_free(raw); moe_free(z.b);
     return o;
 }
 
@@ -284,14 +285,14 @@ static void png_image(FILE *f, const unsigned char *rgb, int w, int h, double x,
                "style='image-rendering:pixelated' href='data:image/png;base64,", x, y, dw, dh);
     base64(f, png.b, png.n);
     fprintf(f, "'/>\n");
-    free(png.b);
+    moe_free(png.b);
 }
 
 // experts (rows) x steps (columns, averaged into at most PW bins), one MoE layer
 static void heat_panel(FILE *f, const RunLog *r, int l, int top, int h) {
     const int E = r->E, L = r->L;
     const int bins = r->n < PW ? r->n : PW;
-    unsigned char *rgb = malloc((size_t)bins * E * 3);
+    unsigned char *rgb = MOE_NEW(unsigned char, (size_t)bins * E * 3);
     double sum_mm = 0;
     int n_mm = 0;
     for (int c = 0; c < bins; c++) {
@@ -314,7 +315,7 @@ static void heat_panel(FILE *f, const RunLog *r, int l, int top, int h) {
         if (tot > 0) { sum_mm += mx * E / tot; n_mm++; }
     }
     png_image(f, rgb, bins, E, ML, top, PW, h);
-    free(rgb);
+    moe_free(rgb);
     fprintf(f, "<rect x='%d' y='%d' width='%d' height='%d' fill='none' stroke='#999'/>\n", ML, top, PW, h);
     fprintf(f, "<text x='%d' y='%d' text-anchor='end' class='t'>0</text><text x='%d' y='%d' text-anchor='end' class='t'>%d</text>\n",
             ML - 5, top + 10, ML - 5, top + h, E - 1);
@@ -358,19 +359,19 @@ int plot_svg(const RunLog *r, const char *title, const char *out_path) {
     if (r->rank_points > 0 && r->L > 0) {   // expert parallelism: the busiest rank over the mean, per MoE layer
         static const char *colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
         const int nl = r->L < 8 ? r->L : 8;   // the first 8 MoE layers
-        Series *rs = malloc(sizeof(Series) * nl);
-        double **cols = malloc(sizeof(double *) * nl);
-        char (*names)[32] = malloc(sizeof(*names) * nl);
+        Series *rs = MOE_NEW(Series, nl);
+        double **cols = MOE_NEW(double *, nl);
+        char (*names)[32] = moe_alloc(sizeof(*names) * nl);
         for (int l = 0; l < nl; l++) {
-            cols[l] = malloc(sizeof(double) * r->n);
+            cols[l] = MOE_NEW(double, r->n);
             for (int i = 0; i < r->n; i++) cols[l][i] = r->rank_load[(size_t)i * r->L + l];
             snprintf(names[l], sizeof names[l], "MoE layer %d", l);
             rs[l] = (Series){cols[l], names[l], colors[l], false};
         }
         line_panel(f, r, top, H_TPS, "busiest rank / mean", rs, nl);
         top += H_TPS + GAP;
-        for (int l = 0; l < nl; l++) free(cols[l]);
-        free(cols); free(rs); free(names);
+        for (int l = 0; l < nl; l++) moe_free(cols[l]);
+        moe_free(cols); moe_free(rs); moe_free(names);
     }
     for (int l = 0; l < r->L; l++) {
         heat_panel(f, r, l, top, h_heat);

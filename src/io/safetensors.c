@@ -24,11 +24,10 @@ int st_open(StFile *f, const char *path) {
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | buf[i];
     if (hlen > size - 8) { st_close(f); MOE_ERR("%s: truncated safetensors file (header says %llu bytes, file has %zu)", path, (unsigned long long)hlen, size - 8); }
-    char *htext = malloc(hlen + 1);
+    char *htext = MOE_NEW(char, hlen + 1);
     memcpy(htext, buf + 8, hlen);
-    htext[hlen] = 0;
     cJSON *root = cJSON_Parse(htext);
-    free(htext);
+    moe_free(htext);
     if (!root || !cJSON_IsObject(root)) { cJSON_Delete(root); st_close(f); MOE_ERR("%s: malformed safetensors header JSON", path); }
     const uint8_t *data0 = buf + 8 + hlen;
     size_t data_size = size - 8 - hlen;
