@@ -5,7 +5,7 @@
 #   make test   installs what is missing, builds, runs every test
 #   make demo   installs, builds, trains configs/math-tiny.json on generated math, solves
 CC      := mpicc
-# -O2 with native tuning off: the binary must run on any x86-64 (kernels pick features at run time)
+# -O3 with native tuning off: the binary must run on any x86-64 (kernels pick features at run time)
 CFLAGS  ?= -O3 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation -fopenmp
 BLASDIR := /usr/lib/x86_64-linux-gnu/openblas-openmp

@@ -74,7 +74,7 @@ int train_accumulate(Model *m, Acts *a, Batch *b, const Dataset *d, const int *i
 int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, const int *ids, int count,
                         int micro_batch, bool overlap, const size_t *zoff, StepLoss *out);
 
-// runlog.c: DIR/log.jsonl (rank 0 writes it), the progress line on stderr and, at the end,
+// trainlog.c: DIR/log.jsonl (rank 0 writes it), the progress line on stderr and, at the end,
 // each MoE layer's load figures over the run
 typedef struct {
     long step;
@@ -98,11 +98,11 @@ typedef struct {
     double *bal_sum, *bal_last;   // per MoE layer: sums over the run of max/mean, MaxVio, IS; the last 50
     long *run_drop;
     LoadStats *ls;                // this step's, per layer
-} RunLog;
+} TrainLog;
 // root: this rank writes the log (a resume carries the lines of steps up to pr->step over)
-int runlog_open(RunLog *r, const MoeConfig *c, const TrainArgs *ar, const TrainConfig *tc, long start_step, bool root, int ep);
+int trainlog_open(TrainLog *r, const MoeConfig *c, const TrainArgs *ar, const TrainConfig *tc, long start_step, bool root, int ep);
 // collective under expert parallelism (the ranks' expert rows)
-int runlog_step(RunLog *r, const Acts *a, const StepFigures *f);
+int trainlog_step(TrainLog *r, const Acts *a, const StepFigures *f);
 // ok false: the run failed; only the progress line is ended
-void runlog_summary(const RunLog *r, bool ok, long step, double seconds, double loss, const char *out);
-void runlog_close(RunLog *r);
+void trainlog_summary(const TrainLog *r, bool ok, long step, double seconds, double loss, const char *out);
+void trainlog_close(TrainLog *r);

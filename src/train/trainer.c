@@ -57,7 +57,7 @@ typedef struct {
     double *win_load;             // expert loads over the current placement window
     PlaceCost pcost;
     double peak, flops_tok;       // the job's sgemm peak (FLOP/s) and FLOPs a token
-    RunLog log;
+    TrainLog log;
     bool allocated;
 } Run;
 
@@ -67,7 +67,7 @@ static void run_free(Run *R) {
         order_free(&R->order);
     }
     if (R->cur_place >= 0) moe_placement_free(&R->places[R->cur_place]);
-    runlog_close(&R->log);
+    trainlog_close(&R->log);
     moe_free(R->ids); moe_free(R->win_load); moe_free(R->zoff); moe_free(R->pr.slots);
     dataset_free(&R->d); dataset_free(&R->evd);
     adamw_free(&R->opt);
@@ -145,7 +145,7 @@ static int run_alloc(Run *R, const TrainArgs *ar, const TrainConfig *tc) {
     }
     if (ar->eval_data)
         MOE_TRY(dataset_load(&R->evd, ar->eval_data, tc->format, R->m.cfg.max_position_embeddings - 1, tc->eval_limit));
-    MOE_TRY(runlog_open(&R->log, &R->m.cfg, ar, tc, R->pr.step, di->rank == 0, tc->ep));
+    MOE_TRY(trainlog_open(&R->log, &R->m.cfg, ar, tc, R->pr.step, di->rank == 0, tc->ep));
     // --overlap (on by default under MPI): gradient sums start during the backward pass, and
     // with expert parallelism each micro-batch runs as two interleaved halves
     R->overlap = di->size > 1 && tc->overlap != 0;
@@ -317,13 +317,13 @@ int train_run(const TrainArgs *ar, TrainConfig *tc) {
         int stop = tc->time_budget > 0 && f.elapsed + f.elapsed / (R.pr.step - R.log.start_step) > tc->time_budget;
         if ((rc = dist_bcast_int(&stop, 1))) break;
         f.stop_time = stop;
-        if ((rc = runlog_step(&R.log, &R.a[0], &f))) break;
+        if ((rc = trainlog_step(&R.log, &R.a[0], &f))) break;
         if ((R.pr.step == tc->steps || stop || (tc->ckpt_every > 0 && R.pr.step % tc->ckpt_every == 0)) &&
             (rc = save(&R, ar, tc)))
             break;
         if (stop) break;
     }
-    if (R.allocated) runlog_summary(&R.log, rc == MOE_OK, R.pr.step, time_now() - t_start, f.sl.loss, ar->out);
+    if (R.allocated) trainlog_summary(&R.log, rc == MOE_OK, R.pr.step, time_now() - t_start, f.sl.loss, ar->out);
     run_free(&R);
     return rc;
 }

@@ -11,7 +11,7 @@
 
 enum { LAST = 50 };   // the summary's "last steps" window
 
-int runlog_open(RunLog *r, const MoeConfig *c, const TrainArgs *ar, const TrainConfig *tc, long start_step, bool root, int ep) {
+int trainlog_open(TrainLog *r, const MoeConfig *c, const TrainArgs *ar, const TrainConfig *tc, long start_step, bool root, int ep) {
     memset(r, 0, sizeof *r);
     const int L = c->num_hidden_layers;
     r->c = c;
@@ -34,7 +34,7 @@ int runlog_open(RunLog *r, const MoeConfig *c, const TrainArgs *ar, const TrainC
     return MOE_OK;
 }
 
-void runlog_close(RunLog *r) {
+void trainlog_close(TrainLog *r) {
     if (r->log) fclose(r->log);
     moe_free(r->bal_sum); moe_free(r->bal_last); moe_free(r->run_drop); moe_free(r->ls);
     memset(r, 0, sizeof *r);
@@ -55,7 +55,7 @@ static void json_layers(FILE *f, const char *key, const MoeConfig *c, const doub
     fprintf(f, "]");
 }
 
-static void progress(const RunLog *r, const Acts *a, const StepFigures *f) {
+static void progress(const TrainLog *r, const Acts *a, const StepFigures *f) {
     const MoeConfig *c = r->c;
     const int L = c->num_hidden_layers;
     double per_step = f->elapsed / (f->step - r->start_step), eta = per_step * (r->steps - f->step);
@@ -88,7 +88,7 @@ static void progress(const RunLog *r, const Acts *a, const StepFigures *f) {
             100 * f->mfu, bal, etas, r->tty ? "" : "\n");
 }
 
-int runlog_step(RunLog *r, const Acts *a, const StepFigures *f) {
+int trainlog_step(TrainLog *r, const Acts *a, const StepFigures *f) {
     const MoeConfig *c = r->c;
     const int L = c->num_hidden_layers, E = c->n_routed_experts, ep = r->ep;
     // under EP, the rows each rank's experts computed: the largest, smallest and total over
@@ -155,7 +155,7 @@ int runlog_step(RunLog *r, const Acts *a, const StepFigures *f) {
     return MOE_OK;
 }
 
-void runlog_summary(const RunLog *r, bool ok, long step, double seconds, double loss, const char *out) {
+void trainlog_summary(const TrainLog *r, bool ok, long step, double seconds, double loss, const char *out) {
     if (r->quiet) return;
     if (r->tty) fprintf(stderr, "\n");   // ends the live progress line
     if (!ok) return;
