@@ -6,7 +6,8 @@
 // then the journal ckpt.commit is written atomically; then each NAME.new is renamed over
 // NAME and the journal removed. A reader that finds a journal finishes the renames (all
 // .new files are complete by then); .new files without a journal are an unfinished save
-// and are deleted, leaving the previous checkpoint as it was.
+// and are deleted, leaving the previous checkpoint as it was, and so are the NAME.new.tmp
+// files of a write cut short.
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -33,8 +34,13 @@ int ckpt_recover(const char *dir) {
     char journal[4096], from[4096], to[4096];
     path_join(journal, sizeof journal, dir, "ckpt.commit");
     bool roll = path_exists(journal);
+    // a NAME.new.tmp (or the journal's .tmp) is never part of a save: its write was cut
+    snprintf(from, sizeof from, "%s.tmp", journal);
+    if (path_exists(from)) unlink(from);
     for (int i = 0; i < N_CKPT_FILES; i++) {
         path_join(to, sizeof to, dir, CKPT_FILES[i]);
+        snprintf(from, sizeof from, "%s.new.tmp", to);
+        if (path_exists(from)) unlink(from);
         snprintf(from, sizeof from, "%s.new", to);
         if (!path_exists(from)) continue;
         if (roll) {
