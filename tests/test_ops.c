@@ -417,6 +417,21 @@ static void test_simd(void) {
     }
     snprintf(nm, sizeof nm, "vec_to_bf16 / vec_from_bf16 (%s) vs ref, bit for bit (NaN, inf, ties), offsets 0-3", simd_level());
     check(nm, bad16, 0);
+    // in-place rounding: the pack/unpack round trip of the reference, bit for bit
+    bad16 = 0;
+    for (int off = 0; off < 4; off++) {
+        memcpy(f1, f, sizeof(float) * n);
+        vec_round_bf16(f1 + off, n - off);
+        memcpy(f2, f, sizeof(float) * n);
+        vec_to_bf16_ref(h2 + off, f + off, n - off);
+        vec_from_bf16_ref(f2 + off, h2 + off, n - off);
+        bad16 += memcmp(f1, f2, sizeof(float) * n) != 0;
+        memcpy(f1, f, sizeof(float) * n);
+        vec_round_bf16_ref(f1 + off, n - off);
+        bad16 += memcmp(f1, f2, sizeof(float) * n) != 0;
+    }
+    snprintf(nm, sizeof nm, "vec_round_bf16 (%s) and its ref = vec_from_bf16(vec_to_bf16(x)), bit for bit, offsets 0-3", simd_level());
+    check(nm, bad16, 0);
     // vec_zero: a blob big enough for streaming stores, starting off a vector boundary, and
     // a huge-page block from moe_alloc (its header apart from the data)
     {

@@ -59,6 +59,9 @@ static void to_bf16_scalar(uint16_t *d, const float *x, long n) {
 static void from_bf16_scalar(float *y, const uint16_t *s, long n) {
     for (long i = 0; i < n; i++) y[i] = bf16_to_f32(s[i]);
 }
+static void round_bf16_scalar(float *x, long n) {
+    for (long i = 0; i < n; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+}
 static double sumsq_scalar(const float *x, long n) {
     double s = 0;
     for (long i = 0; i < n; i++) s += (double)x[i] * x[i];
@@ -209,6 +212,23 @@ __attribute__((target("avx2,fma"))) static void from_bf16_avx2(float *y, const u
     from_bf16_scalar(y + i, s + i, n - i);
 }
 
+// x <- bf16(x) in place, what to_bf16 then from_bf16 give: round the low 16 bits away (to
+// nearest even), a NaN keeps its top bits and turns quiet
+__attribute__((target("avx2,fma"))) static void round_bf16_avx2(float *x, long n) {
+    const __m256i abs = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000),
+                  one = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7fff), quiet = _mm256_set1_epi32(0x400000),
+                  top = _mm256_set1_epi32((int)0xffff0000u);
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i u = _mm256_castps_si256(_mm256_loadu_ps(x + i));
+        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs), inf);
+        __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(u, 16), one)));
+        r = _mm256_blendv_epi8(r, _mm256_or_si256(u, quiet), nan);
+        _mm256_storeu_ps(x + i, _mm256_castsi256_ps(_mm256_and_si256(r, top)));
+    }
+    round_bf16_scalar(x + i, n - i);
+}
+
 // ---------------------------------------------------------------- AVX-512F
 
 // exp256's arithmetic on 16 lanes; tails run masked instead of through scalar expf
@@ -301,5 +321,7 @@ void vec_zero(float *x, size_t n) {
 }
 void vec_to_bf16(uint16_t *d, const float *x, long n) { if (detect()) to_bf16_avx2(d, x, n); else to_bf16_scalar(d, x, n); }
 void vec_from_bf16(float *y, const uint16_t *s, long n) { if (detect()) from_bf16_avx2(y, s, n); else from_bf16_scalar(y, s, n); }
+void vec_round_bf16(float *x, long n) { if (detect()) round_bf16_avx2(x, n); else round_bf16_scalar(x, n); }
+void vec_round_bf16_ref(float *x, long n) { round_bf16_scalar(x, n); }
 void vec_to_bf16_ref(uint16_t *d, const float *x, long n) { to_bf16_scalar(d, x, n); }
 void vec_from_bf16_ref(float *y, const uint16_t *s, long n) { from_bf16_scalar(y, s, n); }

@@ -224,7 +224,8 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
     for (int l = 0; l < L; l++) Fmax = imax(Fmax, config_layer_is_moe(c, l) ? Fs : c->intermediate_size);
     const bool any_moe = config_n_moe_layers(c) > 0;
     // under expert parallelism the experts' rows live on their owners, kept per layer in f32
-    // and grown to what arrives (moe/ep.c): no shared, recomputed or bf16-stashed expert rows
+    // buffers grown to what arrives (moe/ep.c), holding the values one process would read
+    // back (MOE_KEEP_*): no shared, recomputed or bf16-stashed expert rows here
     const bool ep = m->comm != NULL, local_moe = any_moe && !ep;
     a->ep = ep;
     a->Nmax = Nmax; a->L = L; a->D = D; a->train = train; a->recompute = rc; a->full = full; a->bf16 = bf;
@@ -241,10 +242,11 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
         if (local_moe && !bf) a->rc_mgu = MOE_NEW(float, NK * 2 * Fe);   // (bf16: ws_mgu)
     }
     // the experts' outputs are summed into each layer's output and not needed again (the
-    // backward pass gets dw from dout W_down . ae): one buffer for all layers, which in
-    // training is the backward pass's dye (no forward runs inside a layer's backward)
+    // backward pass gets dw from dout W_down . ae, under expert parallelism on the owners):
+    // one buffer for all layers, which in training is the backward pass's dye (no forward
+    // runs inside a layer's backward)
     if (train && any_moe) moe_work_alloc(&a->mw, Nmax, E, K, D, Fe, false);
-    if (local_moe) a->rc_ye = train ? a->mw.dye : MOE_NEW(float, NK * D);
+    if (any_moe) a->rc_ye = train ? a->mw.dye : MOE_NEW(float, NK * D);
     if (any_moe) a->router_logits = MOE_NEW(float, (size_t)Nmax * E);   // scratch of every router
     if (bf) {   // the f32 working set every layer computes in; layers keep bf16 copies
         a->ws_q = MOE_NEW(float, (size_t)Nmax * Hq); a->ws_att = MOE_NEW(float, (size_t)Nmax * Hq);
@@ -289,19 +291,21 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
         }
         if (moe) {
             int borrow = MOE_BORROW_LOGITS | (rc || bf ? MOE_BORROW_XE_AE : 0) | (bf || full ? MOE_BORROW_GU : 0) | MOE_BORROW_YE;
-            if (ep) borrow = MOE_BORROW_LOGITS | MOE_BORROW_XE_AE | MOE_BORROW_GU;
+            if (ep) borrow = MOE_BORROW_LOGITS | MOE_BORROW_XE_AE | MOE_BORROW_GU | MOE_BORROW_YE;
             moe_acts_alloc(&la->moe, Nmax, E, K, D, Fe, borrow);
             la->moe.logits = a->router_logits;
+            if (ep && bf)
+                la->moe.keep = MOE_KEEP_BF16 | (rc ? MOE_KEEP_RECOMPUTE_AE : 0) | (full ? MOE_KEEP_RECOMPUTE_GU : 0);
+            la->moe.ye = a->rc_ye;
             if (!ep) {
                 if (rc) { la->moe.xe = a->rc_xe; la->moe.ae = a->rc_ae; }
                 else if (bf) { la->moe.xe = a->ws_mxe; la->moe.ae = a->ws_mae; }
                 if (bf) la->moe.gu = a->ws_mgu;
                 else if (full) la->moe.gu = a->rc_mgu;
-                la->moe.ye = a->rc_ye;
             }
         }
         if (bf) {   // room for the largest stash this layer can need
-            size_t per_tok = D + 2 * Hq + 2 * Hk + (full ? 0 : D) + (rc ? 0 : 2 * D) + (F > 0 ? 2 * F + (rc ? 0 : F) : 0);
+            size_t per_tok = D + 2 * Hq + 2 * Hk + (full ? 0 : D) + (rc ? (moe ? D : 0) : 2 * D) + (F > 0 ? 2 * F + (rc ? 0 : F) : 0);
             size_t per_row = moe && !ep ? (full ? 0 : 2 * Fe) + (rc ? 0 : D + Fe) : 0;
             la->stash = MOE_NEW(unsigned short, (size_t)Nmax * per_tok + NK * per_row);
         }
@@ -354,7 +358,10 @@ static float *resid(const Acts *a, int l, int N) {
 }
 
 // ACTS_BF16: the f32 intermediates of layer l that its backward pass reads, in a fixed
-// order; packed after its forward pass, unpacked before its backward pass.
+// order; packed after its forward pass, unpacked before its backward pass. A MoE layer's
+// xn2 is kept whatever the recomputation: the experts' rows are gathered from it, and an
+// owner under expert parallelism, which holds those rows and not h, rounds them to bf16
+// (MOE_KEEP_BF16) to the values gather(bf16(xn2)) gives here (rmsnorm(bf16(h)) would not).
 typedef struct { float *p; size_t n; } StashItem;
 static int stash_items(const Acts *a, const Model *m, int l, int N, StashItem *it) {
     const MoeConfig *c = &m->cfg;
@@ -370,7 +377,8 @@ static int stash_items(const Acts *a, const Model *m, int l, int N, StashItem *i
     it[n++] = (StashItem){la->v, N * Hk};
     it[n++] = (StashItem){la->att, N * Hq};
     if (!a->full) it[n++] = (StashItem){la->h, N * D};
-    if (!a->recompute) { it[n++] = (StashItem){la->xn1, N * D}; it[n++] = (StashItem){la->xn2, N * D}; }
+    if (!a->recompute) it[n++] = (StashItem){la->xn1, N * D};
+    if (!a->recompute || moe) it[n++] = (StashItem){la->xn2, N * D};
     if (F > 0) {
         it[n++] = (StashItem){la->gu, N * 2 * F};
         if (!a->recompute) it[n++] = (StashItem){la->a, N * F};
@@ -747,7 +755,8 @@ static int bwd_s1(Pass *P, int l) {
             memcpy(la->h, la->x, sizeof(float) * ND);
             linear_forward(la->h, la->att, p->wo, N, Hq, D, true);
         }
-        rmsnorm_forward(la->xn2, NULL, la->h, p->post_norm, N, D, c->rms_norm_eps);
+        if (!(a->bf16 && config_layer_is_moe(c, l)))   // (bf16: a MoE layer's xn2 is unpacked)
+            rmsnorm_forward(la->xn2, NULL, la->h, p->post_norm, N, D, c->rms_norm_eps);
         if (!config_layer_is_moe(c, l)) swiglu_rows_forward(la->a, la->gu, N, c->intermediate_size);
         else {
             if (!a->ep) {
@@ -777,19 +786,17 @@ static int bwd_s1(Pass *P, int l) {
     return MOE_OK;
 }
 
-// stage 2: routing weights, balance loss, router, shared experts
-static int bwd_s2(Pass *P, int l) {
+// the routing weights' backward pass (their gradients work->dw are at hand), balance loss,
+// router
+static void bwd_router(Pass *P, int l) {
     Model *m = P->m;
     Acts *a = P->a;
     const MoeConfig *c = &m->cfg;
-    if (!config_layer_is_moe(c, l)) return MOE_OK;
-    const int N = P->b->N, D = c->hidden_size, E = c->n_routed_experts,
-              Fs = c->n_shared_experts * c->moe_intermediate_size;
+    const int N = P->b->N, D = c->hidden_size, E = c->n_routed_experts;
     LayerActs *la = &a->layer[l];
-    const LayerParams *p = &m->w.layer[l];
     LayerParams *gp = &m->g.layer[l];
     MoeWeights mw;
-    moe_views(p, c, &mw);
+    moe_views(&m->w.layer[l], c, &mw);
     MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down, P->gset};
     MoeActs *ma = &la->moe;
     double t = prof_begin();
@@ -800,7 +807,21 @@ static int bwd_s2(Pass *P, int l) {
     moe_router_backward(c, ma, &a->mw, la->xn2, &mw, &mg, a->dxn);
     prof_end(PROF_ROUTER, true, t, 4.0 * N * D * E);
     moe_progress();
-    t = prof_begin();
+}
+
+// stage 2: the router (on one process; under expert parallelism the owners send the weights'
+// gradients back with the rows, and stage 4 runs it), shared experts
+static int bwd_s2(Pass *P, int l) {
+    Model *m = P->m;
+    Acts *a = P->a;
+    const MoeConfig *c = &m->cfg;
+    if (!config_layer_is_moe(c, l)) return MOE_OK;
+    const int N = P->b->N, D = c->hidden_size, Fs = c->n_shared_experts * c->moe_intermediate_size;
+    LayerActs *la = &a->layer[l];
+    const LayerParams *p = &m->w.layer[l];
+    LayerParams *gp = &m->g.layer[l];
+    if (!m->comm) bwd_router(P, l);
+    double t = prof_begin();
     if (Fs > 0)
         swiglu_ffn_backward(a->dxn, gp->s_gate, gp->s_down, a->dx, la->xn2, la->gu, la->a, p->s_gate, p->s_down,
                             a->da, N, D, Fs, P->gset ? 0.0f : 1.0f);
@@ -835,7 +856,10 @@ static int bwd_s4(Pass *P, int l) {
     const LayerParams *p = &m->w.layer[l];
     LayerParams *gp = &m->g.layer[l];
     float *dx = a->dx, *dh = a->dh, *dxn = a->dxn;
-    if (m->comm && config_layer_is_moe(c, l)) MOE_TRY(moe_ep_backward_finish(&la->moe, &a->mw, m->comm, dxn));
+    if (m->comm && config_layer_is_moe(c, l)) {   // the experts' input gradients and dw arrive
+        MOE_TRY(moe_ep_backward_finish(&la->moe, &a->mw, m->comm, dxn));
+        bwd_router(P, l);
+    }
     const float bw = P->gset ? 0.0f : 1.0f;
     if (P->gset) { memset(gp->post_norm, 0, sizeof(float) * D); memset(gp->in_norm, 0, sizeof(float) * D); }
     double t = prof_begin();

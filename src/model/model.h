@@ -116,9 +116,11 @@ typedef struct {
 // recomputation repeats the forward arithmetic, so gradients are bit-identical) and
 // ACTS_BF16 (--act-dtype bf16: each layer's saved intermediates are packed to bf16 after
 // its forward pass and unpacked into one shared f32 working set for its backward pass;
-// all arithmetic stays f32)
+// all arithmetic stays f32; a MoE layer's post-attention norm output is packed whatever
+// the recomputation, so that an expert's owner under expert parallelism can keep its rows
+// as they are here)
 // ACTS_RECOMPUTE_FULL (--recompute full) adds the attention block's output h (the o_proj
-// GEMM again) and the experts' outputs (their down_proj GEMMs again).
+// GEMM again) and the experts' gate/up pre-activations (their gate|up GEMMs again).
 enum { ACTS_INFER = 0, ACTS_TRAIN = 1, ACTS_RECOMPUTE = 2, ACTS_BF16 = 4, ACTS_RECOMPUTE_FULL = 8 };
 #define ACTS_TRAIN_SELECTIVE (ACTS_TRAIN | ACTS_RECOMPUTE)
 void acts_alloc(Acts *a, const Model *m, int Nmax, int mode);

@@ -12,6 +12,7 @@
 #include "../base/base.h"
 #include "../base/prof.h"
 #include "../kernels/gemm.h"
+#include "../kernels/simd.h"
 #include "../ops/ops.h"
 #include "moe.h"
 
@@ -41,6 +42,13 @@ static void reorder(const MoeActs *a, int P, int El, float *dst, const float *sr
 static int post(MoeComm *c, const float *send, const int *sc, const int *sd, float *recv, const int *rc,
                 const int *rd, int width, int *req) {
     return c->start(c, send, sc, sd, recv, rc, rd, width, req);
+}
+
+// x <- bf16(x), on all threads
+static void round_bf16(float *x, size_t n) {
+    const size_t chunk = (size_t)1 << 14, nc = (n + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if (nc > 1)
+    for (size_t c = 0; c < nc; c++) vec_round_bf16(x + c * chunk, (long)(c == nc - 1 ? n - c * chunk : chunk));
 }
 
 // rows sorted by expert, or by placement slot: P blocks of El keys
@@ -115,7 +123,15 @@ int moe_ep_experts(MoeActs *a, MoeEpWork *w, MoeComm *comm, const MoeWeights *W)
     t = prof_begin();
     reorder(a, P, El, w->t1, w->t2, D, false);
     prof_end(PROF_UNPERMUTE, false, t, 0);
-    return post(comm, w->t1, a->rcnt, a->rdsp, a->ye, a->scnt, a->sdsp, D, &a->req);
+    MOE_TRY(post(comm, w->t1, a->rcnt, a->rdsp, a->ye, a->scnt, a->sdsp, D, &a->req));
+    if (a->keep & MOE_KEEP_BF16) {   // while the outputs travel: the rows as one process keeps them
+        t = prof_begin();
+        round_bf16(a->xe, R * D);
+        if (!(a->keep & MOE_KEEP_RECOMPUTE_GU)) round_bf16(a->gu, R * 2 * F);
+        if (!(a->keep & MOE_KEEP_RECOMPUTE_AE)) round_bf16(a->ae, R * F);
+        prof_end(PROF_STASH, false, t, 0);
+    }
+    return MOE_OK;
 }
 
 int moe_ep_combine(MoeActs *a, MoeComm *comm, float *out) {
@@ -126,12 +142,28 @@ int moe_ep_combine(MoeActs *a, MoeComm *comm, float *out) {
     return MOE_OK;
 }
 
+// The backward pass runs each row as one process does (moe_experts_backward without ye):
+// the owner gets the token's output gradient as it is and the row's weight w, and computes
+// the weight's gradient (dy W_down) . ae from the ae it keeps, which it sends back with the
+// row's input gradient. (dout . ye on the token's side would be the same number in exact
+// arithmetic, but not with ae kept in bf16.)
 int moe_ep_backward_send(MoeActs *a, MoeWork *wk, MoeEpWork *w, MoeComm *comm, const float *dout) {
+    const int D = a->D;
     double t = prof_begin();
-    moe_combine_backward(a, wk, dout);   // dye (A rows) and dw, from this process's ye
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < a->A; r++) {
+        memcpy(wk->dye + (size_t)r * D, dout + (size_t)a->row_tok[r] * D, sizeof(float) * D);
+        wk->wrow[r] = a->w[a->row_slot[r]];
+    }
+    MemCategory old = mem_category(MEM_WORK);
+    const size_t n = (size_t)(a->R > a->A ? a->R : a->A);
+    grow(&w->w1, &w->capw1, n);
+    grow(&w->w2, &w->capw2, n);
+    mem_category(old);
     prof_end(PROF_UNPERMUTE, true, t, 0);
     // the counts are the forward pass's, reversed
-    return post(comm, wk->dye, a->scnt, a->sdsp, w->t1, a->rcnt, a->rdsp, a->D, &a->req);
+    MOE_TRY(post(comm, wk->dye, a->scnt, a->sdsp, w->t1, a->rcnt, a->rdsp, D, &a->req));
+    return post(comm, wk->wrow, a->scnt, a->sdsp, w->w1, a->rcnt, a->rdsp, 1, &a->req_w);
 }
 
 int moe_ep_backward_experts(MoeActs *a, MoeWork *wk, MoeEpWork *w, MoeComm *comm, const MoeWeights *W,
@@ -139,27 +171,41 @@ int moe_ep_backward_experts(MoeActs *a, MoeWork *wk, MoeEpWork *w, MoeComm *comm
     const int D = a->D, F = a->F, P = comm->size, El = keys(a) / P;
     const size_t R = a->R;
     MOE_TRY(comm->wait(comm, a->req));
+    MOE_TRY(comm->wait(comm, a->req_w));
     double t = prof_begin();
     reorder(a, P, El, w->t2, w->t1, D, true);   // t2: dy, expert-major
+    reorder(a, P, El, w->w2, w->w1, 1, true);   // w2: the rows' weights
     MemCategory old = mem_category(MEM_WORK);
     grow(&w->dae, &w->capa, R * F);
     grow(&w->dgu, &w->capg, R * 2 * F);
     mem_category(old);
     prof_end(PROF_UNPERMUTE, true, t, 0);
+    if (a->keep & (MOE_KEEP_RECOMPUTE_GU | MOE_KEEP_RECOMPUTE_AE)) {   // as one process recomputes them
+        t = prof_begin();
+        if (a->keep & MOE_KEEP_RECOMPUTE_GU) moe_grouped_gate_up(El, a->roff, a->xe, a->gu, W, D, F, NULL, NULL);
+        if (a->keep & MOE_KEEP_RECOMPUTE_AE) swiglu_rows_forward(a->ae, a->gu, (int)R, F);
+        prof_end(PROF_RECOMPUTE, true, t, a->keep & MOE_KEEP_RECOMPUTE_GU ? 4.0 * R * D * F : 0);
+    }
     t = prof_begin();
-    moe_grouped_backward(El, a->roff, a->xe, a->gu, a->ae, w->t2, w->dae, w->dgu, w->t1, W, G, D, F, NULL, NULL, NULL, NULL);
+    // w1 <- each row's weight gradient; t1 <- dx
+    moe_grouped_backward(El, a->roff, a->xe, a->gu, a->ae, w->t2, w->dae, w->dgu, w->t1, W, G, D, F, w->w2, w->w1,
+                         NULL, NULL);
     prof_end(PROF_EXPERTS, true, t, 12.0 * R * D * F);
     t = prof_begin();
-    reorder(a, P, El, w->t2, w->t1, D, false);   // dx, back in receive order
+    reorder(a, P, El, w->t2, w->t1, D, false);   // dx and dw, back in receive order
+    reorder(a, P, El, w->w2, w->w1, 1, false);
     prof_end(PROF_PERMUTE, true, t, 0);
     // dxe shares dye's buffer, whose exchange is complete
-    return post(comm, w->t2, a->rcnt, a->rdsp, wk->dxe, a->scnt, a->sdsp, D, &a->req);
+    MOE_TRY(post(comm, w->t2, a->rcnt, a->rdsp, wk->dxe, a->scnt, a->sdsp, D, &a->req));
+    return post(comm, w->w2, a->rcnt, a->rdsp, wk->dwrow, a->scnt, a->sdsp, 1, &a->req_w);
 }
 
 int moe_ep_backward_finish(MoeActs *a, MoeWork *wk, MoeComm *comm, float *dxn) {
     MOE_TRY(comm->wait(comm, a->req));
+    MOE_TRY(comm->wait(comm, a->req_w));
     double t = prof_begin();
     moe_scatter_backward(a, wk->dxe, dxn);
+    moe_rows_dw(a, wk);
     prof_end(PROF_PERMUTE, true, t, 0);
     return MOE_OK;
 }
@@ -176,6 +222,6 @@ void moe_ep_acts_free(MoeActs *a) {
 }
 
 void moe_ep_work_free(MoeEpWork *w) {
-    moe_free(w->t1); moe_free(w->t2); moe_free(w->dae); moe_free(w->dgu);
+    moe_free(w->t1); moe_free(w->t2); moe_free(w->dae); moe_free(w->dgu); moe_free(w->w1); moe_free(w->w2);
     memset(w, 0, sizeof *w);
 }

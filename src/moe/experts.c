@@ -109,16 +109,20 @@ void moe_gather(MoeActs *a, const float *xn) {
     for (int r = 0; r < a->A; r++) memcpy(a->xe + (size_t)r * D, xn + (size_t)a->row_tok[r] * D, sizeof(float) * D);
 }
 
-void moe_experts_gate_up(MoeActs *a, const float *xn, const MoeWeights *W) {
-    const int D = a->D, F = a->F;
-    const bool by_expert = a->E >= 2 * omp_get_max_threads();
+void moe_grouped_gate_up(int n, const int *off, float *xe, float *gu, const MoeWeights *W, int D, int F,
+                         const float *xn, const int *row_tok) {
+    const bool by_expert = n >= 2 * omp_get_max_threads();
 #pragma omp parallel for schedule(dynamic, 1) if (by_expert)
-    for (int e = 0; e < a->E; e++) {
-        int r0 = a->offsets[e], M = a->offsets[e + 1] - r0;
+    for (int e = 0; e < n; e++) {
+        int r0 = off[e], M = off[e + 1] - r0;
         if (M == 0) continue;
-        gather_rows(a->xe, xn, a->row_tok, r0, M, D);
-        linear_forward(a->gu + (size_t)r0 * 2 * F, a->xe + (size_t)r0 * D, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F, false);
+        if (xn) gather_rows(xe, xn, row_tok, r0, M, D);
+        linear_forward(gu + (size_t)r0 * 2 * F, xe + (size_t)r0 * D, W->gate_up + (size_t)e * 2 * F * D, M, D, 2 * F, false);
     }
+}
+
+void moe_experts_gate_up(MoeActs *a, const float *xn, const MoeWeights *W) {
+    moe_grouped_gate_up(a->E, a->offsets, a->xe, a->gu, W, a->D, a->F, xn, a->row_tok);
 }
 
 void moe_experts_forward(MoeActs *a, const float *xn, const MoeWeights *W, float *out) {
@@ -222,13 +226,15 @@ void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const floa
     moe_grouped_backward(a->E, a->offsets, a->xe, a->gu, a->ae, wk->dye, wk->dae, wk->dgu ? wk->dgu : a->gu, wk->dxe, W, G, D, F,
                          have_ye ? NULL : wk->wrow, wk->dwrow, have_ye ? NULL : dout, a->row_tok);
     prof_end(PROF_EXPERTS, true, t, 12.0 * a->A * D * F);
-    if (!have_ye) {
-        for (int i = 0; i < a->N * a->K; i++) wk->dw[i] = 0;   // a dropped assignment adds nothing
-        for (int r = 0; r < a->A; r++) wk->dw[a->row_slot[r]] = wk->dwrow[r];
-    }
+    if (!have_ye) moe_rows_dw(a, wk);
     t = prof_begin();
     moe_scatter_backward(a, wk->dxe, dxn);
     prof_end(PROF_PERMUTE, true, t, 0);
+}
+
+void moe_rows_dw(const MoeActs *a, MoeWork *wk) {
+    for (int i = 0; i < a->N * a->K; i++) wk->dw[i] = 0;   // a dropped assignment adds nothing
+    for (int r = 0; r < a->A; r++) wk->dw[a->row_slot[r]] = wk->dwrow[r];
 }
 
 void moe_weights_backward(const MoeConfig *c, const MoeActs *a, MoeWork *wk) {

@@ -36,7 +36,9 @@ typedef struct {
     int *scnt, *sdsp, *rcnt, *rdsp;   // [P] rows sent to / received from each rank
     int *roff;              // [El+1] expert-major row offsets
     int el_alloc;           // El the arrays above were sized for
-    int req;                // the exchange in flight for this layer (MoeComm.start)
+    int req, req_w;         // the exchanges in flight for this layer (MoeComm.start): rows, and
+                            // in the backward pass the rows' weights and their gradients
+    int keep;               // MOE_KEEP_*: how the received rows are kept for the backward pass
     double *ep_f, ep_n;     // aux_scope "ep_group": the group's f [E] and P [E], and its tokens
     // dynamic placement (MoePlacement): rows are sorted by replica slot instead of expert;
     // the assignment of token n to expert e goes to slot key_slot[key_first[e] + n % key_n[e]]
@@ -44,6 +46,13 @@ typedef struct {
     const int *key_n, *key_first, *key_slot;
 } MoeActs;
 enum { MOE_BORROW_XE_AE = 1, MOE_BORROW_GU = 2, MOE_BORROW_YE = 4, MOE_BORROW_LOGITS = 8 };
+// Under expert parallelism an owner keeps the rows it received as one process keeps its own
+// (the model's bf16 stash and recomputation), so that a gradient does not depend on the rank
+// that holds a row: MOE_KEEP_BF16 rounds xe to bf16 after the forward GEMMs (one process
+// gathers it from the bf16 copy of xn), and gu and ae too unless they are recomputed in the
+// backward pass, gu = xe Wgu^T from the rounded xe (MOE_KEEP_RECOMPUTE_GU), ae = swiglu(gu)
+// from the kept gu (MOE_KEEP_RECOMPUTE_AE). 0: f32, where recomputation is exact.
+enum { MOE_KEEP_BF16 = 1, MOE_KEEP_RECOMPUTE_AE = 2, MOE_KEEP_RECOMPUTE_GU = 4 };
 
 typedef struct {            // expert weights of one layer, experts contiguous
     const float *router;    // [E,D]
@@ -75,7 +84,8 @@ typedef struct MoeComm {
 typedef struct {
     float *t1, *t2;         // [cap, max(D, ...)] rows in flight and reordered
     float *dae, *dgu;       // [cap,F], [cap,2F]
-    size_t cap1, cap2, capa, capg;
+    float *w1, *w2;         // [cap] the rows' weights and weight gradients, in flight and reordered
+    size_t cap1, cap2, capa, capg, capw1, capw2;
 } MoeEpWork;
 
 typedef struct {            // workspace for the backward pass, sized for N*K rows
@@ -95,6 +105,10 @@ void moe_gather(MoeActs *a, const float *xn);
 // xe <- the gather of xn and gu <- xe Wgu^T, expert by expert, as moe_experts_forward
 // computes them (for recomputation)
 void moe_experts_gate_up(MoeActs *a, const float *xn, const MoeWeights *W);
+// gu <- xe Wgu^T over rows grouped by expert (as moe_grouped_forward computes it; with xn,
+// the rows of xe are first gathered from xn[row_tok[r]], expert by expert)
+void moe_grouped_gate_up(int n, const int *off, float *xe, float *gu, const MoeWeights *W, int D, int F,
+                         const float *xn, const int *row_tok);
 void moe_acts_free(MoeActs *a);
 // own_dgu false: the backward pass writes the experts' gate/up gradients over the
 // activations' gu (swiglu's backward reads each element before it writes it)
@@ -139,6 +153,8 @@ void moe_grouped_backward(int n, const int *off, const float *xe, const float *g
 void moe_combine(const MoeActs *a, float *out);
 void moe_combine_backward(const MoeActs *a, MoeWork *wk, const float *dout);
 void moe_scatter_backward(const MoeActs *a, const float *dxe, float *dxn);
+// work->dw from work->dwrow, each row's weight gradient (0 for a dropped assignment)
+void moe_rows_dw(const MoeActs *a, MoeWork *wk);
 // The same over an expert-parallel group, in stages so that a caller can compute other
 // work while rows travel (W holds this process's experts, block comm->rank of E/comm->size):
 //   dispatch: counts to every owner, then the rows start towards their owners;
@@ -147,8 +163,9 @@ void moe_scatter_backward(const MoeActs *a, const float *dxe, float *dxn);
 int moe_ep_dispatch(MoeActs *a, MoeEpWork *w, MoeComm *comm, const float *xn);
 int moe_ep_experts(MoeActs *a, MoeEpWork *w, MoeComm *comm, const MoeWeights *W);
 int moe_ep_combine(MoeActs *a, MoeComm *comm, float *out);
-// backward: output gradients start to the owners; the owners' GEMMs (weight gradients stay
-// there) and the input gradients start back; they arrive and are scattered into dxn
+// backward: output gradients and the rows' weights start to the owners; the owners' GEMMs
+// (weight gradients stay there) and the input gradients and the rows' weight gradients start
+// back; they arrive, are scattered into dxn and fill work->dw
 int moe_ep_backward_send(MoeActs *a, MoeWork *wk, MoeEpWork *w, MoeComm *comm, const float *dout);
 int moe_ep_backward_experts(MoeActs *a, MoeWork *wk, MoeEpWork *w, MoeComm *comm, const MoeWeights *W,
                             MoeGrads *G);
