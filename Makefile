@@ -7,7 +7,7 @@
 CC      := mpicc
 # -O3 with native tuning off: the binary must run on any x86-64 (kernels pick features at run time)
 CFLAGS  ?= -O3 -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation -fopenmp
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-format-truncation -fopenmp
 BLASDIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLASINC := /usr/include/x86_64-linux-gnu/openblas-openmp
 # OpenMP build of OpenBLAS: a GEMM called inside our parallel regions runs on its thread

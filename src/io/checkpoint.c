@@ -216,7 +216,9 @@ int ckpt_load_state(const char *dir, const Model *m, float *mom_m, float *mom_v,
     cJSON *s = st_meta(&f, "train_state", js, cap) ? cJSON_Parse(js) : NULL;
     const cJSON *id = cJSON_GetObjectItem(s, "ckpt_id");
     if (!cJSON_IsObject(s) || !cJSON_IsString(id)) {
+        const bool parsed = cJSON_IsObject(s);
         cJSON_Delete(s); moe_free(js); st_close(&f);
+        if (parsed) MOE_ERR("%s: \"train_state\" metadata is incomplete", path);
         MOE_ERR("%s: no readable \"train_state\" metadata", path);
     }
     const unsigned long long state_id = strtoull(id->valuestring, NULL, 10);

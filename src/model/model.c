@@ -420,8 +420,7 @@ static void swiglu_ffn_forward(float *out, float *gu, float *act, const float *x
     linear_forward(out, act, Wd, N, F, D, acc);
 }
 
-static void moe_views(const LayerParams *p, const MoeConfig *c, MoeWeights *w) {
-    (void)c;
+static void moe_views(const LayerParams *p, MoeWeights *w) {
     w->router = p->router; w->gate_up = p->e_gate_up; w->down = p->e_down;
 }
 
@@ -525,7 +524,7 @@ static int fwd_attn(Pass *P, int l) {
         return MOE_OK;
     }
     MoeWeights mw;
-    moe_views(p, c, &mw);
+    moe_views(p, &mw);
     MoeActs *ma = &la->moe;
     t = prof_begin();
     moe_router_forward(c, ma, la->xn2, &mw, m->bias + (size_t)l * E, N);
@@ -549,7 +548,7 @@ static int fwd_experts(Pass *P, int l) {
     if (!config_layer_is_moe(&m->cfg, l)) return MOE_OK;
     LayerActs *la = &P->a->layer[P->a->train ? l : 0];
     MoeWeights mw;
-    moe_views(&m->w.layer[l], &m->cfg, &mw);
+    moe_views(&m->w.layer[l], &mw);
     if (m->comm) {
         if (P->o->train) P->a->rows_l[l] += la->moe.R;
         return moe_ep_experts(&la->moe, &P->a->ew, m->comm, &mw);
@@ -762,7 +761,7 @@ static int bwd_s1(Pass *P, int l) {
             if (!a->ep) {
                 if (a->full) {   // the gather and the experts' gate and up projections again
                     MoeWeights mw;
-                    moe_views(p, c, &mw);
+                    moe_views(p, &mw);
                     moe_experts_gate_up(&la->moe, la->xn2, &mw);
                 } else moe_gather(&la->moe, la->xn2);
                 swiglu_rows_forward(la->moe.ae, la->moe.gu, la->moe.A, Fe);
@@ -779,10 +778,10 @@ static int bwd_s1(Pass *P, int l) {
         return MOE_OK;
     }
     MoeWeights mw;
-    moe_views(p, c, &mw);
+    moe_views(p, &mw);
     MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down, P->gset};
     if (m->comm) return moe_ep_backward_send(&la->moe, &a->mw, &a->ew, m->comm, dx);
-    moe_experts_backward(&la->moe, &a->mw, dx, la->xn2, &mw, &mg, dxn, false);
+    moe_experts_backward(&la->moe, &a->mw, dx, &mw, &mg, dxn, false);
     return MOE_OK;
 }
 
@@ -796,7 +795,7 @@ static void bwd_router(Pass *P, int l) {
     LayerActs *la = &a->layer[l];
     LayerParams *gp = &m->g.layer[l];
     MoeWeights mw;
-    moe_views(&m->w.layer[l], c, &mw);
+    moe_views(&m->w.layer[l], &mw);
     MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down, P->gset};
     MoeActs *ma = &la->moe;
     double t = prof_begin();
@@ -837,7 +836,7 @@ static int bwd_s3(Pass *P, int l) {
     const LayerParams *p = &m->w.layer[l];
     LayerParams *gp = &m->g.layer[l];
     MoeWeights mw;
-    moe_views(p, &m->cfg, &mw);
+    moe_views(p, &mw);
     MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down, P->gset};
     return moe_ep_backward_experts(&P->a->layer[l].moe, &P->a->mw, &P->a->ew, m->comm, &mw, &mg);
 }

@@ -183,7 +183,7 @@ void moe_scatter_backward(const MoeActs *a, const float *dxe, float *dxn) {
     }
 }
 
-void moe_experts_forward_ref(const MoeConfig *c, const MoeActs *a, const float *xn,
+void moe_experts_forward_ref(const MoeActs *a, const float *xn,
                              const MoeWeights *W, float *out) {
     // token by token, expert by expert, straight from the formula
     const int D = a->D, F = a->F, K = a->K;
@@ -208,13 +208,11 @@ void moe_experts_forward_ref(const MoeConfig *c, const MoeActs *a, const float *
             }
         }
     moe_free(h);
-    (void)c;
 }
 
-void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const float *xn,
-                          const MoeWeights *W, MoeGrads *G, float *dxn, bool have_ye) {
+void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const MoeWeights *W, MoeGrads *G, float *dxn,
+                          bool have_ye) {
     const int D = a->D, F = a->F;
-    (void)xn;
     double t = prof_begin();
     if (have_ye) moe_combine_backward(a, wk, dout);
     else   // each row's weight; its token's dout (as it is) is gathered in the expert loop

@@ -123,13 +123,12 @@ void moe_topk_ref(const MoeConfig *c, const float *scores, const float *bias, in
 void moe_dispatch(const MoeConfig *c, MoeActs *a, bool train);
 // out[N,D] += sum_k w_k expert_{sel_k}(xn)
 void moe_experts_forward(MoeActs *a, const float *xn, const MoeWeights *W, float *out);
-void moe_experts_forward_ref(const MoeConfig *c, const MoeActs *a, const float *xn,
-                             const MoeWeights *W, float *out);
+void moe_experts_forward_ref(const MoeActs *a, const float *xn, const MoeWeights *W, float *out);
 // dxn += ..., grads += ..., fills work->dw (gradient of each assignment's weight).
 // have_ye: the experts' outputs a->ye are at hand, dw_r = dout . ye_r; otherwise (full
 // recomputation) dw_r = (dout W_down) . ae_r, the same number without ye.
-void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const float *xn,
-                          const MoeWeights *W, MoeGrads *G, float *dxn, bool have_ye);
+void moe_experts_backward(MoeActs *a, MoeWork *wk, const float *dout, const MoeWeights *W, MoeGrads *G, float *dxn,
+                          bool have_ye);
 // ds from dw (through normalisation and scaling) is written into work->ds; balance losses
 // add to it; then this turns ds into dlogits and accumulates dWr and dxn.
 void moe_weights_backward(const MoeConfig *c, const MoeActs *a, MoeWork *wk);

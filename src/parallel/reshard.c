@@ -5,6 +5,7 @@
 // comes from p's own old blob when p held it, else from the lowest rank that held it.
 // Used for dynamic expert placement (migration), the checkpoint gather (every rank's
 // experts to rank 0's whole model) and, through the same names, by checkpoint loading.
+#include <limits.h>
 #include <string.h>
 #include "../base/base.h"
 #include "parallel.h"
@@ -57,6 +58,11 @@ int par_reshard(const Model *from, const Model *to, int nb, float *const *src, f
                 if ((tq = index_find(&ix[q], &from[q], pt->name)) >= 0) break;
             if (tq < 0) { moe_seterr("internal: no rank holds %s to reshard", pt->name); rc = MOE_FAIL; break; }
             if (from[q].tensors[tq].numel != pt->numel) { moe_seterr("internal: %s changes size in a reshard", pt->name); rc = MOE_FAIL; break; }
+            if (q != p && pt->numel * nb > (size_t)INT_MAX) {   // one message of MPI's int counts
+                moe_seterr("%s: %zu floats, too large to move between ranks in one message", pt->name, pt->numel * nb);
+                rc = MOE_FAIL;
+                break;
+            }
             mv[n++] = (Move){p, t, q, tq, pt->numel};
         }
     int *sc = MOE_NEW(int, 5 * P), *sd = sc + P, *rcn = sc + 2 * P, *rd = sc + 3 * P, *at = sc + 4 * P;
