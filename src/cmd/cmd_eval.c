@@ -35,7 +35,7 @@ int cmd_eval(int argc, char **argv) {
     double loss;
     long tokens;
     double t0 = time_now();
-    int rc = eval_loss(&m, &d, limit, batch, &loss, &tokens);
+    int rc = eval_loss(&m, NULL, &d, limit, batch, &loss, &tokens);
     double em = 0, gen_s = 0;
     if (rc == MOE_OK && gen) {
         const char **qs = MOE_NEW(const char *, d.n);

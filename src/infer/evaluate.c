@@ -3,19 +3,19 @@
 #include "infer.h"
 
 // Forward passes only, in batches of examples; the logits of the target rows only.
-int eval_loss(Model *m, const Dataset *d, int limit, int batch, double *loss, long *tokens) {
+int eval_loss(Model *m, const ExpertShard *sh, const Dataset *d, int limit, int batch, double *loss, long *tokens) {
     int n = limit > 0 && limit < d->n ? limit : d->n;
     int maxlen = 0;
     for (int i = 0; i < n; i++) maxlen = imax(maxlen, d->ex[i].len - 1);
     Acts a;
-    acts_alloc(&a, m, batch * maxlen, false);
+    acts_alloc(&a, m, batch * maxlen, ACTS_INFER | (sh && sh->comm ? ACTS_EP : 0));
     Batch b;
     batch_alloc(&b, batch * maxlen, batch);
     int *ids = MOE_NEW(int, batch);
     double sum = 0;
     long cnt = 0;
     int rc = MOE_OK;
-    ForwardOpts fo = {.train = false};
+    ForwardOpts fo = {.train = false, .shard = sh};
     for (int s = 0; s < n && rc == MOE_OK; s += batch) {
         int nb = imin(batch, n - s);
         for (int i = 0; i < nb; i++) ids[i] = s + i;

@@ -25,7 +25,7 @@ static int generate_chunk(Model *m, const char *const *q, const int *qlen, int S
     KvCache cache = {S * R, MOE_NEW(float *, L), MOE_NEW(float *, L)};
     for (int l = 0; l < L; l++) { cache.k[l] = MOE_NEW(float, (size_t)S * R * Hk); cache.v[l] = MOE_NEW(float, (size_t)S * R * Hk); }
     Acts a;
-    acts_alloc(&a, m, total, false);
+    acts_alloc(&a, m, total, ACTS_INFER);
     Batch b;
     batch_alloc(&b, total, S);
     int *slot = MOE_NEW(int, total), *len = MOE_NEW(int, S), *done = MOE_NEW(int, S), *idx = MOE_NEW(int, S),

@@ -13,4 +13,5 @@ int generate_greedy(Model *m, const char *const *q, const int *qlen, int n, char
 
 // Mean cross-entropy over the target tokens of the first `limit` examples (all when 0),
 // without balance losses or capacity: what `moe eval` reports.
-int eval_loss(Model *m, const Dataset *d, int limit, int batch, double *loss, long *tokens);
+// sh: the experts m holds (under expert parallelism every rank of the group takes part; NULL: all)
+int eval_loss(Model *m, const ExpertShard *sh, const Dataset *d, int limit, int batch, double *loss, long *tokens);

@@ -155,9 +155,9 @@ int ckpt_save(const char *dir, const Model *m, CkptState *st, bool bf16) {
     return ckpt_recover(dir);
 }
 
-int ckpt_load_model(const char *dir, Model *m, bool with_grads) { return ckpt_load_model_shard(dir, m, with_grads, 0, 0); }
+int ckpt_load_model(const char *dir, Model *m, bool with_grads) { return ckpt_load_model_shard(dir, m, with_grads, NULL); }
 
-int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, int e0, int ne) {
+int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, const ExpertShard *sh) {
     char path[4096];
     if (!path_exists(dir)) MOE_ERR("%s: checkpoint directory does not exist", dir);
     MOE_TRY(ckpt_recover(dir));
@@ -168,8 +168,7 @@ int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, int e0, in
     path_join(path, sizeof path, dir, "model.safetensors");
     StFile f;
     MOE_TRY(st_open(&f, path));
-    if (ne <= 0) { e0 = 0; ne = c.n_routed_experts; }
-    model_build_shard(m, &c, with_grads, e0, ne);
+    model_build_sharded(m, &c, with_grads, sh);
     int rc = MOE_OK;
     for (int i = 0; i < m->n_tensors && rc == MOE_OK; i++) {
         const ParamTensor *t = &m->tensors[i];

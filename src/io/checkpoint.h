@@ -26,8 +26,9 @@ typedef struct {
 // st NULL: config.json and model.safetensors only (moe init); bf16: the weights as BF16
 int ckpt_save(const char *dir, const Model *m, CkptState *st, bool bf16);
 int ckpt_load_model(const char *dir, Model *m, bool with_grads);
-// only routed experts [e0, e0 + ne) of each MoE layer (expert parallelism); ne 0: all
-int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, int e0, int ne);
+// only the routed experts of shard sh (expert parallelism; NULL: all); the tensors are
+// read by name, so a checkpoint of any layout loads into any shard
+int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, const ExpertShard *sh);
 // train_state.safetensors: the moments into mom_m, mom_v (the blob layout of m) and the
 // trainer's JSON (*json, malloc'd); checks that it comes from the save model.safetensors
 // comes from

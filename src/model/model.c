@@ -11,7 +11,7 @@
 
 // ---------------------------------------------------------------- parameter layout
 
-typedef struct { Model *m; int cap; } LayoutBuilder;
+typedef struct { Model *m; int cap; const ExpertShard *sh; } LayoutBuilder;
 
 static void add(LayoutBuilder *lb, const char *name, int d0, int d1) {
     Model *m = lb->m;
@@ -40,7 +40,7 @@ static void add(LayoutBuilder *lb, const char *name, int d0, int d1) {
 }
 
 // Walks the layout in order; with base != NULL it points the views into base.
-static void layout_walk(Model *m, LayoutBuilder *lb, float *base, ParamViews *v) {
+static void layout_walk(Model *m, LayoutBuilder *lb, float *base, ParamViews *v, const ExpertShard *sh) {
     const MoeConfig *c = &m->cfg;
     int D = c->hidden_size, V = c->vocab_size, Hq = c->num_attention_heads * c->head_dim,
         Hk = c->num_key_value_heads * c->head_dim, Fd = c->intermediate_size, Fe = c->moe_intermediate_size,
@@ -68,11 +68,10 @@ static void layout_walk(Model *m, LayoutBuilder *lb, float *base, ParamViews *v)
             TL("mlp.gate.weight", E, D, p->router);
             // expert e's gate_proj and up_proj side by side ([2Fe,D], one GEMM), the
             // experts one after another so that expert e's pair is base + e * 2 Fe D
-            // this process's experts: [e0, e0 + ne), or its slots under a placement
-            const int n = m->place ? m->place->S : m->ne;
-            const int *slot = m->place ? m->place->slot_expert + ((size_t)l * m->place->P + m->prank) * n : NULL;
+            // this process's experts (its shard)
+            const int n = shard_experts(sh, c);
             for (int j = 0; j < n; j++) {
-                const int e = slot ? slot[j] : m->e0 + j;
+                const int e = shard_expert(sh, l, j);
                 char s[64]; float *dummy;
                 snprintf(s, sizeof s, "mlp.experts.%d.gate_proj.weight", e);
                 TL(s, Fe, D, dummy); if (!lb && j == 0) p->e_gate_up = dummy;
@@ -80,7 +79,7 @@ static void layout_walk(Model *m, LayoutBuilder *lb, float *base, ParamViews *v)
                 TL(s, Fe, D, dummy);
             }
             for (int j = 0; j < n; j++) {
-                const int e = slot ? slot[j] : m->e0 + j;
+                const int e = shard_expert(sh, l, j);
                 char s[64]; snprintf(s, sizeof s, "mlp.experts.%d.down_proj.weight", e);
                 float *dummy; TL(s, D, Fe, dummy); if (!lb && j == 0) p->e_down = dummy;
             }
@@ -98,60 +97,38 @@ static void layout_walk(Model *m, LayoutBuilder *lb, float *base, ParamViews *v)
 #undef T
 }
 
-void model_layout(Model *m, const MoeConfig *c) { model_layout_shard(m, c, 0, c->n_routed_experts); }
+void model_layout(Model *m, const MoeConfig *c) { model_layout_sharded(m, c, NULL); }
 
-void model_layout_shard(Model *m, const MoeConfig *c, int e0, int ne) {
+void model_layout_sharded(Model *m, const MoeConfig *c, const ExpertShard *sh) {
     memset(m, 0, sizeof *m);
     m->cfg = *c;
-    m->e0 = e0;
-    m->ne = ne;
-    LayoutBuilder lb = {m, 0};
+    LayoutBuilder lb = {m, 0, sh};
     ParamViews scratch;
     scratch.layer = MOE_NEW(LayerParams, c->num_hidden_layers);
-    layout_walk(m, &lb, NULL, &scratch);
+    layout_walk(m, &lb, NULL, &scratch, sh);
     moe_free(scratch.layer);
 }
 
-void model_build(Model *m, const MoeConfig *c, bool with_grads) {
-    model_build_shard(m, c, with_grads, 0, c->n_routed_experts);
+static void build_blobs(Model *m, const MoeConfig *c, bool with_grads, const ExpertShard *sh);
+
+void model_build(Model *m, const MoeConfig *c, bool with_grads) { model_build_sharded(m, c, with_grads, NULL); }
+
+void model_build_sharded(Model *m, const MoeConfig *c, bool with_grads, const ExpertShard *sh) {
+    model_layout_sharded(m, c, sh);
+    build_blobs(m, c, with_grads, sh);
 }
 
-static void build_blobs(Model *m, const MoeConfig *c, bool with_grads);
-
-void model_build_shard(Model *m, const MoeConfig *c, bool with_grads, int e0, int ne) {
-    model_layout_shard(m, c, e0, ne);
-    build_blobs(m, c, with_grads);
-}
-
-void model_layout_placed(Model *m, const MoeConfig *c, const MoePlacement *pl, int rank) {
-    memset(m, 0, sizeof *m);
-    m->cfg = *c;
-    m->place = pl;
-    m->prank = rank;
-    m->ne = pl->S;
-    LayoutBuilder lb = {m, 0};
-    ParamViews scratch;
-    scratch.layer = MOE_NEW(LayerParams, c->num_hidden_layers);
-    layout_walk(m, &lb, NULL, &scratch);
-    moe_free(scratch.layer);
-}
-
-void model_build_placed(Model *m, const MoeConfig *c, bool with_grads, const MoePlacement *pl, int rank) {
-    model_layout_placed(m, c, pl, rank);
-    build_blobs(m, c, with_grads);
-}
-
-static void build_blobs(Model *m, const MoeConfig *c, bool with_grads) {
+static void build_blobs(Model *m, const MoeConfig *c, bool with_grads, const ExpertShard *sh) {
     MemCategory old = mem_category(MEM_PARAMS);
     m->params = MOE_NEW(float, m->n_params);
     m->w.layer = MOE_NEW(LayerParams, c->num_hidden_layers);
-    layout_walk(m, NULL, m->params, &m->w);
+    layout_walk(m, NULL, m->params, &m->w, sh);
     if (with_grads) {
         mem_category(MEM_GRADS);
         m->grads = MOE_NEW(float, m->n_params);
         mem_category(MEM_PARAMS);
         m->g.layer = MOE_NEW(LayerParams, c->num_hidden_layers);
-        layout_walk(m, NULL, m->grads, &m->g);
+        layout_walk(m, NULL, m->grads, &m->g, sh);
     }
     m->bias = MOE_NEW(float, (size_t)c->num_hidden_layers * (c->n_routed_experts > 0 ? c->n_routed_experts : 1));
     rope_table_init(&m->rope, c->max_position_embeddings, c->head_dim, c->rope_theta);
@@ -163,18 +140,6 @@ void model_free(Model *m) {
     moe_free(m->w.layer); moe_free(m->g.layer); moe_free(m->bias);
     rope_table_free(&m->rope);
     memset(m, 0, sizeof *m);
-}
-
-void model_copy_blob(const Model *dst, float *dst_blob, const Model *src, const float *src_blob) {
-    for (int i = 0, j = 0; i < dst->n_tensors; i++) {
-        const ParamTensor *t = &dst->tensors[i];
-        // both layouts walk the same order: search forward from the last match
-        int k = -1;
-        for (int n = 0; n < src->n_tensors && k < 0; n++, j = (j + 1) % src->n_tensors)
-            if (!strcmp(src->tensors[j].name, t->name)) k = j;
-        if (k < 0) continue;
-        memcpy(dst_blob + t->offset, src_blob + src->tensors[k].offset, sizeof(float) * t->numel);
-    }
 }
 
 int model_find_tensor(const Model *m, const char *name) {
@@ -212,7 +177,7 @@ void model_init_weights(Model *m, unsigned long long seed) {
 #define HEAD_CHUNK 256   // rows of the output head per GEMM while training
 
 void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
-    const bool train = mode != ACTS_INFER, full = train && (mode & ACTS_RECOMPUTE_FULL),
+    const bool train = mode & ACTS_TRAIN, full = train && (mode & ACTS_RECOMPUTE_FULL),
                rc = full || (train && (mode & ACTS_RECOMPUTE)), bf = train && (mode & ACTS_BF16);
     const MoeConfig *c = &m->cfg;
     memset(a, 0, sizeof *a);
@@ -226,7 +191,7 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
     // under expert parallelism the experts' rows live on their owners, kept per layer in f32
     // buffers grown to what arrives (moe/ep.c), holding the values one process would read
     // back (MOE_KEEP_*): no shared, recomputed or bf16-stashed expert rows here
-    const bool ep = m->comm != NULL, local_moe = any_moe && !ep;
+    const bool ep = mode & ACTS_EP, local_moe = any_moe && !ep;
     a->ep = ep;
     a->Nmax = Nmax; a->L = L; a->D = D; a->train = train; a->recompute = rc; a->full = full; a->bf16 = bf;
     MemCategory old = mem_category(MEM_ACTS);
@@ -439,6 +404,11 @@ typedef struct {
     bool gset;             // this pass writes the gradients first: overwrite, do not add
 } Pass;
 
+// expert parallelism: the transport to the other experts' owners (NULL: every expert here),
+// and a dynamic placement's slots
+static MoeComm *ep_comm(const Pass *P) { return P->o->shard ? P->o->shard->comm : NULL; }
+static const MoePlacement *ep_place(const Pass *P) { return P->o->shard ? P->o->shard->place : NULL; }
+
 static int fwd_begin(Pass *P) {
     Model *m = P->m;
     Acts *a = P->a;
@@ -529,8 +499,8 @@ static int fwd_attn(Pass *P, int l) {
     t = prof_begin();
     moe_router_forward(c, ma, la->xn2, &mw, m->bias + (size_t)l * E, N);
     prof_end(PROF_ROUTER, false, t, 2.0 * N * D * E);
-    if (m->place) {   // rows go to replica slots, not to experts
-        const MoePlacement *pl = m->place;
+    if (ep_place(P)) {   // rows go to replica slots, not to experts
+        const MoePlacement *pl = ep_place(P);
         ma->n_keys = pl->P * pl->S;
         ma->key_n = pl->rep_n + (size_t)l * E;
         ma->key_first = pl->rep_first + (size_t)l * E;
@@ -539,7 +509,7 @@ static int fwd_attn(Pass *P, int l) {
     t = prof_begin();
     moe_dispatch(c, ma, o->train);
     prof_end(PROF_PERMUTE, false, t, 0);
-    if (m->comm) return moe_ep_dispatch(ma, &a->ew, m->comm, la->xn2);
+    if (ep_comm(P)) return moe_ep_dispatch(ma, &a->ew, ep_comm(P), la->xn2);
     return MOE_OK;
 }
 
@@ -549,9 +519,9 @@ static int fwd_experts(Pass *P, int l) {
     LayerActs *la = &P->a->layer[P->a->train ? l : 0];
     MoeWeights mw;
     moe_views(&m->w.layer[l], &mw);
-    if (m->comm) {
+    if (ep_comm(P)) {
         if (P->o->train) P->a->rows_l[l] += la->moe.R;
-        return moe_ep_experts(&la->moe, &P->a->ew, m->comm, &mw);
+        return moe_ep_experts(&la->moe, &P->a->ew, ep_comm(P), &mw);
     }
     moe_experts_forward(&la->moe, la->xn2, &mw, resid(P->a, l + 1, P->b->N));
     return MOE_OK;
@@ -579,12 +549,12 @@ static int fwd_finish(Pass *P, int l) {
     float *xnext = resid(a, l + 1, N);
     if (config_layer_is_moe(c, l)) {
         MoeActs *ma = &la->moe;
-        if (m->comm) MOE_TRY(moe_ep_combine(ma, m->comm, xnext));
+        if (ep_comm(P)) MOE_TRY(moe_ep_combine(ma, ep_comm(P), xnext));
         if (P->o->train) {
             double t = prof_begin();
-            if (c->aux_scope == MOE_AUX_EP_GROUP && m->comm) {
+            if (c->aux_scope == MOE_AUX_EP_GROUP && ep_comm(P)) {
                 double share;
-                MOE_TRY(moe_aux_ep_group(c, ma, m->comm, P->o->aux_scale, &share));
+                MOE_TRY(moe_aux_ep_group(c, ma, ep_comm(P), P->o->aux_scale, &share));
                 P->out->aux += share;
             } else {
                 P->out->aux += moe_aux_loss(c, ma, NULL, P->b->seq_start, P->b->n_seq, P->o->aux_scale);
@@ -780,7 +750,7 @@ static int bwd_s1(Pass *P, int l) {
     MoeWeights mw;
     moe_views(p, &mw);
     MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down, P->gset};
-    if (m->comm) return moe_ep_backward_send(&la->moe, &a->mw, &a->ew, m->comm, dx);
+    if (ep_comm(P)) return moe_ep_backward_send(&la->moe, &a->mw, &a->ew, ep_comm(P), dx);
     moe_experts_backward(&la->moe, &a->mw, dx, &mw, &mg, dxn, false);
     return MOE_OK;
 }
@@ -819,7 +789,7 @@ static int bwd_s2(Pass *P, int l) {
     LayerActs *la = &a->layer[l];
     const LayerParams *p = &m->w.layer[l];
     LayerParams *gp = &m->g.layer[l];
-    if (!m->comm) bwd_router(P, l);
+    if (!ep_comm(P)) bwd_router(P, l);
     double t = prof_begin();
     if (Fs > 0)
         swiglu_ffn_backward(a->dxn, gp->s_gate, gp->s_down, a->dx, la->xn2, la->gu, la->a, p->s_gate, p->s_down,
@@ -832,13 +802,13 @@ static int bwd_s2(Pass *P, int l) {
 // stage 3 (expert parallelism): the owners' expert GEMMs
 static int bwd_s3(Pass *P, int l) {
     Model *m = P->m;
-    if (!m->comm || !config_layer_is_moe(&m->cfg, l)) return MOE_OK;
+    if (!ep_comm(P) || !config_layer_is_moe(&m->cfg, l)) return MOE_OK;
     const LayerParams *p = &m->w.layer[l];
     LayerParams *gp = &m->g.layer[l];
     MoeWeights mw;
     moe_views(p, &mw);
     MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down, P->gset};
-    return moe_ep_backward_experts(&P->a->layer[l].moe, &P->a->mw, &P->a->ew, m->comm, &mw, &mg);
+    return moe_ep_backward_experts(&P->a->layer[l].moe, &P->a->mw, &P->a->ew, ep_comm(P), &mw, &mg);
 }
 
 // stage 4: the experts' input gradients arrive; the attention block's backward pass
@@ -855,8 +825,8 @@ static int bwd_s4(Pass *P, int l) {
     const LayerParams *p = &m->w.layer[l];
     LayerParams *gp = &m->g.layer[l];
     float *dx = a->dx, *dh = a->dh, *dxn = a->dxn;
-    if (m->comm && config_layer_is_moe(c, l)) {   // the experts' input gradients and dw arrive
-        MOE_TRY(moe_ep_backward_finish(&la->moe, &a->mw, m->comm, dxn));
+    if (ep_comm(P) && config_layer_is_moe(c, l)) {   // the experts' input gradients and dw arrive
+        MOE_TRY(moe_ep_backward_finish(&la->moe, &a->mw, ep_comm(P), dxn));
         bwd_router(P, l);
     }
     const float bw = P->gset ? 0.0f : 1.0f;

@@ -38,13 +38,6 @@ typedef struct {
 
 typedef struct {
     MoeConfig cfg;
-    // expert parallelism: this process holds routed experts [e0, e0 + ne) of every MoE
-    // layer (all of them: e0 = 0, ne = E); comm moves tokens to the other experts' owners
-    int e0, ne;
-    MoeComm *comm;
-    // or, under a dynamic placement, the experts of rank prank's S slots in each MoE layer
-    const MoePlacement *place;
-    int prank;
     int n_tensors;
     ParamTensor *tensors;
     size_t n_params;
@@ -54,18 +47,32 @@ typedef struct {
     RopeTable rope;
 } Model;
 
+// Which routed experts a process holds, and how tokens reach the others' (expert
+// parallelism): all of them (no shard: NULL, or ne 0); experts [e0, e0 + ne) of every MoE
+// layer; or, under a dynamic placement, the experts of row `rank` of place's slots. comm is
+// the EP group's transport (NULL on one process). A model's blob is built for one shard,
+// which its passes are then given (ForwardOpts.shard); this is the one place that says
+// which rank holds which expert.
+typedef struct {
+    int e0, ne;
+    const MoePlacement *place;
+    int rank;
+    MoeComm *comm;
+} ExpertShard;
+// the experts of each MoE layer this shard holds, and the global id of its j-th
+int shard_experts(const ExpertShard *s, const MoeConfig *c);
+int shard_expert(const ExpertShard *s, int l, int j);
+// the same sharding as EP rank `rank` of the group holds it
+ExpertShard shard_at(const ExpertShard *s, int rank);
+bool shard_holds(const ExpertShard *s, const MoeConfig *c, int rank, int l, int e);
+
 
 void model_build(Model *m, const MoeConfig *c, bool with_grads);
-// the same with only routed experts [e0, e0 + ne) (their global names); ne must divide E
-void model_build_shard(Model *m, const MoeConfig *c, bool with_grads, int e0, int ne);
-// the experts of rank `rank`'s slots under a placement
-void model_build_placed(Model *m, const MoeConfig *c, bool with_grads, const MoePlacement *pl, int rank);
-void model_layout_placed(Model *m, const MoeConfig *c, const MoePlacement *pl, int rank);
-// tensor names only (no blobs): what a full checkpoint of c holds
+// the same with only the routed experts of shard sh (their global names; NULL: all)
+void model_build_sharded(Model *m, const MoeConfig *c, bool with_grads, const ExpertShard *sh);
+// tensor names only (no blobs): what a full checkpoint of c holds, or shard sh of it
 void model_layout(Model *m, const MoeConfig *c);
-void model_layout_shard(Model *m, const MoeConfig *c, int e0, int ne);
-// dst_blob[t] <- src_blob[t] for every tensor t of dst that src has (by name)
-void model_copy_blob(const Model *dst, float *dst_blob, const Model *src, const float *src_blob);
+void model_layout_sharded(Model *m, const MoeConfig *c, const ExpertShard *sh);
 void model_free(Model *m);
 void model_init_weights(Model *m, unsigned long long seed);
 // the tensor index of `name`, or -1
@@ -121,7 +128,8 @@ typedef struct {
 // as they are here)
 // ACTS_RECOMPUTE_FULL (--recompute full) adds the attention block's output h (the o_proj
 // GEMM again) and the experts' gate/up pre-activations (their gate|up GEMMs again).
-enum { ACTS_INFER = 0, ACTS_TRAIN = 1, ACTS_RECOMPUTE = 2, ACTS_BF16 = 4, ACTS_RECOMPUTE_FULL = 8 };
+// ACTS_EP: the routed experts' rows live on their owners (expert parallelism, moe/ep.c).
+enum { ACTS_INFER = 0, ACTS_TRAIN = 1, ACTS_RECOMPUTE = 2, ACTS_BF16 = 4, ACTS_RECOMPUTE_FULL = 8, ACTS_EP = 16 };
 #define ACTS_TRAIN_SELECTIVE (ACTS_TRAIN | ACTS_RECOMPUTE)
 void acts_alloc(Acts *a, const Model *m, int Nmax, int mode);
 void acts_free(Acts *a);
@@ -133,6 +141,7 @@ typedef struct {
     bool train;            // capacity on, dlogits written, activations kept
     float ce_scale;        // d(loss)/d(ce_sum): 1 / targets in the global batch
     float aux_scale;       // weight of each balance unit (micro-batch or sequence)
+    const ExpertShard *shard; // the experts the model's blob holds (NULL: all of them)
     const KvCache *cache;  // inference: keys/values go to cache slots
     const int *slot;       // [N] cache slot of each token (kv range is [kv_lo, slot])
     // training: called once layer l's gradients are complete in the backward pass (l = -1:

@@ -44,9 +44,10 @@ static int reduce_grads(const Model *m, int layer, int *reqs, int *n, const size
     return rc;
 }
 
-void par_grads_begin(GradSync *gs, const Model *m, const size_t *zoff, bool overlap) {
+void par_grads_begin(GradSync *gs, const Model *m, const ExpertShard *sh, const size_t *zoff, bool overlap) {
     memset(gs, 0, sizeof *gs);
     gs->m = m;
+    gs->sh = sh;
     gs->zoff = zoff;
     gs->overlap = overlap && dist_info()->size > 1;
     if (gs->overlap) {
@@ -66,12 +67,12 @@ int par_grads_ready(void *ctx, int l) {
 
 // Under a placement with replicas: an expert's replicas on several ranks of the EP group
 // each hold the gradient of the tokens they computed; their sum is the expert's gradient.
-static int sum_replicas(const Model *m) {
-    const MoePlacement *pl = m->place;
+static int sum_replicas(const Model *m, const ExpertShard *sh) {
+    const MoePlacement *pl = sh ? sh->place : NULL;
     if (!pl || pl->R == 0) return MOE_OK;
     const MoeConfig *c = &m->cfg;
     const size_t FD = (size_t)c->moe_intermediate_size * c->hidden_size, per = 3 * FD;
-    const int E = pl->E, S = pl->S, me = m->prank;
+    const int E = pl->E, S = pl->S, me = sh->rank;
     int n = 0;
     for (int l = 0; l < c->num_hidden_layers; l++)
         if (config_layer_is_moe(c, l))
@@ -107,12 +108,12 @@ int par_grads_end(GradSync *gs, int rc) {
     }
     moe_free(gs->reqs); moe_free(gs->mv);
     gs->reqs = NULL; gs->mv = NULL; gs->n = 0;
-    if (rc == MOE_OK) rc = sum_replicas(gs->m);
+    if (rc == MOE_OK) rc = sum_replicas(gs->m, gs->sh);
     if (rc == MOE_OK && !gs->overlap && dist_info()->size > 1) rc = reduce_grads(gs->m, -2, NULL, NULL, gs->zoff, NULL);
     return rc;
 }
 
-int par_grad_norm(const Model *m, const size_t *zoff, double *norm) {
+int par_grad_norm(const Model *m, const ExpertShard *sh, const size_t *zoff, double *norm) {
     if (zoff) {   // each rank sums the squares of its part
         const int r = dist_info()->rank;
         double ss = grad_norm(m->grads + zoff[r], zoff[r + 1] - zoff[r]);
@@ -127,10 +128,11 @@ int par_grad_norm(const Model *m, const size_t *zoff, double *norm) {
     for (int i = 0; i < m->n_tensors; i++) {
         const ParamTensor *t = &m->tensors[i];
         double n = grad_norm(m->grads + t->offset, t->numel);
-        double w = m->place && t->expert ? 1.0 / m->place->rep_n[(size_t)t->layer * m->place->E + t->expert_id] : 1.0;
+        const MoePlacement *pl = sh ? sh->place : NULL;
+        double w = pl && t->expert ? 1.0 / pl->rep_n[(size_t)t->layer * pl->E + t->expert_id] : 1.0;
         ss[t->expert] += w * n * n;
     }
-    if (m->comm) MOE_TRY(dist_sum_f64(&ss[1], 1, DIST_EP));
+    if (sh && sh->comm) MOE_TRY(dist_sum_f64(&ss[1], 1, DIST_EP));
     *norm = sqrt(ss[0] + ss[1]);
     return MOE_OK;
 }

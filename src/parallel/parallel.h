@@ -20,19 +20,20 @@
 typedef struct GradMove GradMove;
 typedef struct {
     const Model *m;
+    const ExpertShard *sh;
     const size_t *zoff;
     bool overlap;
     int *reqs, n, cap;
     GradMove *mv;
 } GradSync;
-void par_grads_begin(GradSync *gs, const Model *m, const size_t *zoff, bool overlap);
+void par_grads_begin(GradSync *gs, const Model *m, const ExpertShard *sh, const size_t *zoff, bool overlap);
 int par_grads_ready(void *gs, int layer);   // layer L: the head, -1: embedding and final norm
 // waits for what is in flight (or, without overlap, makes every sum now); also sums the
 // gradients of experts replicated by a placement. rc: the step's result so far
 int par_grads_end(GradSync *gs, int rc);
 // the global gradient norm: every distinct parameter once (over the EP group; with zoff,
 // each rank's part of the summed gradient, over the world)
-int par_grad_norm(const Model *m, const size_t *zoff, double *norm);
+int par_grad_norm(const Model *m, const ExpertShard *sh, const size_t *zoff, double *norm);
 
 // ---- ZeRO stage 1: rank r keeps the moments of blob elements [off[r], off[r+1])
 void par_zero_parts(size_t n, int P, size_t *off);
@@ -42,8 +43,6 @@ void par_zero_parts(size_t n, int P, size_t *off);
 // on EP rank p (dst[k], this rank's): a tensor comes from this rank's own blob when it held
 // it, else from the lowest rank that did. Every rank passes all P layouts of both.
 int par_reshard(const Model *from, const Model *to, int nb, float *const *src, float *const *dst);
-// whether EP rank `rank` holds expert e of layer l under m's sharding
-bool par_holds(const Model *m, int rank, int l, int e);
 
 // ---- dynamic expert placement (--replace-every N --redundant-experts R)
 // What a placement is worth: the rows it takes off a layer's busiest rank over the windows
@@ -55,16 +54,19 @@ typedef struct { double s_per_row, s_per_move, windows; bool always; } PlaceCost
 // A placement np for the loads of the last window (the same on every rank: the loads are
 // global and the packing deterministic), then the weights and moments move. *moved: experts
 // moved; *before / *after: the worst layer's predicted busiest rank over the mean.
-int par_place_again(Model *m, AdamW *opt, const double *win_load, int R, PlaceCost *pc, MoePlacement *np, int *moved,
-                    double *before, double *after);
-// the model and optimizer state move to placement np (this rank's slots of it)
-int par_migrate(Model *m, AdamW *opt, const MoePlacement *np);
-// the slots of layer l under np that m's ranks do not hold yet
-int par_layer_moves(const Model *m, const MoePlacement *np, int l);
+// sh is m's shard; it becomes np's.
+int par_place_again(Model *m, ExpertShard *sh, AdamW *opt, const double *win_load, int R, PlaceCost *pc, MoePlacement *np,
+                    int *moved, double *before, double *after);
+// the model and optimizer state move to placement np (this rank's slots of it); sh is m's
+// shard, and becomes np's
+int par_migrate(Model *m, ExpertShard *sh, AdamW *opt, const MoePlacement *np);
+// the slots of layer l under np that shard sh's ranks do not hold yet
+int par_layer_moves(const MoeConfig *c, const ExpertShard *sh, const MoePlacement *np, int l);
 
 // ---- checkpoints
 // One standard checkpoint whatever the layout: under expert parallelism rank 0 gathers the
 // experts of EP group 0 (weights and moments) into a whole model; under --zero 1 it gathers
 // the moments tensor by tensor as it writes them. st->json: the trainer's state. Every rank
 // learns whether the save worked.
-int par_save_checkpoint(const char *dir, const Model *m, const AdamW *opt, const size_t *zoff, CkptState *st);
+int par_save_checkpoint(const char *dir, const Model *m, const ExpertShard *sh, const AdamW *opt, const size_t *zoff,
+                        CkptState *st);

@@ -6,32 +6,22 @@
 #include "../base/base.h"
 #include "parallel.h"
 
-bool par_holds(const Model *m, int rank, int l, int e) {
-    if (!m->place) return e / m->ne == rank;
-    const int S = m->place->S;
-    const int *slot = m->place->slot_expert + ((size_t)l * m->place->P + rank) * S;
-    for (int j = 0; j < S; j++) if (slot[j] == e) return true;
-    return false;
-}
-
-// the tensors EP rank q holds under m's sharding (names and offsets only)
-static void layout_of(const Model *m, int q, Model *out) {
-    if (m->place) model_layout_placed(out, &m->cfg, m->place, q);
-    else model_layout_shard(out, &m->cfg, q * m->ne, m->ne);
-}
-
-int par_migrate(Model *m, AdamW *opt, const MoePlacement *np) {
+int par_migrate(Model *m, ExpertShard *sh, AdamW *opt, const MoePlacement *np) {
     const MoeConfig *c = &m->cfg;
-    const int P = np->P, me = dist_info()->ep_rank;
+    const int P = np->P;
+    const ExpertShard nsh = {0, 0, np, sh->rank, sh->comm};
     Model nm;
-    model_build_placed(&nm, c, true, np, me);
-    nm.comm = m->comm;
+    model_build_sharded(&nm, c, true, &nsh);
     AdamW no;
     adamw_alloc(&no, nm.n_params);
     no.t = opt->t;
     memcpy(nm.bias, m->bias, sizeof(float) * (size_t)c->num_hidden_layers * c->n_routed_experts);
     Model *from = MOE_NEW(Model, 2 * P), *to = from + P;
-    for (int q = 0; q < P; q++) { layout_of(m, q, &from[q]); model_layout_placed(&to[q], c, np, q); }
+    for (int q = 0; q < P; q++) {
+        const ExpertShard a = shard_at(sh, q), b = shard_at(&nsh, q);
+        model_layout_sharded(&from[q], c, &a);
+        model_layout_sharded(&to[q], c, &b);
+    }
     float *src[3] = {m->params, opt->m, opt->v}, *dst[3] = {nm.params, no.m, no.v};
     int rc = par_reshard(from, to, 3, src, dst);
     for (int q = 0; q < 2 * P; q++) model_free(&from[q]);
@@ -41,20 +31,21 @@ int par_migrate(Model *m, AdamW *opt, const MoePlacement *np) {
     adamw_free(opt);
     *m = nm;
     *opt = no;
+    *sh = nsh;
     return MOE_OK;
 }
 
 // the slots of layer l under placement np that this model's ranks do not hold yet
-int par_layer_moves(const Model *m, const MoePlacement *np, int l) {
+int par_layer_moves(const MoeConfig *c, const ExpertShard *sh, const MoePlacement *np, int l) {
     const int G = np->P * np->S;
     const int *se = np->slot_expert + (size_t)l * G;
     int n = 0;
-    for (int g = 0; g < G; g++) n += !par_holds(m, g / np->S, l, se[g]);
+    for (int g = 0; g < G; g++) n += !shard_holds(sh, c, g / np->S, l, se[g]);
     return n;
 }
 
-int par_place_again(Model *m, AdamW *opt, const double *win_load, int R, PlaceCost *pc, MoePlacement *np, int *moved,
-                    double *before, double *after) {
+int par_place_again(Model *m, ExpertShard *sh, AdamW *opt, const double *win_load, int R, PlaceCost *pc, MoePlacement *np,
+                    int *moved, double *before, double *after) {
     const MoeConfig *c = &m->cfg;
     const DistInfo *di = dist_info();
     const int L = c->num_hidden_layers, E = c->n_routed_experts, ep = di->ep;
@@ -75,7 +66,7 @@ int par_place_again(Model *m, AdamW *opt, const double *win_load, int R, PlaceCo
         for (int p = 0; p < ep; p++)
             for (int q = 0; q < ep; q++) {
                 ov[p * ep + q] = 0;
-                for (int j = 0; j < S; j++) ov[p * ep + q] += par_holds(m, q, l, se[p * S + j]);
+                for (int j = 0; j < S; j++) ov[p * ep + q] += shard_holds(sh, c, q, l, se[p * S + j]);
             }
         for (int p = 0; p < ep; p++) to[p] = used[p] = done[p] = 0;
         for (int k = 0; k < ep; k++) {
@@ -96,15 +87,15 @@ int par_place_again(Model *m, AdamW *opt, const double *win_load, int R, PlaceCo
             mx = fmax(mx, rt[p]); sum += rt[p];
             double b = 0;   // the current placement, by the same prediction
             for (int e = 0; e < E; e++)
-                if (par_holds(m, p, l, e)) b += ld[e] / (m->place ? m->place->rep_n[(size_t)l * E + e] : 1);
+                if (shard_holds(sh, c, p, l, e)) b += ld[e] / (sh->place ? sh->place->rep_n[(size_t)l * E + e] : 1);
             bmx = fmax(bmx, b);
         }
         // a layer stays as it is when its current placement is within 2% of the new one, or
         // when moving its experts would cost more than the window's time the move saves
-        const int moves = par_layer_moves(m, np, l);
+        const int moves = par_layer_moves(c, sh, np, l);
         const bool pays = pc->always || pc->s_per_move == 0 || (bmx - mx) * pc->s_per_row * pc->windows > moves * pc->s_per_move;
-        if (m->place && (bmx <= 1.02 * mx || !pays)) {   // kept: nothing of this layer moves
-            memcpy(se, m->place->slot_expert + (size_t)l * G, sizeof(int) * G);
+        if (sh->place && (bmx <= 1.02 * mx || !pays)) {   // kept: nothing of this layer moves
+            memcpy(se, sh->place->slot_expert + (size_t)l * G, sizeof(int) * G);
             mx = bmx;
         } else *moved += moves;
         rc = moe_placement_index(np, l);
@@ -113,8 +104,8 @@ int par_place_again(Model *m, AdamW *opt, const double *win_load, int R, PlaceCo
     moe_free(ov);
     moe_free(rl);
     double t0 = time_now();
-    if (rc == MOE_OK && m->place && *moved == 0) m->place = np;   // the same slots: nothing to rebuild
-    else if (rc == MOE_OK) rc = par_migrate(m, opt, np);
+    if (rc == MOE_OK && sh->place && *moved == 0) sh->place = np;   // the same slots: nothing to rebuild
+    else if (rc == MOE_OK) rc = par_migrate(m, sh, opt, np);
     if (rc == MOE_OK && *moved > 0) {   // every rank must decide alike: the slowest rank's figure
         double dt = time_now() - t0;
         dist_max_f64(&dt, 1, DIST_WORLD);

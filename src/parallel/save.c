@@ -55,7 +55,7 @@ static int save_zero(const char *dir, const Model *m, const AdamW *opt, const si
 }
 
 // expert parallelism: the experts of EP group 0's ranks move to a whole model on rank 0
-static int save_ep(const char *dir, const Model *m, const AdamW *opt, CkptState *st) {
+static int save_ep(const char *dir, const Model *m, const ExpertShard *sh, const AdamW *opt, CkptState *st) {
     const DistInfo *di = dist_info();
     if (di->dp_rank != 0) return MOE_OK;   // the other replicas hold the same model
     const MoeConfig *c = &m->cfg;
@@ -64,8 +64,8 @@ static int save_ep(const char *dir, const Model *m, const AdamW *opt, CkptState 
     Model *from = MOE_NEW(Model, P), *to = MOE_NEW(Model, P), full;
     AdamW fo = {0};
     for (int q = 0; q < P; q++) {
-        if (m->place) model_layout_placed(&from[q], c, m->place, q);
-        else model_layout_shard(&from[q], c, q * m->ne, m->ne);
+        const ExpertShard at = shard_at(sh, q);
+        model_layout_sharded(&from[q], c, &at);
     }
     model_layout(&to[0], c);   // rank 0: everything; the others: nothing
     float *dst[3] = {NULL, NULL, NULL};
@@ -91,11 +91,12 @@ static int save_ep(const char *dir, const Model *m, const AdamW *opt, CkptState 
     return rc;
 }
 
-int par_save_checkpoint(const char *dir, const Model *m, const AdamW *opt, const size_t *zoff, CkptState *st) {
+int par_save_checkpoint(const char *dir, const Model *m, const ExpertShard *sh, const AdamW *opt, const size_t *zoff,
+                        CkptState *st) {
     const DistInfo *di = dist_info();
     int rc = MOE_OK;
     if (zoff) rc = save_zero(dir, m, opt, zoff, st);
-    else if (m->comm) rc = save_ep(dir, m, opt, st);
+    else if (sh && sh->comm) rc = save_ep(dir, m, sh, opt, st);
     else if (di->rank == 0) {
         st->m = opt->m; st->v = opt->v; st->moment = NULL;
         rc = ckpt_save(dir, m, st, false);

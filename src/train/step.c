@@ -14,11 +14,11 @@ int train_accumulate(Model *m, Acts *a, Batch *b, const Dataset *d, const int *i
                      int micro_batch, StepLoss *out) {
     Acts *as[2] = {a, NULL};
     Batch *bs[2] = {b, NULL};
-    return train_accumulate_ex(m, as, bs, d, ids, count, micro_batch, false, NULL, out);
+    return train_accumulate_ex(m, NULL, as, bs, d, ids, count, micro_batch, false, NULL, out);
 }
 
-int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, const int *ids, int count,
-                        int micro_batch, bool overlap, const size_t *zoff, StepLoss *out) {
+int train_accumulate_ex(Model *m, const ExpertShard *sh, Acts *a[2], Batch *b[2], const Dataset *d, const int *ids,
+                        int count, int micro_batch, bool overlap, const size_t *zoff, StepLoss *out) {
     // under MPI, ids are this rank's share of the global batch and the scales below are the
     // global ones, so that the summed gradient is the single-process gradient
     const DistInfo *di = dist_info();
@@ -31,16 +31,17 @@ int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, con
     int n_micro = (count + micro_batch - 1) / micro_batch;
     const MoeConfig *c = &m->cfg;
     const bool halves = a[1] != NULL;   // each micro-batch as two interleaved halves
-    ForwardOpts fo = {.train = true, .ce_scale = (float)(1.0 / targets)};
+    ForwardOpts fo = {.train = true, .ce_scale = (float)(1.0 / targets), .shard = sh};
+    MoeComm *comm = sh ? sh->comm : NULL;
     // balance units: micro-batches ("batch"; halves count as units) or sequences
     // ("sequence") of the global batch; "ep_group" under EP: one unit per EP group's
     // micro-batch, shared by its ranks
-    const int unit_ranks = c->aux_scope == MOE_AUX_EP_GROUP && m->comm ? di->dp : P;
+    const int unit_ranks = c->aux_scope == MOE_AUX_EP_GROUP && comm ? di->dp : P;
     fo.aux_scale = c->aux_scope == MOE_AUX_SEQUENCE ? 1.0f / ((long)count * P)
                                                     : 1.0f / ((long)n_micro * (halves ? 2 : 1) * unit_ranks);
     // one process without halves: the first micro-batch's backward writes the gradients
     // (beta 0 products) and no pass clears them first; otherwise they are cleared here
-    const bool first_write = !m->comm && !halves && !m->place;
+    const bool first_write = !comm && !halves && !(sh && sh->place);
     fo.grad_set = first_write;
     if (!first_write) {
         double tz = prof_begin();
@@ -55,7 +56,7 @@ int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, con
         a[h]->dropped = a[h]->assigned = 0;
     }
     GradSync gs;
-    par_grads_begin(&gs, m, zoff, overlap);
+    par_grads_begin(&gs, m, sh, zoff, overlap);
     double ce = 0, aux = 0;
     int rc = MOE_OK;
     for (int s = 0; s < count && rc == MOE_OK; s += micro_batch) {

@@ -71,8 +71,9 @@ int train_accumulate(Model *m, Acts *a, Batch *b, const Dataset *d, const int *i
 // (model_forward_pair); overlap starts the gradient reductions (under MPI) during the last
 // backward pass instead of after it. zoff (--zero 1, NULL otherwise): rank r needs the
 // summed gradient of blob elements [zoff[r], zoff[r+1]) only, and gets only that.
-int train_accumulate_ex(Model *m, Acts *a[2], Batch *b[2], const Dataset *d, const int *ids, int count,
-                        int micro_batch, bool overlap, const size_t *zoff, StepLoss *out);
+// sh: the experts m holds (expert parallelism; NULL: all).
+int train_accumulate_ex(Model *m, const ExpertShard *sh, Acts *a[2], Batch *b[2], const Dataset *d, const int *ids,
+                        int count, int micro_batch, bool overlap, const size_t *zoff, StepLoss *out);
 
 // trainlog.c: DIR/log.jsonl (rank 0 writes it), the progress line on stderr and, at the end,
 // each MoE layer's load figures over the run

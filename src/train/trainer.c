@@ -42,6 +42,7 @@ static int load_data(Dataset *d, const char *list, DataFormat fmt, int seq) {
 // Everything a run holds; freed by run_free whatever was set up.
 typedef struct {
     Model m;
+    ExpertShard shard;            // the experts this rank holds (expert parallelism)
     AdamW opt;
     TrainProgress pr;
     Dataset d, evd;
@@ -89,13 +90,17 @@ static int run_model(Run *R, const TrainArgs *ar, TrainConfig *tc) {
     const int ep = tc->ep;
     if (ep > 1 && (c0.n_routed_experts == 0 || c0.n_routed_experts % ep))
         MOE_ERR("--ep %d must divide the model's n_routed_experts %d", ep, c0.n_routed_experts);
-    const int ne = c0.n_routed_experts / ep, e0 = di->ep_rank * ne;
+    if (ep > 1) {
+        const int ne = c0.n_routed_experts / ep;
+        R->shard = (ExpertShard){di->ep_rank * ne, ne, NULL, di->ep_rank, &dist_info()->moe};
+    }
+    const ExpertShard *sh = ep > 1 ? &R->shard : NULL;
     if (!ar->resume) {
-        model_build_shard(&R->m, &c0, true, e0, ep > 1 ? ne : c0.n_routed_experts);
+        model_build_sharded(&R->m, &c0, true, sh);
         model_init_weights(&R->m, tc->seed);
         if (!(tc->zero && di->size > 1)) adamw_alloc(&R->opt, R->m.n_params);   // (--zero 1: a share, later)
     } else {
-        MOE_TRY(ckpt_load_model_shard(ar->resume, &R->m, true, e0, ep > 1 ? ne : 0));
+        MOE_TRY(ckpt_load_model_shard(ar->resume, &R->m, true, sh));
         adamw_alloc(&R->opt, R->m.n_params);
         char *js;
         MOE_TRY(ckpt_load_state(ar->resume, &R->m, R->opt.m, R->opt.v, &js));
@@ -106,7 +111,6 @@ static int run_model(Run *R, const TrainArgs *ar, TrainConfig *tc) {
         MOE_TRY(rc);
         train_resume_merge(tc, &saved);
     }
-    if (ep > 1) R->m.comm = &dist_info()->moe;
     return MOE_OK;
 }
 
@@ -152,7 +156,7 @@ static int run_alloc(Run *R, const TrainArgs *ar, const TrainConfig *tc) {
     R->halves = R->overlap && tc->ep > 1 && tc->micro_batch >= 2;
     const int mb = R->halves ? (tc->micro_batch + 1) / 2 : tc->micro_batch;
     for (int h = 0; h < (R->halves ? 2 : 1); h++) {
-        acts_alloc(&R->a[h], &R->m, mb * tc->seq, tc->acts_mode ? tc->acts_mode : ACTS_TRAIN);
+        acts_alloc(&R->a[h], &R->m, mb * tc->seq, (tc->acts_mode ? tc->acts_mode : ACTS_TRAIN) | (tc->ep > 1 ? ACTS_EP : 0));
         batch_alloc(&R->b[h], mb * tc->seq, mb);
     }
     order_init(&R->order, R->d.n, tc->seed, tc->shuffle);
@@ -179,8 +183,8 @@ static int take_up_placement(Run *R, const TrainConfig *tc) {
         memcpy(R->places[0].slot_expert, pr->slots, sizeof(int) * (size_t)L * tc->ep * S);
         int moved = 0;
         for (int l = 0; l < L && rc == MOE_OK; l++)
-            if (config_layer_is_moe(c, l)) { rc = moe_placement_index(&R->places[0], l); moved += par_layer_moves(&R->m, &R->places[0], l); }
-        if (rc == MOE_OK) rc = par_migrate(&R->m, &R->opt, &R->places[0]);
+            if (config_layer_is_moe(c, l)) { rc = moe_placement_index(&R->places[0], l); moved += par_layer_moves(c, &R->shard, &R->places[0], l); }
+        if (rc == MOE_OK) rc = par_migrate(&R->m, &R->shard, &R->opt, &R->places[0]);
         if (rc == MOE_OK) {
             R->cur_place = 0;
             if (!tc->quiet) fprintf(stderr, "moe train: the checkpoint's expert placement taken up (%d experts moved)\n", moved);
@@ -200,7 +204,7 @@ static int replace_experts(Run *R, const TrainConfig *tc, int *moved) {
     const int nx = R->cur_place == 0 ? 1 : 0;
     double before, after;
     R->pcost.windows = fmax(1.0, (double)(tc->steps - R->pr.step) / tc->replace_every);
-    MOE_TRY(par_place_again(&R->m, &R->opt, R->win_load, tc->redundant, &R->pcost, &R->places[nx], moved, &before, &after));
+    MOE_TRY(par_place_again(&R->m, &R->shard, &R->opt, R->win_load, tc->redundant, &R->pcost, &R->places[nx], moved, &before, &after));
     if (R->cur_place >= 0) moe_placement_free(&R->places[R->cur_place]);
     R->cur_place = nx;
     memset(R->win_load, 0, sizeof(double) * (size_t)c->num_hidden_layers * c->n_routed_experts);
@@ -225,9 +229,10 @@ static int train_step(Run *R, const TrainConfig *tc, StepFigures *f) {
     Acts *as[2] = {&R->a[0], R->halves ? &R->a[1] : NULL};
     Batch *bs[2] = {&R->b[0], R->halves ? &R->b[1] : NULL};
     memset(f, 0, sizeof *f);
-    MOE_TRY(train_accumulate_ex(m, as, bs, &R->d, R->ids + di->rank * R->local_batch, R->local_batch, tc->micro_batch,
+    const ExpertShard *sh = tc->ep > 1 ? &R->shard : NULL;
+    MOE_TRY(train_accumulate_ex(m, sh, as, bs, &R->d, R->ids + di->rank * R->local_batch, R->local_batch, tc->micro_batch,
                                 R->overlap, R->zoff, &f->sl));
-    MOE_TRY(par_grad_norm(m, R->zoff, &f->gnorm));
+    MOE_TRY(par_grad_norm(m, sh, R->zoff, &f->gnorm));
     if (!isfinite(f->gnorm)) MOE_ERR("step %ld: gradient norm is not finite (loss %g); lower --lr", R->pr.step + 1, f->sl.loss);
     f->lr = lr_at(&tc->opt, R->pr.step + 1);
     adamw_step(&R->opt, m, &tc->opt, f->lr, grad_clip_scale(f->gnorm, tc->opt.clip));
@@ -256,9 +261,9 @@ static int train_step(Run *R, const TrainConfig *tc, StepFigures *f) {
 }
 
 static int save(Run *R, const TrainArgs *ar, const TrainConfig *tc) {
-    char *js = train_state_json(tc, &R->pr, R->opt.t, R->m.place);
+    char *js = train_state_json(tc, &R->pr, R->opt.t, R->shard.place);
     CkptState st = {.json = js, .step = R->pr.step};
-    int rc = par_save_checkpoint(ar->out, &R->m, &R->opt, R->zoff, &st);
+    int rc = par_save_checkpoint(ar->out, &R->m, tc->ep > 1 ? &R->shard : NULL, &R->opt, R->zoff, &st);
     free(js);
     return rc;
 }
@@ -310,7 +315,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc) {
         f.eval_ce = -1;
         if (ar->eval_data && (R.pr.step % tc->eval_every == 0 || R.pr.step == tc->steps)) {
             long et;
-            if ((rc = eval_loss(&R.m, &R.evd, tc->eval_limit, 64, &f.eval_ce, &et))) break;
+            if ((rc = eval_loss(&R.m, tc->ep > 1 ? &R.shard : NULL, &R.evd, tc->eval_limit, 64, &f.eval_ce, &et))) break;
         }
         f.elapsed = time_now() - t_start;
         // rank 0's clock decides, so that every rank stops at the same step
