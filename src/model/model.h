@@ -14,10 +14,12 @@ typedef struct {
     int ndim;
     int shape[2];
     size_t offset, numel;
-    bool decay;          // AdamW weight decay: tensors of rank >= 2 only
+    // its role, as the block that declares it says (block.h)
+    bool decay;          // AdamW weight decay: matrices
     bool expert;         // a routed expert's weight (sharded under expert parallelism)
     int layer;           // its layer; L for an untied lm_head, -1 for the embedding and final norm
     int expert_id;       // a routed expert's index in its layer, else -1
+    bool embedding;      // initialised as an embedding
 } ParamTensor;
 
 typedef struct {
