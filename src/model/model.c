@@ -730,11 +730,11 @@ static void bwd_begin(Pass *P) {
     prof_end(PROF_NORM, true, t, 0);
 }
 
-// x_{l+1} = h + ffn(xn2), xn2 = rmsnorm(h): dh = dx + rmsnorm^T(ffn^T(dx)). Stage 1: what
-// the backward pass reads comes back (bf16 unpack, recomputation); the dense FFN's backward
-// pass, or the routed experts' (on one process), or their output gradients start to the
-// experts' owners
-static int bwd_s1(Pass *P, int l) {
+// x_{l+1} = h + ffn(xn2), xn2 = rmsnorm(h): dh = dx + rmsnorm^T(ffn^T(dx)). First what
+// the backward pass reads comes back (bf16 unpack, recomputation); then the dense FFN's
+// backward pass, or the routed experts' (on one process), or their output gradients start
+// to the experts' owners
+static int bwd_ffn_or_send(Pass *P, int l) {
     Model *m = P->m;
     Acts *a = P->a;
     const MoeConfig *c = &m->cfg;
@@ -808,9 +808,9 @@ static void bwd_router(Pass *P, int l) {
     moe_progress();
 }
 
-// stage 2: the router (on one process; under expert parallelism the owners send the weights'
-// gradients back with the rows, and stage 4 runs it), shared experts
-static int bwd_s2(Pass *P, int l) {
+// the router (on one process; under expert parallelism the owners send the weights'
+// gradients back with the rows, and bwd_attention runs it), shared experts
+static int bwd_router_shared(Pass *P, int l) {
     Model *m = P->m;
     Acts *a = P->a;
     const MoeConfig *c = &m->cfg;
@@ -829,8 +829,8 @@ static int bwd_s2(Pass *P, int l) {
     return MOE_OK;
 }
 
-// stage 3 (expert parallelism): the owners' expert GEMMs
-static int bwd_s3(Pass *P, int l) {
+// expert parallelism: the owners' expert GEMMs on the output gradients that arrived
+static int bwd_owner_experts(Pass *P, int l) {
     Model *m = P->m;
     if (!m->comm || !config_layer_is_moe(&m->cfg, l)) return MOE_OK;
     const LayerParams *p = &m->w.layer[l];
@@ -841,8 +841,9 @@ static int bwd_s3(Pass *P, int l) {
     return moe_ep_backward_experts(&P->a->layer[l].moe, &P->a->mw, &P->a->ew, m->comm, &mw, &mg);
 }
 
-// stage 4: the experts' input gradients arrive; the attention block's backward pass
-static int bwd_s4(Pass *P, int l) {
+// (expert parallelism: the experts' input gradients arrive, then the router's backward)
+// the post-attention norm's and the attention block's backward pass, the input norm's
+static int bwd_attention(Pass *P, int l) {
     Model *m = P->m;
     Acts *a = P->a;
     const Batch *b = P->b;
@@ -912,10 +913,10 @@ int model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
     Pass P = {m, a, b, o, NULL, NULL, NULL, 0, o->grad_set};
     bwd_begin(&P);
     for (int l = m->cfg.num_hidden_layers - 1; l >= 0; l--) {
-        MOE_TRY(bwd_s1(&P, l));
-        MOE_TRY(bwd_s2(&P, l));
-        MOE_TRY(bwd_s3(&P, l));
-        MOE_TRY(bwd_s4(&P, l));
+        MOE_TRY(bwd_ffn_or_send(&P, l));
+        MOE_TRY(bwd_router_shared(&P, l));
+        MOE_TRY(bwd_owner_experts(&P, l));
+        MOE_TRY(bwd_attention(&P, l));
         MOE_TRY(grads_ready(o, l));
     }
     bwd_end(&P);
@@ -930,14 +931,14 @@ int model_backward_pair(Model *m, Acts *a[2], const Batch *b[2], const ForwardOp
     bwd_begin(&A);
     bwd_begin(&B);
     for (int l = m->cfg.num_hidden_layers - 1; l >= 0; l--) {
-        MOE_TRY(bwd_s1(&A, l));
-        MOE_TRY(bwd_s2(&A, l));
-        MOE_TRY(bwd_s1(&B, l));
-        MOE_TRY(bwd_s2(&B, l));
-        MOE_TRY(bwd_s3(&A, l));
-        MOE_TRY(bwd_s3(&B, l));
-        MOE_TRY(bwd_s4(&A, l));
-        MOE_TRY(bwd_s4(&B, l));
+        MOE_TRY(bwd_ffn_or_send(&A, l));
+        MOE_TRY(bwd_router_shared(&A, l));
+        MOE_TRY(bwd_ffn_or_send(&B, l));
+        MOE_TRY(bwd_router_shared(&B, l));
+        MOE_TRY(bwd_owner_experts(&A, l));
+        MOE_TRY(bwd_owner_experts(&B, l));
+        MOE_TRY(bwd_attention(&A, l));
+        MOE_TRY(bwd_attention(&B, l));
         MOE_TRY(grads_ready(o, l));
     }
     bwd_end(&A);
