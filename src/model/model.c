@@ -8,6 +8,7 @@
 #include "../kernels/bf16.h"
 #include "../kernels/gemm.h"
 #include "../kernels/simd.h"
+#include "pass.h"
 
 // ---------------------------------------------------------------- parameter layout
 
@@ -424,20 +425,9 @@ static void moe_views(const LayerParams *p, MoeWeights *w) {
     w->router = p->router; w->gate_up = p->e_gate_up; w->down = p->e_down;
 }
 
-// A pass over one micro-batch, in stages. model_forward and model_backward run the stages
-// in order; the _pair drivers interleave two halves of a micro-batch, so that one half's
-// expert-parallel exchanges are in flight while the other half computes.
-typedef struct {
-    Model *m;
-    Acts *a;
-    const Batch *b;
-    const ForwardOpts *o;
-    ForwardOut *out;
-    float *x;              // forward: the residual stream entering the current layer
-    int *kv_hi;
-    double pairs;          // (query, key) pairs, for the attention FLOP count
-    bool gset;             // this pass writes the gradients first: overwrite, do not add
-} Pass;
+// A pass over one micro-batch (Pass, pass.h) runs in stages, one StageKind each; the
+// schedule (schedule.c) decides their order, interleaving two halves of a micro-batch so
+// that one half's expert-parallel exchanges are in flight while the other half computes.
 
 static int fwd_begin(Pass *P) {
     Model *m = P->m;
@@ -657,49 +647,6 @@ static int fwd_end(Pass *P) {
     return MOE_OK;
 }
 
-static void pass_abort(Pass *P) { moe_free(P->kv_hi); P->kv_hi = NULL; }
-
-int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, ForwardOut *out) {
-    Pass P = {m, a, b, o, out, NULL, NULL, 0, o->grad_set};
-    int rc = fwd_begin(&P);
-    for (int l = 0; rc == MOE_OK && l < m->cfg.num_hidden_layers; l++) {
-        rc = fwd_attn(&P, l);
-        if (rc == MOE_OK) rc = fwd_experts(&P, l);
-        if (rc == MOE_OK) rc = fwd_shared(&P, l);
-        if (rc == MOE_OK) rc = fwd_finish(&P, l);
-    }
-    if (rc == MOE_OK) return fwd_end(&P);
-    pass_abort(&P);
-    return rc;
-}
-
-int model_forward_pair(Model *m, Acts *a[2], const Batch *b[2], const ForwardOpts *o, ForwardOut out[2]) {
-    // per layer: A finishes the previous layer and runs its attention (hiding B's combine),
-    // B the same (hiding A's dispatch), then A's experts and shared expert (hiding B's
-    // dispatch and A's combine), then B's
-    // (A writes every gradient before B adds to it: A may overwrite)
-    Pass A = {m, a[0], b[0], o, &out[0], NULL, NULL, 0, o->grad_set}, B = {m, a[1], b[1], o, &out[1], NULL, NULL, 0, false};
-    const int L = m->cfg.num_hidden_layers;
-    int rc = fwd_begin(&A);
-    if (rc == MOE_OK) rc = fwd_begin(&B);
-    for (int l = 0; rc == MOE_OK && l < L; l++) {
-        if (l > 0) rc = fwd_finish(&A, l - 1);
-        if (rc == MOE_OK) rc = fwd_attn(&A, l);
-        if (rc == MOE_OK && l > 0) rc = fwd_finish(&B, l - 1);
-        if (rc == MOE_OK) rc = fwd_attn(&B, l);
-        if (rc == MOE_OK) rc = fwd_experts(&A, l);
-        if (rc == MOE_OK) rc = fwd_shared(&A, l);
-        if (rc == MOE_OK) rc = fwd_experts(&B, l);
-        if (rc == MOE_OK) rc = fwd_shared(&B, l);
-    }
-    if (rc == MOE_OK) rc = fwd_finish(&A, L - 1);
-    if (rc == MOE_OK) rc = fwd_finish(&B, L - 1);
-    if (rc == MOE_OK) rc = fwd_end(&A);
-    if (rc == MOE_OK) return fwd_end(&B);
-    pass_abort(&A); pass_abort(&B);
-    return rc;
-}
-
 // ---------------------------------------------------------------- backward
 
 // the gate/up gradients are written over gu (read only before, element by element)
@@ -907,41 +854,24 @@ static void bwd_end(Pass *P) {
     prof_end(PROF_EMBED, true, t, 0);
 }
 
-static int grads_ready(const ForwardOpts *o, int l) { return o->grads_ready ? o->grads_ready(o->ctx, l) : MOE_OK; }
-
-int model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
-    Pass P = {m, a, b, o, NULL, NULL, NULL, 0, o->grad_set};
-    bwd_begin(&P);
-    for (int l = m->cfg.num_hidden_layers - 1; l >= 0; l--) {
-        MOE_TRY(bwd_ffn_or_send(&P, l));
-        MOE_TRY(bwd_router_shared(&P, l));
-        MOE_TRY(bwd_owner_experts(&P, l));
-        MOE_TRY(bwd_attention(&P, l));
-        MOE_TRY(grads_ready(o, l));
+int pass_run_stage(Pass *P, int kind, int l) {
+    switch ((StageKind)kind) {
+    case STAGE_FWD_BEGIN: return fwd_begin(P);
+    case STAGE_FWD_ATTN: return fwd_attn(P, l);
+    case STAGE_FWD_EXPERTS: return fwd_experts(P, l);
+    case STAGE_FWD_SHARED: return fwd_shared(P, l);
+    case STAGE_FWD_FINISH: return fwd_finish(P, l);
+    case STAGE_FWD_END: return fwd_end(P);
+    case STAGE_BWD_BEGIN: bwd_begin(P); return MOE_OK;
+    case STAGE_BWD_FFN_OR_SEND: return bwd_ffn_or_send(P, l);
+    case STAGE_BWD_ROUTER_SHARED: return bwd_router_shared(P, l);
+    case STAGE_BWD_OWNER_EXPERTS: return bwd_owner_experts(P, l);
+    case STAGE_BWD_ATTENTION: return bwd_attention(P, l);
+    case STAGE_BWD_END: bwd_end(P); return MOE_OK;
+    case STAGE_GRADS_READY: return P->o->grads_ready ? P->o->grads_ready(P->o->ctx, l) : MOE_OK;
+    case STAGE_N_KINDS: break;
     }
-    bwd_end(&P);
-    return grads_ready(o, -1);
+    MOE_ERR("internal: no stage of kind %d", kind);
 }
 
-int model_backward_pair(Model *m, Acts *a[2], const Batch *b[2], const ForwardOpts *o) {
-    // per layer: A and B send their output gradients (each hidden by the other's router and
-    // shared-expert work), then the experts' GEMMs of A and B (each hiding the other's
-    // exchange), then A's attention block hides B's returning input gradients
-    Pass A = {m, a[0], b[0], o, NULL, NULL, NULL, 0, o->grad_set}, B = {m, a[1], b[1], o, NULL, NULL, NULL, 0, false};
-    bwd_begin(&A);
-    bwd_begin(&B);
-    for (int l = m->cfg.num_hidden_layers - 1; l >= 0; l--) {
-        MOE_TRY(bwd_ffn_or_send(&A, l));
-        MOE_TRY(bwd_router_shared(&A, l));
-        MOE_TRY(bwd_ffn_or_send(&B, l));
-        MOE_TRY(bwd_router_shared(&B, l));
-        MOE_TRY(bwd_owner_experts(&A, l));
-        MOE_TRY(bwd_owner_experts(&B, l));
-        MOE_TRY(bwd_attention(&A, l));
-        MOE_TRY(bwd_attention(&B, l));
-        MOE_TRY(grads_ready(o, l));
-    }
-    bwd_end(&A);
-    bwd_end(&B);
-    return grads_ready(o, -1);
-}
+void pass_abort(Pass *P) { moe_free(P->kv_hi); P->kv_hi = NULL; }
