@@ -6,8 +6,8 @@
 #include "model.h"
 
 // What a stage does to one pass (a micro-batch, or one half of it) at layer l. The stages
-// are model.c's; EP: under expert parallelism (Model.comm), where a layer's rows travel to
-// their experts' owners and back between stages, so that other work can hide the exchange.
+// are model.c's; EP: under expert parallelism, where a layer's rows travel to their
+// experts' owners and back between stages, so that other work can hide the exchange.
 typedef enum {
     STAGE_FWD_BEGIN,          // positions checked, embedding
     STAGE_FWD_ATTN,           // attention block, then a dense layer's FFN, or the router and
