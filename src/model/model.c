@@ -8,6 +8,7 @@
 #include "../kernels/bf16.h"
 #include "../kernels/gemm.h"
 #include "../kernels/simd.h"
+#include "pass.h"
 
 // ---------------------------------------------------------------- activations
 
@@ -226,20 +227,9 @@ static void moe_views(const LayerParams *p, MoeWeights *w) {
     w->router = p->router; w->gate_up = p->e_gate_up; w->down = p->e_down;
 }
 
-// A pass over one micro-batch, in stages. model_forward and model_backward run the stages
-// in order; the _pair drivers interleave two halves of a micro-batch, so that one half's
-// expert-parallel exchanges are in flight while the other half computes.
-typedef struct {
-    Model *m;
-    Acts *a;
-    const Batch *b;
-    const ForwardOpts *o;
-    ForwardOut *out;
-    float *x;              // forward: the residual stream entering the current layer
-    int *kv_hi;
-    double pairs;          // (query, key) pairs, for the attention FLOP count
-    bool gset;             // this pass writes the gradients first: overwrite, do not add
-} Pass;
+// A pass over one micro-batch (Pass, pass.h) runs in stages, one StageKind each; the
+// schedule (schedule.c) decides their order, interleaving two halves of a micro-batch so
+// that one half's expert-parallel exchanges are in flight while the other half computes.
 
 // expert parallelism: the transport to the other experts' owners (NULL: every expert here),
 // and a dynamic placement's slots
@@ -464,49 +454,6 @@ static int fwd_end(Pass *P) {
     return MOE_OK;
 }
 
-static void pass_abort(Pass *P) { moe_free(P->kv_hi); P->kv_hi = NULL; }
-
-int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, ForwardOut *out) {
-    Pass P = {m, a, b, o, out, NULL, NULL, 0, o->grad_set};
-    int rc = fwd_begin(&P);
-    for (int l = 0; rc == MOE_OK && l < m->cfg.num_hidden_layers; l++) {
-        rc = fwd_attn(&P, l);
-        if (rc == MOE_OK) rc = fwd_experts(&P, l);
-        if (rc == MOE_OK) rc = fwd_shared(&P, l);
-        if (rc == MOE_OK) rc = fwd_finish(&P, l);
-    }
-    if (rc == MOE_OK) return fwd_end(&P);
-    pass_abort(&P);
-    return rc;
-}
-
-int model_forward_pair(Model *m, Acts *a[2], const Batch *b[2], const ForwardOpts *o, ForwardOut out[2]) {
-    // per layer: A finishes the previous layer and runs its attention (hiding B's combine),
-    // B the same (hiding A's dispatch), then A's experts and shared expert (hiding B's
-    // dispatch and A's combine), then B's
-    // (A writes every gradient before B adds to it: A may overwrite)
-    Pass A = {m, a[0], b[0], o, &out[0], NULL, NULL, 0, o->grad_set}, B = {m, a[1], b[1], o, &out[1], NULL, NULL, 0, false};
-    const int L = m->cfg.num_hidden_layers;
-    int rc = fwd_begin(&A);
-    if (rc == MOE_OK) rc = fwd_begin(&B);
-    for (int l = 0; rc == MOE_OK && l < L; l++) {
-        if (l > 0) rc = fwd_finish(&A, l - 1);
-        if (rc == MOE_OK) rc = fwd_attn(&A, l);
-        if (rc == MOE_OK && l > 0) rc = fwd_finish(&B, l - 1);
-        if (rc == MOE_OK) rc = fwd_attn(&B, l);
-        if (rc == MOE_OK) rc = fwd_experts(&A, l);
-        if (rc == MOE_OK) rc = fwd_shared(&A, l);
-        if (rc == MOE_OK) rc = fwd_experts(&B, l);
-        if (rc == MOE_OK) rc = fwd_shared(&B, l);
-    }
-    if (rc == MOE_OK) rc = fwd_finish(&A, L - 1);
-    if (rc == MOE_OK) rc = fwd_finish(&B, L - 1);
-    if (rc == MOE_OK) rc = fwd_end(&A);
-    if (rc == MOE_OK) return fwd_end(&B);
-    pass_abort(&A); pass_abort(&B);
-    return rc;
-}
-
 // ---------------------------------------------------------------- backward
 
 // the gate/up gradients are written over gu (read only before, element by element)
@@ -537,11 +484,11 @@ static void bwd_begin(Pass *P) {
     prof_end(PROF_NORM, true, t, 0);
 }
 
-// x_{l+1} = h + ffn(xn2), xn2 = rmsnorm(h): dh = dx + rmsnorm^T(ffn^T(dx)). Stage 1: what
-// the backward pass reads comes back (bf16 unpack, recomputation); the dense FFN's backward
-// pass, or the routed experts' (on one process), or their output gradients start to the
-// experts' owners
-static int bwd_s1(Pass *P, int l) {
+// x_{l+1} = h + ffn(xn2), xn2 = rmsnorm(h): dh = dx + rmsnorm^T(ffn^T(dx)). First what
+// the backward pass reads comes back (bf16 unpack, recomputation); then the dense FFN's
+// backward pass, or the routed experts' (on one process), or their output gradients start
+// to the experts' owners
+static int bwd_ffn_or_send(Pass *P, int l) {
     Model *m = P->m;
     Acts *a = P->a;
     const MoeConfig *c = &m->cfg;
@@ -615,9 +562,9 @@ static void bwd_router(Pass *P, int l) {
     moe_progress();
 }
 
-// stage 2: the router (on one process; under expert parallelism the owners send the weights'
-// gradients back with the rows, and stage 4 runs it), shared experts
-static int bwd_s2(Pass *P, int l) {
+// the router (on one process; under expert parallelism the owners send the weights'
+// gradients back with the rows, and bwd_attention runs it), shared experts
+static int bwd_router_shared(Pass *P, int l) {
     Model *m = P->m;
     Acts *a = P->a;
     const MoeConfig *c = &m->cfg;
@@ -636,8 +583,8 @@ static int bwd_s2(Pass *P, int l) {
     return MOE_OK;
 }
 
-// stage 3 (expert parallelism): the owners' expert GEMMs
-static int bwd_s3(Pass *P, int l) {
+// expert parallelism: the owners' expert GEMMs on the output gradients that arrived
+static int bwd_owner_experts(Pass *P, int l) {
     Model *m = P->m;
     if (!ep_comm(P) || !config_layer_is_moe(&m->cfg, l)) return MOE_OK;
     const LayerParams *p = &m->w.layer[l];
@@ -648,8 +595,9 @@ static int bwd_s3(Pass *P, int l) {
     return moe_ep_backward_experts(&P->a->layer[l].moe, &P->a->mw, &P->a->ew, ep_comm(P), &mw, &mg);
 }
 
-// stage 4: the experts' input gradients arrive; the attention block's backward pass
-static int bwd_s4(Pass *P, int l) {
+// (expert parallelism: the experts' input gradients arrive, then the router's backward)
+// the post-attention norm's and the attention block's backward pass, the input norm's
+static int bwd_attention(Pass *P, int l) {
     Model *m = P->m;
     Acts *a = P->a;
     const Batch *b = P->b;
@@ -713,41 +661,24 @@ static void bwd_end(Pass *P) {
     prof_end(PROF_EMBED, true, t, 0);
 }
 
-static int grads_ready(const ForwardOpts *o, int l) { return o->grads_ready ? o->grads_ready(o->ctx, l) : MOE_OK; }
-
-int model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o) {
-    Pass P = {m, a, b, o, NULL, NULL, NULL, 0, o->grad_set};
-    bwd_begin(&P);
-    for (int l = m->cfg.num_hidden_layers - 1; l >= 0; l--) {
-        MOE_TRY(bwd_s1(&P, l));
-        MOE_TRY(bwd_s2(&P, l));
-        MOE_TRY(bwd_s3(&P, l));
-        MOE_TRY(bwd_s4(&P, l));
-        MOE_TRY(grads_ready(o, l));
+int pass_run_stage(Pass *P, int kind, int l) {
+    switch ((StageKind)kind) {
+    case STAGE_FWD_BEGIN: return fwd_begin(P);
+    case STAGE_FWD_ATTN: return fwd_attn(P, l);
+    case STAGE_FWD_EXPERTS: return fwd_experts(P, l);
+    case STAGE_FWD_SHARED: return fwd_shared(P, l);
+    case STAGE_FWD_FINISH: return fwd_finish(P, l);
+    case STAGE_FWD_END: return fwd_end(P);
+    case STAGE_BWD_BEGIN: bwd_begin(P); return MOE_OK;
+    case STAGE_BWD_FFN_OR_SEND: return bwd_ffn_or_send(P, l);
+    case STAGE_BWD_ROUTER_SHARED: return bwd_router_shared(P, l);
+    case STAGE_BWD_OWNER_EXPERTS: return bwd_owner_experts(P, l);
+    case STAGE_BWD_ATTENTION: return bwd_attention(P, l);
+    case STAGE_BWD_END: bwd_end(P); return MOE_OK;
+    case STAGE_GRADS_READY: return P->o->grads_ready ? P->o->grads_ready(P->o->ctx, l) : MOE_OK;
+    case STAGE_N_KINDS: break;
     }
-    bwd_end(&P);
-    return grads_ready(o, -1);
+    MOE_ERR("internal: no stage of kind %d", kind);
 }
 
-int model_backward_pair(Model *m, Acts *a[2], const Batch *b[2], const ForwardOpts *o) {
-    // per layer: A and B send their output gradients (each hidden by the other's router and
-    // shared-expert work), then the experts' GEMMs of A and B (each hiding the other's
-    // exchange), then A's attention block hides B's returning input gradients
-    Pass A = {m, a[0], b[0], o, NULL, NULL, NULL, 0, o->grad_set}, B = {m, a[1], b[1], o, NULL, NULL, NULL, 0, false};
-    bwd_begin(&A);
-    bwd_begin(&B);
-    for (int l = m->cfg.num_hidden_layers - 1; l >= 0; l--) {
-        MOE_TRY(bwd_s1(&A, l));
-        MOE_TRY(bwd_s2(&A, l));
-        MOE_TRY(bwd_s1(&B, l));
-        MOE_TRY(bwd_s2(&B, l));
-        MOE_TRY(bwd_s3(&A, l));
-        MOE_TRY(bwd_s3(&B, l));
-        MOE_TRY(bwd_s4(&A, l));
-        MOE_TRY(bwd_s4(&B, l));
-        MOE_TRY(grads_ready(o, l));
-    }
-    bwd_end(&A);
-    bwd_end(&B);
-    return grads_ready(o, -1);
-}
+void pass_abort(Pass *P) { moe_free(P->kv_hi); P->kv_hi = NULL; }

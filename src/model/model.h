@@ -146,8 +146,8 @@ typedef struct {
     const ExpertShard *shard; // the experts the model's blob holds (NULL: all of them)
     const KvCache *cache;  // inference: keys/values go to cache slots
     const int *slot;       // [N] cache slot of each token (kv range is [kv_lo, slot])
-    // training: called once layer l's gradients are complete in the backward pass (l = -1:
-    // the embedding, final norm and head), so that their reduction can start early
+    // training: called once layer l's gradients are complete (l = L: the head's, after the
+    // forward pass; -1: the embedding's and final norm's), so that their reduction can start early
     int (*grads_ready)(void *ctx, int l);
     void *ctx;
     // training: this micro-batch's gradients are the first of the step, written over
@@ -159,12 +159,6 @@ typedef struct { double ce_sum, aux; } ForwardOut;
 
 // Logits are computed for the target rows (training) or for `out_rows` set by the caller
 // (inference: a->n_out rows of a->out_rows before the call); they land in a->logits.
+// One forward pass (SCHED_FORWARD); training runs its passes with model_run (schedule.h),
+// which writes m->grads (o->grad_set) or adds to them.
 int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, ForwardOut *out);
-// Accumulates into m->grads, or writes them when o->grad_set (call after a training forward,
-// which has already done the same with the output head's gradient).
-int model_backward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o);
-// The same over the two halves of a micro-batch at once, interleaved layer by layer so
-// that one half's expert-parallel exchanges are in flight while the other half computes.
-// Gradients accumulate as from two model_backward calls.
-int model_forward_pair(Model *m, Acts *a[2], const Batch *b[2], const ForwardOpts *o, ForwardOut out[2]);
-int model_backward_pair(Model *m, Acts *a[2], const Batch *b[2], const ForwardOpts *o);

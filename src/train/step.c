@@ -5,6 +5,7 @@
 #include "../base/base.h"
 #include "../base/prof.h"
 #include "../kernels/simd.h"
+#include "../model/schedule.h"
 #include "../parallel/parallel.h"
 #include "train.h"
 
@@ -62,29 +63,25 @@ int train_accumulate_ex(Model *m, const ExpertShard *sh, Acts *a[2], Batch *b[2]
     for (int s = 0; s < count && rc == MOE_OK; s += micro_batch) {
         int nb = imin(micro_batch, count - s);
         if (gs.overlap && s + nb >= count) { fo.grads_ready = par_grads_ready; fo.ctx = &gs; }
-        if (halves && nb >= 2) {   // the same split on every rank: every rank has nb examples
-            const int n0 = (nb + 1) / 2;
-            batch_fill(b[0], d, ids + s, n0);
-            batch_fill(b[1], d, ids + s + n0, nb - n0);
-            ForwardOut fout[2];
-            const Batch *bb[2] = {b[0], b[1]};
-            rc = model_forward_pair(m, a, bb, &fo, fout);
-            if (rc == MOE_OK && fo.grads_ready) rc = fo.grads_ready(fo.ctx, c->num_hidden_layers);   // the head
-            if (rc == MOE_OK) rc = model_backward_pair(m, a, bb, &fo);
-            ce += fout[0].ce_sum + fout[1].ce_sum;
-            aux += fout[0].aux + fout[1].aux;
-            out->tokens += b[0]->N + b[1]->N;
-        } else {
-            batch_fill(b[0], d, ids + s, nb);
-            ForwardOut fout;
-            rc = model_forward(m, a[0], b[0], &fo, &fout);
-            if (rc == MOE_OK && fo.grads_ready) rc = fo.grads_ready(fo.ctx, c->num_hidden_layers);   // the head
-            if (rc == MOE_OK) rc = model_backward(m, a[0], b[0], &fo);
-            fo.grad_set = false;
-            ce += fout.ce_sum;
-            aux += fout.aux;
-            out->tokens += b[0]->N;
+        // forward then backward, of the micro-batch or of its two halves interleaved (the
+        // same split on every rank: every rank has nb examples)
+        const Schedule *sched = halves && nb >= 2 ? &SCHED_TRAIN_HALVES : &SCHED_TRAIN;
+        const int n0 = sched->n_passes == 2 ? (nb + 1) / 2 : nb;
+        batch_fill(b[0], d, ids + s, n0);
+        if (sched->n_passes == 2) batch_fill(b[1], d, ids + s + n0, nb - n0);
+        ForwardOut fout[2];
+        const Batch *bb[2] = {b[0], b[1]};
+        rc = model_run(m, sched, a, bb, &fo, fout);
+        if (rc != MOE_OK) break;
+        fo.grad_set = false;
+        double ce_mb = 0, aux_mb = 0;   // (the halves summed first, then the micro-batch)
+        for (int h = 0; h < sched->n_passes; h++) {
+            ce_mb += fout[h].ce_sum;
+            aux_mb += fout[h].aux;
+            out->tokens += b[h]->N;
         }
+        ce += ce_mb;
+        aux += aux_mb;
     }
     MOE_TRY(par_grads_end(&gs, rc));
     if (halves) {   // the statistics of both halves in a[0]

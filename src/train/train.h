@@ -68,7 +68,7 @@ typedef struct { double loss, ce, aux; long tokens, targets; } StepLoss;
 int train_accumulate(Model *m, Acts *a, Batch *b, const Dataset *d, const int *ids, int count,
                      int micro_batch, StepLoss *out);
 // The same with a choice: a[1], b[1] non-NULL run each micro-batch as two interleaved halves
-// (model_forward_pair); overlap starts the gradient reductions (under MPI) during the last
+// (SCHED_TRAIN_HALVES); overlap starts the gradient reductions (under MPI) during the last
 // backward pass instead of after it. zoff (--zero 1, NULL otherwise): rank r needs the
 // summed gradient of blob elements [zoff[r], zoff[r+1]) only, and gets only that.
 // sh: the experts m holds (expert parallelism; NULL: all).

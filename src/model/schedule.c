@@ -1,0 +1,96 @@
+// The schedules (lists of stages) and the one driver that runs them (schedule.h).
+#include "schedule.h"
+#include "../base/base.h"
+#include "pass.h"
+
+#define LIST(...) {(const Stage[]){__VA_ARGS__}, sizeof((Stage[]){__VA_ARGS__}) / sizeof(Stage)}
+// a stage of pass A or B at the current layer, or at the previous one (lag 1)
+#define A(kind) {0, STAGE_##kind, 0}
+#define B(kind) {1, STAGE_##kind, 0}
+#define A_PREV(kind) {0, STAGE_##kind, 1}
+#define B_PREV(kind) {1, STAGE_##kind, 1}
+#define READY {0, STAGE_GRADS_READY, 0}
+
+// one pass: each layer's stages in order
+#define FORWARD {false, LIST(A(FWD_BEGIN)), LIST(A(FWD_ATTN), A(FWD_EXPERTS), A(FWD_SHARED), A(FWD_FINISH)), \
+                 LIST(A(FWD_END))}
+#define BACKWARD {true, LIST(READY, A(BWD_BEGIN)),                                            \
+                  LIST(A(BWD_FFN_OR_SEND), A(BWD_ROUTER_SHARED), A(BWD_OWNER_EXPERTS),        \
+                       A(BWD_ATTENTION), READY),                                              \
+                  LIST(A(BWD_END), READY)}
+
+// Two halves. Forward, per layer: A finishes the previous layer and runs its attention
+// (hiding B's combine), B the same (hiding A's dispatch), then A's experts and shared
+// expert (hiding B's dispatch and A's combine), then B's.
+#define FORWARD_HALVES {false, LIST(A(FWD_BEGIN), B(FWD_BEGIN)),                              \
+                        LIST(A_PREV(FWD_FINISH), A(FWD_ATTN), B_PREV(FWD_FINISH), B(FWD_ATTN), \
+                             A(FWD_EXPERTS), A(FWD_SHARED), B(FWD_EXPERTS), B(FWD_SHARED)),    \
+                        LIST(A(FWD_END), B(FWD_END))}
+// Backward, per layer: A and B send their output gradients (each hidden by the other's
+// router and shared-expert work), then the experts' GEMMs of A and B (each hiding the
+// other's exchange), then A's attention block hides B's returning input gradients. A's
+// stages come first: A may write the gradients, B adds to them.
+#define BACKWARD_HALVES {true, LIST(READY, A(BWD_BEGIN), B(BWD_BEGIN)),                         \
+                         LIST(A(BWD_FFN_OR_SEND), A(BWD_ROUTER_SHARED), B(BWD_FFN_OR_SEND),      \
+                              B(BWD_ROUTER_SHARED), A(BWD_OWNER_EXPERTS), B(BWD_OWNER_EXPERTS),  \
+                              A(BWD_ATTENTION), B(BWD_ATTENTION), READY),                        \
+                         LIST(A(BWD_END), B(BWD_END), READY)}
+
+const Schedule SCHED_FORWARD = {"forward", 1, 1, (const SchedPhase[]){FORWARD}};
+const Schedule SCHED_TRAIN = {"train", 1, 2, (const SchedPhase[]){FORWARD, BACKWARD}};
+const Schedule SCHED_TRAIN_HALVES = {"train-halves", 2, 2, (const SchedPhase[]){FORWARD_HALVES, BACKWARD_HALVES}};
+
+// A list refers to passes the schedule has, and lags only in a body.
+static int sched_check(const Schedule *s) {
+    if (s->n_passes < 1 || s->n_passes > SCHED_MAX_PASSES)
+        MOE_ERR("internal: schedule %s runs %d passes (1 to %d)", s->name, s->n_passes, SCHED_MAX_PASSES);
+    for (int f = 0; f < s->n_phases; f++) {
+        const StageList *lists[3] = {&s->phase[f].prologue, &s->phase[f].body, &s->phase[f].epilogue};
+        for (int k = 0; k < 3; k++)
+            for (int i = 0; i < lists[k]->n; i++) {
+                const Stage st = lists[k]->s[i];
+                if (st.pass >= s->n_passes || st.kind >= STAGE_N_KINDS || (k != 1 && st.lag))
+                    MOE_ERR("internal: schedule %s, phase %d, list %d, stage %d: pass %d of %d, kind %d, lag %d",
+                            s->name, f, k, i, st.pass, s->n_passes, st.kind, st.lag);
+            }
+    }
+    return MOE_OK;
+}
+
+static int run_list(Pass *P, const StageList *list, int l) {
+    for (int i = 0; i < list->n; i++) MOE_TRY(pass_run_stage(&P[list->s[i].pass], list->s[i].kind, l));
+    return MOE_OK;
+}
+
+static int run_phase(Pass *P, const SchedPhase *ph, int L) {
+    // iteration i's layer in the phase's order; i = -1 and i = L are the prologue's and the
+    // epilogue's (the head's side or the embedding's)
+#define LAYER(i) (ph->backward ? L - 1 - (i) : (i))
+    MOE_TRY(run_list(P, &ph->prologue, LAYER(-1)));
+    int max_lag = 0;
+    for (int k = 0; k < ph->body.n; k++) max_lag = imax(max_lag, ph->body.s[k].lag);
+    for (int i = 0; i < L + max_lag; i++)
+        for (int k = 0; k < ph->body.n; k++) {
+            const Stage st = ph->body.s[k];
+            const int j = i - st.lag;
+            if (j >= 0 && j < L) MOE_TRY(pass_run_stage(&P[st.pass], st.kind, LAYER(j)));
+        }
+    return run_list(P, &ph->epilogue, LAYER(L));
+#undef LAYER
+}
+
+int model_run(Model *m, const Schedule *s, Acts *a[], const Batch *b[], const ForwardOpts *o, ForwardOut out[]) {
+    MOE_TRY(sched_check(s));
+    Pass P[SCHED_MAX_PASSES];
+    for (int i = 0; i < s->n_passes; i++)
+        P[i] = (Pass){m, a[i], b[i], o, out ? &out[i] : NULL, NULL, NULL, 0, o->grad_set && i == 0};
+    int rc = MOE_OK;
+    for (int f = 0; f < s->n_phases && rc == MOE_OK; f++) rc = run_phase(P, &s->phase[f], m->cfg.num_hidden_layers);
+    if (rc != MOE_OK)
+        for (int i = 0; i < s->n_passes; i++) pass_abort(&P[i]);
+    return rc;
+}
+
+int model_forward(Model *m, Acts *a, const Batch *b, const ForwardOpts *o, ForwardOut *out) {
+    return model_run(m, &SCHED_FORWARD, &a, &b, o, out);
+}
