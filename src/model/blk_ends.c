@@ -1,6 +1,12 @@
 // The stack's two ends: the token embedding, and the final norm with the output head (the
 // embedding itself when tied).
-#include "block.h"
+#include <stdio.h>
+#include <string.h>
+#include "../base/base.h"
+#include "../base/prof.h"
+#include "../kernels/gemm.h"
+#include "../kernels/simd.h"
+#include "pass.h"
 
 static void embedding_tensors(Layout *lo, const MoeConfig *c, int l, const ExpertShard *sh, ParamViews *v) {
     (void)l; (void)sh;
@@ -14,6 +20,117 @@ static void head_tensors(Layout *lo, const MoeConfig *c, int l, const ExpertShar
     // pass, which computes it with the cross-entropy
     if (!c->tie_word_embeddings) layout_tensor(lo, "lm_head.weight", c->vocab_size, c->hidden_size, role_matrix(l), &v->head);
     else v->head = v->embed;
+}
+
+// positions checked, the embedding into the stream
+int blk_embedding_forward(Pass *P) {
+    Model *m = P->m;
+    Acts *a = P->a;
+    const Batch *b = P->b;
+    const MoeConfig *c = &m->cfg;
+    const int N = b->N, D = c->hidden_size;
+    if (N > a->Nmax) MOE_ERR("internal: batch of %d tokens exceeds the %d allocated", N, a->Nmax);
+    for (int n = 0; n < N; n++)
+        if (b->pos[n] >= c->max_position_embeddings)
+            MOE_ERR("sequence position %d exceeds max_position_embeddings %d", b->pos[n], c->max_position_embeddings);
+    P->out->ce_sum = 0;
+    P->out->aux = 0;
+    P->kv_hi = MOE_NEW(int, N > 0 ? N : 1);
+    P->pairs = 0;
+    for (int n = 0; n < N; n++) {
+        P->kv_hi[n] = P->o->cache ? P->o->slot[n] : n;
+        P->pairs += P->kv_hi[n] - b->kv_lo[n] + 1;
+    }
+    P->x = pass_resid(a, 0, N);
+    double t = prof_begin();
+    embed_forward(P->x, b->tokens, m->w.embed, N, D);
+    prof_end(PROF_EMBED, false, t, 0);
+    return MOE_OK;
+}
+
+// the final norm, the output head over the rows that need logits only and the
+// cross-entropy; training: the head's backward pass too, chunk by chunk
+int blk_head_forward(Pass *P) {
+    Model *m = P->m;
+    Acts *a = P->a;
+    const Batch *b = P->b;
+    const ForwardOpts *o = P->o;
+    const MoeConfig *c = &m->cfg;
+    const int N = b->N, D = c->hidden_size, V = c->vocab_size;
+    moe_free(P->kv_hi);
+    P->kv_hi = NULL;
+    double t = prof_begin();
+    rmsnorm_forward(a->xf, a->rstdf, P->x, m->w.norm, N, D, c->rms_norm_eps);
+    prof_end(PROF_NORM, false, t, 0);
+    if (o->train) {
+        a->n_out = 0;
+        for (int n = 0; n < N; n++)
+            if (b->targets[n] >= 0) a->out_rows[a->n_out++] = n;
+    }
+    int Nt = a->n_out;
+    for (int i = 0; i < Nt; i++) memcpy(a->xt + (size_t)i * D, a->xf + (size_t)a->out_rows[i] * D, sizeof(float) * D);
+    int *tg = NULL, ok = b->targets != NULL;
+    if (ok) {
+        tg = MOE_NEW(int, Nt > 0 ? Nt : 1);
+        for (int i = 0; i < Nt; i++) { tg[i] = b->targets[a->out_rows[i]]; ok &= tg[i] >= 0; }
+    }
+    if (!o->train) {   // all the logits at once: generation reads them
+        t = prof_begin();
+        linear_forward(a->logits, a->xt, m->w.head, Nt, D, V, false);
+        prof_end(PROF_HEAD, false, t, 2.0 * Nt * D * V);
+        t = prof_begin();
+        if (ok) xent_forward_backward(a->logits, tg, Nt, V, 0.0f, &P->out->ce_sum);
+        prof_end(PROF_XENT, false, t, 0);
+    } else {
+        // chunk by chunk: logits, fused softmax cross-entropy (-> dlogits), then the head's
+        // backward pass at once: dxt = dlogits W, dW += dlogits^T xt
+        for (int i0 = 0; i0 < Nt; i0 += HEAD_CHUNK) {
+            const int nc = imin(HEAD_CHUNK, Nt - i0);
+            const float *xt = a->xt + (size_t)i0 * D;
+            t = prof_begin();
+            linear_forward(a->logits, xt, m->w.head, nc, D, V, false);
+            prof_end(PROF_HEAD, false, t, 2.0 * nc * D * V);
+            t = prof_begin();
+            if (ok) xent_forward_backward(a->logits, tg + i0, nc, V, o->ce_scale, &P->out->ce_sum);
+            prof_end(PROF_XENT, false, t, 0);
+            t = prof_begin();
+            linear_backward_beta(a->dxt + (size_t)i0 * D, m->g.head, a->logits, xt, m->w.head, nc, D, V, 0.0f,
+                                 P->gset && i0 == 0 ? 0.0f : 1.0f);
+            prof_end(PROF_HEAD, true, t, 4.0 * nc * D * V);
+            moe_progress();
+        }
+    }
+    if (o->train && P->gset && Nt == 0) memset(m->g.head, 0, sizeof(float) * (size_t)V * D);   // no rows, no GEMM
+    moe_free(tg);
+    return MOE_OK;
+}
+
+// the head's backward pass ran with the forward pass (a->dxt); the rest starts here
+void blk_head_backward(Pass *P) {
+    Model *m = P->m;
+    Acts *a = P->a;
+    const MoeConfig *c = &m->cfg;
+    const int N = P->b->N, D = c->hidden_size, L = c->num_hidden_layers, Nt = a->n_out;
+    const size_t ND = (size_t)N * D;
+    P->pairs = 0;
+    for (int n = 0; n < N; n++) P->pairs += n - P->b->kv_lo[n] + 1;
+    float *dxf = a->dxn;
+    memset(dxf, 0, sizeof(float) * ND);
+    for (int i = 0; i < Nt; i++) memcpy(dxf + (size_t)a->out_rows[i] * D, a->dxt + (size_t)i * D, sizeof(float) * D);
+    double t = prof_begin();
+    memset(a->dx, 0, sizeof(float) * ND);
+    if (P->gset) memset(m->g.norm, 0, sizeof(float) * D);
+    rmsnorm_backward(a->dx, m->g.norm, dxf, pass_resid(a, L, N), m->w.norm, a->rstdf, N, D);
+    prof_end(PROF_NORM, true, t, 0);
+}
+
+void blk_embedding_backward(Pass *P) {
+    const MoeConfig *c = &P->m->cfg;
+    // a tied embedding is the head's gradient, which the forward pass has written
+    if (P->gset && !c->tie_word_embeddings) memset(P->m->g.embed, 0, sizeof(float) * (size_t)c->vocab_size * c->hidden_size);
+    double t = prof_begin();
+    embed_backward(P->m->g.embed, P->a->dx, P->b->tokens, P->b->N, P->m->cfg.hidden_size);
+    prof_end(PROF_EMBED, true, t, 0);
 }
 
 const BlockKind BLOCK_EMBEDDING = {"embedding", embedding_tensors};

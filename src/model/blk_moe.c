@@ -1,7 +1,10 @@
 // The MoE feed-forward block: xn = rmsnorm(h), the router's scores and top-K, and the routed
 // experts (SwiGLU each) over the rows dispatched to them, on this process or their owners'.
 #include <stdio.h>
-#include "block.h"
+#include <string.h>
+#include "../base/base.h"
+#include "../base/prof.h"
+#include "pass.h"
 
 static void moe_ffn_tensors(Layout *lo, const MoeConfig *c, int l, const ExpertShard *sh, ParamViews *v) {
     const int D = c->hidden_size, E = c->n_routed_experts, F = c->moe_intermediate_size;
@@ -29,6 +32,132 @@ static void moe_ffn_tensors(Layout *lo, const MoeConfig *c, int l, const ExpertS
         snprintf(nm, sizeof nm, "model.layers.%d.mlp.experts.%d.down_proj.weight", l, e);
         layout_tensor(lo, nm, D, F, (TensorRole){l, e, true, false}, j == 0 ? &p->e_down : &view);
     }
+}
+
+static void moe_views(const LayerParams *p, MoeWeights *w) {
+    w->router = p->router; w->gate_up = p->e_gate_up; w->down = p->e_down;
+}
+
+// the router's scores and top-K over xn2, then the rows' dispatch by expert (or by replica
+// slot under a placement); under expert parallelism the rows start to their owners
+int blk_moe_route_forward(Pass *P, int l) {
+    Model *m = P->m;
+    const MoeConfig *c = &m->cfg;
+    const int N = P->b->N, D = c->hidden_size, E = c->n_routed_experts;
+    LayerActs *la = pass_layer(P, l);
+    MoeWeights mw;
+    moe_views(&m->w.layer[l], &mw);
+    MoeActs *ma = &la->moe;
+    double t = prof_begin();
+    moe_router_forward(c, ma, la->xn2, &mw, m->bias + (size_t)l * E, N);
+    prof_end(PROF_ROUTER, false, t, 2.0 * N * D * E);
+    if (pass_ep_place(P)) {   // rows go to replica slots, not to experts
+        const MoePlacement *pl = pass_ep_place(P);
+        ma->n_keys = pl->P * pl->S;
+        ma->key_n = pl->rep_n + (size_t)l * E;
+        ma->key_first = pl->rep_first + (size_t)l * E;
+        ma->key_slot = pl->rep_slot + (size_t)l * pl->P * pl->S;
+    }
+    t = prof_begin();
+    moe_dispatch(c, ma, P->o->train);
+    prof_end(PROF_PERMUTE, false, t, 0);
+    if (pass_ep_comm(P)) return moe_ep_dispatch(ma, &P->a->ew, pass_ep_comm(P), la->xn2);
+    return MOE_OK;
+}
+
+int blk_moe_experts_forward(Pass *P, int l) {
+    Model *m = P->m;
+    LayerActs *la = pass_layer(P, l);
+    MoeWeights mw;
+    moe_views(&m->w.layer[l], &mw);
+    if (pass_ep_comm(P)) {
+        if (P->o->train) P->a->rows_l[l] += la->moe.R;
+        return moe_ep_experts(&la->moe, &P->a->ew, pass_ep_comm(P), &mw);
+    }
+    moe_experts_forward(&la->moe, la->xn2, &mw, pass_resid(P->a, l + 1, P->b->N));
+    return MOE_OK;
+}
+
+// the experts' outputs join the stream (under expert parallelism they arrive); training:
+// the balance loss and the load statistics
+int blk_moe_finish_forward(Pass *P, int l) {
+    Model *m = P->m;
+    Acts *a = P->a;
+    const MoeConfig *c = &m->cfg;
+    const int N = P->b->N, E = c->n_routed_experts;
+    MoeActs *ma = &pass_layer(P, l)->moe;
+    if (pass_ep_comm(P)) MOE_TRY(moe_ep_combine(ma, pass_ep_comm(P), pass_resid(a, l + 1, N)));
+    if (!P->o->train) return MOE_OK;
+    double t = prof_begin();
+    if (c->aux_scope == MOE_AUX_EP_GROUP && pass_ep_comm(P)) {
+        double share;
+        MOE_TRY(moe_aux_ep_group(c, ma, pass_ep_comm(P), P->o->aux_scale, &share));
+        P->out->aux += share;
+    } else {
+        P->out->aux += moe_aux_loss(c, ma, NULL, P->b->seq_start, P->b->n_seq, P->o->aux_scale);
+    }
+    prof_end(PROF_BALANCE, false, t, 0);
+    for (int e = 0; e < E; e++) a->load[(size_t)l * E + e] += ma->load[e];
+    a->dropped += ma->dropped;
+    a->drop_l[l] += ma->dropped;
+    a->assigned += (long)N * c->num_experts_per_tok;
+    return MOE_OK;
+}
+
+// the routed experts' backward pass on this process, or (expert parallelism) their output
+// gradients start to the owners
+int blk_moe_backward_start(Pass *P, int l) {
+    Model *m = P->m;
+    Acts *a = P->a;
+    LayerActs *la = &a->layer[l];
+    LayerParams *gp = &m->g.layer[l];
+    MoeWeights mw;
+    moe_views(&m->w.layer[l], &mw);
+    MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down, P->gset};
+    if (pass_ep_comm(P)) return moe_ep_backward_send(&la->moe, &a->mw, &a->ew, pass_ep_comm(P), a->dx);
+    moe_experts_backward(&la->moe, &a->mw, a->dx, &mw, &mg, a->dxn, false);
+    return MOE_OK;
+}
+
+// the routing weights' backward pass (their gradients work->dw are at hand), balance loss,
+// router
+void blk_moe_router_backward(Pass *P, int l) {
+    Model *m = P->m;
+    Acts *a = P->a;
+    const MoeConfig *c = &m->cfg;
+    const int N = P->b->N, D = c->hidden_size, E = c->n_routed_experts;
+    LayerActs *la = &a->layer[l];
+    LayerParams *gp = &m->g.layer[l];
+    MoeWeights mw;
+    moe_views(&m->w.layer[l], &mw);
+    MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down, P->gset};
+    MoeActs *ma = &la->moe;
+    double t = prof_begin();
+    moe_weights_backward(c, ma, &a->mw);
+    moe_aux_loss(c, ma, &a->mw, P->b->seq_start, P->b->n_seq, P->o->aux_scale);
+    prof_end(PROF_BALANCE, true, t, 0);
+    t = prof_begin();
+    moe_router_backward(c, ma, &a->mw, la->xn2, &mw, &mg, a->dxn);
+    prof_end(PROF_ROUTER, true, t, 4.0 * N * D * E);
+    moe_progress();
+}
+
+
+// expert parallelism: the owners' expert GEMMs on the output gradients that arrived
+int blk_moe_owner_backward(Pass *P, int l) {
+    Model *m = P->m;
+    const LayerParams *p = &m->w.layer[l];
+    LayerParams *gp = &m->g.layer[l];
+    MoeWeights mw;
+    moe_views(p, &mw);
+    MoeGrads mg = {gp->router, gp->e_gate_up, gp->e_down, P->gset};
+    return moe_ep_backward_experts(&P->a->layer[l].moe, &P->a->mw, &P->a->ew, pass_ep_comm(P), &mw, &mg);
+}
+
+
+// expert parallelism: the experts' input gradients and the routing weights' gradients arrive
+int blk_moe_backward_finish(Pass *P, int l) {
+    return moe_ep_backward_finish(&P->a->layer[l].moe, &P->a->mw, pass_ep_comm(P), P->a->dxn);
 }
 
 const BlockKind BLOCK_MOE_FFN = {"moe_ffn", moe_ffn_tensors};

@@ -1,7 +1,11 @@
 // The shared experts of a MoE layer: one dense SwiGLU of n_shared_experts x
 // moe_intermediate_size over every token, on the MoE block's normalised input.
 #include <stdio.h>
-#include "block.h"
+#include <string.h>
+#include "../base/base.h"
+#include "../base/prof.h"
+#include "../kernels/gemm.h"
+#include "pass.h"
 
 static void shared_expert_tensors(Layout *lo, const MoeConfig *c, int l, const ExpertShard *sh, ParamViews *v) {
     (void)sh;
@@ -14,6 +18,31 @@ static void shared_expert_tensors(Layout *lo, const MoeConfig *c, int l, const E
     T("mlp.shared_experts.up_proj.weight", F, D, &p->s_up);
     T("mlp.shared_experts.down_proj.weight", D, F, &p->s_down);
 #undef T
+}
+
+void blk_shared_expert_forward(Pass *P, int l) {
+    const MoeConfig *c = &P->m->cfg;
+    const int N = P->b->N, D = c->hidden_size, Fs = c->n_shared_experts * c->moe_intermediate_size;
+    LayerActs *la = pass_layer(P, l);
+    const LayerParams *p = &P->m->w.layer[l];
+    double t = prof_begin();
+    swiglu_ffn_forward(pass_resid(P->a, l + 1, N), la->gu, la->a, la->xn2, p->s_gate, p->s_down, N, D, Fs, true);
+    prof_end(PROF_SHARED, false, t, 6.0 * N * D * Fs);
+}
+
+void blk_shared_expert_backward(Pass *P, int l) {
+    const MoeConfig *c = &P->m->cfg;
+    const int N = P->b->N, D = c->hidden_size, Fs = c->n_shared_experts * c->moe_intermediate_size;
+    Acts *a = P->a;
+    LayerActs *la = &a->layer[l];
+    const LayerParams *p = &P->m->w.layer[l];
+    LayerParams *gp = &P->m->g.layer[l];
+    double t = prof_begin();
+    if (Fs > 0)
+        swiglu_ffn_backward(a->dxn, gp->s_gate, gp->s_down, a->dx, la->xn2, la->gu, la->a, p->s_gate, p->s_down,
+                            a->da, N, D, Fs, P->gset ? 0.0f : 1.0f);
+    prof_end(PROF_SHARED, true, t, 12.0 * N * D * Fs);
+    moe_progress();
 }
 
 const BlockKind BLOCK_SHARED_EXPERT = {"shared_expert", shared_expert_tensors};

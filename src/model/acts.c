@@ -1,0 +1,243 @@
+// Activations: what each layer saves for its backward pass and how (kept in f32, packed to
+// bf16, or recomputed), decided here for every mode (ACTS_*), on one process and under
+// expert parallelism alike; the bf16 stash; and the restore before a layer's backward pass.
+#include <stdio.h>
+#include <string.h>
+#include "../base/base.h"
+#include "../base/prof.h"
+#include "../kernels/bf16.h"
+#include "../kernels/gemm.h"
+#include "../kernels/simd.h"
+#include "pass.h"
+
+
+void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
+    const bool train = mode & ACTS_TRAIN, full = train && (mode & ACTS_RECOMPUTE_FULL),
+               rc = full || (train && (mode & ACTS_RECOMPUTE)), bf = train && (mode & ACTS_BF16);
+    const MoeConfig *c = &m->cfg;
+    memset(a, 0, sizeof *a);
+    int L = c->num_hidden_layers, D = c->hidden_size, Hq = c->num_attention_heads * c->head_dim,
+        Hk = c->num_key_value_heads * c->head_dim, H = c->num_attention_heads,
+        Fe = c->moe_intermediate_size, Fs = c->n_shared_experts * Fe, E = c->n_routed_experts,
+        K = c->num_experts_per_tok, V = c->vocab_size;
+    int Fmax = 0;   // the widest feed-forward among the layers there are (dense or shared experts)
+    for (int l = 0; l < L; l++) Fmax = imax(Fmax, config_layer_is_moe(c, l) ? Fs : c->intermediate_size);
+    const bool any_moe = config_n_moe_layers(c) > 0;
+    // under expert parallelism the experts' rows live on their owners, kept per layer in f32
+    // buffers grown to what arrives (moe/ep.c), holding the values one process would read
+    // back (MOE_KEEP_*): no shared, recomputed or bf16-stashed expert rows here
+    const bool ep = mode & ACTS_EP, local_moe = any_moe && !ep;
+    a->ep = ep;
+    a->Nmax = Nmax; a->L = L; a->D = D; a->train = train; a->recompute = rc; a->full = full; a->bf16 = bf;
+    MemCategory old = mem_category(MEM_ACTS);
+    size_t ND = (size_t)Nmax * D, NK = (size_t)Nmax * K;
+    mem_category(MEM_WORK);
+    if (rc) {   // one set of recomputed intermediates for all layers
+        a->rc_xn = MOE_NEW(float, ND);
+        a->rc_a = MOE_NEW(float, (size_t)Nmax * Fmax);
+        if (local_moe) { a->rc_xe = MOE_NEW(float, NK * D); a->rc_ae = MOE_NEW(float, NK * Fe); }
+    }
+    if (full) {
+        a->rc_h = MOE_NEW(float, ND);
+        if (local_moe && !bf) a->rc_mgu = MOE_NEW(float, NK * 2 * Fe);   // (bf16: ws_mgu)
+    }
+    // the experts' outputs are summed into each layer's output and not needed again (the
+    // backward pass gets dw from dout W_down . ae, under expert parallelism on the owners):
+    // one buffer for all layers, which in training is the backward pass's dye (no forward
+    // runs inside a layer's backward)
+    if (train && any_moe) moe_work_alloc(&a->mw, Nmax, E, K, D, Fe, false);
+    if (any_moe) a->rc_ye = train ? a->mw.dye : MOE_NEW(float, NK * D);
+    if (any_moe) a->router_logits = MOE_NEW(float, (size_t)Nmax * E);   // scratch of every router
+    if (bf) {   // the f32 working set every layer computes in; layers keep bf16 copies
+        a->ws_q = MOE_NEW(float, (size_t)Nmax * Hq); a->ws_att = MOE_NEW(float, (size_t)Nmax * Hq);
+        a->ws_k = MOE_NEW(float, (size_t)Nmax * Hk); a->ws_v = MOE_NEW(float, (size_t)Nmax * Hk);
+        if (!full) a->ws_h = MOE_NEW(float, ND);
+        a->ws_gu = MOE_NEW(float, (size_t)Nmax * 2 * Fmax);
+        if (!rc) { a->ws_xn1 = MOE_NEW(float, ND); a->ws_xn2 = MOE_NEW(float, ND); a->ws_a = MOE_NEW(float, (size_t)Nmax * Fmax); }
+        if (local_moe) {
+            a->ws_mgu = MOE_NEW(float, NK * 2 * Fe);
+            if (!rc) { a->ws_mxe = MOE_NEW(float, NK * D); a->ws_mae = MOE_NEW(float, NK * Fe); }
+        }
+    }
+    mem_category(MEM_ACTS);
+    int nstore = train ? L : 1;
+    // the residual stream: every layer's input kept in f32, or (bf16, inference) two in turn
+    a->xs = MOE_NEW(float, ND * (train && !bf ? L + 1 : 2));
+    a->layer = MOE_NEW(LayerActs, nstore);
+    for (int l = 0; l < nstore; l++) {
+        LayerActs *la = &a->layer[l];
+        int li = train ? l : 0;
+        bool moe = train ? config_layer_is_moe(c, li) : any_moe;
+        int F = train ? (moe ? Fs : c->intermediate_size) : Fmax;
+        la->rstd1 = MOE_NEW(float, Nmax);
+        la->rstd2 = MOE_NEW(float, Nmax);
+        la->lse = MOE_NEW(float, (size_t)Nmax * H);
+        if (bf) {
+            la->q = a->ws_q; la->k = a->ws_k; la->v = a->ws_v; la->att = a->ws_att;
+            la->h = full ? a->rc_h : a->ws_h;
+            la->xn1 = rc ? a->rc_xn : a->ws_xn1;
+            la->xn2 = rc ? a->rc_xn : a->ws_xn2;
+            if (F > 0) { la->gu = a->ws_gu; la->a = rc ? a->rc_a : a->ws_a; }
+        } else {
+            la->q = MOE_NEW(float, (size_t)Nmax * Hq); la->att = MOE_NEW(float, (size_t)Nmax * Hq);
+            la->k = MOE_NEW(float, (size_t)Nmax * Hk); la->v = MOE_NEW(float, (size_t)Nmax * Hk);
+            la->h = full ? a->rc_h : MOE_NEW(float, ND);
+            la->xn1 = rc ? a->rc_xn : MOE_NEW(float, ND);
+            la->xn2 = rc ? a->rc_xn : MOE_NEW(float, ND);
+            if (F > 0) {
+                la->gu = MOE_NEW(float, (size_t)Nmax * 2 * F);
+                la->a = rc ? a->rc_a : MOE_NEW(float, (size_t)Nmax * F);
+            }
+        }
+        if (moe) {
+            int borrow = MOE_BORROW_LOGITS | (rc || bf ? MOE_BORROW_XE_AE : 0) | (bf || full ? MOE_BORROW_GU : 0) | MOE_BORROW_YE;
+            if (ep) borrow = MOE_BORROW_LOGITS | MOE_BORROW_XE_AE | MOE_BORROW_GU | MOE_BORROW_YE;
+            moe_acts_alloc(&la->moe, Nmax, E, K, D, Fe, borrow);
+            la->moe.logits = a->router_logits;
+            if (ep && bf)
+                la->moe.keep = MOE_KEEP_BF16 | (rc ? MOE_KEEP_RECOMPUTE_AE : 0) | (full ? MOE_KEEP_RECOMPUTE_GU : 0);
+            la->moe.ye = a->rc_ye;
+            if (!ep) {
+                if (rc) { la->moe.xe = a->rc_xe; la->moe.ae = a->rc_ae; }
+                else if (bf) { la->moe.xe = a->ws_mxe; la->moe.ae = a->ws_mae; }
+                if (bf) la->moe.gu = a->ws_mgu;
+                else if (full) la->moe.gu = a->rc_mgu;
+            }
+        }
+        if (bf) {   // room for the largest stash this layer can need
+            size_t per_tok = D + 2 * Hq + 2 * Hk + (full ? 0 : D) + (rc ? (moe ? D : 0) : 2 * D) + (F > 0 ? 2 * F + (rc ? 0 : F) : 0);
+            size_t per_row = moe && !ep ? (full ? 0 : 2 * Fe) + (rc ? 0 : D + Fe) : 0;
+            la->stash = MOE_NEW(unsigned short, (size_t)Nmax * per_tok + NK * per_row);
+        }
+    }
+    a->rstdf = MOE_NEW(float, Nmax); a->xf = MOE_NEW(float, ND); a->xt = MOE_NEW(float, ND);
+    // training runs the head in chunks of HEAD_CHUNK rows, its backward fused in: no [N,V] buffer
+    a->logits = MOE_NEW(float, (size_t)(train ? imin(Nmax, HEAD_CHUNK) : Nmax) * V);
+    if (train) { mem_category(MEM_WORK); a->dh = MOE_NEW(float, ND); a->dxt = a->dh; mem_category(MEM_ACTS); }   // see bwd_begin
+    a->out_rows = MOE_NEW(int, Nmax);
+    if (train) {
+        mem_category(MEM_WORK);   // backward-pass scratch, reused by every layer
+        a->dx = MOE_NEW(float, ND); a->dxn = MOE_NEW(float, ND);
+        a->dq = MOE_NEW(float, (size_t)Nmax * Hq); a->datt = MOE_NEW(float, (size_t)Nmax * Hq);
+        a->dk = MOE_NEW(float, (size_t)Nmax * Hk); a->dv = MOE_NEW(float, (size_t)Nmax * Hk);
+        a->da = MOE_NEW(float, (size_t)Nmax * Fmax);   // (the FFNs' gate/up gradients go over gu)
+    }
+    a->load = MOE_NEW(long, (size_t)L * imax(E, 1));
+    a->drop_l = MOE_NEW(long, L);
+    a->rows_l = MOE_NEW(long, L);
+    mem_category(old);
+}
+
+void acts_free(Acts *a) {
+    int nstore = a->train ? a->L : 1;
+    for (int l = 0; l < nstore; l++) {
+        LayerActs *la = &a->layer[l];
+        if (a->bf16) la->q = la->k = la->v = la->att = la->h = la->gu = NULL;   // the shared working set
+        if (a->recompute || a->bf16) la->xn1 = la->xn2 = la->a = NULL;
+        if (a->full) la->h = NULL;
+        void *p[] = {la->rstd1, la->xn1, la->q, la->k, la->v, la->att, la->lse, la->h, la->rstd2,
+                     la->xn2, la->gu, la->a, la->stash};
+        for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
+        if (la->moe.scores) { moe_ep_acts_free(&la->moe); moe_acts_free(&la->moe); }
+    }
+    if (a->rc_ye == a->mw.dye) a->rc_ye = NULL;   // shared buffers, freed once
+    void *p[] = {a->xs, a->layer, a->rstdf, a->xf, a->xt, a->logits, a->out_rows, a->dx, a->dh,
+                 a->dxn, a->dq, a->datt, a->dk, a->dv, a->da, a->load, a->drop_l, a->rows_l,
+                 a->rc_xn, a->rc_a, a->rc_xe, a->rc_ae, a->rc_h, a->rc_ye, a->rc_mgu, a->router_logits, a->ws_q, a->ws_k, a->ws_v, a->ws_att, a->ws_h,
+                 a->ws_xn1, a->ws_xn2, a->ws_gu, a->ws_a, a->ws_mgu, a->ws_mxe, a->ws_mae};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
+    if (a->mw.ds) moe_work_free(&a->mw);
+    moe_ep_work_free(&a->ew);
+    memset(a, 0, sizeof *a);
+}
+
+// The residual stream entering layer l (l = L: the stack's output).
+float *pass_resid(const Acts *a, int l, int N) {
+    if (a->train && !a->bf16) return a->xs + (size_t)l * N * a->D;
+    return a->xs + (size_t)(l % 2) * a->Nmax * a->D;
+}
+
+// ACTS_BF16: the f32 intermediates of layer l that its backward pass reads, in a fixed
+// order; packed after its forward pass, unpacked before its backward pass. A MoE layer's
+// xn2 is kept whatever the recomputation: the experts' rows are gathered from it, and an
+// owner under expert parallelism, which holds those rows and not h, rounds them to bf16
+// (MOE_KEEP_BF16) to the values gather(bf16(xn2)) gives here (rmsnorm(bf16(h)) would not).
+typedef struct { float *p; size_t n; } StashItem;
+static int stash_items(const Acts *a, const Model *m, int l, int N, StashItem *it) {
+    const MoeConfig *c = &m->cfg;
+    const LayerActs *la = &a->layer[l];
+    const size_t D = c->hidden_size, Hq = (size_t)c->num_attention_heads * c->head_dim,
+                 Hk = (size_t)c->num_key_value_heads * c->head_dim, Fe = c->moe_intermediate_size;
+    const bool moe = config_layer_is_moe(c, l);
+    const size_t F = moe ? (size_t)c->n_shared_experts * Fe : (size_t)c->intermediate_size;
+    int n = 0;
+    it[n++] = (StashItem){la->x, N * D};
+    it[n++] = (StashItem){la->q, N * Hq};
+    it[n++] = (StashItem){la->k, N * Hk};
+    it[n++] = (StashItem){la->v, N * Hk};
+    it[n++] = (StashItem){la->att, N * Hq};
+    if (!a->full) it[n++] = (StashItem){la->h, N * D};
+    if (!a->recompute) it[n++] = (StashItem){la->xn1, N * D};
+    if (!a->recompute || moe) it[n++] = (StashItem){la->xn2, N * D};
+    if (F > 0) {
+        it[n++] = (StashItem){la->gu, N * 2 * F};
+        if (!a->recompute) it[n++] = (StashItem){la->a, N * F};
+    }
+    if (moe && !a->ep) {
+        const size_t A = la->moe.A;
+        if (!a->full) it[n++] = (StashItem){la->moe.gu, A * 2 * Fe};
+        if (!a->recompute) { it[n++] = (StashItem){la->moe.xe, A * D}; it[n++] = (StashItem){la->moe.ae, A * Fe}; }
+    }
+    return n;
+}
+void acts_stash(const Acts *a, const Model *m, int l, int N, bool pack) {
+    const double t = prof_begin();
+    StashItem it[16];
+    int n = stash_items(a, m, l, N, it);
+    unsigned short *s = a->layer[l].stash;
+    for (int i = 0; i < n; i++) {
+        float *p = it[i].p;
+        const long cnt = (long)it[i].n;
+        const long chunk = 1 << 14, nc = (cnt + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if (nc > 1)
+        for (long c = 0; c < nc; c++) {
+            const long j = c * chunk, len = c == nc - 1 ? cnt - j : chunk;
+            if (pack) vec_to_bf16(s + j, p + j, len);
+            else vec_from_bf16(p + j, s + j, len);
+        }
+        s += cnt;
+    }
+    prof_end(PROF_STASH, !pack, t, 0);   // packing after the forward pass, unpacking before the backward
+}
+
+// Before layer l's backward pass: what it reads comes back, as the forward pass made it:
+// the bf16 stash unpacked, then the FFN's inputs and SwiGLU products recomputed.
+void acts_restore(Pass *P, int l) {
+    Model *m = P->m;
+    Acts *a = P->a;
+    const MoeConfig *c = &m->cfg;
+    const int N = P->b->N, D = c->hidden_size, Hq = c->num_attention_heads * c->head_dim,
+              Fe = c->moe_intermediate_size, Fs = c->n_shared_experts * Fe;
+    LayerActs *la = &a->layer[l];
+    const LayerParams *p = &m->w.layer[l];
+    if (!a->recompute) return;
+    double t = prof_begin();
+    if (a->full) {   // h = x + att Wo^T
+        memcpy(la->h, la->x, sizeof(float) * (size_t)N * D);
+        linear_forward(la->h, la->att, p->wo, N, Hq, D, true);
+    }
+    if (!(a->bf16 && config_layer_is_moe(c, l)))   // (bf16: a MoE layer's xn2 is unpacked)
+        rmsnorm_forward(la->xn2, NULL, la->h, p->post_norm, N, D, c->rms_norm_eps);
+    if (!config_layer_is_moe(c, l)) swiglu_rows_forward(la->a, la->gu, N, c->intermediate_size);
+    else {
+        if (!a->ep) {
+            if (a->full) {   // the gather and the experts' gate and up projections again
+                MoeWeights mw = {p->router, p->e_gate_up, p->e_down};
+                moe_experts_gate_up(&la->moe, la->xn2, &mw);
+            } else moe_gather(&la->moe, la->xn2);
+            swiglu_rows_forward(la->moe.ae, la->moe.gu, la->moe.A, Fe);
+        }
+        if (Fs > 0) swiglu_rows_forward(la->a, la->gu, N, Fs);
+    }
+    prof_end(PROF_RECOMPUTE, true, t, 0);
+}
