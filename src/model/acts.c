@@ -11,120 +11,142 @@
 #include "pass.h"
 
 
-void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
-    const bool train = mode & ACTS_TRAIN, full = train && (mode & ACTS_RECOMPUTE_FULL),
-               rc = full || (train && (mode & ACTS_RECOMPUTE)), bf = train && (mode & ACTS_BF16);
-    const MoeConfig *c = &m->cfg;
-    memset(a, 0, sizeof *a);
-    int L = c->num_hidden_layers, D = c->hidden_size, Hq = c->num_attention_heads * c->head_dim,
-        Hk = c->num_key_value_heads * c->head_dim, H = c->num_attention_heads,
-        Fe = c->moe_intermediate_size, Fs = c->n_shared_experts * Fe, E = c->n_routed_experts,
-        K = c->num_experts_per_tok, V = c->vocab_size;
-    int Fmax = 0;   // the widest feed-forward among the layers there are (dense or shared experts)
-    for (int l = 0; l < L; l++) Fmax = imax(Fmax, config_layer_is_moe(c, l) ? Fs : c->intermediate_size);
-    const bool any_moe = config_n_moe_layers(c) > 0;
-    // under expert parallelism the experts' rows live on their owners, kept per layer in f32
-    // buffers grown to what arrives (moe/ep.c), holding the values one process would read
-    // back (MOE_KEEP_*): no shared, recomputed or bf16-stashed expert rows here
-    const bool ep = mode & ACTS_EP, local_moe = any_moe && !ep;
-    a->ep = ep;
-    a->Nmax = Nmax; a->L = L; a->D = D; a->train = train; a->recompute = rc; a->full = full; a->bf16 = bf;
-    MemCategory old = mem_category(MEM_ACTS);
-    size_t ND = (size_t)Nmax * D, NK = (size_t)Nmax * K;
-    mem_category(MEM_WORK);
-    if (rc) {   // one set of recomputed intermediates for all layers
+// the sizes acts_alloc works with
+typedef struct {
+    int L, D, H, Hq, Hk, Fe, Fs, E, K, V, Fmax;
+    size_t ND, NK;
+    bool any_moe, local_moe;
+} ActDims;
+
+// The buffers every layer shares (MEM_WORK): one set of recomputed intermediates, the
+// experts' outputs, the routers' logits, and under bf16 the f32 working set every layer
+// computes in (layers keep bf16 copies).
+static void alloc_shared(Acts *a, const ActDims *d, int Nmax) {
+    const bool rc = a->recompute, full = a->full, bf = a->bf16;
+    const size_t ND = d->ND, NK = d->NK;
+    if (rc) {
         a->rc_xn = MOE_NEW(float, ND);
-        a->rc_a = MOE_NEW(float, (size_t)Nmax * Fmax);
-        if (local_moe) { a->rc_xe = MOE_NEW(float, NK * D); a->rc_ae = MOE_NEW(float, NK * Fe); }
+        a->rc_a = MOE_NEW(float, (size_t)Nmax * d->Fmax);
+        if (d->local_moe) { a->rc_xe = MOE_NEW(float, NK * d->D); a->rc_ae = MOE_NEW(float, NK * d->Fe); }
     }
     if (full) {
         a->rc_h = MOE_NEW(float, ND);
-        if (local_moe && !bf) a->rc_mgu = MOE_NEW(float, NK * 2 * Fe);   // (bf16: ws_mgu)
+        if (d->local_moe && !bf) a->rc_mgu = MOE_NEW(float, NK * 2 * d->Fe);   // (bf16: ws_mgu)
     }
     // the experts' outputs are summed into each layer's output and not needed again (the
     // backward pass gets dw from dout W_down . ae, under expert parallelism on the owners):
     // one buffer for all layers, which in training is the backward pass's dye (no forward
     // runs inside a layer's backward)
-    if (train && any_moe) moe_work_alloc(&a->mw, Nmax, E, K, D, Fe, false);
-    if (any_moe) a->rc_ye = train ? a->mw.dye : MOE_NEW(float, NK * D);
-    if (any_moe) a->router_logits = MOE_NEW(float, (size_t)Nmax * E);   // scratch of every router
-    if (bf) {   // the f32 working set every layer computes in; layers keep bf16 copies
-        a->ws_q = MOE_NEW(float, (size_t)Nmax * Hq); a->ws_att = MOE_NEW(float, (size_t)Nmax * Hq);
-        a->ws_k = MOE_NEW(float, (size_t)Nmax * Hk); a->ws_v = MOE_NEW(float, (size_t)Nmax * Hk);
+    if (a->train && d->any_moe) moe_work_alloc(&a->mw, Nmax, d->E, d->K, d->D, d->Fe, false);
+    if (d->any_moe) a->rc_ye = a->train ? a->mw.dye : MOE_NEW(float, NK * d->D);
+    if (d->any_moe) a->router_logits = MOE_NEW(float, (size_t)Nmax * d->E);   // scratch of every router
+    if (bf) {
+        a->ws_q = MOE_NEW(float, (size_t)Nmax * d->Hq); a->ws_att = MOE_NEW(float, (size_t)Nmax * d->Hq);
+        a->ws_k = MOE_NEW(float, (size_t)Nmax * d->Hk); a->ws_v = MOE_NEW(float, (size_t)Nmax * d->Hk);
         if (!full) a->ws_h = MOE_NEW(float, ND);
-        a->ws_gu = MOE_NEW(float, (size_t)Nmax * 2 * Fmax);
-        if (!rc) { a->ws_xn1 = MOE_NEW(float, ND); a->ws_xn2 = MOE_NEW(float, ND); a->ws_a = MOE_NEW(float, (size_t)Nmax * Fmax); }
-        if (local_moe) {
-            a->ws_mgu = MOE_NEW(float, NK * 2 * Fe);
-            if (!rc) { a->ws_mxe = MOE_NEW(float, NK * D); a->ws_mae = MOE_NEW(float, NK * Fe); }
+        a->ws_gu = MOE_NEW(float, (size_t)Nmax * 2 * d->Fmax);
+        if (!rc) { a->ws_xn1 = MOE_NEW(float, ND); a->ws_xn2 = MOE_NEW(float, ND); a->ws_a = MOE_NEW(float, (size_t)Nmax * d->Fmax); }
+        if (d->local_moe) {
+            a->ws_mgu = MOE_NEW(float, NK * 2 * d->Fe);
+            if (!rc) { a->ws_mxe = MOE_NEW(float, NK * d->D); a->ws_mae = MOE_NEW(float, NK * d->Fe); }
         }
     }
+}
+
+// Layer l's intermediates (inference: the one set every layer reuses, l = 0): its own
+// buffers, or the shared ones where they are recomputed or packed to bf16.
+static void alloc_layer(Acts *a, const Model *m, const ActDims *d, int Nmax, int l) {
+    const MoeConfig *c = &m->cfg;
+    const bool rc = a->recompute, full = a->full, bf = a->bf16, ep = a->ep;
+    const size_t ND = d->ND, Hq = d->Hq, Hk = d->Hk;
+    LayerActs *la = &a->layer[l];
+    const bool moe = a->train ? config_layer_is_moe(c, l) : d->any_moe;
+    const int F = a->train ? (moe ? d->Fs : c->intermediate_size) : d->Fmax;
+    la->rstd1 = MOE_NEW(float, Nmax);
+    la->rstd2 = MOE_NEW(float, Nmax);
+    la->lse = MOE_NEW(float, (size_t)Nmax * d->H);
+    if (bf) {
+        la->q = a->ws_q; la->k = a->ws_k; la->v = a->ws_v; la->att = a->ws_att;
+        la->h = full ? a->rc_h : a->ws_h;
+        la->xn1 = rc ? a->rc_xn : a->ws_xn1;
+        la->xn2 = rc ? a->rc_xn : a->ws_xn2;
+        if (F > 0) { la->gu = a->ws_gu; la->a = rc ? a->rc_a : a->ws_a; }
+    } else {
+        la->q = MOE_NEW(float, (size_t)Nmax * Hq); la->att = MOE_NEW(float, (size_t)Nmax * Hq);
+        la->k = MOE_NEW(float, (size_t)Nmax * Hk); la->v = MOE_NEW(float, (size_t)Nmax * Hk);
+        la->h = full ? a->rc_h : MOE_NEW(float, ND);
+        la->xn1 = rc ? a->rc_xn : MOE_NEW(float, ND);
+        la->xn2 = rc ? a->rc_xn : MOE_NEW(float, ND);
+        if (F > 0) {
+            la->gu = MOE_NEW(float, (size_t)Nmax * 2 * F);
+            la->a = rc ? a->rc_a : MOE_NEW(float, (size_t)Nmax * F);
+        }
+    }
+    if (moe) {
+        int borrow = MOE_BORROW_LOGITS | (rc || bf ? MOE_BORROW_XE_AE : 0) | (bf || full ? MOE_BORROW_GU : 0) | MOE_BORROW_YE;
+        if (ep) borrow = MOE_BORROW_LOGITS | MOE_BORROW_XE_AE | MOE_BORROW_GU | MOE_BORROW_YE;
+        moe_acts_alloc(&la->moe, Nmax, d->E, d->K, d->D, d->Fe, borrow);
+        la->moe.logits = a->router_logits;
+        if (ep && bf) la->moe.keep = MOE_KEEP_BF16 | (rc ? MOE_KEEP_RECOMPUTE_AE : 0) | (full ? MOE_KEEP_RECOMPUTE_GU : 0);
+        la->moe.ye = a->rc_ye;
+        if (!ep) {
+            if (rc) { la->moe.xe = a->rc_xe; la->moe.ae = a->rc_ae; }
+            else if (bf) { la->moe.xe = a->ws_mxe; la->moe.ae = a->ws_mae; }
+            if (bf) la->moe.gu = a->ws_mgu;
+            else if (full) la->moe.gu = a->rc_mgu;
+        }
+    }
+    if (bf) {   // room for the largest stash this layer can need
+        const size_t D = d->D, Fe = d->Fe;
+        size_t per_tok = D + 2 * Hq + 2 * Hk + (full ? 0 : D) + (rc ? (moe ? D : 0) : 2 * D) + (F > 0 ? 2 * F + (rc ? 0 : F) : 0);
+        size_t per_row = moe && !ep ? (full ? 0 : 2 * Fe) + (rc ? 0 : D + Fe) : 0;
+        la->stash = MOE_NEW(unsigned short, (size_t)Nmax * per_tok + d->NK * per_row);
+    }
+}
+
+void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
+    const bool train = mode & ACTS_TRAIN, full = train && (mode & ACTS_RECOMPUTE_FULL),
+               rc = full || (train && (mode & ACTS_RECOMPUTE)), bf = train && (mode & ACTS_BF16);
+    const MoeConfig *c = &m->cfg;
+    memset(a, 0, sizeof *a);
+    ActDims d = {c->num_hidden_layers, c->hidden_size, c->num_attention_heads, c->num_attention_heads * c->head_dim,
+                 c->num_key_value_heads * c->head_dim, c->moe_intermediate_size,
+                 c->n_shared_experts * c->moe_intermediate_size, c->n_routed_experts, c->num_experts_per_tok,
+                 c->vocab_size, 0, 0, 0, config_n_moe_layers(c) > 0, false};
+    // the widest feed-forward among the layers there are (dense or shared experts)
+    for (int l = 0; l < d.L; l++) d.Fmax = imax(d.Fmax, config_layer_is_moe(c, l) ? d.Fs : c->intermediate_size);
+    d.ND = (size_t)Nmax * d.D;
+    d.NK = (size_t)Nmax * d.K;
+    // under expert parallelism the experts' rows live on their owners, kept per layer in f32
+    // buffers grown to what arrives (moe/ep.c), holding the values one process would read
+    // back (MOE_KEEP_*): no shared, recomputed or bf16-stashed expert rows here
+    a->ep = mode & ACTS_EP;
+    d.local_moe = d.any_moe && !a->ep;
+    a->Nmax = Nmax; a->L = d.L; a->D = d.D; a->train = train; a->recompute = rc; a->full = full; a->bf16 = bf;
+    const size_t ND = d.ND, Hq = d.Hq, Hk = d.Hk;
+    MemCategory old = mem_category(MEM_WORK);
+    alloc_shared(a, &d, Nmax);
     mem_category(MEM_ACTS);
-    int nstore = train ? L : 1;
+    const int nstore = train ? d.L : 1;
     // the residual stream: every layer's input kept in f32, or (bf16, inference) two in turn
-    a->xs = MOE_NEW(float, ND * (train && !bf ? L + 1 : 2));
+    a->xs = MOE_NEW(float, ND * (train && !bf ? d.L + 1 : 2));
     a->layer = MOE_NEW(LayerActs, nstore);
-    for (int l = 0; l < nstore; l++) {
-        LayerActs *la = &a->layer[l];
-        int li = train ? l : 0;
-        bool moe = train ? config_layer_is_moe(c, li) : any_moe;
-        int F = train ? (moe ? Fs : c->intermediate_size) : Fmax;
-        la->rstd1 = MOE_NEW(float, Nmax);
-        la->rstd2 = MOE_NEW(float, Nmax);
-        la->lse = MOE_NEW(float, (size_t)Nmax * H);
-        if (bf) {
-            la->q = a->ws_q; la->k = a->ws_k; la->v = a->ws_v; la->att = a->ws_att;
-            la->h = full ? a->rc_h : a->ws_h;
-            la->xn1 = rc ? a->rc_xn : a->ws_xn1;
-            la->xn2 = rc ? a->rc_xn : a->ws_xn2;
-            if (F > 0) { la->gu = a->ws_gu; la->a = rc ? a->rc_a : a->ws_a; }
-        } else {
-            la->q = MOE_NEW(float, (size_t)Nmax * Hq); la->att = MOE_NEW(float, (size_t)Nmax * Hq);
-            la->k = MOE_NEW(float, (size_t)Nmax * Hk); la->v = MOE_NEW(float, (size_t)Nmax * Hk);
-            la->h = full ? a->rc_h : MOE_NEW(float, ND);
-            la->xn1 = rc ? a->rc_xn : MOE_NEW(float, ND);
-            la->xn2 = rc ? a->rc_xn : MOE_NEW(float, ND);
-            if (F > 0) {
-                la->gu = MOE_NEW(float, (size_t)Nmax * 2 * F);
-                la->a = rc ? a->rc_a : MOE_NEW(float, (size_t)Nmax * F);
-            }
-        }
-        if (moe) {
-            int borrow = MOE_BORROW_LOGITS | (rc || bf ? MOE_BORROW_XE_AE : 0) | (bf || full ? MOE_BORROW_GU : 0) | MOE_BORROW_YE;
-            if (ep) borrow = MOE_BORROW_LOGITS | MOE_BORROW_XE_AE | MOE_BORROW_GU | MOE_BORROW_YE;
-            moe_acts_alloc(&la->moe, Nmax, E, K, D, Fe, borrow);
-            la->moe.logits = a->router_logits;
-            if (ep && bf)
-                la->moe.keep = MOE_KEEP_BF16 | (rc ? MOE_KEEP_RECOMPUTE_AE : 0) | (full ? MOE_KEEP_RECOMPUTE_GU : 0);
-            la->moe.ye = a->rc_ye;
-            if (!ep) {
-                if (rc) { la->moe.xe = a->rc_xe; la->moe.ae = a->rc_ae; }
-                else if (bf) { la->moe.xe = a->ws_mxe; la->moe.ae = a->ws_mae; }
-                if (bf) la->moe.gu = a->ws_mgu;
-                else if (full) la->moe.gu = a->rc_mgu;
-            }
-        }
-        if (bf) {   // room for the largest stash this layer can need
-            size_t per_tok = D + 2 * Hq + 2 * Hk + (full ? 0 : D) + (rc ? (moe ? D : 0) : 2 * D) + (F > 0 ? 2 * F + (rc ? 0 : F) : 0);
-            size_t per_row = moe && !ep ? (full ? 0 : 2 * Fe) + (rc ? 0 : D + Fe) : 0;
-            la->stash = MOE_NEW(unsigned short, (size_t)Nmax * per_tok + NK * per_row);
-        }
-    }
+    for (int l = 0; l < nstore; l++) alloc_layer(a, m, &d, Nmax, l);
     a->rstdf = MOE_NEW(float, Nmax); a->xf = MOE_NEW(float, ND); a->xt = MOE_NEW(float, ND);
     // training runs the head in chunks of HEAD_CHUNK rows, its backward fused in: no [N,V] buffer
-    a->logits = MOE_NEW(float, (size_t)(train ? imin(Nmax, HEAD_CHUNK) : Nmax) * V);
-    if (train) { mem_category(MEM_WORK); a->dh = MOE_NEW(float, ND); a->dxt = a->dh; mem_category(MEM_ACTS); }   // see bwd_begin
+    a->logits = MOE_NEW(float, (size_t)(train ? imin(Nmax, HEAD_CHUNK) : Nmax) * d.V);
+    if (train) { mem_category(MEM_WORK); a->dh = MOE_NEW(float, ND); a->dxt = a->dh; mem_category(MEM_ACTS); }   // see blk_head_backward
     a->out_rows = MOE_NEW(int, Nmax);
     if (train) {
         mem_category(MEM_WORK);   // backward-pass scratch, reused by every layer
         a->dx = MOE_NEW(float, ND); a->dxn = MOE_NEW(float, ND);
         a->dq = MOE_NEW(float, (size_t)Nmax * Hq); a->datt = MOE_NEW(float, (size_t)Nmax * Hq);
         a->dk = MOE_NEW(float, (size_t)Nmax * Hk); a->dv = MOE_NEW(float, (size_t)Nmax * Hk);
-        a->da = MOE_NEW(float, (size_t)Nmax * Fmax);   // (the FFNs' gate/up gradients go over gu)
+        a->da = MOE_NEW(float, (size_t)Nmax * d.Fmax);   // (the FFNs' gate/up gradients go over gu)
     }
-    a->load = MOE_NEW(long, (size_t)L * imax(E, 1));
-    a->drop_l = MOE_NEW(long, L);
-    a->rows_l = MOE_NEW(long, L);
+    a->load = MOE_NEW(long, (size_t)d.L * imax(d.E, 1));
+    a->drop_l = MOE_NEW(long, d.L);
+    a->rows_l = MOE_NEW(long, d.L);
     mem_category(old);
 }
 
