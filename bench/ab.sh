@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Paired speed of two builds: `moe bench` of each in turn, ROUNDS times, on one config;
-# prints each run's tokens/s and the medians' ratio B / A. The machine's drift hits both
-# alike, so the ratio is what to read.
+# prints each run's tokens/s, the medians' ratio B / A and the median of the rounds' B / A (the
+# machine's drift hits both of a round alike).
 #   bench/ab.sh OLD_BINARY NEW_BINARY [CONFIG] [ROUNDS]     (extra flags in BENCH_FLAGS)
 set -euo pipefail
 A=$1; B=$2; CFG=${3:-configs/bench-s.json}; N=${4:-5}
@@ -17,4 +17,6 @@ for i in $(seq "$N"); do
 done
 med() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ma=$(med "${ta[@]}"); mb=$(med "${tb[@]}")
-awk -v a="$ma" -v b="$mb" -v c="$CFG" 'BEGIN { printf "%s: A %.1f  B %.1f tokens/s (medians), B/A %.4f\n", c, a, b, b / a }'
+rs=(); for i in "${!ta[@]}"; do rs+=("$(awk -v a="${ta[$i]}" -v b="${tb[$i]}" 'BEGIN { print b / a }')"); done
+mr=$(med "${rs[@]}")
+awk -v a="$ma" -v b="$mb" -v c="$CFG" -v r="$mr" 'BEGIN { printf "%s: A %.1f  B %.1f tokens/s (medians), B/A %.4f, median of the rounds\x27 B/A %.4f\n", c, a, b, b / a, r }'
