@@ -87,7 +87,9 @@ static void alloc_layer(Acts *a, const Model *m, const ActDims *d, int Nmax, int
         if (ep) borrow = MOE_BORROW_LOGITS | MOE_BORROW_XE_AE | MOE_BORROW_GU | MOE_BORROW_YE;
         moe_acts_alloc(&la->moe, Nmax, d->E, d->K, d->D, d->Fe, borrow);
         la->moe.logits = a->router_logits;
-        if (ep && bf) la->moe.keep = MOE_KEEP_BF16 | (rc ? MOE_KEEP_RECOMPUTE_AE : 0) | (full ? MOE_KEEP_RECOMPUTE_GU : 0);
+        if (ep && bf)   // the owners keep their rows as the storage policy says for rows here
+            la->moe.keep = MOE_KEEP_BF16 | (acts_storage(a, SAVE_ROWS_PRODUCT) == STORE_RECOMPUTE ? MOE_KEEP_RECOMPUTE_AE : 0) |
+                           (acts_storage(a, SAVE_ROWS_PRE_ACT) == STORE_RECOMPUTE ? MOE_KEEP_RECOMPUTE_GU : 0);
         la->moe.ye = a->rc_ye;
         if (!ep) {
             if (rc) { la->moe.xe = a->rc_xe; la->moe.ae = a->rc_ae; }
@@ -96,11 +98,16 @@ static void alloc_layer(Acts *a, const Model *m, const ActDims *d, int Nmax, int
             else if (full) la->moe.gu = a->rc_mgu;
         }
     }
-    if (bf) {   // room for the largest stash this layer can need
-        const size_t D = d->D, Fe = d->Fe;
-        size_t per_tok = D + 2 * Hq + 2 * Hk + (full ? 0 : D) + (rc ? (moe ? D : 0) : 2 * D) + (F > 0 ? 2 * F + (rc ? 0 : F) : 0);
-        size_t per_row = moe && !ep ? (full ? 0 : 2 * Fe) + (rc ? 0 : D + Fe) : 0;
-        la->stash = MOE_NEW(unsigned short, (size_t)Nmax * per_tok + d->NK * per_row);
+    if (bf) {   // room for the largest stash this layer can need: what its blocks store packed
+        const BlockKind *b[8];
+        size_t n = 0;
+        for (int i = 0, nb = model_layer_blocks(c, l, b); i < nb; i++) {
+            SavedDecl sd[8];
+            for (int j = 0, ns = b[i]->saved(c, l, sd); j < ns; j++)
+                if (acts_storage(a, sd[j].role) == STORE_BF16 && !(sd[j].rows && ep))
+                    n += (sd[j].rows ? d->NK : (size_t)Nmax) * sd[j].width;
+        }
+        la->stash = MOE_NEW(unsigned short, n);
     }
 }
 
@@ -179,42 +186,40 @@ float *pass_resid(const Acts *a, int l, int N) {
     return a->xs + (size_t)(l % 2) * a->Nmax * a->D;
 }
 
-// ACTS_BF16: the f32 intermediates of layer l that its backward pass reads, in a fixed
-// order; packed after its forward pass, unpacked before its backward pass. A MoE layer's
-// xn2 is kept whatever the recomputation: the experts' rows are gathered from it, and an
-// owner under expert parallelism, which holds those rows and not h, rounds them to bf16
-// (MOE_KEEP_BF16) to the values gather(bf16(xn2)) gives here (rmsnorm(bf16(h)) would not).
+Storage acts_storage(const Acts *a, SaveRole role) {
+    bool recompute = false;
+    switch (role) {
+    case SAVE_NORM_OUT: case SAVE_PRODUCT: case SAVE_ROWS_IN: case SAVE_ROWS_PRODUCT: recompute = a->recompute; break;
+    case SAVE_SUM: case SAVE_ROWS_PRE_ACT: recompute = a->full; break;
+    case SAVE_EXPERT_INPUT: recompute = a->recompute && !a->bf16; break;
+    case SAVE_STAT: return STORE_F32;
+    case SAVE_RESIDUAL: case SAVE_ACT: case SAVE_PRE_ACT: break;
+    }
+    return recompute ? STORE_RECOMPUTE : a->bf16 ? STORE_BF16 : STORE_F32;
+}
+
+// ACTS_BF16: the f32 intermediates of layer l that its backward pass reads and that are
+// stored packed (the blocks' declarations, in order); packed after its forward pass,
+// unpacked before its backward pass. Under expert parallelism the experts' rows are their
+// owners' (MOE_KEEP_*), not here.
 typedef struct { float *p; size_t n; } StashItem;
 static int stash_items(const Acts *a, const Model *m, int l, int N, StashItem *it) {
-    const MoeConfig *c = &m->cfg;
-    const LayerActs *la = &a->layer[l];
-    const size_t D = c->hidden_size, Hq = (size_t)c->num_attention_heads * c->head_dim,
-                 Hk = (size_t)c->num_key_value_heads * c->head_dim, Fe = c->moe_intermediate_size;
-    const bool moe = config_layer_is_moe(c, l);
-    const size_t F = moe ? (size_t)c->n_shared_experts * Fe : (size_t)c->intermediate_size;
+    const BlockKind *b[8];
     int n = 0;
-    it[n++] = (StashItem){la->x, N * D};
-    it[n++] = (StashItem){la->q, N * Hq};
-    it[n++] = (StashItem){la->k, N * Hk};
-    it[n++] = (StashItem){la->v, N * Hk};
-    it[n++] = (StashItem){la->att, N * Hq};
-    if (!a->full) it[n++] = (StashItem){la->h, N * D};
-    if (!a->recompute) it[n++] = (StashItem){la->xn1, N * D};
-    if (!a->recompute || moe) it[n++] = (StashItem){la->xn2, N * D};
-    if (F > 0) {
-        it[n++] = (StashItem){la->gu, N * 2 * F};
-        if (!a->recompute) it[n++] = (StashItem){la->a, N * F};
-    }
-    if (moe && !a->ep) {
-        const size_t A = la->moe.A;
-        if (!a->full) it[n++] = (StashItem){la->moe.gu, A * 2 * Fe};
-        if (!a->recompute) { it[n++] = (StashItem){la->moe.xe, A * D}; it[n++] = (StashItem){la->moe.ae, A * Fe}; }
+    LayerActs *la = &a->layer[l];
+    for (int i = 0, nb = model_layer_blocks(&m->cfg, l, b); i < nb; i++) {
+        SavedDecl d[8];
+        for (int j = 0, nd = b[i]->saved(&m->cfg, l, d); j < nd; j++) {
+            if (acts_storage(a, d[j].role) != STORE_BF16 || (d[j].rows && a->ep)) continue;
+            char *base = d[j].rows ? (char *)&la->moe : (char *)la;
+            it[n++] = (StashItem){*(float **)(base + d[j].field), (size_t)(d[j].rows ? la->moe.A : N) * d[j].width};
+        }
     }
     return n;
 }
 void acts_stash(const Acts *a, const Model *m, int l, int N, bool pack) {
     const double t = prof_begin();
-    StashItem it[16];
+    StashItem it[32];
     int n = stash_items(a, m, l, N, it);
     unsigned short *s = a->layer[l].stash;
     for (int i = 0; i < n; i++) {
@@ -240,26 +245,27 @@ void acts_restore(Pass *P, int l) {
     const MoeConfig *c = &m->cfg;
     const int N = P->b->N, D = c->hidden_size, Hq = c->num_attention_heads * c->head_dim,
               Fe = c->moe_intermediate_size, Fs = c->n_shared_experts * Fe;
+    const bool moe = config_layer_is_moe(c, l);
     LayerActs *la = &a->layer[l];
     const LayerParams *p = &m->w.layer[l];
+#define RECOMPUTED(role) (acts_storage(a, role) == STORE_RECOMPUTE)
     if (!a->recompute) return;
     double t = prof_begin();
-    if (a->full) {   // h = x + att Wo^T
+    if (RECOMPUTED(SAVE_SUM)) {   // h = x + att Wo^T
         memcpy(la->h, la->x, sizeof(float) * (size_t)N * D);
         linear_forward(la->h, la->att, p->wo, N, Hq, D, true);
     }
-    if (!(a->bf16 && config_layer_is_moe(c, l)))   // (bf16: a MoE layer's xn2 is unpacked)
+    if (RECOMPUTED(moe ? SAVE_EXPERT_INPUT : SAVE_NORM_OUT))
         rmsnorm_forward(la->xn2, NULL, la->h, p->post_norm, N, D, c->rms_norm_eps);
-    if (!config_layer_is_moe(c, l)) swiglu_rows_forward(la->a, la->gu, N, c->intermediate_size);
-    else {
-        if (!a->ep) {
-            if (a->full) {   // the gather and the experts' gate and up projections again
-                MoeWeights mw = {p->router, p->e_gate_up, p->e_down};
-                moe_experts_gate_up(&la->moe, la->xn2, &mw);
-            } else moe_gather(&la->moe, la->xn2);
-            swiglu_rows_forward(la->moe.ae, la->moe.gu, la->moe.A, Fe);
-        }
-        if (Fs > 0) swiglu_rows_forward(la->a, la->gu, N, Fs);
+    if (!moe && RECOMPUTED(SAVE_PRODUCT)) swiglu_rows_forward(la->a, la->gu, N, c->intermediate_size);
+    if (moe && !a->ep) {   // (under expert parallelism the owners restore their rows)
+        if (RECOMPUTED(SAVE_ROWS_PRE_ACT)) {   // the gather and the experts' gate and up projections again
+            MoeWeights mw = {p->router, p->e_gate_up, p->e_down};
+            moe_experts_gate_up(&la->moe, la->xn2, &mw);
+        } else if (RECOMPUTED(SAVE_ROWS_IN)) moe_gather(&la->moe, la->xn2);
+        if (RECOMPUTED(SAVE_ROWS_PRODUCT)) swiglu_rows_forward(la->moe.ae, la->moe.gu, la->moe.A, Fe);
     }
+    if (moe && Fs > 0 && RECOMPUTED(SAVE_PRODUCT)) swiglu_rows_forward(la->a, la->gu, N, Fs);
+#undef RECOMPUTED
     prof_end(PROF_RECOMPUTE, true, t, 0);
 }

@@ -100,7 +100,7 @@ void blk_attention_backward(Pass *P, int l) {
     t = prof_begin();
     attention_backward_train(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse, b->kv_lo, N,
                              H, Hkv, hd);
-    if (a->recompute) {
+    if (acts_storage(a, SAVE_NORM_OUT) == STORE_RECOMPUTE) {
         double tr = prof_begin();
         rmsnorm_forward(la->xn1, NULL, la->x, p->in_norm, N, D, c->rms_norm_eps);
         prof_end(PROF_RECOMPUTE, true, tr, 0);
@@ -125,4 +125,18 @@ void blk_attention_backward(Pass *P, int l) {
 }
 
 
-const BlockKind BLOCK_ATTENTION = {"attention", attention_tensors};
+static int attention_saved(const MoeConfig *c, int l, SavedDecl *out) {
+    (void)l;
+    const int D = c->hidden_size, Hq = c->num_attention_heads * c->head_dim, Hk = c->num_key_value_heads * c->head_dim;
+    int n = 0;
+    out[n++] = SAVED(SAVE_RESIDUAL, x, D);
+    out[n++] = SAVED(SAVE_ACT, q, Hq);
+    out[n++] = SAVED(SAVE_ACT, k, Hk);
+    out[n++] = SAVED(SAVE_ACT, v, Hk);
+    out[n++] = SAVED(SAVE_ACT, att, Hq);
+    out[n++] = SAVED(SAVE_SUM, h, D);
+    out[n++] = SAVED(SAVE_NORM_OUT, xn1, D);
+    return n;
+}
+
+const BlockKind BLOCK_ATTENTION = {"attention", attention_tensors, attention_saved};

@@ -133,5 +133,5 @@ void blk_embedding_backward(Pass *P) {
     prof_end(PROF_EMBED, true, t, 0);
 }
 
-const BlockKind BLOCK_EMBEDDING = {"embedding", embedding_tensors};
-const BlockKind BLOCK_HEAD = {"head", head_tensors};
+const BlockKind BLOCK_EMBEDDING = {"embedding", embedding_tensors, NULL};
+const BlockKind BLOCK_HEAD = {"head", head_tensors, NULL};

@@ -83,4 +83,13 @@ void blk_dense_ffn_backward(Pass *P, int l) {
     prof_end(PROF_DENSE, true, t, 12.0 * N * D * c->intermediate_size);
 }
 
-const BlockKind BLOCK_DENSE_FFN = {"dense_ffn", dense_ffn_tensors};
+static int dense_ffn_saved(const MoeConfig *c, int l, SavedDecl *out) {
+    (void)l;
+    const int D = c->hidden_size, F = c->intermediate_size;
+    int n = 0;
+    out[n++] = SAVED(SAVE_NORM_OUT, xn2, D);
+    if (F > 0) { out[n++] = SAVED(SAVE_PRE_ACT, gu, 2 * F); out[n++] = SAVED(SAVE_PRODUCT, a, F); }
+    return n;
+}
+
+const BlockKind BLOCK_DENSE_FFN = {"dense_ffn", dense_ffn_tensors, dense_ffn_saved};

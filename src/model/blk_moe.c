@@ -160,4 +160,15 @@ int blk_moe_backward_finish(Pass *P, int l) {
     return moe_ep_backward_finish(&P->a->layer[l].moe, &P->a->mw, pass_ep_comm(P), P->a->dxn);
 }
 
-const BlockKind BLOCK_MOE_FFN = {"moe_ffn", moe_ffn_tensors};
+static int moe_ffn_saved(const MoeConfig *c, int l, SavedDecl *out) {
+    (void)l;
+    const int D = c->hidden_size, F = c->moe_intermediate_size;
+    int n = 0;
+    out[n++] = SAVED(SAVE_EXPERT_INPUT, xn2, D);
+    out[n++] = SAVED_ROWS(SAVE_ROWS_PRE_ACT, gu, 2 * F);
+    out[n++] = SAVED_ROWS(SAVE_ROWS_IN, xe, D);
+    out[n++] = SAVED_ROWS(SAVE_ROWS_PRODUCT, ae, F);
+    return n;
+}
+
+const BlockKind BLOCK_MOE_FFN = {"moe_ffn", moe_ffn_tensors, moe_ffn_saved};

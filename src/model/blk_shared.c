@@ -45,4 +45,12 @@ void blk_shared_expert_backward(Pass *P, int l) {
     moe_progress();
 }
 
-const BlockKind BLOCK_SHARED_EXPERT = {"shared_expert", shared_expert_tensors};
+static int shared_expert_saved(const MoeConfig *c, int l, SavedDecl *out) {
+    (void)l;
+    const int F = c->n_shared_experts * c->moe_intermediate_size;
+    out[0] = SAVED(SAVE_PRE_ACT, gu, 2 * F);
+    out[1] = SAVED(SAVE_PRODUCT, a, F);
+    return 2;
+}
+
+const BlockKind BLOCK_SHARED_EXPERT = {"shared_expert", shared_expert_tensors, shared_expert_saved};

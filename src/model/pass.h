@@ -27,6 +27,8 @@ void pass_abort(Pass *P);
 // ---- shared by the stages and the blocks' passes (acts.c, blk_*.c)
 // the residual stream entering layer l (l = L: the stack's output)
 float *pass_resid(const Acts *a, int l, int N);
+// how an intermediate of this role is stored under a's mode: the one storage policy
+Storage acts_storage(const Acts *a, SaveRole role);
 // a layer's saved intermediates packed to bf16 (pack) or back (ACTS_BF16)
 void acts_stash(const Acts *a, const Model *m, int l, int N, bool pack);
 // what layer l's backward pass reads, recomputed as the forward pass made it
