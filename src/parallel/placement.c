@@ -108,7 +108,7 @@ int par_place_again(Model *m, ExpertShard *sh, AdamW *opt, const double *win_loa
     else if (rc == MOE_OK) rc = par_migrate(m, sh, opt, np);
     if (rc == MOE_OK && *moved > 0) {   // every rank must decide alike: the slowest rank's figure
         double dt = time_now() - t0;
-        dist_max_f64(&dt, 1, DIST_WORLD);
+        rc = dist_max_f64(&dt, 1, DIST_WORLD);
         pc->s_per_move = dt / *moved;
     }
     if (rc) moe_placement_free(np);
