@@ -11,6 +11,8 @@
 #include "pass.h"
 
 
+static int packed_decls(const Acts *a, const MoeConfig *c, int l, SavedDecl *out);
+
 // the sizes acts_alloc works with
 typedef struct {
     int L, D, H, Hq, Hk, Fe, Fs, E, K, V, Fmax;
@@ -99,14 +101,9 @@ static void alloc_layer(Acts *a, const Model *m, const ActDims *d, int Nmax, int
         }
     }
     if (bf) {   // room for the largest stash this layer can need: what its blocks store packed
-        const BlockKind *b[8];
+        SavedDecl sd[32];
         size_t n = 0;
-        for (int i = 0, nb = model_layer_blocks(c, l, b); i < nb; i++) {
-            SavedDecl sd[8];
-            for (int j = 0, ns = b[i]->saved(c, l, sd); j < ns; j++)
-                if (acts_storage(a, sd[j].role) == STORE_BF16 && !(sd[j].rows && ep))
-                    n += (sd[j].rows ? d->NK : (size_t)Nmax) * sd[j].width;
-        }
+        for (int j = 0, ns = packed_decls(a, c, l, sd); j < ns; j++) n += (sd[j].rows ? d->NK : (size_t)Nmax) * sd[j].width;
         la->stash = MOE_NEW(unsigned short, n);
     }
 }
@@ -202,18 +199,25 @@ Storage acts_storage(const Acts *a, SaveRole role) {
 // stored packed (the blocks' declarations, in order); packed after its forward pass,
 // unpacked before its backward pass. Under expert parallelism the experts' rows are their
 // owners' (MOE_KEEP_*), not here.
-typedef struct { float *p; size_t n; } StashItem;
-static int stash_items(const Acts *a, const Model *m, int l, int N, StashItem *it) {
+static int packed_decls(const Acts *a, const MoeConfig *c, int l, SavedDecl *out) {
     const BlockKind *b[8];
     int n = 0;
-    LayerActs *la = &a->layer[l];
-    for (int i = 0, nb = model_layer_blocks(&m->cfg, l, b); i < nb; i++) {
+    for (int i = 0, nb = model_layer_blocks(c, l, b); i < nb; i++) {
         SavedDecl d[8];
-        for (int j = 0, nd = b[i]->saved(&m->cfg, l, d); j < nd; j++) {
-            if (acts_storage(a, d[j].role) != STORE_BF16 || (d[j].rows && a->ep)) continue;
-            char *base = d[j].rows ? (char *)&la->moe : (char *)la;
-            it[n++] = (StashItem){*(float **)(base + d[j].field), (size_t)(d[j].rows ? la->moe.A : N) * d[j].width};
-        }
+        for (int j = 0, nd = b[i]->saved(c, l, d); j < nd; j++)
+            if (acts_storage(a, d[j].role) == STORE_BF16 && !(d[j].rows && a->ep)) out[n++] = d[j];
+    }
+    return n;
+}
+
+typedef struct { float *p; size_t n; } StashItem;
+static int stash_items(const Acts *a, const Model *m, int l, int N, StashItem *it) {
+    const LayerActs *la = &a->layer[l];
+    SavedDecl d[32];
+    const int n = packed_decls(a, &m->cfg, l, d);
+    for (int j = 0; j < n; j++) {
+        const char *base = d[j].rows ? (const char *)&la->moe : (const char *)la;
+        it[j] = (StashItem){*(float *const *)(base + d[j].field), (size_t)(d[j].rows ? la->moe.A : N) * d[j].width};
     }
     return n;
 }

@@ -42,7 +42,7 @@ static int load_data(Dataset *d, const char *list, DataFormat fmt, int seq) {
 // Everything a run holds; freed by run_free whatever was set up.
 typedef struct {
     Model m;
-    ExpertShard shard;            // the experts this rank holds (expert parallelism)
+    ExpertShard shard;            // the experts this rank holds (zero without --ep: all of them)
     AdamW opt;
     TrainProgress pr;
     Dataset d, evd;
@@ -94,13 +94,12 @@ static int run_model(Run *R, const TrainArgs *ar, TrainConfig *tc) {
         const int ne = c0.n_routed_experts / ep;
         R->shard = (ExpertShard){di->ep_rank * ne, ne, NULL, di->ep_rank, &dist_info()->moe};
     }
-    const ExpertShard *sh = ep > 1 ? &R->shard : NULL;
     if (!ar->resume) {
-        model_build_sharded(&R->m, &c0, true, sh);
+        model_build_sharded(&R->m, &c0, true, &R->shard);   // (without --ep: the zero shard, every expert)
         model_init_weights(&R->m, tc->seed);
         if (!(tc->zero && di->size > 1)) adamw_alloc(&R->opt, R->m.n_params);   // (--zero 1: a share, later)
     } else {
-        MOE_TRY(ckpt_load_model_shard(ar->resume, &R->m, true, sh));
+        MOE_TRY(ckpt_load_model_shard(ar->resume, &R->m, true, &R->shard));
         adamw_alloc(&R->opt, R->m.n_params);
         char *js;
         MOE_TRY(ckpt_load_state(ar->resume, &R->m, R->opt.m, R->opt.v, &js));
@@ -156,7 +155,7 @@ static int run_alloc(Run *R, const TrainArgs *ar, const TrainConfig *tc) {
     R->halves = R->overlap && tc->ep > 1 && tc->micro_batch >= 2;
     const int mb = R->halves ? (tc->micro_batch + 1) / 2 : tc->micro_batch;
     for (int h = 0; h < (R->halves ? 2 : 1); h++) {
-        acts_alloc(&R->a[h], &R->m, mb * tc->seq, (tc->acts_mode ? tc->acts_mode : ACTS_TRAIN) | (tc->ep > 1 ? ACTS_EP : 0));
+        acts_alloc(&R->a[h], &R->m, mb * tc->seq, (tc->acts_mode ? tc->acts_mode : ACTS_TRAIN) | (R->shard.comm ? ACTS_EP : 0));
         batch_alloc(&R->b[h], mb * tc->seq, mb);
     }
     order_init(&R->order, R->d.n, tc->seed, tc->shuffle);
@@ -229,10 +228,9 @@ static int train_step(Run *R, const TrainConfig *tc, StepFigures *f) {
     Acts *as[2] = {&R->a[0], R->halves ? &R->a[1] : NULL};
     Batch *bs[2] = {&R->b[0], R->halves ? &R->b[1] : NULL};
     memset(f, 0, sizeof *f);
-    const ExpertShard *sh = tc->ep > 1 ? &R->shard : NULL;
-    MOE_TRY(train_accumulate_ex(m, sh, as, bs, &R->d, R->ids + di->rank * R->local_batch, R->local_batch, tc->micro_batch,
+    MOE_TRY(train_accumulate_ex(m, &R->shard, as, bs, &R->d, R->ids + di->rank * R->local_batch, R->local_batch, tc->micro_batch,
                                 R->overlap, R->zoff, &f->sl));
-    MOE_TRY(par_grad_norm(m, sh, R->zoff, &f->gnorm));
+    MOE_TRY(par_grad_norm(m, &R->shard, R->zoff, &f->gnorm));
     if (!isfinite(f->gnorm)) MOE_ERR("step %ld: gradient norm is not finite (loss %g); lower --lr", R->pr.step + 1, f->sl.loss);
     f->lr = lr_at(&tc->opt, R->pr.step + 1);
     adamw_step(&R->opt, m, &tc->opt, f->lr, grad_clip_scale(f->gnorm, tc->opt.clip));
@@ -263,7 +261,7 @@ static int train_step(Run *R, const TrainConfig *tc, StepFigures *f) {
 static int save(Run *R, const TrainArgs *ar, const TrainConfig *tc) {
     char *js = train_state_json(tc, &R->pr, R->opt.t, R->shard.place);
     CkptState st = {.json = js, .step = R->pr.step};
-    int rc = par_save_checkpoint(ar->out, &R->m, tc->ep > 1 ? &R->shard : NULL, &R->opt, R->zoff, &st);
+    int rc = par_save_checkpoint(ar->out, &R->m, &R->shard, &R->opt, R->zoff, &st);
     free(js);
     return rc;
 }
@@ -315,7 +313,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc) {
         f.eval_ce = -1;
         if (ar->eval_data && (R.pr.step % tc->eval_every == 0 || R.pr.step == tc->steps)) {
             long et;
-            if ((rc = eval_loss(&R.m, tc->ep > 1 ? &R.shard : NULL, &R.evd, tc->eval_limit, 64, &f.eval_ce, &et))) break;
+            if ((rc = eval_loss(&R.m, &R.shard, &R.evd, tc->eval_limit, 64, &f.eval_ce, &et))) break;
         }
         f.elapsed = time_now() - t_start;
         // rank 0's clock decides, so that every rank stops at the same step
