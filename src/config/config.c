@@ -1,6 +1,7 @@
 #include "config.h"
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include "../base/base.h"
@@ -34,6 +35,7 @@ void config_defaults(MoeConfig *c) {
     c->aux_scope = MOE_AUX_BATCH;
     c->bias_update_speed = 0.0f;
     c->capacity_factor = 0.0f;
+    c->mtp_loss_weight = 0.3f;    // DeepSeek-V3's lambda over its first 10T tokens
 }
 
 static int get_int(const cJSON *it, const char *path, int *out) {
@@ -64,6 +66,200 @@ static int get_enum(const cJSON *it, const char *path, const char *const *names,
 static const char *const SCORE_NAMES[] = {"softmax", "sigmoid"};
 static const char *const TOPK_NAMES[] = {"greedy", "group_limited", "moge"};
 static const char *const SCOPE_NAMES[] = {"batch", "sequence", "ep_group"};
+static const char *const INIT_NAMES[] = {"pytorch", "tiny"};
+const char *const MOE_FAMILY_NAMES[MOE_N_FAMILIES] = {"moe_v1", "pangu_ultra_moe", "deepseek_v3", "qwen3_moe", "mixtral"};
+
+// Which keys each model_type reads and writes, under which name. A field has at most one
+// name per family; keys of moe.c's own training settings (balance, capacity, MTP weight,
+// init) are accepted by every family and written for the reference library's families only
+// when they differ from the default.
+#define OWN (1u << MOE_FAMILY_MOE_V1 | 1u << MOE_FAMILY_PANGU)
+#define DS (1u << MOE_FAMILY_DEEPSEEK_V3)
+#define QW (1u << MOE_FAMILY_QWEN3_MOE)
+#define MX (1u << MOE_FAMILY_MIXTRAL)
+#define V1 (1u << MOE_FAMILY_MOE_V1)
+#define PG (1u << MOE_FAMILY_PANGU)
+#define ALL (OWN | DS | QW | MX)
+typedef enum { K_INT, K_INT_NULL, K_FLT, K_BOOL, K_SCORE, K_TOPK, K_SCOPE, K_INIT } KeyKind;
+typedef struct {
+    const char *name;
+    unsigned families;
+    KeyKind kind;
+    size_t off;
+    bool setting;          // a training setting of moe.c's: written for every family only when not default
+} KeyDef;
+#define O(f) offsetof(MoeConfig, f)
+static const KeyDef KEYS[] = {
+    {"vocab_size", ALL, K_INT, O(vocab_size), false},
+    {"hidden_size", ALL, K_INT, O(hidden_size), false},
+    {"num_hidden_layers", ALL, K_INT, O(num_hidden_layers), false},
+    {"num_attention_heads", ALL, K_INT, O(num_attention_heads), false},
+    {"num_key_value_heads", ALL, K_INT, O(num_key_value_heads), false},
+    {"head_dim", V1 | DS | QW | MX, K_INT, O(head_dim), false},
+    {"intermediate_size", OWN | DS | QW, K_INT, O(intermediate_size), false},
+    {"moe_intermediate_size", OWN | DS | QW, K_INT, O(moe_intermediate_size), false},
+    {"intermediate_size", MX, K_INT, O(moe_intermediate_size), false},   // Mixtral: the experts' width
+    {"n_routed_experts", V1 | DS, K_INT, O(n_routed_experts), false},
+    {"num_routed_experts", PG, K_INT, O(n_routed_experts), false},
+    {"num_experts", QW, K_INT, O(n_routed_experts), false},
+    {"num_local_experts", MX, K_INT, O(n_routed_experts), false},
+    {"num_experts_per_tok", ALL, K_INT, O(num_experts_per_tok), false},
+    {"n_shared_experts", V1 | DS, K_INT, O(n_shared_experts), false},
+    {"num_shared_experts", PG, K_INT, O(n_shared_experts), false},
+    {"first_k_dense_replace", V1 | DS, K_INT, O(first_k_dense_replace), false},
+    {"num_dense_layers", PG, K_INT, O(first_k_dense_replace), false},
+    {"scoring_func", OWN | DS, K_SCORE, O(scoring_func), false},
+    {"topk_method", OWN | DS, K_TOPK, O(topk_method), false},
+    {"n_group", OWN | DS, K_INT, O(n_group), false},
+    {"topk_group", OWN | DS, K_INT, O(topk_group), false},
+    {"norm_topk_prob", OWN | DS | QW, K_BOOL, O(norm_topk_prob), false},
+    {"routed_scaling_factor", OWN | DS, K_FLT, O(routed_scaling_factor), false},
+    {"rms_norm_eps", ALL, K_FLT, O(rms_norm_eps), false},
+    {"rope_theta", ALL, K_FLT, O(rope_theta), false},
+    {"max_position_embeddings", ALL, K_INT, O(max_position_embeddings), false},
+    {"tie_word_embeddings", ALL, K_BOOL, O(tie_word_embeddings), false},
+    {"q_lora_rank", V1 | DS, K_INT_NULL, O(q_lora_rank), false},
+    {"kv_lora_rank", V1 | DS, K_INT, O(kv_lora_rank), false},
+    {"qk_nope_head_dim", V1 | DS, K_INT, O(qk_nope_head_dim), false},
+    {"qk_rope_head_dim", V1 | DS, K_INT, O(qk_rope_head_dim), false},
+    {"v_head_dim", V1 | DS, K_INT, O(v_head_dim), false},
+    {"attention_q_lora_dim", PG, K_INT_NULL, O(q_lora_rank), false},
+    {"attention_kv_lora_dim", PG, K_INT, O(kv_lora_rank), false},
+    {"attention_qk_dim", PG, K_INT, O(qk_nope_head_dim), false},
+    {"attention_qk_rope_dim", PG, K_INT, O(qk_rope_head_dim), false},
+    {"attention_v_dim", PG, K_INT, O(v_head_dim), false},
+    {"rope_interleave", V1 | DS, K_BOOL, O(rope_interleave), false},
+    {"qk_norm", V1, K_BOOL, O(qk_norm), false},
+    {"sandwich_norm", OWN, K_BOOL, O(sandwich_norm), false},
+    {"num_mtp_layers", OWN, K_INT, O(num_mtp_layers), false},
+    {"num_nextn_predict_layers", DS, K_INT, O(num_mtp_layers), false},
+    {"init_method", OWN, K_INIT, O(init_method), false},
+    {"mtp_loss_weight", ALL, K_FLT, O(mtp_loss_weight), true},
+    {"aux_loss_alpha", ALL, K_FLT, O(aux_loss_alpha), true},
+    {"aux_scope", ALL, K_SCOPE, O(aux_scope), true},
+    {"bias_update_speed", ALL, K_FLT, O(bias_update_speed), true},
+    {"capacity_factor", ALL, K_FLT, O(capacity_factor), true},
+};
+#undef O
+#define N_KEYS (int)(sizeof KEYS / sizeof *KEYS)
+
+// Keys the reference library writes that do not change the math: accepted, not used.
+static const char *const INFO_KEYS[] = {
+    "architectures", "torch_dtype", "dtype", "transformers_version", "bos_token_id", "eos_token_id",
+    "pad_token_id", "sep_token_id", "decoder_start_token_id", "use_cache", "initializer_range",
+    "max_window_layers", "_name_or_path", "auto_map", "return_dict", "output_hidden_states",
+    "output_attentions", "torchscript", "use_bfloat16", "tokenizer_class", "id2label", "label2id",
+    "is_encoder_decoder", "is_decoder", "add_cross_attention", "tie_encoder_decoder", "chunk_size_feed_forward",
+    "pruned_heads", "problem_type", "finetuning_task", "task_specific_params", "prefix", "tf_legacy_loss",
+    "cross_attention_hidden_size", "ep_size", "output_router_logits", "router_aux_loss_coef",
+    // generation settings (generate's defaults, not the model's)
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
+    "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
+    "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids",
+    "num_return_sequences", "output_scores", "return_dict_in_generate", "forced_bos_token_id",
+    "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
+    "suppress_tokens", "begin_suppress_tokens",
+};
+
+static bool is_info_key(const char *k) {
+    for (size_t i = 0; i < sizeof INFO_KEYS / sizeof *INFO_KEYS; i++)
+        if (!strcmp(k, INFO_KEYS[i])) return true;
+    return false;
+}
+
+static int read_key(MoeConfig *c, const KeyDef *kd, const cJSON *it, const char *path) {
+    void *dst = (char *)c + kd->off;
+    int e;
+    switch (kd->kind) {
+    case K_INT_NULL: if (cJSON_IsNull(it)) { *(int *)dst = 0; return MOE_OK; } /* fall through */
+    case K_INT: return get_int(it, path, (int *)dst);
+    case K_FLT: return get_float(it, path, (float *)dst);
+    case K_BOOL: return get_bool(it, path, (bool *)dst);
+    case K_SCORE: MOE_TRY(get_enum(it, path, SCORE_NAMES, 2, &e)); c->scoring_func = e; return MOE_OK;
+    case K_SCOPE: MOE_TRY(get_enum(it, path, SCOPE_NAMES, 3, &e)); c->aux_scope = e; return MOE_OK;
+    case K_INIT: MOE_TRY(get_enum(it, path, INIT_NAMES, 2, &e)); c->init_method = e; return MOE_OK;
+    case K_TOPK:
+        // DeepSeek-V3's own name for group-limited selection with the correction bias
+        if (cJSON_IsString(it) && !strcmp(it->valuestring, "noaux_tc")) { c->topk_method = MOE_TOPK_GROUP_LIMITED; return MOE_OK; }
+        MOE_TRY(get_enum(it, path, TOPK_NAMES, 3, &e)); c->topk_method = e; return MOE_OK;
+    }
+    return MOE_OK;
+}
+
+// Keys whose every value but one (the one that leaves the math as moe.c computes it) is refused.
+static int fixed_key(MoeConfig *c, const cJSON *it, const char *path, bool *known) {
+    const char *k = it->string;
+    *known = true;
+#define REFUSE(why) MOE_ERR("%s: key \"%s\" %s", path, k, why)
+    if (!strcmp(k, "hidden_act")) {
+        if (!cJSON_IsString(it) || strcmp(it->valuestring, "silu")) REFUSE("must be \"silu\" (the experts are SwiGLU)");
+    } else if (!strcmp(k, "attention_bias") || !strcmp(k, "mlp_bias") || !strcmp(k, "use_sliding_window")) {
+        if (!cJSON_IsFalse(it)) REFUSE("must be false: moe.c has no biases and no sliding window");
+    } else if (!strcmp(k, "attention_dropout") || !strcmp(k, "router_jitter_noise") || !strcmp(k, "hidden_dropout")) {
+        if (!cJSON_IsNumber(it) || it->valuedouble != 0) REFUSE("must be 0: moe.c trains without dropout or noise");
+    } else if (!strcmp(k, "pretraining_tp") || !strcmp(k, "decoder_sparse_step") || !strcmp(k, "moe_layer_freq")) {
+        if (!cJSON_IsNumber(it) || it->valuedouble != 1) REFUSE("must be 1: every layer from the first MoE one is MoE");
+    } else if (!strcmp(k, "mlp_only_layers")) {
+        if (!cJSON_IsArray(it) || cJSON_GetArraySize(it) != 0) REFUSE("must be empty: moe.c's dense layers are the first ones (first_k_dense_replace)");
+    } else if (!strcmp(k, "sliding_window")) {
+        // used only with use_sliding_window (Qwen3); Mixtral's must be null
+        if (!cJSON_IsNull(it) && !(c->family == MOE_FAMILY_QWEN3_MOE && cJSON_IsNumber(it)))
+            REFUSE("must be null: moe.c attends over the whole sequence");
+    } else if (!strcmp(k, "layer_types")) {
+        const cJSON *x;
+        if (!cJSON_IsArray(it)) REFUSE("must be a list");
+        cJSON_ArrayForEach(x, it) if (!cJSON_IsString(x) || strcmp(x->valuestring, "full_attention"))
+            REFUSE("must list \"full_attention\" layers only");
+    } else if (!strcmp(k, "rope_scaling")) {
+        const cJSON *t = cJSON_IsObject(it) ? cJSON_GetObjectItem(it, "rope_type") : NULL;
+        if (!t && cJSON_IsObject(it)) t = cJSON_GetObjectItem(it, "type");
+        if (!cJSON_IsNull(it) && !(cJSON_IsString(t) && !strcmp(t->valuestring, "default")))
+            REFUSE("is not supported: only the default RoPE (no scaling) is implemented");
+    } else if (!strcmp(k, "rope_parameters")) {
+        const cJSON *t = cJSON_GetObjectItem(it, "rope_type"), *th = cJSON_GetObjectItem(it, "rope_theta");
+        if (!cJSON_IsObject(it) || (t && !(cJSON_IsString(t) && !strcmp(t->valuestring, "default"))))
+            REFUSE("is not supported: only the default RoPE (no scaling) is implemented");
+        if (th) { if (!cJSON_IsNumber(th)) REFUSE("has a rope_theta that is not a number"); c->rope_theta = (float)th->valuedouble; }
+    } else if (!strcmp(k, "quantization_config")) {
+        REFUSE("is not supported: the weights must be F32, BF16 or F16");
+    } else if (!strcmp(k, "seq_aux") && c->family == MOE_FAMILY_DEEPSEEK_V3) {
+        bool b;
+        MOE_TRY(get_bool(it, path, &b));
+        if (b) c->aux_scope = MOE_AUX_SEQUENCE;
+    } else *known = false;
+#undef REFUSE
+    return MOE_OK;
+}
+
+// Each family's defaults where they differ from moe_v1's (the reference library's for its
+// own families, as its config classes set them).
+static void family_defaults(MoeConfig *c, MoeFamily f) {
+    c->family = f;
+    switch (f) {
+    case MOE_FAMILY_DEEPSEEK_V3:
+        c->scoring_func = MOE_SCORE_SIGMOID; c->topk_method = MOE_TOPK_GROUP_LIMITED; c->rope_interleave = true;
+        break;
+    case MOE_FAMILY_PANGU:
+        c->scoring_func = MOE_SCORE_SIGMOID;
+        break;
+    case MOE_FAMILY_QWEN3_MOE:
+        c->n_shared_experts = 0; c->qk_norm = true; c->norm_topk_prob = false;
+        break;
+    case MOE_FAMILY_MIXTRAL:
+        c->n_shared_experts = 0;
+        break;
+    default: break;
+    }
+}
+
+static int parse_family(const cJSON *root, const char *path, MoeFamily *f) {
+    const cJSON *mt = cJSON_GetObjectItem(root, "model_type");
+    *f = MOE_FAMILY_MOE_V1;
+    if (!mt) return MOE_OK;
+    for (int i = 0; i < MOE_N_FAMILIES; i++)
+        if (cJSON_IsString(mt) && !strcmp(mt->valuestring, MOE_FAMILY_NAMES[i])) { *f = (MoeFamily)i; return MOE_OK; }
+    MOE_ERR("%s: \"model_type\" must be one of \"moe_v1\", \"pangu_ultra_moe\", \"deepseek_v3\", \"qwen3_moe\", \"mixtral\"", path);
+}
 
 int config_parse(MoeConfig *c, const char *text, const char *path) {
     config_defaults(c);
@@ -75,38 +271,28 @@ int config_parse(MoeConfig *c, const char *text, const char *path) {
         MOE_ERR("%s: malformed JSON near line %d", path, line);
     }
     if (!cJSON_IsObject(root)) { cJSON_Delete(root); MOE_ERR("%s: expected a JSON object", path); }
-    int rc = MOE_OK;
-    int e;
+    MoeFamily fam;
+    int rc = parse_family(root, path, &fam);
+    if (rc == MOE_OK) family_defaults(c, fam);
+    const unsigned bit = 1u << fam;
+    bool sliding = false;
     for (cJSON *it = root->child; it && rc == MOE_OK; it = it->next) {
         const char *k = it->string;
-#define INT(name) else if (!strcmp(k, #name)) rc = get_int(it, path, &c->name)
-#define FLT(name) else if (!strcmp(k, #name)) rc = get_float(it, path, &c->name)
-#define BOOL(name) else if (!strcmp(k, #name)) rc = get_bool(it, path, &c->name)
-        if (0) {}
-        INT(vocab_size); INT(hidden_size); INT(num_hidden_layers); INT(num_attention_heads);
-        INT(num_key_value_heads); INT(head_dim); INT(intermediate_size); INT(moe_intermediate_size);
-        INT(n_routed_experts); INT(num_experts_per_tok); INT(n_shared_experts);
-        INT(first_k_dense_replace); INT(n_group); INT(topk_group); INT(max_position_embeddings);
-        BOOL(norm_topk_prob); BOOL(tie_word_embeddings);
-        FLT(routed_scaling_factor); FLT(rms_norm_eps); FLT(rope_theta); FLT(aux_loss_alpha);
-        FLT(bias_update_speed); FLT(capacity_factor);
-        else if (!strcmp(k, "scoring_func")) { rc = get_enum(it, path, SCORE_NAMES, 2, &e); c->scoring_func = e; }
-        else if (!strcmp(k, "topk_method")) { rc = get_enum(it, path, TOPK_NAMES, 3, &e); c->topk_method = e; }
-        else if (!strcmp(k, "aux_scope")) { rc = get_enum(it, path, SCOPE_NAMES, 3, &e); c->aux_scope = e; }
-        else if (!strcmp(k, "model_type")) {
-            if (!cJSON_IsString(it) || strcmp(it->valuestring, "moe_v1"))
-                { moe_seterr("%s: \"model_type\" must be \"moe_v1\"", path); rc = MOE_FAIL; }
-        } else if (!strcmp(k, "architectures") || !strcmp(k, "torch_dtype") ||
-                   !strcmp(k, "transformers_version") || !strcmp(k, "bos_token_id") ||
-                   !strcmp(k, "eos_token_id") || !strcmp(k, "pad_token_id")) {
-            // informational Hugging Face keys: accepted, not used
-        } else { moe_seterr("%s: unknown key \"%s\"", path, k); rc = MOE_FAIL; }
-#undef INT
-#undef FLT
-#undef BOOL
+        if (!strcmp(k, "model_type") || is_info_key(k)) continue;
+        if (!strcmp(k, "use_sliding_window")) sliding = cJSON_IsTrue(it);
+        int i = 0;
+        while (i < N_KEYS && !((KEYS[i].families & bit) && !strcmp(KEYS[i].name, k))) i++;
+        if (i < N_KEYS) { rc = read_key(c, &KEYS[i], it, path); continue; }
+        bool known;
+        rc = fixed_key(c, it, path, &known);
+        if (rc == MOE_OK && !known) {
+            moe_seterr("%s: unknown key \"%s\" for model_type \"%s\"", path, k, MOE_FAMILY_NAMES[fam]);
+            rc = MOE_FAIL;
+        }
     }
     cJSON_Delete(root);
     if (rc != MOE_OK) return rc;
+    if (sliding) MOE_ERR("%s: key \"use_sliding_window\" must be false: moe.c attends over the whole sequence", path);
     if (c->num_key_value_heads == 0) c->num_key_value_heads = c->num_attention_heads;
     if (c->head_dim == 0 && c->num_attention_heads > 0) c->head_dim = c->hidden_size / c->num_attention_heads;
     if (c->intermediate_size == 0) c->intermediate_size = 4 * c->hidden_size;
@@ -123,7 +309,7 @@ int config_validate(const MoeConfig *c, const char *path) {
     if (c->num_attention_heads % c->num_key_value_heads)
         MOE_ERR("%s: \"num_attention_heads\" (%d) must be a multiple of \"num_key_value_heads\" (%d)", path,
                 c->num_attention_heads, c->num_key_value_heads);
-    if (c->head_dim % 2) MOE_ERR("%s: \"head_dim\" must be even for RoPE, got %d", path, c->head_dim);
+    if (!config_is_mla(c) && c->head_dim % 2) MOE_ERR("%s: \"head_dim\" must be even for RoPE, got %d", path, c->head_dim);
     if (c->first_k_dense_replace < 0) MOE_ERR("%s: \"first_k_dense_replace\" must be >= 0", path);
     if (c->n_routed_experts < 0) MOE_ERR("%s: \"n_routed_experts\" must be >= 0", path);
     if (c->n_shared_experts < 0) MOE_ERR("%s: \"n_shared_experts\" must be >= 0", path);
@@ -132,6 +318,23 @@ int config_validate(const MoeConfig *c, const char *path) {
     if (c->capacity_factor < 0) MOE_ERR("%s: \"capacity_factor\" must be >= 0 (0 = dropless)", path);
     if (c->aux_loss_alpha < 0) MOE_ERR("%s: \"aux_loss_alpha\" must be >= 0", path);
     if (c->bias_update_speed < 0) MOE_ERR("%s: \"bias_update_speed\" must be >= 0", path);
+    if (config_is_mla(c)) {
+        if (c->qk_rope_head_dim <= 0 || c->qk_rope_head_dim % 2)
+            MOE_ERR("%s: \"qk_rope_head_dim\" must be positive and even for MLA, got %d", path, c->qk_rope_head_dim);
+        if (c->qk_nope_head_dim < 0) MOE_ERR("%s: \"qk_nope_head_dim\" must be >= 0", path);
+        if (c->v_head_dim <= 0) MOE_ERR("%s: \"v_head_dim\" must be positive for MLA", path);
+        if (c->q_lora_rank < 0) MOE_ERR("%s: \"q_lora_rank\" must be >= 0 (0 or null: no query compression)", path);
+        if (c->qk_norm) MOE_ERR("%s: \"qk_norm\" applies to grouped-query attention, not MLA (kv_lora_rank > 0)", path);
+    } else {
+        if (c->family == MOE_FAMILY_DEEPSEEK_V3 || c->family == MOE_FAMILY_PANGU)
+            MOE_ERR("%s: \"kv_lora_rank\" must be positive: model_type \"%s\" uses MLA attention", path,
+                    MOE_FAMILY_NAMES[c->family]);
+        if (c->q_lora_rank || c->qk_rope_head_dim || c->qk_nope_head_dim || c->v_head_dim)
+            MOE_ERR("%s: \"q_lora_rank\", \"qk_*_head_dim\" and \"v_head_dim\" need \"kv_lora_rank\" > 0 (MLA)", path);
+    }
+    if (c->kv_lora_rank < 0) MOE_ERR("%s: \"kv_lora_rank\" must be >= 0", path);
+    if (c->num_mtp_layers < 0 || c->num_mtp_layers > 16) MOE_ERR("%s: \"num_mtp_layers\" must be between 0 and 16", path);
+    if (!(c->mtp_loss_weight >= 0)) MOE_ERR("%s: \"mtp_loss_weight\" must be >= 0", path);
     if (config_n_moe_layers(c) > 0) {
         int E = c->n_routed_experts, K = c->num_experts_per_tok;
         if (c->moe_intermediate_size <= 0) MOE_ERR("%s: \"moe_intermediate_size\" must be positive", path);
@@ -165,36 +368,68 @@ int config_load(MoeConfig *c, const char *path) {
     return rc;
 }
 
+static const char *const ARCH_NAMES[MOE_N_FAMILIES] = {"MoeV1ForCausalLM", "PanguUltraMoEForCausalLM",
+    "DeepseekV3ForCausalLM", "Qwen3MoeForCausalLM", "MixtralForCausalLM"};
+
+static void write_key(cJSON *r, const KeyDef *kd, const MoeConfig *c) {
+    const void *src = (const char *)c + kd->off;
+    char buf[64];
+    switch (kd->kind) {
+    case K_INT_NULL:
+        if (*(const int *)src == 0 && c->family != MOE_FAMILY_MOE_V1) { cJSON_AddNullToObject(r, kd->name); break; }
+        /* fall through */
+    case K_INT: cJSON_AddNumberToObject(r, kd->name, *(const int *)src); break;
+    case K_FLT:   // %.9g: a float survives the round trip exactly
+        snprintf(buf, sizeof buf, "%.9g", (double)*(const float *)src);
+        cJSON_AddRawToObject(r, kd->name, buf);
+        break;
+    case K_BOOL: cJSON_AddBoolToObject(r, kd->name, *(const bool *)src); break;
+    case K_SCORE: cJSON_AddStringToObject(r, kd->name, SCORE_NAMES[c->scoring_func]); break;
+    case K_TOPK:
+        cJSON_AddStringToObject(r, kd->name, c->family == MOE_FAMILY_DEEPSEEK_V3 && c->topk_method == MOE_TOPK_GROUP_LIMITED
+                                                 ? "noaux_tc" : TOPK_NAMES[c->topk_method]);
+        break;
+    case K_SCOPE: cJSON_AddStringToObject(r, kd->name, SCOPE_NAMES[c->aux_scope]); break;
+    case K_INIT: cJSON_AddStringToObject(r, kd->name, INIT_NAMES[c->init_method]); break;
+    }
+}
+
+// moe.c's own families write every key; the reference library's families write their own
+// keys, and moe.c's training settings where they are not the defaults
 char *config_to_json(const MoeConfig *c) {
+    MoeConfig def;
+    config_defaults(&def);
+    family_defaults(&def, c->family);
+    const unsigned bit = 1u << c->family;
+    const bool own = (OWN & bit) != 0;
     cJSON *r = cJSON_CreateObject();
     cJSON *arch = cJSON_AddArrayToObject(r, "architectures");
-    cJSON_AddItemToArray(arch, cJSON_CreateString("MoeV1ForCausalLM"));
-    cJSON_AddStringToObject(r, "model_type", "moe_v1");
+    cJSON_AddItemToArray(arch, cJSON_CreateString(ARCH_NAMES[c->family]));
+    cJSON_AddStringToObject(r, "model_type", MOE_FAMILY_NAMES[c->family]);
     cJSON_AddStringToObject(r, "torch_dtype", "float32");
-#define N(name) cJSON_AddNumberToObject(r, #name, c->name)
-#define B(name) cJSON_AddBoolToObject(r, #name, c->name)
-    N(vocab_size); N(hidden_size); N(num_hidden_layers); N(num_attention_heads); N(num_key_value_heads);
-    N(head_dim); N(intermediate_size); N(moe_intermediate_size); N(n_routed_experts);
-    N(num_experts_per_tok); N(n_shared_experts); N(first_k_dense_replace);
-    cJSON_AddStringToObject(r, "scoring_func", SCORE_NAMES[c->scoring_func]);
-    cJSON_AddStringToObject(r, "topk_method", TOPK_NAMES[c->topk_method]);
-    N(n_group); N(topk_group); B(norm_topk_prob);
-    // floats go through %.9g so that a float survives the round trip exactly
-    char buf[64];
-#define F(name) do { snprintf(buf, sizeof buf, "%.9g", (double)c->name); \
-                     cJSON_AddRawToObject(r, #name, buf); } while (0)
-    F(routed_scaling_factor); F(rms_norm_eps); F(rope_theta);
-    N(max_position_embeddings); B(tie_word_embeddings);
-    F(aux_loss_alpha);
-    cJSON_AddStringToObject(r, "aux_scope", SCOPE_NAMES[c->aux_scope]);
-    F(bias_update_speed); F(capacity_factor);
-    // SPEC §2 byte tokenizer specials, for Hugging Face tooling
-    cJSON_AddNumberToObject(r, "bos_token_id", 257);
-    cJSON_AddNumberToObject(r, "eos_token_id", 259);
-    cJSON_AddNumberToObject(r, "pad_token_id", 256);
-#undef N
-#undef B
-#undef F
+    for (int i = 0; i < N_KEYS; i++) {
+        const KeyDef *kd = &KEYS[i];
+        if (!(kd->families & bit)) continue;
+        if (!own && kd->setting && !memcmp((const char *)c + kd->off, (const char *)&def + kd->off,
+                                           kd->kind == K_FLT ? sizeof(float) : kd->kind == K_BOOL ? sizeof(bool) : sizeof(int)))
+            continue;
+        if (!config_is_mla(c) && kd->off != offsetof(MoeConfig, rope_interleave) &&
+            (kd->off == offsetof(MoeConfig, q_lora_rank) || kd->off == offsetof(MoeConfig, kv_lora_rank) ||
+             kd->off == offsetof(MoeConfig, qk_nope_head_dim) || kd->off == offsetof(MoeConfig, qk_rope_head_dim) ||
+             kd->off == offsetof(MoeConfig, v_head_dim)))
+            continue;   // GQA: no MLA keys
+        write_key(r, kd, c);
+    }
+    if (!own) {   // the reference library's fixed settings, as it writes them
+        cJSON_AddStringToObject(r, "hidden_act", "silu");
+        cJSON_AddBoolToObject(r, "attention_bias", false);
+        cJSON_AddNumberToObject(r, "attention_dropout", 0);
+    }
+    if (c->family == MOE_FAMILY_MOE_V1 || c->family == MOE_FAMILY_PANGU) {   // SPEC §2 byte tokenizer specials
+        cJSON_AddNumberToObject(r, "bos_token_id", 257);
+        cJSON_AddNumberToObject(r, "eos_token_id", 259);
+        cJSON_AddNumberToObject(r, "pad_token_id", 256);
+    }
     char *s = cJSON_Print(r);
     cJSON_Delete(r);
     return s;
@@ -215,38 +450,49 @@ int config_save(const MoeConfig *c, const char *path) {
 
 int config_n_moe_layers(const MoeConfig *c) {
     int n = 0;
-    for (int l = 0; l < c->num_hidden_layers; l++) n += config_layer_is_moe(c, l);
+    for (int l = 0; l < config_n_layers(c); l++) n += config_layer_is_moe(c, l);
     return n;
 }
 
+// one layer's attention weights (matrices and norms)
 static double attn_params(const MoeConfig *c) {
-    double D = c->hidden_size, q = c->num_attention_heads * c->head_dim, kv = c->num_key_value_heads * c->head_dim;
-    return D * q * 2 + D * kv * 2;
-}
-double config_active_params(const MoeConfig *c) {
-    double D = c->hidden_size, n = 0;
-    for (int l = 0; l < c->num_hidden_layers; l++) {
-        n += attn_params(c);
-        if (config_layer_is_moe(c, l))
-            n += D * c->n_routed_experts + 3.0 * D * c->moe_intermediate_size *
-                 (c->num_experts_per_tok + c->n_shared_experts);
-        else
-            n += 3.0 * D * c->intermediate_size;
+    const double D = c->hidden_size, H = c->num_attention_heads;
+    if (config_is_mla(c)) {
+        const double qk = config_qk_dim(c), r = c->qk_rope_head_dim, kvr = c->kv_lora_rank, qr = c->q_lora_rank;
+        const double q = qr > 0 ? D * qr + qr + qr * H * qk : D * H * qk;
+        return q + D * (kvr + r) + kvr + kvr * H * (c->qk_nope_head_dim + c->v_head_dim) + H * c->v_head_dim * D;
     }
-    return n + D * c->vocab_size;   // output head
+    const double q = H * c->head_dim, kv = c->num_key_value_heads * c->head_dim;
+    return D * q * 2 + D * kv * 2 + (c->qk_norm ? 2.0 * c->head_dim : 0);
+}
+// a layer's FFN weights that one token multiplies (active) or all of them
+static double ffn_params(const MoeConfig *c, int l, bool active) {
+    const double D = c->hidden_size;
+    if (!config_layer_is_moe(c, l)) return 3.0 * D * c->intermediate_size;
+    return D * c->n_routed_experts + 3.0 * D * c->moe_intermediate_size *
+           ((active ? c->num_experts_per_tok : c->n_routed_experts) + c->n_shared_experts);
+}
+// the norms of a layer: input and FFN input, and the sandwich's two post-norms
+static double norm_params(const MoeConfig *c) { return (c->sandwich_norm ? 4.0 : 2.0) * c->hidden_size; }
+// a multi-token-prediction module besides its layer: two input norms, the [D, 2D] projection, its head's norm
+static double mtp_params(const MoeConfig *c) { const double D = c->hidden_size; return 3 * D + 2 * D * D; }
+
+double config_active_params(const MoeConfig *c) {
+    const double D = c->hidden_size;
+    double n = 0;
+    for (int l = 0; l < config_n_layers(c); l++) n += attn_params(c) + ffn_params(c, l, true);
+    // the output head, once per MTP module too (it is shared), and their projections
+    return n + D * c->vocab_size * (1 + c->num_mtp_layers) + c->num_mtp_layers * 2 * D * D;
 }
 double config_total_params(const MoeConfig *c) {
-    double D = c->hidden_size, n = D * c->vocab_size * (c->tie_word_embeddings ? 1 : 2) + D;
-    for (int l = 0; l < c->num_hidden_layers; l++) {
-        n += attn_params(c) + 2 * D;
-        if (config_layer_is_moe(c, l))
-            n += D * c->n_routed_experts + 3.0 * D * c->moe_intermediate_size *
-                 (c->n_routed_experts + c->n_shared_experts);
-        else
-            n += 3.0 * D * c->intermediate_size;
-    }
-    return n;
+    const double D = c->hidden_size;
+    double n = D * c->vocab_size * (c->tie_word_embeddings ? 1 : 2) + D;
+    for (int l = 0; l < config_n_layers(c); l++) n += attn_params(c) + norm_params(c) + ffn_params(c, l, false);
+    return n + c->num_mtp_layers * mtp_params(c);
 }
+// SPEC §5: 6 N_active + the attention scores' 6 L T D (causal: half of 12 L T D); under MLA the
+// heads' q.k and p.v widths in place of D
 double config_flops_per_token(const MoeConfig *c, int T) {
-    return 6.0 * config_active_params(c) + 6.0 * c->num_hidden_layers * (double)T * c->hidden_size;
+    const double w = config_is_mla(c) ? c->num_attention_heads * 0.5 * (config_qk_dim(c) + config_v_dim(c)) : c->hidden_size;
+    return 6.0 * config_active_params(c) + 6.0 * config_n_layers(c) * (double)T * w;
 }
