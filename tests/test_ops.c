@@ -111,20 +111,34 @@ static void test_rmsnorm(void) {
 
 // ---------------- rope
 static void test_rope(void) {
+    for (int il = 0; il < 2; il++) {   // rotate-half, then interleaved
     int N = 9, nh = 3, hd = 16;
     RopeTable t;
-    rope_table_init(&t, 64, hd, 10000.0f);
+    rope_table_init(&t, 64, hd, 10000.0f, il);
     int pos[9] = {0, 1, 2, 3, 0, 1, 17, 40, 63};
     float *x = rnd(N * nh * hd, 1), *x2 = copy(x, N * nh * hd), *y = rnd(N * nh * hd, 1), *xc = copy(x, N * nh * hd);
     rope_forward(x, pos, &t, N, nh, hd);
-    rope_forward_ref(x2, pos, N, nh, hd, 10000.0f);
-    check("rope forward vs ref", relerr(x, x2, N * nh * hd), 1e-5);
+    rope_forward_ref(x2, pos, N, nh, hd, 10000.0f, il);
+    check(il ? "rope interleaved forward vs ref" : "rope forward vs ref", relerr(x, x2, N * nh * hd), 1e-5);
     // the backward pass is the transpose: <R x, y> = <x, R^T y>
     float *yb = copy(y, N * nh * hd);
     rope_backward(yb, pos, &t, N, nh, hd);
     double l = dot(x, y, N * nh * hd), r = dot(xc, yb, N * nh * hd);
-    check("rope backward is the adjoint of forward", fabs(l - r) / fabs(l), 1e-5);
+    check(il ? "rope interleaved backward is the adjoint of forward" : "rope backward is the adjoint of forward", fabs(l - r) / fabs(l), 1e-5);
+    // on the rotated part of each head only (MLA's q: [nope | rope] per head)
+    const int stride = hd + 6;
+    float *z = rnd(N * nh * stride, 3), *z2 = copy(z, N * nh * stride), *zr = MOE_NEW(float, N * nh * hd);
+    rope_forward_part(z, pos, &t, N, nh, stride, 6);
+    for (int i = 0; i < N * nh; i++) memcpy(zr + (size_t)i * hd, z2 + (size_t)i * stride + 6, sizeof(float) * hd);
+    rope_forward_ref(zr, pos, N, nh, hd, 10000.0f, il);
+    double e = 0;
+    for (int i = 0; i < N * nh; i++) {
+        e = fmax(e, relerr(z + (size_t)i * stride + 6, zr + (size_t)i * hd, hd));
+        e = fmax(e, relerr(z + (size_t)i * stride, z2 + (size_t)i * stride, 6));   // the rest untouched
+    }
+    check(il ? "rope interleaved on each head's part vs ref" : "rope on each head's part vs ref", e, 1e-5);
     rope_table_free(&t);
+    }
 }
 
 // ---------------- attention

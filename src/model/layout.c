@@ -87,7 +87,7 @@ void model_build_sharded(Model *m, const MoeConfig *c, bool with_grads, const Ex
         layout_walk(&lo, c, sh, &m->g);
     }
     m->bias = MOE_NEW(float, (size_t)c->num_hidden_layers * (c->n_routed_experts > 0 ? c->n_routed_experts : 1));
-    rope_table_init(&m->rope, c->max_position_embeddings, c->head_dim, c->rope_theta);
+    rope_table_init(&m->rope, c->max_position_embeddings, config_rope_dim(c), c->rope_theta, c->rope_interleave);
     mem_category(old);
 }
 

@@ -16,14 +16,20 @@ void rmsnorm_forward_ref(float *out, float *rstd, const float *x, const float *w
 void rmsnorm_backward_ref(float *dx, float *dw, const float *dout, const float *x, const float *w,
                           const float *rstd, int N, int D);
 
-// RoPE, rotate-half: pairs (i, i+hd/2), angle pos * theta^(-2i/hd). In place on
-// x[N, nh*hd]. The backward pass rotates the gradient by -angle (the transpose).
-typedef struct { int max_pos, half; float *cos, *sin; } RopeTable;   // [max_pos, hd/2]
-void rope_table_init(RopeTable *t, int max_pos, int hd, float theta);
+// RoPE, rotate-half: pairs (i, i+hd/2), angle pos * theta^(-2i/hd); or interleaved: pairs
+// (2i, 2i+1) at the same angles (DeepSeek-V3's layout: the reference library de-interleaves,
+// rotates half and leaves the result de-interleaved, a permutation that q.k does not see). In
+// place on x[N, nh*hd]. The backward pass rotates the gradient by -angle (the transpose).
+typedef struct { int max_pos, half; bool interleave; float *cos, *sin; } RopeTable;   // [max_pos, hd/2]
+void rope_table_init(RopeTable *t, int max_pos, int hd, float theta, bool interleave);
 void rope_table_free(RopeTable *t);
 void rope_forward(float *x, const int *pos, const RopeTable *t, int N, int nh, int hd);
 void rope_backward(float *dx, const int *pos, const RopeTable *t, int N, int nh, int hd);
-void rope_forward_ref(float *x, const int *pos, int N, int nh, int hd, float theta);
+// the same on the rotated part of each head: hd = 2 * half values at h * stride + off of a row
+void rope_forward_part(float *x, const int *pos, const RopeTable *t, int N, int nh, int stride, int off);
+void rope_backward_part(float *dx, const int *pos, const RopeTable *t, int N, int nh, int stride, int off);
+// (interleave: the output in the interleaved positions, as rope_forward leaves it)
+void rope_forward_ref(float *x, const int *pos, int N, int nh, int hd, float theta, bool interleave);
 
 // Causal grouped-query attention over a key/value buffer: query n (head h) reads keys
 // kv_lo[n] .. kv_hi[n] (inclusive) of kv head h / (H/Hkv). q,out [N,H*hd]; k,v [S,Hkv*hd].
