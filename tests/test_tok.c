@@ -129,7 +129,7 @@ static void byte_tokenizer(void) {
 // a valid small tokenizer.json with one part replaced
 static const char *GOOD =
     "{\"version\":\"1.0\",\"truncation\":null,\"padding\":null,"
-    "\"added_tokens\":[{\"id\":7,\"content\":\"<|e|>\",\"special\":true}],"
+    "\"added_tokens\":[{\"id\":6,\"content\":\"<|e|>\",\"special\":true}],"
     "\"normalizer\":%s,"
     "\"pre_tokenizer\":%s,"
     "\"post_processor\":null,\"decoder\":{\"type\":\"ByteLevel\"},"
@@ -150,7 +150,7 @@ static void malformed(void) {
     if (rc == MOE_OK) {
         TokIds v = {0};
         tokenizer_encode(&t, "ab ab<|e|>c", 11, &v);
-        int want[] = {2, 4, 7, 5};
+        int want[] = {2, 4, 6, 5};
         check(v.n == 4 && !memcmp(v.id, want, sizeof want), "small: \"ab ab<|e|>c\" -> ab, \xc4\xa0" "ab, <|e|>, c", NULL);
         tokids_free(&v);
         tokenizer_free(&t);
@@ -173,6 +173,7 @@ static void malformed(void) {
         {"byte_fallback", N0, P0, "\"type\":\"BPE\",\"byte_fallback\":true,", V0, G0, "byte_fallback"},
         {"a regex that does not compile", N0, "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},\"behavior\":\"Isolated\"},{\"type\":\"ByteLevel\",\"use_regex\":false}]}", M0, V0, G0, "does not compile"},
         {"an unknown Split behavior", N0, "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"Regex\":\"a\"},\"behavior\":\"Sideways\"},{\"type\":\"ByteLevel\"}]}", M0, V0, G0, "Sideways"},
+        {"an added token's id other than tokenizers gives", N0, P0, M0, "{\"a\":0,\"b\":1,\"ab\":2,\"c\":3,\"d\":4,\"e\":5,\"f\":6}", "[]", "where tokenizers gives"},
         {"a WordPiece model", N0, P0, "\"type\":\"WordPiece\",", V0, G0, "WordPiece"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

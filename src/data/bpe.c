@@ -166,6 +166,19 @@ static void pair_insert(Bpe *b, int l, int r, int rank, int new_id) {
 
 // ---- reading the JSON
 
+// a string of the file, fit for a one-line message: at most 60 bytes, control bytes as '?'
+// (rotating static buffers: a message may show several)
+static const char *shown(const char *s) {
+    static char buf[4][68];
+    static int k;
+    char *o = buf[k++ & 3];
+    size_t i = 0;
+    for (; s && s[i] && i < 60; i++) o[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+    if (s && s[i]) { memcpy(o + i, "...", 3); i += 3; }
+    o[i] = 0;
+    return o;
+}
+
 static bool json_int(const cJSON *j, long lo, long hi, long *out) {
     if (!cJSON_IsNumber(j)) return false;
     double v = j->valuedouble;
@@ -227,7 +240,7 @@ static int compile_re(Bpe *b, PreStep *st, const char *pat, size_t n, bool liter
     if (!literal && !w) MOE_ERR("%s: out of memory for a pattern", b->name);
     int err;
     PCRE2_SIZE eoff;
-    uint32_t opt = PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF | (literal ? PCRE2_LITERAL : 0);
+    uint32_t opt = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
     st->re = pcre2_compile((PCRE2_SPTR)(literal ? pat : w), literal ? n : PCRE2_ZERO_TERMINATED, opt, &err, &eoff, NULL);
     free(w);
     if (!st->re) {
@@ -247,7 +260,7 @@ static int parse_pre_step(Bpe *b, const cJSON *o, const char *where) {
     const char *type = json_type(o);
     if (b->n_steps == BPE_MAX_STEPS) MOE_ERR("%s: pre_tokenizer: more than %d steps", b->name, BPE_MAX_STEPS);
     if (b->n_steps > 0 && b->step[b->n_steps - 1].byte_level)
-        MOE_ERR("%s: pre_tokenizer: %s after ByteLevel is not supported (ByteLevel must come last)", b->name, type ? type : "a step");
+        MOE_ERR("%s: pre_tokenizer: %s after ByteLevel is not supported (ByteLevel must come last)", b->name, shown(type ? type : "a step"));
     PreStep *st = &b->step[b->n_steps];
     if (type && !strcmp(type, "ByteLevel")) {
         const cJSON *ps = cJSON_GetObjectItemCaseSensitive(o, "add_prefix_space");
@@ -271,7 +284,7 @@ static int parse_pre_step(Bpe *b, const cJSON *o, const char *where) {
         static const char *const NAMES[] = {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext", "Contiguous"};
         int k = 0;
         while (k < 5 && strcmp(beh->valuestring, NAMES[k])) k++;
-        if (k == 5) MOE_ERR("%s: %s: behavior \"%.40s\" is not supported", b->name, where, beh->valuestring);
+        if (k == 5) MOE_ERR("%s: %s: behavior \"%s\" is not supported", b->name, where, shown(beh->valuestring));
         st->behavior = (SplitBehavior)k;
         st->invert = cJSON_IsTrue(inv);
         b->n_steps++;
@@ -279,8 +292,8 @@ static int parse_pre_step(Bpe *b, const cJSON *o, const char *where) {
         if (!*p) MOE_ERR("%s: %s: empty pattern", b->name, where);
         return compile_re(b, st, p, strlen(p), !cJSON_IsString(re), where);
     }
-    MOE_ERR("%s: %s: pre-tokenizer %.40s is not supported (byte-level BPE reads Split and ByteLevel only)",
-            b->name, where, type ? type : "without a type");
+    MOE_ERR("%s: %s: pre-tokenizer %s is not supported (byte-level BPE reads Split and ByteLevel only)",
+            b->name, where, shown(type ? type : "without a type"));
 }
 
 static int parse_normalizer(Bpe *b, const cJSON *n) {
@@ -292,12 +305,12 @@ static int parse_normalizer(Bpe *b, const cJSON *n) {
         if (!cJSON_IsArray(list)) MOE_ERR("%s: normalizer: a Sequence needs a \"normalizers\" list", b->name);
         cJSON_ArrayForEach(e, list) {
             const char *t = json_type(e);
-            if (!t || strcmp(t, "NFC")) MOE_ERR("%s: normalizer %.40s is not supported (NFC only)", b->name, t ? t : "without a type");
+            if (!t || strcmp(t, "NFC")) MOE_ERR("%s: normalizer %s is not supported (NFC only)", b->name, shown(t ? t : "without a type"));
             b->nfc = true;
         }
         return MOE_OK;
     }
-    MOE_ERR("%s: normalizer %.40s is not supported (NFC only)", b->name, type ? type : "without a type");
+    MOE_ERR("%s: normalizer %s is not supported (NFC only)", b->name, shown(type ? type : "without a type"));
 }
 
 // TemplateProcessing's single template: a special token before $A is the bos, one after it the eos
@@ -321,7 +334,7 @@ static int parse_template(Bpe *b, Tokenizer *t, const cJSON *p) {
         const cJSON *ids = cJSON_GetObjectItemCaseSensitive(spec, "ids");
         long id;
         if (!cJSON_IsArray(ids) || cJSON_GetArraySize(ids) != 1 || !json_int(cJSON_GetArrayItem(ids, 0), 0, t->n_vocab - 1, &id))
-            MOE_ERR("%s: post_processor: special token \"%.60s\" needs one id below %d in \"special_tokens\"", b->name, name->valuestring, t->n_vocab);
+            MOE_ERR("%s: post_processor: special token \"%s\" needs one id below %d in \"special_tokens\"", b->name, shown(name->valuestring), t->n_vocab);
         if (seen_a) { after++; eos = (int)id; } else { before++; bos = (int)id; }
     }
     if (!seen_a) MOE_ERR("%s: post_processor: the single template has no $A", b->name);
@@ -345,7 +358,7 @@ static int parse_post(Bpe *b, Tokenizer *t, const cJSON *p) {
         }
         return MOE_OK;
     }
-    MOE_ERR("%s: post_processor %.40s is not supported (ByteLevel or TemplateProcessing only)", b->name, type ? type : "without a type");
+    MOE_ERR("%s: post_processor %s is not supported (ByteLevel or TemplateProcessing only)", b->name, shown(type ? type : "without a type"));
 }
 
 static int parse_decoder(Bpe *b, const cJSON *d) {
@@ -355,7 +368,7 @@ static int parse_decoder(Bpe *b, const cJSON *d) {
         const cJSON *list = cJSON_GetObjectItemCaseSensitive(d, "decoders");
         if (cJSON_IsArray(list) && cJSON_GetArraySize(list) == 1) return parse_decoder(b, cJSON_GetArrayItem(list, 0));
     }
-    MOE_ERR("%s: decoder %.40s is not supported (ByteLevel only)", b->name, json_null(d) ? "null" : type ? type : "without a type");
+    MOE_ERR("%s: decoder %s is not supported (ByteLevel only)", b->name, shown(json_null(d) ? "null" : type ? type : "without a type"));
 }
 
 static int set_token(Bpe *b, Tokenizer *t, long id, const char *s, const char *what) {
@@ -393,7 +406,7 @@ static int parse_model(Bpe *b, Tokenizer *t, const cJSON *root) {
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (!cJSON_IsObject(m)) MOE_ERR("%s: no \"model\" object", b->name);
     const char *type = json_type(m);
-    if (type && strcmp(type, "BPE")) MOE_ERR("%s: model type %.40s is not supported (BPE only)", b->name, type);
+    if (type && strcmp(type, "BPE")) MOE_ERR("%s: model type %s is not supported (BPE only)", b->name, shown(type));
     if (!json_false(m, "byte_fallback")) MOE_ERR("%s: model.byte_fallback is not supported (byte-level BPE only)", b->name);
     const cJSON *drop = cJSON_GetObjectItemCaseSensitive(m, "dropout");
     if (!json_null(drop) && !(cJSON_IsNumber(drop) && drop->valuedouble == 0))
@@ -418,7 +431,7 @@ static int parse_model(Bpe *b, Tokenizer *t, const cJSON *root) {
     // the largest id fixes the size of the id tables
     long max_id = -1, id = 0;
     cJSON_ArrayForEach(e, vocab) {
-        if (!json_int(e, 0, BPE_MAX_IDS - 1, &id)) MOE_ERR("%s: model.vocab[\"%.60s\"]: id must be an integer in [0, %d)", b->name, e->string, BPE_MAX_IDS);
+        if (!json_int(e, 0, BPE_MAX_IDS - 1, &id)) MOE_ERR("%s: model.vocab[\"%s\"]: id must be an integer in [0, %d)", b->name, shown(e->string), BPE_MAX_IDS);
         if (id > max_id) max_id = id;
     }
     int i = 0;
@@ -427,7 +440,7 @@ static int parse_model(Bpe *b, Tokenizer *t, const cJSON *root) {
         if (!cJSON_IsObject(e) || !json_int(cJSON_GetObjectItemCaseSensitive(e, "id"), 0, BPE_MAX_IDS - 1, &id) || !cJSON_IsString(c) || !*c->valuestring)
             MOE_ERR("%s: added_tokens[%d]: needs an integer \"id\" in [0, %d) and a non-empty string \"content\"", b->name, i, BPE_MAX_IDS);
         if (!json_false(e, "lstrip") || !json_false(e, "rstrip") || !json_false(e, "single_word"))
-            MOE_ERR("%s: added_tokens[%d] (\"%.60s\"): lstrip, rstrip and single_word are not supported", b->name, i, c->valuestring);
+            MOE_ERR("%s: added_tokens[%d] (\"%s\"): lstrip, rstrip and single_word are not supported", b->name, i, shown(c->valuestring));
         if (id > max_id) max_id = id;
         i++;
     }
@@ -443,17 +456,24 @@ static int parse_model(Bpe *b, Tokenizer *t, const cJSON *root) {
         json_int(e, 0, BPE_MAX_IDS - 1, &id);
         if (b->str_len[id] >= 0) MOE_ERR("%s: model.vocab: id %ld is given to two tokens", b->name, id);
         MOE_TRY(set_token(b, t, id, e->string, "model.vocab"));
-        if (!vocab_insert(b, (int)id)) MOE_ERR("%s: model.vocab: token \"%.60s\" appears twice", b->name, e->string);
+        if (!vocab_insert(b, (int)id)) MOE_ERR("%s: model.vocab: token \"%s\" appears twice", b->name, shown(e->string));
     }
     // added tokens: by id, and by first byte for matching (longest first)
     b->n_added = na;
     b->added_id = MOE_NEW(int, na + 1); b->added_off = MOE_NEW(long, na + 1); b->added_len = MOE_NEW(int, na + 1);
     i = 0;
+    long max_added = -1;
     cJSON_ArrayForEach(e, added) {
         const char *c = cJSON_GetObjectItemCaseSensitive(e, "content")->valuestring;
         json_int(cJSON_GetObjectItemCaseSensitive(e, "id"), 0, BPE_MAX_IDS - 1, &id);
         for (int k = 0; k < i; k++)
             if (b->added_id[k] == id) MOE_ERR("%s: added_tokens: id %ld appears twice", b->name, id);
+        // tokenizers ignores a stored id that differs from the one it gives: the vocabulary's
+        // for a token in it, else the next after the vocabulary and the added tokens so far
+        long want = vocab_find(b, c, strlen(c));
+        if (want < 0) want = max_added >= nv ? max_added + 1 : nv;
+        if (id != want) MOE_ERR("%s: added_tokens[%d] (\"%s\"): id %ld, where tokenizers gives %ld", b->name, i, shown(c), id, want);
+        if (id > max_added) max_added = id;
         MOE_TRY(set_token(b, t, id, c, "added_tokens"));
         b->added_id[i] = (int)id; b->added_off[i] = b->str_off[id]; b->added_len[i] = b->str_len[id];
         i++;
@@ -466,30 +486,31 @@ static int parse_model(Bpe *b, Tokenizer *t, const cJSON *root) {
         l[n] = k;
         for (int j = 0; j < b->n_by_byte[c]; j++)
             if (j != n && b->added_len[l[j]] == b->added_len[k] && !memcmp(b->arena + b->added_off[l[j]], b->arena + b->added_off[k], (size_t)b->added_len[k]))
-                MOE_ERR("%s: added_tokens: \"%.60s\" appears twice", b->name, b->arena + b->added_off[k]);
+                MOE_ERR("%s: added_tokens: \"%s\" appears twice", b->name, shown(b->arena + b->added_off[k]));
     }
     // merges, ranked by position
     b->pair_mask = pow2_at_least((size_t)nm) - 1;
     b->pairs = MOE_NEW(PairSlot, (size_t)b->pair_mask + 1);
     for (uint32_t k = 0; k <= b->pair_mask; k++) b->pairs[k].new_id = -1;
-    char tmp[2 * BPE_MAX_TOKEN + 2];
+    char tmp[2 * BPE_MAX_TOKEN + 3];
     i = 0;
     cJSON_ArrayForEach(e, merges) {
         const char *l, *r;
         size_t ll, rl;
         if (cJSON_IsString(e)) {
             const char *sp = strchr(e->valuestring, ' ');
-            if (!sp || strchr(sp + 1, ' ')) MOE_ERR("%s: model.merges[%d]: \"%.60s\" is not two tokens parted by one space", b->name, i, e->valuestring);
+            if (!sp || strchr(sp + 1, ' ')) MOE_ERR("%s: model.merges[%d]: \"%s\" is not two tokens parted by one space", b->name, i, shown(e->valuestring));
             l = e->valuestring; ll = (size_t)(sp - l); r = sp + 1; rl = strlen(r);
         } else if (cJSON_IsArray(e) && cJSON_GetArraySize(e) == 2 && cJSON_IsString(e->child) && cJSON_IsString(e->child->next)) {
             l = e->child->valuestring; ll = strlen(l); r = e->child->next->valuestring; rl = strlen(r);
         } else MOE_ERR("%s: model.merges[%d]: expected \"a b\" or [\"a\", \"b\"]", b->name, i);
         int li = vocab_find(b, l, ll), ri = vocab_find(b, r, rl);
-        if (li < 0 || ri < 0) MOE_ERR("%s: model.merges[%d]: token \"%.60s\" is not in the vocabulary", b->name, i, li < 0 ? l : r);
+        if (li < 0 || ri < 0) MOE_ERR("%s: model.merges[%d]: token \"%s\" is not in the vocabulary", b->name, i, shown(li < 0 ? l : r));
         if (ll + rl > 2 * BPE_MAX_TOKEN) MOE_ERR("%s: model.merges[%d]: tokens too long", b->name, i);
         memcpy(tmp, l, ll); memcpy(tmp + ll, r, rl);
         int ni = vocab_find(b, tmp, ll + rl);
-        if (ni < 0) MOE_ERR("%s: model.merges[%d]: the merged token \"%.*s\" is not in the vocabulary", b->name, i, (int)imin((int)(ll + rl), 60), tmp);
+        tmp[ll + rl] = 0;
+        if (ni < 0) MOE_ERR("%s: model.merges[%d]: the merged token \"%s\" is not in the vocabulary", b->name, i, shown(tmp));
         pair_insert(b, li, ri, i, ni);
         i++;
     }
@@ -498,7 +519,7 @@ static int parse_model(Bpe *b, Tokenizer *t, const cJSON *root) {
     if (!json_null(unk)) {
         if (!cJSON_IsString(unk)) MOE_ERR("%s: model.unk_token must be a string or null", b->name);
         b->unk = vocab_find(b, unk->valuestring, strlen(unk->valuestring));
-        if (b->unk < 0) MOE_ERR("%s: model.unk_token \"%.60s\" is not in the vocabulary", b->name, unk->valuestring);
+        if (b->unk < 0) MOE_ERR("%s: model.unk_token \"%s\" is not in the vocabulary", b->name, shown(unk->valuestring));
     }
     for (int c = 0; c < 256; c++) {
         char u[4];

@@ -54,7 +54,7 @@ static int config_token(const Tokenizer *t, const cJSON *cfg, const char *key, c
     if (cJSON_IsObject(j)) j = cJSON_GetObjectItemCaseSensitive(j, "content");
     if (!cJSON_IsString(j)) MOE_ERR("%s: \"%s\" must be a string, {\"content\": string} or null", path, key);
     *id = tokenizer_token_id(t, j->valuestring);
-    if (*id < 0) MOE_ERR("%s: %s \"%.60s\" is not a token of %s", path, key, j->valuestring, t->path);
+    if (*id < 0) MOE_ERR("%s: the %s it names is not a token of %s", path, key, t->path);
     return MOE_OK;
 }
 
