@@ -11,7 +11,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-format-truncation -fopenmp
 BLASDIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLASINC := /usr/include/x86_64-linux-gnu/openblas-openmp
 # OpenMP build of OpenBLAS: a GEMM called inside our parallel regions runs on its thread
-LDLIBS  := -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lcjson -lm
+LDLIBS  := -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lcjson -lpcre2-8 -lutf8proc -lm
 CPPFLAGS := -I$(BLASINC)
 
 SRC := $(wildcard src/base/*.c src/kernels/*.c src/config/*.c src/ops/*.c src/moe/*.c src/model/*.c src/io/*.c \
@@ -47,6 +47,9 @@ moe: build/src/moe.o $(LIB)
 build/test_ops: tests/test_ops.c $(LIB)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
+build/test_tok: tests/test_tok.c $(LIB)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -Isrc $^ -o $@ $(LDLIBS)
+
 # AddressSanitizer + UBSan build of the binary, for the bad-input tests
 build/asan/moe: $(SRC) src/moe.c $(wildcard src/*/*.h)
 	@mkdir -p build/asan
@@ -55,7 +58,7 @@ build/asan/moe: $(SRC) src/moe.c $(wildcard src/*/*.h)
 
 test:
 	@bash scripts/deps.sh
-	@$(MAKE) --no-print-directory moe build/test_ops build/asan/moe
+	@$(MAKE) --no-print-directory moe build/test_ops build/test_tok build/asan/moe
 	@bash tests/run.sh
 
 demo:

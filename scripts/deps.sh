@@ -19,13 +19,20 @@ if [ "${1:-}" = check ]; then
   [ -e "$BLASINC/cblas.h" ] || miss "$BLASINC/cblas.h" libopenblas-openmp-dev
   [ -e "$BLASDIR/libopenblas.so" ] || miss "$BLASDIR/libopenblas.so" libopenblas-openmp-dev
   [ -e /usr/include/cjson/cJSON.h ] || miss /usr/include/cjson/cJSON.h libcjson-dev
+  # Hugging Face tokenizer.json: PCRE2 for the pre-tokenizers' regexes, utf8proc for NFC
+  [ -e /usr/include/pcre2.h ] || miss /usr/include/pcre2.h libpcre2-dev
+  [ -e /usr/include/utf8proc.h ] || miss /usr/include/utf8proc.h libutf8proc-dev
   # the linker's search path, as gcc sees it (it prints the bare name when it finds nothing)
-  command -v gcc >/dev/null && { [[ $(gcc -print-file-name=libcjson.so) = */* ]] || miss libcjson.so libcjson-dev; }
+  if command -v gcc >/dev/null; then
+    [[ $(gcc -print-file-name=libcjson.so) = */* ]] || miss libcjson.so libcjson-dev
+    [[ $(gcc -print-file-name=libpcre2-8.so) = */* ]] || miss libpcre2-8.so libpcre2-dev
+    [[ $(gcc -print-file-name=libutf8proc.so) = */* ]] || miss libutf8proc.so libutf8proc-dev
+  fi
   [ ${#lack[@]} -eq 0 ] || echo "cannot build: no ${lack[*]}; install Debian's ${pkgs[*]} (apt-get install ${pkgs[*]}, or make deps)"
   exit 0
 fi
 # "build": what building and running needs (make, make demo); default: also the test oracle's
-pkgs=(build-essential libopenblas-openmp-dev libcjson-dev libopenmpi-dev openmpi-bin)
+pkgs=(build-essential libopenblas-openmp-dev libcjson-dev libpcre2-dev libutf8proc-dev libopenmpi-dev openmpi-bin)
 # the tests also use pgrep (procps) and, for the emulated hosts, ip and tc (iproute2)
 [ "${1:-all}" = build ] || pkgs+=(python3 python3-numpy python3-torch procps iproute2)
 missing=()

@@ -108,7 +108,22 @@ printf '{"step":1,"loss":2.5,"expert_load":[[1,2]]}\n{"step":2,"loss":2.4,"exper
 expect_fail "plot of a log whose expert_load changes shape" "log.jsonl:2: expert_load is 1 x 3 here but 1 x 2 before" $MOE plot --run "$T/badlog" --out "$T/p2.svg"
 for x in p0 p1 p2; do [ -e "$T/$x.svg" ] && bad "nothing written for a bad plot ($x)" "$T/$x.svg exists"; done
 
+# --- a checkpoint's tokenizer.json (tests/tok: Qwen3's configuration, 1422 ids)
+cp -r "$T/ck" "$T/cktok" && cp tests/tok/qwen3/tokenizer.json "$T/cktok/"
+expect_fail "tokenizer.json larger than vocab_size" "tokenizer.json: ids up to 1421 do not fit the model's vocab_size 260" $MOE solve --ckpt "$T/cktok" "What is 1 + 1?"
+printf '{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}}' >"$T/cktok/tokenizer.json"
+expect_fail "tokenizer.json merge of an unknown token" 'tokenizer.json: model.merges[0]: token "b" is not in the vocabulary' $MOE eval --ckpt "$T/cktok" --data "$T/qa.txt"
+printf '{"model": {"type": "Unigram"' >"$T/cktok/tokenizer.json"
+expect_fail "tokenizer.json not JSON" "tokenizer.json: not valid JSON" $MOE solve --ckpt "$T/cktok" "What is 1 + 1?"
 [ "${BAD_ONLY:-0}" = 1 ] && { echo "$pass passed, $fail failed"; exit $((fail > 0)); }
+# a checkpoint with a Hugging Face tokenizer.json answers through it
+sed 's/"hidden_size": 32,/"hidden_size": 32, "vocab_size": 1536,/' "$T/tiny.json" >"$T/tinybpe.json"
+$MOE init --model "$T/tinybpe.json" --out "$T/ckbpe" --seed 1 2>/dev/null && cp tests/tok/qwen3/tokenizer*.json "$T/ckbpe/"
+n=$($MOE solve --ckpt "$T/ckbpe" "What is 1 + 1?" "Round 15 to the nearest ten." | wc -l)
+[ "$n" -eq 2 ] && ok "solve with a checkpoint's tokenizer.json" || bad "solve with a checkpoint's tokenizer.json" "$n lines"
+$MOE eval --ckpt "$T/ckbpe" --data "$T/qa.txt" --generate --json >"$T/evbpe" 2>&1 && grep -q '"examples":64' "$T/evbpe" \
+  && ok "eval with a checkpoint's tokenizer.json ($(cat "$T/evbpe"))" || bad "eval with a checkpoint's tokenizer.json" "$(cat "$T/evbpe")"
+
 
 # --- resume is exact: 20 steps then --resume to 40 logs the 40 losses of a straight run
 common=(--data "$T/qa.txt" --batch 8 --seq 64 --lr 3e-3 --warmup 5 --decay-steps 40 --seed 11 --quiet)

@@ -29,8 +29,10 @@ int cmd_eval(int argc, char **argv) {
     if (batch <= 0) { moe_seterr("--batch must be positive, got %d", batch); return cmd_fail("eval"); }
     Model m;
     if (ckpt_load_model(ckpt, &m, false)) return cmd_fail("eval");
+    Tokenizer tk;   // the checkpoint's tokenizer.json, else bytes
     Dataset d;
-    if (dataset_load(&d, data, df, m.cfg.max_position_embeddings - 1, limit)) { model_free(&m); return cmd_fail("eval"); }
+    if (tokenizer_for_dir(&tk, ckpt, m.cfg.vocab_size)) { model_free(&m); return cmd_fail("eval"); }
+    if (dataset_load_tok(&d, data, df, m.cfg.max_position_embeddings - 1, limit, &tk)) { tokenizer_free(&tk); model_free(&m); return cmd_fail("eval"); }
     if (d.skipped) fprintf(stderr, "moe eval: skipped %d examples longer than max_position_embeddings\n", d.skipped);
     double loss;
     long tokens;
@@ -43,7 +45,7 @@ int cmd_eval(int argc, char **argv) {
         char **ans = MOE_NEW(char *, d.n);   // zeroed: NULL where generation did not get to
         for (int i = 0; i < d.n; i++) qs[i] = dataset_question(&d, i, &ql[i]);
         double tg = time_now();
-        rc = generate_greedy(&m, qs, ql, d.n, ans, batch);
+        rc = generate_greedy(&m, &tk, qs, ql, d.n, ans, batch);
         gen_s = time_now() - tg;
         int hit = 0;
         for (int i = 0; rc == MOE_OK && i < d.n; i++) {
@@ -70,6 +72,7 @@ int cmd_eval(int argc, char **argv) {
         }
     }
     dataset_free(&d);
+    tokenizer_free(&tk);
     model_free(&m);
     return rc ? cmd_fail("eval") : 0;
 }

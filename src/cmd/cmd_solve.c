@@ -23,6 +23,8 @@ int cmd_solve(int argc, char **argv) {
     if (args_finish(&a)) { moe_free(pos); return cmd_fail("solve"); }
     Model m;
     if (ckpt_load_model(ckpt, &m, false)) { moe_free(pos); return cmd_fail("solve"); }
+    Tokenizer tk;   // the checkpoint's tokenizer.json, else bytes
+    if (tokenizer_for_dir(&tk, ckpt, m.cfg.vocab_size)) { moe_free(pos); model_free(&m); return cmd_fail("solve"); }
     int rc = MOE_OK;
     char line[4096];
     // stdin: answer line by line, so that an interactive user sees each answer at once
@@ -40,7 +42,7 @@ int cmd_solve(int argc, char **argv) {
         int ql = (int)strlen(q);
         char *ans = NULL;
         double t0 = time_now();
-        rc = generate_greedy(&m, &q, &ql, 1, &ans, 1);
+        rc = generate_greedy(&m, &tk, &q, &ql, 1, &ans, 1);
         if (rc == MOE_OK) {
             printf("%s\n", ans);
             fflush(stdout);
@@ -49,6 +51,7 @@ int cmd_solve(int argc, char **argv) {
         moe_free(ans);
     }
     moe_free(pos);
+    tokenizer_free(&tk);
     model_free(&m);
     return rc ? cmd_fail("solve") : 0;
 }

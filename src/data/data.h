@@ -2,6 +2,7 @@
 #pragma once
 #include <stdbool.h>
 #include "../base/base.h"
+#include "tokenizer.h"
 
 enum { TOK_PAD = 256, TOK_BOS = 257, TOK_SEP = 258, TOK_EOS = 259 };
 
@@ -25,6 +26,9 @@ typedef struct {
 // Reads PATH; examples whose inputs exceed max_inputs tokens are skipped (counted).
 // limit > 0 keeps the first `limit` examples.
 int dataset_load(Dataset *d, const char *path, DataFormat fmt, int max_inputs, int limit);
+// The same with a tokenizer (dataset_load: the byte tokenizer). Q/A examples are the
+// tokenizer's prompt and answer (tokenizer_prompt, tokenizer_answer); text is encoded whole.
+int dataset_load_tok(Dataset *d, const char *path, DataFormat fmt, int max_inputs, int limit, const Tokenizer *tk);
 void dataset_free(Dataset *d);
 const char *dataset_question(const Dataset *d, int i, int *len);
 const char *dataset_answer(const Dataset *d, int i, int *len);

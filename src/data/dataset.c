@@ -13,24 +13,20 @@ int data_format_parse(const char *s, DataFormat *out) {
 }
 
 // tok and ex grow by doubling (moe_realloc, freed with moe_free)
-typedef struct { int *tok; long n, cap; Example *ex; int nex, capex; } Builder;
-static void push_tok(Builder *b, int t) {
-    if (b->n == b->cap) { b->cap = b->cap ? b->cap * 2 : 1 << 16; b->tok = moe_realloc(b->tok, sizeof(int) * b->cap); }
-    b->tok[b->n++] = t;
-}
+typedef struct { TokIds t; Example *ex; int nex, capex; } Builder;
 static void push_ex(Builder *b, Example e) {
     if (b->nex == b->capex) { b->capex = b->capex ? b->capex * 2 : 1024; b->ex = moe_realloc(b->ex, sizeof(Example) * b->capex); }
     b->ex[b->nex++] = e;
 }
-// <bos> q <sep> a <eos>; q and a point into d->text
-static void add_qa(Builder *b, const char *base, const char *q, int ql, const char *a, int al) {
-    Example e = {b->n, ql + al + 3, ql + 2, (int)(q - base), ql, (int)(a - base), al};
-    push_tok(b, TOK_BOS);
-    for (int i = 0; i < ql; i++) push_tok(b, (unsigned char)q[i]);
-    push_tok(b, TOK_SEP);
-    for (int i = 0; i < al; i++) push_tok(b, (unsigned char)a[i]);
-    push_tok(b, TOK_EOS);
-    push_ex(b, e);
+// the tokenizer's prompt, then its answer (byte: <bos> q <sep> a <eos>); q and a point into d->text
+static int add_qa(Builder *b, const Tokenizer *tk, const char *base, const char *q, int ql, const char *a, int al) {
+    long off = b->t.n;
+    MOE_TRY(tokenizer_prompt(tk, q, ql, &b->t));
+    long np = b->t.n - off;
+    MOE_TRY(tokenizer_answer(tk, a, al, &b->t));
+    long len = b->t.n - off;
+    push_ex(b, (Example){off, (int)len, (int)np, (int)(q - base), ql, (int)(a - base), al});
+    return MOE_OK;
 }
 
 static bool ends_with(const char *s, const char *suf) {
@@ -39,6 +35,12 @@ static bool ends_with(const char *s, const char *suf) {
 }
 
 int dataset_load(Dataset *d, const char *path, DataFormat fmt, int max_inputs, int limit) {
+    Tokenizer byte;
+    tokenizer_byte(&byte);
+    return dataset_load_tok(d, path, fmt, max_inputs, limit, &byte);
+}
+
+int dataset_load_tok(Dataset *d, const char *path, DataFormat fmt, int max_inputs, int limit, const Tokenizer *tk) {
     memset(d, 0, sizeof *d);
     if (max_inputs <= 0) MOE_ERR("sequence length must be positive, got %d", max_inputs);
     size_t len;
@@ -49,14 +51,17 @@ int dataset_load(Dataset *d, const char *path, DataFormat fmt, int max_inputs, i
     Builder b = {0};
     int rc = MOE_OK;
     if (fmt == DATA_TEXT) {
-        // byte stream in windows of max_inputs + 1 tokens, stride max_inputs
-        for (size_t s = 0; s + 1 < len; s += max_inputs) {
-            size_t n = len - s < (size_t)max_inputs + 1 ? len - s : (size_t)max_inputs + 1;
-            Example e = {b.n, (int)n, 1, 0, 0, 0, 0};
-            for (size_t i = 0; i < n; i++) push_tok(&b, (unsigned char)text[s + i]);
+        // the token stream in windows of max_inputs + 1 tokens, stride max_inputs
+        TokIds all = {0};
+        rc = tokenizer_encode(tk, text, len, &all);
+        for (long s = 0; rc == MOE_OK && s + 1 < all.n; s += max_inputs) {
+            long n = all.n - s < (long)max_inputs + 1 ? all.n - s : (long)max_inputs + 1;
+            Example e = {b.t.n, (int)n, 1, 0, 0, 0, 0};
+            for (long i = 0; i < n; i++) tokids_push(&b.t, all.id[s + i]);
             push_ex(&b, e);
             if (limit > 0 && b.nex >= limit) break;
         }
+        tokids_free(&all);
     } else {
         // split into lines in place (NUL-terminated), dropping '\r'
         int nlines = 0, lineno = 0;
@@ -93,7 +98,7 @@ int dataset_load(Dataset *d, const char *path, DataFormat fmt, int max_inputs, i
                 if (lq + la + 2 <= (size_t)ll + 1) {
                     memcpy(p, jq->valuestring, lq + 1);
                     memcpy(p + lq + 1, ja->valuestring, la + 1);
-                    add_qa(&b, text, p, (int)lq, p + lq + 1, (int)la);
+                    rc = add_qa(&b, tk, text, p, (int)lq, p + lq + 1, (int)la);
                 }
                 cJSON_Delete(o);
                 nlines += 2;
@@ -101,26 +106,26 @@ int dataset_load(Dataset *d, const char *path, DataFormat fmt, int max_inputs, i
                 q = p; ql = ll; qline = lineno;
                 nlines++;
             } else {
-                add_qa(&b, text, q, ql, p, ll);
+                rc = add_qa(&b, tk, text, q, ql, p, ll);
                 nlines++;
             }
-            if (limit > 0 && b.nex >= limit) break;
+            if (rc != MOE_OK || (limit > 0 && b.nex >= limit)) break;
             p = le + 1;
         }
         if (rc == MOE_OK && fmt == DATA_QA && nlines % 2)
             { moe_seterr("%s: odd number of lines: the question on line %d has no answer", path, qline); rc = MOE_FAIL; }
     }
     if (rc == MOE_OK && b.nex == 0) { moe_seterr("%s: no examples", path); rc = MOE_FAIL; }
-    if (rc != MOE_OK) { free(text); moe_free(b.tok); moe_free(b.ex); return rc; }
+    if (rc != MOE_OK) { free(text); tokids_free(&b.t); moe_free(b.ex); return rc; }
     // skip what does not fit the sequence length
     int kept = 0;
     for (int i = 0; i < b.nex; i++) {
         if (b.ex[i].len - 1 > max_inputs) { d->skipped++; continue; }
         b.ex[kept++] = b.ex[i];
     }
-    if (kept == 0) { free(text); moe_free(b.tok); moe_free(b.ex); MOE_ERR("%s: every example is longer than the sequence length %d", path, max_inputs); }
+    if (kept == 0) { free(text); tokids_free(&b.t); moe_free(b.ex); MOE_ERR("%s: every example is longer than the sequence length %d", path, max_inputs); }
     d->path = moe_strdup(path);
-    d->text = text; d->tok = b.tok; d->n_tok = b.n; d->ex = b.ex; d->n = kept; d->format = fmt;
+    d->text = text; d->tok = b.t.id; d->n_tok = b.t.n; d->ex = b.ex; d->n = kept; d->format = fmt;
     return MOE_OK;
 }
 

@@ -6,9 +6,10 @@
 #define GEN_MAX_NEW 64
 
 // Greedy answers for n questions (SPEC §2: prompt <bos> q <sep>, argmax with ties to the
-// lower id, stop at <eos> or 64 tokens). answers[i] is NUL-terminated, from moe_alloc (the
-// caller moe_frees it); on failure, the answers of the chunks not reached stay untouched.
-int generate_greedy(Model *m, const char *const *q, const int *qlen, int n, char **answers, int batch);
+// lower id, stop at <eos> or 64 tokens), with tokenizer tk's prompt, end and decoding.
+// answers[i] is NUL-terminated, from moe_alloc (the caller moe_frees it); on failure, the
+// answers of the chunks not reached stay untouched.
+int generate_greedy(Model *m, const Tokenizer *tk, const char *const *q, const int *qlen, int n, char **answers, int batch);
 
 
 // Mean cross-entropy over the target tokens of the first `limit` examples (all when 0),

@@ -22,14 +22,14 @@ int train_check_config(const TrainConfig *tc) {
     return MOE_OK;
 }
 
-static int load_data(Dataset *d, const char *list, DataFormat fmt, int seq) {
+static int load_data(Dataset *d, const char *list, DataFormat fmt, int seq, const Tokenizer *tk) {
     char buf[8192];
     snprintf(buf, sizeof buf, "%s", list);
     Dataset parts[32];
     int n = 0;
     for (char *p = strtok(buf, ","); p; p = strtok(NULL, ",")) {
         if (n == 32) MOE_ERR("--data: at most 32 files");
-        if (dataset_load(&parts[n], p, fmt, seq, 0) != MOE_OK) {
+        if (dataset_load_tok(&parts[n], p, fmt, seq, 0, tk) != MOE_OK) {
             for (int i = 0; i < n; i++) dataset_free(&parts[i]);
             return MOE_FAIL;
         }
@@ -46,6 +46,7 @@ typedef struct {
     AdamW opt;
     TrainProgress pr;
     Dataset d, evd;
+    Tokenizer tk;                 // the model directory's tokenizer.json, else bytes
     size_t *zoff;                 // --zero 1 on several ranks: the shares of the blob
     bool overlap, halves;         // gradient sums during the backward pass; halves under EP
     int local_batch;              // this rank's examples of a step
@@ -71,6 +72,7 @@ static void run_free(Run *R) {
     trainlog_close(&R->log);
     moe_free(R->ids); moe_free(R->win_load); moe_free(R->zoff); moe_free(R->pr.slots);
     dataset_free(&R->d); dataset_free(&R->evd);
+    tokenizer_free(&R->tk);
     adamw_free(&R->opt);
     if (R->m.tensors) model_free(&R->m);
 }
@@ -131,10 +133,37 @@ static int run_check(const Run *R, const TrainArgs *ar, TrainConfig *tc) {
     return MOE_OK;
 }
 
+// The tokenizer of the checkpoint resumed, or of the folder holding --model's config.json:
+// its tokenizer.json when there is one (copied into --out, so that every checkpoint of the
+// run carries it, with tokenizer_config.json), else the byte tokenizer.
+static int run_tokenizer(Run *R, const TrainArgs *ar) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", ar->resume ? ar->resume : ar->model_cfg);
+    if (!ar->resume) { char *sl = strrchr(dir, '/'); if (sl) *sl = 0; else snprintf(dir, sizeof dir, "."); }
+    MOE_TRY(tokenizer_for_dir(&R->tk, dir, R->m.cfg.vocab_size));
+    if (R->tk.kind != TOKENIZER_BPE || dist_info()->rank != 0) return MOE_OK;
+    static const char *const FILES[] = {"tokenizer.json", "tokenizer_config.json"};
+    char from[4096], to[4096], rf[4096], rt[4096];
+    MOE_TRY(dir_ensure(ar->out));
+    for (int k = 0; k < 2; k++) {
+        path_join(from, sizeof from, dir, FILES[k]);
+        path_join(to, sizeof to, ar->out, FILES[k]);
+        if (!path_exists(from) || (realpath(from, rf) && realpath(to, rt) && !strcmp(rf, rt))) continue;
+        size_t n;
+        char *js = file_read_all(from, &n);
+        if (!js) return MOE_FAIL;
+        int rc = file_write_atomic(to, js, n);
+        free(js);
+        MOE_TRY(rc);
+    }
+    return MOE_OK;
+}
+
 // data, the optimizer's share, buffers, the log
 static int run_alloc(Run *R, const TrainArgs *ar, const TrainConfig *tc) {
     const DistInfo *di = dist_info();
-    MOE_TRY(load_data(&R->d, ar->data, tc->format, tc->seq));
+    MOE_TRY(run_tokenizer(R, ar));
+    MOE_TRY(load_data(&R->d, ar->data, tc->format, tc->seq, &R->tk));
     if (R->d.skipped && !tc->quiet) fprintf(stderr, "moe train: skipped %d examples longer than --seq %d\n", R->d.skipped, tc->seq);
     if (tc->zero && di->size > 1) {   // this rank keeps the moments of its share of the blob only
         R->zoff = MOE_NEW(size_t, di->size + 1);
@@ -147,7 +176,7 @@ static int run_alloc(Run *R, const TrainArgs *ar, const TrainConfig *tc) {
                     di->size, 8.0 * R->opt.n / 1e6, 8.0 * R->m.n_params / 1e6);
     }
     if (ar->eval_data)
-        MOE_TRY(dataset_load(&R->evd, ar->eval_data, tc->format, R->m.cfg.max_position_embeddings - 1, tc->eval_limit));
+        MOE_TRY(dataset_load_tok(&R->evd, ar->eval_data, tc->format, R->m.cfg.max_position_embeddings - 1, tc->eval_limit, &R->tk));
     MOE_TRY(trainlog_open(&R->log, &R->m.cfg, ar, tc, R->pr.step, di->rank == 0, tc->ep));
     // --overlap (on by default under MPI): gradient sums start during the backward pass, and
     // with expert parallelism each micro-batch runs as two interleaved halves
