@@ -142,11 +142,13 @@ static void test_rope(void) {
 }
 
 // ---------------- attention
-typedef struct { int N, H, Hkv, hd; int *lo, *hi; float *q, *k, *v, *R, *out, *lse; } AttCtx;
+// q, k [.., heads*hd_qk]; v, out [.., heads*hd_v]; ref: the loss through attention_forward_ref
+typedef struct { int N, H, Hkv, hd_qk, hd_v; float scale; bool ref; int *lo, *hi; float *q, *k, *v, *R, *out, *lse; } AttCtx;
 static double att_loss(void *p) {
     AttCtx *c = p;
-    attention_forward(c->out, c->lse, c->q, c->k, c->v, c->lo, c->hi, c->N, c->H, c->Hkv, c->hd);
-    return dot(c->out, c->R, (size_t)c->N * c->H * c->hd);
+    (c->ref ? attention_forward_ref : attention_forward)(c->out, c->lse, c->q, c->k, c->v, c->lo, c->hi, c->N, c->H,
+                                                         c->Hkv, c->hd_qk, c->hd_v, c->scale);
+    return dot(c->out, c->R, (size_t)c->N * c->H * c->hd_v);
 }
 static void test_attention(void) {
     // three examples of lengths 5, 1, 7 packed end to end; GQA 4 query heads on 2 kv heads
@@ -155,16 +157,18 @@ static void test_attention(void) {
     for (int s = 0, start = 0; s < 3; start += lens[s], s++)
         for (int i = 0; i < lens[s]; i++, n++) { lo[n] = start; hi[n] = n; }
     size_t nq = (size_t)N * H * hd, nk = (size_t)N * Hkv * hd;
-    AttCtx c = {N, H, Hkv, hd, lo, hi, rnd(nq, 1), rnd(nk, 1), rnd(nk, 1), rnd(nq, 1), MOE_NEW(float, nq), MOE_NEW(float, N * H)};
+    const float scale = 1.0f / sqrtf((float)hd);
+    AttCtx c = {N, H, Hkv, hd, hd, scale, false, lo, hi, rnd(nq, 1), rnd(nk, 1), rnd(nk, 1), rnd(nq, 1),
+                MOE_NEW(float, nq), MOE_NEW(float, N * H)};
     float *o2 = MOE_NEW(float, nq), *l2 = MOE_NEW(float, N * H);
     att_loss(&c);
-    attention_forward_ref(o2, l2, c.q, c.k, c.v, lo, hi, N, H, Hkv, hd);
+    attention_forward_ref(o2, l2, c.q, c.k, c.v, lo, hi, N, H, Hkv, hd, hd, scale);
     check("attention forward vs ref", relerr(c.out, o2, nq), 1e-5);
     check("attention lse vs ref", relerr(c.lse, l2, N * H), 1e-5);
     float *dq = MOE_NEW(float, nq), *dk = MOE_NEW(float, nk), *dv = MOE_NEW(float, nk);
     float *dq2 = MOE_NEW(float, nq), *dk2 = MOE_NEW(float, nk), *dv2 = MOE_NEW(float, nk);
-    attention_backward_train(dq, dk, dv, c.R, c.q, c.k, c.v, c.out, c.lse, lo, N, H, Hkv, hd);
-    attention_backward_ref(dq2, dk2, dv2, c.R, c.q, c.k, c.v, lo, N, H, Hkv, hd);
+    attention_backward_train(dq, dk, dv, c.R, c.q, c.k, c.v, c.out, c.lse, lo, N, H, Hkv, hd, hd, scale);
+    attention_backward_ref(dq2, dk2, dv2, c.R, c.q, c.k, c.v, lo, N, H, Hkv, hd, hd, scale);
     check("attention backward dq vs ref", relerr(dq, dq2, nq), 1e-5);
     check("attention backward dk vs ref", relerr(dk, dk2, nk), 1e-5);
     check("attention backward dv vs ref", relerr(dv, dv2, nk), 1e-5);
@@ -190,19 +194,94 @@ static void test_attention_tiled(void) {
     size_t nq = (size_t)N * H * hd, nk = (size_t)N * Hkv * hd;
     float *q = rnd(nq, 1), *k = rnd(nk, 1), *v = rnd(nk, 1), *R = rnd(nq, 1);
     float *o1 = MOE_NEW(float, nq), *l1 = MOE_NEW(float, N * H), *o2 = MOE_NEW(float, nq), *l2 = MOE_NEW(float, N * H);
-    attention_forward_train(o1, l1, q, k, v, lo, N, H, Hkv, hd);
-    attention_forward_ref(o2, l2, q, k, v, lo, hi, N, H, Hkv, hd);
+    const float scale = 1.0f / sqrtf((float)hd);
+    attention_forward_train(o1, l1, q, k, v, lo, N, H, Hkv, hd, hd, scale);
+    attention_forward_ref(o2, l2, q, k, v, lo, hi, N, H, Hkv, hd, hd, scale);
     check("tiled attention forward vs ref (examples of 70, 1, 130, 64)", relerr(o1, o2, nq), 1e-5);
     check("tiled attention lse vs ref", relerr(l1, l2, N * H), 1e-5);
     float *dq = MOE_NEW(float, nq), *dk = MOE_NEW(float, nk), *dv = MOE_NEW(float, nk);
     float *dq2 = MOE_NEW(float, nq), *dk2 = MOE_NEW(float, nk), *dv2 = MOE_NEW(float, nk);
     for (size_t i = 0; i < nq; i++) dq[i] = NAN;   // the kernel overwrites: nothing it skips may survive
     for (size_t i = 0; i < nk; i++) dk[i] = dv[i] = NAN;
-    attention_backward_train(dq, dk, dv, R, q, k, v, o1, l1, lo, N, H, Hkv, hd);
-    attention_backward_ref(dq2, dk2, dv2, R, q, k, v, lo, N, H, Hkv, hd);
+    attention_backward_train(dq, dk, dv, R, q, k, v, o1, l1, lo, N, H, Hkv, hd, hd, scale);
+    attention_backward_ref(dq2, dk2, dv2, R, q, k, v, lo, N, H, Hkv, hd, hd, scale);
     check("tiled attention backward dq vs ref", relerr(dq, dq2, nq), 1e-5);
     check("tiled attention backward dk vs ref", relerr(dk, dk2, nk), 1e-5);
     check("tiled attention backward dv vs ref", relerr(dv, dv2, nk), 1e-5);
+}
+
+// MLA's shapes: a query/key head dim (24) other than the value head dim (16), and a scale of
+// the caller's (1/sqrt(hd_qk) times a yarn-like mscale^2), one kv head for all four query
+// heads and one each. Packed examples through every kernel against the refs, and the refs'
+// backward against finite differences of the ref forward.
+static void att_check_packed(const int *lens, int n_ex, int H, int Hkv, int hd_qk, int hd_v, float scale, bool fd) {
+    int N = 0;
+    for (int s = 0; s < n_ex; s++) N += lens[s];
+    int *lo = MOE_NEW(int, N), *hi = MOE_NEW(int, N), n = 0;
+    for (int s = 0, start = 0; s < n_ex; start += lens[s], s++)
+        for (int i = 0; i < lens[s]; i++, n++) { lo[n] = start; hi[n] = n; }
+    char tag[96], nm[192];
+    int w = snprintf(tag, sizeof tag, "hd_qk %d hd_v %d H %d Hkv %d, examples", hd_qk, hd_v, H, Hkv);
+    for (int s = 0; s < n_ex && w < (int)sizeof tag; s++) w += snprintf(tag + w, sizeof tag - w, " %d", lens[s]);
+    const size_t nq = (size_t)N * H * hd_qk, nk = (size_t)N * Hkv * hd_qk, nv = (size_t)N * Hkv * hd_v, no = (size_t)N * H * hd_v;
+    AttCtx c = {N, H, Hkv, hd_qk, hd_v, scale, true, lo, hi, rnd(nq, 1), rnd(nk, 1), rnd(nv, 1), rnd(no, 1),
+                MOE_NEW(float, no), MOE_NEW(float, N * H)};
+    float *o1 = MOE_NEW(float, no), *l1 = MOE_NEW(float, N * H);
+    att_loss(&c);   // c.out, c.lse: the ref's
+    attention_forward(o1, l1, c.q, c.k, c.v, lo, hi, N, H, Hkv, hd_qk, hd_v, scale);
+    snprintf(nm, sizeof nm, "attention forward vs ref (%s): out, lse", tag);
+    check(nm, fmax(relerr(o1, c.out, no), relerr(l1, c.lse, N * H)), 1e-5);
+    attention_forward_train(o1, l1, c.q, c.k, c.v, lo, N, H, Hkv, hd_qk, hd_v, scale);
+    snprintf(nm, sizeof nm, "tiled attention forward vs ref (%s): out, lse", tag);
+    check(nm, fmax(relerr(o1, c.out, no), relerr(l1, c.lse, N * H)), 1e-5);
+    float *dq = MOE_NEW(float, nq), *dk = MOE_NEW(float, nk), *dv = MOE_NEW(float, nv);
+    float *dq2 = MOE_NEW(float, nq), *dk2 = MOE_NEW(float, nk), *dv2 = MOE_NEW(float, nv);
+    for (size_t i = 0; i < nq; i++) dq[i] = NAN;   // overwritten: nothing it skips may survive
+    for (size_t i = 0; i < nk; i++) dk[i] = NAN;
+    for (size_t i = 0; i < nv; i++) dv[i] = NAN;
+    attention_backward_train(dq, dk, dv, c.R, c.q, c.k, c.v, o1, l1, lo, N, H, Hkv, hd_qk, hd_v, scale);
+    attention_backward_ref(dq2, dk2, dv2, c.R, c.q, c.k, c.v, lo, N, H, Hkv, hd_qk, hd_v, scale);
+    const char *gname[3] = {"dq", "dk", "dv"};
+    float *g[3] = {dq, dk, dv}, *g2[3] = {dq2, dk2, dv2}, *x[3] = {c.q, c.k, c.v};
+    const size_t gn[3] = {nq, nk, nv};
+    for (int i = 0; i < 3; i++) {
+        snprintf(nm, sizeof nm, "tiled attention backward %s vs ref (%s)", gname[i], tag);
+        check(nm, relerr(g[i], g2[i], gn[i]), 1e-5);
+    }
+    for (int i = 0; i < 3 && fd; i++) {
+        snprintf(nm, sizeof nm, "attention backward ref %s vs finite differences (%s)", gname[i], tag);
+        check(nm, fd_check(x[i], g2[i], gn[i], att_loss, &c, 40), 1e-2);
+    }
+    moe_free(lo); moe_free(hi); moe_free(c.q); moe_free(c.k); moe_free(c.v); moe_free(c.R); moe_free(c.out);
+    moe_free(c.lse); moe_free(o1); moe_free(l1);
+    for (int i = 0; i < 3; i++) { moe_free(g[i]); moe_free(g2[i]); }
+}
+
+// the inference form: queries against a KV cache of S slots, each reading its own window
+// [kv_hi - lo] (one key, a whole cache, windows wider than one 64-key block)
+static void att_check_cache(int H, int Hkv, int hd_qk, int hd_v, float scale) {
+    enum { S = 150, N = 6 };
+    int lo[N] = {0, 10, 3, 50, 0, 20}, hi[N] = {149, 10, 70, 90, 0, 149};
+    const size_t nq = (size_t)N * H * hd_qk, nk = (size_t)S * Hkv * hd_qk, nv = (size_t)S * Hkv * hd_v, no = (size_t)N * H * hd_v;
+    float *q = rnd(nq, 1), *k = rnd(nk, 1), *v = rnd(nv, 1);
+    float *o1 = MOE_NEW(float, no), *l1 = MOE_NEW(float, N * H), *o2 = MOE_NEW(float, no), *l2 = MOE_NEW(float, N * H);
+    attention_forward(o1, l1, q, k, v, lo, hi, N, H, Hkv, hd_qk, hd_v, scale);
+    attention_forward_ref(o2, l2, q, k, v, lo, hi, N, H, Hkv, hd_qk, hd_v, scale);
+    char nm[160];
+    snprintf(nm, sizeof nm, "attention forward over a KV cache vs ref (hd_qk %d hd_v %d H %d Hkv %d, %d slots, windows kv_lo..kv_hi): out, lse",
+             hd_qk, hd_v, H, Hkv, S);
+    check(nm, fmax(relerr(o1, o2, no), relerr(l1, l2, N * H)), 1e-5);
+    moe_free(q); moe_free(k); moe_free(v); moe_free(o1); moe_free(l1); moe_free(o2); moe_free(l2);
+}
+
+static void test_attention_qk_v_dims(void) {
+    const int H = 4, hd_qk = 24, hd_v = 16, short_lens[4] = {5, 1, 9, 3}, long_lens[3] = {70, 1, 130};
+    const float scale = 1.3f * 1.3f / sqrtf((float)hd_qk);
+    for (int Hkv = 1; Hkv <= H; Hkv *= 4) {
+        att_check_packed(short_lens, 4, H, Hkv, hd_qk, hd_v, scale, true);
+        att_check_packed(long_lens, 3, H, Hkv, hd_qk, hd_v, scale, false);
+        att_check_cache(H, Hkv, hd_qk, hd_v, scale);
+    }
 }
 
 // ---------------- swiglu, xent, embed
@@ -617,6 +696,7 @@ int main(void) {
     test_rope();
     test_attention();
     test_attention_tiled();
+    test_attention_qk_v_dims();
     test_small_ops();
     test_moe();
     test_simd();

@@ -1,5 +1,6 @@
 // The attention block: h = x + Wo attention(rope(Wq xn), rope(Wk xn), Wv xn), xn = rmsnorm(x)
 // (grouped-query attention, pre-norm).
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include "../base/base.h"
@@ -64,8 +65,8 @@ void blk_attention_forward(Pass *P, int l) {
         K = ck; Vv = cv;
     }
     t = prof_begin();
-    if (o->cache) attention_forward(la->att, la->lse, la->q, K, Vv, b->kv_lo, P->kv_hi, N, H, Hkv, hd);
-    else attention_forward_train(la->att, la->lse, la->q, K, Vv, b->kv_lo, N, H, Hkv, hd);
+    if (o->cache) attention_forward(la->att, la->lse, la->q, K, Vv, b->kv_lo, P->kv_hi, N, H, Hkv, hd, hd, 1.0f / sqrtf((float)hd));
+    else attention_forward_train(la->att, la->lse, la->q, K, Vv, b->kv_lo, N, H, Hkv, hd, hd, 1.0f / sqrtf((float)hd));
     prof_end(PROF_ATTN, false, t, 4.0 * P->pairs * H * hd);
     moe_progress();
     t = prof_begin();
@@ -99,7 +100,7 @@ void blk_attention_backward(Pass *P, int l) {
     moe_progress();
     t = prof_begin();
     attention_backward_train(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse, b->kv_lo, N,
-                             H, Hkv, hd);
+                             H, Hkv, hd, hd, 1.0f / sqrtf((float)hd));
     if (acts_storage(a, SAVE_NORM_OUT) == STORE_RECOMPUTE) {
         double tr = prof_begin();
         rmsnorm_forward(la->xn1, NULL, la->x, p->in_norm, N, D, c->rms_norm_eps);

@@ -9,52 +9,54 @@
 // an online-softmax update (running max m, running sum l) of the output accumulator.
 #define ATT_BLOCK 64
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                       const int *kv_lo, const int *kv_hi, int N, int H, int Hkv, int hd) {
-    const float scale = 1.0f / sqrtf((float)hd);
-    const int group = H / Hkv, qs = H * hd, ks = Hkv * hd;
+                       const int *kv_lo, const int *kv_hi, int N, int H, int Hkv, int hd_qk, int hd_v,
+                       float scale) {
+    // row strides: q [N, H*hd_qk], k [S, Hkv*hd_qk], v [S, Hkv*hd_v], out [N, H*hd_v]
+    const int group = H / Hkv, qs = H * hd_qk, ks = Hkv * hd_qk, vs = Hkv * hd_v, os = H * hd_v;
 #pragma omp parallel for collapse(2) schedule(dynamic, 8)
     for (int n = 0; n < N; n++)
         for (int h = 0; h < H; h++) {
-            const float *qh = q + (size_t)n * qs + h * hd;
-            float *o = out + (size_t)n * qs + h * hd;
+            const float *qh = q + (size_t)n * qs + h * hd_qk;
+            float *o = out + (size_t)n * os + h * hd_v;
             const int kh = h / group;
             float m = -INFINITY, l = 0;
-            float acc[512], sc[ATT_BLOCK];
-            for (int i = 0; i < hd; i++) acc[i] = 0;
+            float acc[ATT_HD_V_MAX], sc[ATT_BLOCK];
+            for (int i = 0; i < hd_v; i++) acc[i] = 0;
             for (int j0 = kv_lo[n]; j0 <= kv_hi[n]; j0 += ATT_BLOCK) {
                 const int nb = imin(ATT_BLOCK, kv_hi[n] - j0 + 1);
                 float bm = -INFINITY;
                 for (int j = 0; j < nb; j++) {
-                    const float *kj = k + (size_t)(j0 + j) * ks + kh * hd;
+                    const float *kj = k + (size_t)(j0 + j) * ks + kh * hd_qk;
                     float s = 0;
 #pragma omp simd reduction(+ : s)
-                    for (int i = 0; i < hd; i++) s += qh[i] * kj[i];
+                    for (int i = 0; i < hd_qk; i++) s += qh[i] * kj[i];
                     sc[j] = s * scale;
                     bm = sc[j] > bm ? sc[j] : bm;
                 }
                 if (bm > m) {   // rescale what we have to the new max
                     float c = expf(m - bm);
                     l *= c;
-                    for (int i = 0; i < hd; i++) acc[i] *= c;
+                    for (int i = 0; i < hd_v; i++) acc[i] *= c;
                     m = bm;
                 }
                 for (int j = 0; j < nb; j++) {
                     const float p = expf(sc[j] - m);
-                    const float *vj = v + (size_t)(j0 + j) * ks + kh * hd;
+                    const float *vj = v + (size_t)(j0 + j) * vs + kh * hd_v;
                     l += p;
 #pragma omp simd
-                    for (int i = 0; i < hd; i++) acc[i] += p * vj[i];
+                    for (int i = 0; i < hd_v; i++) acc[i] += p * vj[i];
                 }
             }
             float inv = 1.0f / l;
-            for (int i = 0; i < hd; i++) o[i] = acc[i] * inv;
+            for (int i = 0; i < hd_v; i++) o[i] = acc[i] * inv;
             if (lse) lse[(size_t)n * H + h] = m + logf(l);
         }
 }
 
 void attention_forward_ref(float *out, float *lse, const float *q, const float *k, const float *v,
-                           const int *kv_lo, const int *kv_hi, int N, int H, int Hkv, int hd) {
-    const int group = H / Hkv, qs = H * hd, ks = Hkv * hd;
+                           const int *kv_lo, const int *kv_hi, int N, int H, int Hkv, int hd_qk, int hd_v,
+                           float scale) {
+    const int group = H / Hkv, qs = H * hd_qk, ks = Hkv * hd_qk, vs = Hkv * hd_v, os = H * hd_v;
     double sc[4096];
     for (int n = 0; n < N; n++)
         for (int h = 0; h < H; h++) {
@@ -62,36 +64,36 @@ void attention_forward_ref(float *out, float *lse, const float *q, const float *
             double mx = -1e300, sum = 0;
             for (int j = lo; j <= hi; j++) {
                 double s = 0;
-                for (int i = 0; i < hd; i++) s += (double)q[n * qs + h * hd + i] * k[j * ks + kh * hd + i];
-                sc[j - lo] = s / sqrt((double)hd);
+                for (int i = 0; i < hd_qk; i++) s += (double)q[n * qs + h * hd_qk + i] * k[j * ks + kh * hd_qk + i];
+                sc[j - lo] = s * scale;
                 if (sc[j - lo] > mx) mx = sc[j - lo];
             }
             for (int j = lo; j <= hi; j++) sum += exp(sc[j - lo] - mx);
-            for (int i = 0; i < hd; i++) {
+            for (int i = 0; i < hd_v; i++) {
                 double o = 0;
-                for (int j = lo; j <= hi; j++) o += exp(sc[j - lo] - mx) / sum * v[j * ks + kh * hd + i];
-                out[n * qs + h * hd + i] = (float)o;
+                for (int j = lo; j <= hi; j++) o += exp(sc[j - lo] - mx) / sum * v[j * vs + kh * hd_v + i];
+                out[n * os + h * hd_v + i] = (float)o;
             }
             if (lse) lse[n * H + h] = (float)(mx + log(sum));
         }
 }
 
 void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                            const float *k, const float *v, const int *kv_lo, int N, int H, int Hkv, int hd) {
+                            const float *k, const float *v, const int *kv_lo, int N, int H, int Hkv,
+                            int hd_qk, int hd_v, float scale) {
     // explicit probabilities P, then dP = dout V^T, dS = P * (dP - rowsum(dP * P))
-    const int group = H / Hkv, qs = H * hd, ks = Hkv * hd;
+    const int group = H / Hkv, qs = H * hd_qk, ks = Hkv * hd_qk, vs = Hkv * hd_v, os = H * hd_v;
     memset(dq, 0, sizeof(float) * N * qs);
     memset(dk, 0, sizeof(float) * N * ks);
-    memset(dv, 0, sizeof(float) * N * ks);
+    memset(dv, 0, sizeof(float) * N * vs);
     double P[4096], dP[4096];
-    double scale = 1.0 / sqrt((double)hd);
     for (int n = 0; n < N; n++)
         for (int h = 0; h < H; h++) {
             int kh = h / group, lo = kv_lo[n];
             double mx = -1e300, sum = 0, rs = 0;
             for (int j = lo; j <= n; j++) {
                 double s = 0;
-                for (int i = 0; i < hd; i++) s += (double)q[n * qs + h * hd + i] * k[j * ks + kh * hd + i];
+                for (int i = 0; i < hd_qk; i++) s += (double)q[n * qs + h * hd_qk + i] * k[j * ks + kh * hd_qk + i];
                 P[j - lo] = s * scale;
                 if (P[j - lo] > mx) mx = P[j - lo];
             }
@@ -99,16 +101,16 @@ void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, 
             for (int j = lo; j <= n; j++) {
                 P[j - lo] /= sum;
                 double d = 0;
-                for (int i = 0; i < hd; i++) d += (double)dout[n * qs + h * hd + i] * v[j * ks + kh * hd + i];
+                for (int i = 0; i < hd_v; i++) d += (double)dout[n * os + h * hd_v + i] * v[j * vs + kh * hd_v + i];
                 dP[j - lo] = d;
                 rs += d * P[j - lo];
             }
             for (int j = lo; j <= n; j++) {
                 double ds = P[j - lo] * (dP[j - lo] - rs) * scale;
-                for (int i = 0; i < hd; i++) {
-                    dv[j * ks + kh * hd + i] += (float)(P[j - lo] * dout[n * qs + h * hd + i]);
-                    dq[n * qs + h * hd + i] += (float)(ds * k[j * ks + kh * hd + i]);
-                    dk[j * ks + kh * hd + i] += (float)(ds * q[n * qs + h * hd + i]);
+                for (int i = 0; i < hd_v; i++) dv[j * vs + kh * hd_v + i] += (float)(P[j - lo] * dout[n * os + h * hd_v + i]);
+                for (int i = 0; i < hd_qk; i++) {
+                    dq[n * qs + h * hd_qk + i] += (float)(ds * k[j * ks + kh * hd_qk + i]);
+                    dk[j * ks + kh * hd_qk + i] += (float)(ds * q[n * qs + h * hd_qk + i]);
                 }
             }
         }
@@ -136,9 +138,8 @@ static int attention_segments(const int *kv_lo, int N, int *seg, int *Tmax) {
 }
 
 void attention_forward_train(float *out, float *lse, const float *q, const float *k, const float *v,
-                             const int *kv_lo, int N, int H, int Hkv, int hd) {
-    const float scale = 1.0f / sqrtf((float)hd);
-    const int group = H / Hkv, qs = H * hd, ks = Hkv * hd;
+                             const int *kv_lo, int N, int H, int Hkv, int hd_qk, int hd_v, float scale) {
+    const int group = H / Hkv, qs = H * hd_qk, ks = Hkv * hd_qk, vs = Hkv * hd_v, os = H * hd_v;
     int *seg = MOE_NEW(int, N + 1);
     int Tmax;
     const int nseg = attention_segments(kv_lo, N, seg, &Tmax);
@@ -149,11 +150,11 @@ void attention_forward_train(float *out, float *lse, const float *q, const float
         for (int si = 0; si < nseg; si++)
             for (int h = 0; h < H; h++) {
                 const int s0 = seg[si], T = seg[si + 1] - s0, kh = h / group;
-                const float *Q = q + (size_t)s0 * qs + h * hd, *K = k + (size_t)s0 * ks + kh * hd,
-                            *Vv = v + (size_t)s0 * ks + kh * hd;
+                const float *Q = q + (size_t)s0 * qs + h * hd_qk, *K = k + (size_t)s0 * ks + kh * hd_qk,
+                            *Vv = v + (size_t)s0 * vs + kh * hd_v;
                 for (int i0 = 0; i0 < T; i0 += AT) {
                     const int mi = imin(AT, T - i0), nk = i0 + mi;   // keys 0 .. i0+mi-1
-                    gemm(false, true, mi, nk, hd, scale, Q + (size_t)i0 * qs, qs, K, ks, 0.0f, S, Tmax);
+                    gemm(false, true, mi, nk, hd_qk, scale, Q + (size_t)i0 * qs, qs, K, ks, 0.0f, S, Tmax);
                     for (int r = 0; r < mi; r++) {
                         float *sr = S + (size_t)r * Tmax;
                         const int cmax = i0 + r + 1;   // causal
@@ -166,7 +167,7 @@ void attention_forward_train(float *out, float *lse, const float *q, const float
                         for (int c = cmax; c < nk; c++) sr[c] = 0;
                         if (lse) lse[(size_t)(s0 + i0 + r) * H + h] = mx + logf(sum);
                     }
-                    gemm(false, false, mi, hd, nk, 1.0f, S, Tmax, Vv, ks, 0.0f, out + (size_t)(s0 + i0) * qs + h * hd, qs);
+                    gemm(false, false, mi, hd_v, nk, 1.0f, S, Tmax, Vv, vs, 0.0f, out + (size_t)(s0 + i0) * os + h * hd_v, os);
                 }
             }
         moe_free(S);
@@ -181,9 +182,8 @@ void attention_forward_train(float *out, float *lse, const float *q, const float
 //   M the rows from j0 to the end (fewer, larger products than tile by tile).
 void attention_backward_train(float *dq, float *dk, float *dv, const float *dout, const float *q,
                               const float *k, const float *v, const float *out, const float *lse,
-                              const int *kv_lo, int N, int H, int Hkv, int hd) {
-    const float scale = 1.0f / sqrtf((float)hd);
-    const int group = H / Hkv, qs = H * hd, ks = Hkv * hd;
+                              const int *kv_lo, int N, int H, int Hkv, int hd_qk, int hd_v, float scale) {
+    const int group = H / Hkv, qs = H * hd_qk, ks = Hkv * hd_qk, vs = Hkv * hd_v, os = H * hd_v;
     // no clearing first: the first product into each gradient block overwrites it (beta 0) —
     // dQ's at key tile 0, which reaches every query row; dK's and dV's at the group's first head
     int *seg = MOE_NEW(int, N + 1);
@@ -196,32 +196,32 @@ void attention_backward_train(float *dq, float *dk, float *dv, const float *dout
         for (int si = 0; si < nseg; si++)
             for (int kh = 0; kh < Hkv; kh++) {
                 const int s0 = seg[si], T = seg[si + 1] - s0;
-                const float *K = k + (size_t)s0 * ks + kh * hd, *Vv = v + (size_t)s0 * ks + kh * hd;
-                float *dK = dk + (size_t)s0 * ks + kh * hd, *dV = dv + (size_t)s0 * ks + kh * hd;
+                const float *K = k + (size_t)s0 * ks + kh * hd_qk, *Vv = v + (size_t)s0 * vs + kh * hd_v;
+                float *dK = dk + (size_t)s0 * ks + kh * hd_qk, *dV = dv + (size_t)s0 * vs + kh * hd_v;
                 for (int h = kh * group; h < (kh + 1) * group; h++) {
-                    const float *Q = q + (size_t)s0 * qs + h * hd, *dO = dout + (size_t)s0 * qs + h * hd,
-                                *Ot = out + (size_t)s0 * qs + h * hd, *Lr = lse + (size_t)s0 * H + h;
-                    float *dQ = dq + (size_t)s0 * qs + h * hd;
+                    const float *Q = q + (size_t)s0 * qs + h * hd_qk, *dO = dout + (size_t)s0 * os + h * hd_v,
+                                *Ot = out + (size_t)s0 * os + h * hd_v, *Lr = lse + (size_t)s0 * H + h;
+                    float *dQ = dq + (size_t)s0 * qs + h * hd_qk;
                     for (int r = 0; r < T; r++) {
                         float d = 0;
 #pragma omp simd reduction(+ : d)
-                        for (int i = 0; i < hd; i++) d += dO[(size_t)r * qs + i] * Ot[(size_t)r * qs + i];
+                        for (int i = 0; i < hd_v; i++) d += dO[(size_t)r * os + i] * Ot[(size_t)r * os + i];
                         Dr[r] = d;
                     }
                     const float bkv = h == kh * group ? 0.0f : 1.0f;
                     for (int j0 = 0; j0 < T; j0 += AT) {
                         const int nj = imin(AT, T - j0), mq = T - j0;   // query rows j0 .. T-1
                         const float bq = j0 == 0 ? 0.0f : 1.0f;
-                        const float *Qj = Q + (size_t)j0 * qs, *dOj = dO + (size_t)j0 * qs;
-                        gemm(false, true, mq, nj, hd, scale, Qj, qs, K + (size_t)j0 * ks, ks, 0.0f, P, AT);
+                        const float *Qj = Q + (size_t)j0 * qs, *dOj = dO + (size_t)j0 * os;
+                        gemm(false, true, mq, nj, hd_qk, scale, Qj, qs, K + (size_t)j0 * ks, ks, 0.0f, P, AT);
                         for (int r = 0; r < mq; r++) {
                             const int cmax = imin(r + 1, nj);   // causal: key j0 + c <= query j0 + r
                             float *pr = P + (size_t)r * AT;
                             vec_exp_sum(pr, pr, Lr[(size_t)(j0 + r) * H], cmax);
                             for (int c = cmax; c < nj; c++) pr[c] = 0;
                         }
-                        gemm(true, false, nj, hd, mq, 1.0f, P, AT, dOj, qs, bkv, dV + (size_t)j0 * ks, ks);
-                        gemm(false, true, mq, nj, hd, 1.0f, dOj, qs, Vv + (size_t)j0 * ks, ks, 0.0f, dP, AT);
+                        gemm(true, false, nj, hd_v, mq, 1.0f, P, AT, dOj, os, bkv, dV + (size_t)j0 * vs, vs);
+                        gemm(false, true, mq, nj, hd_v, 1.0f, dOj, os, Vv + (size_t)j0 * vs, vs, 0.0f, dP, AT);
                         for (int r = 0; r < mq; r++) {
                             const float dr = Dr[j0 + r];
                             float *dpr = dP + (size_t)r * AT;
@@ -229,8 +229,8 @@ void attention_backward_train(float *dq, float *dk, float *dv, const float *dout
 #pragma omp simd
                             for (int c = 0; c < nj; c++) dpr[c] = pr[c] * (dpr[c] - dr) * scale;
                         }
-                        gemm(false, false, mq, hd, nj, 1.0f, dP, AT, K + (size_t)j0 * ks, ks, bq, dQ + (size_t)j0 * qs, qs);
-                        gemm(true, false, nj, hd, mq, 1.0f, dP, AT, Qj, qs, bkv, dK + (size_t)j0 * ks, ks);
+                        gemm(false, false, mq, hd_qk, nj, 1.0f, dP, AT, K + (size_t)j0 * ks, ks, bq, dQ + (size_t)j0 * qs, qs);
+                        gemm(true, false, nj, hd_qk, mq, 1.0f, dP, AT, Qj, qs, bkv, dK + (size_t)j0 * ks, ks);
                     }
                 }
             }

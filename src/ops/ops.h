@@ -32,25 +32,33 @@ void rope_backward_part(float *dx, const int *pos, const RopeTable *t, int N, in
 void rope_forward_ref(float *x, const int *pos, int N, int nh, int hd, float theta, bool interleave);
 
 // Causal grouped-query attention over a key/value buffer: query n (head h) reads keys
-// kv_lo[n] .. kv_hi[n] (inclusive) of kv head h / (H/Hkv). q,out [N,H*hd]; k,v [S,Hkv*hd].
+// kv_lo[n] .. kv_hi[n] (inclusive) of kv head h / (H/Hkv), with probabilities
+// softmax(scale * q.k) over them. The query/key head dim hd_qk and the value head dim hd_v
+// may differ (MLA: hd_qk = qk_nope_head_dim + qk_rope_head_dim, 192, hd_v 128); the caller
+// gives the scale (1/sqrt(hd_qk), times yarn's mscale^2 under rope scaling).
+// q [N, H*hd_qk], k [S, Hkv*hd_qk], v [S, Hkv*hd_v], out [N, H*hd_v]; hd_v <= ATT_HD_V_MAX.
 // Online softmax in one pass over the keys: memory O(1) per row, no T x T buffer.
 // lse[N,H] (log-sum-exp of the scaled scores) is saved for the backward pass (may be NULL).
+#define ATT_HD_V_MAX 512
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                       const int *kv_lo, const int *kv_hi, int N, int H, int Hkv, int hd);
+                       const int *kv_lo, const int *kv_hi, int N, int H, int Hkv, int hd_qk, int hd_v,
+                       float scale);
 // Training layout (the keys are the tokens themselves, kv_hi[n] = n, each example
 // contiguous): the same computation in tiles of 64 x 64 whose products are small GEMMs
 // (flash-attention 2 style), and its backward pass, which recomputes the probabilities
-// from lse instead of storing them. dq, dk, dv are overwritten.
+// from lse instead of storing them. dq [N, H*hd_qk], dk [N, Hkv*hd_qk], dv [N, Hkv*hd_v]
+// are overwritten.
 void attention_forward_train(float *out, float *lse, const float *q, const float *k, const float *v,
-                             const int *kv_lo, int N, int H, int Hkv, int hd);
+                             const int *kv_lo, int N, int H, int Hkv, int hd_qk, int hd_v, float scale);
 void attention_backward_train(float *dq, float *dk, float *dv, const float *dout, const float *q,
                               const float *k, const float *v, const float *out, const float *lse,
-                              const int *kv_lo, int N, int H, int Hkv, int hd);
+                              const int *kv_lo, int N, int H, int Hkv, int hd_qk, int hd_v, float scale);
 void attention_forward_ref(float *out, float *lse, const float *q, const float *k, const float *v,
-                           const int *kv_lo, const int *kv_hi, int N, int H, int Hkv, int hd);
+                           const int *kv_lo, const int *kv_hi, int N, int H, int Hkv, int hd_qk, int hd_v,
+                           float scale);
 void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                            const float *k, const float *v, const int *kv_lo, int N, int H,
-                            int Hkv, int hd);
+                            const float *k, const float *v, const int *kv_lo, int N, int H, int Hkv,
+                            int hd_qk, int hd_v, float scale);
 
 // SwiGLU over rows of a fused gate/up product gu[N, 2F] (gate in columns [0,F), up in
 // [F,2F)): a[N,F] = silu(g) * u; the backward pass writes dgu[N,2F] from da[N,F].
