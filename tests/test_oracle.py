@@ -34,6 +34,30 @@ CONFIGS = {
     "sigmoid-greedy-noshared-capacity-bias": dict(scoring_func="sigmoid", n_shared_experts=0, capacity_factor=0.5,
                                                   aux_loss_alpha=0.1, aux_scope="sequence", set_bias=True,
                                                   num_experts_per_tok=3),
+    # Qwen3's q/k norm, DeepSeek-V3's interleaved RoPE and Pangu's sandwich norm, with group-limited
+    # sigmoid routing, a bias and a dense first layer
+    "qknorm-interleave-sandwich": dict(qk_norm=True, rope_interleave=True, sandwich_norm=True, scoring_func="sigmoid",
+                                       topk_method="group_limited", n_group=4, topk_group=2, set_bias=True,
+                                       first_k_dense_replace=1, num_hidden_layers=3, aux_loss_alpha=0.05),
+    # the Pangu family in its own key names: MLA with query compression, sandwich norm, TinyInit,
+    # sigmoid scores with a bias, a dense first layer
+    "pangu-mla-qlora-sandwich-tinyinit": dict(model_type="pangu_ultra_moe", kv_lora_rank=16, q_lora_rank=24,
+                                              qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8,
+                                              sandwich_norm=True, init_method="tiny", set_bias=True,
+                                              first_k_dense_replace=1, num_hidden_layers=3, aux_loss_alpha=0.05,
+                                              aux_scope="sequence"),
+    # DeepSeek-V3's family: MLA without query compression, interleaved RoPE (its default), latent
+    # norms at eps 1e-6, group-limited sigmoid routing, capacity with drops
+    "deepseek-v3-mla-capacity": dict(model_type="deepseek_v3", kv_lora_rank=16, q_lora_rank=None,
+                                     qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=12, n_group=2, topk_group=1,
+                                     capacity_factor=1.0, aux_loss_alpha=0.02, routed_scaling_factor=2.5),
+    # multi-token prediction: two modules after a Pangu stack (MLA, sandwich norm), their
+    # losses weighted 0.5; one module with a tied head, MoE in the module's layer only
+    "pangu-mtp2": dict(model_type="pangu_ultra_moe", kv_lora_rank=16, q_lora_rank=24, qk_nope_head_dim=8,
+                       qk_rope_head_dim=4, v_head_dim=8, sandwich_norm=True, num_mtp_layers=2, mtp_loss_weight=0.5,
+                       num_hidden_layers=2, first_k_dense_replace=1, set_bias=True, aux_loss_alpha=0.05),
+    "mtp-gqa-tied-moe-module": dict(num_mtp_layers=1, tie_word_embeddings=True, num_hidden_layers=2,
+                                    first_k_dense_replace=2, aux_loss_alpha=0.02),
 }
 
 results = []
@@ -60,6 +84,9 @@ def make_ckpt(tmp, name, extra, seed):
     cfg = dict(BASE)
     set_bias = extra.pop("set_bias", False)
     cfg.update(extra)
+    if cfg.get("model_type") == "pangu_ultra_moe":   # openPangu's key names
+        names = {v: k for k, v in moe_ref.PANGU_KEYS.items()}
+        cfg = {names.get(k, k): v for k, v in cfg.items()}
     cpath = os.path.join(tmp, name + ".json")
     with open(cpath, "w") as f:
         json.dump(cfg, f)
@@ -166,10 +193,36 @@ def main():
         except Exception as e:  # noqa: BLE001
             check(f"oracle {name}", False, str(e).strip().splitlines()[-1] if str(e).strip() else repr(e))
 
+    # TinyInit: every matrix N(0, 1/(2 D L)), the embedding N(0, 0.25); the sandwich norm's
+    # post-norms start at 0.283/sqrt(L) and 0.432/sqrt(L), the other norms at 1
+    try:
+        _, ck = make_ckpt(tmp, "tinyinit", dict(init_method="tiny", sandwich_norm=True, num_hidden_layers=4,
+                                                hidden_size=64, intermediate_size=96, moe_intermediate_size=32), 3)
+        t, _ = moe_ref.read_safetensors(os.path.join(ck, "model.safetensors"))
+        want = (1 / (2 * 64 * 4)) ** 0.5
+        mats = np.concatenate([v.ravel() for k, v in t.items() if v.ndim == 2 and "embed" not in k])
+        emb = t["model.embed_tokens.weight"]
+        gains = {k: float(v[0]) for k, v in t.items() if v.ndim == 1 and "norm" in k and np.all(v == v[0])}
+        post_a = [g for k, g in gains.items() if "post_attention" in k]
+        post_m = [g for k, g in gains.items() if "post_mlp" in k]
+        ok = (abs(mats.std() / want - 1) < 0.02 and abs(mats.mean()) < 0.05 * want and abs(emb.std() / 0.5 - 1) < 0.02
+              and len(post_a) == 4 and len(post_m) == 4 and max(abs(g - 0.283 / 2) for g in post_a) < 1e-6
+              and max(abs(g - 0.432 / 2) for g in post_m) < 1e-6)
+        check("TinyInit statistics and the sandwich norm's initial gains", ok,
+              f"matrices std {mats.std():.5f} (want {want:.5f}), embedding std {emb.std():.4f} (0.5), "
+              f"post-attention {post_a[:1]}, post-mlp {post_m[:1]}")
+    except Exception as e:  # noqa: BLE001
+        check("oracle tinyinit", False, str(e).strip().splitlines()[-1] if str(e).strip() else repr(e))
+
     # 10 AdamW steps, with warm-up, cosine, clipping, weight decay and the bias update
     for name, extra in [("train-softmax-aux", dict(aux_loss_alpha=0.05)),
                         ("train-sigmoid-bias-update", dict(scoring_func="sigmoid", bias_update_speed=0.01,
-                                                           aux_loss_alpha=0.01, aux_scope="sequence"))]:
+                                                           aux_loss_alpha=0.01, aux_scope="sequence")),
+                        ("train-pangu-mla-sandwich-mtp", dict(model_type="pangu_ultra_moe", kv_lora_rank=16,
+                                                              q_lora_rank=24, qk_nope_head_dim=8, qk_rope_head_dim=4,
+                                                              v_head_dim=8, sandwich_norm=True, init_method="tiny",
+                                                              num_mtp_layers=1, first_k_dense_replace=1,
+                                                              aux_loss_alpha=0.02))]:
         try:
             cpath, ck = make_ckpt(tmp, name, dict(extra), 7)
             out = os.path.join(tmp, name + ".run")

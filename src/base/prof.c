@@ -8,7 +8,7 @@ static double prof_sec[PROF_N][2], prof_flops[PROF_N][2];
 static const char *NAMES[PROF_N] = {"embed", "rmsnorm", "qkv proj", "rope", "attention", "o proj", "router",
                                     "permute", "expert gemms", "unpermute", "shared expert", "dense ffn",
                                     "output head", "cross-entropy", "balance loss", "optimizer", "recompute",
-                                    "bf16 stash", "zero grads"};
+                                    "bf16 stash", "zero grads", "mtp input"};
 
 double prof_begin(void) { return prof_enabled ? time_now() : 0; }
 void prof_end(ProfOp op, bool bwd, double t0, double flops) {

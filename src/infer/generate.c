@@ -34,9 +34,14 @@ static int generate_chunk(Model *m, const Tokenizer *tk, const char *const *q, c
     }
     // answers stop at 64 tokens or at the model's last position, whichever comes first
     const int R = imin(maxq + GEN_MAX_NEW, c->max_position_embeddings);
-    const int L = c->num_hidden_layers, Hk = c->num_key_value_heads * c->head_dim, V = c->vocab_size;
+    const int L = c->num_hidden_layers, V = c->vocab_size;
+    int wk, wv;
+    kv_cache_widths(c, &wk, &wv);
     KvCache cache = {S * R, MOE_NEW(float *, L), MOE_NEW(float *, L)};
-    for (int l = 0; l < L; l++) { cache.k[l] = MOE_NEW(float, (size_t)S * R * Hk); cache.v[l] = MOE_NEW(float, (size_t)S * R * Hk); }
+    for (int l = 0; l < L; l++) {
+        cache.k[l] = MOE_NEW(float, (size_t)S * R * wk);
+        cache.v[l] = wv ? MOE_NEW(float, (size_t)S * R * wv) : NULL;
+    }
     Acts a;
     acts_alloc(&a, m, total, ACTS_INFER);
     Batch b;

@@ -84,7 +84,7 @@ static StWriteItem *model_items(const Model *m, int *n_out) {
     }
     static char names[1024][64];
     int nb = 0;
-    for (int l = 0; l < c->num_hidden_layers; l++) {
+    for (int l = 0; l < config_n_layers(c); l++) {
         if (!config_layer_is_moe(c, l)) continue;
         snprintf(names[nb], 64, "model.layers.%d.mlp.gate.e_score_correction_bias", l);
         it[k++] = (StWriteItem){names[nb], 1, {c->n_routed_experts}, m->bias + (size_t)l * c->n_routed_experts, NULL, NULL};
@@ -179,7 +179,7 @@ int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, const Expe
     Model full;
     model_layout(&full, &c);
     int expected = full.n_tensors;
-    for (int l = 0; l < c.num_hidden_layers && rc == MOE_OK; l++) {
+    for (int l = 0; l < config_n_layers(&c) && rc == MOE_OK; l++) {
         if (!config_layer_is_moe(&c, l)) continue;
         char nm[96];
         snprintf(nm, sizeof nm, "model.layers.%d.mlp.gate.e_score_correction_bias", l);

@@ -1,5 +1,7 @@
 // The attention block: h = x + Wo attention(rope(Wq xn), rope(Wk xn), Wv xn), xn = rmsnorm(x)
-// (grouped-query attention, pre-norm).
+// (grouped-query attention, pre-norm); config-selected pieces: q/k norm (Qwen3: RMSNorm of
+// each head's q and k before RoPE), and the sandwich norm's post-norm h = x + rmsnorm(Wo att),
+// which the MLA block (blk_mla.c) shares through attn_output_forward/backward.
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -21,7 +23,107 @@ static void attention_tensors(Layout *lo, const MoeConfig *c, int l, const Exper
     T("self_attn.k_proj.weight", Hk, D, role_matrix(l), &p->wk);
     T("self_attn.v_proj.weight", Hk, D, role_matrix(l), &p->wv);
     T("self_attn.o_proj.weight", D, Hq, role_matrix(l), &p->wo);
+    if (c->qk_norm) {
+        T("self_attn.q_norm.weight", c->head_dim, 0, role_norm(l), &p->q_norm);
+        T("self_attn.k_norm.weight", c->head_dim, 0, role_norm(l), &p->k_norm);
+    }
 #undef T
+    attn_post_norm_tensor(lo, c, l, p);
+}
+
+void kv_cache_widths(const MoeConfig *c, int *wk, int *wv) {
+    if (config_is_mla(c)) { *wk = c->kv_lora_rank + c->qk_rope_head_dim; *wv = 0; }
+    else *wk = *wv = c->num_key_value_heads * c->head_dim;
+}
+
+// the sandwich norm's post-attention norm, initialised to c_attn / sqrt(L) (Pangu Ultra's DSSN)
+void attn_post_norm_tensor(Layout *lo, const MoeConfig *c, int l, LayerParams *p) {
+    if (!c->sandwich_norm) return;
+    char nm[96];
+    snprintf(nm, sizeof nm, "model.layers.%d.post_attention_layernorm.weight", l);
+    layout_tensor(lo, nm, c->hidden_size, 0, role_gain(l, 0.283f / sqrtf((float)c->num_hidden_layers)), &p->attn_post_norm);
+}
+
+// h = x + att Wo^T, or under the sandwich norm h = x + rmsnorm(att Wo^T)
+void attn_output_forward(Pass *P, int l, const float *att, int width) {
+    const MoeConfig *c = &P->m->cfg;
+    const int N = P->b->N, D = c->hidden_size;
+    LayerActs *la = pass_layer(P, l);
+    const LayerParams *p = &P->m->w.layer[l];
+    double t = prof_begin();
+    memcpy(la->h, la->x, sizeof(float) * (size_t)N * D);
+    if (!c->sandwich_norm) linear_forward(la->h, att, p->wo, N, width, D, true);
+    else linear_forward(la->ao, att, p->wo, N, width, D, false);
+    prof_end(PROF_OPROJ, false, t, 2.0 * N * width * D);
+    if (c->sandwich_norm) sandwich_add(P->a->tmp, la->h, la->ao, la->rstd_ao, p->attn_post_norm, N, D, c->rms_norm_eps);
+}
+
+// out += rmsnorm(y, w) (tmp: [N,D] scratch)
+void sandwich_add(float *tmp, float *out, const float *y, float *rstd, const float *w, int N, int D, float eps) {
+    double t = prof_begin();
+    rmsnorm_forward(tmp, rstd, y, w, N, D, eps);
+    const size_t n = (size_t)N * D;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] += tmp[i];
+    prof_end(PROF_NORM, false, t, 0);
+}
+
+// dout -> the gradient at the sandwich norm's input (written to dy), and its gain's
+void sandwich_backward(float *dy, float *dw, const float *dout, const float *y, const float *w, const float *rstd,
+                       int N, int D, bool gset) {
+    double t = prof_begin();
+    memset(dy, 0, sizeof(float) * (size_t)N * D);
+    if (gset) memset(dw, 0, sizeof(float) * D);
+    rmsnorm_backward(dy, dw, dout, y, w, rstd, N, D);
+    prof_end(PROF_NORM, true, t, 0);
+}
+
+// dh -> a->datt, and Wo's gradient (and the post-norm's)
+void attn_output_backward(Pass *P, int l, const float *att, int width) {
+    const MoeConfig *c = &P->m->cfg;
+    const int N = P->b->N, D = c->hidden_size;
+    Acts *a = P->a;
+    LayerActs *la = &a->layer[l];
+    const LayerParams *p = &P->m->w.layer[l];
+    LayerParams *gp = &P->m->g.layer[l];
+    const float *dout = a->dh;
+    if (c->sandwich_norm) {
+        sandwich_backward(a->tmp, gp->attn_post_norm, a->dh, la->ao, p->attn_post_norm, la->rstd_ao, N, D, P->gset);
+        dout = a->tmp;
+    }
+    double t = prof_begin();
+    linear_backward_beta(a->datt, gp->wo, dout, att, p->wo, N, width, D, 0.0f, P->gset ? 0.0f : 1.0f);
+    prof_end(PROF_OPROJ, true, t, 4.0 * N * width * D);
+    moe_progress();
+}
+
+// q/k norm (Qwen3): each head's q and k normalised over its hd values before RoPE
+static void qk_norm_forward(Pass *P, int l) {
+    const MoeConfig *c = &P->m->cfg;
+    const int N = P->b->N, H = c->num_attention_heads, Hkv = c->num_key_value_heads, hd = c->head_dim;
+    LayerActs *la = pass_layer(P, l);
+    const LayerParams *p = &P->m->w.layer[l];
+    double t = prof_begin();
+    memcpy(la->qr, la->q, sizeof(float) * (size_t)N * H * hd);
+    memcpy(la->kr, la->k, sizeof(float) * (size_t)N * Hkv * hd);
+    rmsnorm_forward(la->q, la->rstd_q, la->qr, p->q_norm, N * H, hd, c->rms_norm_eps);
+    rmsnorm_forward(la->k, la->rstd_k, la->kr, p->k_norm, N * Hkv, hd, c->rms_norm_eps);
+    prof_end(PROF_NORM, false, t, 0);
+}
+static void qk_norm_backward(Pass *P, int l) {
+    const MoeConfig *c = &P->m->cfg;
+    Acts *a = P->a;
+    const int N = P->b->N, H = c->num_attention_heads, Hkv = c->num_key_value_heads, hd = c->head_dim;
+    LayerActs *la = &a->layer[l];
+    const LayerParams *p = &P->m->w.layer[l];
+    LayerParams *gp = &P->m->g.layer[l];
+    double t = prof_begin();
+    // the norms' input gradients, through scratch the size of dq (datt: read already)
+    sandwich_backward(a->datt, gp->q_norm, a->dq, la->qr, p->q_norm, la->rstd_q, N * H, hd, P->gset);
+    memcpy(a->dq, a->datt, sizeof(float) * (size_t)N * H * hd);
+    sandwich_backward(a->datt, gp->k_norm, a->dk, la->kr, p->k_norm, la->rstd_k, N * Hkv, hd, P->gset);
+    memcpy(a->dk, a->datt, sizeof(float) * (size_t)N * Hkv * hd);
+    prof_end(PROF_NORM, true, t, 0);
 }
 
 
@@ -51,6 +153,7 @@ void blk_attention_forward(Pass *P, int l) {
     linear_forward(la->v, la->xn1, wv, N, D, Hk, false);
     prof_end(PROF_QKV, false, t, 2.0 * N * D * (Hq + 2 * Hk));
     moe_progress();
+    if (c->qk_norm) qk_norm_forward(P, l);
     t = prof_begin();
     rope_forward(la->q, b->pos, &m->rope, N, H, hd);
     rope_forward(la->k, b->pos, &m->rope, N, Hkv, hd);
@@ -69,10 +172,7 @@ void blk_attention_forward(Pass *P, int l) {
     else attention_forward_train(la->att, la->lse, la->q, K, Vv, b->kv_lo, N, H, Hkv, hd, hd, 1.0f / sqrtf((float)hd));
     prof_end(PROF_ATTN, false, t, 4.0 * P->pairs * H * hd);
     moe_progress();
-    t = prof_begin();
-    memcpy(la->h, x, sizeof(float) * (size_t)N * D);
-    linear_forward(la->h, la->att, p->wo, N, Hq, D, true);
-    prof_end(PROF_OPROJ, false, t, 2.0 * N * Hq * D);
+    attn_output_forward(P, l, la->att, Hq);
 }
 
 // dh (the gradient at h, the FFN's part added) -> dx, and the attention block's weight
@@ -93,11 +193,7 @@ void blk_attention_backward(Pass *P, int l) {
     const float bw = P->gset ? 0.0f : 1.0f;
     if (P->gset) memset(gp->in_norm, 0, sizeof(float) * D);
     double t;
-    // h = x + att Wo^T
-    t = prof_begin();
-    linear_backward_beta(a->datt, gp->wo, dh, la->att, p->wo, N, Hq, D, 0.0f, bw);
-    prof_end(PROF_OPROJ, true, t, 4.0 * N * Hq * D);
-    moe_progress();
+    attn_output_backward(P, l, la->att, Hq);   // h = x + att Wo^T
     t = prof_begin();
     attention_backward_train(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse, b->kv_lo, N,
                              H, Hkv, hd, hd, 1.0f / sqrtf((float)hd));
@@ -112,6 +208,7 @@ void blk_attention_backward(Pass *P, int l) {
     rope_backward(a->dq, b->pos, &m->rope, N, H, hd);
     rope_backward(a->dk, b->pos, &m->rope, N, Hkv, hd);
     prof_end(PROF_ROPE, true, t, 0);
+    if (c->qk_norm) qk_norm_backward(P, l);
     t = prof_begin();
     const size_t ok = (size_t)Hq * D, ov = (size_t)(Hq + Hk) * D;   // wk, wv after wq
     linear_backward_beta(dxn, gp->wq, a->dq, la->xn1, p->wq, N, D, Hq, 0.0f, bw);
@@ -137,6 +234,8 @@ static int attention_saved(const MoeConfig *c, int l, SavedDecl *out) {
     out[n++] = SAVED(SAVE_ACT, att, Hq);
     out[n++] = SAVED(SAVE_SUM, h, D);
     out[n++] = SAVED(SAVE_NORM_OUT, xn1, D);
+    if (c->qk_norm) { out[n++] = SAVED(SAVE_ACT, qr, Hq); out[n++] = SAVED(SAVE_ACT, kr, Hk); }
+    if (c->sandwich_norm) out[n++] = SAVED(SAVE_ACT, ao, D);
     return n;
 }
 

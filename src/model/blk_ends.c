@@ -10,7 +10,7 @@
 
 static void embedding_tensors(Layout *lo, const MoeConfig *c, int l, const ExpertShard *sh, ParamViews *v) {
     (void)l; (void)sh;
-    layout_tensor(lo, "model.embed_tokens.weight", c->vocab_size, c->hidden_size, (TensorRole){-1, -1, true, true}, &v->embed);
+    layout_tensor(lo, "model.embed_tokens.weight", c->vocab_size, c->hidden_size, (TensorRole){-1, -1, true, true, 0}, &v->embed);
 }
 
 static void head_tensors(Layout *lo, const MoeConfig *c, int l, const ExpertShard *sh, ParamViews *v) {
@@ -42,44 +42,44 @@ int blk_embedding_forward(Pass *P) {
         P->pairs += P->kv_hi[n] - b->kv_lo[n] + 1;
     }
     P->x = pass_resid(a, 0, N);
+    if (a->M) mtp_prepare(P);
     double t = prof_begin();
     embed_forward(P->x, b->tokens, m->w.embed, N, D);
     prof_end(PROF_EMBED, false, t, 0);
     return MOE_OK;
 }
 
-// the final norm, the output head over the rows that need logits only and the
-// cross-entropy; training: the head's backward pass too, chunk by chunk
-int blk_head_forward(Pass *P) {
+// One head over the stream x: its norm (weight nw), the output head over the rows that need
+// logits only and the cross-entropy against targets tg (summed into *ce); training: the
+// head's backward pass too, chunk by chunk (dlogits scaled by scale), the head's gradient
+// written (first) or added, the rows' gradients left in a->dxt
+static void head_pass(Pass *P, const float *x, const float *nw, const int *tg_all, float scale, double *ce, bool first) {
     Model *m = P->m;
     Acts *a = P->a;
-    const Batch *b = P->b;
     const ForwardOpts *o = P->o;
     const MoeConfig *c = &m->cfg;
-    const int N = b->N, D = c->hidden_size, V = c->vocab_size;
-    moe_free(P->kv_hi);
-    P->kv_hi = NULL;
+    const int N = P->b->N, D = c->hidden_size, V = c->vocab_size;
     double t = prof_begin();
-    rmsnorm_forward(a->xf, a->rstdf, P->x, m->w.norm, N, D, c->rms_norm_eps);
+    rmsnorm_forward(a->xf, a->rstdf, x, nw, N, D, c->rms_norm_eps);
     prof_end(PROF_NORM, false, t, 0);
     if (o->train) {
         a->n_out = 0;
         for (int n = 0; n < N; n++)
-            if (b->targets[n] >= 0) a->out_rows[a->n_out++] = n;
+            if (tg_all[n] >= 0) a->out_rows[a->n_out++] = n;
     }
     int Nt = a->n_out;
     for (int i = 0; i < Nt; i++) memcpy(a->xt + (size_t)i * D, a->xf + (size_t)a->out_rows[i] * D, sizeof(float) * D);
-    int *tg = NULL, ok = b->targets != NULL;
+    int *tg = NULL, ok = tg_all != NULL;
     if (ok) {
         tg = MOE_NEW(int, Nt > 0 ? Nt : 1);
-        for (int i = 0; i < Nt; i++) { tg[i] = b->targets[a->out_rows[i]]; ok &= tg[i] >= 0; }
+        for (int i = 0; i < Nt; i++) { tg[i] = tg_all[a->out_rows[i]]; ok &= tg[i] >= 0; }
     }
     if (!o->train) {   // all the logits at once: generation reads them
         t = prof_begin();
         linear_forward(a->logits, a->xt, m->w.head, Nt, D, V, false);
         prof_end(PROF_HEAD, false, t, 2.0 * Nt * D * V);
         t = prof_begin();
-        if (ok) xent_forward_backward(a->logits, tg, Nt, V, 0.0f, &P->out->ce_sum);
+        if (ok) xent_forward_backward(a->logits, tg, Nt, V, 0.0f, ce);
         prof_end(PROF_XENT, false, t, 0);
     } else {
         // chunk by chunk: logits, fused softmax cross-entropy (-> dlogits), then the head's
@@ -91,43 +91,79 @@ int blk_head_forward(Pass *P) {
             linear_forward(a->logits, xt, m->w.head, nc, D, V, false);
             prof_end(PROF_HEAD, false, t, 2.0 * nc * D * V);
             t = prof_begin();
-            if (ok) xent_forward_backward(a->logits, tg + i0, nc, V, o->ce_scale, &P->out->ce_sum);
+            if (ok) xent_forward_backward(a->logits, tg + i0, nc, V, scale, ce);
             prof_end(PROF_XENT, false, t, 0);
             t = prof_begin();
             linear_backward_beta(a->dxt + (size_t)i0 * D, m->g.head, a->logits, xt, m->w.head, nc, D, V, 0.0f,
-                                 P->gset && i0 == 0 ? 0.0f : 1.0f);
+                                 P->gset && first && i0 == 0 ? 0.0f : 1.0f);
             prof_end(PROF_HEAD, true, t, 4.0 * nc * D * V);
             moe_progress();
         }
     }
-    if (o->train && P->gset && Nt == 0) memset(m->g.head, 0, sizeof(float) * (size_t)V * D);   // no rows, no GEMM
+    if (o->train && P->gset && first && Nt == 0) memset(m->g.head, 0, sizeof(float) * (size_t)V * D);   // no rows, no GEMM
     moe_free(tg);
-    return MOE_OK;
 }
 
-// the head's backward pass ran with the forward pass (a->dxt); the rest starts here
-void blk_head_backward(Pass *P) {
-    Model *m = P->m;
+// the gradient the head's rows left in a->dxt, through its norm (weight nw, gradient gw), into dx
+static void head_norm_backward(Pass *P, float *dx, const float *x, const float *nw, float *gw) {
     Acts *a = P->a;
-    const MoeConfig *c = &m->cfg;
-    const int N = P->b->N, D = c->hidden_size, L = c->num_hidden_layers, Nt = a->n_out;
+    const int N = P->b->N, D = P->m->cfg.hidden_size, Nt = a->n_out;
     const size_t ND = (size_t)N * D;
-    P->pairs = 0;
-    for (int n = 0; n < N; n++) P->pairs += n - P->b->kv_lo[n] + 1;
     float *dxf = a->dxn;
     memset(dxf, 0, sizeof(float) * ND);
     for (int i = 0; i < Nt; i++) memcpy(dxf + (size_t)a->out_rows[i] * D, a->dxt + (size_t)i * D, sizeof(float) * D);
     double t = prof_begin();
-    memset(a->dx, 0, sizeof(float) * ND);
-    if (P->gset) memset(m->g.norm, 0, sizeof(float) * D);
-    rmsnorm_backward(a->dx, m->g.norm, dxf, pass_resid(a, L, N), m->w.norm, a->rstdf, N, D);
+    memset(dx, 0, sizeof(float) * ND);
+    if (P->gset) memset(gw, 0, sizeof(float) * D);
+    rmsnorm_backward(dx, gw, dxf, x, nw, a->rstdf, N, D);
     prof_end(PROF_NORM, true, t, 0);
+}
+
+// the final norm, the output head and the cross-entropy (inference: over a->out_rows); in
+// training with multi-token prediction then each module's head over its own stream, each
+// head's gradient through its norm into a->dhead at once
+int blk_head_forward(Pass *P) {
+    Model *m = P->m;
+    Acts *a = P->a;
+    const MoeConfig *c = &m->cfg;
+    const int N = P->b->N, L = c->num_hidden_layers, M = a->M;
+    moe_free(P->kv_hi);
+    P->kv_hi = NULL;
+    head_pass(P, pass_resid(a, L, N), m->w.norm, P->b->targets, P->o->ce_scale, &P->out->ce_sum, true);
+    if (M == 0) return MOE_OK;
+    const size_t ND = (size_t)a->Nmax * c->hidden_size;
+    head_norm_backward(P, a->dhead, pass_resid(a, L, N), m->w.norm, m->g.norm);
+    P->out->mtp_ce_sum = 0;
+    for (int k = 1; k <= M; k++) {
+        const LayerParams *p = &m->w.layer[L + k - 1];
+        const float *x = pass_resid(a, L + k, N);
+        head_pass(P, x, p->mtp_norm, a->mtp_tgt + (size_t)(k - 1) * a->Nmax, P->o->mtp_scale, &P->out->mtp_ce_sum, false);
+        head_norm_backward(P, a->dhead + k * ND, x, p->mtp_norm, m->g.layer[L + k - 1].mtp_norm);
+    }
+    return MOE_OK;
+}
+
+// the head's backward pass ran with the forward pass (a->dxt, or with MTP a->dhead); the
+// rest starts here
+void blk_head_backward(Pass *P) {
+    Model *m = P->m;
+    Acts *a = P->a;
+    const MoeConfig *c = &m->cfg;
+    const int N = P->b->N, L = c->num_hidden_layers;
+    P->pairs = 0;
+    for (int n = 0; n < N; n++) P->pairs += n - P->b->kv_lo[n] + 1;
+    if (a->M) {   // the top module's head's gradient; the others join on the way down (blk_mtp.c)
+        memcpy(a->dx, a->dhead + (size_t)a->M * a->Nmax * c->hidden_size, sizeof(float) * (size_t)N * c->hidden_size);
+        return;
+    }
+    head_norm_backward(P, a->dx, pass_resid(a, L, N), m->w.norm, m->g.norm);
 }
 
 void blk_embedding_backward(Pass *P) {
     const MoeConfig *c = &P->m->cfg;
-    // a tied embedding is the head's gradient, which the forward pass has written
-    if (P->gset && !c->tie_word_embeddings) memset(P->m->g.embed, 0, sizeof(float) * (size_t)c->vocab_size * c->hidden_size);
+    // a tied embedding is the head's gradient, which the forward pass has written; with
+    // multi-token prediction the top module's backward pass wrote it first
+    if (P->gset && !c->tie_word_embeddings && P->a->M == 0) memset(P->m->g.embed, 0, sizeof(float) * (size_t)c->vocab_size * c->hidden_size);
     double t = prof_begin();
     embed_backward(P->m->g.embed, P->a->dx, P->b->tokens, P->b->N, P->m->cfg.hidden_size);
     prof_end(PROF_EMBED, true, t, 0);

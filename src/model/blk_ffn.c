@@ -1,4 +1,7 @@
-// The dense feed-forward block: x + Wd (silu(Wg xn) * Wu xn), xn = rmsnorm(h).
+// The dense feed-forward block: x + Wd (silu(Wg xn) * Wu xn), xn = rmsnorm(h); and what every
+// FFN (dense or MoE) shares: its input norm, and under the sandwich norm its post-norm
+// x = h + rmsnorm(ffn(xn)).
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include "../base/base.h"
@@ -7,6 +10,18 @@
 #include "../kernels/simd.h"
 #include "pass.h"
 
+// an FFN's input norm (post_attention_layernorm; pre_mlp_layernorm under the sandwich norm,
+// whose post-norm post_mlp_layernorm starts at c_mlp / sqrt(L))
+void ffn_norm_tensors(Layout *lo, const MoeConfig *c, int l, LayerParams *p) {
+    char nm[96];
+    const int D = c->hidden_size;
+    snprintf(nm, sizeof nm, "model.layers.%d.%s.weight", l, c->sandwich_norm ? "pre_mlp_layernorm" : "post_attention_layernorm");
+    layout_tensor(lo, nm, D, 0, role_norm(l), &p->post_norm);
+    if (!c->sandwich_norm) return;
+    snprintf(nm, sizeof nm, "model.layers.%d.post_mlp_layernorm.weight", l);
+    layout_tensor(lo, nm, D, 0, role_gain(l, 0.432f / sqrtf((float)c->num_hidden_layers)), &p->ffn_post_norm);
+}
+
 static void dense_ffn_tensors(Layout *lo, const MoeConfig *c, int l, const ExpertShard *sh, ParamViews *v) {
     (void)sh;
     const int D = c->hidden_size, F = c->intermediate_size;
@@ -14,7 +29,7 @@ static void dense_ffn_tensors(Layout *lo, const MoeConfig *c, int l, const Exper
     char nm[96];
 #define T(suffix, d0, d1, role, view) do { snprintf(nm, sizeof nm, "model.layers.%d.%s", l, suffix); \
         layout_tensor(lo, nm, d0, d1, role, view); } while (0)
-    T("post_attention_layernorm.weight", D, 0, role_norm(l), &p->post_norm);
+    ffn_norm_tensors(lo, c, l, p);
     T("mlp.gate_proj.weight", F, D, role_matrix(l), &p->gate);   // gate then up: one [2F, D] GEMM
     T("mlp.up_proj.weight", F, D, role_matrix(l), &p->up);
     T("mlp.down_proj.weight", D, F, role_matrix(l), &p->down);
@@ -45,7 +60,31 @@ void blk_ffn_norm_forward(Pass *P, int l) {
     rmsnorm_forward(la->xn2, la->rstd2, la->h, P->m->w.layer[l].post_norm, N, D, c->rms_norm_eps);
     prof_end(PROF_NORM, false, t, 0);
     memcpy(pass_resid(P->a, l + 1, N), la->h, sizeof(float) * (size_t)N * D);
+    if (c->sandwich_norm) memset(la->fy, 0, sizeof(float) * (size_t)N * D);
     moe_progress();
+}
+
+float *pass_ffn_out(Pass *P, int l) {
+    return P->m->cfg.sandwich_norm ? pass_layer(P, l)->fy : pass_resid(P->a, l + 1, P->b->N);
+}
+
+// the sandwich norm: x = h + rmsnorm(ffn output), once the FFN's parts have added theirs
+void blk_ffn_post_forward(Pass *P, int l) {
+    const MoeConfig *c = &P->m->cfg;
+    LayerActs *la = pass_layer(P, l);
+    sandwich_add(P->a->tmp, pass_resid(P->a, l + 1, P->b->N), la->fy, la->rstd_fy, P->m->w.layer[l].ffn_post_norm,
+                 P->b->N, c->hidden_size, c->rms_norm_eps);
+}
+
+// a->dx, the gradient at the layer's output, becomes the gradient at the FFN's output
+void blk_ffn_post_backward(Pass *P, int l) {
+    const MoeConfig *c = &P->m->cfg;
+    Acts *a = P->a;
+    const int N = P->b->N, D = c->hidden_size;
+    LayerActs *la = &a->layer[l];
+    sandwich_backward(a->tmp, P->m->g.layer[l].ffn_post_norm, a->dx, la->fy, P->m->w.layer[l].ffn_post_norm,
+                      la->rstd_fy, N, D, P->gset);
+    memcpy(a->dx, a->tmp, sizeof(float) * (size_t)N * D);
 }
 
 // dh += rmsnorm^T(dxn): the FFN's input gradient through its norm
@@ -66,7 +105,7 @@ void blk_dense_ffn_forward(Pass *P, int l) {
     LayerActs *la = pass_layer(P, l);
     const LayerParams *p = &P->m->w.layer[l];
     double t = prof_begin();
-    swiglu_ffn_forward(pass_resid(P->a, l + 1, N), la->gu, la->a, la->xn2, p->gate, p->down, N, D, c->intermediate_size, true);
+    swiglu_ffn_forward(pass_ffn_out(P, l), la->gu, la->a, la->xn2, p->gate, p->down, N, D, c->intermediate_size, true);
     prof_end(PROF_DENSE, false, t, 6.0 * N * D * c->intermediate_size);
 }
 
@@ -89,6 +128,7 @@ static int dense_ffn_saved(const MoeConfig *c, int l, SavedDecl *out) {
     int n = 0;
     out[n++] = SAVED(SAVE_NORM_OUT, xn2, D);
     if (F > 0) { out[n++] = SAVED(SAVE_PRE_ACT, gu, 2 * F); out[n++] = SAVED(SAVE_PRODUCT, a, F); }
+    if (c->sandwich_norm) out[n++] = SAVED(SAVE_ACT, fy, D);
     return n;
 }
 

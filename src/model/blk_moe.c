@@ -10,8 +10,7 @@ static void moe_ffn_tensors(Layout *lo, const MoeConfig *c, int l, const ExpertS
     const int D = c->hidden_size, E = c->n_routed_experts, F = c->moe_intermediate_size;
     LayerParams *p = &v->layer[l];
     char nm[96];
-    snprintf(nm, sizeof nm, "model.layers.%d.post_attention_layernorm.weight", l);
-    layout_tensor(lo, nm, D, 0, role_norm(l), &p->post_norm);
+    ffn_norm_tensors(lo, c, l, p);
     snprintf(nm, sizeof nm, "model.layers.%d.mlp.gate.weight", l);
     layout_tensor(lo, nm, E, D, role_matrix(l), &p->router);
     // this process's experts (its shard): expert j's gate_proj and up_proj side by side
@@ -19,7 +18,7 @@ static void moe_ffn_tensors(Layout *lo, const MoeConfig *c, int l, const ExpertS
     const int n = shard_experts(sh, c);
     for (int j = 0; j < n; j++) {
         const int e = shard_expert(sh, l, j);
-        const TensorRole r = {l, e, true, false};
+        const TensorRole r = {l, e, true, false, 0};
         float *view;
         snprintf(nm, sizeof nm, "model.layers.%d.mlp.experts.%d.gate_proj.weight", l, e);
         layout_tensor(lo, nm, F, D, r, j == 0 ? &p->e_gate_up : &view);
@@ -30,7 +29,7 @@ static void moe_ffn_tensors(Layout *lo, const MoeConfig *c, int l, const ExpertS
         const int e = shard_expert(sh, l, j);
         float *view;
         snprintf(nm, sizeof nm, "model.layers.%d.mlp.experts.%d.down_proj.weight", l, e);
-        layout_tensor(lo, nm, D, F, (TensorRole){l, e, true, false}, j == 0 ? &p->e_down : &view);
+        layout_tensor(lo, nm, D, F, (TensorRole){l, e, true, false, 0}, j == 0 ? &p->e_down : &view);
     }
 }
 
@@ -74,7 +73,7 @@ int blk_moe_experts_forward(Pass *P, int l) {
         if (P->o->train) P->a->rows_l[l] += la->moe.R;
         return moe_ep_experts(&la->moe, &P->a->ew, pass_ep_comm(P), &mw);
     }
-    moe_experts_forward(&la->moe, la->xn2, &mw, pass_resid(P->a, l + 1, P->b->N));
+    moe_experts_forward(&la->moe, la->xn2, &mw, pass_ffn_out(P, l));
     return MOE_OK;
 }
 
@@ -86,7 +85,7 @@ int blk_moe_finish_forward(Pass *P, int l) {
     const MoeConfig *c = &m->cfg;
     const int N = P->b->N, E = c->n_routed_experts;
     MoeActs *ma = &pass_layer(P, l)->moe;
-    if (pass_ep_comm(P)) MOE_TRY(moe_ep_combine(ma, pass_ep_comm(P), pass_resid(a, l + 1, N)));
+    if (pass_ep_comm(P)) MOE_TRY(moe_ep_combine(ma, pass_ep_comm(P), pass_ffn_out(P, l)));
     if (!P->o->train) return MOE_OK;
     double t = prof_begin();
     if (c->aux_scope == MOE_AUX_EP_GROUP && pass_ep_comm(P)) {
@@ -168,6 +167,7 @@ static int moe_ffn_saved(const MoeConfig *c, int l, SavedDecl *out) {
     out[n++] = SAVED_ROWS(SAVE_ROWS_PRE_ACT, gu, 2 * F);
     out[n++] = SAVED_ROWS(SAVE_ROWS_IN, xe, D);
     out[n++] = SAVED_ROWS(SAVE_ROWS_PRODUCT, ae, F);
+    if (c->sandwich_norm) out[n++] = SAVED(SAVE_ACT, fy, D);   // the FFN's output before its post-norm
     return n;
 }
 

@@ -26,7 +26,7 @@ void blk_shared_expert_forward(Pass *P, int l) {
     LayerActs *la = pass_layer(P, l);
     const LayerParams *p = &P->m->w.layer[l];
     double t = prof_begin();
-    swiglu_ffn_forward(pass_resid(P->a, l + 1, N), la->gu, la->a, la->xn2, p->s_gate, p->s_down, N, D, Fs, true);
+    swiglu_ffn_forward(pass_ffn_out(P, l), la->gu, la->a, la->xn2, p->s_gate, p->s_down, N, D, Fs, true);
     prof_end(PROF_SHARED, false, t, 6.0 * N * D * Fs);
 }
 

@@ -13,6 +13,7 @@ typedef struct {
     int expert;            // a routed expert's id in its layer, -1 for any other tensor
     bool decay;            // AdamW weight decay (matrices)
     bool embedding;        // initialised as an embedding
+    float gain;            // a norm's initial value (0: 1)
 } TensorRole;
 
 // Receives the declarations: a first walk adds the tensors to the model's list, a second
@@ -53,14 +54,15 @@ typedef struct {
     // block l's tensors (l = -1 before the layers, L after them) in blob order; their views
     // go to v (v->layer[l] for a layer's blocks)
     void (*tensors)(Layout *lo, const MoeConfig *c, int l, const ExpertShard *sh, ParamViews *v);
-    // the intermediates block l saves for its backward pass (at most 8); returns how many
+    // the intermediates block l saves for its backward pass (at most 16); returns how many
     int (*saved)(const MoeConfig *c, int l, SavedDecl *out);
 } BlockKind;
 
-extern const BlockKind BLOCK_EMBEDDING, BLOCK_ATTENTION, BLOCK_DENSE_FFN, BLOCK_MOE_FFN, BLOCK_SHARED_EXPERT, BLOCK_HEAD;
+extern const BlockKind BLOCK_EMBEDDING, BLOCK_ATTENTION, BLOCK_MLA, BLOCK_MTP, BLOCK_DENSE_FFN, BLOCK_MOE_FFN, BLOCK_SHARED_EXPERT, BLOCK_HEAD;
 
 // the blocks of layer l, in order; returns how many
 int model_layer_blocks(const MoeConfig *c, int l, const BlockKind **out);
 
-static inline TensorRole role_norm(int l) { return (TensorRole){l, -1, false, false}; }
-static inline TensorRole role_matrix(int l) { return (TensorRole){l, -1, true, false}; }
+static inline TensorRole role_norm(int l) { return (TensorRole){l, -1, false, false, 0}; }
+static inline TensorRole role_gain(int l, float g) { return (TensorRole){l, -1, false, false, g}; }
+static inline TensorRole role_matrix(int l) { return (TensorRole){l, -1, true, false, 0}; }

@@ -34,12 +34,14 @@ void layout_tensor(Layout *lo, const char *name, int d0, int d1, TensorRole role
     t->expert_id = role.expert;
     t->layer = role.layer;
     t->embedding = role.embedding;
+    t->gain = role.gain;
     m->n_params += t->numel;
 }
 
 int model_layer_blocks(const MoeConfig *c, int l, const BlockKind **out) {
     int n = 0;
-    out[n++] = &BLOCK_ATTENTION;
+    if (l >= c->num_hidden_layers) out[n++] = &BLOCK_MTP;   // a multi-token-prediction module's input
+    out[n++] = config_is_mla(c) ? &BLOCK_MLA : &BLOCK_ATTENTION;
     if (!config_layer_is_moe(c, l)) out[n++] = &BLOCK_DENSE_FFN;
     else {
         out[n++] = &BLOCK_MOE_FFN;
@@ -49,7 +51,7 @@ int model_layer_blocks(const MoeConfig *c, int l, const BlockKind **out) {
 }
 
 static void layout_walk(Layout *lo, const MoeConfig *c, const ExpertShard *sh, ParamViews *v) {
-    const int L = c->num_hidden_layers;
+    const int L = config_n_layers(c);
     BLOCK_EMBEDDING.tensors(lo, c, -1, sh, v);
     for (int l = 0; l < L; l++) {
         const BlockKind *b[8];
@@ -64,7 +66,7 @@ void model_layout_sharded(Model *m, const MoeConfig *c, const ExpertShard *sh) {
     memset(m, 0, sizeof *m);
     m->cfg = *c;
     Layout lo = {m, 0, NULL, 0};
-    ParamViews scratch = {.layer = MOE_NEW(LayerParams, c->num_hidden_layers)};
+    ParamViews scratch = {.layer = MOE_NEW(LayerParams, config_n_layers(c))};
     layout_walk(&lo, c, sh, &scratch);
     moe_free(scratch.layer);
 }
@@ -75,18 +77,18 @@ void model_build_sharded(Model *m, const MoeConfig *c, bool with_grads, const Ex
     model_layout_sharded(m, c, sh);
     MemCategory old = mem_category(MEM_PARAMS);
     m->params = MOE_NEW(float, m->n_params);
-    m->w.layer = MOE_NEW(LayerParams, c->num_hidden_layers);
+    m->w.layer = MOE_NEW(LayerParams, config_n_layers(c));
     Layout lo = {m, 0, m->params, 0};
     layout_walk(&lo, c, sh, &m->w);
     if (with_grads) {
         mem_category(MEM_GRADS);
         m->grads = MOE_NEW(float, m->n_params);
         mem_category(MEM_PARAMS);
-        m->g.layer = MOE_NEW(LayerParams, c->num_hidden_layers);
+        m->g.layer = MOE_NEW(LayerParams, config_n_layers(c));
         lo = (Layout){m, 0, m->grads, 0};
         layout_walk(&lo, c, sh, &m->g);
     }
-    m->bias = MOE_NEW(float, (size_t)c->num_hidden_layers * (c->n_routed_experts > 0 ? c->n_routed_experts : 1));
+    m->bias = MOE_NEW(float, (size_t)config_n_layers(c) * (c->n_routed_experts > 0 ? c->n_routed_experts : 1));
     rope_table_init(&m->rope, c->max_position_embeddings, config_rope_dim(c), c->rope_theta, c->rope_interleave);
     mem_category(old);
 }
@@ -109,7 +111,9 @@ void model_init_weights(Model *m, unsigned long long seed) {
     // (numbers__place_value: 0.99 exact match after 100 s against 0.28): embeddings N(0,1)
     // as nn.Embedding; matrices N(0, 1/(3 fan_in)), the variance of nn.Linear's uniform
     // init. A tied embedding is also the output head, so it starts at N(0, 1/D) instead.
-    // Norms start at 1, the balance bias at 0.
+    // Norms start at 1 (the sandwich norm's post-norms at c/sqrt(L), as their blocks
+    // declare), the balance bias at 0. TinyInit (init_method "tiny") draws every matrix
+    // with std sqrt(1/(2 D L)) and the embedding with 0.5, as Pangu Ultra does.
     // Each tensor draws from its own stream (the seed and its name), so a process that
     // holds some of the experts initialises them exactly as one that holds them all.
     Rng r;
@@ -119,11 +123,13 @@ void model_init_weights(Model *m, unsigned long long seed) {
         uint64_t h = 1469598103934665603ULL;   // FNV-1a of the name
         for (const char *q = t->name; *q; q++) h = (h ^ (unsigned char)*q) * 1099511628211ULL;
         rng_seed(&r, seed ^ (h * 0x9E3779B97F4A7C15ULL));
-        if (t->ndim == 1) { for (size_t j = 0; j < t->numel; j++) p[j] = 1.0f; continue; }
+        if (t->ndim == 1) { for (size_t j = 0; j < t->numel; j++) p[j] = t->gain ? t->gain : 1.0f; continue; }
         float s = 1.0f / sqrtf(3.0f * t->shape[1]);
         if (t->embedding) s = m->cfg.tie_word_embeddings ? 1.0f / sqrtf((float)t->shape[1]) : 1.0f;
+        if (m->cfg.init_method == MOE_INIT_TINY)   // TinyInit (Pangu Ultra): sqrt(1/(2 D L)), embedding 0.5
+            s = t->embedding ? 0.5f : sqrtf(1.0f / (2.0f * m->cfg.hidden_size * m->cfg.num_hidden_layers));
         for (size_t j = 0; j < t->numel; j++) p[j] = s * rng_normal(&r);
     }
-    memset(m->bias, 0, sizeof(float) * (size_t)m->cfg.num_hidden_layers * imax(m->cfg.n_routed_experts, 1));
+    memset(m->bias, 0, sizeof(float) * (size_t)config_n_layers(&m->cfg) * imax(m->cfg.n_routed_experts, 1));
 }
 

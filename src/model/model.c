@@ -11,7 +11,9 @@ static bool is_moe(const Pass *P, int l) { return config_layer_is_moe(&P->m->cfg
 // attention block, then the FFN's input norm and the dense FFN, or the router and the
 // dispatch of the MoE layer
 static int fwd_attn(Pass *P, int l) {
-    blk_attention_forward(P, l);
+    if (l >= P->m->cfg.num_hidden_layers) blk_mtp_forward(P, l);
+    if (config_is_mla(&P->m->cfg)) blk_mla_forward(P, l);
+    else blk_attention_forward(P, l);
     blk_ffn_norm_forward(P, l);
     if (!is_moe(P, l)) { blk_dense_ffn_forward(P, l); return MOE_OK; }
     return blk_moe_route_forward(P, l);
@@ -20,6 +22,7 @@ static int fwd_attn(Pass *P, int l) {
 // the routed experts' outputs join the stream; balance loss and statistics; bf16 stash
 static int fwd_finish(Pass *P, int l) {
     if (is_moe(P, l)) MOE_TRY(blk_moe_finish_forward(P, l));
+    if (P->m->cfg.sandwich_norm) blk_ffn_post_forward(P, l);
     if (P->a->bf16) acts_stash(P->a, P->m, l, P->b->N, true);
     P->x = pass_resid(P->a, l + 1, P->b->N);
     return MOE_OK;
@@ -34,6 +37,7 @@ static int bwd_ffn_or_send(Pass *P, int l) {
     const size_t ND = (size_t)P->b->N * P->m->cfg.hidden_size;
     if (a->bf16) acts_stash(a, P->m, l, P->b->N, false);
     memcpy(a->dh, a->dx, sizeof(float) * ND);
+    if (P->m->cfg.sandwich_norm) blk_ffn_post_backward(P, l);
     memset(a->dxn, 0, sizeof(float) * ND);
     acts_restore(P, l);
     if (!is_moe(P, l)) { blk_dense_ffn_backward(P, l); return MOE_OK; }
@@ -57,12 +61,14 @@ static int bwd_attention(Pass *P, int l) {
         blk_moe_router_backward(P, l);
     }
     blk_ffn_norm_backward(P, l);
-    blk_attention_backward(P, l);
+    if (config_is_mla(&P->m->cfg)) blk_mla_backward(P, l);
+    else blk_attention_backward(P, l);
+    if (l >= P->m->cfg.num_hidden_layers) blk_mtp_backward(P, l);
     return MOE_OK;
 }
 
 int pass_run_stage(Pass *P, int kind, int l) {
-    const bool moe = l >= 0 && l < P->m->cfg.num_hidden_layers && is_moe(P, l), ep = pass_ep_comm(P) != NULL;
+    const bool moe = l >= 0 && l < config_n_layers(&P->m->cfg) && is_moe(P, l), ep = pass_ep_comm(P) != NULL;
     switch ((StageKind)kind) {
     case STAGE_FWD_BEGIN: return blk_embedding_forward(P);
     case STAGE_FWD_ATTN: return fwd_attn(P, l);

@@ -20,11 +20,18 @@ typedef struct {
     int layer;           // its layer; L for an untied lm_head, -1 for the embedding and final norm
     int expert_id;       // a routed expert's index in its layer, else -1
     bool embedding;      // initialised as an embedding
+    float gain;          // a norm's initial value (0: 1)
 } ParamTensor;
 
 typedef struct {
-    float *in_norm, *post_norm;          // [D]
+    float *in_norm, *post_norm;          // [D] the attention's and the FFN's input norms
     float *wq, *wk, *wv, *wo;            // [H*hd,D] [Hkv*hd,D] [Hkv*hd,D] [D,H*hd]; q|k|v contiguous
+                                         // (MLA: wq is q_proj [H*qk,D] without query compression; wo [D,H*v])
+    float *q_norm, *k_norm;              // [hd] q/k norm (Qwen3)
+    float *attn_post_norm, *ffn_post_norm; // [D] sandwich norm: after attention, after the FFN
+    float *q_a, *q_a_norm, *q_b;         // MLA: [qr,D] [qr] [H*qk,qr] (query compression)
+    float *kv_a, *kv_a_norm, *kv_b;      // MLA: [kvr+rope,D] [kvr] [H*(nope+v),kvr]
+    float *mtp_enorm, *mtp_hnorm, *mtp_eh, *mtp_norm; // an MTP module's [D] [D] [D,2D] [D] (layers L..)
     float *gate, *up, *down;             // dense [Fd,D] [Fd,D] [D,Fd]; up follows gate: [2Fd,D]
     float *router;                       // [E,D]
     float *e_gate_up, *e_down;           // [E,2Fe,D] (gate then up per expert), [E,D,Fe]
@@ -84,8 +91,15 @@ int model_find_tensor(const Model *m, const char *name);
 typedef struct {
     float *x;              // [N,D] layer input (points into Acts.xs)
     float *rstd1, *xn1;    // [N], [N,D]
-    float *q, *k, *v;      // [N,H*hd], [N,Hkv*hd] x2 (q, k after RoPE)
+    float *q, *k, *v;      // [N,H*hd], [N,Hkv*hd] x2 (q, k after RoPE); MLA [N,H*qk] x2, [N,H*v]
     float *att, *lse;      // [N,H*hd], [N,H]
+    float *qr, *kr;        // q/k norm: q, k before it, [N,H*hd] [N,Hkv*hd]
+    float *rstd_q, *rstd_k; // q/k norm: [N*H], [N*Hkv]
+    float *ao, *rstd_ao;   // sandwich: the attention's output before its norm [N,D], [N]
+    float *fy, *rstd_fy;   // sandwich: the FFN's output before its norm [N,D], [N]
+    float *cq, *cqn, *rstd_cq;     // MLA: the query latent, normalised [N,qr] x2, [N]
+    float *ckv, *ckvn, *rstd_ckv;  // MLA: the key/value latent and RoPE key [N,kvr+rope], normalised [N,kvr], [N]
+    float *mtp_in, *mtp_cat, *rstd_e, *rstd_hp; // MTP module: its input [N,D], [enorm(e) | hnorm(h)] [N,2D], [N] x2
     float *h;              // [N,D] after the attention residual
     float *rstd2, *xn2;    // [N], [N,D]
     float *gu, *a;         // dense or shared-expert SwiGLU: [N,2F] gate|up, [N,F] silu(g)*u
@@ -99,6 +113,15 @@ typedef struct {
     float *rc_xn, *rc_a, *rc_xe, *rc_ae, *rc_h, *rc_ye, *rc_mgu, *router_logits;
     bool bf16;             // saved intermediates packed per layer; f32 working set shared
     float *ws_q, *ws_k, *ws_v, *ws_att, *ws_h, *ws_xn1, *ws_xn2, *ws_gu, *ws_a, *ws_mgu, *ws_mxe, *ws_mae;
+    float *ws_qr, *ws_kr, *ws_ao, *ws_fy, *ws_cq, *ws_cqn, *ws_ckv, *ws_ckvn, *ws_mcat;   // (the variants' own)
+    int M;                 // training: multi-token-prediction modules (layers L - M .. L - 1 of a->L)
+    float *tmp;            // [N,D] scratch of the sandwich norms' passes
+    float *kvb;            // MLA: [N, H*(nope+v)] the latent through kv_b
+    // multi-token prediction (training): each module's input tokens and targets [M][Nmax];
+    // the gradient each head gives the stream it reads [M+1][Nmax,D] (0: the main head's);
+    // scratch [Nmax,2D]
+    int *mtp_tok, *mtp_tgt;
+    float *dhead, *dmtp;
     float *xs;             // [L+1][N,D] residual stream
     LayerActs *layer;
     float *rstdf, *xf;     // final norm
@@ -109,6 +132,7 @@ typedef struct {
     int n_out;
     // backward workspace
     float *dx, *dh, *dxn, *dq, *dk, *dv, *datt, *da;
+    float *dmla;           // MLA: the latents' gradients
     MoeWork mw;
     MoeEpWork ew;          // expert parallelism (Model.comm)
     bool ep;
@@ -136,13 +160,17 @@ enum { ACTS_INFER = 0, ACTS_TRAIN = 1, ACTS_RECOMPUTE = 2, ACTS_BF16 = 4, ACTS_R
 void acts_alloc(Acts *a, const Model *m, int Nmax, int mode);
 void acts_free(Acts *a);
 
-// Key/value cache for generation: slot s of layer l holds the keys of one position.
+// Key/value cache for generation: slot s of layer l holds the keys of one position (MLA:
+// k[l] holds the normalised latent and the rotated RoPE key, [kvr + rope] a slot; v unused).
 typedef struct { int S; float **k, **v; } KvCache;
+// the floats one slot of one layer holds in k and in v
+void kv_cache_widths(const MoeConfig *c, int *wk, int *wv);
 
 typedef struct {
     bool train;            // capacity on, dlogits written, activations kept
     float ce_scale;        // d(loss)/d(ce_sum): 1 / targets in the global batch
     float aux_scale;       // weight of each balance unit (micro-batch or sequence)
+    float mtp_scale;       // d(loss)/d(an MTP module's ce_sum): mtp_loss_weight / M * ce_scale
     const ExpertShard *shard; // the experts the model's blob holds (NULL: all of them)
     const KvCache *cache;  // inference: keys/values go to cache slots
     const int *slot;       // [N] cache slot of each token (kv range is [kv_lo, slot])
@@ -155,7 +183,7 @@ typedef struct {
     bool grad_set;
 } ForwardOpts;
 
-typedef struct { double ce_sum, aux; } ForwardOut;
+typedef struct { double ce_sum, aux, mtp_ce_sum; } ForwardOut;   // (mtp: summed over the modules)
 
 // Logits are computed for the target rows (training) or for `out_rows` set by the caller
 // (inference: a->n_out rows of a->out_rows before the call); they land in a->logits.

@@ -45,6 +45,20 @@ void swiglu_ffn_forward(float *out, float *gu, float *act, const float *x, const
 void swiglu_ffn_backward(float *dx, float *dWgu, float *dWd, const float *dout, const float *x, float *gu,
                          const float *act, const float *Wgu, const float *Wd, float *da, int N, int D, int F, float bw);
 
+// the attention blocks' output: h = x + att Wo^T (sandwich norm: + rmsnorm(att Wo^T)), and
+// its backward pass dh -> a->datt (blk_attention.c; the MLA block shares them)
+void attn_post_norm_tensor(Layout *lo, const MoeConfig *c, int l, LayerParams *p);
+void attn_output_forward(Pass *P, int l, const float *att, int width);
+void attn_output_backward(Pass *P, int l, const float *att, int width);
+// the sandwich norm: out += rmsnorm(y, w) (tmp: [N,D] scratch), and dout -> dy (overwritten), dw
+void sandwich_add(float *tmp, float *out, const float *y, float *rstd, const float *w, int N, int D, float eps);
+void sandwich_backward(float *dy, float *dw, const float *dout, const float *y, const float *w, const float *rstd,
+                       int N, int D, bool gset);
+// where the FFN of layer l adds its output: the stream, or under the sandwich norm the
+// buffer its post-norm reads (blk_ffn.c)
+float *pass_ffn_out(Pass *P, int l);
+void ffn_norm_tensors(Layout *lo, const MoeConfig *c, int l, LayerParams *p);
+
 // ---- the blocks' passes (block.h lists the kinds; each kind's file holds its own)
 int blk_embedding_forward(Pass *P);                 // blk_ends.c
 int blk_head_forward(Pass *P);                      // final norm, head, cross-entropy (+ the head's backward)
@@ -52,8 +66,12 @@ void blk_head_backward(Pass *P);                    // the final norm's backward
 void blk_embedding_backward(Pass *P);
 void blk_attention_forward(Pass *P, int l);         // blk_attention.c: h = x + attention(rmsnorm(x))
 void blk_attention_backward(Pass *P, int l);        // dh -> dx (and the input norm)
+void blk_mla_forward(Pass *P, int l);               // blk_mla.c: the same under multi-head latent attention
+void blk_mla_backward(Pass *P, int l);
 void blk_ffn_norm_forward(Pass *P, int l);          // blk_ffn.c: xn2 = rmsnorm(h), the stream starts at h
 void blk_ffn_norm_backward(Pass *P, int l);         // dh += rmsnorm^T(dxn)
+void blk_ffn_post_forward(Pass *P, int l);          // sandwich: x = h + rmsnorm(the FFN's output)
+void blk_ffn_post_backward(Pass *P, int l);         // sandwich: a->dx -> the FFN output's gradient
 void blk_dense_ffn_forward(Pass *P, int l);
 void blk_dense_ffn_backward(Pass *P, int l);
 int blk_moe_route_forward(Pass *P, int l);          // blk_moe.c: router, dispatch (EP: rows sent)
@@ -63,5 +81,8 @@ int blk_moe_backward_start(Pass *P, int l);         // the experts' backward (EP
 void blk_moe_router_backward(Pass *P, int l); // routing weights, balance loss, router
 int blk_moe_owner_backward(Pass *P, int l);         // EP: the owners' GEMMs on what arrived
 int blk_moe_backward_finish(Pass *P, int l);        // EP: the input gradients and dw arrive
+void mtp_prepare(Pass *P);                          // blk_mtp.c: the modules' tokens and targets
+void blk_mtp_forward(Pass *P, int l);               // an MTP module's input (layers L..)
+void blk_mtp_backward(Pass *P, int l);              // its gradient back to the stream and embedding
 void blk_shared_expert_forward(Pass *P, int l);     // blk_shared.c
 void blk_shared_expert_backward(Pass *P, int l);

@@ -85,7 +85,9 @@ int model_run(Model *m, const Schedule *s, Acts *a[], const Batch *b[], const Fo
     for (int i = 0; i < s->n_passes; i++)
         P[i] = (Pass){m, a[i], b[i], o, out ? &out[i] : NULL, NULL, NULL, 0, o->grad_set && i == 0};
     int rc = MOE_OK;
-    for (int f = 0; f < s->n_phases && rc == MOE_OK; f++) rc = run_phase(P, &s->phase[f], m->cfg.num_hidden_layers);
+    // training runs the multi-token-prediction modules' layers after the stack's
+    const int L = o->train ? config_n_layers(&m->cfg) : m->cfg.num_hidden_layers;
+    for (int f = 0; f < s->n_phases && rc == MOE_OK; f++) rc = run_phase(P, &s->phase[f], L);
     if (rc != MOE_OK)
         for (int i = 0; i < s->n_passes; i++) pass_abort(&P[i]);
     return rc;

@@ -74,14 +74,14 @@ static int sum_replicas(const Model *m, const ExpertShard *sh) {
     const size_t FD = (size_t)c->moe_intermediate_size * c->hidden_size, per = 3 * FD;
     const int E = pl->E, S = pl->S, me = sh->rank;
     int n = 0;
-    for (int l = 0; l < c->num_hidden_layers; l++)
+    for (int l = 0; l < config_n_layers(c); l++)
         if (config_layer_is_moe(c, l))
             for (int e = 0; e < E; e++) n += pl->rep_n[(size_t)l * E + e] > 1;
     if (n == 0) return MOE_OK;
     float *buf = MOE_NEW(float, (size_t)n * per);
     for (int pass = 0; pass < 2; pass++) {   // 0: pack (zeros where this rank has no replica), 1: unpack
         int k = 0;
-        for (int l = 0; l < c->num_hidden_layers; l++) {
+        for (int l = 0; l < config_n_layers(c); l++) {
             if (!config_layer_is_moe(c, l)) continue;
             const int *slot = pl->slot_expert + ((size_t)l * pl->P + me) * S;
             for (int e = 0; e < E; e++) {

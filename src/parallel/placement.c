@@ -15,7 +15,7 @@ int par_migrate(Model *m, ExpertShard *sh, AdamW *opt, const MoePlacement *np) {
     AdamW no;
     adamw_alloc(&no, nm.n_params);
     no.t = opt->t;
-    memcpy(nm.bias, m->bias, sizeof(float) * (size_t)c->num_hidden_layers * c->n_routed_experts);
+    memcpy(nm.bias, m->bias, sizeof(float) * (size_t)config_n_layers(c) * c->n_routed_experts);
     Model *from = MOE_NEW(Model, 2 * P), *to = from + P;
     for (int q = 0; q < P; q++) {
         const ExpertShard a = shard_at(sh, q), b = shard_at(&nsh, q);
@@ -48,7 +48,7 @@ int par_place_again(Model *m, ExpertShard *sh, AdamW *opt, const double *win_loa
                     int *moved, double *before, double *after) {
     const MoeConfig *c = &m->cfg;
     const DistInfo *di = dist_info();
-    const int L = c->num_hidden_layers, E = c->n_routed_experts, ep = di->ep;
+    const int L = config_n_layers(c), E = c->n_routed_experts, ep = di->ep;
     moe_placement_alloc(np, L, E, ep, R);
     const int S = np->S, G = ep * S;
     double *rl = MOE_NEW(double, 2 * ep), *rt = rl + ep;

@@ -73,7 +73,7 @@ static int save_ep(const char *dir, const Model *m, const ExpertShard *sh, const
         model_build(&full, c, false);
         adamw_alloc(&fo, full.n_params);
         fo.t = opt->t;
-        memcpy(full.bias, m->bias, sizeof(float) * (size_t)c->num_hidden_layers * c->n_routed_experts);
+        memcpy(full.bias, m->bias, sizeof(float) * (size_t)config_n_layers(c) * c->n_routed_experts);
         dst[0] = full.params; dst[1] = fo.m; dst[2] = fo.v;
     }
     float *src[3] = {m->params, opt->m, opt->v};

@@ -42,7 +42,7 @@ static int read_placement(const cJSON *p, const MoeConfig *c, TrainProgress *pr)
     const cJSON *ep = cJSON_GetObjectItem(p, "ep"), *S = cJSON_GetObjectItem(p, "slots_per_rank"),
                 *a = cJSON_GetObjectItem(p, "slot_expert");
     if (!cJSON_IsNumber(ep) || !cJSON_IsNumber(S) || !cJSON_IsArray(a) || ep->valueint < 1 || S->valueint < 1) return MOE_FAIL;
-    const int L = c->num_hidden_layers, E = c->n_routed_experts, P = ep->valueint, n = S->valueint;
+    const int L = config_n_layers(c), E = c->n_routed_experts, P = ep->valueint, n = S->valueint;
     if (cJSON_GetArraySize(a) != L * P * n || P * n < E) return MOE_FAIL;
     int *slots = MOE_NEW(int, (size_t)L * P * n), i = 0, rc = MOE_OK;
     const cJSON *v;

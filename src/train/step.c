@@ -33,6 +33,8 @@ int train_accumulate_ex(Model *m, const ExpertShard *sh, Acts *a[2], Batch *b[2]
     const MoeConfig *c = &m->cfg;
     const bool halves = a[1] != NULL;   // each micro-batch as two interleaved halves
     ForwardOpts fo = {.train = true, .ce_scale = (float)(1.0 / targets), .shard = sh};
+    const int M = m->cfg.num_mtp_layers;
+    if (M) fo.mtp_scale = (float)(m->cfg.mtp_loss_weight / M / targets);
     MoeComm *comm = sh ? sh->comm : NULL;
     // balance units: micro-batches ("batch"; halves count as units) or sequences
     // ("sequence") of the global batch; "ep_group" under EP: one unit per EP group's
@@ -49,16 +51,16 @@ int train_accumulate_ex(Model *m, const ExpertShard *sh, Acts *a[2], Batch *b[2]
         vec_zero(m->grads, m->n_params);
         prof_end(PROF_ZERO, false, tz, 0);
     }
-    const int LE = c->num_hidden_layers * imax(c->n_routed_experts, 1);
+    const int LE = config_n_layers(c) * imax(c->n_routed_experts, 1);
     for (int h = 0; h < (halves ? 2 : 1); h++) {
         memset(a[h]->load, 0, sizeof(long) * LE);
-        memset(a[h]->drop_l, 0, sizeof(long) * c->num_hidden_layers);
-        memset(a[h]->rows_l, 0, sizeof(long) * c->num_hidden_layers);
+        memset(a[h]->drop_l, 0, sizeof(long) * config_n_layers(c));
+        memset(a[h]->rows_l, 0, sizeof(long) * config_n_layers(c));
         a[h]->dropped = a[h]->assigned = 0;
     }
     GradSync gs;
     par_grads_begin(&gs, m, sh, zoff, overlap);
-    double ce = 0, aux = 0;
+    double ce = 0, aux = 0, mtp = 0;
     int rc = MOE_OK;
     for (int s = 0; s < count && rc == MOE_OK; s += micro_batch) {
         int nb = imin(micro_batch, count - s);
@@ -74,36 +76,40 @@ int train_accumulate_ex(Model *m, const ExpertShard *sh, Acts *a[2], Batch *b[2]
         rc = model_run(m, sched, a, bb, &fo, fout);
         if (rc != MOE_OK) break;
         fo.grad_set = false;
-        double ce_mb = 0, aux_mb = 0;   // (the halves summed first, then the micro-batch)
+        double ce_mb = 0, aux_mb = 0, mtp_mb = 0;   // (the halves summed first, then the micro-batch)
         for (int h = 0; h < sched->n_passes; h++) {
             ce_mb += fout[h].ce_sum;
             aux_mb += fout[h].aux;
+            mtp_mb += fout[h].mtp_ce_sum;
             out->tokens += b[h]->N;
         }
         ce += ce_mb;
         aux += aux_mb;
+        mtp += mtp_mb;
     }
     MOE_TRY(par_grads_end(&gs, rc));
     if (halves) {   // the statistics of both halves in a[0]
         for (int i = 0; i < LE; i++) a[0]->load[i] += a[1]->load[i];
-        for (int l = 0; l < c->num_hidden_layers; l++) { a[0]->drop_l[l] += a[1]->drop_l[l]; a[0]->rows_l[l] += a[1]->rows_l[l]; }
+        for (int l = 0; l < config_n_layers(c); l++) { a[0]->drop_l[l] += a[1]->drop_l[l]; a[0]->rows_l[l] += a[1]->rows_l[l]; }
         a[0]->dropped += a[1]->dropped;
         a[0]->assigned += a[1]->assigned;
     }
     if (P > 1) {
-        double v[2] = {ce, aux};
-        MOE_TRY(dist_sum_f64(v, 2, DIST_WORLD));
-        ce = v[0]; aux = v[1];
+        double v[3] = {ce, aux, mtp};
+        MOE_TRY(dist_sum_f64(v, 3, DIST_WORLD));
+        ce = v[0]; aux = v[1]; mtp = v[2];
         long cnt[3] = {out->tokens, a[0]->dropped, a[0]->assigned};
         MOE_TRY(dist_sum_long(cnt, 3, DIST_WORLD));
         out->tokens = cnt[0]; a[0]->dropped = cnt[1]; a[0]->assigned = cnt[2];
         MOE_TRY(dist_sum_long(a[0]->load, LE, DIST_WORLD));
-        MOE_TRY(dist_sum_long(a[0]->drop_l, c->num_hidden_layers, DIST_WORLD));
+        MOE_TRY(dist_sum_long(a[0]->drop_l, config_n_layers(c), DIST_WORLD));
     }
     out->targets = targets;
     out->ce = ce / targets;
     out->aux = aux;
-    out->loss = out->ce + out->aux;
+    // the MTP modules' cross-entropy, per module, over the main loss's target count (DeepSeek-V3)
+    out->mtp = M ? mtp / targets / M : 0;
+    out->loss = out->ce + out->aux + m->cfg.mtp_loss_weight * out->mtp;
     return MOE_OK;
 }
 

@@ -64,7 +64,7 @@ int train_log_carry(const char *from_dir, const char *to_path, long last);
 
 // Gradient accumulation over micro-batches of one global batch: fills m->grads and
 // returns the loss pieces. Used by train, grad and the oracle tests.
-typedef struct { double loss, ce, aux; long tokens, targets; } StepLoss;
+typedef struct { double loss, ce, aux, mtp; long tokens, targets; } StepLoss;   // mtp: per module, unweighted
 int train_accumulate(Model *m, Acts *a, Batch *b, const Dataset *d, const int *ids, int count,
                      int micro_batch, StepLoss *out);
 // The same with a choice: a[1], b[1] non-NULL run each micro-batch as two interleaved halves

@@ -192,7 +192,7 @@ static int run_alloc(Run *R, const TrainArgs *ar, const TrainConfig *tc) {
     R->local_batch = tc->batch / di->size;
     R->ids = MOE_NEW(int, tc->batch);
     const MoeConfig *c = &R->m.cfg;
-    R->win_load = MOE_NEW(double, (size_t)c->num_hidden_layers * imax(c->n_routed_experts, 1));
+    R->win_load = MOE_NEW(double, (size_t)config_n_layers(c) * imax(c->n_routed_experts, 1));
     R->peak = kernels_measure_peak_gflops(0.3) * 1e9;
     MOE_TRY(dist_sum_f64(&R->peak, 1, DIST_WORLD));   // the job's peak: every rank's, measured side by side
     R->flops_tok = config_flops_per_token(c, tc->seq);
@@ -203,7 +203,7 @@ static int run_alloc(Run *R, const TrainArgs *ar, const TrainConfig *tc) {
 // a resume with the same --ep and slots takes up the checkpoint's placement at once
 static int take_up_placement(Run *R, const TrainConfig *tc) {
     const MoeConfig *c = &R->m.cfg;
-    const int L = c->num_hidden_layers, E = c->n_routed_experts, S = (E + tc->redundant) / imax(tc->ep, 1);
+    const int L = config_n_layers(c), E = c->n_routed_experts, S = (E + tc->redundant) / imax(tc->ep, 1);
     TrainProgress *pr = &R->pr;
     int rc = MOE_OK;
     if (tc->replace_every > 0 && pr->slots_ep == tc->ep && pr->slots_S == S) {
@@ -235,7 +235,7 @@ static int replace_experts(Run *R, const TrainConfig *tc, int *moved) {
     MOE_TRY(par_place_again(&R->m, &R->shard, &R->opt, R->win_load, tc->redundant, &R->pcost, &R->places[nx], moved, &before, &after));
     if (R->cur_place >= 0) moe_placement_free(&R->places[R->cur_place]);
     R->cur_place = nx;
-    memset(R->win_load, 0, sizeof(double) * (size_t)c->num_hidden_layers * c->n_routed_experts);
+    memset(R->win_load, 0, sizeof(double) * (size_t)config_n_layers(c) * c->n_routed_experts);
     if (!tc->quiet)
         fprintf(stderr, "%smoe train: step %ld: experts placed again (%d slots a rank, %d redundant, %d experts moved): "
                         "worst predicted rank load %.3f -> %.3f of the mean\n",
@@ -249,7 +249,7 @@ static int train_step(Run *R, const TrainConfig *tc, StepFigures *f) {
     const DistInfo *di = dist_info();
     Model *m = &R->m;
     const MoeConfig *c = &m->cfg;
-    const int L = c->num_hidden_layers, E = c->n_routed_experts;
+    const int L = config_n_layers(c), E = c->n_routed_experts;
     const double t0 = time_now();
     for (int i = 0; i < tc->batch; i++) R->ids[i] = order_example(&R->order, R->pr.cursor + i);
     const double comm0 = di->ms + di->moe.ms, exposed0 = di->exposed_ms + di->moe.exposed_ms;

@@ -13,7 +13,7 @@ enum { LAST = 50 };   // the summary's "last steps" window
 
 int trainlog_open(TrainLog *r, const MoeConfig *c, const TrainArgs *ar, const TrainConfig *tc, long start_step, bool root, int ep) {
     memset(r, 0, sizeof *r);
-    const int L = c->num_hidden_layers;
+    const int L = config_n_layers(c);
     r->c = c;
     r->quiet = tc->quiet;
     r->tty = isatty(2);
@@ -50,14 +50,14 @@ static void fmt_eta(char *buf, size_t cap, double s) {
 // per MoE layer, its entries of v[L] as a JSON array
 static void json_layers(FILE *f, const char *key, const MoeConfig *c, const double *v, const char *fmt) {
     fprintf(f, ",\"%s\":[", key);
-    for (int l = 0, first = 1; l < c->num_hidden_layers; l++)
+    for (int l = 0, first = 1; l < config_n_layers(c); l++)
         if (config_layer_is_moe(c, l)) { fprintf(f, first ? "" : ","); fprintf(f, fmt, v[l]); first = 0; }
     fprintf(f, "]");
 }
 
 static void progress(const TrainLog *r, const Acts *a, const StepFigures *f) {
     const MoeConfig *c = r->c;
-    const int L = c->num_hidden_layers;
+    const int L = config_n_layers(c);
     double per_step = f->elapsed / (f->step - r->start_step), eta = per_step * (r->steps - f->step);
     if (r->time_budget > 0 && r->time_budget - f->elapsed < eta) eta = r->time_budget - f->elapsed;
     char etas[32];
@@ -90,7 +90,7 @@ static void progress(const TrainLog *r, const Acts *a, const StepFigures *f) {
 
 int trainlog_step(TrainLog *r, const Acts *a, const StepFigures *f) {
     const MoeConfig *c = r->c;
-    const int L = c->num_hidden_layers, E = c->n_routed_experts, ep = r->ep;
+    const int L = config_n_layers(c), E = c->n_routed_experts, ep = r->ep;
     // under EP, the rows each rank's experts computed: the largest, smallest and total over
     // the group give the rank load (max/mean) and the device imbalance IS
     double *rmax = MOE_NEW(double, 3 * (L > 0 ? L : 1)), *rmin = rmax + L, *rsum = rmax + 2 * L;
@@ -160,7 +160,7 @@ void trainlog_summary(const TrainLog *r, bool ok, long step, double seconds, dou
     if (r->tty) fprintf(stderr, "\n");   // ends the live progress line
     if (!ok) return;
     const MoeConfig *c = r->c;
-    const int L = c->num_hidden_layers;
+    const int L = config_n_layers(c);
     fprintf(stderr, "moe train: %ld steps in %.1f s, final loss %.4f, checkpoint %s\n", step - r->start_step, seconds, loss, out);
     const long nl = r->n_bal < LAST ? r->n_bal : LAST;
     for (int l = 0; l < L && r->n_bal > 0; l++) {

@@ -27,7 +27,15 @@ DEFAULTS = dict(vocab_size=260, hidden_size=256, num_hidden_layers=4, num_attent
                 first_k_dense_replace=0, scoring_func="softmax", topk_method="greedy", n_group=1,
                 topk_group=1, norm_topk_prob=True, routed_scaling_factor=1.0, rms_norm_eps=1e-5,
                 rope_theta=10000.0, max_position_embeddings=2048, tie_word_embeddings=False,
-                aux_loss_alpha=0.0, aux_scope="batch", bias_update_speed=0.0, capacity_factor=0.0)
+                aux_loss_alpha=0.0, aux_scope="batch", bias_update_speed=0.0, capacity_factor=0.0,
+                model_type="moe_v1", q_lora_rank=0, kv_lora_rank=0, qk_nope_head_dim=0, qk_rope_head_dim=0,
+                v_head_dim=0, qk_norm=False, rope_interleave=False, sandwich_norm=False, num_mtp_layers=0,
+                mtp_loss_weight=0.3, init_method="pytorch")
+# openPangu-Ultra-MoE's names for the same keys
+PANGU_KEYS = dict(num_routed_experts="n_routed_experts", num_shared_experts="n_shared_experts",
+                  num_dense_layers="first_k_dense_replace", attention_q_lora_dim="q_lora_rank",
+                  attention_kv_lora_dim="kv_lora_rank", attention_qk_dim="qk_nope_head_dim",
+                  attention_qk_rope_dim="qk_rope_head_dim", attention_v_dim="v_head_dim")
 
 
 # ------------------------------------------------------------------ files
@@ -73,9 +81,17 @@ def load_config(path):
     with open(path) as f:
         c = json.load(f)
     cfg = dict(DEFAULTS)
+    if c.get("model_type") == "pangu_ultra_moe":
+        cfg["scoring_func"] = "sigmoid"
+        c = {PANGU_KEYS.get(k, k): v for k, v in c.items()}
+    if c.get("model_type") == "deepseek_v3":   # its defaults where they differ from moe_v1's
+        cfg.update(scoring_func="sigmoid", topk_method="group_limited", rope_interleave=True)
     for k, v in c.items():
         if k in cfg:
             cfg[k] = v
+    cfg["q_lora_rank"] = cfg["q_lora_rank"] or 0
+    if cfg["topk_method"] == "noaux_tc":   # DeepSeek-V3's name for group-limited selection
+        cfg["topk_method"] = "group_limited"
     if not cfg["num_key_value_heads"]:
         cfg["num_key_value_heads"] = cfg["num_attention_heads"]
     if not cfg["head_dim"]:
@@ -122,7 +138,7 @@ class Ref:
         self.p = {k: torch.tensor(v, dtype=torch.float64, requires_grad=("e_score_correction_bias" not in k))
                   for k, v in tensors.items()}
         self.bias = {}
-        for l in range(cfg["num_hidden_layers"]):
+        for l in range(cfg["num_hidden_layers"] + cfg["num_mtp_layers"]):
             k = f"model.layers.{l}.mlp.gate.e_score_correction_bias"
             if self.is_moe(l):
                 self.bias[l] = self.p.pop(k).detach() if k in self.p else torch.zeros(cfg["n_routed_experts"])
@@ -130,11 +146,14 @@ class Ref:
     def is_moe(self, l):
         return l >= self.c["first_k_dense_replace"] and self.c["n_routed_experts"] > 0
 
-    def rms(self, x, w):
-        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + self.c["rms_norm_eps"]) * w
+    def rms(self, x, w, eps=None):
+        eps = self.c["rms_norm_eps"] if eps is None else eps
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * w
 
     def rope(self, x, pos):   # x [N, h, hd]
         hd = x.shape[-1]
+        if self.c["rope_interleave"]:   # as the reference library: de-interleave, then rotate half
+            x = x.view(*x.shape[:-1], hd // 2, 2).transpose(-1, -2).reshape(x.shape)
         inv = self.c["rope_theta"] ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
         ang = pos[:, None].double() * inv[None, :]
         cos = torch.cat([ang.cos(), ang.cos()], -1)[:, None, :]
@@ -147,22 +166,50 @@ class Ref:
         pre = f"model.layers.{l}.self_attn."
         H, Hkv, hd = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
         N = x.shape[0]
-        q = self.rope((x @ P[pre + "q_proj.weight"].T).view(N, H, hd), pos)
-        k = self.rope((x @ P[pre + "k_proj.weight"].T).view(N, Hkv, hd), pos)
-        v = (x @ P[pre + "v_proj.weight"].T).view(N, Hkv, hd)
-        rep = H // Hkv
-        k = k.repeat_interleave(rep, dim=1)
-        v = v.repeat_interleave(rep, dim=1)
+        if c["kv_lora_rank"]:
+            q, k, v, scale = self.mla_qkv(x, l, pos)
+            hv = v.shape[-1]
+        else:
+            q = (x @ P[pre + "q_proj.weight"].T).view(N, H, hd)
+            k = (x @ P[pre + "k_proj.weight"].T).view(N, Hkv, hd)
+            if c["qk_norm"]:
+                q, k = self.rms(q, P[pre + "q_norm.weight"]), self.rms(k, P[pre + "k_norm.weight"])
+            q, k = self.rope(q, pos), self.rope(k, pos)
+            v = (x @ P[pre + "v_proj.weight"].T).view(N, Hkv, hd)
+            rep = H // Hkv
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+            scale, hv = 1 / math.sqrt(hd), hd
         outs = []
         for s0, s1 in segs:   # examples never attend to each other
             qs, ks, vs = q[s0:s1].transpose(0, 1), k[s0:s1].transpose(0, 1), v[s0:s1].transpose(0, 1)
-            sc = qs @ ks.transpose(1, 2) / math.sqrt(hd)
+            sc = qs @ ks.transpose(1, 2) * scale
             T = s1 - s0
             mask = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
             sc = sc.masked_fill(mask, float("-inf"))
-            outs.append((torch.softmax(sc, -1) @ vs).transpose(0, 1).reshape(T, H * hd))
+            outs.append((torch.softmax(sc, -1) @ vs).transpose(0, 1).reshape(T, H * hv))
         o = torch.cat(outs, 0)
         return o @ P[pre + "o_proj.weight"].T
+
+    def mla_qkv(self, x, l, pos):
+        """multi-head latent attention (DeepSeek-V3): q, k [N,H,nope+rope], v [N,H,v], the scale"""
+        c, P = self.c, self.p
+        pre = f"model.layers.{l}.self_attn."
+        H, nope, rd, vd = c["num_attention_heads"], c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"]
+        kvr, N = c["kv_lora_rank"], x.shape[0]
+        # DeepSeek-V3's latent norms keep RMSNorm's default eps; Pangu's take rms_norm_eps
+        eps = 1e-6 if c["model_type"] == "deepseek_v3" else None
+        if c["q_lora_rank"]:
+            q = self.rms(x @ P[pre + "q_a_proj.weight"].T, P[pre + "q_a_layernorm.weight"], eps) @ P[pre + "q_b_proj.weight"].T
+        else:
+            q = x @ P[pre + "q_proj.weight"].T
+        q = q.view(N, H, nope + rd)
+        ckv = x @ P[pre + "kv_a_proj_with_mqa.weight"].T
+        kv = (self.rms(ckv[:, :kvr], P[pre + "kv_a_layernorm.weight"], eps) @ P[pre + "kv_b_proj.weight"].T).view(N, H, nope + vd)
+        kp = self.rope(ckv[:, kvr:].reshape(N, 1, rd), pos).expand(N, H, rd)
+        q = torch.cat([q[..., :nope], self.rope(q[..., nope:], pos)], -1)
+        k = torch.cat([kv[..., :nope], kp], -1)
+        return q, k, kv[..., nope:], 1 / math.sqrt(nope + rd)
 
     @staticmethod
     def swiglu(x, g, u, d):
@@ -270,23 +317,52 @@ class Ref:
         x = P["model.embed_tokens.weight"][toks]
         aux = torch.zeros(())
         stats = {}
-        for l in range(c["num_hidden_layers"]):
-            pre = f"model.layers.{l}."
-            h = x + self.attn(self.rms(x, P[pre + "input_layernorm.weight"]), l, pos, segs)
-            xn = self.rms(h, P[pre + "post_attention_layernorm.weight"])
-            if self.is_moe(l):
-                f, a = self.moe(xn, l, segs, train, stats)
-                aux = aux + a
-            else:
-                f = self.swiglu(xn, P[pre + "mlp.gate_proj.weight"], P[pre + "mlp.up_proj.weight"],
-                                P[pre + "mlp.down_proj.weight"])
-            x = h + f
-        xf = self.rms(x, P["model.norm.weight"])
+        L, M = c["num_hidden_layers"], c["num_mtp_layers"] if train else 0
+        for l in range(L):
+            x, a = self.layer(x, l, pos, segs, train, stats)
+            aux = aux + a
         W = P["model.embed_tokens.weight"] if c["tie_word_embeddings"] else P["lm_head.weight"]
         m = tg >= 0
-        logits = xf[m] @ W.T
+        logits = self.rms(x, P["model.norm.weight"])[m] @ W.T
         ce = torch.nn.functional.cross_entropy(logits, tg[m], reduction="mean")
-        return ce + aux, ce, aux, stats
+        # multi-token prediction: module k reads the stream at depth k-1 and the token k ahead,
+        # predicts the one after; its cross-entropy sum over the main loss's target count
+        mtp = torch.zeros(())
+        for k in range(1, M + 1):
+            l = L + k - 1
+            pre = f"model.layers.{l}."
+            tk, tt = [], []
+            for s0, s1 in segs:
+                for n in range(s0, s1):
+                    j = n + k
+                    tk.append(int(toks[j]) if j < s1 else int(tg[j - 1]) if j == s1 and tg[j - 1] >= 0 else 0)
+                    tt.append(int(tg[j]) if j < s1 else -1)
+            tk, tt = torch.tensor(tk), torch.tensor(tt)
+            e = self.rms(P["model.embed_tokens.weight"][tk], P[pre + "enorm.weight"])
+            xin = torch.cat([e, self.rms(x, P[pre + "hnorm.weight"])], -1) @ P[pre + "eh_proj.weight"].T
+            x, a = self.layer(xin, l, pos, segs, train, stats)
+            aux = aux + a
+            mk = tt >= 0
+            lg = self.rms(x, P[pre + "shared_head.norm.weight"])[mk] @ W.T
+            mtp = mtp + torch.nn.functional.cross_entropy(lg, tt[mk], reduction="sum") / int(m.sum())
+        if M:
+            mtp = mtp / M
+        return ce + aux + c["mtp_loss_weight"] * mtp, ce, aux, stats
+
+    def layer(self, x, l, pos, segs, train, stats):
+        c, P = self.c, self.p
+        pre = f"model.layers.{l}."
+        sw = c["sandwich_norm"]   # depth-scaled sandwich norm: a norm after attention and after the FFN
+        a = self.attn(self.rms(x, P[pre + "input_layernorm.weight"]), l, pos, segs)
+        h = x + (self.rms(a, P[pre + "post_attention_layernorm.weight"]) if sw else a)
+        xn = self.rms(h, P[pre + ("pre_mlp_layernorm.weight" if sw else "post_attention_layernorm.weight")])
+        aux = torch.zeros(())
+        if self.is_moe(l):
+            f, aux = self.moe(xn, l, segs, train, stats)
+        else:
+            f = self.swiglu(xn, P[pre + "mlp.gate_proj.weight"], P[pre + "mlp.up_proj.weight"],
+                            P[pre + "mlp.down_proj.weight"])
+        return h + (self.rms(f, P[pre + "post_mlp_layernorm.weight"]) if sw else f), aux
 
 
 def load_ref(ckpt):
