@@ -40,13 +40,15 @@ void mem_dry_run(int on) { mem_dry = on; }
 #define SMALL_PAGE ((size_t)4096)
 static void *map_huge(size_t bytes) {
     const size_t len = SMALL_PAGE + ((bytes + SMALL_PAGE - 1) & ~(SMALL_PAGE - 1)), total = len + HUGE_PAGE;
-    char *raw = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    // a dry run reserves address space only (never touched, not counted against memory), so
+    // that a plan of a model far larger than the machine's memory still runs
+    char *raw = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | (mem_dry ? MAP_NORESERVE : 0), -1, 0);
     if (raw == MAP_FAILED) return NULL;
     char *data = (char *)(((uintptr_t)raw + SMALL_PAGE + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
     char *start = data - SMALL_PAGE;
     if (start > raw) munmap(raw, start - raw);   // keep [start, start + len)
     if (start + len < raw + total) munmap(start + len, raw + total - (start + len));
-    madvise(data, len - SMALL_PAGE, MADV_HUGEPAGE);
+    if (!mem_dry) madvise(data, len - SMALL_PAGE, MADV_HUGEPAGE);
     ((size_t *)data)[-1] = len;
     return data;
 }

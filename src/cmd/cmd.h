@@ -1,6 +1,8 @@
 // Subcommands. Each returns the process exit status; they alone print errors.
 #pragma once
 #include "args.h"
+#include "../base/base.h"
+#include "../config/config.h"
 
 int cmd_init(int argc, char **argv);
 int cmd_train(int argc, char **argv);
@@ -20,3 +22,12 @@ const char *cmd_required(Args *a, const char *flag);
 int cmd_threads(Args *a);
 // --recompute none|selective|full and --act-dtype f32|bf16 as an acts_alloc mode
 int cmd_acts_mode(Args *a, int *mode, int exact);
+
+// A training step's buffers (model, gradients, AdamW, activations of ntok tokens in acts mode
+// `mode`) allocated in a dry run (reserved, never touched): MB by memory category, and (when
+// kind_mb is not NULL) the parameters' MB by kind
+enum { PK_EMBEDDING, PK_ATTENTION, PK_ROUTER, PK_EXPERTS, PK_SHARED, PK_DENSE, PK_NORMS, PK_MTP, PK_HEAD, PK_N };
+extern const char *const PK_NAMES[PK_N];
+void cmd_plan_step(const MoeConfig *c, int ntok, int mode, double mb[MEM_N], double kind_mb[PK_N]);
+// an error naming cfg when that step needs more memory than this machine has available
+int cmd_check_fits(const MoeConfig *c, int ntok, int mode, const char *cfg);

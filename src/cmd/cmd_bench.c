@@ -30,6 +30,7 @@ int cmd_bench(int argc, char **argv) {
     MoeConfig c;
     if (config_load(&c, cfg)) return cmd_fail("bench");
     if (T > c.max_position_embeddings) { moe_seterr("--seq %d exceeds max_position_embeddings %d", T, c.max_position_embeddings); return cmd_fail("bench"); }
+    if (cmd_check_fits(&c, B * T, mode, cfg)) return cmd_fail("bench");
     Model m;
     model_build(&m, &c, true);
     model_init_weights(&m, 1);

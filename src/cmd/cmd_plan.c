@@ -13,7 +13,8 @@ static const char *HELP =
     "  defaults as in train: --recompute selective --act-dtype bf16\n";
 
 // The plan is the allocation itself: the model, optimizer and activations of a training
-// step are allocated in dry mode (reserved, never touched) and counted by category.
+// step are allocated in dry mode (reserved, never touched) and counted by category
+// (cmd_plan_step); the parameters are also broken down by kind.
 int cmd_plan(int argc, char **argv) {
     Args a;
     args_init(&a, argc, argv, "plan");
@@ -28,14 +29,8 @@ int cmd_plan(int argc, char **argv) {
     MoeConfig c;
     if (config_load(&c, cfg)) return cmd_fail("plan");
     double base_mb = peak_rss_kb() / 1024.0;   // the binary and its libraries
-    mem_dry_run(1);
-    Model m;
-    model_build(&m, &c, true);
-    AdamW opt;
-    adamw_alloc(&opt, m.n_params);
-    Acts acts;
-    acts_alloc(&acts, &m, B * T, mode);
-    mem_dry_run(0);
+    double mb[MEM_N], kind[PK_N];
+    cmd_plan_step(&c, B * T, mode, mb, kind);
     const char *names[MEM_N] = {"other", "parameters", "gradients", "optimizer state", "saved activations", "workspace"};
     const int order[] = {MEM_PARAMS, MEM_GRADS, MEM_OPTIM, MEM_ACTS, MEM_WORK, MEM_OTHER};
     // OpenBLAS reserves a GEMM buffer per thread, of which these GEMMs touch about 8 MiB;
@@ -43,17 +38,26 @@ int cmd_plan(int argc, char **argv) {
     // peak RSS minus everything counted here)
     double blas_mb = strcmp(kernels_blas_name(), "mkl") ? 8.0 * kernels_threads() : 19.0;
     double total = base_mb + blas_mb;
-    for (int i = 0; i < MEM_N; i++) total += mem_bytes(i) / 1048576.0;
+    for (int i = 0; i < MEM_N; i++) total += mb[i];
+    const double n_params = config_total_params(&c);
     if (json) {
         printf("{");
-        for (int i = 0; i < MEM_N; i++) printf("\"%s_mb\":%.1f,", names[order[i]], mem_bytes(order[i]) / 1048576.0);
-        printf("\"runtime_mb\":%.1f,\"total_mb\":%.1f}\n", base_mb + blas_mb, total);
+        for (int i = 0; i < MEM_N; i++) printf("\"%s_mb\":%.1f,", names[order[i]], mb[order[i]]);
+        printf("\"runtime_mb\":%.1f,\"total_mb\":%.1f,\"params\":%.0f,\"active_params\":%.0f,\"params_mb\":{", base_mb + blas_mb,
+               total, n_params, config_active_params(&c));
+        for (int k = 0; k < PK_N; k++) printf("%s\"%s\":%.1f", k ? "," : "", PK_NAMES[k], kind[k]);
+        printf("}}\n");
     } else {
         printf("%s, batch %d x seq %d (%d tokens):\n", cfg, B, T, B * T);
-        for (int i = 0; i < MEM_N; i++) printf("  %-18s %9.1f MB\n", names[order[i]], mem_bytes(order[i]) / 1048576.0);
-        printf("  %-18s %9.1f MB (binary, libraries, BLAS buffers)\n", "runtime", base_mb + blas_mb);
-        printf("  %-18s %9.1f MB\n", "total", total);
+        for (int i = 0; i < MEM_N; i++) printf("  %-18s %11.1f MB\n", names[order[i]], mb[order[i]]);
+        printf("  %-18s %11.1f MB (binary, libraries, BLAS buffers)\n", "runtime", base_mb + blas_mb);
+        printf("  %-18s %11.1f MB\n", "total", total);
+        const double u = n_params >= 1e9 ? 1e9 : 1e6;
+        const char *un = n_params >= 1e9 ? "B" : "M";
+        printf("parameters: %.2f%s (%.2f%s active per token); their f32 memory by kind:\n", n_params / u, un,
+               config_active_params(&c) / u, un);
+        for (int k = 0; k < PK_N; k++)
+            if (kind[k] > 0) printf("  %-18s %11.1f MB\n", PK_NAMES[k], kind[k]);
     }
-    acts_free(&acts); adamw_free(&opt); model_free(&m);
     return 0;
 }

@@ -5,6 +5,7 @@
 #include "../parallel/parallel.h"
 #include "../kernels/gemm.h"
 #include "../model/model.h"
+#include "../optim/optim.h"
 #include "cmd.h"
 
 int cmd_fail(const char *cmd) {
@@ -45,5 +46,57 @@ int cmd_threads(Args *a) {
     if (t == 0 && getenv("OMP_NUM_THREADS")) t = atoi(getenv("OMP_NUM_THREADS"));
     MOE_TRY(kernels_blas(getenv("MOE_BLAS")));
     kernels_set_threads(t);
+    return MOE_OK;
+}
+
+// The parameters' kinds that `moe plan` reports, from a tensor's name and layer
+static int param_kind(const ParamTensor *t, const MoeConfig *c) {
+    if (t->layer >= c->num_hidden_layers && t->layer < config_n_layers(c)) return PK_MTP;
+    if (t->embedding) return PK_EMBEDDING;
+    if (t->layer < 0 || t->ndim == 1) return t->layer < 0 && t->ndim == 2 ? PK_HEAD : PK_NORMS;
+    if (t->layer >= config_n_layers(c)) return PK_HEAD;
+    if (t->expert) return PK_EXPERTS;
+    if (strstr(t->name, "self_attn.")) return PK_ATTENTION;
+    if (strstr(t->name, "shared_expert")) return PK_SHARED;
+    if (strstr(t->name, ".gate.weight")) return PK_ROUTER;
+    return PK_DENSE;
+}
+const char *const PK_NAMES[PK_N] = {"embedding", "attention", "router", "routed experts", "shared experts",
+                                    "dense FFN", "norms", "MTP modules", "output head"};
+
+void cmd_plan_step(const MoeConfig *c, int ntok, int mode, double mb[MEM_N], double kind_mb[PK_N]) {
+    size_t before[MEM_N];
+    for (int i = 0; i < MEM_N; i++) before[i] = mem_bytes(i);
+    mem_dry_run(1);
+    Model m;
+    model_build(&m, c, true);
+    AdamW opt;
+    adamw_alloc(&opt, m.n_params);
+    Acts acts;
+    acts_alloc(&acts, &m, ntok, mode);
+    mem_dry_run(0);
+    for (int i = 0; i < MEM_N; i++) mb[i] = (mem_bytes(i) - before[i]) / 1048576.0;
+    if (kind_mb) {
+        for (int k = 0; k < PK_N; k++) kind_mb[k] = 0;
+        for (int i = 0; i < m.n_tensors; i++) kind_mb[param_kind(&m.tensors[i], c)] += m.tensors[i].numel * 4.0 / 1048576.0;
+    }
+    acts_free(&acts); adamw_free(&opt); model_free(&m);
+}
+
+// Before a training step's buffers are allocated for real: its planned size against the
+// memory this machine has available
+int cmd_check_fits(const MoeConfig *c, int ntok, int mode, const char *cfg) {
+    double mb[MEM_N], total = 0;
+    cmd_plan_step(c, ntok, mode, mb, NULL);
+    for (int i = 0; i < MEM_N; i++) total += mb[i];
+    FILE *f = fopen("/proc/meminfo", "r");
+    double avail_mb = 0;
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lf kB", &avail_mb) == 1) { avail_mb /= 1024; break; }
+    if (f) fclose(f);
+    if (avail_mb > 0 && total > avail_mb)
+        MOE_ERR("%s: a training step needs %.1f GB (see moe plan), this machine has %.1f GB available", cfg,
+                total / 1024, avail_mb / 1024);
     return MOE_OK;
 }
