@@ -23,6 +23,7 @@ if ldconfig -p | grep -q 'libmkl_rt\.so '; then
   other=$(./moe bench --model configs/bench-tiny.json --batch 1 --seq 8 --steps 1 --json | grep -q '"blas":"mkl"' && echo openblas || echo mkl)
   MOE_BLAS=$other suite "PyTorch oracle again with MOE_BLAS=$other" /usr/bin/python3 tests/test_oracle.py
 fi
+suite "Hugging Face checkpoints: logits, loss and gradients against the reference library" /usr/bin/python3 tests/test_hf.py
 suite "command line: bad input, resume, crash safety" bash tests/test_cli.sh
 suite "distributed: MPI data and expert parallelism" bash tests/test_dist.sh
 # the bad-input cases once more under AddressSanitizer + UBSan

@@ -3,11 +3,33 @@
 #include "../base/base.h"
 #include "../infer/infer.h"
 #include "../io/checkpoint.h"
+#include "../io/safetensors.h"
 #include "cmd.h"
 
 static const char *HELP =
     "usage: moe eval --ckpt DIR --data FILE [--limit N] [--generate] [--json] [--batch B] [--show N]\n"
-    "  mean cross-entropy over the answer tokens; --generate adds greedy exact match\n";
+    "                [--logits OUT.safetensors]\n"
+    "  mean cross-entropy over the answer tokens; --generate adds greedy exact match;\n"
+    "  --logits writes every position's logits of each example (ex<i>.logits [positions, vocab])\n";
+
+// --logits: each example's logits at every position, as one safetensors file
+static int write_logits(Model *m, const Dataset *d, int limit, const char *path) {
+    const int n = limit > 0 && limit < d->n ? limit : d->n, V = m->cfg.vocab_size;
+    int *rows = MOE_NEW(int, n + 1);
+    float *lg;
+    if (eval_logits(m, d, n, &lg, rows)) { moe_free(rows); return MOE_FAIL; }
+    StWriteItem *it = MOE_NEW(StWriteItem, n + 1);
+    char (*names)[32] = (char (*)[32])moe_alloc((size_t)(n + 1) * 32);
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        snprintf(names[i], 32, "ex%d.logits", i);
+        it[i] = (StWriteItem){names[i], 2, {rows[i], V}, lg + off, NULL, NULL};
+        off += (size_t)rows[i] * V;
+    }
+    int rc = st_write(path, it, n, ST_F32, NULL);
+    moe_free(names); moe_free(it); moe_free(lg); moe_free(rows);
+    return rc;
+}
 
 int cmd_eval(int argc, char **argv) {
     Args a;
@@ -24,6 +46,7 @@ int cmd_eval(int argc, char **argv) {
         args_int(&a, "--show", 0, &show) || data_format_parse(fmt, &df))
         return cmd_fail("eval");
     bool gen = args_bool(&a, "--generate"), json = args_bool(&a, "--json");
+    const char *logits = args_str(&a, "--logits", NULL);
     if (args_finish(&a)) return cmd_fail("eval");
     if (limit < 0) { moe_seterr("--limit must be positive, got %d", limit); return cmd_fail("eval"); }
     if (batch <= 0) { moe_seterr("--batch must be positive, got %d", batch); return cmd_fail("eval"); }
@@ -38,6 +61,7 @@ int cmd_eval(int argc, char **argv) {
     long tokens;
     double t0 = time_now();
     int rc = eval_loss(&m, NULL, &d, limit, batch, &loss, &tokens);
+    if (rc == MOE_OK && logits) rc = write_logits(&m, &d, limit, logits);
     double em = 0, gen_s = 0;
     if (rc == MOE_OK && gen) {
         const char **qs = MOE_NEW(const char *, d.n);

@@ -43,7 +43,7 @@ int cmd_plan(int argc, char **argv) {
     if (json) {
         printf("{");
         for (int i = 0; i < MEM_N; i++) printf("\"%s_mb\":%.1f,", names[order[i]], mb[order[i]]);
-        printf("\"runtime_mb\":%.1f,\"total_mb\":%.1f,\"params\":%.0f,\"active_params\":%.0f,\"params_mb\":{", base_mb + blas_mb,
+        printf("\"runtime_mb\":%.1f,\"total_mb\":%.1f,\"params\":%.0f,\"active_params\":%.0f,\"params_by_kind_mb\":{", base_mb + blas_mb,
                total, n_params, config_active_params(&c));
         for (int k = 0; k < PK_N; k++) printf("%s\"%s\":%.1f", k ? "," : "", PK_NAMES[k], kind[k]);
         printf("}}\n");

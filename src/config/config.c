@@ -36,6 +36,16 @@ void config_defaults(MoeConfig *c) {
     c->bias_update_speed = 0.0f;
     c->capacity_factor = 0.0f;
     c->mtp_loss_weight = 0.3f;    // DeepSeek-V3's lambda over its first 10T tokens
+    c->decoder_sparse_step = 1;
+}
+
+float config_attn_scale(const MoeConfig *c) {
+    float s = 1.0f / sqrtf((float)config_qk_dim(c));
+    if (config_is_mla(c) && c->yarn && c->yarn_mscale_all_dim != 0 && c->yarn_factor > 1) {
+        const float m = 0.1f * c->yarn_mscale_all_dim * logf(c->yarn_factor) + 1.0f;
+        s *= m * m;
+    }
+    return s;
 }
 
 static int get_int(const cJSON *it, const char *path, int *out) {
@@ -95,13 +105,14 @@ static const KeyDef KEYS[] = {
     {"num_hidden_layers", ALL, K_INT, O(num_hidden_layers), false},
     {"num_attention_heads", ALL, K_INT, O(num_attention_heads), false},
     {"num_key_value_heads", ALL, K_INT, O(num_key_value_heads), false},
-    {"head_dim", V1 | DS | QW | MX, K_INT, O(head_dim), false},
+    {"head_dim", V1 | DS | QW | MX, K_INT_NULL, O(head_dim), false},   // (null: hidden / heads)
     {"intermediate_size", OWN | DS | QW, K_INT, O(intermediate_size), false},
     {"moe_intermediate_size", OWN | DS | QW, K_INT, O(moe_intermediate_size), false},
     {"intermediate_size", MX, K_INT, O(moe_intermediate_size), false},   // Mixtral: the experts' width
     {"n_routed_experts", V1 | DS, K_INT, O(n_routed_experts), false},
     {"num_routed_experts", PG, K_INT, O(n_routed_experts), false},
     {"num_experts", QW, K_INT, O(n_routed_experts), false},
+    {"num_local_experts", QW, K_INT, O(n_routed_experts), false},   // as the library 5.x writes it
     {"num_local_experts", MX, K_INT, O(n_routed_experts), false},
     {"num_experts_per_tok", ALL, K_INT, O(num_experts_per_tok), false},
     {"n_shared_experts", V1 | DS, K_INT, O(n_shared_experts), false},
@@ -134,6 +145,7 @@ static const KeyDef KEYS[] = {
     {"num_mtp_layers", OWN, K_INT, O(num_mtp_layers), false},
     {"num_nextn_predict_layers", DS, K_INT, O(num_mtp_layers), false},
     {"init_method", OWN, K_INIT, O(init_method), false},
+    {"decoder_sparse_step", QW, K_INT, O(decoder_sparse_step), false},
     {"mtp_loss_weight", ALL, K_FLT, O(mtp_loss_weight), true},
     {"aux_loss_alpha", ALL, K_FLT, O(aux_loss_alpha), true},
     {"aux_scope", ALL, K_SCOPE, O(aux_scope), true},
@@ -152,6 +164,7 @@ static const char *const INFO_KEYS[] = {
     "is_encoder_decoder", "is_decoder", "add_cross_attention", "tie_encoder_decoder", "chunk_size_feed_forward",
     "pruned_heads", "problem_type", "finetuning_task", "task_specific_params", "prefix", "tf_legacy_loss",
     "cross_attention_hidden_size", "ep_size", "output_router_logits", "router_aux_loss_coef",
+    "qk_head_dim",   // DeepSeek-V3: derived (nope + rope), recomputed by the library on load
     // generation settings (generate's defaults, not the model's)
     "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
     "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
@@ -186,6 +199,44 @@ static int read_key(MoeConfig *c, const KeyDef *kd, const cJSON *it, const char 
     return MOE_OK;
 }
 
+// rope_scaling / rope_parameters: the default RoPE, or YaRN with its parameters
+static int parse_rope(MoeConfig *c, const cJSON *it, const char *path) {
+    const char *k = it->string;
+    if (!cJSON_IsObject(it)) MOE_ERR("%s: key \"%s\" must be an object or null", path, k);
+    const cJSON *t = cJSON_GetObjectItem(it, "rope_type");
+    if (!t) t = cJSON_GetObjectItem(it, "type");
+    const char *type = cJSON_IsString(t) ? t->valuestring : t ? "" : "default";
+    for (const cJSON *x = it->child; x; x = x->next) {
+        static const char *const known[] = {"rope_type", "type", "rope_theta", "factor", "original_max_position_embeddings",
+                                            "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor",
+                                            "truncate"};
+        bool ok = false;
+        for (size_t i = 0; i < sizeof known / sizeof *known; i++) ok |= !strcmp(x->string, known[i]);
+        if (!ok) MOE_ERR("%s: key \"%s\" has \"%s\", which moe.c does not implement", path, k, x->string);
+        if (strcmp(x->string, "rope_type") && strcmp(x->string, "type") && !cJSON_IsNumber(x) &&
+            !(cJSON_IsBool(x) && !strcmp(x->string, "truncate")))
+            MOE_ERR("%s: key \"%s\": \"%s\" must be a number", path, k, x->string);
+    }
+    const cJSON *th = cJSON_GetObjectItem(it, "rope_theta");
+    if (th) c->rope_theta = (float)th->valuedouble;
+    if (!strcmp(type, "default")) { c->yarn = false; return MOE_OK; }
+    if (strcmp(type, "yarn"))
+        MOE_ERR("%s: key \"%s\": rope_type \"%s\" is not supported (default or yarn)", path, k, type);
+    const cJSON *tr = cJSON_GetObjectItem(it, "truncate");
+    if (tr && !cJSON_IsTrue(tr)) MOE_ERR("%s: key \"%s\": truncate false is not supported", path, k);
+#define NUM(name, dflt) (cJSON_GetObjectItem(it, name) ? (float)cJSON_GetObjectItem(it, name)->valuedouble : (dflt))
+    c->yarn = true;
+    c->yarn_original_max_pos = (int)NUM("original_max_position_embeddings", 0);
+    c->yarn_factor = NUM("factor", 0);
+    c->yarn_beta_fast = NUM("beta_fast", 32);
+    c->yarn_beta_slow = NUM("beta_slow", 1);
+    c->yarn_mscale = NUM("mscale", 0);
+    c->yarn_mscale_all_dim = NUM("mscale_all_dim", 0);
+    c->yarn_attention_factor = NUM("attention_factor", 0);
+#undef NUM
+    return MOE_OK;
+}
+
 // Keys whose every value but one (the one that leaves the math as moe.c computes it) is refused.
 static int fixed_key(MoeConfig *c, const cJSON *it, const char *path, bool *known) {
     const char *k = it->string;
@@ -197,10 +248,17 @@ static int fixed_key(MoeConfig *c, const cJSON *it, const char *path, bool *know
         if (!cJSON_IsFalse(it)) REFUSE("must be false: moe.c has no biases and no sliding window");
     } else if (!strcmp(k, "attention_dropout") || !strcmp(k, "router_jitter_noise") || !strcmp(k, "hidden_dropout")) {
         if (!cJSON_IsNumber(it) || it->valuedouble != 0) REFUSE("must be 0: moe.c trains without dropout or noise");
-    } else if (!strcmp(k, "pretraining_tp") || !strcmp(k, "decoder_sparse_step") || !strcmp(k, "moe_layer_freq")) {
+    } else if (!strcmp(k, "pretraining_tp") || !strcmp(k, "moe_layer_freq")) {
         if (!cJSON_IsNumber(it) || it->valuedouble != 1) REFUSE("must be 1: every layer from the first MoE one is MoE");
-    } else if (!strcmp(k, "mlp_only_layers")) {
-        if (!cJSON_IsArray(it) || cJSON_GetArraySize(it) != 0) REFUSE("must be empty: moe.c's dense layers are the first ones (first_k_dense_replace)");
+    } else if (!strcmp(k, "mlp_only_layers") && c->family == MOE_FAMILY_QWEN3_MOE) {
+        const cJSON *x;
+        if (!cJSON_IsArray(it) || cJSON_GetArraySize(it) > 64) REFUSE("must be a list of at most 64 layer indices");
+        c->n_mlp_only = 0;
+        cJSON_ArrayForEach(x, it) {
+            if (!cJSON_IsNumber(x) || x->valuedouble != floor(x->valuedouble) || x->valuedouble < 0 || x->valuedouble > 1e6)
+                REFUSE("must list layer indices");
+            c->mlp_only[c->n_mlp_only++] = (int)x->valuedouble;
+        }
     } else if (!strcmp(k, "sliding_window")) {
         // used only with use_sliding_window (Qwen3); Mixtral's must be null
         if (!cJSON_IsNull(it) && !(c->family == MOE_FAMILY_QWEN3_MOE && cJSON_IsNumber(it)))
@@ -210,16 +268,8 @@ static int fixed_key(MoeConfig *c, const cJSON *it, const char *path, bool *know
         if (!cJSON_IsArray(it)) REFUSE("must be a list");
         cJSON_ArrayForEach(x, it) if (!cJSON_IsString(x) || strcmp(x->valuestring, "full_attention"))
             REFUSE("must list \"full_attention\" layers only");
-    } else if (!strcmp(k, "rope_scaling")) {
-        const cJSON *t = cJSON_IsObject(it) ? cJSON_GetObjectItem(it, "rope_type") : NULL;
-        if (!t && cJSON_IsObject(it)) t = cJSON_GetObjectItem(it, "type");
-        if (!cJSON_IsNull(it) && !(cJSON_IsString(t) && !strcmp(t->valuestring, "default")))
-            REFUSE("is not supported: only the default RoPE (no scaling) is implemented");
-    } else if (!strcmp(k, "rope_parameters")) {
-        const cJSON *t = cJSON_GetObjectItem(it, "rope_type"), *th = cJSON_GetObjectItem(it, "rope_theta");
-        if (!cJSON_IsObject(it) || (t && !(cJSON_IsString(t) && !strcmp(t->valuestring, "default"))))
-            REFUSE("is not supported: only the default RoPE (no scaling) is implemented");
-        if (th) { if (!cJSON_IsNumber(th)) REFUSE("has a rope_theta that is not a number"); c->rope_theta = (float)th->valuedouble; }
+    } else if (!strcmp(k, "rope_scaling") || !strcmp(k, "rope_parameters")) {
+        if (!cJSON_IsNull(it)) MOE_TRY(parse_rope(c, it, path));
     } else if (!strcmp(k, "quantization_config")) {
         REFUSE("is not supported: the weights must be F32, BF16 or F16");
     } else if (!strcmp(k, "seq_aux") && c->family == MOE_FAMILY_DEEPSEEK_V3) {
@@ -243,10 +293,10 @@ static void family_defaults(MoeConfig *c, MoeFamily f) {
         c->scoring_func = MOE_SCORE_SIGMOID;
         break;
     case MOE_FAMILY_QWEN3_MOE:
-        c->n_shared_experts = 0; c->qk_norm = true; c->norm_topk_prob = false;
+        c->n_shared_experts = 0; c->qk_norm = true; c->norm_topk_prob = false; c->rope_theta = 1e4f;
         break;
     case MOE_FAMILY_MIXTRAL:
-        c->n_shared_experts = 0;
+        c->n_shared_experts = 0; c->rope_theta = 1e6f;
         break;
     default: break;
     }
@@ -293,6 +343,11 @@ int config_parse(MoeConfig *c, const char *text, const char *path) {
     cJSON_Delete(root);
     if (rc != MOE_OK) return rc;
     if (sliding) MOE_ERR("%s: key \"use_sliding_window\" must be false: moe.c attends over the whole sequence", path);
+    if (c->yarn) {   // the reference library's fallbacks
+        if (c->yarn_original_max_pos <= 0) c->yarn_original_max_pos = c->max_position_embeddings;
+        if (c->yarn_factor <= 0 && c->yarn_original_max_pos > 0)
+            c->yarn_factor = (float)c->max_position_embeddings / c->yarn_original_max_pos;
+    }
     if (c->num_key_value_heads == 0) c->num_key_value_heads = c->num_attention_heads;
     if (c->head_dim == 0 && c->num_attention_heads > 0) c->head_dim = c->hidden_size / c->num_attention_heads;
     if (c->intermediate_size == 0) c->intermediate_size = 4 * c->hidden_size;
@@ -332,6 +387,9 @@ int config_validate(const MoeConfig *c, const char *path) {
         if (c->q_lora_rank || c->qk_rope_head_dim || c->qk_nope_head_dim || c->v_head_dim)
             MOE_ERR("%s: \"q_lora_rank\", \"qk_*_head_dim\" and \"v_head_dim\" need \"kv_lora_rank\" > 0 (MLA)", path);
     }
+    if (c->decoder_sparse_step <= 0) MOE_ERR("%s: \"decoder_sparse_step\" must be positive", path);
+    if (c->yarn && !(c->yarn_factor > 0 && c->yarn_beta_fast > c->yarn_beta_slow && c->yarn_beta_slow > 0))
+        MOE_ERR("%s: YaRN needs factor > 0 and beta_fast > beta_slow > 0", path);
     if (c->kv_lora_rank < 0) MOE_ERR("%s: \"kv_lora_rank\" must be >= 0", path);
     if (c->num_mtp_layers < 0 || c->num_mtp_layers > 16) MOE_ERR("%s: \"num_mtp_layers\" must be between 0 and 16", path);
     if (!(c->mtp_loss_weight >= 0)) MOE_ERR("%s: \"mtp_loss_weight\" must be >= 0", path);
@@ -419,6 +477,25 @@ char *config_to_json(const MoeConfig *c) {
              kd->off == offsetof(MoeConfig, v_head_dim)))
             continue;   // GQA: no MLA keys
         write_key(r, kd, c);
+    }
+    if (c->family == MOE_FAMILY_QWEN3_MOE) {
+        cJSON *ml = cJSON_AddArrayToObject(r, "mlp_only_layers");
+        for (int i = 0; i < c->n_mlp_only; i++) cJSON_AddItemToArray(ml, cJSON_CreateNumber(c->mlp_only[i]));
+    }
+    if (c->yarn) {
+        cJSON *y = cJSON_AddObjectToObject(r, "rope_scaling");
+        cJSON_AddStringToObject(y, "type", "yarn");
+        cJSON_AddStringToObject(y, "rope_type", "yarn");
+        char buf[64];
+#define YF(key, v) do { snprintf(buf, sizeof buf, "%.9g", (double)(v)); cJSON_AddRawToObject(y, key, buf); } while (0)
+        YF("factor", c->yarn_factor);
+        cJSON_AddNumberToObject(y, "original_max_position_embeddings", c->yarn_original_max_pos);
+        YF("beta_fast", c->yarn_beta_fast);
+        YF("beta_slow", c->yarn_beta_slow);
+        YF("mscale", c->yarn_mscale);
+        YF("mscale_all_dim", c->yarn_mscale_all_dim);
+        if (c->yarn_attention_factor) YF("attention_factor", c->yarn_attention_factor);
+#undef YF
     }
     if (!own) {   // the reference library's fixed settings, as it writes them
         cJSON_AddStringToObject(r, "hidden_act", "silu");

@@ -55,6 +55,14 @@ typedef struct {
     int num_mtp_layers;          // multi-token prediction modules after the stack
     float mtp_loss_weight;       // lambda: the MTP losses' weight (their mean times this)
     MoeInit init_method;
+    // Qwen3's layer pattern: a layer is MoE when (l + 1) % decoder_sparse_step == 0 and l is
+    // not in mlp_only_layers (and l >= first_k_dense_replace)
+    int decoder_sparse_step;
+    int n_mlp_only, mlp_only[64];
+    // YaRN RoPE scaling (rope_type "yarn"), as the reference library computes it
+    bool yarn;
+    float yarn_factor, yarn_beta_fast, yarn_beta_slow, yarn_mscale, yarn_mscale_all_dim, yarn_attention_factor;
+    int yarn_original_max_pos;
 } MoeConfig;
 
 extern const char *const MOE_FAMILY_NAMES[MOE_N_FAMILIES];   // the model_type strings
@@ -68,7 +76,11 @@ int config_save(const MoeConfig *c, const char *path);   // atomic (tmp + rename
 char *config_to_json(const MoeConfig *c);                // caller frees with free()
 
 static inline bool config_layer_is_moe(const MoeConfig *c, int l) {
-    return l >= c->first_k_dense_replace && c->n_routed_experts > 0;
+    if (l < c->first_k_dense_replace || c->n_routed_experts <= 0) return false;
+    if (l >= c->num_hidden_layers) return true;   // a multi-token-prediction module's layer
+    for (int i = 0; i < c->n_mlp_only; i++)
+        if (c->mlp_only[i] == l) return false;
+    return (l + 1) % c->decoder_sparse_step == 0;
 }
 static inline bool config_is_mla(const MoeConfig *c) { return c->kv_lora_rank > 0; }
 // the layers with blocks: the stack's, then one per multi-token-prediction module
@@ -79,6 +91,8 @@ static inline int config_qk_dim(const MoeConfig *c) {
 }
 static inline int config_v_dim(const MoeConfig *c) { return config_is_mla(c) ? c->v_head_dim : c->head_dim; }
 static inline int config_rope_dim(const MoeConfig *c) { return config_is_mla(c) ? c->qk_rope_head_dim : c->head_dim; }
+// the softmax scale of attention: 1/sqrt(q.k width), under MLA with YaRN times mscale^2
+float config_attn_scale(const MoeConfig *c);
 int config_n_moe_layers(const MoeConfig *c);
 // matrix weights one token multiplies (SPEC §5 N_active)
 double config_active_params(const MoeConfig *c);

@@ -16,3 +16,6 @@ int generate_greedy(Model *m, const Tokenizer *tk, const char *const *q, const i
 // without balance losses or capacity: what `moe eval` reports.
 // sh: the experts m holds (under expert parallelism every rank of the group takes part; NULL: all)
 int eval_loss(Model *m, const ExpertShard *sh, const Dataset *d, int limit, int batch, double *loss, long *tokens);
+// The logits at every position of each of the first n examples (one forward each): *out
+// [sum of rows, V] (moe_alloc'd), rows[i] the positions of example i.
+int eval_logits(Model *m, const Dataset *d, int n, float **out, int *rows);

@@ -102,7 +102,7 @@ void blk_mla_forward(Pass *P, int l) {
     rope_forward_part(la->q, b->pos, &m->rope, N, H, qk, nope);
     rope_forward_part(kr, b->pos, &m->rope, N, 1, rd, 0);
     prof_end(PROF_ROPE, false, t, 0);
-    const float scale = 1.0f / sqrtf((float)qk);
+    const float scale = config_attn_scale(c);
     t = prof_begin();
     if (!o->cache) {
         linear_forward(P->a->kvb, la->ckvn, p->kv_b, N, kvr, H * (nope + vd), false);
@@ -154,7 +154,7 @@ void blk_mla_backward(Pass *P, int l) {
     attn_output_backward(P, l, la->att, H * vd);
     double t = prof_begin();
     attention_backward_train(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse, b->kv_lo, N, H, H,
-                             qk, vd, 1.0f / sqrtf((float)qk));
+                             qk, vd, config_attn_scale(c));
     if (acts_storage(a, SAVE_NORM_OUT) == STORE_RECOMPUTE) {
         double tr = prof_begin();
         rmsnorm_forward(la->xn1, NULL, la->x, p->in_norm, N, D, c->rms_norm_eps);

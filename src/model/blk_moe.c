@@ -6,12 +6,20 @@
 #include "../base/prof.h"
 #include "pass.h"
 
+// the routed experts' and router's names: DeepSeek's and Qwen3's (mlp.gate, mlp.experts.E.
+// gate_proj/up_proj/down_proj), or Mixtral's (block_sparse_moe.gate, experts.E.w1/w3/w2)
+static void expert_name(char *nm, size_t cap, const MoeConfig *c, int l, int e, int which) {
+    static const char *const ds[3] = {"gate_proj", "up_proj", "down_proj"}, *const mx[3] = {"w1", "w3", "w2"};
+    if (c->family == MOE_FAMILY_MIXTRAL) snprintf(nm, cap, "model.layers.%d.block_sparse_moe.experts.%d.%s.weight", l, e, mx[which]);
+    else snprintf(nm, cap, "model.layers.%d.mlp.experts.%d.%s.weight", l, e, ds[which]);
+}
+
 static void moe_ffn_tensors(Layout *lo, const MoeConfig *c, int l, const ExpertShard *sh, ParamViews *v) {
     const int D = c->hidden_size, E = c->n_routed_experts, F = c->moe_intermediate_size;
     LayerParams *p = &v->layer[l];
     char nm[96];
     ffn_norm_tensors(lo, c, l, p);
-    snprintf(nm, sizeof nm, "model.layers.%d.mlp.gate.weight", l);
+    snprintf(nm, sizeof nm, "model.layers.%d.%s.gate.weight", l, c->family == MOE_FAMILY_MIXTRAL ? "block_sparse_moe" : "mlp");
     layout_tensor(lo, nm, E, D, role_matrix(l), &p->router);
     // this process's experts (its shard): expert j's gate_proj and up_proj side by side
     // ([2F, D], one GEMM), the experts one after another, then their down_proj
@@ -20,15 +28,15 @@ static void moe_ffn_tensors(Layout *lo, const MoeConfig *c, int l, const ExpertS
         const int e = shard_expert(sh, l, j);
         const TensorRole r = {l, e, true, false, 0};
         float *view;
-        snprintf(nm, sizeof nm, "model.layers.%d.mlp.experts.%d.gate_proj.weight", l, e);
+        expert_name(nm, sizeof nm, c, l, e, 0);
         layout_tensor(lo, nm, F, D, r, j == 0 ? &p->e_gate_up : &view);
-        snprintf(nm, sizeof nm, "model.layers.%d.mlp.experts.%d.up_proj.weight", l, e);
+        expert_name(nm, sizeof nm, c, l, e, 1);
         layout_tensor(lo, nm, F, D, r, &view);
     }
     for (int j = 0; j < n; j++) {
         const int e = shard_expert(sh, l, j);
         float *view;
-        snprintf(nm, sizeof nm, "model.layers.%d.mlp.experts.%d.down_proj.weight", l, e);
+        expert_name(nm, sizeof nm, c, l, e, 2);
         layout_tensor(lo, nm, D, F, (TensorRole){l, e, true, false, 0}, j == 0 ? &p->e_down : &view);
     }
 }

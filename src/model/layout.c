@@ -89,7 +89,19 @@ void model_build_sharded(Model *m, const MoeConfig *c, bool with_grads, const Ex
         layout_walk(&lo, c, sh, &m->g);
     }
     m->bias = MOE_NEW(float, (size_t)config_n_layers(c) * (c->n_routed_experts > 0 ? c->n_routed_experts : 1));
-    rope_table_init(&m->rope, c->max_position_embeddings, config_rope_dim(c), c->rope_theta, c->rope_interleave);
+    if (c->yarn) {
+        // the attention factor: given, or mscale(factor, mscale) / mscale(factor, mscale_all_dim)
+        // when both are set, else mscale(factor) (mscale(f, m) = 0.1 m ln f + 1, 1 for f <= 1)
+#define MSCALE(f, m) ((f) <= 1 ? 1.0f : 0.1f * (m) * logf(f) + 1.0f)
+        float af = c->yarn_attention_factor;
+        if (af == 0) af = c->yarn_mscale && c->yarn_mscale_all_dim ? MSCALE(c->yarn_factor, c->yarn_mscale) / MSCALE(c->yarn_factor, c->yarn_mscale_all_dim)
+                                                                     : MSCALE(c->yarn_factor, 1.0f);
+#undef MSCALE
+        rope_table_init_yarn(&m->rope, c->max_position_embeddings, config_rope_dim(c), c->rope_theta, c->rope_interleave,
+                             c->yarn_factor, c->yarn_original_max_pos, c->yarn_beta_fast, c->yarn_beta_slow, af);
+    } else {
+        rope_table_init(&m->rope, c->max_position_embeddings, config_rope_dim(c), c->rope_theta, c->rope_interleave);
+    }
     mem_category(old);
 }
 

@@ -22,6 +22,11 @@ void rmsnorm_backward_ref(float *dx, float *dw, const float *dout, const float *
 // place on x[N, nh*hd]. The backward pass rotates the gradient by -angle (the transpose).
 typedef struct { int max_pos, half; bool interleave; float *cos, *sin; } RopeTable;   // [max_pos, hd/2]
 void rope_table_init(RopeTable *t, int max_pos, int hd, float theta, bool interleave);
+// YaRN context extension: frequencies ramped between theta's and theta's / factor over the
+// dimensions that rotate between beta_fast and beta_slow times in orig_max positions;
+// cos and sin scaled by attn_factor
+void rope_table_init_yarn(RopeTable *t, int max_pos, int hd, float theta, bool interleave, float factor, int orig_max,
+                          float beta_fast, float beta_slow, float attn_factor);
 void rope_table_free(RopeTable *t);
 void rope_forward(float *x, const int *pos, const RopeTable *t, int N, int nh, int hd);
 void rope_backward(float *dx, const int *pos, const RopeTable *t, int N, int nh, int hd);

@@ -15,6 +15,29 @@ void rope_table_init(RopeTable *t, int max_pos, int hd, float theta, bool interl
             t->sin[(size_t)p * t->half + i] = (float)sin(ang);
         }
 }
+// YaRN (as the reference library computes it): each frequency between its extrapolated
+// (unscaled) and interpolated (divided by factor) value along a ramp over the dimensions whose
+// wavelength falls between beta_fast and beta_slow rotations of the original context; cos and
+// sin scaled by the attention factor
+void rope_table_init_yarn(RopeTable *t, int max_pos, int hd, float theta, bool interleave, float factor, int orig_max,
+                          float beta_fast, float beta_slow, float attn_factor) {
+    rope_table_init(t, max_pos, hd, theta, interleave);
+    const double two_pi = 2 * 3.14159265358979323846;
+#define CORR(rot) (hd * log(orig_max / ((rot) * two_pi)) / (2 * log((double)theta)))
+    double lo = floor(CORR(beta_fast)), hi = ceil(CORR(beta_slow));
+#undef CORR
+    lo = fmax(lo, 0); hi = fmin(hi, hd - 1);
+    if (lo == hi) hi += 0.001;
+    for (int i = 0; i < t->half; i++) {
+        const double pf = pow((double)theta, 2.0 * i / hd);
+        const double ramp = fmin(fmax((i - lo) / (hi - lo), 0.0), 1.0);
+        const double inv = (1.0 / (factor * pf)) * ramp + (1.0 / pf) * (1.0 - ramp);
+        for (int p = 0; p < max_pos; p++) {
+            t->cos[(size_t)p * t->half + i] = (float)(cos(p * inv) * attn_factor);
+            t->sin[(size_t)p * t->half + i] = (float)(sin(p * inv) * attn_factor);
+        }
+    }
+}
 void rope_table_free(RopeTable *t) { moe_free(t->cos); moe_free(t->sin); }
 
 // rotate each head's pairs (x_i, x_{i+half}), or (x_{2i}, x_{2i+1}) interleaved, by +angle
