@@ -17,6 +17,7 @@ static const Command COMMANDS[] = {
     {"bench", cmd_bench, "training-step speed on random tokens"},
     {"plan", cmd_plan, "predicted memory of a training step, by category"},
     {"plot", cmd_plot, "an SVG of a run: loss, tokens/s, expert-load heatmaps"},
+    {"export", cmd_export, "write a checkpoint as a Hugging Face directory (--format hf)"},
 };
 
 static void usage(FILE *f) {

@@ -115,6 +115,21 @@ printf '{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}}' >"$T/c
 expect_fail "tokenizer.json merge of an unknown token" 'tokenizer.json: model.merges[0]: token "b" is not in the vocabulary' $MOE eval --ckpt "$T/cktok" --data "$T/qa.txt"
 printf '{"model": {"type": "Unigram"' >"$T/cktok/tokenizer.json"
 expect_fail "tokenizer.json not JSON" "tokenizer.json: not valid JSON" $MOE solve --ckpt "$T/cktok" "What is 1 + 1?"
+# --- moe export: what the reference library has no counterpart for, and bad flags
+printf '{"model_type":"pangu_ultra_moe","hidden_size":32,"num_hidden_layers":2,"num_attention_heads":4,"attention_kv_lora_dim":16,"attention_qk_dim":8,"attention_qk_rope_dim":4,"attention_v_dim":8,"intermediate_size":48,"moe_intermediate_size":16,"sandwich_norm":true,"max_position_embeddings":64}' >"$T/sw.json"
+$MOE init --model "$T/sw.json" --out "$T/cksw" 2>/dev/null
+expect_fail "export of a sandwich-norm model" 'cannot export: model_type "pangu_ultra_moe" with sandwich_norm has no counterpart' $MOE export --ckpt "$T/cksw" --out "$T/e1"
+expect_fail "export of GQA with shared experts" 'cannot export: "n_shared_experts" must be 0: qwen3_moe and mixtral have no shared experts' $MOE export --ckpt "$T/ck" --out "$T/e2"
+expect_fail "export to an unknown format" '--format must be hf, got "gguf"' $MOE export --ckpt "$T/cksw" --format gguf --out "$T/e3"
+mkdir -p "$T/e4"
+expect_fail "export over an existing directory" 'e4: already exists; refusing to overwrite it' $MOE export --ckpt "$T/cksw" --out "$T/e4"
+for x in e1 e2 e3; do [ -e "$T/$x" ] && bad "nothing written for a refused export ($x)" "$T/$x exists"; done
+printf '{"model_type":"deepseek_v3","hidden_size":32,"num_attention_heads":4,"kv_lora_rank":16,"qk_nope_head_dim":8,"qk_rope_head_dim":4,"v_head_dim":8,"rope_scaling":{"type":"linear","factor":2}}' >"$T/lin.json"
+expect_fail "rope_scaling the library has and moe.c does not" 'lin.json: key "rope_scaling": rope_type "linear" is not supported' $MOE init --model "$T/lin.json" --out "$T/e5"
+printf '{"model_type":"qwen3_moe","hidden_size":32,"num_attention_heads":4,"use_sliding_window":true}' >"$T/slide.json"
+expect_fail "a reference-library key that changes the math" 'slide.json: key "use_sliding_window" must be false' $MOE init --model "$T/slide.json" --out "$T/e6"
+printf '{"model_type":"mixtral","hidden_size":32,"num_attention_heads":4,"attention_bias":true}' >"$T/bias.json"
+expect_fail "attention_bias true" 'bias.json: key "attention_bias" must be false' $MOE init --model "$T/bias.json" --out "$T/e7"
 [ "${BAD_ONLY:-0}" = 1 ] && { echo "$pass passed, $fail failed"; exit $((fail > 0)); }
 # a checkpoint with a Hugging Face tokenizer.json answers through it
 sed 's/"hidden_size": 32,/"hidden_size": 32, "vocab_size": 1536,/' "$T/tiny.json" >"$T/tinybpe.json"

@@ -96,8 +96,40 @@ def main():
             check(f"hf {name}: {len(names)} gradients", worst <= 1e-4 and not missing and not extra,
                   f"worst {wname} rel {worst:.2e}" + (f"; missing {missing[:2]}" if missing else "")
                   + (f"; extra {extra[:2]}" if extra else ""))
+            # moe export writes the same model back in the library's layout: it loads with
+            # the same logits, bit for bit
+            x = os.path.join(tmp, name + ".export")
+            run(["export", "--ckpt", d, "--out", x])
+            lx = os.path.join(tmp, name + ".export.logits.safetensors")
+            run(["eval", "--ckpt", x, "--data", qa, "--logits", lx])
+            back, _ = moe_ref.read_safetensors(lx)
+            same = all(np.array_equal(back[k], mine[k]) for k in mine)
+            check(f"hf {name}: moe export loads back with the same logits", same)
         except Exception as e:  # noqa: BLE001
             check(f"hf {name}", False, str(e).strip().splitlines()[-1] if str(e).strip() else repr(e))
+    # moe.c's own model with an MTP module, exported as deepseek_v3 (its MTP layer in
+    # DeepSeek-V3's layout, with copies of the embedding and head): the training loss, MTP
+    # included, is the same after the round trip
+    try:
+        cfg = dict(vocab_size=260, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                   moe_intermediate_size=16, n_routed_experts=8, num_experts_per_tok=2, kv_lora_rank=16,
+                   q_lora_rank=24, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, scoring_func="sigmoid",
+                   topk_method="group_limited", n_group=2, topk_group=1, rms_norm_eps=1e-6, num_mtp_layers=1,
+                   max_position_embeddings=128)
+        cp, ck, x = (os.path.join(tmp, "own" + s) for s in (".json", "", ".export"))
+        json.dump(cfg, open(cp, "w"))
+        run(["init", "--model", cp, "--out", ck, "--seed", "3"])
+        run(["export", "--ckpt", ck, "--out", x])
+        xc = json.load(open(os.path.join(x, "config.json")))
+        qa = os.path.join(tmp, "own.txt")
+        open(qa, "w").write("What is 2 + 2?\n4\nWhich is larger: 3 or 9?\n9\n")
+        a = json.loads(run(["grad", "--ckpt", ck, "--data", qa, "--limit", "2", "--out", os.path.join(tmp, "g1"), "--json"]))
+        b = json.loads(run(["grad", "--ckpt", x, "--data", qa, "--limit", "2", "--out", os.path.join(tmp, "g2"), "--json"]))
+        check("moe_v1 MLA + MTP exports as deepseek_v3 and loads back with the same training loss",
+              xc["model_type"] == "deepseek_v3" and xc.get("num_nextn_predict_layers") == 1 and a["loss"] == b["loss"],
+              f"{xc['model_type']}, loss {a['loss']:.9g} and {b['loss']:.9g}")
+    except Exception as e:  # noqa: BLE001
+        check("hf own export", False, str(e).strip().splitlines()[-1] if str(e).strip() else repr(e))
     return 0 if all(results) else 1
 
 

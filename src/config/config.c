@@ -429,6 +429,13 @@ int config_load(MoeConfig *c, const char *path) {
 static const char *const ARCH_NAMES[MOE_N_FAMILIES] = {"MoeV1ForCausalLM", "PanguUltraMoEForCausalLM",
     "DeepseekV3ForCausalLM", "Qwen3MoeForCausalLM", "MixtralForCausalLM"};
 
+// %.9g (a float survives the round trip exactly), with a decimal point: the reference
+// library's config classes type-check their float fields
+static void float_text(char *buf, size_t cap, double v) {
+    snprintf(buf, cap, "%.9g", v);
+    if (!strpbrk(buf, ".eEn")) strncat(buf, ".0", cap - strlen(buf) - 1);
+}
+
 static void write_key(cJSON *r, const KeyDef *kd, const MoeConfig *c) {
     const void *src = (const char *)c + kd->off;
     char buf[64];
@@ -437,8 +444,8 @@ static void write_key(cJSON *r, const KeyDef *kd, const MoeConfig *c) {
         if (*(const int *)src == 0 && c->family != MOE_FAMILY_MOE_V1) { cJSON_AddNullToObject(r, kd->name); break; }
         /* fall through */
     case K_INT: cJSON_AddNumberToObject(r, kd->name, *(const int *)src); break;
-    case K_FLT:   // %.9g: a float survives the round trip exactly
-        snprintf(buf, sizeof buf, "%.9g", (double)*(const float *)src);
+    case K_FLT:
+        float_text(buf, sizeof buf, (double)*(const float *)src);
         cJSON_AddRawToObject(r, kd->name, buf);
         break;
     case K_BOOL: cJSON_AddBoolToObject(r, kd->name, *(const bool *)src); break;
@@ -487,7 +494,7 @@ char *config_to_json(const MoeConfig *c) {
         cJSON_AddStringToObject(y, "type", "yarn");
         cJSON_AddStringToObject(y, "rope_type", "yarn");
         char buf[64];
-#define YF(key, v) do { snprintf(buf, sizeof buf, "%.9g", (double)(v)); cJSON_AddRawToObject(y, key, buf); } while (0)
+#define YF(key, v) do { float_text(buf, sizeof buf, (double)(v)); cJSON_AddRawToObject(y, key, buf); } while (0)
         YF("factor", c->yarn_factor);
         cJSON_AddNumberToObject(y, "original_max_position_embeddings", c->yarn_original_max_pos);
         YF("beta_fast", c->yarn_beta_fast);
@@ -572,4 +579,50 @@ double config_total_params(const MoeConfig *c) {
 double config_flops_per_token(const MoeConfig *c, int T) {
     const double w = config_is_mla(c) ? c->num_attention_heads * 0.5 * (config_qk_dim(c) + config_v_dim(c)) : c->hidden_size;
     return 6.0 * config_active_params(c) + 6.0 * config_n_layers(c) * (double)T * w;
+}
+
+// The reference library's family that computes the same math as c, for `moe export --format hf`.
+int config_hf_family(const MoeConfig *c, MoeConfig *out) {
+    *out = *c;
+    if (c->family == MOE_FAMILY_DEEPSEEK_V3 || c->family == MOE_FAMILY_QWEN3_MOE || c->family == MOE_FAMILY_MIXTRAL)
+        return MOE_OK;
+    const char *name = MOE_FAMILY_NAMES[c->family];
+    if (c->sandwich_norm)
+        MOE_ERR("model_type \"%s\" with sandwich_norm has no counterpart in the reference library (deepseek_v3, qwen3_moe, mixtral)", name);
+    if (c->init_method != MOE_INIT_PYTORCH) out->init_method = MOE_INIT_PYTORCH;   // (initialisation only)
+    if (c->n_mlp_only || c->decoder_sparse_step != 1) MOE_ERR("internal: a layer pattern outside qwen3_moe");
+    if (config_is_mla(c)) {
+        // DeepSeek-V3: sigmoid scores, group-limited choice (one group: greedy) with the bias;
+        // its latent norms keep eps 1e-6
+        if (c->scoring_func != MOE_SCORE_SIGMOID && config_n_moe_layers(c) > 0)
+            MOE_ERR("\"scoring_func\" softmax has no counterpart in deepseek_v3 (sigmoid), the reference library's MLA family");
+        if (c->topk_method == MOE_TOPK_MOGE) MOE_ERR("\"topk_method\" moge has no counterpart in deepseek_v3");
+        if (c->rms_norm_eps != 1e-6f)
+            MOE_ERR("deepseek_v3 normalises the MLA latents with eps 1e-6: \"rms_norm_eps\" must be 1e-6 to export (got %g)", (double)c->rms_norm_eps);
+        if (c->topk_method == MOE_TOPK_GREEDY) { out->topk_method = MOE_TOPK_GROUP_LIMITED; out->n_group = out->topk_group = 1; }
+        out->head_dim = c->qk_rope_head_dim;   // the library sizes its RoPE table by head_dim
+        out->family = MOE_FAMILY_DEEPSEEK_V3;
+        return MOE_OK;
+    }
+    // grouped-query attention: Qwen3-MoE (q/k norm) or Mixtral (no norm), both softmax top-k
+    // over every expert with no shared experts and no correction bias
+    if (config_n_moe_layers(c) > 0 && (c->scoring_func != MOE_SCORE_SOFTMAX || c->topk_method != MOE_TOPK_GREEDY ||
+                                       c->routed_scaling_factor != 1.0f))
+        MOE_ERR("grouped-query attention exports to qwen3_moe or mixtral, whose routers are softmax top-k over every expert "
+                "with routed_scaling_factor 1");
+    if (c->n_shared_experts) MOE_ERR("\"n_shared_experts\" must be 0: qwen3_moe and mixtral have no shared experts");
+    if (c->num_mtp_layers) MOE_ERR("\"num_mtp_layers\" must be 0: qwen3_moe and mixtral have no multi-token prediction");
+    if (c->rope_interleave) MOE_ERR("qwen3_moe's and mixtral's RoPE pair (i, i+d/2): \"rope_interleave\" must be false");
+    if (c->qk_norm) {   // Qwen3: the first dense layers as mlp_only_layers
+        if (c->first_k_dense_replace > 64) MOE_ERR("\"first_k_dense_replace\" above 64 has no qwen3_moe mlp_only_layers");
+        out->n_mlp_only = c->first_k_dense_replace;
+        for (int l = 0; l < c->first_k_dense_replace; l++) out->mlp_only[l] = l;
+        out->first_k_dense_replace = 0;
+        out->family = MOE_FAMILY_QWEN3_MOE;
+        return MOE_OK;
+    }
+    if (!c->norm_topk_prob) MOE_ERR("mixtral renormalises the top-k weights: \"norm_topk_prob\" must be true");
+    if (c->first_k_dense_replace) MOE_ERR("mixtral has no dense layers: \"first_k_dense_replace\" must be 0");
+    out->family = MOE_FAMILY_MIXTRAL;
+    return MOE_OK;
 }

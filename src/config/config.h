@@ -98,3 +98,6 @@ int config_n_moe_layers(const MoeConfig *c);
 double config_active_params(const MoeConfig *c);
 double config_total_params(const MoeConfig *c);
 double config_flops_per_token(const MoeConfig *c, int T);   // 6 N_active + 6 L T D
+// the reference library's family (deepseek_v3, qwen3_moe, mixtral) that computes c's math,
+// with c's values; an error naming what has no counterpart there
+int config_hf_family(const MoeConfig *c, MoeConfig *out);

@@ -155,6 +155,15 @@ int ckpt_save(const char *dir, const Model *m, CkptState *st, bool bf16) {
     return ckpt_recover(dir);
 }
 
+// DeepSeek-V3's MTP layers hold copies of the embedding and the head, which moe.c shares
+static bool mtp_copy(const MoeConfig *c, const char *name) {
+    int l, len = 0;
+    char rest[64];
+    if (sscanf(name, "model.layers.%d.%63s%n", &l, rest, &len) != 2 || name[len]) return false;
+    return l >= c->num_hidden_layers && l < config_n_layers(c) &&
+           (!strcmp(rest, "embed_tokens.weight") || !strcmp(rest, "shared_head.head.weight"));
+}
+
 int ckpt_load_model(const char *dir, Model *m, bool with_grads) { return ckpt_load_model_shard(dir, m, with_grads, NULL); }
 
 int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, const ExpertShard *sh) {
@@ -190,7 +199,7 @@ int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, const Expe
     if (rc == MOE_OK && f.n != expected) {
         for (int i = 0; i < f.n; i++) {
             const char *nm = f.t[i].name;
-            if (model_find_tensor(&full, nm) >= 0 || strstr(nm, "e_score_correction_bias")) continue;
+            if (model_find_tensor(&full, nm) >= 0 || strstr(nm, "e_score_correction_bias") || mtp_copy(&c, nm)) continue;
             moe_seterr("%s: unexpected tensor \"%s\" (config.json does not describe it)", path, nm);
             rc = MOE_FAIL;
             break;
@@ -245,4 +254,48 @@ int ckpt_load_state(const char *dir, const Model *m, float *mom_m, float *mom_v,
     }
     *json = js;
     return MOE_OK;
+}
+
+// The weights under the tensor names of config `target` (the same blocks in the same order,
+// another family's names), the correction bias where target's family has one, and
+// DeepSeek-V3's copies of the embedding and head in each MTP layer.
+int ckpt_export(const char *dir, const Model *m, const MoeConfig *target, bool bf16) {
+    const MoeConfig *c = &m->cfg;
+    Model tl;
+    model_layout(&tl, target);
+    if (tl.n_tensors != m->n_tensors) { model_free(&tl); MOE_ERR("internal: %s's layout has another tensor count", MOE_FAMILY_NAMES[target->family]); }
+    const int L = c->num_hidden_layers, M = c->num_mtp_layers, E = c->n_routed_experts;
+    const bool has_bias = target->family == MOE_FAMILY_DEEPSEEK_V3 || target->family == MOE_FAMILY_PANGU ||
+                          target->family == MOE_FAMILY_MOE_V1;
+    StWriteItem *it = MOE_NEW(StWriteItem, m->n_tensors + config_n_layers(c) + 2 * M + 1);
+    char (*nm)[96] = (char (*)[96])moe_alloc(sizeof(*nm) * (config_n_layers(c) + 2 * M + 1));
+    int n = 0, k = 0, rc = MOE_OK;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const ParamTensor *t = &m->tensors[i], *u = &tl.tensors[i];
+        if (t->numel != u->numel) { rc = MOE_FAIL; moe_seterr("internal: %s and %s differ in shape", t->name, u->name); break; }
+        it[n++] = (StWriteItem){u->name, t->ndim, {t->shape[0], t->shape[1]}, m->params + t->offset, NULL, NULL};
+    }
+    for (int l = 0; l < config_n_layers(c) && rc == MOE_OK; l++) {
+        if (!config_layer_is_moe(c, l)) continue;
+        const float *b = m->bias + (size_t)l * E;
+        if (!has_bias) {
+            for (int e = 0; e < E; e++)
+                if (b[e] != 0) { rc = MOE_FAIL; moe_seterr("layer %d has a non-zero e_score_correction_bias, which %s has no place for", l, MOE_FAMILY_NAMES[target->family]); }
+            continue;
+        }
+        snprintf(nm[k], 96, "model.layers.%d.mlp.gate.e_score_correction_bias", l);
+        it[n++] = (StWriteItem){nm[k++], 1, {E}, b, NULL, NULL};
+    }
+    for (int j = L; j < L + M && rc == MOE_OK; j++) {   // DeepSeek-V3 keeps both in each MTP layer
+        snprintf(nm[k], 96, "model.layers.%d.embed_tokens.weight", j);
+        it[n++] = (StWriteItem){nm[k++], 2, {c->vocab_size, c->hidden_size}, m->w.embed, NULL, NULL};
+        snprintf(nm[k], 96, "model.layers.%d.shared_head.head.weight", j);
+        it[n++] = (StWriteItem){nm[k++], 2, {c->vocab_size, c->hidden_size}, m->w.head, NULL, NULL};
+    }
+    char path[4096];
+    if (rc == MOE_OK) rc = dir_ensure(dir);
+    if (rc == MOE_OK) { path_join(path, sizeof path, dir, "config.json"); rc = config_save(target, path); }
+    if (rc == MOE_OK) { path_join(path, sizeof path, dir, "model.safetensors"); rc = st_write(path, it, n, bf16 ? ST_BF16 : ST_F32, "{\"format\":\"pt\"}"); }
+    moe_free(nm); moe_free(it); model_free(&tl);
+    return rc;
 }

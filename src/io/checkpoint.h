@@ -36,3 +36,6 @@ int ckpt_load_state(const char *dir, const Model *m, float *mom_m, float *mom_v,
 bool ckpt_exists(const char *dir);
 // repair an interrupted save (roll forward a complete journal, drop partial files)
 int ckpt_recover(const char *dir);
+// m's weights under the names of target (config_hf_family: the same model in the reference
+// library's family) in dir: config.json and model.safetensors (bf16: BF16 weights)
+int ckpt_export(const char *dir, const Model *m, const MoeConfig *target, bool bf16);

@@ -1,0 +1,55 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "../base/base.h"
+#include "../base/fileio.h"
+#include "../io/checkpoint.h"
+#include "cmd.h"
+
+static const char *HELP =
+    "usage: moe export --ckpt DIR --format hf --out DIR2 [--bf16]\n"
+    "  writes the checkpoint as a Hugging Face directory that the reference library loads with\n"
+    "  from_pretrained: config.json in the key names of deepseek_v3, qwen3_moe or mixtral (the\n"
+    "  family that computes the same math; an error names what has none), the weights under\n"
+    "  that family's names, and the checkpoint's tokenizer.json if it has one\n";
+
+int cmd_export(int argc, char **argv) {
+    Args a;
+    args_init(&a, argc, argv, "export");
+    if (args_bool(&a, "--help")) { fputs(HELP, stdout); return 0; }
+    const char *ckpt = cmd_required(&a, "--ckpt");
+    if (!ckpt) return cmd_fail("export");
+    const char *out = cmd_required(&a, "--out");
+    if (!out) return cmd_fail("export");
+    const char *fmt = args_str(&a, "--format", "hf");
+    bool bf16 = args_bool(&a, "--bf16");
+    if (!fmt || args_finish(&a)) return cmd_fail("export");
+    if (strcmp(fmt, "hf")) { moe_seterr("--format must be hf, got \"%s\"", fmt); return cmd_fail("export"); }
+    if (path_exists(out)) { moe_seterr("%s: already exists; refusing to overwrite it", out); return cmd_fail("export"); }
+    Model m;
+    if (ckpt_load_model(ckpt, &m, false)) return cmd_fail("export");
+    MoeConfig target;
+    int rc = config_hf_family(&m.cfg, &target);
+    if (rc) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", moe_errmsg());
+        moe_seterr("%s: cannot export: %s", ckpt, why);
+    }
+    if (rc == MOE_OK) rc = ckpt_export(out, &m, &target, bf16);
+    char src[4096], dst[4096];
+    for (int i = 0; rc == MOE_OK && i < 2; i++) {   // the tokenizer goes with the weights
+        const char *f = i ? "tokenizer_config.json" : "tokenizer.json";
+        path_join(src, sizeof src, ckpt, f);
+        path_join(dst, sizeof dst, out, f);
+        if (!path_exists(src)) continue;
+        size_t len;
+        char *t = file_read_all(src, &len);
+        rc = t ? file_write_atomic(dst, t, len) : MOE_FAIL;
+        free(t);
+    }
+    if (rc == MOE_OK)
+        fprintf(stderr, "moe export: %s: model_type %s, %.2fM parameters\n", out, MOE_FAMILY_NAMES[target.family],
+                config_total_params(&target) / 1e6);
+    model_free(&m);
+    return rc ? cmd_fail("export") : 0;
+}
