@@ -24,6 +24,7 @@ if ldconfig -p | grep -q 'libmkl_rt\.so '; then
 fi
 suite "command line: bad input, resume, crash safety" bash tests/test_cli.sh
 suite "distributed: MPI data and expert parallelism" bash tests/test_dist.sh
+suite "fuzz: safetensors, shard index, config (libFuzzer, short)" bash tests/fuzz/smoke.sh
 # the bad-input cases once more under AddressSanitizer + UBSan
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   MOE=./build/asan/moe BAD_ONLY=1 suite "bad input under ASan+UBSan" bash tests/test_cli.sh

@@ -1,5 +1,7 @@
 #include "config.h"
 #include <cjson/cJSON.h>
+#include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,13 +39,14 @@ void config_defaults(MoeConfig *c) {
 }
 
 static int get_int(const cJSON *it, const char *path, int *out) {
-    if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) || fabs(it->valuedouble) > 2e9)
+    if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) || fabs(it->valuedouble) > INT_MAX)
         MOE_ERR("%s: key \"%s\" must be an integer", path, it->string);
     *out = (int)it->valuedouble;
     return MOE_OK;
 }
 static int get_float(const cJSON *it, const char *path, float *out) {
-    if (!cJSON_IsNumber(it)) MOE_ERR("%s: key \"%s\" must be a number", path, it->string);
+    // a float that config_to_json can write back (JSON has no inf or nan)
+    if (!cJSON_IsNumber(it) || !(fabs(it->valuedouble) <= FLT_MAX)) MOE_ERR("%s: key \"%s\" must be a finite number", path, it->string);
     *out = (float)it->valuedouble;
     return MOE_OK;
 }
@@ -100,7 +103,7 @@ int config_parse(MoeConfig *c, const char *text, const char *path) {
                    !strcmp(k, "transformers_version") || !strcmp(k, "bos_token_id") ||
                    !strcmp(k, "eos_token_id") || !strcmp(k, "pad_token_id")) {
             // informational Hugging Face keys: accepted, not used
-        } else { moe_seterr("%s: unknown key \"%s\"", path, k); rc = MOE_FAIL; }
+        } else { char pk[128]; moe_seterr("%s: unknown key \"%s\"", path, moe_printable(pk, sizeof pk, k)); rc = MOE_FAIL; }
 #undef INT
 #undef FLT
 #undef BOOL
@@ -109,7 +112,11 @@ int config_parse(MoeConfig *c, const char *text, const char *path) {
     if (rc != MOE_OK) return rc;
     if (c->num_key_value_heads == 0) c->num_key_value_heads = c->num_attention_heads;
     if (c->head_dim == 0 && c->num_attention_heads > 0) c->head_dim = c->hidden_size / c->num_attention_heads;
-    if (c->intermediate_size == 0) c->intermediate_size = 4 * c->hidden_size;
+    if (c->intermediate_size == 0) {
+        if (c->hidden_size > INT_MAX / 4)
+            MOE_ERR("%s: \"hidden_size\" (%d) is too large for the default \"intermediate_size\" (4 * hidden_size); give it", path, c->hidden_size);
+        c->intermediate_size = 4 * c->hidden_size;
+    }
     if (c->moe_intermediate_size == 0) c->moe_intermediate_size = c->hidden_size;
     return config_validate(c, path);
 }
@@ -119,6 +126,8 @@ int config_validate(const MoeConfig *c, const char *path) {
     POS(vocab_size); POS(hidden_size); POS(num_hidden_layers); POS(num_attention_heads);
     POS(num_key_value_heads); POS(head_dim); POS(intermediate_size); POS(max_position_embeddings);
 #undef POS
+    // every per-layer walk (here, the parameter counts, the model's layout) is bounded
+    if (c->num_hidden_layers > 100000) MOE_ERR("%s: \"num_hidden_layers\" (%d) is over 100000", path, c->num_hidden_layers);
     if (c->vocab_size < 260) MOE_ERR("%s: \"vocab_size\" must be at least 260 (bytes + 4 specials), got %d", path, c->vocab_size);
     if (c->num_attention_heads % c->num_key_value_heads)
         MOE_ERR("%s: \"num_attention_heads\" (%d) must be a multiple of \"num_key_value_heads\" (%d)", path,

@@ -35,15 +35,6 @@ float st_f16_to_f32(uint16_t h) {
     return f;
 }
 
-const char *st_printable(char *out, size_t cap, const char *s) {
-    size_t i = 0;
-    if (cap < 5) { if (cap) out[0] = 0; return out; }
-    for (; s[i] && i < cap - 1; i++) out[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
-    out[i] = 0;
-    if (s[i]) memcpy(out + cap - 4, "...", 4);
-    return out;
-}
-
 static void shape_str(char *out, size_t cap, int ndim, const int64_t *shape) {
     size_t n = (size_t)snprintf(out, cap, "[");
     for (int d = 0; d < ndim && n < cap; d++) n += (size_t)snprintf(out + n, cap - n, d ? ",%lld" : "%lld", (long long)shape[d]);
@@ -82,7 +73,7 @@ static int parse_entry(StTensor *t, const cJSON *it, const char *path, const cha
         if (!strcmp(dt->valuestring, DTYPES[i].name)) { t->dtype = DTYPES[i].dtype; t->dtype_name = DTYPES[i].name; esize = DTYPES[i].esize; }
     if (!esize) {
         char d[32];
-        MOE_ERR("%s: tensor \"%s\": unknown dtype \"%s\" (F32, BF16 or F16 are read)", path, nm, st_printable(d, sizeof d, dt->valuestring));
+        MOE_ERR("%s: tensor \"%s\": unknown dtype \"%s\" (F32, BF16 or F16 are read)", path, nm, moe_printable(d, sizeof d, dt->valuestring));
     }
     const int ndim = cJSON_GetArraySize(sh);
     if (ndim > 4) MOE_ERR("%s: tensor \"%s\": %d dimensions, at most 4 are read", path, nm, ndim);
@@ -143,7 +134,7 @@ static int st_parse(StFile *f) {
     int rc = MOE_OK;
     for (const cJSON *it = root->child; it && rc == MOE_OK; it = it->next) {
         char nm[128];
-        st_printable(nm, sizeof nm, it->string);
+        moe_printable(nm, sizeof nm, it->string);
         if (!strcmp(it->string, "__metadata__")) {
             if (!cJSON_IsObject(it)) { moe_seterr("%s: \"__metadata__\" must be a JSON object", path); rc = MOE_FAIL; }
             else if (f->metadata_json) { moe_seterr("%s: \"__metadata__\" appears twice in the header", path); rc = MOE_FAIL; }
@@ -163,7 +154,7 @@ static int st_parse(StFile *f) {
     for (int i = 1; i < f->n; i++)
         if (!strcmp(f->t[f->by_name[i - 1]].name, f->t[f->by_name[i]].name)) {
             char nm[128];
-            MOE_ERR("%s: tensor \"%s\" appears twice in the header", path, st_printable(nm, sizeof nm, f->t[f->by_name[i]].name));
+            MOE_ERR("%s: tensor \"%s\" appears twice in the header", path, moe_printable(nm, sizeof nm, f->t[f->by_name[i]].name));
         }
     // the tensors cover the data exactly, without overlaps or gaps (the format's own rule)
     int *order = MOE_NEW(int, f->n ? f->n : 1);
@@ -173,10 +164,10 @@ static int st_parse(StFile *f) {
     for (int i = 0; i < f->n && rc == MOE_OK; i++) {
         const StTensor *t = &f->t[order[i]];
         char nm[128], other[128];
-        st_printable(nm, sizeof nm, t->name);
+        moe_printable(nm, sizeof nm, t->name);
         if (t->data < expect) {
             moe_seterr("%s: tensor \"%s\": data [%zu, %zu) overlaps tensor \"%s\"", path, nm, (size_t)(t->data - data0),
-                       (size_t)(t->data - data0) + t->nbytes, st_printable(other, sizeof other, f->t[order[i - 1]].name));
+                       (size_t)(t->data - data0) + t->nbytes, moe_printable(other, sizeof other, f->t[order[i - 1]].name));
             rc = MOE_FAIL;
         } else if (t->data > expect) {
             moe_seterr("%s: tensor \"%s\": data starts at %zu, leaving a gap after byte %zu", path, nm,
@@ -245,7 +236,7 @@ int st_tensor_f32(const StFile *f, const StTensor *t, float *dst) {
     if (t->dtype == ST_F32) { memcpy(dst, p, t->numel * 4); return MOE_OK; }
     if (t->dtype == ST_OTHER) {
         char nm[128];
-        MOE_ERR("%s: tensor \"%s\": dtype %s cannot be read as f32 (F32, BF16 or F16 can)", f->path, st_printable(nm, sizeof nm, t->name), t->dtype_name);
+        MOE_ERR("%s: tensor \"%s\": dtype %s cannot be read as f32 (F32, BF16 or F16 can)", f->path, moe_printable(nm, sizeof nm, t->name), t->dtype_name);
     }
     for (size_t i = 0; i < t->numel; i++) {
         uint16_t h;
@@ -258,12 +249,12 @@ int st_tensor_f32(const StFile *f, const StTensor *t, float *dst) {
 int st_read_f32(const StFile *f, const char *name, float *dst, int64_t d0, int64_t d1) {
     char nm[128];
     const StTensor *t = st_find(f, name);
-    if (!t) MOE_ERR("%s: missing tensor \"%s\"", f->path, st_printable(nm, sizeof nm, name));
+    if (!t) MOE_ERR("%s: missing tensor \"%s\"", f->path, moe_printable(nm, sizeof nm, name));
     const int want_ndim = d1 ? 2 : 1;
     if (t->ndim != want_ndim || t->shape[0] != d0 || (d1 && t->shape[1] != d1)) {
         char got[128];
         shape_str(got, sizeof got, t->ndim, t->shape);
-        st_printable(nm, sizeof nm, name);
+        moe_printable(nm, sizeof nm, name);
         if (d1) MOE_ERR("%s: tensor \"%s\" has shape %s, expected [%lld,%lld]", f->path, nm, got, (long long)d0, (long long)d1);
         MOE_ERR("%s: tensor \"%s\" has shape %s, expected [%lld]", f->path, nm, got, (long long)d0);
     }

@@ -50,9 +50,6 @@ const char *st_meta(const StFile *f, const char *key, char *buf, size_t cap);
 
 // IEEE 754 half -> f32, exact (subnormals, inf, nan with its payload)
 float st_f16_to_f32(uint16_t h);
-// a name from a file, made safe for a one-line message: control characters become '?',
-// and it is cut at cap - 1 bytes with "..." (returns out)
-const char *st_printable(char *out, size_t cap, const char *s);
 
 typedef struct {
     const char *name;
