@@ -48,6 +48,9 @@ moe: build/src/moe.o $(LIB)
 build/test_ops: tests/test_ops.c $(LIB)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
+build/test_io: tests/test_io.c $(LIB)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
 # AddressSanitizer + UBSan build of the binary, for the bad-input tests
 build/asan/moe: $(SRC) src/moe.c $(wildcard src/*/*.h)
 	@mkdir -p build/asan
@@ -79,7 +82,7 @@ fuzz:
 
 test:
 	@bash scripts/deps.sh
-	@$(MAKE) --no-print-directory moe build/test_ops build/asan/moe $(FUZZERS)
+	@$(MAKE) --no-print-directory moe build/test_ops build/test_io build/asan/moe $(FUZZERS)
 	@bash tests/run.sh
 
 demo:

@@ -16,6 +16,7 @@ suite() {
 }
 suite "layers: includes run one way" bash tests/check_layers.sh
 suite "ops: fast vs reference vs finite differences" ./build/test_ops
+suite "file formats: bad safetensors and shard indexes, F16, sharded writes" ./build/test_io
 suite "PyTorch oracle: grad, eval, AdamW" /usr/bin/python3 tests/test_oracle.py
 # the BLAS that auto did not pick, where both are there (MKL from Debian's libmkl-rt)
 if ldconfig -p | grep -q 'libmkl_rt\.so '; then

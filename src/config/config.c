@@ -112,7 +112,7 @@ int config_parse(MoeConfig *c, const char *text, const char *path) {
     if (rc != MOE_OK) return rc;
     if (c->num_key_value_heads == 0) c->num_key_value_heads = c->num_attention_heads;
     if (c->head_dim == 0 && c->num_attention_heads > 0) c->head_dim = c->hidden_size / c->num_attention_heads;
-    if (c->intermediate_size == 0) {
+    if (c->intermediate_size == 0 && c->hidden_size > 0) {   // (a bad hidden_size is refused below)
         if (c->hidden_size > INT_MAX / 4)
             MOE_ERR("%s: \"hidden_size\" (%d) is too large for the default \"intermediate_size\" (4 * hidden_size); give it", path, c->hidden_size);
         c->intermediate_size = 4 * c->hidden_size;

@@ -42,7 +42,10 @@ int shards_open_index(StShards *s, const char *dir, const char *text, size_t len
     s->dir = moe_strdup(dir);
     s->index_path = moe_strdup(path);
     const char *ip = s->index_path;
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    const char *end = text;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    for (; root && end < text + len; end++)   // nothing but white space after the object
+        if (*end != ' ' && *end != '\t' && *end != '\n' && *end != '\r') { cJSON_Delete(root); root = NULL; break; }
     const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map"), *meta = cJSON_GetObjectItemCaseSensitive(root, "metadata");
     int rc = MOE_OK;
     if (!cJSON_IsObject(root)) { moe_seterr("%s: malformed JSON (expected an object with \"weight_map\")", ip); rc = MOE_FAIL; }

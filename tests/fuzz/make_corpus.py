@@ -92,3 +92,9 @@ write(C, "wrong_type", json.dumps(dict(tiny, hidden_size="32")))
 write(C, "huge_float", json.dumps(dict(tiny, rope_theta=1e300)))
 write(C, "huge_int", json.dumps(dict(tiny, hidden_size=2000000000)))
 write(C, "malformed", '{"hidden_size": 32,, }')
+# regressions found by fuzz_config: 4 * hidden_size past INT_MAX (the default intermediate
+# size), an intermediate size over the old 2e9 integer bound, a 1.4e9-layer walk
+write(C, "regress_hidden_4x_overflow", json.dumps({"hidden_size": 1649519544, "model_type": "moe_v1"}))
+write(C, "regress_default_over_2e9", json.dumps({"hidden_size": 536870911}))
+write(C, "regress_layers_1e9", '{"hidden_size": 32, "num_hidden_layers": 0000000001420835664, "model_type": "moe_v1"}')
+write(C, "regress_hidden_negative_4x", json.dumps({"hidden_size": -1649519544, "model_type": "moe_v1"}))
