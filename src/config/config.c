@@ -70,7 +70,7 @@ static const char *const SCOPE_NAMES[] = {"batch", "sequence", "ep_group"};
 
 int config_parse(MoeConfig *c, const char *text, const char *path) {
     config_defaults(c);
-    cJSON *root = cJSON_Parse(text);
+    cJSON *root = cJSON_ParseWithOpts(text, NULL, 1);   // nothing but white space after the object
     if (!root) {
         const char *at = cJSON_GetErrorPtr();
         int line = 1;
@@ -229,7 +229,7 @@ int config_n_moe_layers(const MoeConfig *c) {
 }
 
 static double attn_params(const MoeConfig *c) {
-    double D = c->hidden_size, q = c->num_attention_heads * c->head_dim, kv = c->num_key_value_heads * c->head_dim;
+    double D = c->hidden_size, q = (double)c->num_attention_heads * c->head_dim, kv = (double)c->num_key_value_heads * c->head_dim;
     return D * q * 2 + D * kv * 2;
 }
 double config_active_params(const MoeConfig *c) {

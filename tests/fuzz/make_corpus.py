@@ -98,3 +98,6 @@ write(C, "regress_hidden_4x_overflow", json.dumps({"hidden_size": 1649519544, "m
 write(C, "regress_default_over_2e9", json.dumps({"hidden_size": 536870911}))
 write(C, "regress_layers_1e9", '{"hidden_size": 32, "num_hidden_layers": 0000000001420835664, "model_type": "moe_v1"}')
 write(C, "regress_hidden_negative_4x", json.dumps({"hidden_size": -1649519544, "model_type": "moe_v1"}))
+# num_attention_heads * head_dim past INT_MAX in the parameter count (and text after the object)
+write(C, "regress_heads_x_head_dim", b'{"head_dim": 74, "head_dim":666666666}6666666666666666666666666666)\0\0\0 73, "head_dim": 4,"tie_word_embeddi"dtype"ngs": true}')
+write(C, "regress_heads_x_head_dim_strict", json.dumps({"head_dim": 666666666}))
