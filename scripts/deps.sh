@@ -33,8 +33,10 @@ if [ "${1:-}" = check ]; then
 fi
 # "build": what building and running needs (make, make demo); default: also the test oracle's
 pkgs=(build-essential libopenblas-openmp-dev libcjson-dev libpcre2-dev libutf8proc-dev libopenmpi-dev openmpi-bin)
-# the tests also use pgrep (procps) and, for the emulated hosts, ip and tc (iproute2)
-[ "${1:-all}" = build ] || pkgs+=(python3 python3-numpy python3-torch procps iproute2)
+# the tests also use pgrep (procps) and, for the emulated hosts, ip and tc (iproute2); the
+# fuzzing harnesses (make test's short pass, make fuzz) clang with libFuzzer and the
+# sanitizers' runtimes (libclang-rt-dev); a plain make needs neither
+[ "${1:-all}" = build ] || pkgs+=(python3 python3-numpy python3-torch procps iproute2 clang libclang-rt-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

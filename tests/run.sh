@@ -17,6 +17,7 @@ suite() {
 suite "layers: includes run one way" bash tests/check_layers.sh
 suite "ops: fast vs reference vs finite differences" ./build/test_ops
 suite "tokenizers: BPE vs Hugging Face tokenizers, bad tokenizer.json" ./build/test_tok
+suite "file formats: bad safetensors and shard indexes, F16, sharded writes" ./build/test_io
 suite "PyTorch oracle: grad, eval, AdamW" /usr/bin/python3 tests/test_oracle.py
 # the BLAS that auto did not pick, where both are there (MKL from Debian's libmkl-rt)
 if ldconfig -p | grep -q 'libmkl_rt\.so '; then
@@ -26,6 +27,7 @@ fi
 suite "Hugging Face checkpoints: logits, loss and gradients against the reference library" /usr/bin/python3 tests/test_hf.py
 suite "command line: bad input, resume, crash safety" bash tests/test_cli.sh
 suite "distributed: MPI data and expert parallelism" bash tests/test_dist.sh
+suite "fuzz: safetensors, shard index, config (libFuzzer, short)" bash tests/fuzz/smoke.sh
 # the bad-input cases once more under AddressSanitizer + UBSan
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   MOE=./build/asan/moe BAD_ONLY=1 suite "bad input under ASan+UBSan" bash tests/test_cli.sh

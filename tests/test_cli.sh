@@ -67,6 +67,11 @@ cp "$T/ck8/model.safetensors" "$T/incons/model.safetensors"
 expect_fail "inconsistent safetensors (shape)" 'incons/model.safetensors: tensor "model.layers.0.mlp.experts.0.gate_proj.weight" has shape [8,32], expected [16,32]' $MOE eval --ckpt "$T/incons" --data "$T/qa.txt"
 cp -r "$T/ck" "$T/garbage"; printf '\x10\x00\x00\x00\x00\x00\x00\x00{"a":[1,2,3]}   ' >"$T/garbage/model.safetensors"
 expect_fail "malformed safetensors header" "garbage/model.safetensors: tensor \"a\"" $MOE eval --ckpt "$T/garbage" --data "$T/qa.txt"
+# a header from elsewhere: each field is checked before any data is touched (tests/test_io.c has the rest)
+cp -r "$T/ck" "$T/overlap"; printf '\x6e\x00\x00\x00\x00\x00\x00\x00{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}  \x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00' >"$T/overlap/model.safetensors"
+expect_fail "overlapping safetensors tensors" 'overlap/model.safetensors: tensor "b": data [4, 12) overlaps tensor "a"' $MOE eval --ckpt "$T/overlap" --data "$T/qa.txt"
+cp -r "$T/ck" "$T/dtype"; printf '\x40\x00\x00\x00\x00\x00\x00\x00{"a":{"dtype":"Q4_K","shape":[2],"data_offsets":[0,2]}}         \x00\x00' >"$T/dtype/model.safetensors"
+expect_fail "unknown safetensors dtype" 'dtype/model.safetensors: tensor "a": unknown dtype "Q4_K"' $MOE eval --ckpt "$T/dtype" --data "$T/qa.txt"
 
 # --- data
 expect_fail "missing data file" "none.txt: cannot open" $MOE eval --ckpt "$T/ck" --data "$T/none.txt"

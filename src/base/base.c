@@ -132,6 +132,14 @@ char *moe_strdup(const char *s) {
     memcpy(d, s, n);
     return d;
 }
+const char *moe_printable(char *out, size_t cap, const char *s) {
+    size_t i = 0;
+    if (cap < 5) { if (cap) out[0] = 0; return out; }
+    for (; s[i] && i < cap - 1; i++) out[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+    out[i] = 0;
+    if (s[i]) memcpy(out + cap - 4, "...", 4);
+    return out;
+}
 char *file_read_all(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) { moe_seterr("%s: cannot open: %s", path, strerror(errno)); return NULL; }

@@ -50,6 +50,9 @@ long peak_rss_kb(void);
 static inline int imin(int a, int b) { return a < b ? a : b; }
 static inline int imax(int a, int b) { return a > b ? a : b; }
 char *moe_strdup(const char *s);
+// text from a file (a key, a tensor name) made safe for a one-line message: control
+// characters become '?', and it is cut to fit cap bytes, ending in "..." (returns out)
+const char *moe_printable(char *out, size_t cap, const char *s);
 // read a whole file; returns NULL and sets the error on failure
 char *file_read_all(const char *path, size_t *len);
 

@@ -1,5 +1,7 @@
 #include "config.h"
 #include <cjson/cJSON.h>
+#include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -49,13 +51,14 @@ float config_attn_scale(const MoeConfig *c) {
 }
 
 static int get_int(const cJSON *it, const char *path, int *out) {
-    if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) || fabs(it->valuedouble) > 2e9)
+    if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) || fabs(it->valuedouble) > INT_MAX)
         MOE_ERR("%s: key \"%s\" must be an integer", path, it->string);
     *out = (int)it->valuedouble;
     return MOE_OK;
 }
 static int get_float(const cJSON *it, const char *path, float *out) {
-    if (!cJSON_IsNumber(it)) MOE_ERR("%s: key \"%s\" must be a number", path, it->string);
+    // a float that config_to_json can write back (JSON has no inf or nan)
+    if (!cJSON_IsNumber(it) || !(fabs(it->valuedouble) <= FLT_MAX)) MOE_ERR("%s: key \"%s\" must be a finite number", path, it->string);
     *out = (float)it->valuedouble;
     return MOE_OK;
 }
@@ -212,16 +215,17 @@ static int parse_rope(MoeConfig *c, const cJSON *it, const char *path) {
                                             "truncate"};
         bool ok = false;
         for (size_t i = 0; i < sizeof known / sizeof *known; i++) ok |= !strcmp(x->string, known[i]);
-        if (!ok) MOE_ERR("%s: key \"%s\" has \"%s\", which moe.c does not implement", path, k, x->string);
-        if (strcmp(x->string, "rope_type") && strcmp(x->string, "type") && !cJSON_IsNumber(x) &&
-            !(cJSON_IsBool(x) && !strcmp(x->string, "truncate")))
-            MOE_ERR("%s: key \"%s\": \"%s\" must be a number", path, k, x->string);
+        char pk[128];
+        if (!ok) MOE_ERR("%s: key \"%s\" has \"%s\", which moe.c does not implement", path, k, moe_printable(pk, sizeof pk, x->string));
+        if (strcmp(x->string, "rope_type") && strcmp(x->string, "type") &&
+            !(cJSON_IsNumber(x) && fabs(x->valuedouble) <= FLT_MAX) && !(cJSON_IsBool(x) && !strcmp(x->string, "truncate")))
+            MOE_ERR("%s: key \"%s\": \"%s\" must be a finite number", path, k, moe_printable(pk, sizeof pk, x->string));
     }
     const cJSON *th = cJSON_GetObjectItem(it, "rope_theta");
     if (th) c->rope_theta = (float)th->valuedouble;
     if (!strcmp(type, "default")) { c->yarn = false; return MOE_OK; }
     if (strcmp(type, "yarn"))
-        MOE_ERR("%s: key \"%s\": rope_type \"%s\" is not supported (default or yarn)", path, k, type);
+        { char pk[128]; MOE_ERR("%s: key \"%s\": rope_type \"%s\" is not supported (default or yarn)", path, k, moe_printable(pk, sizeof pk, type)); }
     const cJSON *tr = cJSON_GetObjectItem(it, "truncate");
     if (tr && !cJSON_IsTrue(tr)) MOE_ERR("%s: key \"%s\": truncate false is not supported", path, k);
 #define NUM(name, dflt) (cJSON_GetObjectItem(it, name) ? (float)cJSON_GetObjectItem(it, name)->valuedouble : (dflt))
@@ -313,7 +317,7 @@ static int parse_family(const cJSON *root, const char *path, MoeFamily *f) {
 
 int config_parse(MoeConfig *c, const char *text, const char *path) {
     config_defaults(c);
-    cJSON *root = cJSON_Parse(text);
+    cJSON *root = cJSON_ParseWithOpts(text, NULL, 1);   // nothing but white space after the object
     if (!root) {
         const char *at = cJSON_GetErrorPtr();
         int line = 1;
@@ -336,7 +340,8 @@ int config_parse(MoeConfig *c, const char *text, const char *path) {
         bool known;
         rc = fixed_key(c, it, path, &known);
         if (rc == MOE_OK && !known) {
-            moe_seterr("%s: unknown key \"%s\" for model_type \"%s\"", path, k, MOE_FAMILY_NAMES[fam]);
+            char pk[128];
+            moe_seterr("%s: unknown key \"%s\" for model_type \"%s\"", path, moe_printable(pk, sizeof pk, k), MOE_FAMILY_NAMES[fam]);
             rc = MOE_FAIL;
         }
     }
@@ -350,7 +355,11 @@ int config_parse(MoeConfig *c, const char *text, const char *path) {
     }
     if (c->num_key_value_heads == 0) c->num_key_value_heads = c->num_attention_heads;
     if (c->head_dim == 0 && c->num_attention_heads > 0) c->head_dim = c->hidden_size / c->num_attention_heads;
-    if (c->intermediate_size == 0) c->intermediate_size = 4 * c->hidden_size;
+    if (c->intermediate_size == 0 && c->hidden_size > 0) {   // (a bad hidden_size is refused below)
+        if (c->hidden_size > INT_MAX / 4)
+            MOE_ERR("%s: \"hidden_size\" (%d) is too large for the default \"intermediate_size\" (4 * hidden_size); give it", path, c->hidden_size);
+        c->intermediate_size = 4 * c->hidden_size;
+    }
     if (c->moe_intermediate_size == 0) c->moe_intermediate_size = c->hidden_size;
     return config_validate(c, path);
 }
@@ -360,6 +369,8 @@ int config_validate(const MoeConfig *c, const char *path) {
     POS(vocab_size); POS(hidden_size); POS(num_hidden_layers); POS(num_attention_heads);
     POS(num_key_value_heads); POS(head_dim); POS(intermediate_size); POS(max_position_embeddings);
 #undef POS
+    // every per-layer walk (here, the parameter counts, the model's layout) is bounded
+    if (c->num_hidden_layers > 100000) MOE_ERR("%s: \"num_hidden_layers\" (%d) is over 100000", path, c->num_hidden_layers);
     if (c->vocab_size < 260) MOE_ERR("%s: \"vocab_size\" must be at least 260 (bytes + 4 specials), got %d", path, c->vocab_size);
     if (c->num_attention_heads % c->num_key_value_heads)
         MOE_ERR("%s: \"num_attention_heads\" (%d) must be a multiple of \"num_key_value_heads\" (%d)", path,

@@ -17,6 +17,7 @@
 #include "../base/base.h"
 #include "../base/fileio.h"
 #include "../io/safetensors.h"
+#include "shards.h"
 #include "checkpoint.h"
 
 static const char *CKPT_FILES[] = {"config.json", "model.safetensors", "train_state.safetensors"};
@@ -174,14 +175,15 @@ int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, const Expe
     path_join(path, sizeof path, dir, "config.json");
     if (!path_exists(path)) MOE_ERR("%s: missing config.json (not a checkpoint directory?)", dir);
     MOE_TRY(config_load(&c, path));
-    path_join(path, sizeof path, dir, "model.safetensors");
-    StFile f;
-    MOE_TRY(st_open(&f, path));
+    // model.safetensors, or a Hugging Face index and its shards
+    StShards f;
+    MOE_TRY(shards_open(&f, dir));
+    snprintf(path, sizeof path, "%s", f.index_path ? f.index_path : dir);
     model_build_sharded(m, &c, with_grads, sh);
     int rc = MOE_OK;
     for (int i = 0; i < m->n_tensors && rc == MOE_OK; i++) {
         const ParamTensor *t = &m->tensors[i];
-        rc = st_read_f32(&f, t->name, m->params + t->offset, t->shape[0], t->ndim == 2 ? t->shape[1] : 0);
+        rc = shards_read_f32(&f, t->name, m->params + t->offset, t->shape[0], t->ndim == 2 ? t->shape[1] : 0);
     }
     // every tensor in the file must be one the config describes (this process may hold
     // only some of the experts: names are checked against the whole layout)
@@ -192,21 +194,22 @@ int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, const Expe
         if (!config_layer_is_moe(&c, l)) continue;
         char nm[96];
         snprintf(nm, sizeof nm, "model.layers.%d.mlp.gate.e_score_correction_bias", l);
-        if (!st_find(&f, nm)) continue;   // absent: zero bias, as in Hugging Face checkpoints without it
-        rc = st_read_f32(&f, nm, m->bias + (size_t)l * c.n_routed_experts, c.n_routed_experts, 0);
+        if (!shards_find(&f, nm, NULL)) continue;   // absent: zero bias, as in Hugging Face checkpoints without it
+        rc = shards_read_f32(&f, nm, m->bias + (size_t)l * c.n_routed_experts, c.n_routed_experts, 0);
         expected++;
     }
     if (rc == MOE_OK && f.n != expected) {
         for (int i = 0; i < f.n; i++) {
-            const char *nm = f.t[i].name;
+            const char *nm = shards_tensor(&f, i, NULL)->name;
             if (model_find_tensor(&full, nm) >= 0 || strstr(nm, "e_score_correction_bias") || mtp_copy(&c, nm)) continue;
-            moe_seterr("%s: unexpected tensor \"%s\" (config.json does not describe it)", path, nm);
+            char pn[128];
+            moe_seterr("%s: unexpected tensor \"%s\" (config.json does not describe it)", path, moe_printable(pn, sizeof pn, nm));
             rc = MOE_FAIL;
             break;
         }
     }
     model_free(&full);
-    st_close(&f);
+    shards_close(&f);
     if (rc) model_free(m);
     return rc;
 }
