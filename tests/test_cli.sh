@@ -53,7 +53,7 @@ for x in x1 x2 x3 x4 x5 x6 x6b x7; do [ -e "$T/$x" ] && bad "nothing written for
 mkdir -p "$T/empty"
 expect_fail "checkpoint without config.json" "empty: missing config.json" $MOE eval --ckpt "$T/empty" --data "$T/qa.txt"
 cp -r "$T/ck" "$T/nost"; rm "$T/nost/model.safetensors"
-expect_fail "missing safetensors" "nost/model.safetensors: cannot open" $MOE eval --ckpt "$T/nost" --data "$T/qa.txt"
+expect_fail "missing safetensors" "nost: no model.safetensors or model.safetensors.index.json" $MOE eval --ckpt "$T/nost" --data "$T/qa.txt"
 cp -r "$T/ck" "$T/trunc"; truncate -s 20000 "$T/trunc/model.safetensors"
 expect_fail "truncated safetensors (data cut)" "trunc/model.safetensors: tensor" $MOE eval --ckpt "$T/trunc" --data "$T/qa.txt"
 cp -r "$T/ck" "$T/trunc1"; truncate -s 3000 "$T/trunc1/model.safetensors"
@@ -120,6 +120,19 @@ printf '{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}}' >"$T/c
 expect_fail "tokenizer.json merge of an unknown token" 'tokenizer.json: model.merges[0]: token "b" is not in the vocabulary' $MOE eval --ckpt "$T/cktok" --data "$T/qa.txt"
 printf '{"model": {"type": "Unigram"' >"$T/cktok/tokenizer.json"
 expect_fail "tokenizer.json not JSON" "tokenizer.json: not valid JSON" $MOE solve --ckpt "$T/cktok" "What is 1 + 1?"
+# --- fine-tuning a Hugging Face directory (Mixtral's fixture: 8 shards and an index)
+cp -r tests/hf/fixtures/mixtral "$T/mx"
+sum_mx=$(cat "$T/mx"/* | md5sum)
+expect_fail "fine-tuning into the directory it starts from" "fine-tuning never writes over the checkpoint it starts from" \
+  $MOE train --init-from "$T/mx" --data "$T/qa.txt" --out "$T/mx" --steps 2 --batch 4
+$MOE train --init-from "$T/mx" --data "$T/qa.txt" --out "$T/mxft" --steps 2 --batch 4 --seq 64 --quiet 2>"$T/err" \
+  && [ "$(wc -l <"$T/mxft/log.jsonl")" = 2 ] && grep -q '"model_type":.*"mixtral"' "$T/mxft/config.json" \
+  && $MOE train --resume "$T/mxft" --data "$T/qa.txt" --out "$T/mxft" --steps 3 --batch 4 --seq 64 --quiet 2>>"$T/err" \
+  && [ "$(wc -l <"$T/mxft/log.jsonl")" = 3 ] \
+  && ok "train --init-from a sharded Hugging Face directory, then --resume: a mixtral checkpoint, steps 1-3" \
+  || bad "train --init-from a Hugging Face directory" "$(head -2 "$T/err")"
+[ "$(cat "$T/mx"/* | md5sum)" = "$sum_mx" ] && ok "fine-tuning leaves the Hugging Face directory untouched" || bad "fine-tuning leaves the Hugging Face directory untouched" "files changed"
+
 # --- moe export: what the reference library has no counterpart for, and bad flags
 printf '{"model_type":"pangu_ultra_moe","hidden_size":32,"num_hidden_layers":2,"num_attention_heads":4,"attention_kv_lora_dim":16,"attention_qk_dim":8,"attention_qk_rope_dim":4,"attention_v_dim":8,"intermediate_size":48,"moe_intermediate_size":16,"sandwich_norm":true,"max_position_embeddings":64}' >"$T/sw.json"
 $MOE init --model "$T/sw.json" --out "$T/cksw" 2>/dev/null

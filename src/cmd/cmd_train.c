@@ -1,11 +1,15 @@
 #include <string.h>
 #include "../base/base.h"
+#include "../base/fileio.h"
 #include "../parallel/parallel.h"
 #include "../train/train.h"
 #include "cmd.h"
 
 static const char *HELP =
-    "usage: moe train --data PATH[,PATH...] --out DIR (--model CFG.json | --resume DIR) [options]\n"
+    "usage: moe train --data PATH[,PATH...] --out DIR (--model CFG.json | --resume DIR | --init-from DIR) [options]\n"
+    "  --init-from DIR    fine-tune a checkpoint (moe.c's or a Hugging Face directory): its weights,\n"
+    "                     a fresh optimizer, step 0; --resume of a directory without a training state\n"
+    "                     does the same\n"
     "  --steps N          total steps of the run (default 100); a resume continues to N\n"
     "  --time-budget SEC  stop (and checkpoint) when the next step would pass SEC seconds\n"
     "  --batch B          examples per optimizer step (default 32)\n"
@@ -64,10 +68,21 @@ int cmd_train(int argc, char **argv) {
     if (!(ta.data = cmd_required(&a, "--data")) || !(ta.out = cmd_required(&a, "--out"))) return cmd_fail("train");
     ta.model_cfg = args_str(&a, "--model", NULL);
     ta.resume = args_str(&a, "--resume", NULL);
+    ta.init_from = args_str(&a, "--init-from", NULL);
     ta.eval_data = args_str(&a, "--eval-data", NULL);
-    if (!ta.model_cfg == !ta.resume) {
-        moe_seterr("give exactly one of --model CFG.json (a new run) or --resume DIR");
+    if (!!ta.model_cfg + !!ta.resume + !!ta.init_from != 1) {
+        moe_seterr("give exactly one of --model CFG.json (a new run), --resume DIR or --init-from DIR");
         return cmd_fail("train");
+    }
+    char st[4096];
+    if (ta.resume) {   // a checkpoint without a training state (a Hugging Face directory, moe init's): its weights
+        path_join(st, sizeof st, ta.resume, "train_state.safetensors");
+        if (path_exists(ta.resume) && !path_exists(st)) {
+            fprintf(stderr, "moe train: %s has no training state: starting from its weights with a fresh optimizer "
+                            "(as --init-from)\n", ta.resume);
+            ta.init_from = ta.resume;
+            ta.resume = NULL;
+        }
     }
     const char *fmt = args_str(&a, "--format", "auto");
     int rc = cmd_threads(&a);

@@ -45,7 +45,9 @@ typedef struct {
     const char *data;             // comma-separated paths
     const char *out;
     const char *model_cfg;        // new run
-    const char *resume;           // or resume from
+    const char *resume;           // or resume from (a checkpoint with its training state)
+    const char *init_from;        // or fine-tune: a checkpoint's weights (moe.c's or Hugging
+                                  // Face's), a fresh optimizer, step 0
     const char *eval_data;        // optional held-out Q/A file
 } TrainArgs;
 

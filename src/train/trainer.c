@@ -83,12 +83,13 @@ static int run_model(Run *R, const TrainArgs *ar, TrainConfig *tc) {
     const DistInfo *di = dist_info();
     MoeConfig c0;
     char cp[4096];
-    if (ar->resume) {
-        path_join(cp, sizeof cp, ar->resume, "config.json");
-        MOE_TRY(ckpt_recover(ar->resume));
-        if (!path_exists(cp)) MOE_ERR("%s: missing config.json (not a checkpoint directory?)", ar->resume);
+    const char *from = ar->resume ? ar->resume : ar->init_from;   // a checkpoint's config
+    if (from) {
+        path_join(cp, sizeof cp, from, "config.json");
+        MOE_TRY(ckpt_recover(from));
+        if (!path_exists(cp)) MOE_ERR("%s: missing config.json (not a checkpoint directory?)", from);
     }
-    MOE_TRY(config_load(&c0, ar->resume ? cp : ar->model_cfg));
+    MOE_TRY(config_load(&c0, from ? cp : ar->model_cfg));
     const int ep = tc->ep;
     if (ep > 1 && (c0.n_routed_experts == 0 || c0.n_routed_experts % ep))
         MOE_ERR("--ep %d must divide the model's n_routed_experts %d", ep, c0.n_routed_experts);
@@ -97,8 +98,11 @@ static int run_model(Run *R, const TrainArgs *ar, TrainConfig *tc) {
         R->shard = (ExpertShard){di->ep_rank * ne, ne, NULL, di->ep_rank, &dist_info()->moe};
     }
     if (!ar->resume) {
-        model_build_sharded(&R->m, &c0, true, &R->shard);   // (without --ep: the zero shard, every expert)
-        model_init_weights(&R->m, tc->seed);
+        if (ar->init_from) MOE_TRY(ckpt_load_model_shard(ar->init_from, &R->m, true, &R->shard));
+        else {
+            model_build_sharded(&R->m, &c0, true, &R->shard);   // (without --ep: the zero shard, every expert)
+            model_init_weights(&R->m, tc->seed);
+        }
         if (!(tc->zero && di->size > 1)) adamw_alloc(&R->opt, R->m.n_params);   // (--zero 1: a share, later)
     } else {
         MOE_TRY(ckpt_load_model_shard(ar->resume, &R->m, true, &R->shard));
@@ -138,8 +142,9 @@ static int run_check(const Run *R, const TrainArgs *ar, TrainConfig *tc) {
 // run carries it, with tokenizer_config.json), else the byte tokenizer.
 static int run_tokenizer(Run *R, const TrainArgs *ar) {
     char dir[4096];
-    snprintf(dir, sizeof dir, "%s", ar->resume ? ar->resume : ar->model_cfg);
-    if (!ar->resume) { char *sl = strrchr(dir, '/'); if (sl) *sl = 0; else snprintf(dir, sizeof dir, "."); }
+    const char *ck = ar->resume ? ar->resume : ar->init_from;
+    snprintf(dir, sizeof dir, "%s", ck ? ck : ar->model_cfg);
+    if (!ck) { char *sl = strrchr(dir, '/'); if (sl) *sl = 0; else snprintf(dir, sizeof dir, "."); }
     MOE_TRY(tokenizer_for_dir(&R->tk, dir, R->m.cfg.vocab_size));
     if (R->tk.kind != TOKENIZER_BPE || dist_info()->rank != 0) return MOE_OK;
     static const char *const FILES[] = {"tokenizer.json", "tokenizer_config.json"};
@@ -316,6 +321,8 @@ static int check_out(const TrainArgs *ar) {
         if (!realpath(ar->resume, rres)) MOE_ERR("%s: checkpoint directory does not exist", ar->resume);
         same_dir = realpath(ar->out, rout) && !strcmp(rout, rres);
     }
+    if (ar->init_from && realpath(ar->init_from, rres) && realpath(ar->out, rout) && !strcmp(rout, rres))
+        MOE_ERR("%s: fine-tuning never writes over the checkpoint it starts from; choose another --out", ar->out);
     if (!same_dir && ckpt_exists(ar->out)) {
         if (ar->resume) MOE_ERR("%s: already holds a checkpoint; choose an empty --out or --out %s", ar->out, ar->resume);
         MOE_ERR("%s: already holds a checkpoint; continue it with --resume %s, or choose another --out", ar->out, ar->out);

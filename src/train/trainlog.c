@@ -83,8 +83,10 @@ static void progress(const TrainLog *r, const Acts *a, const StepFigures *f) {
         for (int l = 0; l < L; l++) if (config_layer_is_moe(c, l) && r->ls[l].is > is) is = r->ls[l].is;
         nb += snprintf(bal + nb, sizeof bal - nb, " | IS %.3f", is);
     }
-    fprintf(stderr, "%sstep %ld/%d | loss %.4f (ce %.4f aux %.4f)%s | lr %.2e | %.0f tok/s | MFU %.1f%%%s | ETA %s%s",
-            r->tty ? "\r\033[K" : "", f->step, r->steps, f->sl.loss, f->sl.ce, f->sl.aux, evs, f->lr, f->tps,
+    char mtp[48] = "";
+    if (c->num_mtp_layers) snprintf(mtp, sizeof mtp, " mtp %.4f", f->sl.mtp);
+    fprintf(stderr, "%sstep %ld/%d | loss %.4f (ce %.4f aux %.4f%s)%s | lr %.2e | %.0f tok/s | MFU %.1f%%%s | ETA %s%s",
+            r->tty ? "\r\033[K" : "", f->step, r->steps, f->sl.loss, f->sl.ce, f->sl.aux, mtp, evs, f->lr, f->tps,
             100 * f->mfu, bal, etas, r->tty ? "" : "\n");
 }
 
@@ -108,6 +110,7 @@ int trainlog_step(TrainLog *r, const Acts *a, const StepFigures *f) {
     fprintf(ls, "{\"step\":%ld,\"loss\":%.9g,\"ce\":%.9g,\"aux\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,"
                 "\"tokens_per_s\":%.1f,\"mfu\":%.5f,\"step_ms\":%.2f,\"tokens\":%ld,\"dropped\":%ld,",
             f->step, f->sl.loss, f->sl.ce, f->sl.aux, f->lr, f->gnorm, f->tps, f->mfu, f->dt * 1e3, f->sl.tokens, a->dropped);
+    if (c->num_mtp_layers) fprintf(ls, "\"mtp_loss\":%.9g,", f->sl.mtp);   // per module, before its weight
     if (f->comm_ms >= 0)
         fprintf(ls, "\"comm_ms\":%.2f,\"comm_exposed_ms\":%.2f,\"ep_exposed_ms\":%.2f,\"dp_exposed_ms\":%.2f,",
                 f->comm_ms, f->exposed_ms, f->ep_exposed, f->dp_exposed);
