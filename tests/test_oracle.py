@@ -51,6 +51,12 @@ CONFIGS = {
     "deepseek-v3-mla-capacity": dict(model_type="deepseek_v3", kv_lora_rank=16, q_lora_rank=None,
                                      qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=12, n_group=2, topk_group=1,
                                      capacity_factor=1.0, aux_loss_alpha=0.02, routed_scaling_factor=2.5),
+    # MLA with the remaining routing options: softmax scores, moge groups, the sandwich norm,
+    # shared experts, unnormalised weights, and the q/k-less RoPE in the interleaved layout
+    "mla-softmax-moge-sandwich": dict(kv_lora_rank=12, q_lora_rank=0, qk_nope_head_dim=6, qk_rope_head_dim=6,
+                                      v_head_dim=10, topk_method="moge", n_group=2, num_experts_per_tok=4,
+                                      sandwich_norm=True, rope_interleave=True, norm_topk_prob=False,
+                                      n_shared_experts=2, aux_loss_alpha=0.03),
     # multi-token prediction: two modules after a Pangu stack (MLA, sandwich norm), their
     # losses weighted 0.5; one module with a tied head, MoE in the module's layer only
     "pangu-mtp2": dict(model_type="pangu_ultra_moe", kv_lora_rank=16, q_lora_rank=24, qk_nope_head_dim=8,
