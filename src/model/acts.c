@@ -18,7 +18,7 @@ typedef struct {
     int L, D, H, Hq, Hk, Fe, Fs, E, K, V, Fmax;
     int Hv, Ha;            // v's and the attention output's widths (Hk, Hq but under MLA)
     size_t ND, NK;
-    bool any_moe, local_moe;
+    bool any_moe, local_moe, mla;
 } ActDims;
 
 // The buffers every layer shares (MEM_WORK): one set of recomputed intermediates, the
@@ -31,6 +31,9 @@ static void alloc_shared(Acts *a, const ActDims *d, int Nmax) {
         a->rc_xn = MOE_NEW(float, ND);
         a->rc_a = MOE_NEW(float, (size_t)Nmax * d->Fmax);
         if (d->local_moe) { a->rc_xe = MOE_NEW(float, NK * d->D); a->rc_ae = MOE_NEW(float, NK * d->Fe); }
+    }
+    if (rc && d->mla && !bf) {   // MLA's expanded keys and values, from the latent again
+        a->rc_k = MOE_NEW(float, (size_t)Nmax * d->Hk); a->rc_v = MOE_NEW(float, (size_t)Nmax * d->Hv);
     }
     if (full) {
         a->rc_h = MOE_NEW(float, ND);
@@ -104,7 +107,8 @@ static void alloc_layer(Acts *a, const Model *m, const ActDims *d, int Nmax, int
         if (F > 0) { la->gu = a->ws_gu; la->a = rc ? a->rc_a : a->ws_a; }
     } else {
         la->q = MOE_NEW(float, (size_t)Nmax * Hq); la->att = MOE_NEW(float, (size_t)Nmax * Ha);
-        la->k = MOE_NEW(float, (size_t)Nmax * Hk); la->v = MOE_NEW(float, (size_t)Nmax * Hv);
+        if (rc && d->mla) { la->k = a->rc_k; la->v = a->rc_v; }
+        else { la->k = MOE_NEW(float, (size_t)Nmax * Hk); la->v = MOE_NEW(float, (size_t)Nmax * Hv); }
         la->h = full ? a->rc_h : MOE_NEW(float, ND);
         la->xn1 = rc ? a->rc_xn : MOE_NEW(float, ND);
         la->xn2 = rc ? a->rc_xn : MOE_NEW(float, ND);
@@ -147,7 +151,7 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
     ActDims d = {config_n_layers(c), c->hidden_size, H, H * config_qk_dim(c), Hkv * config_qk_dim(c),
                  c->moe_intermediate_size, c->n_shared_experts * c->moe_intermediate_size, c->n_routed_experts,
                  c->num_experts_per_tok, c->vocab_size, 0, Hkv * config_v_dim(c), H * config_v_dim(c), 0, 0,
-                 config_n_moe_layers(c) > 0, false};
+                 config_n_moe_layers(c) > 0, false, config_is_mla(c)};
     // the widest feed-forward among the layers there are (dense or shared experts)
     for (int l = 0; l < d.L; l++) d.Fmax = imax(d.Fmax, config_layer_is_moe(c, l) ? d.Fs : c->intermediate_size);
     d.ND = (size_t)Nmax * d.D;
@@ -206,6 +210,7 @@ void acts_free(Acts *a) {
         if (a->bf16) la->q = la->k = la->v = la->att = la->h = la->gu = NULL;   // the shared working set
         if (a->recompute || a->bf16) la->xn1 = la->xn2 = la->a = NULL;
         if (a->full) la->h = NULL;
+        if (a->recompute && la->k == a->rc_k) la->k = la->v = NULL;
         if (a->bf16) la->qr = la->kr = la->ao = la->fy = la->cq = la->cqn = la->ckv = la->ckvn = la->mtp_cat = NULL;
         void *p[] = {la->rstd1, la->xn1, la->q, la->k, la->v, la->att, la->lse, la->h, la->rstd2,
                      la->xn2, la->gu, la->a, la->stash, la->qr, la->kr, la->rstd_q, la->rstd_k, la->ao,
@@ -219,7 +224,7 @@ void acts_free(Acts *a) {
                  a->dxn, a->dq, a->datt, a->dk, a->dv, a->da, a->load, a->drop_l, a->rows_l,
                  a->rc_xn, a->rc_a, a->rc_xe, a->rc_ae, a->rc_h, a->rc_ye, a->rc_mgu, a->router_logits, a->ws_q, a->ws_k, a->ws_v, a->ws_att, a->ws_h,
                  a->ws_xn1, a->ws_xn2, a->ws_gu, a->ws_a, a->ws_mgu, a->ws_mxe, a->ws_mae, a->ws_qr, a->ws_kr,
-                 a->ws_ao, a->ws_fy, a->ws_cq, a->ws_cqn, a->ws_ckv, a->ws_ckvn, a->tmp, a->dmla, a->kvb, a->ws_mcat,
+                 a->ws_ao, a->ws_fy, a->ws_cq, a->ws_cqn, a->ws_ckv, a->ws_ckvn, a->tmp, a->dmla, a->kvb, a->ws_mcat, a->rc_k, a->rc_v,
                  a->mtp_tok, a->mtp_tgt, a->dhead, a->dmtp};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) moe_free(p[i]);
     if (a->mw.ds) moe_work_free(&a->mw);
@@ -238,7 +243,8 @@ float *pass_resid(const Acts *a, int l, int N) {
 Storage acts_storage(const Acts *a, SaveRole role) {
     bool recompute = false;
     switch (role) {
-    case SAVE_NORM_OUT: case SAVE_PRODUCT: case SAVE_ROWS_IN: case SAVE_ROWS_PRODUCT: recompute = a->recompute; break;
+    case SAVE_NORM_OUT: case SAVE_PRODUCT: case SAVE_ROWS_IN: case SAVE_ROWS_PRODUCT: case SAVE_KV_EXPANDED:
+        recompute = a->recompute; break;
     case SAVE_SUM: case SAVE_ROWS_PRE_ACT: recompute = a->full; break;
     case SAVE_EXPERT_INPUT: recompute = a->recompute && !a->bf16; break;
     case SAVE_STAT: return STORE_F32;

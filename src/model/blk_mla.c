@@ -152,6 +152,12 @@ void blk_mla_backward(Pass *P, int l) {
     float *dcq = a->dmla, *dcqn = dcq + (size_t)N * qr, *dc = dcqn + (size_t)N * qr, *dkr = dc + (size_t)N * kvr,
           *dckvn = dkr + (size_t)N * rd, *dkvb = dckvn + (size_t)N * kvr;
     attn_output_backward(P, l, la->att, H * vd);
+    if (acts_storage(a, SAVE_KV_EXPANDED) == STORE_RECOMPUTE) {   // the keys and values from the latent again
+        double tr = prof_begin();
+        linear_forward(a->kvb, la->ckvn, p->kv_b, N, kvr, H * w, false);
+        mla_assemble(la->k, la->v, a->kvb, la->ckv + (size_t)N * kvr, N, c);
+        prof_end(PROF_RECOMPUTE, true, tr, 2.0 * N * kvr * H * w);
+    }
     double t = prof_begin();
     attention_backward_train(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse, b->kv_lo, N, H, H,
                              qk, vd, config_attn_scale(c));
@@ -210,8 +216,8 @@ static int mla_saved(const MoeConfig *c, int l, SavedDecl *out) {
     int n = 0;
     out[n++] = SAVED(SAVE_RESIDUAL, x, D);
     out[n++] = SAVED(SAVE_ACT, q, H * qk);
-    out[n++] = SAVED(SAVE_ACT, k, H * qk);
-    out[n++] = SAVED(SAVE_ACT, v, H * vd);
+    out[n++] = SAVED(SAVE_KV_EXPANDED, k, H * qk);
+    out[n++] = SAVED(SAVE_KV_EXPANDED, v, H * vd);
     out[n++] = SAVED(SAVE_ACT, att, H * vd);
     out[n++] = SAVED(SAVE_SUM, h, D);
     out[n++] = SAVED(SAVE_NORM_OUT, xn1, D);

@@ -37,6 +37,8 @@ typedef enum {
     SAVE_ROWS_IN,          // the experts' gathered input rows: recomputed under selective and full
     SAVE_ROWS_PRE_ACT,     // the experts' gate|up rows: recomputed under full
     SAVE_ROWS_PRODUCT,     // the experts' silu(g) * u rows: recomputed under selective and full
+    SAVE_KV_EXPANDED,      // MLA's keys and values expanded from the latent: recomputed (one kv_b
+                           // GEMM) under selective and full
 } SaveRole;
 typedef enum { STORE_F32, STORE_BF16, STORE_RECOMPUTE } Storage;
 

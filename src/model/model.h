@@ -111,6 +111,7 @@ typedef struct {
     int Nmax, L, D, train;
     bool recompute, full;  // recomputation (selective; full): the buffers below are shared scratch
     float *rc_xn, *rc_a, *rc_xe, *rc_ae, *rc_h, *rc_ye, *rc_mgu, *router_logits;
+    float *rc_k, *rc_v;    // MLA: the expanded keys and values every layer recomputes into
     bool bf16;             // saved intermediates packed per layer; f32 working set shared
     float *ws_q, *ws_k, *ws_v, *ws_att, *ws_h, *ws_xn1, *ws_xn2, *ws_gu, *ws_a, *ws_mgu, *ws_mxe, *ws_mae;
     float *ws_qr, *ws_kr, *ws_ao, *ws_fy, *ws_cq, *ws_cqn, *ws_ckv, *ws_ckvn, *ws_mcat;   // (the variants' own)
