@@ -24,6 +24,7 @@ if ldconfig -p | grep -q 'libmkl_rt\.so '; then
   MOE_BLAS=$other suite "PyTorch oracle again with MOE_BLAS=$other" /usr/bin/python3 tests/test_oracle.py
 fi
 suite "command line: bad input, resume, crash safety" bash tests/test_cli.sh
+suite "generation: speculative and MLA absorbed decoding give greedy answers" bash tests/test_generate.sh
 suite "distributed: MPI data and expert parallelism" bash tests/test_dist.sh
 # the bad-input cases once more under AddressSanitizer + UBSan
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \

@@ -27,6 +27,8 @@ int cmd_threads(Args *a);
 typedef struct { const char *mla_form, *speculative; } GenFlags;
 int cmd_gen_flags(Args *a, GenFlags *f);
 int cmd_gen_opts(const GenFlags *f, const MoeConfig *c, GenOpts *go);
+// moe bench --decode (cmd_bench_decode.c): prefill and decoding speed, KV bytes a token
+int cmd_bench_decode(Args *a, const char *cfg);
 // --recompute none|selective|full and --act-dtype f32|bf16 as an acts_alloc mode
 int cmd_acts_mode(Args *a, int *mode, int exact);
 

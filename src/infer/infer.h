@@ -23,6 +23,11 @@ typedef struct { long drafted, accepted, forwards; } GenStats;
 int generate_greedy_ex(Model *m, const Tokenizer *tk, const char *const *q, const int *qlen, int n, char **answers,
                        int batch, const GenOpts *go, GenStats *st);
 
+// Decoding speed (moe bench --decode), one sequence of random tokens: the prefill of ctx
+// tokens in one forward pass, then the median over reps forward passes of `chunk` new tokens
+// each over those ctx cached ones (chunk 1: one decoding step), MLA in form mla_form
+typedef struct { double prefill_s, step_s; } DecodeTiming;
+int infer_bench_decode(Model *m, int ctx, int chunk, int reps, int mla_form, DecodeTiming *out);
 
 // Mean cross-entropy over the target tokens of the first `limit` examples (all when 0),
 // without balance losses or capacity: what `moe eval` reports.
