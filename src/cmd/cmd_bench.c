@@ -13,9 +13,9 @@ static const char *HELP =
     "                 [--recompute none|selective|full] [--act-dtype f32|bf16] [--json]\n"
     "  training-step speed (forward, backward, AdamW) on random tokens\n"
     "  (defaults as in train: --recompute selective --act-dtype bf16)\n"
-    "usage: moe bench --model CFG.json --decode [--seq C] [--chunk N] [--steps R] [--mla-form F] [--kv-only] [--json]\n"
-    "  inference over a KV cache: the prefill of C random tokens, then the median of R forward\n"
-    "  passes of N new tokens over them (N 1: a decoding step); the cache's bytes a token\n";
+    "usage: moe bench --model CFG.json --decode [--seq C] [--chunks N,..] [--steps R] [--mla-form F] [--kv-only] [--json]\n"
+    "  inference over a KV cache: the prefill of C random tokens, then for each N the median of\n"
+    "  R forward passes of N new tokens over them (N 1: a decoding step); the cache's bytes a token\n";
 
 int cmd_bench(int argc, char **argv) {
     Args a;

@@ -24,10 +24,12 @@ int generate_greedy_ex(Model *m, const Tokenizer *tk, const char *const *q, cons
                        int batch, const GenOpts *go, GenStats *st);
 
 // Decoding speed (moe bench --decode), one sequence of random tokens: the prefill of ctx
-// tokens in one forward pass, then the median over reps forward passes of `chunk` new tokens
-// each over those ctx cached ones (chunk 1: one decoding step), MLA in form mla_form
-typedef struct { double prefill_s, step_s; } DecodeTiming;
-int infer_bench_decode(Model *m, int ctx, int chunk, int reps, int mla_form, DecodeTiming *out);
+// tokens in one forward pass, then for each chunk size the median over reps forward passes
+// of chunks[k] new tokens over those ctx cached ones (1: one decoding step), MLA in form
+// mla_form. out->step_s has n_chunks entries (at most DECODE_MAX_CHUNKS).
+#define DECODE_MAX_CHUNKS 16
+typedef struct { double prefill_s, step_s[DECODE_MAX_CHUNKS]; } DecodeTiming;
+int infer_bench_decode(Model *m, int ctx, const int *chunks, int n_chunks, int reps, int mla_form, DecodeTiming *out);
 
 // Mean cross-entropy over the target tokens of the first `limit` examples (all when 0),
 // without balance losses or capacity: what `moe eval` reports.
