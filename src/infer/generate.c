@@ -42,7 +42,7 @@ static int gen_take(GenState *g, int s, int t) {
 
 // The MTP module over the positions [mlen, len) of the unfinished sequences (position i reads
 // the token at i + 1, the one at len being nxt): its drafts from each one's last position
-static int gen_draft(Model *m, Acts *a, Batch *b, const KvCache *cache, GenState *g, int *slot, float *h) {
+static int gen_draft(Model *m, Acts *a, Batch *b, const KvCache *cache, GenState *g, int *slot, float *h, int mla_form) {
     const int D = g->D, R = g->R, V = m->cfg.vocab_size;
     int n = 0, *row = MOE_NEW(int, g->S);
     a->n_out = 0;
@@ -61,7 +61,7 @@ static int gen_draft(Model *m, Acts *a, Batch *b, const KvCache *cache, GenState
     int rc = MOE_OK;
     if (n > 0) {
         b->N = n;
-        ForwardOpts fo = {.train = false, .cache = cache, .slot = slot, .mtp_k = 1, .mtp_h = h};
+        ForwardOpts fo = {.train = false, .cache = cache, .slot = slot, .mla_form = mla_form, .mtp_k = 1, .mtp_h = h};
         ForwardOut fout;
         rc = model_forward(m, a, b, &fo, &fout);
         for (int s = 0; s < g->S && rc == MOE_OK; s++)
@@ -135,7 +135,7 @@ static int generate_chunk(Model *m, const Tokenizer *tk, const char *const *q, c
         g.nxt[s] = argmax(a.logits + (size_t)s * V, V);
         if (spec) memcpy(g.hs + (size_t)s * R * D, h + (size_t)r * D, sizeof(float) * pr[s].n * D);
     }
-    if (spec && rc == MOE_OK) rc = gen_draft(m, &a, &b, &cache, &g, slot, h);
+    if (spec && rc == MOE_OK) rc = gen_draft(m, &a, &b, &cache, &g, slot, h, go->mla_form);
     while (rc == MOE_OK) {
         // each unfinished sequence feeds nxt, and its draft after it when there is one
         int na = 0;
@@ -171,7 +171,7 @@ static int generate_chunk(Model *m, const Tokenizer *tk, const char *const *q, c
             g.len[s] = p + 2;
             g.nxt[s] = argmax(a.logits + (size_t)(r + 1) * V, V);
         }
-        if (spec && rc == MOE_OK) rc = gen_draft(m, &a, &b, &cache, &g, slot, h);
+        if (spec && rc == MOE_OK) rc = gen_draft(m, &a, &b, &cache, &g, slot, h, go->mla_form);
     }
     b.targets = targets_buf;
     for (int l = 0; l < Lc; l++) { moe_free(cache.k[l]); moe_free(cache.v[l]); }
