@@ -71,10 +71,12 @@ static void mla_expand_cache(float *k, float *v, float *kvb, const float *cache,
     moe_free(kr);
 }
 
-// The absorbed form's multiply-adds are weighted by this against the expanded form's: the
-// absorbed form's products are many small GEMMs, the expanded form's one large one
-// (bench/mla_decode.sh measures where the two cross; see bench/RESULTS.md)
-#define MLA_ABSORBED_WEIGHT 1.0
+// The absorbed form's multiply-adds are weighted by this against the expanded form's: its
+// attention is GEMMs over all the heads of a token at once, the expanded form's the online
+// softmax row by row, slower per multiply-add. Measured by bench/mla_decode.sh (RESULTS.md:
+// 0.3 at 256 new tokens over 2048 cached, 0.1 for a 2048-token prefill), so that at
+// DeepSeek's shapes (kvr 512, rope 64, nope and v 128) the absorbed form is always taken
+#define MLA_ABSORBED_WEIGHT 0.3
 
 // Whether a forward pass of N new tokens over cache slots [s0, s0 + S), with `pairs`
 // (query, key) pairs, takes the absorbed form: the expanded form multiplies every slot read
