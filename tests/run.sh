@@ -26,6 +26,7 @@ if ldconfig -p | grep -q 'libmkl_rt\.so '; then
 fi
 suite "Hugging Face checkpoints: logits, loss and gradients against the reference library" /usr/bin/python3 tests/test_hf.py
 suite "command line: bad input, resume, crash safety" bash tests/test_cli.sh
+suite "generation: speculative and MLA absorbed decoding give greedy answers" bash tests/test_generate.sh
 suite "distributed: MPI data and expert parallelism" bash tests/test_dist.sh
 suite "fuzz: safetensors, shard index, config (libFuzzer, short)" bash tests/fuzz/smoke.sh
 # the bad-input cases once more under AddressSanitizer + UBSan

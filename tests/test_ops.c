@@ -284,6 +284,35 @@ static void test_attention_qk_v_dims(void) {
     }
 }
 
+// MLA's absorbed form (inference): fast vs its ref, and vs the expanded form (each cached
+// latent through kv_b into per-head keys [k_nope | kr] and values, then attention)
+static void test_mla_absorbed(void) {
+    enum { S = 150, N = 6, H = 4, nope = 8, rope = 4, vd = 12, kvr = 16 };
+    const int qk = nope + rope, w = nope + vd, cw = kvr + rope;
+    int lo[N] = {0, 10, 3, 50, 0, 20}, hi[N] = {149, 10, 70, 90, 0, 149};
+    const float scale = 1.0f / sqrtf((float)qk);
+    float *q = rnd((size_t)N * H * qk, 1), *cache = rnd((size_t)S * cw, 1), *W = rnd((size_t)H * w * kvr, 0.3f);
+    const size_t no = (size_t)N * H * vd;
+    float *o1 = MOE_NEW(float, no), *l1 = MOE_NEW(float, N * H), *o2 = MOE_NEW(float, no), *l2 = MOE_NEW(float, N * H),
+          *o3 = MOE_NEW(float, no), *l3 = MOE_NEW(float, N * H);
+    mla_attention_absorbed(o1, l1, q, cache, W, lo, hi, N, H, nope, rope, vd, kvr, scale);
+    mla_attention_absorbed_ref(o2, l2, q, cache, W, lo, hi, N, H, nope, rope, vd, kvr, scale);
+    check("MLA absorbed attention vs ref (150 slots, windows kv_lo..kv_hi): out, lse", fmax(relerr(o1, o2, no), relerr(l1, l2, N * H)), 1e-5);
+    // the expanded form: kvb = c Wkvb^T, k_h = [kvb_h nope part | kr], v_h = kvb_h v part
+    float *kvb = MOE_NEW(float, (size_t)S * H * w), *K = MOE_NEW(float, (size_t)S * H * qk), *V = MOE_NEW(float, (size_t)S * H * vd);
+    gemm_ref(false, true, S, H * w, kvr, 1.0f, cache, cw, W, kvr, 0.0f, kvb, H * w);
+    for (int s = 0; s < S; s++)
+        for (int h = 0; h < H; h++) {
+            memcpy(K + ((size_t)s * H + h) * qk, kvb + ((size_t)s * H + h) * w, sizeof(float) * nope);
+            memcpy(K + ((size_t)s * H + h) * qk + nope, cache + (size_t)s * cw + kvr, sizeof(float) * rope);
+            memcpy(V + ((size_t)s * H + h) * vd, kvb + ((size_t)s * H + h) * w + nope, sizeof(float) * vd);
+        }
+    attention_forward_ref(o3, l3, q, K, V, lo, hi, N, H, H, qk, vd, scale);
+    check("MLA absorbed attention vs the expanded keys and values: out, lse", fmax(relerr(o1, o3, no), relerr(l1, l3, N * H)), 1e-5);
+    moe_free(q); moe_free(cache); moe_free(W); moe_free(o1); moe_free(l1); moe_free(o2); moe_free(l2); moe_free(o3);
+    moe_free(l3); moe_free(kvb); moe_free(K); moe_free(V);
+}
+
 // ---------------- swiglu, xent, embed
 typedef struct { int N, F; float *gu, *R, *a; } SwCtx;   // gu [N, 2F]: gate | up
 static double sw_loss(void *p) { SwCtx *c = p; swiglu_rows_forward(c->a, c->gu, c->N, c->F); return dot(c->a, c->R, (size_t)c->N * c->F); }
@@ -699,6 +728,7 @@ int main(void) {
     test_attention();
     test_attention_tiled();
     test_attention_qk_v_dims();
+    test_mla_absorbed();
     test_small_ops();
     test_moe();
     test_simd();

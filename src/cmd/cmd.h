@@ -3,6 +3,7 @@
 #include "args.h"
 #include "../base/base.h"
 #include "../config/config.h"
+#include "../infer/infer.h"
 
 int cmd_init(int argc, char **argv);
 int cmd_train(int argc, char **argv);
@@ -21,6 +22,14 @@ int cmd_fail(const char *cmd);
 const char *cmd_required(Args *a, const char *flag);
 // --threads N (or OMP_NUM_THREADS) for BLAS and OpenMP
 int cmd_threads(Args *a);
+// Generation's flags (gen_flags.c): --mla-form auto|absorbed|expanded and --speculative
+// on|off|auto (auto: on when the model has MTP modules), read before args_finish and turned
+// into options once the model's config is known
+typedef struct { const char *mla_form, *speculative; } GenFlags;
+int cmd_gen_flags(Args *a, GenFlags *f);
+int cmd_gen_opts(const GenFlags *f, const MoeConfig *c, GenOpts *go);
+// moe bench --decode (cmd_bench_decode.c): prefill and decoding speed, KV bytes a token
+int cmd_bench_decode(Args *a, const char *cfg);
 // --recompute none|selective|full and --act-dtype f32|bf16 as an acts_alloc mode
 int cmd_acts_mode(Args *a, int *mode, int exact);
 

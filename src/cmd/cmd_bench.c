@@ -12,7 +12,10 @@ static const char *HELP =
     "usage: moe bench --model CFG.json --batch B --seq T [--steps N] [--threads N] [--profile]\n"
     "                 [--recompute none|selective|full] [--act-dtype f32|bf16] [--json]\n"
     "  training-step speed (forward, backward, AdamW) on random tokens\n"
-    "  (defaults as in train: --recompute selective --act-dtype bf16)\n";
+    "  (defaults as in train: --recompute selective --act-dtype bf16)\n"
+    "usage: moe bench --model CFG.json --decode [--seq C] [--chunks N,..] [--steps R] [--mla-form F] [--kv-only] [--json]\n"
+    "  inference over a KV cache: the prefill of C random tokens, then for each N the median of\n"
+    "  R forward passes of N new tokens over them (N 1: a decoding step); the cache's bytes a token\n";
 
 int cmd_bench(int argc, char **argv) {
     Args a;
@@ -20,6 +23,7 @@ int cmd_bench(int argc, char **argv) {
     if (args_bool(&a, "--help")) { fputs(HELP, stdout); return 0; }
     const char *cfg = cmd_required(&a, "--model");
     if (!cfg) return cmd_fail("bench");
+    if (args_has(&a, "--decode")) return cmd_bench_decode(&a, cfg);
     int B, T, steps, mode;
     if (cmd_threads(&a) || args_int(&a, "--batch", 8, &B) || args_int(&a, "--seq", 256, &T) ||
         args_int(&a, "--steps", 5, &steps) || cmd_acts_mode(&a, &mode, 0))

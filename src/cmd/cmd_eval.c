@@ -8,9 +8,10 @@
 
 static const char *HELP =
     "usage: moe eval --ckpt DIR --data FILE [--limit N] [--generate] [--json] [--batch B] [--show N]\n"
-    "                [--logits OUT.safetensors]\n"
-    "  mean cross-entropy over the answer tokens; --generate adds greedy exact match;\n"
-    "  --logits writes every position's logits of each example (ex<i>.logits [positions, vocab])\n";
+    "                [--logits OUT.safetensors] [--speculative on|off|auto] [--mla-form auto|absorbed|expanded]\n"
+    "  mean cross-entropy over the answer tokens; --generate adds greedy exact match, the time\n"
+    "  per answer and, when speculating, the fraction of the MTP module's drafts the model\n"
+    "  accepted; --logits writes every position's logits of each example (ex<i>.logits [positions, vocab])\n";
 
 // --logits: each example's logits at every position, as one safetensors file
 static int write_logits(Model *m, const Dataset *d, int limit, const char *path) {
@@ -47,11 +48,15 @@ int cmd_eval(int argc, char **argv) {
         return cmd_fail("eval");
     bool gen = args_bool(&a, "--generate"), json = args_bool(&a, "--json");
     const char *logits = args_str(&a, "--logits", NULL);
+    GenFlags gf;
+    if (cmd_gen_flags(&a, &gf)) return cmd_fail("eval");
     if (args_finish(&a)) return cmd_fail("eval");
     if (limit < 0) { moe_seterr("--limit must be positive, got %d", limit); return cmd_fail("eval"); }
     if (batch <= 0) { moe_seterr("--batch must be positive, got %d", batch); return cmd_fail("eval"); }
     Model m;
     if (ckpt_load_model(ckpt, &m, false)) return cmd_fail("eval");
+    GenOpts go;
+    if (cmd_gen_opts(&gf, &m.cfg, &go)) { model_free(&m); return cmd_fail("eval"); }
     Tokenizer tk;   // the checkpoint's tokenizer.json, else bytes
     Dataset d;
     if (tokenizer_for_dir(&tk, ckpt, m.cfg.vocab_size)) { model_free(&m); return cmd_fail("eval"); }
@@ -63,13 +68,14 @@ int cmd_eval(int argc, char **argv) {
     int rc = eval_loss(&m, NULL, &d, limit, batch, &loss, &tokens);
     if (rc == MOE_OK && logits) rc = write_logits(&m, &d, limit, logits);
     double em = 0, gen_s = 0;
+    GenStats st = {0};
     if (rc == MOE_OK && gen) {
         const char **qs = MOE_NEW(const char *, d.n);
         int *ql = MOE_NEW(int, d.n);
         char **ans = MOE_NEW(char *, d.n);   // zeroed: NULL where generation did not get to
         for (int i = 0; i < d.n; i++) qs[i] = dataset_question(&d, i, &ql[i]);
         double tg = time_now();
-        rc = generate_greedy(&m, &tk, qs, ql, d.n, ans, batch);
+        rc = generate_greedy_ex(&m, &tk, qs, ql, d.n, ans, batch, &go, &st);
         gen_s = time_now() - tg;
         int hit = 0;
         for (int i = 0; rc == MOE_OK && i < d.n; i++) {
@@ -87,11 +93,17 @@ int cmd_eval(int argc, char **argv) {
     if (rc == MOE_OK) {
         if (json) {
             printf("{\"loss\":%.9g,\"tokens\":%ld,\"examples\":%d", loss, tokens, d.n);
-            if (gen) printf(",\"exact_match\":%.6f,\"ms_per_answer\":%.3f", em, 1e3 * gen_s / d.n);
+            if (gen) printf(",\"exact_match\":%.6f,\"ms_per_answer\":%.3f,\"speculative\":%s", em, 1e3 * gen_s / d.n,
+                            go.speculative ? "true" : "false");
+            if (gen && go.speculative)
+                printf(",\"drafts\":%ld,\"accepted_fraction\":%.6f", st.drafted, st.drafted ? (double)st.accepted / st.drafted : 0.0);
+            if (gen) printf(",\"forwards\":%ld", st.forwards);
             printf("}\n");
         } else {
             printf("loss %.6f over %ld target tokens of %d examples", loss, tokens, d.n);
             if (gen) printf("; exact match %.4f (%.2f ms per answer)", em, 1e3 * gen_s / d.n);
+            if (gen && go.speculative)
+                printf("; %.1f%% of %ld drafts accepted", st.drafted ? 100.0 * st.accepted / st.drafted : 0.0, st.drafted);
             printf("  [%.1f s]\n", el);
         }
     }

@@ -8,7 +8,11 @@
 static const char *HELP =
     "usage: moe solve --ckpt DIR [QUESTION...]\n"
     "  one greedy answer line per question; questions from stdin lines when none are given\n"
-    "  --latency prints the time per answer to stderr\n";
+    "  --latency prints the time per answer to stderr (with speculation: and the drafts accepted)\n"
+    "  --speculative on|off|auto  draft with the first multi-token-prediction module, verify\n"
+    "                   with the model (the answers are greedy decoding's); auto: when it has one;\n"
+    "                   default off (slower on the small models measured, bench/RESULTS.md)\n"
+    "  --mla-form auto|absorbed|expanded  how MLA attention reads its latent cache (auto: by cost)\n";
 
 int cmd_solve(int argc, char **argv) {
     Args a;
@@ -18,11 +22,15 @@ int cmd_solve(int argc, char **argv) {
     if (!ckpt) return cmd_fail("solve");
     if (cmd_threads(&a)) return cmd_fail("solve");
     bool latency = args_bool(&a, "--latency");
+    GenFlags gf;
+    if (cmd_gen_flags(&a, &gf)) return cmd_fail("solve");
     char **pos = MOE_NEW(char *, argc);
     int n = args_positionals(&a, pos, argc);
     if (args_finish(&a)) { moe_free(pos); return cmd_fail("solve"); }
     Model m;
     if (ckpt_load_model(ckpt, &m, false)) { moe_free(pos); return cmd_fail("solve"); }
+    GenOpts go;
+    if (cmd_gen_opts(&gf, &m.cfg, &go)) { moe_free(pos); model_free(&m); return cmd_fail("solve"); }
     Tokenizer tk;   // the checkpoint's tokenizer.json, else bytes
     if (tokenizer_for_dir(&tk, ckpt, m.cfg.vocab_size)) { moe_free(pos); model_free(&m); return cmd_fail("solve"); }
     int rc = MOE_OK;
@@ -42,11 +50,14 @@ int cmd_solve(int argc, char **argv) {
         int ql = (int)strlen(q);
         char *ans = NULL;
         double t0 = time_now();
-        rc = generate_greedy(&m, &tk, &q, &ql, 1, &ans, 1);
+        GenStats st;
+        rc = generate_greedy_ex(&m, &tk, &q, &ql, 1, &ans, 1, &go, &st);
         if (rc == MOE_OK) {
             printf("%s\n", ans);
             fflush(stdout);
-            if (latency) fprintf(stderr, "%.1f ms\n", 1e3 * (time_now() - t0));
+            if (latency && go.speculative)
+                fprintf(stderr, "%.1f ms, %ld of %ld drafts accepted\n", 1e3 * (time_now() - t0), st.accepted, st.drafted);
+            else if (latency) fprintf(stderr, "%.1f ms\n", 1e3 * (time_now() - t0));
         }
         moe_free(ans);
     }

@@ -11,6 +11,25 @@
 // answers of the chunks not reached stay untouched.
 int generate_greedy(Model *m, const Tokenizer *tk, const char *const *q, const int *qlen, int n, char **answers, int batch);
 
+// How to decode: MLA's form under the cache (MLA_FORM_*), and self-speculation by the first
+// multi-token-prediction module (the answers are those of plain greedy decoding)
+typedef struct { int mla_form; bool speculative; } GenOpts;
+// the defaults: MLA's form per forward pass by cost; speculation when c has MTP modules
+void gen_opts_default(GenOpts *go, const MoeConfig *c);
+// drafts verified and accepted, and the stack's forward passes (prefills and decoding steps)
+typedef struct { long drafted, accepted, forwards; } GenStats;
+// generate_greedy with options (NULL: the defaults) and statistics (NULL: none); an error
+// when go asks for speculation from a model without MTP modules
+int generate_greedy_ex(Model *m, const Tokenizer *tk, const char *const *q, const int *qlen, int n, char **answers,
+                       int batch, const GenOpts *go, GenStats *st);
+
+// Decoding speed (moe bench --decode), one sequence of random tokens: the prefill of ctx
+// tokens in one forward pass, then for each chunk size the median over reps forward passes
+// of chunks[k] new tokens over those ctx cached ones (1: one decoding step), MLA in form
+// mla_form. out->step_s has n_chunks entries (at most DECODE_MAX_CHUNKS).
+#define DECODE_MAX_CHUNKS 16
+typedef struct { double prefill_s, step_s[DECODE_MAX_CHUNKS]; } DecodeTiming;
+int infer_bench_decode(Model *m, int ctx, const int *chunks, int n_chunks, int reps, int mla_form, DecodeTiming *out);
 
 // Mean cross-entropy over the target tokens of the first `limit` examples (all when 0),
 // without balance losses or capacity: what `moe eval` reports.

@@ -73,7 +73,7 @@ static void alloc_variants(Acts *a, const MoeConfig *c, LayerActs *la, const Act
         OWN_BUF(ao, ws_ao, d->ND); OWN_BUF(fy, ws_fy, d->ND);
         la->rstd_ao = MOE_NEW(float, Nmax); la->rstd_fy = MOE_NEW(float, Nmax);
     }
-    if (a->train && l >= c->num_hidden_layers) {   // an MTP module's input
+    if (a->train ? l >= c->num_hidden_layers : c->num_mtp_layers > 0) {   // an MTP module's input
         OWN_BUF(mtp_cat, ws_mcat, (size_t)Nmax * 2 * d->D);
         la->mtp_in = MOE_NEW(float, d->ND);   // its f32 input: la->x, packed under bf16 in place
         la->rstd_e = MOE_NEW(float, Nmax); la->rstd_hp = MOE_NEW(float, Nmax);

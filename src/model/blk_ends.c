@@ -41,6 +41,12 @@ int blk_embedding_forward(Pass *P) {
         P->kv_hi[n] = P->o->cache ? P->o->slot[n] : n;
         P->pairs += P->kv_hi[n] - b->kv_lo[n] + 1;
     }
+    if (P->o->mtp_k) {   // a module alone (inference): its stream at depth k - 1; its own embedding
+        const int l = c->num_hidden_layers + P->o->mtp_k - 1;
+        memcpy(pass_resid(a, l, N), P->o->mtp_h, sizeof(float) * (size_t)N * D);
+        P->x = pass_resid(a, l, N);
+        return MOE_OK;
+    }
     P->x = pass_resid(a, 0, N);
     if (a->M) mtp_prepare(P);
     double t = prof_begin();
@@ -127,9 +133,12 @@ int blk_head_forward(Pass *P) {
     Acts *a = P->a;
     const MoeConfig *c = &m->cfg;
     const int N = P->b->N, L = c->num_hidden_layers, M = a->M;
+    const int k = P->o->mtp_k;   // (inference: module k alone, through its own head's norm)
     moe_free(P->kv_hi);
     P->kv_hi = NULL;
-    head_pass(P, pass_resid(a, L, N), m->w.norm, P->b->targets, P->o->ce_scale, &P->out->ce_sum, true);
+    const float *x = pass_resid(a, L + k, N);
+    if (P->o->stream_out) memcpy(P->o->stream_out, x, sizeof(float) * (size_t)N * c->hidden_size);
+    head_pass(P, x, k ? m->w.layer[L + k - 1].mtp_norm : m->w.norm, P->b->targets, P->o->ce_scale, &P->out->ce_sum, true);
     if (M == 0) return MOE_OK;
     const size_t ND = (size_t)a->Nmax * c->hidden_size;
     head_norm_backward(P, a->dhead, pass_resid(a, L, N), m->w.norm, m->g.norm);

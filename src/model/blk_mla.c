@@ -5,7 +5,8 @@
 //   keys     k_h = [(Wkvb rmsnorm(c))_h nope part | kr],  values v_h = (Wkvb rmsnorm(c))_h v part
 // and softmax scale 1/sqrt(nope + rope), as the reference library computes it. Inference
 // caches the normalised latent and the rotated RoPE key only (kvr + rope floats a token) and
-// expands them through Wkvb for the positions a forward pass reads.
+// either expands them through Wkvb for the positions a forward pass reads, or absorbs Wkvb
+// into the queries and the outputs (ops.h: mla_attention_absorbed), whichever costs less.
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -70,6 +71,25 @@ static void mla_expand_cache(float *k, float *v, float *kvb, const float *cache,
     moe_free(kr);
 }
 
+// The absorbed form's multiply-adds are weighted by this against the expanded form's: its
+// attention is GEMMs over all the heads of a token at once, the expanded form's the online
+// softmax row by row, slower per multiply-add. Measured by bench/mla_decode.sh (RESULTS.md:
+// 0.3 at 256 new tokens over 2048 cached, 0.1 for a 2048-token prefill), so that at
+// DeepSeek's shapes (kvr 512, rope 64, nope and v 128) the absorbed form is always taken
+#define MLA_ABSORBED_WEIGHT 0.3
+
+// Whether a forward pass of N new tokens over cache slots [s0, s0 + S), with `pairs`
+// (query, key) pairs, takes the absorbed form: the expanded form multiplies every slot read
+// through kv_b, then attends at width qk + vd a pair and head; the absorbed form multiplies
+// each new token through kv_b's halves, then attends at width 2 kvr + rope
+static bool mla_absorbed(const MoeConfig *c, int form, int N, int S, double pairs) {
+    if (form != MLA_FORM_AUTO) return form == MLA_FORM_ABSORBED;
+    const double H = c->num_attention_heads, kvr = c->kv_lora_rank, rd = c->qk_rope_head_dim,
+                 w = c->qk_nope_head_dim + c->v_head_dim, qk = config_qk_dim(c), vd = c->v_head_dim;
+    const double expanded = S * H * w * kvr + pairs * H * (qk + vd), absorbed = N * H * w * kvr + pairs * H * (2 * kvr + rd);
+    return MLA_ABSORBED_WEIGHT * absorbed < expanded;
+}
+
 void blk_mla_forward(Pass *P, int l) {
     Model *m = P->m;
     const Batch *b = P->b;
@@ -104,11 +124,12 @@ void blk_mla_forward(Pass *P, int l) {
     prof_end(PROF_ROPE, false, t, 0);
     const float scale = config_attn_scale(c);
     t = prof_begin();
+    double flops = 2.0 * P->pairs * H * (qk + vd);
     if (!o->cache) {
         linear_forward(P->a->kvb, la->ckvn, p->kv_b, N, kvr, H * (nope + vd), false);
         mla_assemble(la->k, la->v, P->a->kvb, kr, N, c);
         attention_forward_train(la->att, la->lse, la->q, la->k, la->v, b->kv_lo, N, H, H, qk, vd, scale);
-    } else {   // the new latents to their slots; the slots read expanded through Wkvb
+    } else {   // the new latents to their slots; the slots read expanded through Wkvb, or kv_b absorbed
         float *cache = o->cache->k[l];
         int s0 = b->kv_lo[0], s1 = 0;
         for (int n = 0; n < N; n++) {
@@ -118,15 +139,21 @@ void blk_mla_forward(Pass *P, int l) {
             s1 = imax(s1, P->kv_hi[n] + 1);
         }
         const int S = s1 - s0;
-        float *K = MOE_NEW(float, (size_t)S * H * qk), *V = MOE_NEW(float, (size_t)S * H * vd),
-              *kvb = MOE_NEW(float, (size_t)S * H * (nope + vd));
-        mla_expand_cache(K, V, kvb, cache, s0, s1, p->kv_b, c);
-        int *lo = MOE_NEW(int, N), *hi = MOE_NEW(int, N);
-        for (int n = 0; n < N; n++) { lo[n] = b->kv_lo[n] - s0; hi[n] = P->kv_hi[n] - s0; }
-        attention_forward(la->att, la->lse, la->q, K, V, lo, hi, N, H, H, qk, vd, scale);
-        moe_free(lo); moe_free(hi); moe_free(K); moe_free(V); moe_free(kvb);
+        if (mla_absorbed(c, o->mla_form, N, S, P->pairs)) {
+            mla_attention_absorbed(la->att, la->lse, la->q, cache, p->kv_b, b->kv_lo, P->kv_hi, N, H, nope, rd, vd, kvr, scale);
+            flops = 2.0 * N * H * (nope + vd) * kvr + 2.0 * P->pairs * H * (2 * kvr + rd);
+        } else {
+            float *K = MOE_NEW(float, (size_t)S * H * qk), *V = MOE_NEW(float, (size_t)S * H * vd),
+                  *kvb = MOE_NEW(float, (size_t)S * H * (nope + vd));
+            mla_expand_cache(K, V, kvb, cache, s0, s1, p->kv_b, c);
+            int *lo = MOE_NEW(int, N), *hi = MOE_NEW(int, N);
+            for (int n = 0; n < N; n++) { lo[n] = b->kv_lo[n] - s0; hi[n] = P->kv_hi[n] - s0; }
+            attention_forward(la->att, la->lse, la->q, K, V, lo, hi, N, H, H, qk, vd, scale);
+            moe_free(lo); moe_free(hi); moe_free(K); moe_free(V); moe_free(kvb);
+            flops += 2.0 * S * H * (nope + vd) * kvr;
+        }
     }
-    prof_end(PROF_ATTN, false, t, 2.0 * P->pairs * H * (qk + vd));
+    prof_end(PROF_ATTN, false, t, flops);
     moe_progress();
     attn_output_forward(P, l, la->att, H * vd);
 }

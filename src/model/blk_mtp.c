@@ -72,7 +72,8 @@ void blk_mtp_forward(Pass *P, int l) {
     LayerActs *la = pass_layer(P, l);
     const LayerParams *p = &m->w.layer[l];
     double t = prof_begin();
-    embed_forward(a->xf, a->mtp_tok + (size_t)(k - 1) * a->Nmax, m->w.embed, N, D);
+    // (inference runs a module alone: its tokens are the batch's, ForwardOpts.mtp_k)
+    embed_forward(a->xf, a->train ? a->mtp_tok + (size_t)(k - 1) * a->Nmax : P->b->tokens, m->w.embed, N, D);
     rmsnorm_forward(a->xt, la->rstd_e, a->xf, p->mtp_enorm, N, D, c->rms_norm_eps);
     cat_rows(la->mtp_cat, a->xt, N, D, 0);
     rmsnorm_forward(a->xt, la->rstd_hp, pass_resid(a, l, N), p->mtp_hnorm, N, D, c->rms_norm_eps);

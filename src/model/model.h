@@ -182,7 +182,22 @@ typedef struct {
     // training: this micro-batch's gradients are the first of the step, written over
     // m->grads instead of added to them (no clearing pass; one process, no halves)
     bool grad_set;
+    // inference with a cache, MLA: how attention reads the cached latents (MLA_FORM_*)
+    int mla_form;
+    // inference: run multi-token-prediction module mtp_k (1..num_mtp_layers) alone instead of
+    // the stack: the batch's tokens are t_{i+k} at positions i, mtp_h [N,D] the stream at
+    // depth k - 1 there; the logits are the module's head's
+    int mtp_k;
+    const float *mtp_h;
+    // inference: where the stream the head reads (the stack's output, or module mtp_k's) is
+    // copied, [N,D] (NULL: nowhere)
+    float *stream_out;
 } ForwardOpts;
+
+// MLA under a cache: expand the cached latents through kv_b into every head's keys and values
+// (cost ~ cached slots read), or absorb kv_b into the queries and outputs (cost ~ new tokens);
+// AUTO picks the cheaper per forward call by the estimate in blk_mla.c
+enum { MLA_FORM_AUTO = 0, MLA_FORM_ABSORBED, MLA_FORM_EXPANDED };
 
 typedef struct { double ce_sum, aux, mtp_ce_sum; } ForwardOut;   // (mtp: summed over the modules)
 

@@ -62,10 +62,11 @@ static int run_list(Pass *P, const StageList *list, int l) {
     return MOE_OK;
 }
 
-static int run_phase(Pass *P, const SchedPhase *ph, int L) {
+// layers [l0, l0 + L)
+static int run_phase(Pass *P, const SchedPhase *ph, int l0, int L) {
     // iteration i's layer in the phase's order; i = -1 and i = L are the prologue's and the
     // epilogue's (the head's side or the embedding's)
-#define LAYER(i) (ph->backward ? L - 1 - (i) : (i))
+#define LAYER(i) (l0 + (ph->backward ? L - 1 - (i) : (i)))
     MOE_TRY(run_list(P, &ph->prologue, LAYER(-1)));
     int max_lag = 0;
     for (int k = 0; k < ph->body.n; k++) max_lag = imax(max_lag, ph->body.s[k].lag);
@@ -85,9 +86,15 @@ int model_run(Model *m, const Schedule *s, Acts *a[], const Batch *b[], const Fo
     for (int i = 0; i < s->n_passes; i++)
         P[i] = (Pass){m, a[i], b[i], o, out ? &out[i] : NULL, NULL, NULL, 0, o->grad_set && i == 0};
     int rc = MOE_OK;
-    // training runs the multi-token-prediction modules' layers after the stack's
-    const int L = o->train ? config_n_layers(&m->cfg) : m->cfg.num_hidden_layers;
-    for (int f = 0; f < s->n_phases && rc == MOE_OK; f++) rc = run_phase(P, &s->phase[f], L);
+    // training runs the multi-token-prediction modules' layers after the stack's; inference
+    // the stack's, or one module's layer (o->mtp_k)
+    const MoeConfig *c = &m->cfg;
+    if (o->mtp_k && (o->train || o->mtp_k > c->num_mtp_layers))
+        MOE_ERR("internal: multi-token-prediction module %d of %d run alone%s", o->mtp_k, c->num_mtp_layers,
+                o->train ? " in training" : "");
+    const int l0 = o->mtp_k ? c->num_hidden_layers + o->mtp_k - 1 : 0,
+              L = o->mtp_k ? 1 : o->train ? config_n_layers(c) : c->num_hidden_layers;
+    for (int f = 0; f < s->n_phases && rc == MOE_OK; f++) rc = run_phase(P, &s->phase[f], l0, L);
     if (rc != MOE_OK)
         for (int i = 0; i < s->n_passes; i++) pass_abort(&P[i]);
     return rc;

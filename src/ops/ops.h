@@ -65,6 +65,22 @@ void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, 
                             const float *k, const float *v, const int *kv_lo, int N, int H, int Hkv,
                             int hd_qk, int hd_v, float scale);
 
+// Multi-head latent attention in its absorbed form (DeepSeek-V2 §2.1.2; inference over a
+// cache of latents). Every head reads the same cached rows [c | kr] (latent kvr, RoPE key
+// rope); head h's key is [Wk_h c | kr] and its value Wv_h c, where Wkvb [H*(nope+vd), kvr]
+// holds per head the nope rows of Wk_h, then the vd rows of Wv_h. Instead of expanding every
+// row, the up-projections move to the query and the output:
+//   q~_h = [Wk_h^T q_nope_h | q_rope_h],  p = softmax(scale * q~_h . [c_s | kr_s]),
+//   o~_h = sum_s p_s c_s,  out_h = Wv_h o~_h
+// (MQA over one shared head of width kvr + rope). q [N, H*(nope+rope)], cache [S, kvr+rope],
+// out [N, H*vd], lse [N,H] (may be NULL); query n reads rows kv_lo[n]..kv_hi[n].
+void mla_attention_absorbed(float *out, float *lse, const float *q, const float *cache, const float *Wkvb,
+                            const int *kv_lo, const int *kv_hi, int N, int H, int nope, int rope, int vd,
+                            int kvr, float scale);
+void mla_attention_absorbed_ref(float *out, float *lse, const float *q, const float *cache, const float *Wkvb,
+                                const int *kv_lo, const int *kv_hi, int N, int H, int nope, int rope, int vd,
+                                int kvr, float scale);
+
 // SwiGLU over rows of a fused gate/up product gu[N, 2F] (gate in columns [0,F), up in
 // [F,2F)): a[N,F] = silu(g) * u; the backward pass writes dgu[N,2F] from da[N,F].
 void swiglu_rows_forward(float *a, const float *gu, int N, int F);
