@@ -64,7 +64,7 @@ build/asan/moe: $(SRC) src/moe.c $(wildcard src/*/*.h)
 # instrumentation, ASan and UBSan (any undefined behaviour stops the run); no MPI, no BLAS: a
 # harness links only the file formats it feeds, their base and cJSON
 FUZZ_CC    := clang
-FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -Wall -Wextra -fno-omit-frame-pointer \
+FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -Isrc -O1 -g -Wall -Wextra -fno-omit-frame-pointer \
               -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_SRC   := src/base/base.c src/base/fileio.c src/io/safetensors.c src/io/shards.c src/config/config.c \
               src/data/tokenizer.c src/data/bpe.c

@@ -398,6 +398,14 @@ int config_validate(const MoeConfig *c, const char *path) {
         if (c->q_lora_rank || c->qk_rope_head_dim || c->qk_nope_head_dim || c->v_head_dim)
             MOE_ERR("%s: \"q_lora_rank\", \"qk_*_head_dim\" and \"v_head_dim\" need \"kv_lora_rank\" > 0 (MLA)", path);
     }
+    {   // every width a buffer or GEMM is sized by fits an int
+        const double H = c->num_attention_heads, w[] = {H * c->head_dim, (double)c->num_key_value_heads * c->head_dim,
+            H * ((double)c->qk_nope_head_dim + c->qk_rope_head_dim), H * ((double)c->qk_nope_head_dim + c->v_head_dim),
+            (double)c->kv_lora_rank + c->qk_rope_head_dim, 2.0 * c->intermediate_size, 2.0 * c->moe_intermediate_size,
+            (double)c->n_shared_experts * c->moe_intermediate_size * 2, 2.0 * c->hidden_size};
+        for (size_t i = 0; i < sizeof w / sizeof *w; i++)
+            if (w[i] > INT_MAX / 4) MOE_ERR("%s: the model's widths are too large (a layer's projection over %d values)", path, INT_MAX / 4);
+    }
     if (c->decoder_sparse_step <= 0) MOE_ERR("%s: \"decoder_sparse_step\" must be positive", path);
     if (c->yarn && !(c->yarn_factor > 0 && c->yarn_beta_fast > c->yarn_beta_slow && c->yarn_beta_slow > 0))
         MOE_ERR("%s: YaRN needs factor > 0 and beta_fast > beta_slow > 0", path);
@@ -553,11 +561,11 @@ int config_n_moe_layers(const MoeConfig *c) {
 static double attn_params(const MoeConfig *c) {
     const double D = c->hidden_size, H = c->num_attention_heads;
     if (config_is_mla(c)) {
-        const double qk = config_qk_dim(c), r = c->qk_rope_head_dim, kvr = c->kv_lora_rank, qr = c->q_lora_rank;
+        const double r = c->qk_rope_head_dim, qk = (double)c->qk_nope_head_dim + r, kvr = c->kv_lora_rank, qr = c->q_lora_rank;
         const double q = qr > 0 ? D * qr + qr + qr * H * qk : D * H * qk;
-        return q + D * (kvr + r) + kvr + kvr * H * (c->qk_nope_head_dim + c->v_head_dim) + H * c->v_head_dim * D;
+        return q + D * (kvr + r) + kvr + kvr * H * ((double)c->qk_nope_head_dim + c->v_head_dim) + H * c->v_head_dim * D;
     }
-    const double q = H * c->head_dim, kv = c->num_key_value_heads * c->head_dim;
+    const double q = H * c->head_dim, kv = (double)c->num_key_value_heads * c->head_dim;
     return D * q * 2 + D * kv * 2 + (c->qk_norm ? 2.0 * c->head_dim : 0);
 }
 // a layer's FFN weights that one token multiplies (active) or all of them

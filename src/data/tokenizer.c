@@ -81,7 +81,7 @@ int tokenizer_for_dir(Tokenizer *t, const char *dir, int vocab_size) {
         cJSON_Delete(cfg);
     }
     // neither file names an end of sequence: the usual names among the tokens
-    static const char *const EOS[] = {"<|endoftext|>", "</s>", "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>", "<|end_of_text|>"};
+    static const char *const EOS[] = {"<|endoftext|>", "</s>", ("<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"), "<|end_of_text|>"};
     for (int k = 0; rc == MOE_OK && !named && t->eos < 0 && k < 4; k++) t->eos = tokenizer_token_id(t, EOS[k]);
     if (rc == MOE_OK && t->n_vocab > vocab_size)
         { moe_seterr("%s: ids up to %d do not fit the model's vocab_size %d", t->path, t->n_vocab - 1, vocab_size); rc = MOE_FAIL; }
