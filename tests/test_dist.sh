@@ -2,8 +2,9 @@
 # Distributed training under Open MPI on this one machine (--oversubscribe): P = 2 and 4
 # ranks with expert parallelism E = 1, 2, 4 log the single-process losses of the same global
 # batch (within 1e-6 in exact storage and 1e-5 in the default bf16 storage, over a matrix of
-# configs covering every routing and balance option); a checkpoint written at P = 4 resumes at
-# P = 2; a killed rank ends the job, non-zero, within 30 s, and leaves the last checkpoint
+# configs covering every routing and balance option, and the Pangu Ultra MoE architecture:
+# MLA, sandwich norm, an MTP module with experts); a checkpoint written at P = 4 resumes at
+# P = 2 (the Pangu one too); a killed rank ends the job, non-zero, within 30 s, and leaves the last checkpoint
 # whole; bad distributed input is refused.
 set -u
 MOE=${MOE:-./moe}
