@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # moe bench against the project's PyTorch baseline (tests/ref/bench_torch.py: the same
-# model and batch on random tokens) on the SPEC §6 configs, interleaved in one run so that
-# the machine's noise hits both alike. PyTorch as a user would pick it: Debian's
+# model and batch on random tokens) on the SPEC §6 configs and the MLA families (pangu-tiny:
+# MLA, sandwich norm, one MTP module; bench-ds3: DeepSeek-V3's shape at bench-s's scale),
+# interleaved in one run so that the machine's noise hits both alike. PyTorch's MFU is moe.c's
+# FLOPs per token (same model) over the sgemm peak moe bench measured at the same threads. PyTorch as a user would pick it: Debian's
 # python3-torch and the current PyPI release (in a virtual environment this script makes),
 # at 1 and 2 threads, and the PyPI release under torch.compile where it works.
 #   bench/vs_torch.sh [STEPS] [CONFIGS...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-3}; shift || true
-CONFIGS=${*:-bench-tiny bench-s bench-fine}
+CONFIGS=${*:-bench-tiny bench-s bench-fine pangu-tiny bench-ds3}
 B=${BATCH:-8}; T=${SEQ:-256}
 VENV=${VENV:-build/venv-torch}
 make -s moe >/dev/null
@@ -51,6 +53,15 @@ print(f"|---|---|---|---|---|---|")
 for c in cfgs:
     rs = [r for r in rows if r[0] == c and r[2] != "failed"]
     torch = [r for r in rs if r[1].startswith("torch")]
+    # FLOPs per token over the peak, from moe.c's rows at the same threads (mfu / tokens_per_s)
+    per = {}
+    for r in rs:
+        if r[1].startswith("moe") and len(r) > 4 and r[4]:
+            per.setdefault(r[1].split("/")[1], []).append(float(r[4]) / float(r[2]))
+    for r in torch:
+        th = r[1].split("/")[1]
+        if th in per and len(r) <= 4:
+            r.append(f"{float(r[2]) * sum(per[th]) / len(per[th]):.4f}")
     best = max((float(r[2]) for r in torch), default=0)
     bname = next((r[1] for r in torch if float(r[2]) == best), "-")
     for r in [r for r in rows if r[0] == c]:

@@ -2,8 +2,9 @@
 # Distributed training under Open MPI on this one machine (--oversubscribe): P = 2 and 4
 # ranks with expert parallelism E = 1, 2, 4 log the single-process losses of the same global
 # batch (within 1e-6 in exact storage and 1e-5 in the default bf16 storage, over a matrix of
-# configs covering every routing and balance option); a checkpoint written at P = 4 resumes at
-# P = 2; a killed rank ends the job, non-zero, within 30 s, and leaves the last checkpoint
+# configs covering every routing and balance option, and the Pangu Ultra MoE architecture:
+# MLA, sandwich norm, an MTP module with experts); a checkpoint written at P = 4 resumes at
+# P = 2 (the Pangu one too); a killed rank ends the job, non-zero, within 30 s, and leaves the last checkpoint
 # whole; bad distributed input is refused.
 set -u
 MOE=${MOE:-./moe}
@@ -168,8 +169,12 @@ drops() { grep -o '"dropped":[0-9]*' "$1/log.jsonl" | awk -F: '{ s += $2 } END {
 # matrix NAME KIND JSON "P E OVERLAP" ...
 matrix() {
   local name=$1 kind=$2 extra=$3; shift 3
-  /usr/bin/python3 -c 'import json, sys; c = json.loads(sys.argv[1]); c.update(json.loads(sys.argv[2])); json.dump(c, open(sys.argv[3], "w"))' \
-    "$BASE" "$extra" "$T/m-$name.json"
+  # (a pangu_ultra_moe config in openPangu's key names, as tests/test_oracle.py writes it)
+  /usr/bin/python3 -c 'import json, sys; c = json.loads(sys.argv[1]); c.update(json.loads(sys.argv[2]))
+if c.get("model_type") == "pangu_ultra_moe":
+    sys.path.insert(0, "tests/ref"); from moe_ref import PANGU_KEYS
+    c = {{v: k for k, v in PANGU_KEYS.items()}.get(k, k): v for k, v in c.items()}
+json.dump(c, open(sys.argv[3], "w"))' "$BASE" "$extra" "$T/m-$name.json"
   sed 's/"ep_group"/"batch"/' "$T/m-$name.json" >"$T/m-$name-single.json"
   local pe p e ov mb st one many tol
   for pe in "$@"; do
@@ -216,6 +221,16 @@ matrix sigmoid-scaled-dense-first-tied-seq-aux-bias seq '{"scoring_func": "sigmo
   "first_k_dense_replace": 1, "tie_word_embeddings": true, "aux_loss_alpha": 0.01, "aux_scope": "sequence",
   "bias_update_speed": 0.001}' "2 2 on" "2 2 off"
 matrix softmax-aux-ep-group group '{"aux_loss_alpha": 0.05, "aux_scope": "ep_group"}' "2 2 off" "4 4 off" "4 2 off"
+# the Pangu Ultra MoE architecture (issue 13): MLA with query compression, the depth-scaled
+# sandwich norm, TinyInit, a dense first layer and one multi-token-prediction module, whose
+# layer (index 2 >= first_k_dense_replace) is a MoE layer: its experts are sharded and placed,
+# its bias updated, its gradients reduced in buckets like the stack's
+PANGU='{"model_type": "pangu_ultra_moe", "kv_lora_rank": 16, "q_lora_rank": 24, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4,
+  "v_head_dim": 8, "sandwich_norm": true, "init_method": "tiny", "num_mtp_layers": 1, "mtp_loss_weight": 0.3,
+  "first_k_dense_replace": 1, "routed_scaling_factor": 2.5'
+matrix pangu-mla-qlora-sandwich-mtp-seq-aux-bias seq "$PANGU"', "aux_loss_alpha": 0.01, "aux_scope": "sequence",
+  "bias_update_speed": 0.01}' "2 2 on" "4 4 off" "4 2 on"
+matrix pangu-mla-mtp-aux-ep-group group "$PANGU"', "aux_loss_alpha": 0.02, "aux_scope": "ep_group"}' "2 2 off" "4 2 off"
 # the other bf16 storages: the owner rounds gu and ae too (--recompute none), or recomputes gu
 # from the rounded xe (--recompute full)
 for rc in none full; do
@@ -224,6 +239,45 @@ for rc in none full; do
     same_losses "--recompute $rc --act-dtype bf16, np 2 --ep 2: the single-process losses over 10 steps" "$T/b16${rc}p2" "$T/b16$rc" 10 1e-5
   else bad "bf16 $rc np 2 --ep 2" "$(tail -3 "$T/err")"; fi
 done
+
+# the Pangu model's checkpoint written by 4 ranks (experts, biases and moments of the MTP
+# layer's MoE too, in 4 shards) is the single-process one; it resumes at P = 2, E = 2
+pg=pangu-mla-qlora-sandwich-mtp-seq-aux-bias
+OMP_NUM_THREADS=1 $MOE train --model "$T/m-$pg.json" $F --steps 20 --out "$T/pg-single20" 2>"$T/err" || bad "pangu 20-step single run" "$(tail -3 "$T/err")"
+pgck=$(/usr/bin/python3 - "$T/m-$pg-exact-p44off" "$T/m-$pg-exact-mb8" <<'P'
+import json, struct, sys
+import numpy as np
+def tensors(p):
+    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n]); h.pop("__metadata__", None)
+    return {k: np.frombuffer(b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]], np.float32) for k, v in h.items()}
+m, s = tensors(sys.argv[1] + "/model.safetensors"), tensors(sys.argv[2] + "/model.safetensors")
+st = tensors(sys.argv[1] + "/train_state.safetensors")
+need = [f"model.layers.{l}.mlp.experts.{e}.{w}_proj.weight" for l in (1, 2) for e in range(8) for w in ("gate", "up", "down")]
+need += ["model.layers.2.eh_proj.weight", "model.layers.2.self_attn.q_a_proj.weight"]
+miss = [k for k in need if k not in m] + ["adam.v." + k for k in need if "adam.v." + k not in st]
+bias = [f"model.layers.{l}.mlp.gate.e_score_correction_bias" for l in (1, 2)]
+if set(m) != set(s) or miss: print("names", sorted(set(m) ^ set(s))[:3], miss[:3])
+elif not all(k in m and m[k].tobytes() == s[k].tobytes() and m[k].any() for k in bias): print("biases differ", [m[k] - s[k] for k in bias])
+else: print("ok", len(m))
+P
+)
+if [ "${pgck%% *}" = ok ] &&
+   OMP_NUM_THREADS=1 $MOE eval --ckpt "$T/m-$pg-exact-p44off" --data "$T/qa.txt" --limit 20 --json >"$T/pe4" &&
+   OMP_NUM_THREADS=1 $MOE eval --ckpt "$T/m-$pg-exact-mb8" --data "$T/qa.txt" --limit 20 --json >"$T/pe1" &&
+   python3 -c "import json,sys; a,b=(json.load(open(f))['loss'] for f in sys.argv[1:]); sys.exit(abs(a-b)>1e-4*abs(b))" "$T/pe4" "$T/pe1"
+then ok "the pangu P=4 E=4 checkpoint: the single-process tensor names (${pgck#ok } with the MTP layer's experts and moments), the bias of layers 1 and 2 bit for bit, its eval loss ($(cat "$T/pe4"))"
+else bad "pangu P=4 checkpoint" "$pgck $(cat "$T/pe4" "$T/pe1" 2>&1)"; fi
+if run 2 $MOE train --resume "$T/m-$pg-exact-p44off" --out "$T/m-$pg-exact-p44off" $F --steps 20 --ep 2 2>"$T/err"; then
+  same_losses "the pangu P=4 E=4 checkpoint resumed at P=2 E=2 continues the 20-step single-process losses" \
+    "$T/m-$pg-exact-p44off" "$T/pg-single20" 20
+else bad "pangu resume at P=2" "$(tail -3 "$T/err")"; fi
+# ... and placed every 5 steps over 4 ranks with 4 redundant slots (MTP layer's experts moved too)
+if run 4 $MOE train --model "$T/m-$pg.json" $F --steps 20 --ep 4 --replace-every 5 --redundant-experts 4 \
+     --replace-when always --out "$T/pg-pl" 2>"$T/err"; then
+  moved=$(grep -o '"experts_moved":[0-9]*' "$T/pg-pl/log.jsonl" | cut -d: -f2 | tr '\n' ' ')
+  same_losses "pangu np 4 --ep 4 --replace-every 5 --redundant-experts 4: the single-process losses (experts moved: $moved)" \
+    "$T/pg-pl" "$T/pg-single20" 20
+else bad "pangu placement np 4" "$(tail -3 "$T/err")"; fi
 
 # dynamic expert placement: placed again every 5 steps (with 4 redundant slots for replicas
 # of the hottest experts), weights and moments moved between ranks; the math is unchanged
