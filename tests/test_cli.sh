@@ -243,5 +243,14 @@ assert "MoE layer 0" in text and "MoE layer 1" in text and "eval loss" in text a
 PY
 then ok "plot writes one self-contained SVG: loss, eval and tokens/s curves, a heatmap per MoE layer"
 else bad "plot" "$(cat "$T/err")"; fi
+
+# --- a time budget without --steps trains until the budget, past the default 100 steps'
+# cap (on a machine too slow for 100 steps in 2 s this cannot tell the two apart, and passes)
+$MOE train --model "$T/tiny.json" --data "$T/qa.txt" --out "$T/budget" --time-budget 2 --batch 2 --seq 32 2>"$T/err"
+secs=$(sed -n 's/^moe train: [0-9]* steps in \([0-9.]*\) s.*/\1/p' "$T/err")
+steps=$(wc -l <"$T/budget/log.jsonl" 2>/dev/null || echo 0)
+/usr/bin/python3 -c "import sys; s=float(sys.argv[1] or 0); sys.exit(0 if s >= 1.5 else 1)" "$secs" && ! grep -q "^step [0-9]*/100 " "$T/err" \
+  && ok "--time-budget 2 without --steps trains until the budget ($steps steps in $secs s)" \
+  || bad "--time-budget without --steps" "$steps steps in '$secs' s; $(tail -1 "$T/err")"
 echo "$pass passed, $fail failed"
 exit $((fail > 0))

@@ -10,7 +10,8 @@ static const char *HELP =
     "  --init-from DIR    fine-tune a checkpoint (moe.c's or a Hugging Face directory): its weights,\n"
     "                     a fresh optimizer, step 0; --resume of a directory without a training state\n"
     "                     does the same\n"
-    "  --steps N          total steps of the run (default 100); a resume continues to N\n"
+    "  --steps N          total steps of the run (default 100; with --time-budget and no --steps,\n"
+    "                     until the budget runs out); a resume continues to N\n"
     "  --time-budget SEC  stop (and checkpoint) when the next step would pass SEC seconds\n"
     "  --batch B          examples per optimizer step (default 32)\n"
     "  --micro-batch M    examples per forward/backward; B/M micro-batches are accumulated\n"
@@ -88,6 +89,8 @@ int cmd_train(int argc, char **argv) {
     int rc = cmd_threads(&a);
     if (!rc) rc = args_int(&a, "--steps", 100, &tc.steps);
     if (!rc) rc = args_double(&a, "--time-budget", 0, &tc.time_budget);
+    // a time budget without --steps trains until the budget runs out
+    if (!rc && tc.time_budget > 0 && !args_has(&a, "--steps")) tc.steps = TRAIN_STEPS_UNBOUNDED;
     if (!rc) rc = args_int(&a, "--batch", 32, &tc.batch);
     if (!rc) rc = args_int(&a, "--micro-batch", tc.batch, &tc.micro_batch);
     if (!rc) rc = args_int(&a, "--seq", 0, &tc.seq);

@@ -20,6 +20,7 @@ typedef struct {
     int batch, micro_batch, seq;  // examples per step, per micro-batch; max inputs per example
     int steps;                    // total step count of the run
     double time_budget;           // seconds, 0 = none
+#define TRAIN_STEPS_UNBOUNDED 2147483647   // steps: until the time budget runs out
     int ckpt_every;               // steps between periodic checkpoints, 0 = end only
     unsigned long long seed;
     bool shuffle;

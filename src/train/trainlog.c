@@ -85,8 +85,10 @@ static void progress(const TrainLog *r, const Acts *a, const StepFigures *f) {
     }
     char mtp[48] = "";
     if (c->num_mtp_layers) snprintf(mtp, sizeof mtp, " mtp %.4f", f->sl.mtp);
-    fprintf(stderr, "%sstep %ld/%d | loss %.4f (ce %.4f aux %.4f%s)%s | lr %.2e | %.0f tok/s | MFU %.1f%%%s | ETA %s%s",
-            r->tty ? "\r\033[K" : "", f->step, r->steps, f->sl.loss, f->sl.ce, f->sl.aux, mtp, evs, f->lr, f->tps,
+    char of[16] = "";
+    if (r->steps != TRAIN_STEPS_UNBOUNDED) snprintf(of, sizeof of, "/%d", r->steps);
+    fprintf(stderr, "%sstep %ld%s | loss %.4f (ce %.4f aux %.4f%s)%s | lr %.2e | %.0f tok/s | MFU %.1f%%%s | ETA %s%s",
+            r->tty ? "\r\033[K" : "", f->step, of, f->sl.loss, f->sl.ce, f->sl.aux, mtp, evs, f->lr, f->tps,
             100 * f->mfu, bal, etas, r->tty ? "" : "\n");
 }
 
