@@ -244,6 +244,17 @@ PY
 then ok "plot writes one self-contained SVG: loss, eval and tokens/s curves, a heatmap per MoE layer"
 else bad "plot" "$(cat "$T/err")"; fi
 
+# --- --recipe FILE.json: the run's settings in one file; a flag on the command line wins
+printf '{"model": "%s", "data": ["%s", "%s"], "batch": 4, "seq": 64, "lr": 0.004, "warmup": 2, "steps": 4, "seed": 7}' \
+  "$T/tiny.json" "$T/qa.txt" "$T/cmp.txt" >"$T/recipe.json"
+$MOE train --recipe "$T/recipe.json" --out "$T/rec" --steps 3 --quiet 2>"$T/err" \
+  && [ "$(wc -l <"$T/rec/log.jsonl")" = 3 ] && head -1 "$T/rec/log.jsonl" | grep -q '"lr":0.00200000' \
+  && ok "train --recipe: model, data list, lr and warm-up from the file, --steps from the command line" \
+  || bad "train --recipe" "$(head -2 "$T/err") $(head -c 200 "$T/rec/log.jsonl" 2>/dev/null)"
+printf '{"model": "%s", "learning_rate": 0.1}' "$T/tiny.json" >"$T/badrecipe.json"
+expect_fail "recipe with an unknown key" 'badrecipe.json: unknown key "learning_rate"' $MOE train --recipe "$T/badrecipe.json" --data "$T/qa.txt" --out "$T/rec2"
+[ -e "$T/rec2" ] && bad "nothing written for a bad recipe" "$T/rec2 exists"
+
 # --- a time budget without --steps trains until the budget, past the default 100 steps'
 # cap (on a machine too slow for 100 steps in 2 s this cannot tell the two apart, and passes)
 $MOE train --model "$T/tiny.json" --data "$T/qa.txt" --out "$T/budget" --time-budget 2 --batch 2 --seq 32 2>"$T/err"

@@ -1,4 +1,6 @@
+#include <stdlib.h>
 #include <string.h>
+#include <cjson/cJSON.h>
 #include "../base/base.h"
 #include "../base/fileio.h"
 #include "../parallel/parallel.h"
@@ -7,6 +9,9 @@
 
 static const char *HELP =
     "usage: moe train --data PATH[,PATH...] --out DIR (--model CFG.json | --resume DIR | --init-from DIR) [options]\n"
+    "  --recipe FILE.json the run's settings in one file (keys: the flags' names with _ for -, e.g.\n"
+    "                     model, data (a list), batch, lr, warmup, decay_steps, time_budget, seed);\n"
+    "                     flags given on the command line win\n"
     "  --init-from DIR    fine-tune a checkpoint (moe.c's or a Hugging Face directory): its weights,\n"
     "                     a fresh optimizer, step 0; --resume of a directory without a training state\n"
     "                     does the same\n"
@@ -58,9 +63,69 @@ static const char *HELP =
     "                     the move's time (as the last migration measured it) | always:\n"
     "                     whenever it gains 2%\n";
 
+// --recipe FILE.json: a run described by one file, its keys the flags' names with '_' for '-'
+// ({"model": "configs/x.json", "data": ["a.txt", "b.txt"], "lr": 3e-3, "time_budget": 600, ...});
+// they go before the command line's flags, so that a flag given there wins
+static const char *const RECIPE_KEYS[] = {"model", "data", "eval_data", "out", "steps", "time_budget", "batch",
+    "micro_batch", "seq", "lr", "min_lr", "warmup", "decay_steps", "weight_decay", "beta1", "beta2", "clip", "seed",
+    "ckpt_every", "eval_every", "eval_limit", "format", "recompute", "act_dtype", "no_shuffle", "threads", NULL};
+
+static int recipe_args(const char *path, int argc, char **argv, int *out_argc, char ***out_argv) {
+    size_t len;
+    char *text = file_read_all(path, &len);
+    if (!text) return MOE_FAIL;
+    cJSON *root = cJSON_ParseWithOpts(text, NULL, 1);
+    free(text);
+    if (!cJSON_IsObject(root)) { cJSON_Delete(root); MOE_ERR("%s: not a JSON object", path); }
+    char **av = MOE_NEW(char *, 2 * cJSON_GetArraySize(root) + argc + 1);
+    int n = 0, rc = MOE_OK;
+    char pk[128];
+    for (const cJSON *it = root->child; it && rc == MOE_OK; it = it->next) {
+        int k = 0;
+        while (RECIPE_KEYS[k] && strcmp(RECIPE_KEYS[k], it->string)) k++;
+        if (!RECIPE_KEYS[k]) { rc = MOE_FAIL; moe_seterr("%s: unknown key \"%s\"", path, moe_printable(pk, sizeof pk, it->string)); break; }
+        char flag[64], val[8192] = "";
+        snprintf(flag, sizeof flag, "--%s", it->string);
+        for (char *c = flag; *c; c++) if (*c == '_') *c = '-';
+        if (cJSON_IsBool(it) && !strcmp(it->string, "no_shuffle")) {
+            if (cJSON_IsTrue(it)) av[n++] = moe_strdup(flag);
+            continue;
+        }
+        if (cJSON_IsString(it)) snprintf(val, sizeof val, "%s", it->valuestring);
+        else if (cJSON_IsNumber(it)) snprintf(val, sizeof val, "%.17g", it->valuedouble);
+        else if (cJSON_IsArray(it) && !strcmp(it->string, "data")) {   // the files, as --data's comma list
+            for (const cJSON *x = it->child; x; x = x->next) {
+                if (!cJSON_IsString(x) || strchr(x->valuestring, ',')) { rc = MOE_FAIL; break; }
+                if (strlen(val) + strlen(x->valuestring) + 2 > sizeof val) { rc = MOE_FAIL; break; }
+                if (val[0]) strcat(val, ",");
+                strcat(val, x->valuestring);
+            }
+            if (rc) { moe_seterr("%s: \"data\" must be a list of file names (without commas)", path); break; }
+        } else { rc = MOE_FAIL; moe_seterr("%s: key \"%s\" has a value of the wrong type", path, it->string); break; }
+        av[n++] = moe_strdup(flag);
+        av[n++] = moe_strdup(val);
+    }
+    cJSON_Delete(root);
+    if (rc) { for (int i = 0; i < n; i++) moe_free(av[i]); moe_free(av); return rc; }
+    for (int i = 0; i < argc; i++) av[n++] = moe_strdup(argv[i]);
+    *out_argc = n;
+    *out_argv = av;
+    return MOE_OK;
+}
+
 int cmd_train(int argc, char **argv) {
+    char **rargv = NULL;
+    int rargc = 0;
+    for (int i = 0; i < argc; i++) {   // --recipe FILE: its flags first
+        const char *r = !strcmp(argv[i], "--recipe") && i + 1 < argc ? argv[i + 1] : !strncmp(argv[i], "--recipe=", 9) ? argv[i] + 9 : NULL;
+        if (!r) continue;
+        if (recipe_args(r, argc, argv, &rargc, &rargv)) return cmd_fail("train");
+        argc = rargc; argv = rargv;
+        break;
+    }
     Args a;
     args_init(&a, argc, argv, "train");
+    (void)args_str(&a, "--recipe", NULL);   // (read above)
     if (args_bool(&a, "--help")) { fputs(HELP, stdout); return 0; }
     TrainConfig tc;
     memset(&tc, 0, sizeof tc);
@@ -148,5 +213,8 @@ int cmd_train(int argc, char **argv) {
         if (args_has(&a, SET[i].flag)) tc.given |= SET[i].bit;
     if (!rc) rc = args_finish(&a);
     if (!rc) rc = train_run(&ta, &tc);
-    return rc ? cmd_fail("train") : 0;
+    if (rc) cmd_fail("train");
+    for (int i = 0; i < rargc; i++) moe_free(rargv[i]);
+    moe_free(rargv);
+    return rc ? 1 : 0;
 }
