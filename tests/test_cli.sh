@@ -255,6 +255,21 @@ printf '{"model": "%s", "learning_rate": 0.1}' "$T/tiny.json" >"$T/badrecipe.jso
 expect_fail "recipe with an unknown key" 'badrecipe.json: unknown key "learning_rate"' $MOE train --recipe "$T/badrecipe.json" --data "$T/qa.txt" --out "$T/rec2"
 [ -e "$T/rec2" ] && bad "nothing written for a bad recipe" "$T/rec2 exists"
 
+# --- --data-weights: the files as a weighted mixture; a resume replays the same draws
+$MOE train --model "$T/tiny.json" --data "$T/qa.txt,$T/cmp.txt" --data-weights 3,1 --out "$T/mix6" --steps 6 --batch 4 --seq 64 --quiet 2>"$T/err" &&
+$MOE train --model "$T/tiny.json" --data "$T/qa.txt,$T/cmp.txt" --data-weights 3,1 --out "$T/mix3" --steps 3 --batch 4 --seq 64 --quiet 2>>"$T/err" &&
+$MOE train --resume "$T/mix3" --data "$T/qa.txt,$T/cmp.txt" --out "$T/mix3" --steps 6 --quiet 2>>"$T/err" &&
+$MOE train --model "$T/tiny.json" --data "$T/qa.txt,$T/cmp.txt" --out "$T/mix0" --steps 6 --batch 4 --seq 64 --quiet 2>>"$T/err" &&
+/usr/bin/python3 - "$T" <<'PY' && ok "--data-weights 3,1: 3 + 3 resumed steps give the 6-step weights bit for bit, another order than no weights" || bad "--data-weights" "$(head -3 "$T/err")"
+import sys; sys.path.insert(0, "tests/ref"); import moe_ref, numpy as np
+T = sys.argv[1]
+r = lambda n: moe_ref.read_safetensors(f"{T}/{n}/model.safetensors")[0]
+a, b, c = r("mix6"), r("mix3"), r("mix0")
+sys.exit(0 if all(np.array_equal(a[k], b[k]) for k in a) and not all(np.array_equal(a[k], c[k]) for k in a) else 1)
+PY
+expect_fail "--data-weights count unlike --data" "--data-weights gives 1 weights for 2 --data files" \
+  $MOE train --model "$T/tiny.json" --data "$T/qa.txt,$T/cmp.txt" --data-weights 3 --out "$T/mixbad" --steps 2
+
 # --- a time budget without --steps trains until the budget, past the default 100 steps'
 # cap (on a machine too slow for 100 steps in 2 s this cannot tell the two apart, and passes)
 $MOE train --model "$T/tiny.json" --data "$T/qa.txt" --out "$T/budget" --time-budget 2 --batch 2 --seq 32 2>"$T/err"

@@ -9,6 +9,8 @@
 
 static const char *HELP =
     "usage: moe train --data PATH[,PATH...] --out DIR (--model CFG.json | --resume DIR | --init-from DIR) [options]\n"
+    "  --data-weights W1,W2,...  sample the --data files as a mixture, file i with weight Wi\n"
+    "                     (each file's examples in its own shuffled epochs; default: one set)\n"
     "  --recipe FILE.json the run's settings in one file (keys: the flags' names with _ for -, e.g.\n"
     "                     model, data (a list), batch, lr, warmup, decay_steps, time_budget, seed);\n"
     "                     flags given on the command line win\n"
@@ -68,7 +70,7 @@ static const char *HELP =
 // they go before the command line's flags, so that a flag given there wins
 static const char *const RECIPE_KEYS[] = {"model", "data", "eval_data", "out", "steps", "time_budget", "batch",
     "micro_batch", "seq", "lr", "min_lr", "warmup", "decay_steps", "weight_decay", "beta1", "beta2", "clip", "seed",
-    "ckpt_every", "eval_every", "eval_limit", "format", "recompute", "act_dtype", "no_shuffle", "threads", NULL};
+    "ckpt_every", "eval_every", "eval_limit", "format", "recompute", "act_dtype", "no_shuffle", "threads", "data_weights", NULL};
 
 static int recipe_args(const char *path, int argc, char **argv, int *out_argc, char ***out_argv) {
     size_t len;
@@ -101,6 +103,12 @@ static int recipe_args(const char *path, int argc, char **argv, int *out_argc, c
                 strcat(val, x->valuestring);
             }
             if (rc) { moe_seterr("%s: \"data\" must be a list of file names (without commas)", path); break; }
+        } else if (cJSON_IsArray(it) && !strcmp(it->string, "data_weights")) {   // as --data-weights
+            for (const cJSON *x = it->child; x; x = x->next) {
+                if (!cJSON_IsNumber(x) || strlen(val) + 32 > sizeof val) { rc = MOE_FAIL; break; }
+                snprintf(val + strlen(val), sizeof val - strlen(val), "%s%.17g", val[0] ? "," : "", x->valuedouble);
+            }
+            if (rc) { moe_seterr("%s: \"data_weights\" must be a list of numbers", path); break; }
         } else { rc = MOE_FAIL; moe_seterr("%s: key \"%s\" has a value of the wrong type", path, it->string); break; }
         av[n++] = moe_strdup(flag);
         av[n++] = moe_strdup(val);
@@ -170,6 +178,18 @@ int cmd_train(int argc, char **argv) {
     if (!rc) rc = args_float(&a, "--clip", tc.opt.clip, &tc.opt.clip);
     if (!rc) rc = args_u64(&a, "--seed", 1234, &tc.seed);
     if (!rc) rc = args_int(&a, "--ckpt-every", 0, &tc.ckpt_every);
+    const char *dw = args_str(&a, "--data-weights", NULL);
+    if (!rc && dw) {   // W1,W2,...: one positive weight per --data file
+        char buf[1024], *end;
+        snprintf(buf, sizeof buf, "%s", dw);
+        for (char *p = strtok(buf, ","); p && !rc; p = strtok(NULL, ",")) {
+            const double w = strtod(p, &end);
+            if (end == p || *end || !(w > 0 && w < 1e30) || tc.n_weights == 32)
+                { moe_seterr("--data-weights must be up to 32 positive numbers, one per --data file, got \"%s\"", dw); rc = MOE_FAIL; }
+            else tc.data_weights[tc.n_weights++] = w;
+        }
+        if (!rc && tc.n_weights == 0) { moe_seterr("--data-weights needs one weight per --data file"); rc = MOE_FAIL; }
+    }
     if (!rc) rc = data_format_parse(fmt ? fmt : "auto", &tc.format);
     if (!rc) rc = cmd_acts_mode(&a, &tc.acts_mode, 0);
     if (!rc) rc = args_int(&a, "--ep", 1, &tc.ep);
@@ -208,7 +228,8 @@ int cmd_train(int argc, char **argv) {
         {"--beta1", TRAIN_SET_BETA1}, {"--beta2", TRAIN_SET_BETA2}, {"--clip", TRAIN_SET_CLIP},
         {"--warmup", TRAIN_SET_WARMUP}, {"--decay-steps", TRAIN_SET_DECAY_STEPS}, {"--batch", TRAIN_SET_BATCH},
         {"--micro-batch", TRAIN_SET_MICRO_BATCH}, {"--seq", TRAIN_SET_SEQ}, {"--seed", TRAIN_SET_SEED},
-        {"--ckpt-every", TRAIN_SET_CKPT_EVERY}, {"--format", TRAIN_SET_FORMAT}, {"--no-shuffle", TRAIN_SET_SHUFFLE}};
+        {"--ckpt-every", TRAIN_SET_CKPT_EVERY}, {"--format", TRAIN_SET_FORMAT}, {"--no-shuffle", TRAIN_SET_SHUFFLE},
+        {"--data-weights", TRAIN_SET_DATA_WEIGHTS}};
     for (size_t i = 0; i < sizeof SET / sizeof *SET; i++)
         if (args_has(&a, SET[i].flag)) tc.given |= SET[i].bit;
     if (!rc) rc = args_finish(&a);

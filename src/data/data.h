@@ -21,6 +21,8 @@ typedef struct {
     int n;
     int skipped;           // examples longer than the sequence limit
     DataFormat format;
+    int n_files;           // dataset_concat: the files joined, file f's examples [file_start[f], file_start[f+1])
+    int file_start[33];
 } Dataset;
 
 // Reads PATH; examples whose inputs exceed max_inputs tokens are skipped (counted).
@@ -55,8 +57,17 @@ void batch_fill(Batch *b, const Dataset *d, const int *ids, int count);
 int encode_prompt(int *out, int cap, const char *q, int qlen);
 
 // Seeded epoch-by-epoch shuffling: example = perm_epoch(cursor / n)[cursor % n].
-typedef struct { unsigned long long seed; int n; bool shuffle; long epoch; int *perm; } DataOrder;
+typedef struct {
+    unsigned long long seed; int n; bool shuffle; long epoch; int *perm;
+    // a weighted mixture of files (order_init_mix): position c draws file f with probability
+    // w_f (seeded by c), then file f's next example in its own shuffled epochs
+    int n_files, *fstart;
+    double *cum;           // [n_files] cumulative weights, the last 1
+    long next, *fcount, *fepoch;
+    int **fperm;
+} DataOrder;
 void order_init(DataOrder *o, int n, unsigned long long seed, bool shuffle);
+void order_init_mix(DataOrder *o, const Dataset *d, const double *weights, unsigned long long seed, bool shuffle);
 int order_example(DataOrder *o, long cursor);
 void order_free(DataOrder *o);
 

@@ -137,7 +137,7 @@ const char *dataset_question(const Dataset *d, int i, int *len) { *len = d->ex[i
 const char *dataset_answer(const Dataset *d, int i, int *len) { *len = d->ex[i].a_len; return d->text + d->ex[i].a_off; }
 
 int dataset_concat(Dataset *out, Dataset *parts, int n) {
-    if (n == 1) { *out = parts[0]; return MOE_OK; }
+    if (n == 1) { *out = parts[0]; out->n_files = 1; out->file_start[0] = 0; out->file_start[1] = out->n; return MOE_OK; }
     memset(out, 0, sizeof *out);
     long ntok = 0, nex = 0;
     for (int i = 0; i < n; i++) { ntok += parts[i].n_tok; nex += parts[i].n; }
@@ -158,6 +158,7 @@ int dataset_concat(Dataset *out, Dataset *parts, int n) {
         size_t plen = p->ex[p->n - 1].a_off + p->ex[p->n - 1].a_len + 1;
         memcpy(out->text + xo, p->text, plen);
         memcpy(out->tok + to, p->tok, sizeof(int) * p->n_tok);
+        out->file_start[i] = (int)eo;
         for (int j = 0; j < p->n; j++) {
             Example e = p->ex[j];
             e.off += to; e.q_off += (int)xo; e.a_off += (int)xo;
@@ -169,6 +170,8 @@ int dataset_concat(Dataset *out, Dataset *parts, int n) {
         dataset_free(p);
     }
     out->n_tok = ntok; out->n = (int)nex;
+    out->n_files = n;
+    out->file_start[n] = (int)nex;
     out->path = moe_strdup("(several files)");
     return MOE_OK;
 }
@@ -211,11 +214,14 @@ int encode_prompt(int *out, int cap, const char *q, int qlen) {
     return n;
 }
 
+static int mix_example(DataOrder *o, long cursor);
 void order_init(DataOrder *o, int n, unsigned long long seed, bool shuffle) {
+    memset(o, 0, sizeof *o);
     o->seed = seed; o->n = n; o->shuffle = shuffle; o->epoch = -1;
     o->perm = MOE_NEW(int, n);
 }
 int order_example(DataOrder *o, long cursor) {
+    if (o->cum) return mix_example(o, cursor);
     long ep = cursor / o->n;
     if (ep != o->epoch) {
         for (int i = 0; i < o->n; i++) o->perm[i] = i;
@@ -231,4 +237,62 @@ int order_example(DataOrder *o, long cursor) {
     }
     return o->perm[cursor % o->n];
 }
-void order_free(DataOrder *o) { moe_free(o->perm); }
+static void shuffle_perm(int *perm, int n, unsigned long long seed, bool shuffle) {
+    for (int i = 0; i < n; i++) perm[i] = i;
+    if (!shuffle) return;
+    Rng r;
+    rng_seed(&r, seed);
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)rng_below(&r, (uint64_t)i + 1), t = perm[i];
+        perm[i] = perm[j]; perm[j] = t;
+    }
+}
+
+void order_init_mix(DataOrder *o, const Dataset *d, const double *weights, unsigned long long seed, bool shuffle) {
+    memset(o, 0, sizeof *o);
+    o->seed = seed; o->n = d->n; o->shuffle = shuffle; o->n_files = d->n_files;
+    o->fstart = MOE_NEW(int, d->n_files + 1);
+    o->cum = MOE_NEW(double, d->n_files);
+    o->fcount = MOE_NEW(long, d->n_files); o->fepoch = MOE_NEW(long, d->n_files);
+    o->fperm = MOE_NEW(int *, d->n_files);
+    double tot = 0;
+    for (int f = 0; f < d->n_files; f++) tot += weights[f];
+    for (int f = 0, acc = 0; f <= d->n_files; f++) { o->fstart[f] = d->file_start[f]; (void)acc; }
+    for (int f = 0; f < d->n_files; f++) {
+        o->cum[f] = (f ? o->cum[f - 1] : 0) + weights[f] / tot;
+        o->fperm[f] = MOE_NEW(int, d->file_start[f + 1] - d->file_start[f] + 1);
+        o->fepoch[f] = -1;
+    }
+    o->cum[d->n_files - 1] = 1.0;
+}
+
+// the example at mixture position `cursor`: positions are drawn in order (a resume replays
+// the draws from 0), so the sequence depends on the seed and the weights only
+static int mix_example(DataOrder *o, long cursor) {
+    if (cursor < o->next) {   // back: replay from the start
+        o->next = 0;
+        for (int f = 0; f < o->n_files; f++) { o->fcount[f] = 0; o->fepoch[f] = -1; }
+    }
+    int ex = 0;
+    for (; o->next <= cursor; o->next++) {
+        Rng r;
+        rng_seed(&r, o->seed * 0xD1B54A32D192ED03ULL + (unsigned long long)o->next * 0x9E3779B97F4A7C15ULL + 7);
+        const double u = (double)(rng_u64(&r) >> 11) * (1.0 / 9007199254740992.0);
+        int f = 0;
+        while (f < o->n_files - 1 && u >= o->cum[f]) f++;
+        const int nf = o->fstart[f + 1] - o->fstart[f];
+        const long k = o->fcount[f]++, ep = k / nf;
+        if (ep != o->fepoch[f]) {
+            shuffle_perm(o->fperm[f], nf, o->seed * 0x9E3779B97F4A7C15ULL + (unsigned long long)f * 1000003ULL + (unsigned long long)ep + 1, o->shuffle);
+            o->fepoch[f] = ep;
+        }
+        ex = o->fstart[f] + o->fperm[f][k % nf];
+    }
+    return ex;
+}
+
+void order_free(DataOrder *o) {
+    moe_free(o->perm);
+    if (o->fperm) for (int f = 0; f < o->n_files; f++) moe_free(o->fperm[f]);
+    moe_free(o->fperm); moe_free(o->fstart); moe_free(o->cum); moe_free(o->fcount); moe_free(o->fepoch);
+}

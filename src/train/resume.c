@@ -24,6 +24,10 @@ char *train_state_json(const TrainConfig *tc, const TrainProgress *pr, long adam
     N("ckpt_every", tc->ckpt_every); N("format", tc->format);
 #undef N
     cJSON_AddBoolToObject(s, "shuffle", tc->shuffle);
+    if (tc->n_weights) {
+        cJSON *w = cJSON_AddArrayToObject(s, "data_weights");
+        for (int i = 0; i < tc->n_weights; i++) cJSON_AddItemToArray(w, cJSON_CreateNumber(tc->data_weights[i]));
+    }
     if (pl) {   // dynamic expert placement: each rank's slots, layer by layer
         cJSON *p = cJSON_AddObjectToObject(s, "placement");
         cJSON_AddNumberToObject(p, "ep", pl->P);
@@ -82,6 +86,12 @@ int train_state_read(const char *json, const char *what, const MoeConfig *c, Tra
     tc->opt.clip = GETN("clip"); tc->opt.warmup = (int)GETN("warmup"); tc->opt.decay_steps = (int)GETN("decay_steps");
     tc->batch = (int)GETN("batch"); tc->micro_batch = (int)GETN("micro_batch"); tc->seq = (int)GETN("seq");
     tc->ckpt_every = (int)GETN("ckpt_every"); tc->format = (DataFormat)GETN("format");
+    const cJSON *dw = cJSON_GetObjectItem(s, "data_weights");   // (absent: no mixture)
+    tc->n_weights = 0;
+    if (cJSON_IsArray(dw) && cJSON_GetArraySize(dw) <= 32) {
+        const cJSON *x;
+        cJSON_ArrayForEach(x, dw) if (cJSON_IsNumber(x) && x->valuedouble > 0) tc->data_weights[tc->n_weights++] = x->valuedouble;
+    }
 #undef GETN
     tc->shuffle = cJSON_IsTrue(cJSON_GetObjectItem(s, "shuffle"));
     const cJSON *sd = cJSON_GetObjectItem(s, "seed");
@@ -100,6 +110,10 @@ void train_resume_merge(TrainConfig *tc, const TrainConfig *saved) {
     KEEP(TRAIN_SET_WARMUP, opt.warmup); KEEP(TRAIN_SET_DECAY_STEPS, opt.decay_steps); KEEP(TRAIN_SET_BATCH, batch);
     KEEP(TRAIN_SET_MICRO_BATCH, micro_batch); KEEP(TRAIN_SET_SEQ, seq); KEEP(TRAIN_SET_SEED, seed);
     KEEP(TRAIN_SET_CKPT_EVERY, ckpt_every); KEEP(TRAIN_SET_FORMAT, format); KEEP(TRAIN_SET_SHUFFLE, shuffle);
+    if (!(g & TRAIN_SET_DATA_WEIGHTS)) {
+        tc->n_weights = saved->n_weights;
+        memcpy(tc->data_weights, saved->data_weights, sizeof tc->data_weights);
+    }
 #undef KEEP
     tc->opt.eps = saved->opt.eps;
     // a new --batch without --micro-batch: one micro-batch, as on a new run

@@ -13,6 +13,7 @@ enum {
     TRAIN_SET_BETA2 = 1 << 4, TRAIN_SET_CLIP = 1 << 5, TRAIN_SET_WARMUP = 1 << 6, TRAIN_SET_DECAY_STEPS = 1 << 7,
     TRAIN_SET_BATCH = 1 << 8, TRAIN_SET_MICRO_BATCH = 1 << 9, TRAIN_SET_SEQ = 1 << 10, TRAIN_SET_SEED = 1 << 11,
     TRAIN_SET_CKPT_EVERY = 1 << 12, TRAIN_SET_FORMAT = 1 << 13, TRAIN_SET_SHUFFLE = 1 << 14,
+    TRAIN_SET_DATA_WEIGHTS = 1 << 15,
 };
 
 typedef struct {
@@ -24,6 +25,8 @@ typedef struct {
     int ckpt_every;               // steps between periodic checkpoints, 0 = end only
     unsigned long long seed;
     bool shuffle;
+    int n_weights;                // --data-weights: one per --data file (0: the files in turn, as one set)
+    double data_weights[32];
     DataFormat format;
     bool quiet;
     int acts_mode;                // ACTS_TRAIN [| ACTS_RECOMPUTE] [| ACTS_BF16]

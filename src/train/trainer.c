@@ -192,7 +192,13 @@ static int run_alloc(Run *R, const TrainArgs *ar, const TrainConfig *tc) {
         acts_alloc(&R->a[h], &R->m, mb * tc->seq, (tc->acts_mode ? tc->acts_mode : ACTS_TRAIN) | (R->shard.comm ? ACTS_EP : 0));
         batch_alloc(&R->b[h], mb * tc->seq, mb);
     }
-    order_init(&R->order, R->d.n, tc->seed, tc->shuffle);
+    if (tc->n_weights) {   // a weighted mixture of the --data files
+        if (tc->n_weights != R->d.n_files)
+            MOE_ERR("--data-weights gives %d weights for %d --data files", tc->n_weights, R->d.n_files);
+        order_init_mix(&R->order, &R->d, tc->data_weights, tc->seed, tc->shuffle);
+    } else {
+        order_init(&R->order, R->d.n, tc->seed, tc->shuffle);
+    }
     R->allocated = true;
     R->local_batch = tc->batch / di->size;
     R->ids = MOE_NEW(int, tc->batch);
