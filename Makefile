@@ -66,7 +66,7 @@ build/asan/moe: $(SRC) src/moe.c $(wildcard src/*/*.h)
 FUZZ_CC    := clang
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -Isrc -O1 -g -Wall -Wextra -fno-omit-frame-pointer \
               -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-FUZZ_SRC   := src/base/base.c src/base/fileio.c src/io/safetensors.c src/io/shards.c src/config/config.c \
+FUZZ_SRC   := src/base/base.c src/base/fileio.c src/io/safetensors.c src/io/shards.c src/config/config.c src/config/count.c \
               src/data/tokenizer.c src/data/bpe.c
 FUZZERS    := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_SECONDS ?= 600

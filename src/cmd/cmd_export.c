@@ -36,17 +36,7 @@ int cmd_export(int argc, char **argv) {
         moe_seterr("%s: cannot export: %s", ckpt, why);
     }
     if (rc == MOE_OK) rc = ckpt_export(out, &m, &target, bf16);
-    char src[4096], dst[4096];
-    for (int i = 0; rc == MOE_OK && i < 2; i++) {   // the tokenizer goes with the weights
-        const char *f = i ? "tokenizer_config.json" : "tokenizer.json";
-        path_join(src, sizeof src, ckpt, f);
-        path_join(dst, sizeof dst, out, f);
-        if (!path_exists(src)) continue;
-        size_t len;
-        char *t = file_read_all(src, &len);
-        rc = t ? file_write_atomic(dst, t, len) : MOE_FAIL;
-        free(t);
-    }
+    if (rc == MOE_OK) rc = tokenizer_copy_files(ckpt, out);   // the tokenizer goes with the weights
     if (rc == MOE_OK)
         fprintf(stderr, "moe export: %s: model_type %s, %.2fM parameters\n", out, MOE_FAMILY_NAMES[target.family],
                 config_total_params(&target) / 1e6);

@@ -121,6 +121,20 @@ static int recipe_args(const char *path, int argc, char **argv, int *out_argc, c
     return MOE_OK;
 }
 
+// --data-weights W1,W2,...: one positive weight per --data file
+static int parse_data_weights(const char *dw, TrainConfig *tc) {
+    char buf[1024], *end;
+    snprintf(buf, sizeof buf, "%s", dw);
+    for (char *p = strtok(buf, ","); p; p = strtok(NULL, ",")) {
+        const double w = strtod(p, &end);
+        if (end == p || *end || !(w > 0 && w < 1e30) || tc->n_weights == 32)
+            MOE_ERR("--data-weights must be up to 32 positive numbers, one per --data file, got \"%s\"", dw);
+        tc->data_weights[tc->n_weights++] = w;
+    }
+    if (tc->n_weights == 0) MOE_ERR("--data-weights needs one weight per --data file");
+    return MOE_OK;
+}
+
 int cmd_train(int argc, char **argv) {
     char **rargv = NULL;
     int rargc = 0;
@@ -179,17 +193,7 @@ int cmd_train(int argc, char **argv) {
     if (!rc) rc = args_u64(&a, "--seed", 1234, &tc.seed);
     if (!rc) rc = args_int(&a, "--ckpt-every", 0, &tc.ckpt_every);
     const char *dw = args_str(&a, "--data-weights", NULL);
-    if (!rc && dw) {   // W1,W2,...: one positive weight per --data file
-        char buf[1024], *end;
-        snprintf(buf, sizeof buf, "%s", dw);
-        for (char *p = strtok(buf, ","); p && !rc; p = strtok(NULL, ",")) {
-            const double w = strtod(p, &end);
-            if (end == p || *end || !(w > 0 && w < 1e30) || tc.n_weights == 32)
-                { moe_seterr("--data-weights must be up to 32 positive numbers, one per --data file, got \"%s\"", dw); rc = MOE_FAIL; }
-            else tc.data_weights[tc.n_weights++] = w;
-        }
-        if (!rc && tc.n_weights == 0) { moe_seterr("--data-weights needs one weight per --data file"); rc = MOE_FAIL; }
-    }
+    if (!rc && dw) rc = parse_data_weights(dw, &tc);
     if (!rc) rc = data_format_parse(fmt ? fmt : "auto", &tc.format);
     if (!rc) rc = cmd_acts_mode(&a, &tc.acts_mode, 0);
     if (!rc) rc = args_int(&a, "--ep", 1, &tc.ep);

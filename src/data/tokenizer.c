@@ -158,3 +158,20 @@ int tokenizer_answer(const Tokenizer *t, const char *a, int al, TokIds *out) {
     if (t->eos >= 0) tokids_push(out, t->eos);
     return MOE_OK;
 }
+
+int tokenizer_copy_files(const char *from_dir, const char *to_dir) {
+    static const char *const FILES[] = {"tokenizer.json", "tokenizer_config.json"};
+    char from[4096], to[4096], rf[4096], rt[4096];
+    for (int k = 0; k < 2; k++) {
+        path_join(from, sizeof from, from_dir, FILES[k]);
+        path_join(to, sizeof to, to_dir, FILES[k]);
+        if (!path_exists(from) || (realpath(from, rf) && realpath(to, rt) && !strcmp(rf, rt))) continue;
+        size_t n;
+        char *js = file_read_all(from, &n);
+        if (!js) return MOE_FAIL;
+        int rc = file_write_atomic(to, js, n);
+        free(js);
+        MOE_TRY(rc);
+    }
+    return MOE_OK;
+}

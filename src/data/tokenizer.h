@@ -36,6 +36,9 @@ int tokenizer_parse_json(Tokenizer *t, const char *json, size_t len, const char 
 // DIR/tokenizer_config.json when that names them), else the byte tokenizer. Its ids must fit
 // the model's vocab_size.
 int tokenizer_for_dir(Tokenizer *t, const char *dir, int vocab_size);
+// copies from_dir's tokenizer.json and tokenizer_config.json (those there) into to_dir, so
+// that a checkpoint written there carries its tokenizer; a file onto itself is left alone
+int tokenizer_copy_files(const char *from_dir, const char *to_dir);
 void tokenizer_free(Tokenizer *t);
 
 // Appends the ids of text s[0..len) to out (BPE: as Hugging Face's encode with

@@ -168,8 +168,8 @@ void blk_attention_forward(Pass *P, int l) {
         K = ck; Vv = cv;
     }
     t = prof_begin();
-    if (o->cache) attention_forward(la->att, la->lse, la->q, K, Vv, b->kv_lo, P->kv_hi, N, H, Hkv, hd, hd, 1.0f / sqrtf((float)hd));
-    else attention_forward_train(la->att, la->lse, la->q, K, Vv, b->kv_lo, N, H, Hkv, hd, hd, 1.0f / sqrtf((float)hd));
+    if (o->cache) attention_forward(la->att, la->lse, la->q, K, Vv, b->kv_lo, P->kv_hi, N, H, Hkv, hd, hd, config_attn_scale(c));
+    else attention_forward_train(la->att, la->lse, la->q, K, Vv, b->kv_lo, N, H, Hkv, hd, hd, config_attn_scale(c));
     prof_end(PROF_ATTN, false, t, 4.0 * P->pairs * H * hd);
     moe_progress();
     attn_output_forward(P, l, la->att, Hq);
@@ -196,7 +196,7 @@ void blk_attention_backward(Pass *P, int l) {
     attn_output_backward(P, l, la->att, Hq);   // h = x + att Wo^T
     t = prof_begin();
     attention_backward_train(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse, b->kv_lo, N,
-                             H, Hkv, hd, hd, 1.0f / sqrtf((float)hd));
+                             H, Hkv, hd, hd, config_attn_scale(c));
     if (acts_storage(a, SAVE_NORM_OUT) == STORE_RECOMPUTE) {
         double tr = prof_begin();
         rmsnorm_forward(la->xn1, NULL, la->x, p->in_norm, N, D, c->rms_norm_eps);

@@ -147,21 +147,8 @@ static int run_tokenizer(Run *R, const TrainArgs *ar) {
     if (!ck) { char *sl = strrchr(dir, '/'); if (sl) *sl = 0; else snprintf(dir, sizeof dir, "."); }
     MOE_TRY(tokenizer_for_dir(&R->tk, dir, R->m.cfg.vocab_size));
     if (R->tk.kind != TOKENIZER_BPE || dist_info()->rank != 0) return MOE_OK;
-    static const char *const FILES[] = {"tokenizer.json", "tokenizer_config.json"};
-    char from[4096], to[4096], rf[4096], rt[4096];
     MOE_TRY(dir_ensure(ar->out));
-    for (int k = 0; k < 2; k++) {
-        path_join(from, sizeof from, dir, FILES[k]);
-        path_join(to, sizeof to, ar->out, FILES[k]);
-        if (!path_exists(from) || (realpath(from, rf) && realpath(to, rt) && !strcmp(rf, rt))) continue;
-        size_t n;
-        char *js = file_read_all(from, &n);
-        if (!js) return MOE_FAIL;
-        int rc = file_write_atomic(to, js, n);
-        free(js);
-        MOE_TRY(rc);
-    }
-    return MOE_OK;
+    return tokenizer_copy_files(dir, ar->out);
 }
 
 // data, the optimizer's share, buffers, the log
