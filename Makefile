@@ -12,11 +12,11 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-format-truncation -fopenmp
 BLASDIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLASINC := /usr/include/x86_64-linux-gnu/openblas-openmp
 # OpenMP build of OpenBLAS: a GEMM called inside our parallel regions runs on its thread
-LDLIBS  := -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lcjson -lpcre2-8 -lutf8proc -lm
+LDLIBS  := -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lcjson -lpcre2-8 -lutf8proc -lmicrohttpd -lm
 CPPFLAGS := -I$(BLASINC)
 
 SRC := $(wildcard src/base/*.c src/kernels/*.c src/config/*.c src/ops/*.c src/moe/*.c src/model/*.c src/io/*.c \
-                  src/data/*.c src/optim/*.c src/train/*.c src/infer/*.c src/dist/*.c src/parallel/*.c src/cmd/*.c)
+                  src/data/*.c src/optim/*.c src/train/*.c src/infer/*.c src/serve/*.c src/dist/*.c src/parallel/*.c src/cmd/*.c)
 OBJ := $(SRC:%.c=build/%.o)
 LIB := build/libmoe.a
 
@@ -39,6 +39,9 @@ build/%.o: %.c $(wildcard src/*/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
+# moe serve's page is built into the binary as it is (src/serve/page.c: .incbin)
+build/src/serve/page.o: src/serve/page.html
+
 $(LIB): $(OBJ)
 	ar rcs $@ $^
 
@@ -55,7 +58,7 @@ build/test_io: tests/test_io.c $(LIB)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
 # AddressSanitizer + UBSan build of the binary, for the bad-input tests
-build/asan/moe: $(SRC) src/moe.c $(wildcard src/*/*.h)
+build/asan/moe: $(SRC) src/moe.c $(wildcard src/*/*.h) src/serve/page.html
 	@mkdir -p build/asan
 	$(CC) $(CPPFLAGS) -std=c11 -D_GNU_SOURCE -O1 -g -fopenmp -fsanitize=address,undefined \
 	  -fno-omit-frame-pointer $(SRC) src/moe.c -o $@ $(LDLIBS)

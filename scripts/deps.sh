@@ -22,17 +22,20 @@ if [ "${1:-}" = check ]; then
   # Hugging Face tokenizer.json: PCRE2 for the pre-tokenizers' regexes, utf8proc for NFC
   [ -e /usr/include/pcre2.h ] || miss /usr/include/pcre2.h libpcre2-dev
   [ -e /usr/include/utf8proc.h ] || miss /usr/include/utf8proc.h libutf8proc-dev
+  # moe serve's HTTP server
+  [ -e /usr/include/microhttpd.h ] || miss /usr/include/microhttpd.h libmicrohttpd-dev
   # the linker's search path, as gcc sees it (it prints the bare name when it finds nothing)
   if command -v gcc >/dev/null; then
     [[ $(gcc -print-file-name=libcjson.so) = */* ]] || miss libcjson.so libcjson-dev
     [[ $(gcc -print-file-name=libpcre2-8.so) = */* ]] || miss libpcre2-8.so libpcre2-dev
     [[ $(gcc -print-file-name=libutf8proc.so) = */* ]] || miss libutf8proc.so libutf8proc-dev
+    [[ $(gcc -print-file-name=libmicrohttpd.so) = */* ]] || miss libmicrohttpd.so libmicrohttpd-dev
   fi
   [ ${#lack[@]} -eq 0 ] || echo "cannot build: no ${lack[*]}; install Debian's ${pkgs[*]} (apt-get install ${pkgs[*]}, or make deps)"
   exit 0
 fi
 # "build": what building and running needs (make, make demo); default: also the test oracle's
-pkgs=(build-essential libopenblas-openmp-dev libcjson-dev libpcre2-dev libutf8proc-dev libopenmpi-dev openmpi-bin)
+pkgs=(build-essential libopenblas-openmp-dev libcjson-dev libpcre2-dev libutf8proc-dev libmicrohttpd-dev libopenmpi-dev openmpi-bin)
 # the tests also use pgrep (procps) and, for the emulated hosts, ip and tc (iproute2); the
 # fuzzing harnesses (make test's short pass, make fuzz) clang with libFuzzer and the
 # sanitizers' runtimes (libclang-rt-dev); a plain make needs neither

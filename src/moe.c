@@ -18,6 +18,7 @@ static const Command COMMANDS[] = {
     {"plan", cmd_plan, "predicted memory of a training step, by category"},
     {"plot", cmd_plot, "an SVG of a run: loss, tokens/s, expert-load heatmaps"},
     {"export", cmd_export, "write a checkpoint as a Hugging Face directory (--format hf)"},
+    {"serve", cmd_serve, "answer over HTTP: a page, /v1/solve, /v1/completions (continuous batching)"},
 };
 
 static void usage(FILE *f) {

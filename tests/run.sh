@@ -27,11 +27,15 @@ fi
 suite "Hugging Face checkpoints: logits, loss and gradients against the reference library" /usr/bin/python3 tests/test_hf.py
 suite "command line: bad input, resume, crash safety" bash tests/test_cli.sh
 suite "generation: speculative and MLA absorbed decoding give greedy answers" bash tests/test_generate.sh
+suite "serve: the HTTP API over loopback, concurrency, bad requests" /usr/bin/python3 tests/test_serve.py
 suite "distributed: MPI data and expert parallelism" bash tests/test_dist.sh
 suite "fuzz: safetensors, shard index, config (libFuzzer, short)" bash tests/fuzz/smoke.sh
 # the bad-input cases once more under AddressSanitizer + UBSan
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   MOE=./build/asan/moe BAD_ONLY=1 suite "bad input under ASan+UBSan" bash tests/test_cli.sh
+# and the server under AddressSanitizer + UBSan, with LeakSanitizer at its exit
+UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 MOE=./build/asan/moe SERVE_ASAN=1 \
+  suite "serve under ASan+UBSan+LSan" /usr/bin/python3 tests/test_serve.py
 p=$(grep -c '^PASS' "$log"); f=$(grep -c '^FAIL' "$log")
 if [ "$f" -gt 0 ]; then echo; echo "failures:"; grep '^FAIL' "$log"; fi
 echo "$p passed, $f failed"

@@ -15,11 +15,15 @@ int cmd_bench(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 // prints "moe CMD: <message>" (with the source location under MOE_DEBUG=1); returns 1
 int cmd_fail(const char *cmd);
 // the value of a required flag, or NULL with the error set
 const char *cmd_required(Args *a, const char *flag);
+// --ckpt DIR, or when it is not given the shipped solver: models/solver in the current
+// directory, else beside the binary; NULL with the error set when there is none
+const char *cmd_ckpt_or_solver(Args *a);
 // --threads N (or OMP_NUM_THREADS) for BLAS and OpenMP
 int cmd_threads(Args *a);
 // Generation's flags (gen_flags.c): --mla-form auto|absorbed|expanded and --speculative

@@ -6,8 +6,9 @@
 #include "cmd.h"
 
 static const char *HELP =
-    "usage: moe solve --ckpt DIR [QUESTION...]\n"
+    "usage: moe solve [--ckpt DIR] [QUESTION...]\n"
     "  one greedy answer line per question; questions from stdin lines when none are given\n"
+    "  --ckpt DIR       the model (default: the shipped solver, models/solver)\n"
     "  --latency prints the time per answer to stderr (with speculation: and the drafts accepted)\n"
     "  --speculative on|off|auto  draft with the first multi-token-prediction module, verify\n"
     "                   with the model (the answers are greedy decoding's); auto: when it has one;\n"
@@ -18,7 +19,7 @@ int cmd_solve(int argc, char **argv) {
     Args a;
     args_init(&a, argc, argv, "solve");
     if (args_bool(&a, "--help")) { fputs(HELP, stdout); return 0; }
-    const char *ckpt = cmd_required(&a, "--ckpt");
+    const char *ckpt = cmd_ckpt_or_solver(&a);
     if (!ckpt) return cmd_fail("solve");
     if (cmd_threads(&a)) return cmd_fail("solve");
     bool latency = args_bool(&a, "--latency");

@@ -1,6 +1,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include "../base/base.h"
 #include "../parallel/parallel.h"
 #include "../kernels/gemm.h"
@@ -22,6 +24,26 @@ const char *cmd_required(Args *a, const char *flag) {
     if (!v) moe_seterr("missing required option %s (see moe %s --help)", flag, a->cmd);
     return v;
 }
+const char *cmd_ckpt_or_solver(Args *a) {
+    const char *v = args_str(a, "--ckpt", NULL);
+    if (v || args_has(a, "--ckpt")) return v;
+    struct stat st;
+    if (stat("models/solver/config.json", &st) == 0) return "models/solver";
+    static char path[4200];
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    char *slash = n > 0 ? (exe[n] = 0, strrchr(exe, '/')) : NULL;
+    if (slash) {
+        *slash = 0;
+        snprintf(path, sizeof path, "%s/models/solver", exe);
+        char cfg[4300];
+        snprintf(cfg, sizeof cfg, "%s/config.json", path);
+        if (stat(cfg, &st) == 0) return path;
+    }
+    moe_seterr("no --ckpt given, and no shipped solver (models/solver) here or beside the binary");
+    return NULL;
+}
+
 // Defaults: train, bench and plan use selective recomputation and bf16 storage, the fastest
 // setting that still doubles the micro-batch on bench-s (bench/RESULTS.md); grad is exact
 // (none, f32) because it is what the oracle compares.
