@@ -21,8 +21,14 @@ int api_route(const char *method, const char *url, int *status) {
         if (!strcmp(method, R[i].method) || (!strcmp(method, "HEAD") && !strcmp(R[i].method, "GET"))) return R[i].kind;
     }
     *status = known ? 405 : 404;
-    if (known) moe_seterr("%s is not allowed on %.*s", method, (int)n, url);
-    else moe_seterr("no such path: %.*s", (int)(n > 200 ? 200 : n), url);
+    char path[256];
+    const size_t k = n < sizeof path - 1 ? n : sizeof path - 1;
+    memcpy(path, url, k);
+    path[k] = 0;
+    char shown[256];
+    moe_printable(shown, sizeof shown, path);
+    if (known) moe_seterr("%s is not allowed on %s", method, shown);
+    else moe_seterr("no such path: %s", shown);
     return 0;
 }
 
@@ -63,7 +69,11 @@ static int parse_solve(const cJSON *root, const ApiLimits *lim, ApiJob *job, int
     const cJSON *qs = NULL;
     for (const cJSON *it = root->child; it; it = it->next) {
         if (!strcmp(it->string, "questions")) qs = it;
-        else { *status = 400; MOE_ERR("unknown key \"%.64s\" (the body is {\"questions\": [...]})", it->string); }
+        else {
+            char k[72];
+            *status = 400;
+            MOE_ERR("unknown key \"%s\" (the body is {\"questions\": [...]})", moe_printable(k, sizeof k, it->string));
+        }
     }
     if (!qs) { *status = 400; MOE_ERR("missing \"questions\" (the body is {\"questions\": [...]})"); }
     job->max_new = GEN_MAX_NEW;
@@ -80,8 +90,8 @@ static int parse_completions(const cJSON *root, const ApiLimits *lim, ApiJob *jo
         const char *k = it->string;
         if (!strcmp(k, "prompt")) prompt = it;
         else if (!strcmp(k, "max_tokens")) {
-            if (!cJSON_IsNumber(it) || it->valuedouble != (double)(int)it->valuedouble || it->valuedouble < 1 ||
-                it->valuedouble > GEN_MAX_NEW)
+            const double v = cJSON_IsNumber(it) ? it->valuedouble : 0;
+            if (!(v >= 1 && v <= GEN_MAX_NEW) || v != (double)(int)v)
                 MOE_ERR("\"max_tokens\" must be an integer from 1 to %d", GEN_MAX_NEW);
             job->max_new = (int)it->valuedouble;
         } else if (!strcmp(k, "temperature")) {
@@ -92,7 +102,10 @@ static int parse_completions(const cJSON *root, const ApiLimits *lim, ApiJob *jo
             if (!cJSON_IsFalse(it)) MOE_ERR("\"stream\" must be false: streaming is not supported");
         } else if (!strcmp(k, "model") || !strcmp(k, "user")) {
             if (!cJSON_IsString(it)) MOE_ERR("\"%s\" must be a string", k);
-        } else MOE_ERR("unknown key \"%.64s\" (known: prompt, max_tokens, temperature, n, stream, model, user)", k);
+        } else {
+            char shown[72];
+            MOE_ERR("unknown key \"%s\" (known: prompt, max_tokens, temperature, n, stream, model, user)", moe_printable(shown, sizeof shown, k));
+        }
     }
     if (!prompt) MOE_ERR("missing \"prompt\"");
     return take_texts(prompt, "prompt", true, lim, job, status);
