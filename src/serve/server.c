@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include "../base/base.h"
 #include "../infer/engine.h"
+#include "../kernels/gemm.h"
 #include "metrics.h"
 #include "server.h"
 
@@ -55,6 +56,7 @@ struct Server {
     Job *jobs;
     long next_id;
     int port;
+    int threads;           // the model's threads (OpenMP's count is per thread: the decoding thread sets its own)
 };
 
 static long rss_bytes(void) {
@@ -124,6 +126,7 @@ static void resume_all(Job *ready) {
 
 static void *decode_thread(void *arg) {
     Server *s = arg;
+    kernels_set_threads(s->threads);
     EngineResult *res = MOE_NEW(EngineResult, s->o.slots);
     pthread_mutex_lock(&s->mu);
     while (!s->stop) {
@@ -304,6 +307,7 @@ int server_start(Server **out, Model *m, const Tokenizer *tk, const ServeOpts *o
     if (!s) MOE_ERR("out of memory");
     s->m = m; s->tk = tk; s->o = *o;
     s->next_id = 1;
+    s->threads = kernels_threads();
     metrics_init(&s->met);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
