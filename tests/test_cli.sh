@@ -138,7 +138,18 @@ printf '{"model_type":"pangu_ultra_moe","hidden_size":32,"num_hidden_layers":2,"
 $MOE init --model "$T/sw.json" --out "$T/cksw" 2>/dev/null
 expect_fail "export of a sandwich-norm model" 'cannot export: model_type "pangu_ultra_moe" with sandwich_norm has no counterpart' $MOE export --ckpt "$T/cksw" --out "$T/e1"
 expect_fail "export of GQA with shared experts" 'cannot export: "n_shared_experts" must be 0: qwen3_moe and mixtral have no shared experts' $MOE export --ckpt "$T/ck" --out "$T/e2"
-expect_fail "export to an unknown format" '--format must be hf, got "gguf"' $MOE export --ckpt "$T/cksw" --format gguf --out "$T/e3"
+expect_fail "export to an unknown format" '--format must be hf or moe, got "gguf"' $MOE export --ckpt "$T/cksw" --format gguf --out "$T/e3"
+# --format moe: the model alone (what models/solver is): the same loss in f32, half the bytes in bf16
+if [ "${BAD_ONLY:-0}" != 1 ]; then
+  $MOE export --ckpt "$T/ck" --format moe --out "$T/em" 2>/dev/null && $MOE export --ckpt "$T/ck" --format moe --bf16 --out "$T/emb" 2>/dev/null
+  l0=$($MOE eval --ckpt "$T/ck" --data "$T/qa.txt" --json 2>/dev/null | sed -n 's/.*"loss":\([0-9.e+-]*\).*/\1/p')
+  l1=$($MOE eval --ckpt "$T/em" --data "$T/qa.txt" --json 2>/dev/null | sed -n 's/.*"loss":\([0-9.e+-]*\).*/\1/p')
+  s0=$(stat -c %s "$T/em/model.safetensors" 2>/dev/null || echo 0); s1=$(stat -c %s "$T/emb/model.safetensors" 2>/dev/null || echo 0)
+  if [ -n "$l0" ] && [ "$l0" = "$l1" ] && [ ! -e "$T/em/train_state.safetensors" ] && [ "$s1" -gt 0 ] && [ $((s1 * 100)) -lt $((s0 * 55)) ] \
+     && $MOE solve --ckpt "$T/emb" "What is 2 + 2?" >/dev/null 2>&1; then
+    ok "export --format moe: loss $l0 as the source's, no training state; --bf16 $s1 bytes against $s0, and it answers"
+  else bad "export --format moe" "loss $l0 vs $l1, sizes $s0 $s1"; fi
+fi
 mkdir -p "$T/e4"
 expect_fail "export over an existing directory" 'e4: already exists; refusing to overwrite it' $MOE export --ckpt "$T/cksw" --out "$T/e4"
 for x in e1 e2 e3; do [ -e "$T/$x" ] && bad "nothing written for a refused export ($x)" "$T/$x exists"; done
