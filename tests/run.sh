@@ -18,6 +18,7 @@ suite "layers: includes run one way" bash tests/check_layers.sh
 suite "ops: fast vs reference vs finite differences" ./build/test_ops
 suite "tokenizers: BPE vs Hugging Face tokenizers, bad tokenizer.json" ./build/test_tok
 suite "file formats: bad safetensors and shard indexes, F16, sharded writes" ./build/test_io
+suite "pipeline schedules: interleaved 1F1B simulated, bubble (S-1)/(mV)" ./build/test_pipe
 suite "PyTorch oracle: grad, eval, AdamW" /usr/bin/python3 tests/test_oracle.py
 # the BLAS that auto did not pick, where both are there (MKL from Debian's libmkl-rt)
 if ldconfig -p | grep -q 'libmkl_rt\.so '; then
