@@ -4,14 +4,92 @@
 // activations kept at once, per chunk, stop growing with m. One PASS/FAIL line per check.
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "../src/base/base.h"
+#include "../src/io/checkpoint.h"
 #include "../src/parallel/pipeline.h"
 
 static int n_pass, n_fail;
 static void check(const char *name, int ok, const char *detail) {
     if (ok) { printf("PASS pipe: %s\n", name); n_pass++; }
     else { printf("FAIL pipe: %s: %s\n", name, detail); n_fail++; }
+}
+
+// Staged blobs: for each layout, the stages' tensors are the whole model's, each once (the
+// embedding's copy on the last stage aside), and a stage loads its tensors by name from a
+// whole checkpoint bit for bit
+static void staged_blobs(void) {
+    char dir[] = "/tmp/moe-pipe.XXXXXX", detail[512] = "", name[200];
+    if (!mkdtemp(dir)) { check("temporary directory", 0, "mkdtemp"); return; }
+    // 7 layers (the first dense) and one MTP module, tied or not
+    for (int tied = 0; tied < 2; tied++) {
+        char js[512], ck[128];
+        snprintf(js, sizeof js, "{\"hidden_size\": 16, \"num_hidden_layers\": 7, \"num_attention_heads\": 2, \"intermediate_size\": 24,"
+                 " \"moe_intermediate_size\": 8, \"n_routed_experts\": 4, \"num_experts_per_tok\": 2, \"first_k_dense_replace\": 1,"
+                 " \"num_mtp_layers\": 1, \"max_position_embeddings\": 32, \"tie_word_embeddings\": %s}", tied ? "true" : "false");
+        MoeConfig c;
+        if (config_parse(&c, js, "staged.json") != MOE_OK) { check("staged config", 0, moe_errmsg()); return; }
+        Model full;
+        model_build(&full, &c, false);
+        model_init_weights(&full, 5);
+        snprintf(ck, sizeof ck, "%s/ck%d", dir, tied);
+        if (ckpt_save(ck, &full, NULL, false) != MOE_OK) { check("save", 0, moe_errmsg()); return; }
+        int bad = 0, layouts = 0;
+        const int SV[][2] = {{2, 1}, {2, 2}, {4, 1}, {3, 2}, {7, 1}};
+        for (int k = 0; k < 5; k++) {
+            LayerShard ls = {SV[k][0], SV[k][1], 0, {0}};
+            if (layer_cuts(&c, ls.S, ls.V, NULL, 0, ls.cut) != MOE_OK) { bad++; snprintf(detail, sizeof detail, "%s", moe_errmsg()); continue; }
+            layouts++;
+            int *seen = calloc((size_t)full.n_tensors, sizeof(int));
+            for (int st = 0; st < ls.S; st++) {
+                LayerShard me = layer_shard_at(&ls, st);
+                Model m;
+                if (ckpt_load_model_staged(ck, &m, false, NULL, &me) != MOE_OK) { bad++; snprintf(detail, sizeof detail, "load: %s", moe_errmsg()); continue; }
+                for (int i = 0; i < m.n_tensors; i++) {
+                    const ParamTensor *t = &m.tensors[i];
+                    const int f = model_find_tensor(&full, t->name);
+                    if (f < 0 || memcmp(m.params + t->offset, full.params + full.tensors[f].offset, sizeof(float) * t->numel)) {
+                        if (!bad++) snprintf(detail, sizeof detail, "S %d V %d stage %d: %s differs", ls.S, ls.V, st, t->name);
+                        continue;
+                    }
+                    seen[f]++;
+                }
+                model_free(&m);
+            }
+            for (int f = 0; f < full.n_tensors; f++) {
+                const int want = !strcmp(full.tensors[f].name, "model.embed_tokens.weight") ? 2 : 1;   // stage 0 and the copy
+                if (seen[f] != want && !bad++)
+                    snprintf(detail, sizeof detail, "S %d V %d: %s held %d times", ls.S, ls.V, full.tensors[f].name, seen[f]);
+            }
+            free(seen);
+        }
+        snprintf(name, sizeof name, "%d layouts of a 7+1-layer MTP model (%s): the stages hold each tensor once (the embedding's copy "
+                 "on the last), loaded by name bit for bit", layouts, tied ? "tied" : "untied");
+        check(name, bad == 0 && layouts == 5, detail);
+        // the refusals
+        int cut[PP_MAX_CHUNKS + 1], counts[] = {3, 4}, zero[] = {0, 7}, three[] = {2, 2, 3};
+        struct { const char *what; int S, V; const int *counts; int n; const char *want; } r[] = {
+            {"S·V above the layer count", 4, 2, NULL, 0, "8 chunks for 7 layers"},
+            {"--pp-layers not summing to the layers", 2, 1, (int[]){3, 3}, 2, "counts 6 layers, the model has 7"},
+            {"--pp-layers with a chunk of none", 2, 1, zero, 2, "chunk 0 has 0 layers"},
+            {"--pp-layers of another chunk count", 2, 1, three, 3, "3 counts for 2 chunks"},
+        };
+        for (int i = 0; !tied && i < 4; i++) {
+            const int rc = layer_cuts(&c, r[i].S, r[i].V, r[i].counts, r[i].n, cut);
+            snprintf(name, sizeof name, "layer cuts refuse %s in one line", r[i].what);
+            check(name, rc == MOE_FAIL && strstr(moe_errmsg(), r[i].want) && !strchr(moe_errmsg(), '\n'), moe_errmsg());
+        }
+        if (!tied) {
+            int ok = layer_cuts(&c, 2, 1, counts, 2, cut) == MOE_OK && cut[0] == 0 && cut[1] == 3 && cut[2] == 8;
+            check("--pp-layers 3,4: chunks [0,3) and [3,8), the MTP module with the last", ok, moe_errmsg());
+        }
+        model_free(&full);
+    }
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd)) {}
 }
 
 int main(void) {
@@ -76,6 +154,7 @@ int main(void) {
     snprintf(detail, sizeof detail, "rc %d: %s", rc, moe_errmsg());
     check("V > 1 with m not a multiple of S is refused in one line", rc == MOE_FAIL && strstr(moe_errmsg(), "multiple of --pp 4") &&
           !strchr(moe_errmsg(), '\n'), detail);
+    staged_blobs();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail != 0;
 }

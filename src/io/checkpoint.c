@@ -168,6 +168,10 @@ static bool mtp_copy(const MoeConfig *c, const char *name) {
 int ckpt_load_model(const char *dir, Model *m, bool with_grads) { return ckpt_load_model_shard(dir, m, with_grads, NULL); }
 
 int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, const ExpertShard *sh) {
+    return ckpt_load_model_staged(dir, m, with_grads, sh, NULL);
+}
+
+int ckpt_load_model_staged(const char *dir, Model *m, bool with_grads, const ExpertShard *sh, const LayerShard *ls) {
     char path[4096];
     if (!path_exists(dir)) MOE_ERR("%s: checkpoint directory does not exist", dir);
     MOE_TRY(ckpt_recover(dir));
@@ -179,7 +183,7 @@ int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, const Expe
     StShards f;
     MOE_TRY(shards_open(&f, dir));
     snprintf(path, sizeof path, "%s", f.index_path ? f.index_path : dir);
-    model_build_sharded(m, &c, with_grads, sh);
+    model_build_staged(m, &c, with_grads, sh, ls);
     int rc = MOE_OK;
     for (int i = 0; i < m->n_tensors && rc == MOE_OK; i++) {
         const ParamTensor *t = &m->tensors[i];

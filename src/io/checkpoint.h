@@ -29,6 +29,8 @@ int ckpt_load_model(const char *dir, Model *m, bool with_grads);
 // only the routed experts of shard sh (expert parallelism; NULL: all); the tensors are
 // read by name, so a checkpoint of any layout loads into any shard
 int ckpt_load_model_shard(const char *dir, Model *m, bool with_grads, const ExpertShard *sh);
+// and only the layers of ls (pipeline parallelism; NULL: all)
+int ckpt_load_model_staged(const char *dir, Model *m, bool with_grads, const ExpertShard *sh, const LayerShard *ls);
 // train_state.safetensors: the moments into mom_m, mom_v (the blob layout of m) and the
 // trainer's JSON (*json, malloc'd); checks that it comes from the save model.safetensors
 // comes from

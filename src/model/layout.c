@@ -50,43 +50,50 @@ int model_layer_blocks(const MoeConfig *c, int l, const BlockKind **out) {
     return n;
 }
 
-static void layout_walk(Layout *lo, const MoeConfig *c, const ExpertShard *sh, ParamViews *v) {
+static void layout_walk(Layout *lo, const MoeConfig *c, const ExpertShard *sh, const LayerShard *ls, ParamViews *v) {
     const int L = config_n_layers(c);
-    BLOCK_EMBEDDING.tensors(lo, c, -1, sh, v);
+    if (layer_shard_holds(ls, c, -1)) BLOCK_EMBEDDING.tensors(lo, c, -1, sh, v);
     for (int l = 0; l < L; l++) {
+        if (!layer_shard_holds(ls, c, l)) continue;
         const BlockKind *b[8];
         for (int i = 0, n = model_layer_blocks(c, l, b); i < n; i++) b[i]->tensors(lo, c, l, sh, v);
     }
-    BLOCK_HEAD.tensors(lo, c, L, sh, v);
+    if (layer_shard_holds(ls, c, L)) BLOCK_HEAD.tensors(lo, c, L, sh, v);
 }
 
 void model_layout(Model *m, const MoeConfig *c) { model_layout_sharded(m, c, NULL); }
 
-void model_layout_sharded(Model *m, const MoeConfig *c, const ExpertShard *sh) {
+void model_layout_sharded(Model *m, const MoeConfig *c, const ExpertShard *sh) { model_layout_staged(m, c, sh, NULL); }
+
+void model_layout_staged(Model *m, const MoeConfig *c, const ExpertShard *sh, const LayerShard *ls) {
     memset(m, 0, sizeof *m);
     m->cfg = *c;
     Layout lo = {m, 0, NULL, 0};
     ParamViews scratch = {.layer = MOE_NEW(LayerParams, config_n_layers(c))};
-    layout_walk(&lo, c, sh, &scratch);
+    layout_walk(&lo, c, sh, ls, &scratch);
     moe_free(scratch.layer);
 }
 
 void model_build(Model *m, const MoeConfig *c, bool with_grads) { model_build_sharded(m, c, with_grads, NULL); }
 
 void model_build_sharded(Model *m, const MoeConfig *c, bool with_grads, const ExpertShard *sh) {
-    model_layout_sharded(m, c, sh);
+    model_build_staged(m, c, with_grads, sh, NULL);
+}
+
+void model_build_staged(Model *m, const MoeConfig *c, bool with_grads, const ExpertShard *sh, const LayerShard *ls) {
+    model_layout_staged(m, c, sh, ls);
     MemCategory old = mem_category(MEM_PARAMS);
     m->params = MOE_NEW(float, m->n_params);
     m->w.layer = MOE_NEW(LayerParams, config_n_layers(c));
     Layout lo = {m, 0, m->params, 0};
-    layout_walk(&lo, c, sh, &m->w);
+    layout_walk(&lo, c, sh, ls, &m->w);
     if (with_grads) {
         mem_category(MEM_GRADS);
         m->grads = MOE_NEW(float, m->n_params);
         mem_category(MEM_PARAMS);
         m->g.layer = MOE_NEW(LayerParams, config_n_layers(c));
         lo = (Layout){m, 0, m->grads, 0};
-        layout_walk(&lo, c, sh, &m->g);
+        layout_walk(&lo, c, sh, ls, &m->g);
     }
     m->bias = MOE_NEW(float, (size_t)config_n_layers(c) * (c->n_routed_experts > 0 ? c->n_routed_experts : 1));
     if (c->yarn) {

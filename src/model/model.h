@@ -76,12 +76,33 @@ ExpertShard shard_at(const ExpertShard *s, int rank);
 bool shard_holds(const ExpertShard *s, const MoeConfig *c, int rank, int l, int e);
 
 
+// Which layers a process holds (pipeline parallelism, docs/PIPELINE.md): the
+// config_n_layers(c) layers cut into K = S·V chunks, chunk g = layers [cut[g], cut[g+1]),
+// held by stage g % S; the multi-token-prediction modules always in the last chunk. The
+// embedding goes with the first chunk, the final norm and head with the last, and the last
+// stage keeps a copy of the embedding when the head is tied to it or MTP modules embed.
+// NULL (or S 1): everything.
+#define PP_MAX_CHUNKS 64
+typedef struct { int S, V, stage; int cut[PP_MAX_CHUNKS + 1]; } LayerShard;
+// The cuts of S·V chunks into cut[0..K]: counts[i] layers of the stack (num_hidden_layers
+// of them, MTP modules not counted) in chunk i when given (n_counts = K), else as even as
+// can be (the earlier chunks one more). An error (one line) when impossible.
+int layer_cuts(const MoeConfig *c, int S, int V, const int *counts, int n_counts, int *cut);
+// layer l held (-1: the embedding, config_n_layers: the final norm and head)
+bool layer_shard_holds(const LayerShard *ls, const MoeConfig *c, int l);
+// local chunk j of the stage: global chunk j·S + stage, layers [*l0, *l0 + *n)
+void layer_shard_chunk(const LayerShard *ls, int j, int *l0, int *n);
+LayerShard layer_shard_at(const LayerShard *ls, int stage);
+
 void model_build(Model *m, const MoeConfig *c, bool with_grads);
 // the same with only the routed experts of shard sh (their global names; NULL: all)
 void model_build_sharded(Model *m, const MoeConfig *c, bool with_grads, const ExpertShard *sh);
 // tensor names only (no blobs): what a full checkpoint of c holds, or shard sh of it
 void model_layout(Model *m, const MoeConfig *c);
 void model_layout_sharded(Model *m, const MoeConfig *c, const ExpertShard *sh);
+// the same for the layers of ls only (NULL: all); names stay the whole model's
+void model_build_staged(Model *m, const MoeConfig *c, bool with_grads, const ExpertShard *sh, const LayerShard *ls);
+void model_layout_staged(Model *m, const MoeConfig *c, const ExpertShard *sh, const LayerShard *ls);
 void model_free(Model *m);
 void model_init_weights(Model *m, unsigned long long seed);
 // the tensor index of `name`, or -1
