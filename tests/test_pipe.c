@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include "../src/base/base.h"
 #include "../src/io/checkpoint.h"
+#include "../src/model/schedule.h"
 #include "../src/parallel/pipeline.h"
 
 static int n_pass, n_fail;
@@ -92,6 +93,126 @@ static void staged_blobs(void) {
     if (system(cmd)) {}
 }
 
+// Chunk passes (model_run_span): a micro-batch through the model chunk by chunk, each chunk
+// with its own activations and the stream (forward) and its gradient (backward) copied
+// between them as stages hand them on, gives the gradients, loss and balance loss of one pass
+// over the whole stack bit for bit
+static void fill_batch(Batch *b, const MoeConfig *c) {
+    Rng r;
+    rng_seed(&r, 11);
+    const int lens[] = {14, 9, 17};
+    int n = 0;
+    b->n_seq = 3;
+    b->n_targets = 0;
+    for (int s = 0; s < 3; s++) {
+        b->seq_start[s] = n;
+        for (int i = 0; i < lens[s]; i++, n++) {
+            b->tokens[n] = (int)rng_below(&r, 256);
+            b->pos[n] = i;
+            b->kv_lo[n] = b->seq_start[s];
+            b->targets[n] = i >= lens[s] / 2 ? (int)rng_below(&r, (uint64_t)c->vocab_size) : -1;
+            b->n_targets += b->targets[n] >= 0;
+        }
+    }
+    b->seq_start[3] = n;
+    b->N = n;
+}
+
+static int run_chunked(Model *m, const Batch *b, int mode, const int *cut, int K, ForwardOut *tot) {
+    const MoeConfig *c = &m->cfg;
+    Acts *a = MOE_NEW(Acts, K);
+    ForwardOpts fo = {.train = true, .ce_scale = 1.0f / b->n_targets, .aux_scale = 1.0f / b->n_seq,
+                      .mtp_scale = c->num_mtp_layers ? c->mtp_loss_weight / c->num_mtp_layers / b->n_targets : 0};
+    const size_t ND = (size_t)b->N * c->hidden_size;
+    int rc = MOE_OK;
+    memset(tot, 0, sizeof *tot);
+    for (int k = 0; k < K; k++) acts_alloc(&a[k], m, b->N, mode);
+    for (int k = 0; k < K && rc == MOE_OK; k++) {   // forward, chunk after chunk
+        LayerSpan sp = {cut[k], cut[k + 1] - cut[k]};
+        if (k > 0) memcpy(acts_stream(&a[k], sp.l0, b->N), acts_stream(&a[k - 1], sp.l0, b->N), sizeof(float) * ND);
+        Acts *ap = &a[k];
+        const Batch *bp = b;
+        ForwardOut o = {0};
+        rc = model_run_span(m, &SCHED_CHUNK_FORWARD, &ap, &bp, &fo, &o, &sp);
+        tot->ce_sum += o.ce_sum; tot->aux += o.aux; tot->mtp_ce_sum += o.mtp_ce_sum;
+    }
+    for (int k = K - 1; k >= 0 && rc == MOE_OK; k--) {   // backward, from the top chunk down
+        LayerSpan sp = {cut[k], cut[k + 1] - cut[k]};
+        if (k < K - 1) memcpy(acts_dstream(&a[k]), acts_dstream(&a[k + 1]), sizeof(float) * ND);
+        Acts *ap = &a[k];
+        const Batch *bp = b;
+        rc = model_run_span(m, &SCHED_CHUNK_BACKWARD, &ap, &bp, &fo, NULL, &sp);
+    }
+    for (int k = 0; k < K; k++) acts_free(&a[k]);
+    moe_free(a);
+    return rc;
+}
+
+static void chunk_passes(void) {
+    char name[200], detail[400] = "";
+    for (int tied = 0; tied < 2; tied++) {
+        char js[600];
+        snprintf(js, sizeof js, "{\"hidden_size\": 16, \"num_hidden_layers\": 7, \"num_attention_heads\": 2, \"intermediate_size\": 24,"
+                 " \"moe_intermediate_size\": 8, \"n_routed_experts\": 4, \"num_experts_per_tok\": 2, \"first_k_dense_replace\": 1,"
+                 " \"n_shared_experts\": 1, \"num_mtp_layers\": 1, \"max_position_embeddings\": 32, \"aux_loss_alpha\": 0.01,"
+                 " \"aux_scope\": \"sequence\", \"tie_word_embeddings\": %s}", tied ? "true" : "false");
+        MoeConfig c;
+        if (config_parse(&c, js, "chunks.json") != MOE_OK) { check("chunk config", 0, moe_errmsg()); return; }
+        Model m;
+        model_build(&m, &c, true);
+        model_init_weights(&m, 3);
+        Batch b;
+        batch_alloc(&b, 64, 4);
+        fill_batch(&b, &c);
+        const int modes[] = {ACTS_TRAIN, ACTS_TRAIN_SELECTIVE | ACTS_BF16, ACTS_TRAIN | ACTS_RECOMPUTE | ACTS_RECOMPUTE_FULL};
+        const char *mname[] = {"exact", "default (selective, bf16)", "full recompute"};
+        for (int mi = 0; mi < 3; mi++) {
+            // the whole stack in one pass
+            memset(m.grads, 0, sizeof(float) * m.n_params);
+            Acts a;
+            acts_alloc(&a, &m, b.N, modes[mi]);
+            ForwardOpts fo = {.train = true, .ce_scale = 1.0f / b.n_targets, .aux_scale = 1.0f / b.n_seq,
+                              .mtp_scale = c.mtp_loss_weight / c.num_mtp_layers / b.n_targets};
+            ForwardOut ref = {0};
+            Acts *ap = &a;
+            const Batch *bp = &b;
+            int rc = model_run(&m, &SCHED_TRAIN, &ap, &bp, &fo, &ref);
+            acts_free(&a);
+            float *g0 = MOE_NEW(float, m.n_params);
+            memcpy(g0, m.grads, sizeof(float) * m.n_params);
+            // the same in chunks: 2, 3 and 7 of them
+            const int cuts[3][9] = {{0, 3, 8}, {0, 1, 4, 8}, {0, 1, 2, 3, 4, 5, 6, 8}};
+            const int Ks[3] = {2, 3, 7};
+            int bad = rc != MOE_OK;
+            if (bad) snprintf(detail, sizeof detail, "one pass: %s", moe_errmsg());
+            for (int k = 0; k < 3 && !bad; k++) {
+                memset(m.grads, 0, sizeof(float) * m.n_params);
+                ForwardOut o;
+                if (run_chunked(&m, &b, modes[mi], cuts[k], Ks[k], &o) != MOE_OK) { bad = 1; snprintf(detail, sizeof detail, "%s", moe_errmsg()); break; }
+                // (the balance loss sums the layers' terms chunk by chunk: another order of a double sum)
+                if (o.ce_sum != ref.ce_sum || fabs(o.aux - ref.aux) > 1e-12 * fabs(ref.aux) || o.mtp_ce_sum != ref.mtp_ce_sum) {
+                    bad = 1;
+                    snprintf(detail, sizeof detail, "%d chunks: ce %.9g aux %.9g mtp %.9g vs %.9g %.9g %.9g", Ks[k], o.ce_sum, o.aux,
+                             o.mtp_ce_sum, ref.ce_sum, ref.aux, ref.mtp_ce_sum);
+                }
+                for (int t = 0; t < m.n_tensors && !bad; t++) {
+                    const ParamTensor *pt = &m.tensors[t];
+                    if (memcmp(m.grads + pt->offset, g0 + pt->offset, sizeof(float) * pt->numel)) {
+                        bad = 1;
+                        snprintf(detail, sizeof detail, "%d chunks: gradient of %s differs", Ks[k], pt->name);
+                    }
+                }
+            }
+            moe_free(g0);
+            snprintf(name, sizeof name, "chunk passes (2, 3, 7 chunks) = one pass, bit for bit: gradients, loss, MTP loss (balance loss to 1e-12) "
+                     "(%s, %s; dense + MoE + shared + MTP)", mname[mi], tied ? "tied" : "untied");
+            check(name, !bad, detail);
+        }
+        batch_free(&b);
+        model_free(&m);
+    }
+}
+
 int main(void) {
     char name[160], detail[512];
     // the grid: stages, virtual stages, micro-batches (V > 1: multiples of S)
@@ -155,6 +276,7 @@ int main(void) {
     check("V > 1 with m not a multiple of S is refused in one line", rc == MOE_FAIL && strstr(moe_errmsg(), "multiple of --pp 4") &&
           !strchr(moe_errmsg(), '\n'), detail);
     staged_blobs();
+    chunk_passes();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail != 0;
 }

@@ -240,6 +240,9 @@ float *pass_resid(const Acts *a, int l, int N) {
     return a->xs + (size_t)(l % 2) * a->Nmax * a->D;
 }
 
+float *acts_stream(const Acts *a, int l, int N) { return pass_resid(a, l, N); }
+float *acts_dstream(const Acts *a) { return a->dx; }
+
 Storage acts_storage(const Acts *a, SaveRole role) {
     bool recompute = false;
     switch (role) {

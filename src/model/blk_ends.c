@@ -47,8 +47,9 @@ int blk_embedding_forward(Pass *P) {
         P->x = pass_resid(a, l, N);
         return MOE_OK;
     }
-    P->x = pass_resid(a, 0, N);
     if (a->M) mtp_prepare(P);
+    P->x = pass_resid(a, P->l0, N);
+    if (!P->first) return MOE_OK;   // a chunk above the first: its input is in the stream
     double t = prof_begin();
     embed_forward(P->x, b->tokens, m->w.embed, N, D);
     prof_end(PROF_EMBED, false, t, 0);
@@ -152,6 +153,12 @@ int blk_head_forward(Pass *P) {
     return MOE_OK;
 }
 
+// a chunk below the top, backward: the stream's gradient is in a->dx already
+void pass_chunk_dstream(Pass *P) {
+    P->pairs = 0;
+    for (int n = 0; n < P->b->N; n++) P->pairs += n - P->b->kv_lo[n] + 1;
+}
+
 // the head's backward pass ran with the forward pass (a->dxt, or with MTP a->dhead); the
 // rest starts here
 void blk_head_backward(Pass *P) {
@@ -159,8 +166,7 @@ void blk_head_backward(Pass *P) {
     Acts *a = P->a;
     const MoeConfig *c = &m->cfg;
     const int N = P->b->N, L = c->num_hidden_layers;
-    P->pairs = 0;
-    for (int n = 0; n < N; n++) P->pairs += n - P->b->kv_lo[n] + 1;
+    pass_chunk_dstream(P);
     if (a->M) {   // the top module's head's gradient; the others join on the way down (blk_mtp.c)
         memcpy(a->dx, a->dhead + (size_t)a->M * a->Nmax * c->hidden_size, sizeof(float) * (size_t)N * c->hidden_size);
         return;

@@ -77,13 +77,22 @@ int pass_run_stage(Pass *P, int kind, int l) {
         if (moe && P->m->cfg.n_shared_experts > 0) blk_shared_expert_forward(P, l);
         return MOE_OK;
     case STAGE_FWD_FINISH: return fwd_finish(P, l);
-    case STAGE_FWD_END: return blk_head_forward(P);
-    case STAGE_BWD_BEGIN: blk_head_backward(P); return MOE_OK;
+    case STAGE_FWD_END:
+        if (P->last) return blk_head_forward(P);
+        moe_free(P->kv_hi);   // a chunk below the top: its output stays in the stream
+        P->kv_hi = NULL;
+        return MOE_OK;
+    case STAGE_BWD_BEGIN:
+        if (P->last) blk_head_backward(P);
+        else pass_chunk_dstream(P);   // d(output) is in acts_dstream already
+        return MOE_OK;
     case STAGE_BWD_FFN_OR_SEND: return bwd_ffn_or_send(P, l);
     case STAGE_BWD_ROUTER_SHARED: return bwd_router_shared(P, l);
     case STAGE_BWD_OWNER_EXPERTS: return moe && ep ? blk_moe_owner_backward(P, l) : MOE_OK;
     case STAGE_BWD_ATTENTION: return bwd_attention(P, l);
-    case STAGE_BWD_END: blk_embedding_backward(P); return MOE_OK;
+    case STAGE_BWD_END:
+        if (P->first) blk_embedding_backward(P);   // (else d(input) stays in acts_dstream)
+        return MOE_OK;
     case STAGE_GRADS_READY: return P->o->grads_ready ? P->o->grads_ready(P->o->ctx, l) : MOE_OK;
     case STAGE_N_KINDS: break;
     }

@@ -94,6 +94,9 @@ bool layer_shard_holds(const LayerShard *ls, const MoeConfig *c, int l);
 void layer_shard_chunk(const LayerShard *ls, int j, int *l0, int *n);
 LayerShard layer_shard_at(const LayerShard *ls, int stage);
 
+// a run of consecutive layers [l0, l0 + n): what one pass of a pipeline chunk covers
+typedef struct { int l0, n; } LayerSpan;
+
 void model_build(Model *m, const MoeConfig *c, bool with_grads);
 // the same with only the routed experts of shard sh (their global names; NULL: all)
 void model_build_sharded(Model *m, const MoeConfig *c, bool with_grads, const ExpertShard *sh);
@@ -180,6 +183,12 @@ typedef struct {
 enum { ACTS_INFER = 0, ACTS_TRAIN = 1, ACTS_RECOMPUTE = 2, ACTS_BF16 = 4, ACTS_RECOMPUTE_FULL = 8, ACTS_EP = 16 };
 #define ACTS_TRAIN_SELECTIVE (ACTS_TRAIN | ACTS_RECOMPUTE)
 void acts_alloc(Acts *a, const Model *m, int Nmax, int mode);
+// pipeline chunks (model_run_span): the residual stream entering layer l of a pass over N
+// tokens, where a chunk that does not start the stack finds its input and one that does not
+// end it leaves its output; and the stream's gradient, where a chunk that does not end the
+// stack finds d(output) before its backward pass and leaves d(input) after it
+float *acts_stream(const Acts *a, int l, int N);
+float *acts_dstream(const Acts *a);
 void acts_free(Acts *a);
 
 // Key/value cache for generation: slot s of layer l holds the keys of one position (MLA:

@@ -16,6 +16,8 @@ typedef struct {
     int *kv_hi;
     double pairs;          // (query, key) pairs, for the attention FLOP count
     bool gset;             // this pass writes the gradients first: overwrite, do not add
+    int l0, n;             // its layers [l0, l0 + n) (model_run_span)
+    bool first, last;      // they start the stack (the embedding), end it (the head)
 } Pass;
 
 // Runs stage `kind` (StageKind) of pass P at layer l (which only the per-layer stages and
@@ -60,9 +62,10 @@ float *pass_ffn_out(Pass *P, int l);
 void ffn_norm_tensors(Layout *lo, const MoeConfig *c, int l, LayerParams *p);
 
 // ---- the blocks' passes (block.h lists the kinds; each kind's file holds its own)
-int blk_embedding_forward(Pass *P);                 // blk_ends.c
+int blk_embedding_forward(Pass *P);                 // blk_ends.c (a chunk that does not start the stack: its input)
 int blk_head_forward(Pass *P);                      // final norm, head, cross-entropy (+ the head's backward)
 void blk_head_backward(Pass *P);                    // the final norm's backward pass
+void pass_chunk_dstream(Pass *P);                   // a chunk below the top: d(output) given
 void blk_embedding_backward(Pass *P);
 void blk_attention_forward(Pass *P, int l);         // blk_attention.c: h = x + attention(rmsnorm(x))
 void blk_attention_backward(Pass *P, int l);        // dh -> dx (and the input norm)

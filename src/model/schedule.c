@@ -38,6 +38,8 @@
 
 const Schedule SCHED_FORWARD = {"forward", 1, 1, (const SchedPhase[]){FORWARD}};
 const Schedule SCHED_TRAIN = {"train", 1, 2, (const SchedPhase[]){FORWARD, BACKWARD}};
+const Schedule SCHED_CHUNK_FORWARD = {"chunk-forward", 1, 1, (const SchedPhase[]){FORWARD}};
+const Schedule SCHED_CHUNK_BACKWARD = {"chunk-backward", 1, 1, (const SchedPhase[]){BACKWARD}};
 const Schedule SCHED_TRAIN_HALVES = {"train-halves", 2, 2, (const SchedPhase[]){FORWARD_HALVES, BACKWARD_HALVES}};
 
 // A list refers to passes the schedule has, and lags only in a body.
@@ -57,44 +59,59 @@ static int sched_check(const Schedule *s) {
     return MOE_OK;
 }
 
-static int run_list(Pass *P, const StageList *list, int l) {
-    for (int i = 0; i < list->n; i++) MOE_TRY(pass_run_stage(&P[list->s[i].pass], list->s[i].kind, l));
+// the layer of pass p at iteration i of a phase over its span ([l0, l0 + n)); i = -1 and
+// i = n are the prologue's and the epilogue's (the head's side or the embedding's)
+static int layer_at(const Pass *p, bool backward, int i) { return p->l0 + (backward ? p->n - 1 - i : i); }
+
+static int run_list(Pass *P, const StageList *list, bool backward, bool epilogue) {
+    for (int i = 0; i < list->n; i++) {
+        Pass *p = &P[list->s[i].pass];
+        MOE_TRY(pass_run_stage(p, list->s[i].kind, layer_at(p, backward, epilogue ? p->n : -1)));
+    }
     return MOE_OK;
 }
 
-// layers [l0, l0 + L)
-static int run_phase(Pass *P, const SchedPhase *ph, int l0, int L) {
-    // iteration i's layer in the phase's order; i = -1 and i = L are the prologue's and the
-    // epilogue's (the head's side or the embedding's)
-#define LAYER(i) (l0 + (ph->backward ? L - 1 - (i) : (i)))
-    MOE_TRY(run_list(P, &ph->prologue, LAYER(-1)));
-    int max_lag = 0;
+// each pass over its own span: body stage k runs at iteration i on its pass's layer lag_k
+// iterations behind, when that is within the pass's span
+static int run_phase(Pass *P, int n_passes, const SchedPhase *ph) {
+    MOE_TRY(run_list(P, &ph->prologue, ph->backward, false));
+    int max_lag = 0, max_n = 0;
     for (int k = 0; k < ph->body.n; k++) max_lag = imax(max_lag, ph->body.s[k].lag);
-    for (int i = 0; i < L + max_lag; i++)
+    for (int i = 0; i < n_passes; i++) max_n = imax(max_n, P[i].n);
+    for (int i = 0; i < max_n + max_lag; i++)
         for (int k = 0; k < ph->body.n; k++) {
             const Stage st = ph->body.s[k];
+            Pass *p = &P[st.pass];
             const int j = i - st.lag;
-            if (j >= 0 && j < L) MOE_TRY(pass_run_stage(&P[st.pass], st.kind, LAYER(j)));
+            if (j >= 0 && j < p->n) MOE_TRY(pass_run_stage(p, st.kind, layer_at(p, ph->backward, j)));
         }
-    return run_list(P, &ph->epilogue, LAYER(L));
-#undef LAYER
+    return run_list(P, &ph->epilogue, ph->backward, true);
 }
 
 int model_run(Model *m, const Schedule *s, Acts *a[], const Batch *b[], const ForwardOpts *o, ForwardOut out[]) {
+    return model_run_span(m, s, a, b, o, out, NULL);
+}
+
+int model_run_span(Model *m, const Schedule *s, Acts *a[], const Batch *b[], const ForwardOpts *o, ForwardOut out[],
+                   const LayerSpan span[]) {
     MOE_TRY(sched_check(s));
-    Pass P[SCHED_MAX_PASSES];
-    for (int i = 0; i < s->n_passes; i++)
-        P[i] = (Pass){m, a[i], b[i], o, out ? &out[i] : NULL, NULL, NULL, 0, o->grad_set && i == 0};
-    int rc = MOE_OK;
     // training runs the multi-token-prediction modules' layers after the stack's; inference
     // the stack's, or one module's layer (o->mtp_k)
     const MoeConfig *c = &m->cfg;
-    if (o->mtp_k && (o->train || o->mtp_k > c->num_mtp_layers))
+    if (o->mtp_k && (o->train || o->mtp_k > c->num_mtp_layers || span))
         MOE_ERR("internal: multi-token-prediction module %d of %d run alone%s", o->mtp_k, c->num_mtp_layers,
-                o->train ? " in training" : "");
-    const int l0 = o->mtp_k ? c->num_hidden_layers + o->mtp_k - 1 : 0,
-              L = o->mtp_k ? 1 : o->train ? config_n_layers(c) : c->num_hidden_layers;
-    for (int f = 0; f < s->n_phases && rc == MOE_OK; f++) rc = run_phase(P, &s->phase[f], l0, L);
+                o->train ? " in training" : span ? " over a span" : "");
+    const int top = o->mtp_k ? c->num_hidden_layers + o->mtp_k : o->train ? config_n_layers(c) : c->num_hidden_layers;
+    Pass P[SCHED_MAX_PASSES];
+    for (int i = 0; i < s->n_passes; i++) {
+        const LayerSpan sp = span ? span[i] : o->mtp_k ? (LayerSpan){top - 1, 1} : (LayerSpan){0, top};
+        if (sp.l0 < 0 || sp.n < 1 || sp.l0 + sp.n > top)
+            MOE_ERR("internal: span of layers [%d, %d) outside the %d layers run", sp.l0, sp.l0 + sp.n, top);
+        P[i] = (Pass){m, a[i], b[i], o, out ? &out[i] : NULL, NULL, NULL, 0, o->grad_set && i == 0, sp.l0, sp.n,
+                      o->mtp_k || sp.l0 == 0, sp.l0 + sp.n == top};
+    }
+    int rc = MOE_OK;
+    for (int f = 0; f < s->n_phases && rc == MOE_OK; f++) rc = run_phase(P, s->n_passes, &s->phase[f]);
     if (rc != MOE_OK)
         for (int i = 0; i < s->n_passes; i++) pass_abort(&P[i]);
     return rc;

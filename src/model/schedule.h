@@ -64,6 +64,8 @@ typedef struct {
 
 extern const Schedule SCHED_FORWARD;         // one pass, forward only (inference, eval)
 extern const Schedule SCHED_TRAIN;           // one pass, forward then backward
+extern const Schedule SCHED_CHUNK_FORWARD;   // pipeline chunks (model_run_span): one pass's
+extern const Schedule SCHED_CHUNK_BACKWARD;  // forward alone, its backward alone (activations kept between)
 extern const Schedule SCHED_TRAIN_HALVES;    // two halves of a micro-batch interleaved layer by
                                              // layer, one half's exchanges in flight while the
                                              // other computes (EP with --overlap on)
@@ -71,3 +73,11 @@ extern const Schedule SCHED_TRAIN_HALVES;    // two halves of a micro-batch inte
 // Runs the schedule's phases over passes a[i], b[i], out[i] (i < s->n_passes). Training: the
 // gradients are written or added as in ForwardOpts.grad_set; logits as model_forward's.
 int model_run(Model *m, const Schedule *s, Acts *a[], const Batch *b[], const ForwardOpts *o, ForwardOut out[]);
+// The same over layers span[i] for pass i (pipeline chunks; NULL: the whole stack). A span
+// that does not start the stack takes its input from acts_stream(a, l0) instead of the
+// embedding, one that does not end it leaves acts_stream(a, l0 + n) instead of running the
+// head; backward, one that does not end it starts from acts_dstream(a) and one that does not
+// start it leaves d(input) there. Each pass's layers are walked on their own, so passes of
+// different spans can share a phase.
+int model_run_span(Model *m, const Schedule *s, Acts *a[], const Batch *b[], const ForwardOpts *o, ForwardOut out[],
+                   const LayerSpan span[]);
