@@ -60,6 +60,9 @@ build/test_io: tests/test_io.c $(LIB)
 build/test_pipe: tests/test_pipe.c $(LIB)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
+build/test_dist_groups: tests/test_dist_groups.c $(LIB)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
 # AddressSanitizer + UBSan build of the binary, for the bad-input tests
 build/asan/moe: $(SRC) src/moe.c $(wildcard src/*/*.h) src/serve/page.html
 	@mkdir -p build/asan
@@ -92,7 +95,7 @@ fuzz:
 
 test:
 	@bash scripts/deps.sh
-	@$(MAKE) --no-print-directory moe build/test_ops build/test_tok build/test_io build/test_pipe build/asan/moe $(FUZZERS)
+	@$(MAKE) --no-print-directory moe build/test_ops build/test_tok build/test_io build/test_pipe build/test_dist_groups build/asan/moe $(FUZZERS)
 	@bash tests/run.sh
 
 demo:

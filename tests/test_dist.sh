@@ -30,6 +30,22 @@ $MOE gen-math --n 400 --seed 3 --out "$T/qa.txt" || { echo "FAIL gen-math"; exit
 # exact storage (most runs below; the matrix further down adds the default bf16 storage)
 F="--data $T/qa.txt --batch 8 --seq 64 --quiet --recompute none --act-dtype f32 --seed 11"
 
+# the process layout with pipeline stages: groups and point-to-point (tests/test_dist_groups.c)
+GRP_BIN=$(dirname "$MOE")/build/test_dist_groups
+for l in "4 1 2" "8 2 2" "4 4 1" "8 4 2" "6 3 1"; do
+  read -r np pp ep <<<"$l"
+  timeout 60 mpirun -np "$np" --oversubscribe -x OMP_NUM_THREADS=1 "$GRP_BIN" "$pp" "$ep" 2>"$T/grp.err" | tee "$T/grp.out" | grep -E '^(PASS|FAIL)' || true
+  n=$(grep -c '^PASS' "$T/grp.out"); want=3; [ "$pp" = 1 ] && want=2
+  [ "$n" = "$want" ] || bad "dist groups P $np --pp $pp --ep $ep" "$n of $want checks passed: $(head -c 300 "$T/grp.err")"
+  pass=$((pass + n)); fail=$((fail + $(grep -c '^FAIL' "$T/grp.out")))
+done
+run 4 "$GRP_BIN" 3 1 >/dev/null 2>"$T/grp.err"
+grep -q -- "--pp 3 must divide the number of ranks 4" "$T/grp.err" && ok "dist: --pp that does not divide the ranks refused" \
+  || bad "dist: --pp that does not divide the ranks" "$(head -c 200 "$T/grp.err")"
+run 4 "$GRP_BIN" 2 4 >/dev/null 2>"$T/grp.err"
+grep -q -- "--ep 4 must divide the ranks of a pipeline stage (4 ranks / --pp 2 = 2)" "$T/grp.err" && ok "dist: --ep that does not divide a stage refused" \
+  || bad "dist: --ep that does not divide a stage" "$(head -c 200 "$T/grp.err")"
+
 losses() { grep -o '"loss":[-0-9.e]*' "$1/log.jsonl" | cut -d: -f2; }
 # same_losses NAME A B N [TOL]: N lines each, every pair within relative TOL (1e-6: exact
 # storage, where only the order of summation differs)

@@ -6,8 +6,9 @@
 #include <unistd.h>
 #include "../base/base.h"
 
-static DistInfo g = {.rank = 0, .size = 1, .ep = 1, .dp = 1};
+static DistInfo g = {.rank = 0, .size = 1, .ep = 1, .dp = 1, .pp = 1, .ssize = 1};
 static MPI_Comm ep_comm = MPI_COMM_NULL, rep_comm = MPI_COMM_NULL, node_comm = MPI_COMM_NULL;
+static MPI_Comm stage_comm = MPI_COMM_NULL, pipe_comm = MPI_COMM_NULL, embed_comm = MPI_COMM_NULL, model_comm = MPI_COMM_NULL;
 
 static bool under_launcher(void) {
     return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK") || getenv("SLURM_STEP_ID");
@@ -38,8 +39,8 @@ int dist_init(int *argc, char ***argv) {
     g.mpi = true;
     MPI_TRY(MPI_Comm_rank(MPI_COMM_WORLD, &g.rank));
     MPI_TRY(MPI_Comm_size(MPI_COMM_WORLD, &g.size));
-    g.dp = g.size;
-    g.dp_rank = g.rank;
+    g.dp = g.ssize = g.size;
+    g.dp_rank = g.srank = g.rank;
     return MOE_OK;
 }
 
@@ -48,11 +49,22 @@ void dist_finalize(void) {
     if (node_comm != MPI_COMM_NULL) MPI_Comm_free(&node_comm);
     if (ep_comm != MPI_COMM_NULL) MPI_Comm_free(&ep_comm);
     if (rep_comm != MPI_COMM_NULL) MPI_Comm_free(&rep_comm);
+    MPI_Comm *more[] = {&stage_comm, &pipe_comm, &embed_comm, &model_comm};
+    for (int i = 0; i < 4; i++) if (*more[i] != MPI_COMM_NULL) MPI_Comm_free(more[i]);
     MPI_Finalize();
 }
 
 static MPI_Comm comm_of(DistGroup grp) {
-    return grp == DIST_EP ? ep_comm : grp == DIST_REPLICAS ? rep_comm : MPI_COMM_WORLD;
+    switch (grp) {
+    case DIST_EP: return ep_comm;
+    case DIST_REPLICAS: return rep_comm;
+    case DIST_STAGE: return stage_comm == MPI_COMM_NULL ? MPI_COMM_WORLD : stage_comm;
+    case DIST_PIPE: return pipe_comm;
+    case DIST_EMBED: return embed_comm;
+    case DIST_MODEL: return model_comm;
+    case DIST_WORLD: break;
+    }
+    return MPI_COMM_WORLD;
 }
 
 // ---------------------------------------------------------------- requests in flight
@@ -409,18 +421,30 @@ hier_fail:
     return true;
 }
 
-int dist_setup(int ep, DistA2A mode) {
-    if (ep <= 0 || g.size % ep) MOE_ERR("--ep %d must divide the number of ranks %d", ep, g.size);
-    g.ep = ep; g.ep_rank = g.rank % ep;
-    g.dp = g.size / ep; g.dp_rank = g.rank / ep;
+int dist_setup(int ep, int pp, DistA2A mode) {
+    if (pp <= 0 || g.size % pp) MOE_ERR("--pp %d must divide the number of ranks %d", pp, g.size);
+    const int ss = g.size / pp;
+    if (ep <= 0 || ss % ep) {
+        if (pp > 1) MOE_ERR("--ep %d must divide the ranks of a pipeline stage (%d ranks / --pp %d = %d)", ep, g.size, pp, ss);
+        MOE_ERR("--ep %d must divide the number of ranks %d", ep, g.size);
+    }
+    g.pp = pp; g.ssize = ss;
+    g.stage = g.rank / ss; g.srank = g.rank % ss;
+    g.ep = ep; g.ep_rank = g.srank % ep;
+    g.dp = ss / ep; g.dp_rank = g.srank / ep;
     memset(&g.moe, 0, sizeof g.moe);
     g.moe.rank = g.ep_rank; g.moe.size = ep;
     g.moe.counts = ep_counts; g.moe.start = ep_start; g.moe.wait = ep_wait; g.moe.sum = ep_sum;
     if (!g.mpi) return MOE_OK;
-    if (ep_comm != MPI_COMM_NULL) MPI_TRY(MPI_Comm_free(&ep_comm));
-    if (rep_comm != MPI_COMM_NULL) MPI_TRY(MPI_Comm_free(&rep_comm));
-    MPI_TRY(MPI_Comm_split(MPI_COMM_WORLD, g.dp_rank, g.ep_rank, &ep_comm));
-    MPI_TRY(MPI_Comm_split(MPI_COMM_WORLD, g.ep_rank, g.dp_rank, &rep_comm));
+    MPI_Comm *all[] = {&ep_comm, &rep_comm, &stage_comm, &pipe_comm, &embed_comm, &model_comm};
+    for (int i = 0; i < 6; i++) if (*all[i] != MPI_COMM_NULL) MPI_TRY(MPI_Comm_free(all[i]));
+    MPI_TRY(MPI_Comm_split(MPI_COMM_WORLD, g.stage * g.dp + g.dp_rank, g.ep_rank, &ep_comm));
+    MPI_TRY(MPI_Comm_split(MPI_COMM_WORLD, g.stage * ep + g.ep_rank, g.dp_rank, &rep_comm));
+    MPI_TRY(MPI_Comm_split(MPI_COMM_WORLD, g.stage, g.srank, &stage_comm));
+    MPI_TRY(MPI_Comm_split(MPI_COMM_WORLD, g.srank, g.stage, &pipe_comm));
+    const bool ends = g.stage == 0 || g.stage == pp - 1;
+    MPI_TRY(MPI_Comm_split(MPI_COMM_WORLD, ends ? 0 : MPI_UNDEFINED, g.rank, &embed_comm));
+    MPI_TRY(MPI_Comm_split(MPI_COMM_WORLD, g.dp_rank, g.stage * ep + g.ep_rank, &model_comm));
     if (node_comm != MPI_COMM_NULL) MPI_TRY(MPI_Comm_free(&node_comm));
     MOE_TRY(hier_setup());
     // automatic: hierarchical when the EP group spans hosts and some host has several of
@@ -452,6 +476,7 @@ int dist_sum_f32_start(float *buf, size_t n, DistGroup grp, int *req) {
     *req = -1;
     if (!g.mpi) return MOE_OK;
     MPI_Comm c = comm_of(grp);
+    if (c == MPI_COMM_NULL) return MOE_OK;   // (a group this rank is not in)
     int sz;
     MPI_TRY(MPI_Comm_size(c, &sz));
     if (sz == 1 || n == 0) return MOE_OK;
@@ -483,6 +508,21 @@ int dist_sum_part_f32(float *buf, const int *cnt, int *req) {
     *req = i;
     return MOE_OK;
 }
+
+static int pipe_p2p(float *buf, size_t n, int stage, int tag, int *req, bool send) {
+    *req = -1;
+    if (!g.mpi || g.pp == 1) MOE_ERR("internal: point-to-point between stages without --pp");
+    if (stage < 0 || stage >= g.pp || n > INT_MAX) MOE_ERR("internal: message of %zu floats to stage %d of %d", n, stage, g.pp);
+    int i = req_new(&g.ms);
+    if (i < 0) MOE_ERR("internal: too many exchanges in flight");
+    int rc = send ? MPI_Isend(buf, (int)n, MPI_FLOAT, stage, tag, pipe_comm, &reqs[i].r)
+                  : MPI_Irecv(buf, (int)n, MPI_FLOAT, stage, tag, pipe_comm, &reqs[i].r);
+    if (rc != MPI_SUCCESS) { req_drop(i); return mpi_fail(send ? "MPI_Isend" : "MPI_Irecv", rc); }
+    *req = i;
+    return MOE_OK;
+}
+int dist_pipe_isend(const float *buf, size_t n, int stage, int tag, int *req) { return pipe_p2p((float *)buf, n, stage, tag, req, true); }
+int dist_pipe_irecv(float *buf, size_t n, int stage, int tag, int *req) { return pipe_p2p(buf, n, stage, tag, req, false); }
 
 int dist_sum_f32(float *buf, size_t n, DistGroup grp) { return sum(buf, n, MPI_FLOAT, MPI_SUM, grp); }
 int dist_sum_f64(double *buf, int n, DistGroup grp) { return sum(buf, n, MPI_DOUBLE, MPI_SUM, grp); }

@@ -11,7 +11,13 @@
 #include <stddef.h>
 #include "../moe/moe.h"
 
-typedef enum { DIST_WORLD, DIST_EP, DIST_REPLICAS } DistGroup;
+// Pipeline parallelism (--pp S) cuts the world into S stages of P/S consecutive ranks each;
+// within a stage the layout above holds (EP groups of E ranks, P/(S·E) replicas). Groups:
+// the stage's ranks (its data ranks: what DIST_WORLD is without stages), the S ranks of one
+// place in every stage (DIST_PIPE: point-to-point between neighbours, sums over stages),
+// the ranks of the first and last stages (DIST_EMBED: the embedding both hold), and the S·E
+// ranks of one replica (DIST_MODEL: one whole model, for a checkpoint's gather).
+typedef enum { DIST_WORLD, DIST_EP, DIST_REPLICAS, DIST_STAGE, DIST_PIPE, DIST_EMBED, DIST_MODEL } DistGroup;
 // the expert-parallel all-to-all: flat (one MPI_Ialltoallv), or hierarchical (within a host
 // to its leader, one exchange between hosts, back within the host); auto picks hierarchical
 // when the EP group spans hosts with several ranks on some host
@@ -21,7 +27,9 @@ typedef struct {
     int rank, size;        // world
     bool mpi;
     int ep, ep_rank;       // expert-parallel group size and this rank's place in it
-    int dp, dp_rank;       // replicas (P / E) and this rank's replica
+    int dp, dp_rank;       // replicas (P / (S·E)) and this rank's replica within its stage
+    int pp, stage;         // pipeline stages and this rank's
+    int ssize, srank;      // ranks a stage and this rank's place in its stage
     int hosts;             // hosts the EP group spans
     bool hier;             // hierarchical all-to-all in use
     MoeComm moe;           // the EP group's transport for the MoE layers
@@ -31,8 +39,14 @@ typedef struct {
 int dist_init(int *argc, char ***argv);
 void dist_finalize(void);
 DistInfo *dist_info(void);
-// split the world into EP groups of ep ranks (ep must divide size)
-int dist_setup(int ep, DistA2A mode);
+// split the world into pp stages of size/pp ranks, each into EP groups of ep ranks (pp must
+// divide size, ep the stage's ranks)
+int dist_setup(int ep, int pp, DistA2A mode);
+// point-to-point over DIST_PIPE: n floats to / from the rank of stage `stage` in this rank's
+// place, started (dist_wait(*req) completes it; the buffer is not to be touched before).
+// Messages between two ranks with one tag arrive in the order they were sent.
+int dist_pipe_isend(const float *buf, size_t n, int stage, int tag, int *req);
+int dist_pipe_irecv(float *buf, size_t n, int stage, int tag, int *req);
 // sum over a group, in place
 int dist_sum_f32(float *buf, size_t n, DistGroup g);
 // the same, started (the buffer is not to be touched until dist_wait(*req)); *req -1 when

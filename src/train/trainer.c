@@ -327,7 +327,7 @@ int train_run(const TrainArgs *ar, TrainConfig *tc) {
     const DistInfo *di = dist_info();
     if (di->rank != 0) tc->quiet = true;
     if (tc->ep <= 0) tc->ep = 1;
-    MOE_TRY(dist_setup(tc->ep, (DistA2A)tc->a2a));
+    MOE_TRY(dist_setup(tc->ep, 1, (DistA2A)tc->a2a));
     MOE_TRY(check_out(ar));
     Run R = {.cur_place = -1};
     int rc = run_model(&R, ar, tc);
