@@ -126,7 +126,7 @@ static int run_chunked(Model *m, const Batch *b, int mode, const int *cut, int K
     const size_t ND = (size_t)b->N * c->hidden_size;
     int rc = MOE_OK;
     memset(tot, 0, sizeof *tot);
-    for (int k = 0; k < K; k++) acts_alloc(&a[k], m, b->N, mode);
+    for (int k = 0; k < K; k++) acts_alloc_span(&a[k], m, b->N, mode, cut[k], cut[k + 1] - cut[k]);   // each its chunk's layers
     for (int k = 0; k < K && rc == MOE_OK; k++) {   // forward, chunk after chunk
         LayerSpan sp = {cut[k], cut[k + 1] - cut[k]};
         if (k > 0) memcpy(acts_stream(&a[k], sp.l0, b->N), acts_stream(&a[k - 1], sp.l0, b->N), sizeof(float) * ND);
@@ -207,6 +207,19 @@ static void chunk_passes(void) {
             snprintf(name, sizeof name, "chunk passes (2, 3, 7 chunks) = one pass, bit for bit: gradients, loss, MTP loss (balance loss to 1e-12) "
                      "(%s, %s; dense + MoE + shared + MTP)", mname[mi], tied ? "tied" : "untied");
             check(name, !bad, detail);
+        }
+        if (!tied) {   // a chunk's activations are its layers' (saved activations, MEM_ACTS)
+            size_t b0 = mem_bytes(MEM_ACTS);
+            Acts a;
+            acts_alloc(&a, &m, 256, ACTS_TRAIN);
+            const size_t whole = mem_bytes(MEM_ACTS) - b0;
+            acts_free(&a);
+            b0 = mem_bytes(MEM_ACTS);
+            acts_alloc_span(&a, &m, 256, ACTS_TRAIN, 3, 1);
+            const size_t one = mem_bytes(MEM_ACTS) - b0;
+            acts_free(&a);
+            snprintf(detail, sizeof detail, "one layer's %zu bytes, the whole stack's %zu", one, whole);
+            check("a one-layer chunk keeps about 1/8 of the 8-layer stack's saved activations", one * 5 < whole && one > 0, detail);
         }
         batch_free(&b);
         model_free(&m);

@@ -143,6 +143,10 @@ static void alloc_layer(Acts *a, const Model *m, const ActDims *d, int Nmax, int
 }
 
 void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
+    acts_alloc_span(a, m, Nmax, mode, 0, (mode & ACTS_TRAIN) ? config_n_layers(&m->cfg) : m->cfg.num_hidden_layers);
+}
+
+void acts_alloc_span(Acts *a, const Model *m, int Nmax, int mode, int l0, int n) {
     const bool train = mode & ACTS_TRAIN, full = train && (mode & ACTS_RECOMPUTE_FULL),
                rc = full || (train && (mode & ACTS_RECOMPUTE)), bf = train && (mode & ACTS_BF16);
     const MoeConfig *c = &m->cfg;
@@ -152,8 +156,14 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
                  c->moe_intermediate_size, c->n_shared_experts * c->moe_intermediate_size, c->n_routed_experts,
                  c->num_experts_per_tok, c->vocab_size, 0, Hkv * config_v_dim(c), H * config_v_dim(c), 0, 0,
                  config_n_moe_layers(c) > 0, false, config_is_mla(c)};
-    // the widest feed-forward among the layers there are (dense or shared experts)
-    for (int l = 0; l < d.L; l++) d.Fmax = imax(d.Fmax, config_layer_is_moe(c, l) ? d.Fs : c->intermediate_size);
+    // the widest feed-forward among the layers there are (dense or shared experts); in
+    // training, among the span's layers
+    const int s0 = train ? l0 : 0, s1 = train ? l0 + n : d.L;
+    for (int l = s0; l < s1; l++) d.Fmax = imax(d.Fmax, config_layer_is_moe(c, l) ? d.Fs : c->intermediate_size);
+    if (train) {
+        d.any_moe = false;
+        for (int l = s0; l < s1; l++) d.any_moe |= config_layer_is_moe(c, l);
+    }
     d.ND = (size_t)Nmax * d.D;
     d.NK = (size_t)Nmax * d.K;
     // under expert parallelism the experts' rows live on their owners, kept per layer in f32
@@ -162,6 +172,7 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
     a->ep = mode & ACTS_EP;
     d.local_moe = d.any_moe && !a->ep;
     a->Nmax = Nmax; a->L = d.L; a->D = d.D; a->train = train; a->recompute = rc; a->full = full; a->bf16 = bf;
+    a->l0 = s0; a->ln = s1 - s0;
     const size_t ND = d.ND, Hq = d.Hq, Hk = d.Hk, Hv = d.Hv, Ha = d.Ha;
     MemCategory old = mem_category(MEM_WORK);
     alloc_shared(a, &d, Nmax);
@@ -169,14 +180,16 @@ void acts_alloc(Acts *a, const Model *m, int Nmax, int mode) {
     const int nstore = train ? d.L : 1;
     // the residual stream: every layer's input kept in f32, or (bf16, inference) two in turn;
     // under bf16 the streams the MTP modules and heads read after them are kept (pass_resid)
-    const int M = train ? c->num_mtp_layers : 0;
+    const int M = train && s1 > c->num_hidden_layers ? c->num_mtp_layers : 0;   // (the span with the modules)
     a->M = M;
-    a->xs = MOE_NEW(float, ND * (train && !bf ? d.L + 1 : 2 + (M ? M + 1 : 0)));
-    a->layer = MOE_NEW(LayerActs, nstore);
-    for (int l = 0; l < nstore; l++) alloc_layer(a, m, &d, Nmax, l);
-    a->rstdf = MOE_NEW(float, Nmax); a->xf = MOE_NEW(float, ND); a->xt = MOE_NEW(float, ND);
-    // training runs the head in chunks of HEAD_CHUNK rows, its backward fused in: no [N,V] buffer
-    a->logits = MOE_NEW(float, (size_t)(train ? imin(Nmax, HEAD_CHUNK) : Nmax) * d.V);
+    a->xs = MOE_NEW(float, ND * (train && !bf ? a->ln + 1 : 2 + (M ? M + 1 : 0)));
+    a->layer = MOE_NEW(LayerActs, nstore);   // indexed by layer; the span's allocated
+    for (int l = train ? s0 : 0; l < (train ? s1 : nstore); l++) alloc_layer(a, m, &d, Nmax, l);
+    if (!train || s1 == d.L) {   // the head's (a pipeline chunk below the top runs none)
+        a->rstdf = MOE_NEW(float, Nmax); a->xf = MOE_NEW(float, ND); a->xt = MOE_NEW(float, ND);
+        // training runs the head in chunks of HEAD_CHUNK rows, its backward fused in: no [N,V] buffer
+        a->logits = MOE_NEW(float, (size_t)(train ? imin(Nmax, HEAD_CHUNK) : Nmax) * d.V);
+    }
     if (!train && c->sandwich_norm) a->tmp = MOE_NEW(float, ND);
     if (M) {
         a->mtp_tok = MOE_NEW(int, (size_t)M * Nmax); a->mtp_tgt = MOE_NEW(int, (size_t)M * Nmax);
@@ -234,7 +247,7 @@ void acts_free(Acts *a) {
 
 // The residual stream entering layer l (l = L: the stack's output).
 float *pass_resid(const Acts *a, int l, int N) {
-    if (a->train && !a->bf16) return a->xs + (size_t)l * N * a->D;
+    if (a->train && !a->bf16) return a->xs + (size_t)(l - a->l0) * N * a->D;
     const int L = a->L - a->M;   // the stack's layers; the MTP modules' streams kept after them
     if (a->M && l >= L) return a->xs + (size_t)(2 + l - L) * a->Nmax * a->D;
     return a->xs + (size_t)(l % 2) * a->Nmax * a->D;

@@ -178,7 +178,7 @@ void blk_embedding_backward(Pass *P) {
     const MoeConfig *c = &P->m->cfg;
     // a tied embedding is the head's gradient, which the forward pass has written; with
     // multi-token prediction the top module's backward pass wrote it first
-    if (P->gset && !c->tie_word_embeddings && P->a->M == 0) memset(P->m->g.embed, 0, sizeof(float) * (size_t)c->vocab_size * c->hidden_size);
+    if (P->gset && !c->tie_word_embeddings && c->num_mtp_layers == 0) memset(P->m->g.embed, 0, sizeof(float) * (size_t)c->vocab_size * c->hidden_size);
     double t = prof_begin();
     embed_backward(P->m->g.embed, P->a->dx, P->b->tokens, P->b->N, P->m->cfg.hidden_size);
     prof_end(PROF_EMBED, true, t, 0);

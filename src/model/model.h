@@ -140,6 +140,7 @@ typedef struct {
     float *ws_q, *ws_k, *ws_v, *ws_att, *ws_h, *ws_xn1, *ws_xn2, *ws_gu, *ws_a, *ws_mgu, *ws_mxe, *ws_mae;
     float *ws_qr, *ws_kr, *ws_ao, *ws_fy, *ws_cq, *ws_cqn, *ws_ckv, *ws_ckvn, *ws_mcat;   // (the variants' own)
     int M;                 // training: multi-token-prediction modules (layers L - M .. L - 1 of a->L)
+    int l0, ln;            // the layers these activations are for: [l0, l0 + ln) (acts_alloc_span)
     float *tmp;            // [N,D] scratch of the sandwich norms' passes
     float *kvb;            // MLA: [N, H*(nope+v)] the latent through kv_b
     // multi-token prediction (training): each module's input tokens and targets [M][Nmax];
@@ -183,6 +184,10 @@ typedef struct {
 enum { ACTS_INFER = 0, ACTS_TRAIN = 1, ACTS_RECOMPUTE = 2, ACTS_BF16 = 4, ACTS_RECOMPUTE_FULL = 8, ACTS_EP = 16 };
 #define ACTS_TRAIN_SELECTIVE (ACTS_TRAIN | ACTS_RECOMPUTE)
 void acts_alloc(Acts *a, const Model *m, int Nmax, int mode);
+// training activations for the layers [l0, l0 + n) only (a pipeline chunk's passes); the
+// embedding's side and the heads as the span needs them (MTP buffers only where its
+// modules are)
+void acts_alloc_span(Acts *a, const Model *m, int Nmax, int mode, int l0, int n);
 // pipeline chunks (model_run_span): the residual stream entering layer l of a pass over N
 // tokens, where a chunk that does not start the stack finds its input and one that does not
 // end it leaves its output; and the stream's gradient, where a chunk that does not end the
