@@ -239,6 +239,12 @@ echo "$out" | /usr/bin/python3 -c 'import json,sys; o=json.load(sys.stdin); asse
 out=$($MOE plan --model "$T/tiny.json" --batch 4 --seq 32 --json)
 echo "$out" | /usr/bin/python3 -c 'import json,sys; o=json.load(sys.stdin); parts=[k for k in o if k.endswith("_mb") and k not in ("total_mb","params_by_kind_mb")]; assert abs(sum(o["params_by_kind_mb"].values()) - o["parameters_mb"]) < 0.5; assert {"parameters_mb","gradients_mb","optimizer state_mb","saved activations_mb","workspace_mb"} <= set(o); assert abs(sum(o[k] for k in parts) - o["total_mb"]) < 0.5; assert abs(o["optimizer state_mb"] - 2*o["gradients_mb"]) < 0.5' \
   && ok "plan --json gives memory by category that adds up" || bad "plan --json" "$out"
+# pipeline stages: their weights are the model's once, plus the embedding's copy on the last
+# stage (pangu-tiny has an MTP module); bubble (S-1)/(mV); an impossible layout refused
+out=$($MOE plan --model configs/pangu-tiny.json --batch 16 --seq 32 --pp 2 --vpp 2 --micro-batch 2 --json)
+echo "$out" | /usr/bin/python3 -c 'import json,sys; o=json.load(sys.stdin); st=o["stages"]; w=sum(s["weights_mb"] for s in st); emb=o["params_by_kind_mb"]["embedding"]; assert len(st) == 2 and abs(w - o["parameters_mb"] - emb) < 0.2, (w, o["parameters_mb"], emb); assert abs(o["bubble"] - 1/16) < 1e-4; assert all(s["activations_mb"] > 0 and abs(s["optimizer_mb"] - 2*s["gradients_mb"]) < 0.2 for s in st)' \
+  && ok "plan --pp 2 --vpp 2: the stages hold the model's weights once (and the embedding's copy), bubble 1/16" || bad "plan --pp" "$out"
+expect_fail "plan with more chunks than layers" "--pp 4 x --vpp 2 = 8 chunks for 6 layers" $MOE plan --model configs/pangu-tiny.json --batch 16 --seq 32 --pp 4 --vpp 2
 $MOE train --model "$T/tiny.json" --data "$T/qa.txt" --eval-data "$T/cmp.txt" --eval-every 2 --out "$T/ev" --steps 4 --batch 4 --seq 64 --quiet \
   && [ "$(grep -c '"eval_loss"' "$T/ev/log.jsonl")" -eq 2 ] && ok "--eval-data logs eval_loss every --eval-every steps" || bad "--eval-data" "$(cat "$T/ev/log.jsonl" | head -c 300)"
 # --- moe plot: a run with eval losses becomes one SVG with curves and a heatmap per MoE layer

@@ -16,6 +16,7 @@ static PipeOp nth(int kind, int k, int S, int V) {
 int pipe_list(int S, int V, int stage, int m, PipeOp *ops, int *warmup) {
     if (S < 1 || V < 1 || m < 1) MOE_ERR("pipeline: sizes must be positive (stages %d, virtual %d, micro-batches %d)", S, V, m);
     if (V > PIPE_MAX_V) MOE_ERR("pipeline: --vpp %d is more than %d", V, PIPE_MAX_V);
+    if (S > PIPE_MAX_STAGES) MOE_ERR("pipeline: --pp %d is more than %d", S, PIPE_MAX_STAGES);
     if (stage < 0 || stage >= S) MOE_ERR("pipeline: stage %d of %d", stage, S);
     if (V > 1 && m % S) MOE_ERR("--vpp %d needs the micro-batches a step (%d) to be a multiple of --pp %d", V, m, S);
     const int T = m * V;
@@ -35,6 +36,8 @@ int pipe_list(int S, int V, int stage, int m, PipeOp *ops, int *warmup) {
 }
 
 int pipe_check(int S, int V, int m, PipeSim *sim) {
+    PipeOp probe[1];
+    if (S < 1 || V < 1 || m < 1 || S > PIPE_MAX_STAGES || V > PIPE_MAX_V) return pipe_list(S, V, 0, m, probe, NULL);
     const int T = m * V, G = S * V, len = 2 * T;
     PipeOp *ops = MOE_NEW(PipeOp, (size_t)S * len);
     double *fdone = MOE_NEW(double, (size_t)m * G), *bdone = MOE_NEW(double, (size_t)m * G), *tfree = MOE_NEW(double, S);
@@ -79,6 +82,7 @@ int pipe_check(int S, int V, int m, PipeSim *sim) {
                 *lv += d;
                 live_all[s] += d;
                 if (*lv > sim->in_flight[o.chunk]) sim->in_flight[o.chunk] = *lv;
+                if (*lv > sim->at[s][o.chunk]) sim->at[s][o.chunk] = *lv;
                 if (live_all[s] > sim->in_flight_total) sim->in_flight_total = live_all[s];
                 if (*me > sim->makespan) sim->makespan = *me;
                 ptr[s]++;

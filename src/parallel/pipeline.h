@@ -7,6 +7,7 @@
 #include <stdbool.h>
 
 #define PIPE_MAX_V 16
+#define PIPE_MAX_STAGES 64
 enum { PIPE_F = 0, PIPE_B = 1 };
 
 // one pass: a forward or backward of micro-batch mb through local chunk j (global j·S + stage)
@@ -28,5 +29,6 @@ typedef struct {
     int in_flight[PIPE_MAX_V];     // stage 0... per local chunk: the most micro-batches forwarded
                                    // and not yet backwarded at once (activations kept), max over stages
     int in_flight_total;           // the most kept at once over a stage's chunks, max over stages
+    int at[PIPE_MAX_STAGES][PIPE_MAX_V];   // per stage and local chunk: the most kept at once
 } PipeSim;
 int pipe_check(int S, int V, int m, PipeSim *sim);
