@@ -30,6 +30,7 @@ suite "command line: bad input, resume, crash safety" bash tests/test_cli.sh
 suite "generation: speculative and MLA absorbed decoding give greedy answers" bash tests/test_generate.sh
 suite "serve: the HTTP API over loopback, concurrency, bad requests" /usr/bin/python3 tests/test_serve.py
 suite "distributed: MPI data and expert parallelism" bash tests/test_dist.sh
+suite "pipeline parallelism: stages, interleaving, with EP and DP, resume, kill" bash tests/test_pp.sh
 suite "fuzz: safetensors, shard index, config (libFuzzer, short)" bash tests/fuzz/smoke.sh
 # the bad-input cases once more under AddressSanitizer + UBSan
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \

@@ -43,6 +43,9 @@ static const char *HELP =
     "                     (arithmetic stays f32) | f32\n"
     "  --quiet            no progress line\n"
     "Distributed (mpirun -np P moe train ...): --batch is the global batch, B/P examples a rank\n"
+    "  --pp S [--vpp V]   pipeline parallelism: the layers cut into S·V chunks, stage r (P/S\n"
+    "                     consecutive ranks) holding chunks r, r+S, ...; interleaved 1F1B over the\n"
+    "                     micro-batches (--micro-batch); EP and data parallelism inside each stage\n"
     "  --ep E             expert parallelism: the experts of each MoE layer spread over groups\n"
     "                     of E ranks (E divides P and n_routed_experts; default 1); the P/E\n"
     "                     groups are data-parallel replicas\n"
@@ -70,7 +73,7 @@ static const char *HELP =
 // they go before the command line's flags, so that a flag given there wins
 static const char *const RECIPE_KEYS[] = {"model", "data", "eval_data", "out", "steps", "time_budget", "batch",
     "micro_batch", "seq", "lr", "min_lr", "warmup", "decay_steps", "weight_decay", "beta1", "beta2", "clip", "seed",
-    "ckpt_every", "eval_every", "eval_limit", "format", "recompute", "act_dtype", "no_shuffle", "threads", "data_weights", NULL};
+    "ckpt_every", "eval_every", "eval_limit", "format", "recompute", "act_dtype", "no_shuffle", "threads", "data_weights", "ep", "pp", "vpp", NULL};
 
 static int recipe_args(const char *path, int argc, char **argv, int *out_argc, char ***out_argv) {
     size_t len;
@@ -198,7 +201,12 @@ int cmd_train(int argc, char **argv) {
     if (!rc) rc = cmd_acts_mode(&a, &tc.acts_mode, 0);
     if (!rc) rc = args_int(&a, "--ep", 1, &tc.ep);
     if (!rc && tc.ep <= 0) { moe_seterr("--ep must be positive, got %d", tc.ep); rc = MOE_FAIL; }
+    if (!rc) rc = args_int(&a, "--pp", 1, &tc.pp);
+    if (!rc) rc = args_int(&a, "--vpp", 1, &tc.vpp);
+    if (!rc && (tc.pp <= 0 || tc.vpp <= 0)) { moe_seterr("--pp and --vpp must be positive, got %d and %d", tc.pp, tc.vpp); rc = MOE_FAIL; }
+    if (!rc && tc.vpp > 1 && tc.pp == 1) { moe_seterr("--vpp %d needs pipeline stages (--pp)", tc.vpp); rc = MOE_FAIL; }
     if (!rc) rc = args_int(&a, "--zero", 0, &tc.zero);
+    if (!rc && tc.zero && tc.pp > 1) { moe_seterr("--zero 1 does not work with --pp yet"); rc = MOE_FAIL; }
     if (!rc && tc.zero != 0 && tc.zero != 1) { moe_seterr("--zero must be 0 or 1, got %d", tc.zero); rc = MOE_FAIL; }
     if (!rc && tc.zero && tc.ep > 1)
         { moe_seterr("--zero 1 shards the optimizer over data-parallel ranks and needs --ep 1 (got --ep %d)", tc.ep); rc = MOE_FAIL; }

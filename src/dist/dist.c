@@ -555,10 +555,13 @@ int dist_gather_ep0(const float *send, size_t n, float *recv) {
 }
 
 int dist_alltoallv_f32(const float *send, const int *scnt, const int *sdsp, float *recv, const int *rcnt,
-                       const int *rdsp) {
-    if (!g.mpi || g.ep == 1) { if (scnt[0]) memcpy(recv + rdsp[0], send + sdsp[0], sizeof(float) * scnt[0]); return MOE_OK; }
+                       const int *rdsp, DistGroup grp) {
+    MPI_Comm c = g.mpi ? comm_of(grp) : MPI_COMM_NULL;
+    int sz = 1;
+    if (c != MPI_COMM_NULL) MPI_TRY(MPI_Comm_size(c, &sz));
+    if (sz == 1) { if (scnt[0]) memcpy(recv + rdsp[0], send + sdsp[0], sizeof(float) * scnt[0]); return MOE_OK; }
     double t = time_now();
-    if (MPI_Alltoallv(send, scnt, sdsp, MPI_FLOAT, recv, rcnt, rdsp, MPI_FLOAT, ep_comm) != MPI_SUCCESS)
+    if (MPI_Alltoallv(send, scnt, sdsp, MPI_FLOAT, recv, rcnt, rdsp, MPI_FLOAT, c) != MPI_SUCCESS)
         MOE_ERR("MPI_Alltoallv failed");
     g.ms += (time_now() - t) * 1e3;
     g.exposed_ms += (time_now() - t) * 1e3;

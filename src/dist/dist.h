@@ -68,8 +68,8 @@ int dist_bcast_int(int *v, int n);
 // own) into full[off[size]] on rank 0 (full is only written there)
 int dist_allgather_f32(float *buf, const size_t *off);
 int dist_gather_f32(const float *part, const size_t *off, float *full);
-// all-to-all of floats over the EP group (counts and displacements in floats)
+// all-to-all of floats over group g (DIST_EP or DIST_MODEL; counts and displacements in floats)
 int dist_alltoallv_f32(const float *send, const int *scnt, const int *sdsp, float *recv, const int *rcnt,
-                       const int *rdsp);
+                       const int *rdsp, DistGroup g);
 // end every rank of the job (after a failure on this one)
 void dist_abort(int code);

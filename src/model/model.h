@@ -21,6 +21,8 @@ typedef struct {
     int expert_id;       // a routed expert's index in its layer, else -1
     bool embedding;      // initialised as an embedding
     float gain;          // a norm's initial value (0: 1)
+    bool pp_shared;      // pipeline: the embedding held by the first and the last stage (summed over both)
+    bool pp_copy;        // ... and this is the last stage's copy (counted once, by the first)
 } ParamTensor;
 
 typedef struct {
@@ -93,6 +95,8 @@ bool layer_shard_holds(const LayerShard *ls, const MoeConfig *c, int l);
 // local chunk j of the stage: global chunk j·S + stage, layers [*l0, *l0 + *n)
 void layer_shard_chunk(const LayerShard *ls, int j, int *l0, int *n);
 LayerShard layer_shard_at(const LayerShard *ls, int stage);
+// marks the embedding of a blob built for ls as held by both ends (pp_shared, pp_copy)
+void layer_shard_mark(Model *m, const LayerShard *ls);
 
 // a run of consecutive layers [l0, l0 + n): what one pass of a pipeline chunk covers
 typedef struct { int l0, n; } LayerSpan;

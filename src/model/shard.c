@@ -69,3 +69,15 @@ LayerShard layer_shard_at(const LayerShard *ls, int stage) {
     r.stage = stage;
     return r;
 }
+
+void layer_shard_mark(Model *m, const LayerShard *ls) {
+    if (!ls || ls->S <= 1) return;
+    LayerShard first = layer_shard_at(ls, 0), last = layer_shard_at(ls, ls->S - 1);
+    if (!layer_shard_holds(&last, &m->cfg, -1)) return;   // the last stage has no copy
+    (void)first;
+    for (int i = 0; i < m->n_tensors; i++)
+        if (m->tensors[i].embedding) {
+            m->tensors[i].pp_shared = true;
+            m->tensors[i].pp_copy = ls->stage == ls->S - 1;
+        }
+}

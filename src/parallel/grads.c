@@ -20,9 +20,13 @@ static int reduce_grads(const Model *m, int layer, int *reqs, int *n, const size
         const ParamTensor *t = &m->tensors[i];
         if (layer != -2 && t->layer != layer) { i++; continue; }
         int j = i;
-        while (j < m->n_tensors && m->tensors[j].expert == t->expert && (layer == -2 || m->tensors[j].layer == layer)) j++;
+        while (j < m->n_tensors && m->tensors[j].expert == t->expert && m->tensors[j].pp_shared == t->pp_shared &&
+               (layer == -2 || m->tensors[j].layer == layer))
+            j++;
         size_t off = t->offset, len = m->tensors[j - 1].offset + m->tensors[j - 1].numel - off;
-        DistGroup g = t->expert ? DIST_REPLICAS : DIST_WORLD;
+        // experts over their replicas, the rest over the stage's data ranks (the world
+        // without pipeline stages); the embedding both ends of a pipeline hold over both
+        DistGroup g = t->expert ? DIST_REPLICAS : t->pp_shared ? DIST_EMBED : DIST_STAGE;
         if (zoff) {   // (--ep 1: every tensor over the world)
             size_t mine = off;
             for (int r = 0; r < di->size; r++) {
@@ -130,9 +134,11 @@ int par_grad_norm(const Model *m, const ExpertShard *sh, const size_t *zoff, dou
         double n = grad_norm(m->grads + t->offset, t->numel);
         const MoePlacement *pl = sh ? sh->place : NULL;
         double w = pl && t->expert ? 1.0 / pl->rep_n[(size_t)t->layer * pl->E + t->expert_id] : 1.0;
+        if (t->pp_copy) w = 0;   // the first stage counts the embedding
         ss[t->expert] += w * n * n;
     }
     if (sh && sh->comm) MOE_TRY(dist_sum_f64(&ss[1], 1, DIST_EP));
+    if (dist_info()->pp > 1) MOE_TRY(dist_sum_f64(ss, 2, DIST_PIPE));   // every stage's layers
     *norm = sqrt(ss[0] + ss[1]);
     return MOE_OK;
 }

@@ -43,6 +43,9 @@ void par_zero_parts(size_t n, int P, size_t *off);
 // on EP rank p (dst[k], this rank's): a tensor comes from this rank's own blob when it held
 // it, else from the lowest rank that did. Every rank passes all P layouts of both.
 int par_reshard(const Model *from, const Model *to, int nb, float *const *src, float *const *dst);
+// the same over the S·E ranks of one whole model under pipeline parallelism (DIST_MODEL: rank
+// stage·E + ep_rank); from and to have S·E layouts
+int par_reshard_model(const Model *from, const Model *to, int nb, float *const *src, float *const *dst);
 
 // ---- dynamic expert placement (--replace-every N --redundant-experts R)
 // What a placement is worth: the rows it takes off a layer's busiest rank over the windows
@@ -70,3 +73,6 @@ int par_layer_moves(const MoeConfig *c, const ExpertShard *sh, const MoePlacemen
 // learns whether the save worked.
 int par_save_checkpoint(const char *dir, const Model *m, const ExpertShard *sh, const AdamW *opt, const size_t *zoff,
                         CkptState *st);
+// the same with pipeline stages (ls: this rank's layers): replica 0's stages to rank 0
+int par_save_checkpoint_staged(const char *dir, const Model *m, const ExpertShard *sh, const LayerShard *ls, const AdamW *opt,
+                               const size_t *zoff, CkptState *st);

@@ -2,6 +2,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../base/base.h"
+#include "../model/schedule.h"
+#include "parallel.h"
 #include "pipeline.h"
 
 // the k-th forward or backward of a stage's list: in groups of S micro-batches, the chunks
@@ -103,5 +105,140 @@ int pipe_check(int S, int V, int m, PipeSim *sim) {
 done:
     moe_free(ops); moe_free(fdone); moe_free(bdone); moe_free(tfree);
     moe_free(ptr); moe_free(lastb); moe_free(live); moe_free(live_all);
+    return rc;
+}
+
+int par_pipe_alloc(Pipe *p, const Model *model, const LayerShard *ls, int m, int ntok, int mb, int acts_mode) {
+    memset(p, 0, sizeof *p);
+    p->ls = *ls;
+    p->m = m;
+    p->Nmax = ntok;
+    const int S = ls->S, V = ls->V;
+    PipeSim sim;
+    MOE_TRY(pipe_check(S, V, m, &sim));
+    p->n_ops = 2 * m * V;
+    p->ops = MOE_NEW(PipeOp, p->n_ops);
+    MOE_TRY(pipe_list(S, V, ls->stage, m, p->ops, NULL));
+    const size_t ND = (size_t)ntok * model->cfg.hidden_size;
+    for (int j = 0; j < V; j++) {
+        int l0, n;
+        layer_shard_chunk(ls, j, &l0, &n);
+        const int k = p->pool[j] = imax(1, sim.at[ls->stage][j]);
+        p->acts[j] = MOE_NEW(Acts, k);
+        p->batch[j] = MOE_NEW(Batch, k);
+        p->sendbuf[j] = MOE_NEW(float, (size_t)k * ND);
+        p->sendreq[j] = MOE_NEW(int, k);
+        for (int i = 0; i < k; i++) {
+            acts_alloc_span(&p->acts[j][i], model, ntok, acts_mode, l0, n);
+            batch_alloc(&p->batch[j][i], ntok, mb);
+            p->sendreq[j][i] = -1;
+        }
+    }
+    return MOE_OK;
+}
+
+void par_pipe_free(Pipe *p) {
+    for (int j = 0; j < PIPE_MAX_V; j++) {
+        for (int i = 0; i < p->pool[j]; i++) { acts_free(&p->acts[j][i]); batch_free(&p->batch[j][i]); }
+        moe_free(p->acts[j]); moe_free(p->batch[j]); moe_free(p->sendbuf[j]); moe_free(p->sendreq[j]);
+    }
+    moe_free(p->ops);
+    memset(p, 0, sizeof *p);
+}
+
+// the message to global chunk g of micro-batch mb: its input stream (dir 0) or its output's
+// gradient (dir 1); messages between two ranks keep their order, so tags may repeat
+static int pipe_tag(const Pipe *p, int mb, int g, int dir) {
+    return (int)((((long)mb * p->ls.S * p->ls.V + g) * 2 + dir) % 30000);
+}
+
+// a receive, waited for now: its time is the bubble (the other side's pass had not ended)
+static int pipe_recv(Pipe *p, float *buf, size_t n, int stage, int tag) {
+    int req;
+    const double t = time_now();
+    MOE_TRY(dist_pipe_irecv(buf, n, stage, tag, &req));
+    MOE_TRY(dist_wait(req));
+    p->bubble_ms += (time_now() - t) * 1e3;
+    return MOE_OK;
+}
+
+static int pipe_send(Pipe *p, int j, int slot, const float *src, size_t n, int stage, int tag) {
+    float *buf = p->sendbuf[j] + (size_t)slot * p->Nmax * p->acts[j][slot].D;
+    if (p->sendreq[j][slot] >= 0) {   // the slot's last message must be out before the buffer is reused
+        const double t = time_now();
+        MOE_TRY(dist_wait(p->sendreq[j][slot]));
+        p->exposed_ms += (time_now() - t) * 1e3;
+        p->sendreq[j][slot] = -1;
+    }
+    memcpy(buf, src, sizeof(float) * n);
+    return dist_pipe_isend(buf, n, stage, tag, &p->sendreq[j][slot]);
+}
+
+static void add_stats(Acts *to, const Acts *from, const MoeConfig *c) {
+    const int L = config_n_layers(c), LE = L * imax(c->n_routed_experts, 1);
+    for (int i = 0; i < LE; i++) to->load[i] += from->load[i];
+    for (int l = 0; l < L; l++) { to->drop_l[l] += from->drop_l[l]; to->rows_l[l] += from->rows_l[l]; }
+    to->dropped += from->dropped;
+    to->assigned += from->assigned;
+}
+
+int par_pipe_run(Pipe *p, Model *model, const ForwardOpts *fo, const Dataset *d, const int *ids, int count, int micro_batch,
+                 ForwardOut *sum, long *tokens, Acts *stats) {
+    const MoeConfig *c = &model->cfg;
+    const int S = p->ls.S, V = p->ls.V, G = S * V, st = p->ls.stage, D = c->hidden_size;
+    const int L = config_n_layers(c), LE = L * imax(c->n_routed_experts, 1);
+    if (fo->grad_set) MOE_ERR("internal: pipelined passes add to the gradients");
+    if ((count + micro_batch - 1) / micro_batch != p->m) MOE_ERR("internal: %d examples in micro-batches of %d for %d", count, micro_batch, p->m);
+    memset(sum, 0, sizeof *sum);
+    *tokens = 0;
+    p->bubble_ms = p->exposed_ms = 0;
+    for (int j = 0; j < V; j++)
+        for (int i = 0; i < p->pool[j]; i++) {
+            Acts *a = &p->acts[j][i];
+            memset(a->load, 0, sizeof(long) * LE);
+            memset(a->drop_l, 0, sizeof(long) * L);
+            memset(a->rows_l, 0, sizeof(long) * L);
+            a->dropped = a->assigned = 0;
+        }
+    int rc = MOE_OK;
+    for (int k = 0; k < p->n_ops && rc == MOE_OK; k++) {
+        const PipeOp o = p->ops[k];
+        const int j = o.chunk, g = j * S + st, slot = o.mb % p->pool[j];
+        int l0, n;
+        layer_shard_chunk(&p->ls, j, &l0, &n);
+        const LayerSpan span = {l0, n};
+        Acts *a = &p->acts[j][slot];
+        Batch *b = &p->batch[j][slot];
+        const Batch *bc = b;
+        if (o.kind == PIPE_F) {
+            const int s0 = o.mb * micro_batch;
+            batch_fill(b, d, ids + s0, imin(micro_batch, count - s0));
+            const size_t ND = (size_t)b->N * D;
+            if (g > 0) rc = pipe_recv(p, acts_stream(a, l0, b->N), ND, (g - 1) % S, pipe_tag(p, o.mb, g, 0));
+            ForwardOut out = {0};
+            if (rc == MOE_OK) rc = model_run_span(model, &SCHED_CHUNK_FORWARD, &a, &bc, fo, &out, &span);
+            if (rc != MOE_OK) break;
+            sum->ce_sum += out.ce_sum;
+            sum->aux += out.aux;
+            sum->mtp_ce_sum += out.mtp_ce_sum;
+            if (g == 0) *tokens += b->N;
+            if (g < G - 1) rc = pipe_send(p, j, slot, acts_stream(a, l0 + n, b->N), ND, (g + 1) % S, pipe_tag(p, o.mb, g + 1, 0));
+        } else {
+            const size_t ND = (size_t)b->N * D;
+            if (g < G - 1) rc = pipe_recv(p, acts_dstream(a), ND, (g + 1) % S, pipe_tag(p, o.mb, g, 1));
+            if (rc == MOE_OK) rc = model_run_span(model, &SCHED_CHUNK_BACKWARD, &a, &bc, fo, NULL, &span);
+            if (rc == MOE_OK && g > 0) rc = pipe_send(p, j, slot, acts_dstream(a), ND, (g - 1) % S, pipe_tag(p, o.mb, g - 1, 1));
+        }
+    }
+    for (int j = 0; j < V; j++)   // everything sent before the buffers go on
+        for (int i = 0; i < p->pool[j]; i++)
+            if (p->sendreq[j][i] >= 0) {
+                const double t = time_now();
+                if (dist_wait(p->sendreq[j][i]) && rc == MOE_OK) rc = MOE_FAIL;
+                p->exposed_ms += (time_now() - t) * 1e3;
+                p->sendreq[j][i] = -1;
+            }
+    for (int j = 0; j < V; j++)
+        for (int i = 0; i < p->pool[j]; i++) add_stats(stats, &p->acts[j][i], c);
     return rc;
 }

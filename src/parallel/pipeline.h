@@ -5,6 +5,8 @@
 // forwards, then one forward and one backward in turn, then the cool-down backwards.
 #pragma once
 #include <stdbool.h>
+#include "../data/data.h"
+#include "../model/model.h"
 
 #define PIPE_MAX_V 16
 #define PIPE_MAX_STAGES 64
@@ -32,3 +34,32 @@ typedef struct {
     int at[PIPE_MAX_STAGES][PIPE_MAX_V];   // per stage and local chunk: the most kept at once
 } PipeSim;
 int pipe_check(int S, int V, int m, PipeSim *sim);
+
+// ---- the driver: one stage's passes of one optimizer step (par_pipe_run)
+// Each local chunk keeps a pool of activations, one per micro-batch it holds at once
+// (pipe_check's count); micro-batch mb takes slot mb % pool (each chunk's forwards and
+// backwards both run in micro-batch order). A stage receives the stream from the previous
+// chunk's stage and sends its own on (non-blocking sends; a receive waits), and backward
+// the stream's gradient the other way.
+typedef struct Pipe {
+    LayerShard ls;
+    int m;                         // micro-batches a step
+    int n_ops;
+    PipeOp *ops;
+    int pool[PIPE_MAX_V];
+    Acts *acts[PIPE_MAX_V];        // [pool]
+    Batch *batch[PIPE_MAX_V];
+    float *sendbuf[PIPE_MAX_V];    // [pool][Nmax*D]: what goes to a neighbour, until it is sent
+    int *sendreq[PIPE_MAX_V];
+    int Nmax;
+    double bubble_ms, exposed_ms;  // this step: waited for the neighbours' data (not made yet / in transit)
+} Pipe;
+// the pools for m micro-batches of at most ntok tokens and mb examples each (acts_mode: acts_alloc's)
+int par_pipe_alloc(Pipe *p, const Model *model, const LayerShard *ls, int m, int ntok, int mb, int acts_mode);
+void par_pipe_free(Pipe *p);
+// Stage ls.stage's list for one step over examples ids[0, count) in micro-batches of
+// micro_batch: the gradients added to model->grads (fo: the step's scales; grad_set must be
+// false), the sums of the losses this stage computed (ce and MTP only on the last stage) and
+// of the tokens entering the stack (first stage), the load statistics added into stats.
+int par_pipe_run(Pipe *p, Model *model, const ForwardOpts *fo, const Dataset *d, const int *ids, int count, int micro_batch,
+                 ForwardOut *sum, long *tokens, Acts *stats);

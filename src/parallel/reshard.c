@@ -40,9 +40,18 @@ typedef struct { int p, tp, q, tq; size_t n; } Move;
 // at most this many floats a rank sends or receives in one exchange (MPI counts are ints)
 #define RESHARD_ROUND ((size_t)1 << 28)
 
+static int reshard(DistGroup grp, int P, int me, const Model *from, const Model *to, int nb, float *const *src, float *const *dst);
+
 int par_reshard(const Model *from, const Model *to, int nb, float *const *src, float *const *dst) {
+    return reshard(DIST_EP, dist_info()->ep, dist_info()->ep_rank, from, to, nb, src, dst);
+}
+
+int par_reshard_model(const Model *from, const Model *to, int nb, float *const *src, float *const *dst) {
     const DistInfo *di = dist_info();
-    const int P = di->ep, me = di->ep_rank;
+    return reshard(DIST_MODEL, di->pp * di->ep, di->stage * di->ep + di->ep_rank, from, to, nb, src, dst);
+}
+
+static int reshard(DistGroup grp, int P, int me, const Model *from, const Model *to, int nb, float *const *src, float *const *dst) {
     NameIndex *ix = MOE_NEW(NameIndex, P);
     for (int q = 0; q < P; q++) index_build(&ix[q], &from[q]);
     size_t nmv = 0;
@@ -100,7 +109,7 @@ int par_reshard(const Model *from, const Model *to, int nb, float *const *src, f
             if (v->q != me || v->p == me) continue;
             for (int k = 0; k < nb; k++, o += v->n) memcpy(sbuf + o, src[k] + from[me].tensors[v->tq].offset, sizeof(float) * v->n);
         }
-        rc = dist_alltoallv_f32(sbuf, sc, sd, rbuf, rcn, rd);
+        rc = dist_alltoallv_f32(sbuf, sc, sd, rbuf, rcn, rd, grp);
         for (size_t i = i0; i < i1 && rc == MOE_OK; i++) {
             const Move *v = &mv[i];
             if (v->p != me || v->q == me) continue;

@@ -91,11 +91,56 @@ static int save_ep(const char *dir, const Model *m, const ExpertShard *sh, const
     return rc;
 }
 
+// pipeline parallelism: the stages' layers (and under EP their experts) of replica 0 move to
+// a whole model on rank 0; a tensor two stages hold (the embedding) comes from the first
+static int save_pp(const char *dir, const Model *m, const ExpertShard *sh, const LayerShard *ls, const AdamW *opt, CkptState *st) {
+    const DistInfo *di = dist_info();
+    if (di->dp_rank != 0) return MOE_OK;   // the other replicas hold the same model
+    const MoeConfig *c = &m->cfg;
+    const int E = di->ep, P = di->pp * E;
+    const bool root = di->rank == 0;
+    Model *from = MOE_NEW(Model, P), *to = MOE_NEW(Model, P), full;
+    AdamW fo = {0};
+    for (int q = 0; q < P; q++) {
+        const ExpertShard at = sh && sh->comm ? shard_at(sh, q % E) : (ExpertShard){0};
+        const LayerShard lq = layer_shard_at(ls, q / E);
+        model_layout_staged(&from[q], c, sh && sh->comm ? &at : NULL, &lq);
+    }
+    model_layout(&to[0], c);   // rank 0: everything; the others: nothing
+    float *dst[3] = {NULL, NULL, NULL};
+    if (root) {
+        model_build(&full, c, false);
+        adamw_alloc(&fo, full.n_params);
+        fo.t = opt->t;
+        memcpy(full.bias, m->bias, sizeof(float) * (size_t)config_n_layers(c) * imax(c->n_routed_experts, 1));
+        dst[0] = full.params; dst[1] = fo.m; dst[2] = fo.v;
+    }
+    float *src[3] = {m->params, opt->m, opt->v};
+    int rc = par_reshard_model(from, to, 3, src, dst);
+    for (int q = 0; q < P; q++) model_free(&from[q]);
+    model_free(&to[0]);
+    moe_free(from); moe_free(to);
+    if (root) {
+        if (rc == MOE_OK) {
+            st->m = fo.m; st->v = fo.v; st->moment = NULL;
+            rc = ckpt_save(dir, &full, st, false);
+        }
+        adamw_free(&fo); model_free(&full);
+    }
+    return rc;
+}
+
 int par_save_checkpoint(const char *dir, const Model *m, const ExpertShard *sh, const AdamW *opt, const size_t *zoff,
                         CkptState *st) {
+    return par_save_checkpoint_staged(dir, m, sh, NULL, opt, zoff, st);
+}
+
+int par_save_checkpoint_staged(const char *dir, const Model *m, const ExpertShard *sh, const LayerShard *ls, const AdamW *opt,
+                               const size_t *zoff, CkptState *st) {
     const DistInfo *di = dist_info();
     int rc = MOE_OK;
-    if (zoff) rc = save_zero(dir, m, opt, zoff, st);
+    if (ls && ls->S > 1) rc = save_pp(dir, m, sh, ls, opt, st);
+    else if (zoff) rc = save_zero(dir, m, opt, zoff, st);
     else if (sh && sh->comm) rc = save_ep(dir, m, sh, opt, st);
     else if (di->rank == 0) {
         st->m = opt->m; st->v = opt->v; st->moment = NULL;

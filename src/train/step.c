@@ -7,6 +7,7 @@
 #include "../kernels/simd.h"
 #include "../model/schedule.h"
 #include "../parallel/parallel.h"
+#include "../parallel/pipeline.h"
 #include "train.h"
 
 static int example_targets(const Dataset *d, int id) { return d->ex[id].len - d->ex[id].n_prompt; }
@@ -113,3 +114,48 @@ int train_accumulate_ex(Model *m, const ExpertShard *sh, Acts *a[2], Batch *b[2]
     return MOE_OK;
 }
 
+
+int train_accumulate_pipe(Model *m, const ExpertShard *sh, Pipe *p, Acts *stats, const Dataset *d, const int *ids, int count,
+                          int micro_batch, StepLoss *out) {
+    // every stage's ranks take the same examples: the counts are over a stage's data ranks,
+    // the losses and loads (each on the stage that computes it) over the world
+    const DistInfo *di = dist_info();
+    const MoeConfig *c = &m->cfg;
+    const int P = di->ssize, M = c->num_mtp_layers, L = config_n_layers(c), LE = L * imax(c->n_routed_experts, 1);
+    memset(out, 0, sizeof *out);
+    long targets = 0;
+    for (int i = 0; i < count; i++) targets += example_targets(d, ids[i]);
+    MOE_TRY(dist_sum_long(&targets, 1, DIST_STAGE));
+    if (targets == 0) MOE_ERR("%s: a batch without any target token", d->path);
+    const int n_micro = (count + micro_batch - 1) / micro_batch;
+    MoeComm *comm = sh ? sh->comm : NULL;
+    ForwardOpts fo = {.train = true, .ce_scale = (float)(1.0 / targets), .shard = sh};
+    if (M) fo.mtp_scale = (float)(c->mtp_loss_weight / M / targets);
+    const int unit_ranks = c->aux_scope == MOE_AUX_EP_GROUP && comm ? di->dp : P;
+    fo.aux_scale = c->aux_scope == MOE_AUX_SEQUENCE ? 1.0f / ((long)count * P) : 1.0f / ((long)n_micro * unit_ranks);
+    vec_zero(m->grads, m->n_params);
+    memset(stats->load, 0, sizeof(long) * LE);
+    memset(stats->drop_l, 0, sizeof(long) * L);
+    memset(stats->rows_l, 0, sizeof(long) * L);
+    stats->dropped = stats->assigned = 0;
+    ForwardOut sum;
+    long tokens = 0;
+    GradSync gs;
+    par_grads_begin(&gs, m, sh, NULL, false);
+    int rc = par_pipe_run(p, m, &fo, d, ids, count, micro_batch, &sum, &tokens, stats);
+    MOE_TRY(par_grads_end(&gs, rc));
+    double v[3] = {sum.ce_sum, sum.aux, sum.mtp_ce_sum};
+    MOE_TRY(dist_sum_f64(v, 3, DIST_WORLD));
+    long cnt[3] = {tokens, stats->dropped, stats->assigned};
+    MOE_TRY(dist_sum_long(cnt, 3, DIST_WORLD));
+    MOE_TRY(dist_sum_long(stats->load, LE, DIST_WORLD));
+    MOE_TRY(dist_sum_long(stats->drop_l, L, DIST_WORLD));
+    stats->dropped = cnt[1]; stats->assigned = cnt[2];
+    out->tokens = cnt[0];
+    out->targets = targets;
+    out->ce = v[0] / targets;
+    out->aux = v[1];
+    out->mtp = M ? v[2] / targets / M : 0;
+    out->loss = out->ce + out->aux + c->mtp_loss_weight * out->mtp;
+    return MOE_OK;
+}

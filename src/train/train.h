@@ -32,6 +32,7 @@ typedef struct {
     int acts_mode;                // ACTS_TRAIN [| ACTS_RECOMPUTE] [| ACTS_BF16]
     int eval_every, eval_limit;   // --eval-data: held-out loss every N steps on the first M examples
     int ep;                       // expert-parallel group size under MPI (--ep), 1 = none
+    int pp, vpp;                  // pipeline stages and chunks a stage (--pp, --vpp), 1 = none
     int zero;                     // --zero 1: the optimizer's moments sharded over the ranks
     int overlap;                  // --overlap: -1 default (on under MPI), 0 off, 1 on
     int a2a;                      // --a2a: DistA2A (auto, flat, hierarchical)
@@ -81,6 +82,13 @@ int train_accumulate(Model *m, Acts *a, Batch *b, const Dataset *d, const int *i
 int train_accumulate_ex(Model *m, const ExpertShard *sh, Acts *a[2], Batch *b[2], const Dataset *d, const int *ids,
                         int count, int micro_batch, bool overlap, const size_t *zoff, StepLoss *out);
 
+// The same under pipeline parallelism: this stage's passes of the step (parallel/pipeline.h),
+// the gradients summed over the stage's data ranks (the embedding over both ends), the losses
+// and load statistics (into stats) over the world
+struct Pipe;
+int train_accumulate_pipe(Model *m, const ExpertShard *sh, struct Pipe *p, Acts *stats, const Dataset *d, const int *ids,
+                          int count, int micro_batch, StepLoss *out);
+
 // trainlog.c: DIR/log.jsonl (rank 0 writes it), the progress line on stderr and, at the end,
 // each MoE layer's load figures over the run
 typedef struct {
@@ -92,6 +100,7 @@ typedef struct {
     int moved;                                          // experts moved after this step, -1: none
     double eval_ce;                                     // -1: no held-out loss this step
     double elapsed;                                     // seconds since the run (this process) began
+    double bubble_ms, pp_exposed_ms;                    // pipeline: waited for neighbours (the most over ranks)
     bool stop_time;                                     // the time budget ends the run here
 } StepFigures;
 

@@ -8,6 +8,7 @@
 #include "../infer/infer.h"
 #include "../kernels/gemm.h"
 #include "../parallel/parallel.h"
+#include "../parallel/pipeline.h"
 #include "train.h"
 
 int train_check_config(const TrainConfig *tc) {
@@ -50,8 +51,10 @@ typedef struct {
     size_t *zoff;                 // --zero 1 on several ranks: the shares of the blob
     bool overlap, halves;         // gradient sums during the backward pass; halves under EP
     int local_batch;              // this rank's examples of a step
-    Acts a[2];
+    Acts a[2];                    // (pipeline: a[0] only the step's load statistics)
     Batch b[2];
+    LayerShard ls;                // pipeline: this stage's layers (S 1: all)
+    Pipe pipe;
     DataOrder order;
     int *ids;
     MoePlacement places[2];       // dynamic placement: the current one and the next
@@ -64,7 +67,11 @@ typedef struct {
 } Run;
 
 static void run_free(Run *R) {
-    if (R->allocated) {
+    if (R->allocated && R->ls.S > 1) {
+        par_pipe_free(&R->pipe);
+        moe_free(R->a[0].load); moe_free(R->a[0].drop_l); moe_free(R->a[0].rows_l);
+        order_free(&R->order);
+    } else if (R->allocated) {
         for (int h = 0; h < (R->halves ? 2 : 1); h++) { acts_free(&R->a[h]); batch_free(&R->b[h]); }
         order_free(&R->order);
     }
@@ -97,15 +104,18 @@ static int run_model(Run *R, const TrainArgs *ar, TrainConfig *tc) {
         const int ne = c0.n_routed_experts / ep;
         R->shard = (ExpertShard){di->ep_rank * ne, ne, NULL, di->ep_rank, &dist_info()->moe};
     }
+    R->ls = (LayerShard){tc->pp, tc->vpp, di->stage, {0}};
+    if (tc->pp > 1) MOE_TRY(layer_cuts(&c0, tc->pp, tc->vpp, NULL, 0, R->ls.cut));
+    const LayerShard *ls = tc->pp > 1 ? &R->ls : NULL;
     if (!ar->resume) {
-        if (ar->init_from) MOE_TRY(ckpt_load_model_shard(ar->init_from, &R->m, true, &R->shard));
+        if (ar->init_from) MOE_TRY(ckpt_load_model_staged(ar->init_from, &R->m, true, &R->shard, ls));
         else {
-            model_build_sharded(&R->m, &c0, true, &R->shard);   // (without --ep: the zero shard, every expert)
+            model_build_staged(&R->m, &c0, true, &R->shard, ls);   // (without --ep: the zero shard, every expert)
             model_init_weights(&R->m, tc->seed);
         }
         if (!(tc->zero && di->size > 1)) adamw_alloc(&R->opt, R->m.n_params);   // (--zero 1: a share, later)
     } else {
-        MOE_TRY(ckpt_load_model_shard(ar->resume, &R->m, true, &R->shard));
+        MOE_TRY(ckpt_load_model_staged(ar->resume, &R->m, true, &R->shard, ls));
         adamw_alloc(&R->opt, R->m.n_params);
         char *js;
         MOE_TRY(ckpt_load_state(ar->resume, &R->m, R->opt.m, R->opt.v, &js));
@@ -116,6 +126,7 @@ static int run_model(Run *R, const TrainArgs *ar, TrainConfig *tc) {
         MOE_TRY(rc);
         train_resume_merge(tc, &saved);
     }
+    layer_shard_mark(&R->m, ls);
     return MOE_OK;
 }
 
@@ -126,12 +137,21 @@ static int run_check(const Run *R, const TrainArgs *ar, TrainConfig *tc) {
     if (tc->micro_batch > tc->batch) tc->micro_batch = tc->batch;
     if (tc->seq == 0) tc->seq = imin(256, c->max_position_embeddings);   // --seq not given
     MOE_TRY(train_check_config(tc));
-    if (tc->batch % di->size) MOE_ERR("--batch %d must be a multiple of the %d ranks (each takes batch / P examples)", tc->batch, di->size);
+    if (tc->pp > 1) {
+        if (tc->batch % di->ssize)
+            MOE_ERR("--batch %d must be a multiple of the %d ranks of a pipeline stage (each takes batch / (P/S) examples)", tc->batch, di->ssize);
+        if (tc->replace_every > 0) MOE_ERR("--replace-every does not work with --pp yet");
+        if (ar->eval_data) MOE_ERR("--eval-data does not work with --pp yet");
+        const int local = tc->batch / di->ssize, mb = imin(tc->micro_batch, local), m = (local + mb - 1) / mb;
+        if (tc->vpp > 1 && m % tc->pp)
+            MOE_ERR("--vpp %d needs the micro-batches a step (%d: %d examples a rank in micro-batches of %d) to be a multiple of --pp %d",
+                    tc->vpp, m, local, mb, tc->pp);
+    } else if (tc->batch % di->size) MOE_ERR("--batch %d must be a multiple of the %d ranks (each takes batch / P examples)", tc->batch, di->size);
     if (tc->replace_every > 0 && tc->ep == 1) MOE_ERR("--replace-every needs expert parallelism (--ep > 1)");
     if (tc->replace_every > 0 && (tc->redundant > c->n_routed_experts || (c->n_routed_experts + tc->redundant) % tc->ep))
         MOE_ERR("--redundant-experts %d: the %d experts and the redundant slots must split evenly over --ep %d (at most %d redundant)",
                 tc->redundant, c->n_routed_experts, tc->ep, c->n_routed_experts);
-    if (tc->micro_batch > tc->batch / di->size) tc->micro_batch = tc->batch / di->size;
+    if (tc->micro_batch > tc->batch / di->ssize) tc->micro_batch = tc->batch / di->ssize;
     if (tc->seq > c->max_position_embeddings) MOE_ERR("--seq %d exceeds max_position_embeddings %d of the model", tc->seq, c->max_position_embeddings);
     if (ar->resume && R->pr.step >= tc->steps) MOE_ERR("%s: already trained %ld steps; ask for more with --steps", ar->resume, R->pr.step);
     return MOE_OK;
@@ -172,13 +192,22 @@ static int run_alloc(Run *R, const TrainArgs *ar, const TrainConfig *tc) {
     MOE_TRY(trainlog_open(&R->log, &R->m.cfg, ar, tc, R->pr.step, di->rank == 0, tc->ep));
     // --overlap (on by default under MPI): gradient sums start during the backward pass, and
     // with expert parallelism each micro-batch runs as two interleaved halves
-    R->overlap = di->size > 1 && tc->overlap != 0;
+    R->overlap = di->size > 1 && tc->overlap != 0 && tc->pp == 1;
     R->halves = R->overlap && tc->ep > 1 && tc->micro_batch >= 2;
     const int mb = R->halves ? (tc->micro_batch + 1) / 2 : tc->micro_batch;
-    for (int h = 0; h < (R->halves ? 2 : 1); h++) {
-        acts_alloc(&R->a[h], &R->m, mb * tc->seq, (tc->acts_mode ? tc->acts_mode : ACTS_TRAIN) | (R->shard.comm ? ACTS_EP : 0));
-        batch_alloc(&R->b[h], mb * tc->seq, mb);
-    }
+    const int mode = (tc->acts_mode ? tc->acts_mode : ACTS_TRAIN) | (R->shard.comm ? ACTS_EP : 0);
+    if (tc->pp > 1) {   // the stage's chunks' activations; a[0] holds the step's statistics
+        const int local = tc->batch / di->ssize;
+        MOE_TRY(par_pipe_alloc(&R->pipe, &R->m, &R->ls, (local + mb - 1) / mb, mb * tc->seq, mb, mode));
+        const MoeConfig *c = &R->m.cfg;
+        R->a[0].load = MOE_NEW(long, (size_t)config_n_layers(c) * imax(c->n_routed_experts, 1));
+        R->a[0].drop_l = MOE_NEW(long, config_n_layers(c));
+        R->a[0].rows_l = MOE_NEW(long, config_n_layers(c));
+    } else
+        for (int h = 0; h < (R->halves ? 2 : 1); h++) {
+            acts_alloc(&R->a[h], &R->m, mb * tc->seq, mode);
+            batch_alloc(&R->b[h], mb * tc->seq, mb);
+        }
     if (tc->n_weights) {   // a weighted mixture of the --data files
         if (tc->n_weights != R->d.n_files)
             MOE_ERR("--data-weights gives %d weights for %d --data files", tc->n_weights, R->d.n_files);
@@ -187,7 +216,7 @@ static int run_alloc(Run *R, const TrainArgs *ar, const TrainConfig *tc) {
         order_init(&R->order, R->d.n, tc->seed, tc->shuffle);
     }
     R->allocated = true;
-    R->local_batch = tc->batch / di->size;
+    R->local_batch = tc->batch / di->ssize;
     R->ids = MOE_NEW(int, tc->batch);
     const MoeConfig *c = &R->m.cfg;
     R->win_load = MOE_NEW(double, (size_t)config_n_layers(c) * imax(c->n_routed_experts, 1));
@@ -255,8 +284,13 @@ static int train_step(Run *R, const TrainConfig *tc, StepFigures *f) {
     Acts *as[2] = {&R->a[0], R->halves ? &R->a[1] : NULL};
     Batch *bs[2] = {&R->b[0], R->halves ? &R->b[1] : NULL};
     memset(f, 0, sizeof *f);
-    MOE_TRY(train_accumulate_ex(m, &R->shard, as, bs, &R->d, R->ids + di->rank * R->local_batch, R->local_batch, tc->micro_batch,
-                                R->overlap, R->zoff, &f->sl));
+    if (R->ls.S > 1) {
+        MOE_TRY(train_accumulate_pipe(m, &R->shard, &R->pipe, &R->a[0], &R->d, R->ids + di->srank * R->local_batch, R->local_batch,
+                                      tc->micro_batch, &f->sl));
+    } else {
+        MOE_TRY(train_accumulate_ex(m, &R->shard, as, bs, &R->d, R->ids + di->rank * R->local_batch, R->local_batch, tc->micro_batch,
+                                    R->overlap, R->zoff, &f->sl));
+    }
     MOE_TRY(par_grad_norm(m, &R->shard, R->zoff, &f->gnorm));
     if (!isfinite(f->gnorm)) MOE_ERR("step %ld: gradient norm is not finite (loss %g); lower --lr", R->pr.step + 1, f->sl.loss);
     f->lr = lr_at(&tc->opt, R->pr.step + 1);
@@ -274,9 +308,11 @@ static int train_step(Run *R, const TrainConfig *tc, StepFigures *f) {
     if (tc->replace_every > 0 && R->pr.step % tc->replace_every == 0) MOE_TRY(replace_experts(R, tc, &f->moved));
     // the step's slowest rank, as the job sees it; communication in flight, and of it the time
     // waited for the expert-parallel exchanges and for the gradient sums and other collectives
-    double v[5] = {time_now() - t0, di->ms + di->moe.ms - comm0, di->exposed_ms + di->moe.exposed_ms - exposed0,
-                   di->moe.exposed_ms - ep_exposed0, di->exposed_ms - dp_exposed0};
-    if (di->size > 1) MOE_TRY(dist_max_f64(v, 5, DIST_WORLD));
+    double v[7] = {time_now() - t0, di->ms + di->moe.ms - comm0, di->exposed_ms + di->moe.exposed_ms - exposed0,
+                   di->moe.exposed_ms - ep_exposed0, di->exposed_ms - dp_exposed0, R->pipe.bubble_ms, R->pipe.exposed_ms};
+    if (di->size > 1) MOE_TRY(dist_max_f64(v, 7, DIST_WORLD));
+    f->bubble_ms = R->ls.S > 1 ? v[5] : -1;
+    f->pp_exposed_ms = v[6];
     f->dt = v[0];
     f->comm_ms = di->size > 1 ? v[1] : -1;
     f->exposed_ms = v[2]; f->ep_exposed = v[3]; f->dp_exposed = v[4];
@@ -288,7 +324,7 @@ static int train_step(Run *R, const TrainConfig *tc, StepFigures *f) {
 static int save(Run *R, const TrainArgs *ar, const TrainConfig *tc) {
     char *js = train_state_json(tc, &R->pr, R->opt.t, R->shard.place);
     CkptState st = {.json = js, .step = R->pr.step};
-    int rc = par_save_checkpoint(ar->out, &R->m, &R->shard, &R->opt, R->zoff, &st);
+    int rc = par_save_checkpoint_staged(ar->out, &R->m, &R->shard, &R->ls, &R->opt, R->zoff, &st);
     free(js);
     return rc;
 }
@@ -299,7 +335,10 @@ static void banner(const Run *R, const TrainConfig *tc) {
     if (tc->quiet) return;
     fprintf(stderr, "moe train: %.2fM params (%.2fM active), %d examples, batch %d x seq %d, %d threads, sgemm peak %.1f GFLOP/s\n",
             config_total_params(c) / 1e6, config_active_params(c) / 1e6, R->d.n, tc->batch, tc->seq, kernels_threads(), R->peak / 1e9);
-    if (di->size > 1)
+    if (di->pp > 1)
+        fprintf(stderr, "moe train: %d ranks: %d pipeline stages (%d chunks a stage, interleaved 1F1B over %d micro-batches) x %d ranks a "
+                        "stage (%d data-parallel x expert parallelism %d)\n", di->size, di->pp, tc->vpp, R->pipe.m, di->ssize, di->dp, tc->ep);
+    else if (di->size > 1)
         fprintf(stderr, "moe train: %d ranks: %d data-parallel replicas x expert parallelism %d (%d experts per rank), "
                         "EP group on %d host%s, %s all-to-all, overlap %s\n",
                 di->size, di->dp, tc->ep, c->n_routed_experts / tc->ep, di->hosts, di->hosts == 1 ? "" : "s",
@@ -327,7 +366,9 @@ int train_run(const TrainArgs *ar, TrainConfig *tc) {
     const DistInfo *di = dist_info();
     if (di->rank != 0) tc->quiet = true;
     if (tc->ep <= 0) tc->ep = 1;
-    MOE_TRY(dist_setup(tc->ep, 1, (DistA2A)tc->a2a));
+    if (tc->pp <= 0) tc->pp = 1;
+    if (tc->vpp <= 0) tc->vpp = 1;
+    MOE_TRY(dist_setup(tc->ep, tc->pp, (DistA2A)tc->a2a));
     MOE_TRY(check_out(ar));
     Run R = {.cur_place = -1};
     int rc = run_model(&R, ar, tc);

@@ -78,6 +78,8 @@ static void progress(const TrainLog *r, const Acts *a, const StepFigures *f) {
     }
     if (c->capacity_factor > 0 && a->assigned > 0)
         nb += snprintf(bal + nb, sizeof bal - nb, " | drop %.2f%%", 100.0 * a->dropped / a->assigned);
+    if (f->bubble_ms >= 0 && f->dt > 0)
+        nb += snprintf(bal + nb, sizeof bal - nb, " | bubble %.1f%%", 100.0 * f->bubble_ms / (f->dt * 1e3));
     if (r->ep > 1 && n_moe > 0) {
         double is = 0;
         for (int l = 0; l < L; l++) if (config_layer_is_moe(c, l) && r->ls[l].is > is) is = r->ls[l].is;
@@ -103,6 +105,8 @@ int trainlog_step(TrainLog *r, const Acts *a, const StepFigures *f) {
         for (int l = 0; l < L; l++) { rmax[l] = rsum[l] = (double)a->rows_l[l]; rmin[l] = -(double)a->rows_l[l]; }
         rc = dist_max_f64(rmax, 2 * L, DIST_EP);   // max of rows and of -rows
         if (rc == MOE_OK) rc = dist_sum_f64(rsum, L, DIST_EP);
+        // pipeline: each layer's figures are its stage's (the others computed no rows of it)
+        if (rc == MOE_OK && dist_info()->pp > 1) rc = dist_sum_f64(rmax, 3 * L, DIST_PIPE);
     }
     if (rc) { moe_free(rmax); return rc; }
     char *line = NULL;
@@ -113,6 +117,7 @@ int trainlog_step(TrainLog *r, const Acts *a, const StepFigures *f) {
                 "\"tokens_per_s\":%.1f,\"mfu\":%.5f,\"step_ms\":%.2f,\"tokens\":%ld,\"dropped\":%ld,",
             f->step, f->sl.loss, f->sl.ce, f->sl.aux, f->lr, f->gnorm, f->tps, f->mfu, f->dt * 1e3, f->sl.tokens, a->dropped);
     if (c->num_mtp_layers) fprintf(ls, "\"mtp_loss\":%.9g,", f->sl.mtp);   // per module, before its weight
+    if (f->bubble_ms >= 0) fprintf(ls, "\"bubble_ms\":%.2f,\"pp_exposed_ms\":%.2f,", f->bubble_ms, f->pp_exposed_ms);
     if (f->comm_ms >= 0)
         fprintf(ls, "\"comm_ms\":%.2f,\"comm_exposed_ms\":%.2f,\"ep_exposed_ms\":%.2f,\"dp_exposed_ms\":%.2f,",
                 f->comm_ms, f->exposed_ms, f->ep_exposed, f->dp_exposed);
