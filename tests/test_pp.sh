@@ -45,7 +45,7 @@ OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" --out "$T/one" $F $X || { echo 
 OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" --out "$T/one_bf" $F || { echo "FAIL single-process run (default storage)"; exit 1; }
 OMP_NUM_THREADS=1 $MOE train --model "$T/tied.json" --out "$T/one_tied" $F $X || { echo "FAIL single-process run (tied)"; exit 1; }
 # P ranks, the layout flags, the storage
-for l in "2 --pp 2" "2 --pp 2 --vpp 2" "4 --pp 4" "4 --pp 2 --vpp 2 --ep 2" "4 --pp 2 --ep 2" "4 --pp 2" "8 --pp 4 --vpp 1 --ep 2"; do
+for l in "2 --pp 2" "2 --pp 2 --vpp 2" "2 --pp 2 --pp-layers 1,3" "4 --pp 4" "4 --pp 2 --vpp 2 --ep 2" "4 --pp 2 --ep 2" "4 --pp 2" "8 --pp 4 --vpp 1 --ep 2"; do
   read -r np flags <<<"$l"
   name=p$np$(echo "$flags" | tr -d " -")
   run "$np" $MOE train --model "$T/c.json" --out "$T/$name" $F $X $flags >"$T/$name.log" 2>&1 \
@@ -101,6 +101,7 @@ expect_fail "--pp that does not divide the ranks" "--pp 2 must divide the number
 expect_fail "--ep that does not divide a stage" "--ep 2 must divide the ranks of a pipeline stage" 2 --pp 2 --ep 2
 expect_fail "--vpp with micro-batches not a multiple of --pp" "to be a multiple of --pp 2" 2 --pp 2 --vpp 2 --micro-batch 8
 expect_fail "--vpp without --pp" "--vpp 2 needs pipeline stages (--pp)" 1 --vpp 2
+expect_fail "--pp-layers not adding up to the layers" "--pp-layers counts 5 layers, the model has 4" 2 --pp 2 --pp-layers 2,3
 expect_fail "--zero 1 with --pp" "--zero 1 does not work with --pp yet" 2 --pp 2 --zero 1
 
 echo "$pass passed, $fail failed"

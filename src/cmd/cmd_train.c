@@ -46,6 +46,8 @@ static const char *HELP =
     "  --pp S [--vpp V]   pipeline parallelism: the layers cut into S·V chunks, stage r (P/S\n"
     "                     consecutive ranks) holding chunks r, r+S, ...; interleaved 1F1B over the\n"
     "                     micro-batches (--micro-batch); EP and data parallelism inside each stage\n"
+    "  --pp-layers N1,... the stack's layers in each chunk (default: as even as can be; the MTP\n"
+    "                     modules always go with the last chunk)\n"
     "  --ep E             expert parallelism: the experts of each MoE layer spread over groups\n"
     "                     of E ranks (E divides P and n_routed_experts; default 1); the P/E\n"
     "                     groups are data-parallel replicas\n"
@@ -121,6 +123,20 @@ static int recipe_args(const char *path, int argc, char **argv, int *out_argc, c
     for (int i = 0; i < argc; i++) av[n++] = moe_strdup(argv[i]);
     *out_argc = n;
     *out_argv = av;
+    return MOE_OK;
+}
+
+// --pp-layers N1,N2,...: the stack's layers in each pipeline chunk
+static int parse_pp_layers(const char *v, TrainConfig *tc) {
+    char buf[1024], *end;
+    snprintf(buf, sizeof buf, "%s", v);
+    for (char *p = strtok(buf, ","); p; p = strtok(NULL, ",")) {
+        const long n = strtol(p, &end, 10);
+        if (end == p || *end || n < 1 || n > 100000 || tc->n_pp_layers == 64)
+            MOE_ERR("--pp-layers must be up to 64 positive layer counts, one per chunk (--pp x --vpp), got \"%s\"", v);
+        tc->pp_layers[tc->n_pp_layers++] = (int)n;
+    }
+    if (tc->n_pp_layers == 0) MOE_ERR("--pp-layers needs one layer count per chunk");
     return MOE_OK;
 }
 
@@ -205,6 +221,8 @@ int cmd_train(int argc, char **argv) {
     if (!rc) rc = args_int(&a, "--vpp", 1, &tc.vpp);
     if (!rc && (tc.pp <= 0 || tc.vpp <= 0)) { moe_seterr("--pp and --vpp must be positive, got %d and %d", tc.pp, tc.vpp); rc = MOE_FAIL; }
     if (!rc && tc.vpp > 1 && tc.pp == 1) { moe_seterr("--vpp %d needs pipeline stages (--pp)", tc.vpp); rc = MOE_FAIL; }
+    const char *ppl = rc ? NULL : args_str(&a, "--pp-layers", NULL);
+    if (ppl) rc = parse_pp_layers(ppl, &tc);
     if (!rc) rc = args_int(&a, "--zero", 0, &tc.zero);
     if (!rc && tc.zero && tc.pp > 1) { moe_seterr("--zero 1 does not work with --pp yet"); rc = MOE_FAIL; }
     if (!rc && tc.zero != 0 && tc.zero != 1) { moe_seterr("--zero must be 0 or 1, got %d", tc.zero); rc = MOE_FAIL; }

@@ -33,6 +33,7 @@ typedef struct {
     int eval_every, eval_limit;   // --eval-data: held-out loss every N steps on the first M examples
     int ep;                       // expert-parallel group size under MPI (--ep), 1 = none
     int pp, vpp;                  // pipeline stages and chunks a stage (--pp, --vpp), 1 = none
+    int n_pp_layers, pp_layers[64]; // --pp-layers: the stack's layers in each chunk (0: even cuts)
     int zero;                     // --zero 1: the optimizer's moments sharded over the ranks
     int overlap;                  // --overlap: -1 default (on under MPI), 0 off, 1 on
     int a2a;                      // --a2a: DistA2A (auto, flat, hierarchical)

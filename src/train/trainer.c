@@ -105,7 +105,8 @@ static int run_model(Run *R, const TrainArgs *ar, TrainConfig *tc) {
         R->shard = (ExpertShard){di->ep_rank * ne, ne, NULL, di->ep_rank, &dist_info()->moe};
     }
     R->ls = (LayerShard){tc->pp, tc->vpp, di->stage, {0}};
-    if (tc->pp > 1) MOE_TRY(layer_cuts(&c0, tc->pp, tc->vpp, NULL, 0, R->ls.cut));
+    if (tc->n_pp_layers && tc->pp == 1) MOE_ERR("--pp-layers needs pipeline stages (--pp)");
+    if (tc->pp > 1) MOE_TRY(layer_cuts(&c0, tc->pp, tc->vpp, tc->n_pp_layers ? tc->pp_layers : NULL, tc->n_pp_layers, R->ls.cut));
     const LayerShard *ls = tc->pp > 1 ? &R->ls : NULL;
     if (!ar->resume) {
         if (ar->init_from) MOE_TRY(ckpt_load_model_staged(ar->init_from, &R->m, true, &R->shard, ls));
