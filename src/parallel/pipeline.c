@@ -113,6 +113,9 @@ int par_pipe_alloc(Pipe *p, const Model *model, const LayerShard *ls, int m, int
     p->ls = *ls;
     p->m = m;
     p->Nmax = ntok;
+    p->D = model->cfg.hidden_size;
+    p->ahead = MOE_NEW(float, (size_t)ntok * p->D);
+    p->ahead_req = -1;
     const int S = ls->S, V = ls->V;
     PipeSim sim;
     MOE_TRY(pipe_check(S, V, m, &sim));
@@ -143,6 +146,7 @@ void par_pipe_free(Pipe *p) {
         moe_free(p->acts[j]); moe_free(p->batch[j]); moe_free(p->sendbuf[j]); moe_free(p->sendreq[j]);
     }
     moe_free(p->ops);
+    moe_free(p->ahead);
     memset(p, 0, sizeof *p);
 }
 
@@ -152,18 +156,36 @@ static int pipe_tag(const Pipe *p, int mb, int g, int dir) {
     return (int)((((long)mb * p->ls.S * p->ls.V + g) * 2 + dir) % 30000);
 }
 
-// a receive, waited for now: its time is the bubble (the other side's pass had not ended)
-static int pipe_recv(Pipe *p, float *buf, size_t n, int stage, int tag) {
-    int req;
+// Receives are posted one pass ahead: while pass k computes, the input of pass k+1 (the
+// stream, or the gradient of the output) can arrive into the staging buffer (sized for
+// the largest micro-batch; a message may be shorter). A pass waits for its own input; that
+// wait is the bubble (its neighbour had not sent it yet, or it was still in transit).
+static bool needs_recv(const Pipe *p, const PipeOp *o, int *from, int *tag) {
+    const int S = p->ls.S, G = S * p->ls.V, g = o->chunk * S + p->ls.stage;
+    if (o->kind == PIPE_F && g > 0) { *from = (g - 1) % S; *tag = pipe_tag(p, o->mb, g, 0); return true; }
+    if (o->kind == PIPE_B && g < G - 1) { *from = (g + 1) % S; *tag = pipe_tag(p, o->mb, g, 1); return true; }
+    return false;
+}
+
+static int post_ahead(Pipe *p, int k) {
+    int from, tag;
+    p->ahead_req = -1;
+    if (k >= p->n_ops || !needs_recv(p, &p->ops[k], &from, &tag)) return MOE_OK;
+    return dist_pipe_irecv(p->ahead, (size_t)p->Nmax * p->D, from, tag, &p->ahead_req);
+}
+
+// pass k's input into buf (n floats), then pass k+1's receive posted
+static int take_input(Pipe *p, int k, float *buf, size_t n) {
     const double t = time_now();
-    MOE_TRY(dist_pipe_irecv(buf, n, stage, tag, &req));
-    MOE_TRY(dist_wait(req));
+    if (p->ahead_req < 0) MOE_ERR("internal: pipeline pass %d has no receive posted", k);
+    MOE_TRY(dist_wait(p->ahead_req));
     p->bubble_ms += (time_now() - t) * 1e3;
-    return MOE_OK;
+    memcpy(buf, p->ahead, sizeof(float) * n);
+    return post_ahead(p, k + 1);
 }
 
 static int pipe_send(Pipe *p, int j, int slot, const float *src, size_t n, int stage, int tag) {
-    float *buf = p->sendbuf[j] + (size_t)slot * p->Nmax * p->acts[j][slot].D;
+    float *buf = p->sendbuf[j] + (size_t)slot * p->Nmax * p->D;
     if (p->sendreq[j][slot] >= 0) {   // the slot's last message must be out before the buffer is reused
         const double t = time_now();
         MOE_TRY(dist_wait(p->sendreq[j][slot]));
@@ -200,7 +222,7 @@ int par_pipe_run(Pipe *p, Model *model, const ForwardOpts *fo, const Dataset *d,
             memset(a->rows_l, 0, sizeof(long) * L);
             a->dropped = a->assigned = 0;
         }
-    int rc = MOE_OK;
+    int rc = post_ahead(p, 0);
     for (int k = 0; k < p->n_ops && rc == MOE_OK; k++) {
         const PipeOp o = p->ops[k];
         const int j = o.chunk, g = j * S + st, slot = o.mb % p->pool[j];
@@ -214,7 +236,7 @@ int par_pipe_run(Pipe *p, Model *model, const ForwardOpts *fo, const Dataset *d,
             const int s0 = o.mb * micro_batch;
             batch_fill(b, d, ids + s0, imin(micro_batch, count - s0));
             const size_t ND = (size_t)b->N * D;
-            if (g > 0) rc = pipe_recv(p, acts_stream(a, l0, b->N), ND, (g - 1) % S, pipe_tag(p, o.mb, g, 0));
+            rc = g > 0 ? take_input(p, k, acts_stream(a, l0, b->N), ND) : p->ahead_req < 0 ? post_ahead(p, k + 1) : MOE_OK;
             ForwardOut out = {0};
             if (rc == MOE_OK) rc = model_run_span(model, &SCHED_CHUNK_FORWARD, &a, &bc, fo, &out, &span);
             if (rc != MOE_OK) break;
@@ -225,11 +247,12 @@ int par_pipe_run(Pipe *p, Model *model, const ForwardOpts *fo, const Dataset *d,
             if (g < G - 1) rc = pipe_send(p, j, slot, acts_stream(a, l0 + n, b->N), ND, (g + 1) % S, pipe_tag(p, o.mb, g + 1, 0));
         } else {
             const size_t ND = (size_t)b->N * D;
-            if (g < G - 1) rc = pipe_recv(p, acts_dstream(a), ND, (g + 1) % S, pipe_tag(p, o.mb, g, 1));
+            rc = g < G - 1 ? take_input(p, k, acts_dstream(a), ND) : p->ahead_req < 0 ? post_ahead(p, k + 1) : MOE_OK;
             if (rc == MOE_OK) rc = model_run_span(model, &SCHED_CHUNK_BACKWARD, &a, &bc, fo, NULL, &span);
             if (rc == MOE_OK && g > 0) rc = pipe_send(p, j, slot, acts_dstream(a), ND, (g - 1) % S, pipe_tag(p, o.mb, g - 1, 1));
         }
     }
+    p->ahead_req = -1;   // (set only after a failure, when the job ends: nothing more is waited for)
     for (int j = 0; j < V; j++)   // everything sent before the buffers go on
         for (int i = 0; i < p->pool[j]; i++)
             if (p->sendreq[j][i] >= 0) {

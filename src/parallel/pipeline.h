@@ -51,7 +51,9 @@ typedef struct Pipe {
     Batch *batch[PIPE_MAX_V];
     float *sendbuf[PIPE_MAX_V];    // [pool][Nmax*D]: what goes to a neighbour, until it is sent
     int *sendreq[PIPE_MAX_V];
-    int Nmax;
+    int Nmax, D;
+    float *ahead;                  // [Nmax*D] the next pass's input, received while this one computes
+    int ahead_req;
     double bubble_ms, exposed_ms;  // this step: waited for the neighbours' data (not made yet / in transit)
 } Pipe;
 // the pools for m micro-batches of at most ntok tokens and mb examples each (acts_mode: acts_alloc's)
