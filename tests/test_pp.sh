@@ -45,7 +45,7 @@ OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" --out "$T/one" $F $X || { echo 
 OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" --out "$T/one_bf" $F || { echo "FAIL single-process run (default storage)"; exit 1; }
 OMP_NUM_THREADS=1 $MOE train --model "$T/tied.json" --out "$T/one_tied" $F $X || { echo "FAIL single-process run (tied)"; exit 1; }
 # P ranks, the layout flags, the storage
-for l in "2 --pp 2" "2 --pp 2 --vpp 2" "2 --pp 2 --pp-layers 1,3" "4 --pp 4" "4 --pp 2 --vpp 2 --ep 2" "4 --pp 2 --ep 2" "4 --pp 2" "8 --pp 4 --vpp 1 --ep 2"; do
+for l in "2 --pp 2" "2 --pp 2 --vpp 2" "2 --pp 2 --vpp 2 --overlap off" "2 --pp 2 --pp-layers 1,3" "4 --pp 4" "4 --pp 2 --vpp 2 --ep 2" "4 --pp 2 --ep 2" "4 --pp 2" "8 --pp 4 --vpp 1 --ep 2"; do
   read -r np flags <<<"$l"
   name=p$np$(echo "$flags" | tr -d " -")
   run "$np" $MOE train --model "$T/c.json" --out "$T/$name" $F $X $flags >"$T/$name.log" 2>&1 \

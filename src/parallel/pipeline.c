@@ -108,8 +108,9 @@ done:
     return rc;
 }
 
-int par_pipe_alloc(Pipe *p, const Model *model, const LayerShard *ls, int m, int ntok, int mb, int acts_mode) {
+int par_pipe_alloc(Pipe *p, const Model *model, const LayerShard *ls, int m, int ntok, int mb, int acts_mode, bool overlap) {
     memset(p, 0, sizeof *p);
+    p->overlap = overlap;
     p->ls = *ls;
     p->m = m;
     p->Nmax = ntok;
@@ -167,16 +168,20 @@ static bool needs_recv(const Pipe *p, const PipeOp *o, int *from, int *tag) {
     return false;
 }
 
-static int post_ahead(Pipe *p, int k) {
+static int post_recv(Pipe *p, int k) {
     int from, tag;
     p->ahead_req = -1;
     if (k >= p->n_ops || !needs_recv(p, &p->ops[k], &from, &tag)) return MOE_OK;
     return dist_pipe_irecv(p->ahead, (size_t)p->Nmax * p->D, from, tag, &p->ahead_req);
 }
 
-// pass k's input into buf (n floats), then pass k+1's receive posted
+static int post_ahead(Pipe *p, int k) { return p->overlap ? post_recv(p, k) : MOE_OK; }
+
+// pass k's input into buf (n floats), then pass k+1's receive posted (--overlap off: pass
+// k's is posted now, and nothing ahead)
 static int take_input(Pipe *p, int k, float *buf, size_t n) {
     const double t = time_now();
+    if (!p->overlap) MOE_TRY(post_recv(p, k));
     if (p->ahead_req < 0) MOE_ERR("internal: pipeline pass %d has no receive posted", k);
     MOE_TRY(dist_wait(p->ahead_req));
     p->bubble_ms += (time_now() - t) * 1e3;
@@ -236,7 +241,7 @@ int par_pipe_run(Pipe *p, Model *model, const ForwardOpts *fo, const Dataset *d,
             const int s0 = o.mb * micro_batch;
             batch_fill(b, d, ids + s0, imin(micro_batch, count - s0));
             const size_t ND = (size_t)b->N * D;
-            rc = g > 0 ? take_input(p, k, acts_stream(a, l0, b->N), ND) : p->ahead_req < 0 ? post_ahead(p, k + 1) : MOE_OK;
+            rc = g > 0 ? take_input(p, k, acts_stream(a, l0, b->N), ND) : post_ahead(p, k + 1);
             ForwardOut out = {0};
             if (rc == MOE_OK) rc = model_run_span(model, &SCHED_CHUNK_FORWARD, &a, &bc, fo, &out, &span);
             if (rc != MOE_OK) break;
@@ -247,7 +252,7 @@ int par_pipe_run(Pipe *p, Model *model, const ForwardOpts *fo, const Dataset *d,
             if (g < G - 1) rc = pipe_send(p, j, slot, acts_stream(a, l0 + n, b->N), ND, (g + 1) % S, pipe_tag(p, o.mb, g + 1, 0));
         } else {
             const size_t ND = (size_t)b->N * D;
-            rc = g < G - 1 ? take_input(p, k, acts_dstream(a), ND) : p->ahead_req < 0 ? post_ahead(p, k + 1) : MOE_OK;
+            rc = g < G - 1 ? take_input(p, k, acts_dstream(a), ND) : post_ahead(p, k + 1);
             if (rc == MOE_OK) rc = model_run_span(model, &SCHED_CHUNK_BACKWARD, &a, &bc, fo, NULL, &span);
             if (rc == MOE_OK && g > 0) rc = pipe_send(p, j, slot, acts_dstream(a), ND, (g - 1) % S, pipe_tag(p, o.mb, g - 1, 1));
         }

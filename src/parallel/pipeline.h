@@ -54,10 +54,11 @@ typedef struct Pipe {
     int Nmax, D;
     float *ahead;                  // [Nmax*D] the next pass's input, received while this one computes
     int ahead_req;
+    bool overlap;                  // receives posted a pass ahead (else when the pass starts)
     double bubble_ms, exposed_ms;  // this step: waited for the neighbours' data (not made yet / in transit)
 } Pipe;
 // the pools for m micro-batches of at most ntok tokens and mb examples each (acts_mode: acts_alloc's)
-int par_pipe_alloc(Pipe *p, const Model *model, const LayerShard *ls, int m, int ntok, int mb, int acts_mode);
+int par_pipe_alloc(Pipe *p, const Model *model, const LayerShard *ls, int m, int ntok, int mb, int acts_mode, bool overlap);
 void par_pipe_free(Pipe *p);
 // Stage ls.stage's list for one step over examples ids[0, count) in micro-batches of
 // micro_batch: the gradients added to model->grads (fo: the step's scales; grad_set must be
