@@ -2,7 +2,7 @@
 # Pipeline parallelism under Open MPI on this one machine (--oversubscribe): --pp S = 2 and 4,
 # --vpp V = 1 and 2, with and without --ep 2 and data parallelism, log the single-process
 # losses of the same global batch over 10 steps (relative 1e-6 in exact storage, 1e-4 in the
-# default bf16 storage) on a config that mixes a dense layer with MoE ones and has an MTP
+# default bf16 storage; also with --zero 1 inside the stages) on a config that mixes a dense layer with MoE ones and has an MTP
 # module (and a tied one); a pipelined checkpoint resumes on one process and at another S; a
 # killed rank ends the job non-zero within 30 s and leaves the last checkpoint whole;
 # impossible layouts are refused with one line. One PASS/FAIL line per check.
@@ -45,7 +45,7 @@ OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" --out "$T/one" $F $X || { echo 
 OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" --out "$T/one_bf" $F || { echo "FAIL single-process run (default storage)"; exit 1; }
 OMP_NUM_THREADS=1 $MOE train --model "$T/tied.json" --out "$T/one_tied" $F $X || { echo "FAIL single-process run (tied)"; exit 1; }
 # P ranks, the layout flags, the storage
-for l in "2 --pp 2" "2 --pp 2 --vpp 2" "2 --pp 2 --vpp 2 --overlap off" "2 --pp 2 --pp-layers 1,3" "4 --pp 4" "4 --pp 2 --vpp 2 --ep 2" "4 --pp 2 --ep 2" "4 --pp 2" "8 --pp 4 --vpp 1 --ep 2"; do
+for l in "2 --pp 2" "2 --pp 2 --vpp 2" "2 --pp 2 --vpp 2 --overlap off" "2 --pp 2 --pp-layers 1,3" "4 --pp 4" "4 --pp 2 --vpp 2 --ep 2" "4 --pp 2 --ep 2" "4 --pp 2" "4 --pp 2 --zero 1" "8 --pp 4 --vpp 1 --ep 2"; do
   read -r np flags <<<"$l"
   name=p$np$(echo "$flags" | tr -d " -")
   run "$np" $MOE train --model "$T/c.json" --out "$T/$name" $F $X $flags >"$T/$name.log" 2>&1 \
@@ -71,6 +71,11 @@ cp -r "$T/p4pp2vpp2ep2" "$T/r2"
 run 2 $MOE train --resume "$T/r2" --out "$T/r2" ${F/--steps 10/--steps 14} $X --pp 2 >"$T/r2.log" 2>&1 \
   && same_losses "an --pp 2 --vpp 2 --ep 2 checkpoint resumed at --pp 2 (P 2) continues it" "$T/one20" "$T/r2" 14 1e-6 \
   || bad "resume at another S" "$(tail -c 300 "$T/r2.log")"
+
+cp -r "$T/p4pp2zero1" "$T/r3"
+OMP_NUM_THREADS=1 $MOE train --resume "$T/r3" --out "$T/r3" ${F/--steps 10/--steps 14} $X >"$T/r3.log" 2>&1 \
+  && same_losses "an --pp 2 --zero 1 checkpoint (each stage's moments gathered) resumed on one process continues it" "$T/one20" "$T/r3" 14 1e-6 \
+  || bad "resume of a --zero 1 pipelined checkpoint" "$(tail -c 300 "$T/r3.log")"
 
 # a killed rank: the job ends non-zero within 30 s; the checkpoint before it is whole
 timeout -s KILL 60 mpirun -np 2 --oversubscribe -x OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" $F $X \
@@ -102,7 +107,6 @@ expect_fail "--ep that does not divide a stage" "--ep 2 must divide the ranks of
 expect_fail "--vpp with micro-batches not a multiple of --pp" "to be a multiple of --pp 2" 2 --pp 2 --vpp 2 --micro-batch 8
 expect_fail "--vpp without --pp" "--vpp 2 needs pipeline stages (--pp)" 1 --vpp 2
 expect_fail "--pp-layers not adding up to the layers" "--pp-layers counts 5 layers, the model has 4" 2 --pp 2 --pp-layers 2,3
-expect_fail "--zero 1 with --pp" "--zero 1 does not work with --pp yet" 2 --pp 2 --zero 1
 
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -224,7 +224,6 @@ int cmd_train(int argc, char **argv) {
     const char *ppl = rc ? NULL : args_str(&a, "--pp-layers", NULL);
     if (ppl) rc = parse_pp_layers(ppl, &tc);
     if (!rc) rc = args_int(&a, "--zero", 0, &tc.zero);
-    if (!rc && tc.zero && tc.pp > 1) { moe_seterr("--zero 1 does not work with --pp yet"); rc = MOE_FAIL; }
     if (!rc && tc.zero != 0 && tc.zero != 1) { moe_seterr("--zero must be 0 or 1, got %d", tc.zero); rc = MOE_FAIL; }
     if (!rc && tc.zero && tc.ep > 1)
         { moe_seterr("--zero 1 shards the optimizer over data-parallel ranks and needs --ep 1 (got --ep %d)", tc.ep); rc = MOE_FAIL; }

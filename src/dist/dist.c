@@ -492,10 +492,10 @@ int dist_wait(int req) { return req < 0 ? MOE_OK : req_wait(req, &g.exposed_ms);
 
 int dist_sum_part_f32(float *buf, const int *cnt, int *req) {
     if (req) *req = -1;
-    if (!g.mpi || g.size == 1) return MOE_OK;
+    if (!g.mpi || g.ssize == 1) return MOE_OK;
     if (!req) {
         double t0 = time_now();
-        if (MPI_Reduce_scatter(MPI_IN_PLACE, buf, cnt, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
+        if (MPI_Reduce_scatter(MPI_IN_PLACE, buf, cnt, MPI_FLOAT, MPI_SUM, comm_of(DIST_STAGE)) != MPI_SUCCESS)
             MOE_ERR("MPI_Reduce_scatter failed");
         g.ms += (time_now() - t0) * 1e3;
         g.exposed_ms += (time_now() - t0) * 1e3;
@@ -503,7 +503,7 @@ int dist_sum_part_f32(float *buf, const int *cnt, int *req) {
     }
     int i = req_new(&g.ms);
     if (i < 0) MOE_ERR("internal: too many reductions in flight");
-    int rc = MPI_Ireduce_scatter(MPI_IN_PLACE, buf, cnt, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &reqs[i].r);
+    int rc = MPI_Ireduce_scatter(MPI_IN_PLACE, buf, cnt, MPI_FLOAT, MPI_SUM, comm_of(DIST_STAGE), &reqs[i].r);
     if (rc != MPI_SUCCESS) { req_drop(i); return mpi_fail("MPI_Ireduce_scatter", rc); }
     *req = i;
     return MOE_OK;
@@ -568,17 +568,18 @@ int dist_alltoallv_f32(const float *send, const int *scnt, const int *sdsp, floa
     return MOE_OK;
 }
 
-// counts and displacements of the world's parts [off[r], off[r+1]) as MPI's ints
+// counts and displacements of the stage's parts [off[r], off[r+1]) as MPI's ints (--zero 1
+// shares a stage's blob over its ranks; without pipeline stages the stage is the world)
 static int part_counts(const size_t *off, int *cnt, int *dsp) {
-    if (off[g.size] > INT_MAX) MOE_ERR("--zero 1: %zu parameters exceed what one MPI call moves (%d)", off[g.size], INT_MAX);
-    for (int r = 0; r < g.size; r++) { cnt[r] = (int)(off[r + 1] - off[r]); dsp[r] = (int)off[r]; }
+    if (off[g.ssize] > INT_MAX) MOE_ERR("--zero 1: %zu parameters exceed what one MPI call moves (%d)", off[g.ssize], INT_MAX);
+    for (int r = 0; r < g.ssize; r++) { cnt[r] = (int)(off[r + 1] - off[r]); dsp[r] = (int)off[r]; }
     return MOE_OK;
 }
 int dist_allgather_f32(float *buf, const size_t *off) {
-    if (!g.mpi || g.size == 1) return MOE_OK;
-    int *cnt = MOE_NEW(int, g.size), *dsp = MOE_NEW(int, g.size), rc = part_counts(off, cnt, dsp);
+    if (!g.mpi || g.ssize == 1) return MOE_OK;
+    int *cnt = MOE_NEW(int, g.ssize), *dsp = MOE_NEW(int, g.ssize), rc = part_counts(off, cnt, dsp);
     double t0 = time_now();
-    if (rc == MOE_OK && MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, cnt, dsp, MPI_FLOAT, MPI_COMM_WORLD) != MPI_SUCCESS)
+    if (rc == MOE_OK && MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, cnt, dsp, MPI_FLOAT, comm_of(DIST_STAGE)) != MPI_SUCCESS)
         { moe_seterr("MPI_Allgatherv failed"); rc = MOE_FAIL; }
     g.ms += (time_now() - t0) * 1e3;
     g.exposed_ms += (time_now() - t0) * 1e3;
@@ -586,10 +587,10 @@ int dist_allgather_f32(float *buf, const size_t *off) {
     return rc;
 }
 int dist_gather_f32(const float *part, const size_t *off, float *full) {
-    if (!g.mpi || g.size == 1) { memcpy(full, part, sizeof(float) * off[1]); return MOE_OK; }
-    int *cnt = MOE_NEW(int, g.size), *dsp = MOE_NEW(int, g.size), rc = part_counts(off, cnt, dsp);
+    if (!g.mpi || g.ssize == 1) { memcpy(full, part, sizeof(float) * off[1]); return MOE_OK; }
+    int *cnt = MOE_NEW(int, g.ssize), *dsp = MOE_NEW(int, g.ssize), rc = part_counts(off, cnt, dsp);
     double t0 = time_now();
-    if (rc == MOE_OK && MPI_Gatherv(part, cnt[g.rank], MPI_FLOAT, full, cnt, dsp, MPI_FLOAT, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
+    if (rc == MOE_OK && MPI_Gatherv(part, cnt[g.srank], MPI_FLOAT, full, cnt, dsp, MPI_FLOAT, 0, comm_of(DIST_STAGE)) != MPI_SUCCESS)
         { moe_seterr("MPI_Gatherv failed"); rc = MOE_FAIL; }
     g.ms += (time_now() - t0) * 1e3;
     moe_free(cnt); moe_free(dsp);

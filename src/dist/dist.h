@@ -53,7 +53,8 @@ int dist_sum_f32(float *buf, size_t n, DistGroup g);
 // there is nothing to do
 int dist_sum_f32_start(float *buf, size_t n, DistGroup g, int *req);
 int dist_wait(int req);
-// --zero 1: the world's sum of buf[0, sum of cnt), of which rank r gets cnt[r] elements, at
+// --zero 1 (over the ranks of a pipeline stage; without stages, the world): the sum of
+// buf[0, sum of cnt), of which rank r gets cnt[r] elements, at
 // the start of buf (in place, MPI_Reduce_scatter's way); started when req is not NULL
 int dist_sum_part_f32(float *buf, const int *cnt, int *req);
 int dist_sum_f64(double *buf, int n, DistGroup g);
@@ -63,9 +64,9 @@ int dist_max_f64(double *buf, int n, DistGroup g);
 // into recv[ep * n]; recv is only read on rank 0
 int dist_gather_ep0(const float *send, size_t n, float *recv);
 int dist_bcast_int(int *v, int n);
-// --zero 1: rank r owns elements [off[r], off[r+1]) of a blob of off[size] floats. allgather
+// --zero 1: stage rank r owns elements [off[r], off[r+1]) of a blob of off[ssize] floats. allgather
 // gives every rank every part of buf (in place); gather puts each rank's part (part: its
-// own) into full[off[size]] on rank 0 (full is only written there)
+// own) into full[off[ssize]] on the stage's rank 0 (full is only written there)
 int dist_allgather_f32(float *buf, const size_t *off);
 int dist_gather_f32(const float *part, const size_t *off, float *full);
 // all-to-all of floats over group g (DIST_EP or DIST_MODEL; counts and displacements in floats)

@@ -15,7 +15,7 @@ static void grad_move(const GradMove *mv) { if (mv->n && mv->dst != mv->src) mem
 // their handles appended to reqs[*n] (and with zoff the moves to mv[*n]).
 static int reduce_grads(const Model *m, int layer, int *reqs, int *n, const size_t *zoff, GradMove *mv) {
     const DistInfo *di = dist_info();
-    int *cnt = zoff ? MOE_NEW(int, di->size) : NULL, rc = MOE_OK;
+    int *cnt = zoff ? MOE_NEW(int, di->ssize) : NULL, rc = MOE_OK;
     for (int i = 0; i < m->n_tensors && rc == MOE_OK;) {
         const ParamTensor *t = &m->tensors[i];
         if (layer != -2 && t->layer != layer) { i++; continue; }
@@ -27,14 +27,14 @@ static int reduce_grads(const Model *m, int layer, int *reqs, int *n, const size
         // experts over their replicas, the rest over the stage's data ranks (the world
         // without pipeline stages); the embedding both ends of a pipeline hold over both
         DistGroup g = t->expert ? DIST_REPLICAS : t->pp_shared ? DIST_EMBED : DIST_STAGE;
-        if (zoff) {   // (--ep 1: every tensor over the world)
+        if (zoff && !t->pp_shared) {   // (--ep 1: every tensor over the stage's ranks)
             size_t mine = off;
-            for (int r = 0; r < di->size; r++) {
+            for (int r = 0; r < di->ssize; r++) {
                 size_t a = zoff[r] > off ? zoff[r] : off, b = zoff[r + 1] < off + len ? zoff[r + 1] : off + len;
                 cnt[r] = b > a ? (int)(b - a) : 0;
-                if (r == di->rank) mine = a;
+                if (r == di->srank) mine = a;
             }
-            GradMove mvi = {m->grads + mine, m->grads + off, (size_t)cnt[di->rank]};
+            GradMove mvi = {m->grads + mine, m->grads + off, (size_t)cnt[di->srank]};
             rc = dist_sum_part_f32(m->grads + off, cnt, reqs ? &reqs[*n] : NULL);
             if (rc == MOE_OK && reqs) mv[(*n)++] = mvi;
             else if (rc == MOE_OK) grad_move(&mvi);
@@ -118,10 +118,16 @@ int par_grads_end(GradSync *gs, int rc) {
 }
 
 int par_grad_norm(const Model *m, const ExpertShard *sh, const size_t *zoff, double *norm) {
-    if (zoff) {   // each rank sums the squares of its part
-        const int r = dist_info()->rank;
+    if (zoff) {   // each rank sums the squares of its part (the last stage's embedding copy left out)
+        const int r = dist_info()->srank;
         double ss = grad_norm(m->grads + zoff[r], zoff[r + 1] - zoff[r]);
         ss *= ss;
+        for (int i = 0; i < m->n_tensors; i++) {
+            const ParamTensor *t = &m->tensors[i];
+            if (!t->pp_copy) continue;
+            const size_t a = t->offset > zoff[r] ? t->offset : zoff[r], b = t->offset + t->numel < zoff[r + 1] ? t->offset + t->numel : zoff[r + 1];
+            if (b > a) { const double n = grad_norm(m->grads + a, b - a); ss -= n * n; }
+        }
         MOE_TRY(dist_sum_f64(&ss, 1, DIST_WORLD));
         *norm = sqrt(ss);
         return MOE_OK;

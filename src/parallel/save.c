@@ -24,7 +24,7 @@ typedef struct {
 static const float *zero_moment(void *ctx, int ti, int which) {
     ZeroGather *z = ctx;
     const ParamTensor *t = &z->m->tensors[ti];
-    const int P = dist_info()->size, r = dist_info()->rank;
+    const int P = dist_info()->ssize, r = dist_info()->srank;
     for (int k = 0; k <= P; k++) {   // the shares clipped to the tensor
         size_t o = z->off[k] < t->offset ? t->offset : z->off[k];
         z->part[k] = (o > t->offset + t->numel ? t->offset + t->numel : o) - t->offset;
@@ -37,7 +37,7 @@ static const float *zero_moment(void *ctx, int ti, int which) {
 
 static int save_zero(const char *dir, const Model *m, const AdamW *opt, const size_t *zoff, CkptState *st) {
     const DistInfo *di = dist_info();
-    ZeroGather z = {m, opt, zoff, MOE_NEW(size_t, di->size + 1), NULL, MOE_OK};
+    ZeroGather z = {m, opt, zoff, MOE_NEW(size_t, di->ssize + 1), NULL, MOE_OK};
     size_t most = 0;
     for (int i = 0; i < m->n_tensors; i++) most = m->tensors[i].numel > most ? m->tensors[i].numel : most;
     int rc = MOE_OK;
@@ -139,7 +139,15 @@ int par_save_checkpoint_staged(const char *dir, const Model *m, const ExpertShar
                                const size_t *zoff, CkptState *st) {
     const DistInfo *di = dist_info();
     int rc = MOE_OK;
-    if (ls && ls->S > 1) rc = save_pp(dir, m, sh, ls, opt, st);
+    if (ls && ls->S > 1 && zoff) {   // each stage's moments onto its rank 0 first, then as without --zero
+        AdamW full = {0};
+        if (di->srank == 0) { adamw_alloc(&full, m->n_params); full.t = opt->t; }
+        const float *mine_m = opt->m, *mine_v = opt->v;
+        rc = dist_gather_f32(mine_m, zoff, full.m);
+        if (rc == MOE_OK) rc = dist_gather_f32(mine_v, zoff, full.v);
+        if (rc == MOE_OK) rc = save_pp(dir, m, sh, ls, &full, st);
+        adamw_free(&full);
+    } else if (ls && ls->S > 1) rc = save_pp(dir, m, sh, ls, opt, st);
     else if (zoff) rc = save_zero(dir, m, opt, zoff, st);
     else if (sh && sh->comm) rc = save_ep(dir, m, sh, opt, st);
     else if (di->rank == 0) {

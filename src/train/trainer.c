@@ -114,7 +114,7 @@ static int run_model(Run *R, const TrainArgs *ar, TrainConfig *tc) {
             model_build_staged(&R->m, &c0, true, &R->shard, ls);   // (without --ep: the zero shard, every expert)
             model_init_weights(&R->m, tc->seed);
         }
-        if (!(tc->zero && di->size > 1)) adamw_alloc(&R->opt, R->m.n_params);   // (--zero 1: a share, later)
+        if (!(tc->zero && di->ssize > 1)) adamw_alloc(&R->opt, R->m.n_params);   // (--zero 1: a share, later)
     } else {
         MOE_TRY(ckpt_load_model_staged(ar->resume, &R->m, true, &R->shard, ls));
         adamw_alloc(&R->opt, R->m.n_params);
@@ -178,15 +178,15 @@ static int run_alloc(Run *R, const TrainArgs *ar, const TrainConfig *tc) {
     MOE_TRY(run_tokenizer(R, ar));
     MOE_TRY(load_data(&R->d, ar->data, tc->format, tc->seq, &R->tk));
     if (R->d.skipped && !tc->quiet) fprintf(stderr, "moe train: skipped %d examples longer than --seq %d\n", R->d.skipped, tc->seq);
-    if (tc->zero && di->size > 1) {   // this rank keeps the moments of its share of the blob only
-        R->zoff = MOE_NEW(size_t, di->size + 1);
-        par_zero_parts(R->m.n_params, di->size, R->zoff);
-        const size_t lo = R->zoff[di->rank], n = R->zoff[di->rank + 1] - lo;
+    if (tc->zero && di->ssize > 1) {   // this rank keeps the moments of its share of the (stage's) blob only
+        R->zoff = MOE_NEW(size_t, di->ssize + 1);
+        par_zero_parts(R->m.n_params, di->ssize, R->zoff);
+        const size_t lo = R->zoff[di->srank], n = R->zoff[di->srank + 1] - lo;
         if (ar->resume) adamw_shard(&R->opt, lo, n);   // cut from the checkpoint's moments
         else adamw_alloc_part(&R->opt, lo, n);
         if (!tc->quiet)
             fprintf(stderr, "moe train: --zero 1: AdamW moments of 1/%d of the parameters a rank (%.1f MB instead of %.1f)\n",
-                    di->size, 8.0 * R->opt.n / 1e6, 8.0 * R->m.n_params / 1e6);
+                    di->ssize, 8.0 * R->opt.n / 1e6, 8.0 * R->m.n_params / 1e6);
     }
     if (ar->eval_data)
         MOE_TRY(dataset_load_tok(&R->evd, ar->eval_data, tc->format, R->m.cfg.max_position_embeddings - 1, tc->eval_limit, &R->tk));
