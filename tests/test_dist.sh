@@ -11,12 +11,7 @@ MOE=${MOE:-./moe}
 MOE=$(readlink -f "$MOE")
 T=$(mktemp -d /tmp/moe-dist.XXXXXX)
 trap 'rm -rf "$T"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_rmaps_base_oversubscribe=1
-pass=0; fail=0
-ok()  { echo "PASS $1"; pass=$((pass+1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail+1)); }
-run() { mpirun -np "$1" --oversubscribe -x OMP_NUM_THREADS=1 "${@:2}"; }
+. "$(dirname "$0")/mpi_lib.sh"
 
 # 8 experts top-2, sigmoid scores, sequence-scope aux loss, the bias update on (SPEC §4:
 # exactly the single-process math up to summation order)
@@ -46,16 +41,6 @@ run 4 "$GRP_BIN" 2 4 >/dev/null 2>"$T/grp.err"
 grep -q -- "--ep 4 must divide the ranks of a pipeline stage (4 ranks / --pp 2 = 2)" "$T/grp.err" && ok "dist: --ep that does not divide a stage refused" \
   || bad "dist: --ep that does not divide a stage" "$(head -c 200 "$T/grp.err")"
 
-losses() { grep -o '"loss":[-0-9.e]*' "$1/log.jsonl" | cut -d: -f2; }
-# same_losses NAME A B N [TOL]: N lines each, every pair within relative TOL (1e-6: exact
-# storage, where only the order of summation differs)
-same_losses() {
-  local r
-  r=$(paste <(losses "$2") <(losses "$3") | awk -v n="$4" -v tol="${5:-1e-6}" '
-      { d = $1 - $2; if (d < 0) d = -d; r = d / ($2 < 0 ? -$2 : $2); if (r > m) m = r; c++ }
-      END { if (c != n) print "lines " c " of " n; else if (m > tol) print "max rel " m " > " tol; else printf "ok %.1e\n", m }')
-  case "$r" in ok*) ok "$1 (max rel ${r#ok })";; *) bad "$1" "$r";; esac
-}
 
 OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" $F --steps 10 --out "$T/single" || bad "single-process run" "failed"
 OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" $F --steps 20 --out "$T/single20" || bad "single-process run" "failed"

@@ -11,12 +11,8 @@ MOE=${MOE:-./moe}
 MOE=$(readlink -f "$MOE")
 T=$(mktemp -d /tmp/moe-pp.XXXXXX)
 trap 'rm -rf "$T"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_rmaps_base_oversubscribe=1
-pass=0; fail=0
-ok()  { echo "PASS $1"; pass=$((pass+1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail+1)); }
-run() { timeout -s KILL 120 mpirun -np "$1" --oversubscribe -x OMP_NUM_THREADS=1 "${@:2}"; }
+. "$(dirname "$0")/mpi_lib.sh"
+run() { timeout -s KILL 120 mpirun -np "$1" --oversubscribe -x OMP_NUM_THREADS=1 "${@:2}"; }   # (bounded: a hang fails the suite)
 
 # 4 layers (the first dense), 4 experts top-2 + a shared one, sigmoid scores, sequence aux
 # loss, the bias update, one MTP module
@@ -31,15 +27,6 @@ $MOE gen-math --n 400 --seed 3 --out "$T/qa.txt" || { echo "FAIL gen-math"; exit
 X="--recompute none --act-dtype f32"
 F="--data $T/qa.txt --batch 8 --micro-batch 2 --seq 64 --quiet --seed 11 --steps 10"
 
-losses() { grep -o '"loss":[-0-9.e]*' "$1/log.jsonl" | cut -d: -f2; }
-# same_losses NAME A B N TOL: N lines each, every pair within relative TOL
-same_losses() {
-  local r
-  r=$(paste <(losses "$2") <(losses "$3") | awk -v n="$4" -v tol="$5" '
-      { d = $1 - $2; if (d < 0) d = -d; r = d / ($2 < 0 ? -$2 : $2); if (r > m) m = r; c++ }
-      END { if (c != n) print "lines " c " of " n; else if (m > tol) print "max rel " m " > " tol; else printf "ok %.1e\n", m }')
-  case "$r" in ok*) ok "$1 (max rel ${r#ok })";; *) bad "$1" "$r";; esac
-}
 
 OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" --out "$T/one" $F $X || { echo "FAIL single-process run"; exit 1; }
 OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" --out "$T/one_bf" $F || { echo "FAIL single-process run (default storage)"; exit 1; }

@@ -54,46 +54,11 @@ static int save_zero(const char *dir, const Model *m, const AdamW *opt, const si
     return rc;
 }
 
-// expert parallelism: the experts of EP group 0's ranks move to a whole model on rank 0
-static int save_ep(const char *dir, const Model *m, const ExpertShard *sh, const AdamW *opt, CkptState *st) {
-    const DistInfo *di = dist_info();
-    if (di->dp_rank != 0) return MOE_OK;   // the other replicas hold the same model
-    const MoeConfig *c = &m->cfg;
-    const int P = di->ep;
-    const bool root = di->rank == 0;
-    Model *from = MOE_NEW(Model, P), *to = MOE_NEW(Model, P), full;
-    AdamW fo = {0};
-    for (int q = 0; q < P; q++) {
-        const ExpertShard at = shard_at(sh, q);
-        model_layout_sharded(&from[q], c, &at);
-    }
-    model_layout(&to[0], c);   // rank 0: everything; the others: nothing
-    float *dst[3] = {NULL, NULL, NULL};
-    if (root) {
-        model_build(&full, c, false);
-        adamw_alloc(&fo, full.n_params);
-        fo.t = opt->t;
-        memcpy(full.bias, m->bias, sizeof(float) * (size_t)config_n_layers(c) * c->n_routed_experts);
-        dst[0] = full.params; dst[1] = fo.m; dst[2] = fo.v;
-    }
-    float *src[3] = {m->params, opt->m, opt->v};
-    int rc = par_reshard(from, to, 3, src, dst);
-    for (int q = 0; q < P; q++) model_free(&from[q]);
-    model_free(&to[0]);
-    moe_free(from); moe_free(to);
-    if (root) {
-        if (rc == MOE_OK) {
-            st->m = fo.m; st->v = fo.v; st->moment = NULL;
-            rc = ckpt_save(dir, &full, st, false);
-        }
-        adamw_free(&fo); model_free(&full);
-    }
-    return rc;
-}
-
-// pipeline parallelism: the stages' layers (and under EP their experts) of replica 0 move to
-// a whole model on rank 0; a tensor two stages hold (the embedding) comes from the first
-static int save_pp(const char *dir, const Model *m, const ExpertShard *sh, const LayerShard *ls, const AdamW *opt, CkptState *st) {
+// expert and pipeline parallelism: the experts (and the stages' layers) of replica 0's ranks
+// move to a whole model on rank 0 (one reshard over those S·E ranks: DIST_MODEL, which
+// without stages is EP group 0); a tensor two stages hold (the embedding) comes from the first
+static int save_gather(const char *dir, const Model *m, const ExpertShard *sh, const LayerShard *ls, const AdamW *opt,
+                       CkptState *st) {
     const DistInfo *di = dist_info();
     if (di->dp_rank != 0) return MOE_OK;   // the other replicas hold the same model
     const MoeConfig *c = &m->cfg;
@@ -103,8 +68,8 @@ static int save_pp(const char *dir, const Model *m, const ExpertShard *sh, const
     AdamW fo = {0};
     for (int q = 0; q < P; q++) {
         const ExpertShard at = sh && sh->comm ? shard_at(sh, q % E) : (ExpertShard){0};
-        const LayerShard lq = layer_shard_at(ls, q / E);
-        model_layout_staged(&from[q], c, sh && sh->comm ? &at : NULL, &lq);
+        const LayerShard lq = ls ? layer_shard_at(ls, q / E) : (LayerShard){0};
+        model_layout_staged(&from[q], c, sh && sh->comm ? &at : NULL, ls ? &lq : NULL);
     }
     model_layout(&to[0], c);   // rank 0: everything; the others: nothing
     float *dst[3] = {NULL, NULL, NULL};
@@ -145,11 +110,11 @@ int par_save_checkpoint_staged(const char *dir, const Model *m, const ExpertShar
         const float *mine_m = opt->m, *mine_v = opt->v;
         rc = dist_gather_f32(mine_m, zoff, full.m);
         if (rc == MOE_OK) rc = dist_gather_f32(mine_v, zoff, full.v);
-        if (rc == MOE_OK) rc = save_pp(dir, m, sh, ls, &full, st);
+        if (rc == MOE_OK) rc = save_gather(dir, m, sh, ls, &full, st);
         adamw_free(&full);
-    } else if (ls && ls->S > 1) rc = save_pp(dir, m, sh, ls, opt, st);
+    } else if (ls && ls->S > 1) rc = save_gather(dir, m, sh, ls, opt, st);
     else if (zoff) rc = save_zero(dir, m, opt, zoff, st);
-    else if (sh && sh->comm) rc = save_ep(dir, m, sh, opt, st);
+    else if (sh && sh->comm) rc = save_gather(dir, m, sh, NULL, opt, st);
     else if (di->rank == 0) {
         st->m = opt->m; st->v = opt->v; st->moment = NULL;
         rc = ckpt_save(dir, m, st, false);
