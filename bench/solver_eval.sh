@@ -3,7 +3,7 @@
 # the sixteen modules, one `moe eval --generate` per module. Prints a markdown table (module,
 # questions, exact match, the issue's target, ms per answer) and writes the JSON lines to OUT.
 #   bench/solver_eval.sh [CKPT] [LIMIT]     (CKPT default models/solver; LIMIT 0: whole split)
-# THREADS (default 2) threads; MATH_DATA the dataset's folder.
+# THREADS (default 2) threads, BATCH (256) questions decoded together; MATH_DATA the dataset's folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CKPT=${1:-models/solver}
@@ -23,7 +23,7 @@ echo "| module | questions | exact match | target | ms per answer |"
 echo "|---|---|---|---|---|"
 sum=0; n=0
 for m in $MODULES; do
-  j=$(./moe eval --ckpt "$CKPT" --data "$DATA/interpolate/$m.txt" --generate --json --limit "$LIMIT" --batch 64 --threads "$THREADS")
+  j=$(./moe eval --ckpt "$CKPT" --data "$DATA/interpolate/$m.txt" --generate --json --limit "$LIMIT" --batch "${BATCH:-256}" --threads "$THREADS")
   echo "{\"module\":\"$m\",${j#\{}" >>"$OUT"
   em=$(sed -n 's/.*"exact_match":\([0-9.]*\).*/\1/p' <<<"$j")
   ex=$(sed -n 's/.*"examples":\([0-9]*\).*/\1/p' <<<"$j")
