@@ -59,6 +59,10 @@ try:
     if not wait("document.readyState === 'complete' && document.getElementById('examples').rows.length > 0"):
         sys.exit("page_check: the page did not load")
     wait("document.getElementById('model').textContent.length > 0", 5)
+    # one question first, so that the shown latency is a warm server's (the first answer of
+    # a fresh process pays for its threads and the weights' first touch)
+    js("fetch('/v1/solve', {method: 'POST', body: JSON.stringify({questions: ['What is 1 + 1?']})}).then(r => r.json()).then(j => window.__warm = 1)")
+    wait("window.__warm === 1", 10)
     js("document.getElementById('q').focus()")
     cdp("Input.insertText", text=question)   # typed, as from a keyboard
     for kind in ("keyDown", "keyUp"):

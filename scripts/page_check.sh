@@ -18,7 +18,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 T=$(mktemp -d /tmp/moe-page.XXXXXX)
 trap 'kill $pid 2>/dev/null || true; rm -rf "$T"' EXIT
-./moe serve --ckpt "$CKPT" --port 0 >"$T/out" 2>"$T/err" &
+./moe serve --ckpt "$CKPT" --port 0 --threads 1 >"$T/out" 2>"$T/err" &
 pid=$!
 for _ in $(seq 100); do grep -q http "$T/out" && break; sleep 0.1; done
 url=$(grep -o 'http://[0-9.:]*/' "$T/out") || { cat "$T/err" >&2; exit 1; }
