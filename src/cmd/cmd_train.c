@@ -140,6 +140,17 @@ static int parse_pp_layers(const char *v, TrainConfig *tc) {
     return MOE_OK;
 }
 
+// --pp S, --vpp V, --pp-layers N1,...
+static int pipeline_flags(Args *a, TrainConfig *tc) {
+    MOE_TRY(args_int(a, "--pp", 1, &tc->pp));
+    MOE_TRY(args_int(a, "--vpp", 1, &tc->vpp));
+    if (tc->pp <= 0 || tc->vpp <= 0) MOE_ERR("--pp and --vpp must be positive, got %d and %d", tc->pp, tc->vpp);
+    if (tc->vpp > 1 && tc->pp == 1) MOE_ERR("--vpp %d needs pipeline stages (--pp)", tc->vpp);
+    const char *ppl = args_str(a, "--pp-layers", NULL);
+    if (!ppl && args_has(a, "--pp-layers")) return MOE_FAIL;   // (no value: the error is set)
+    return ppl ? parse_pp_layers(ppl, tc) : MOE_OK;
+}
+
 // --data-weights W1,W2,...: one positive weight per --data file
 static int parse_data_weights(const char *dw, TrainConfig *tc) {
     char buf[1024], *end;
@@ -217,12 +228,7 @@ int cmd_train(int argc, char **argv) {
     if (!rc) rc = cmd_acts_mode(&a, &tc.acts_mode, 0);
     if (!rc) rc = args_int(&a, "--ep", 1, &tc.ep);
     if (!rc && tc.ep <= 0) { moe_seterr("--ep must be positive, got %d", tc.ep); rc = MOE_FAIL; }
-    if (!rc) rc = args_int(&a, "--pp", 1, &tc.pp);
-    if (!rc) rc = args_int(&a, "--vpp", 1, &tc.vpp);
-    if (!rc && (tc.pp <= 0 || tc.vpp <= 0)) { moe_seterr("--pp and --vpp must be positive, got %d and %d", tc.pp, tc.vpp); rc = MOE_FAIL; }
-    if (!rc && tc.vpp > 1 && tc.pp == 1) { moe_seterr("--vpp %d needs pipeline stages (--pp)", tc.vpp); rc = MOE_FAIL; }
-    const char *ppl = rc ? NULL : args_str(&a, "--pp-layers", NULL);
-    if (ppl) rc = parse_pp_layers(ppl, &tc);
+    if (!rc) rc = pipeline_flags(&a, &tc);
     if (!rc) rc = args_int(&a, "--zero", 0, &tc.zero);
     if (!rc && tc.zero != 0 && tc.zero != 1) { moe_seterr("--zero must be 0 or 1, got %d", tc.zero); rc = MOE_FAIL; }
     if (!rc && tc.zero && tc.ep > 1)

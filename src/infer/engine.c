@@ -165,9 +165,6 @@ int engine_step(Engine *e, int *finished) {
         }
         a->out_rows[rows] = n - 1;
         q->row = rows++;
-        q->len = (int)q->prompt.n;
-        q->state = SEQ_DECODE;
-        q->nxt = -1;   // (marks this step's prefill)
         seqs++;
     }
     e->last_rows = n; e->last_seqs = seqs;
@@ -181,7 +178,8 @@ int engine_step(Engine *e, int *finished) {
         for (int s = 0; s < e->S; s++) {
             Seq *q = &e->seq[s];
             if (q->row < 0) continue;
-            if (q->nxt >= 0) q->len++;   // nxt went into the cache at position len
+            if (q->state == SEQ_PREFILL) { q->len = (int)q->prompt.n; q->state = SEQ_DECODE; }   // the prompt is in the cache
+            else q->len++;   // nxt went into the cache at position len
             q->nxt = argmax(a->logits + (size_t)q->row * V, V);
             take(e, q, q->nxt);
         }

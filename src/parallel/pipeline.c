@@ -15,12 +15,17 @@ static PipeOp nth(int kind, int k, int S, int V) {
     return (PipeOp){(unsigned char)kind, (unsigned char)chunk, grp * S + i % S};
 }
 
-int pipe_list(int S, int V, int stage, int m, PipeOp *ops, int *warmup) {
+static int pipe_sizes(int S, int V, int m) {
     if (S < 1 || V < 1 || m < 1) MOE_ERR("pipeline: sizes must be positive (stages %d, virtual %d, micro-batches %d)", S, V, m);
     if (V > PIPE_MAX_V) MOE_ERR("pipeline: --vpp %d is more than %d", V, PIPE_MAX_V);
     if (S > PIPE_MAX_STAGES) MOE_ERR("pipeline: --pp %d is more than %d", S, PIPE_MAX_STAGES);
-    if (stage < 0 || stage >= S) MOE_ERR("pipeline: stage %d of %d", stage, S);
     if (V > 1 && m % S) MOE_ERR("--vpp %d needs the micro-batches a step (%d) to be a multiple of --pp %d", V, m, S);
+    return MOE_OK;
+}
+
+int pipe_list(int S, int V, int stage, int m, PipeOp *ops, int *warmup) {
+    MOE_TRY(pipe_sizes(S, V, m));
+    if (stage < 0 || stage >= S) MOE_ERR("pipeline: stage %d of %d", stage, S);
     const int T = m * V;
     // Megatron's warm-up: the forwards that fill the pipe before this stage's first backward
     int W = V == 1 ? S - stage - 1 : 2 * (S - stage - 1) + (V - 1) * S;
@@ -38,8 +43,7 @@ int pipe_list(int S, int V, int stage, int m, PipeOp *ops, int *warmup) {
 }
 
 int pipe_check(int S, int V, int m, PipeSim *sim) {
-    PipeOp probe[1];
-    if (S < 1 || V < 1 || m < 1 || S > PIPE_MAX_STAGES || V > PIPE_MAX_V) return pipe_list(S, V, 0, m, probe, NULL);
+    MOE_TRY(pipe_sizes(S, V, m));
     const int T = m * V, G = S * V, len = 2 * T;
     PipeOp *ops = MOE_NEW(PipeOp, (size_t)S * len);
     double *fdone = MOE_NEW(double, (size_t)m * G), *bdone = MOE_NEW(double, (size_t)m * G), *tfree = MOE_NEW(double, S);

@@ -206,3 +206,14 @@ char *api_error_json(int status, const char *message) {
     add_text(e, "message", message);
     return print_del(root);
 }
+
+char *api_health_json(bool stopping, const char *model, const char *model_type, int slots, int live, int pending) {
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "status", stopping ? "stopping" : "ok");
+    add_text(root, "model", model);
+    add_text(root, "model_type", model_type);
+    cJSON_AddNumberToObject(root, "slots", slots);
+    cJSON_AddNumberToObject(root, "live", live);
+    cJSON_AddNumberToObject(root, "pending", pending);
+    return print_del(root);
+}

@@ -41,3 +41,4 @@ typedef struct { const char *text; double ms; int n_prompt, n_tokens; const char
 char *api_solve_json(const ApiResult *r, int n);
 char *api_completions_json(const ApiResult *r, int n, const char *model, long id, long created);
 char *api_error_json(int status, const char *message);
+char *api_health_json(bool stopping, const char *model, const char *model_type, int slots, int live, int pending);

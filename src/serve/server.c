@@ -212,13 +212,11 @@ static int enqueue(Server *s, Conn *cc, struct MHD_Connection *c, ApiJob *req, i
 }
 
 static char *health_json(Server *s) {
-    char *b = malloc(512);
-    if (!b) return NULL;
     pthread_mutex_lock(&s->mu);
-    snprintf(b, 512, "{\"status\": \"%s\", \"model\": \"%s\", \"model_type\": \"%s\", \"slots\": %d, \"live\": %d, \"pending\": %d}",
-             s->stop ? "stopping" : "ok", s->o.model_name, MOE_FAMILY_NAMES[s->m->cfg.family], s->o.slots, engine_live(s->e), s->qn);
+    const bool stopping = s->stop;
+    const int live = engine_live(s->e), pending = s->qn;
     pthread_mutex_unlock(&s->mu);
-    return b;
+    return api_health_json(stopping, s->o.model_name, MOE_FAMILY_NAMES[s->m->cfg.family], s->o.slots, live, pending);
 }
 
 static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
