@@ -16,7 +16,7 @@ LDLIBS  := -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lcjson -lpcre2-8 -lutf
 CPPFLAGS := -I$(BLASINC)
 
 SRC := $(wildcard src/base/*.c src/kernels/*.c src/config/*.c src/ops/*.c src/moe/*.c src/model/*.c src/io/*.c \
-                  src/data/*.c src/optim/*.c src/train/*.c src/infer/*.c src/serve/*.c src/dist/*.c src/parallel/*.c src/cmd/*.c)
+                  src/data/*.c src/optim/*.c src/train/*.c src/infer/*.c src/serve/*.c src/sim/*.c src/dist/*.c src/parallel/*.c src/cmd/*.c)
 OBJ := $(SRC:%.c=build/%.o)
 LIB := build/libmoe.a
 
@@ -76,7 +76,7 @@ FUZZ_CC    := clang
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -Isrc -O1 -g -Wall -Wextra -fno-omit-frame-pointer \
               -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_SRC   := src/base/base.c src/base/fileio.c src/io/safetensors.c src/io/shards.c src/config/config.c src/config/count.c \
-              src/data/tokenizer.c src/data/bpe.c src/serve/api.c
+              src/data/tokenizer.c src/data/bpe.c src/serve/api.c src/sim/cluster.c src/sim/load.c
 FUZZERS    := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_SECONDS ?= 600
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(FUZZ_SRC) $(wildcard src/*/*.h)

@@ -19,6 +19,7 @@ static const Command COMMANDS[] = {
     {"plot", cmd_plot, "an SVG of a run: loss, tokens/s, expert-load heatmaps"},
     {"export", cmd_export, "write a checkpoint as a Hugging Face directory (--format hf)"},
     {"serve", cmd_serve, "answer over HTTP: a page, /v1/solve, /v1/completions (continuous batching)"},
+    {"simulate", cmd_simulate, "predict a training step on a cluster: time by term, MFU, memory (--search: best layouts)"},
 };
 
 static void usage(FILE *f) {

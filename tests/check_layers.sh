@@ -6,7 +6,7 @@ set -u
 cd "$(dirname "$0")/.."
 # layer of each directory (higher includes lower)
 declare -A LAYER=([base]=0 [kernels]=1 [config]=1 [data]=1 [ops]=2 [moe]=2 [model]=3 [io]=4 [optim]=4
-                  [dist]=5 [parallel]=6 [train]=7 [infer]=7 [serve]=7 [cmd]=8)
+                  [dist]=5 [parallel]=6 [train]=7 [infer]=7 [serve]=7 [sim]=7 [cmd]=8)
 fail=0; n=0
 for f in src/*/*.c src/*/*.h src/moe.c; do
   case "$f" in src/moe.c) dir=cmd;; *) dir=$(basename "$(dirname "$f")");; esac

@@ -31,7 +31,8 @@ suite "generation: speculative and MLA absorbed decoding give greedy answers" ba
 suite "serve: the HTTP API over loopback, concurrency, bad requests" /usr/bin/python3 tests/test_serve.py
 suite "distributed: MPI data and expert parallelism" bash tests/test_dist.sh
 suite "pipeline parallelism: stages, interleaving, with EP and DP, resume, kill" bash tests/test_pp.sh
-suite "fuzz: safetensors, shard index, config (libFuzzer, short)" bash tests/fuzz/smoke.sh
+suite "simulate: cluster files, the breakdown, the bubble, published points, bad input" bash tests/test_simulate.sh
+suite "fuzz: safetensors, shard index, config, cluster file (libFuzzer, short)" bash tests/fuzz/smoke.sh
 # the bad-input cases once more under AddressSanitizer + UBSan
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   MOE=./build/asan/moe BAD_ONLY=1 suite "bad input under ASan+UBSan" bash tests/test_cli.sh

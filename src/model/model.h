@@ -84,7 +84,7 @@ bool shard_holds(const ExpertShard *s, const MoeConfig *c, int rank, int l, int 
 // embedding goes with the first chunk, the final norm and head with the last, and the last
 // stage keeps a copy of the embedding when the head is tied to it or MTP modules embed.
 // NULL (or S 1): everything.
-#define PP_MAX_CHUNKS 64
+#define PP_MAX_CHUNKS 256
 typedef struct { int S, V, stage; int cut[PP_MAX_CHUNKS + 1]; } LayerShard;
 // The cuts of S·V chunks into cut[0..K]: counts[i] layers of the stack (num_hidden_layers
 // of them, MTP modules not counted) in chunk i when given (n_counts = K), else as even as

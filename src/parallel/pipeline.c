@@ -42,7 +42,9 @@ int pipe_list(int S, int V, int stage, int m, PipeOp *ops, int *warmup) {
     return MOE_OK;
 }
 
-int pipe_check(int S, int V, int m, PipeSim *sim) {
+int pipe_check(int S, int V, int m, PipeSim *sim) { return pipe_simulate(S, V, m, NULL, sim); }
+
+int pipe_simulate(int S, int V, int m, const PipeCost *cost, PipeSim *sim) {
     MOE_TRY(pipe_sizes(S, V, m));
     const int T = m * V, G = S * V, len = 2 * T;
     PipeOp *ops = MOE_NEW(PipeOp, (size_t)S * len);
@@ -54,7 +56,14 @@ int pipe_check(int S, int V, int m, PipeSim *sim) {
     for (size_t i = 0; i < (size_t)m * G; i++) fdone[i] = bdone[i] = -1;
     for (int g = 0; g < G; g++) lastb[g] = -1;
     memset(sim, 0, sizeof *sim);
-    const double tf = 1.0 / V, tb = 2.0 / V;
+    const double tf1 = 1.0 / V, tb1 = 2.0 / V, p2p = cost && S > 1 ? cost->p2p : 0;
+    double busy_max = 0;
+    for (int s = 0; s < S; s++) {
+        double b = 0;
+        for (int j = 0; j < V; j++) b += cost ? cost->tf[s * V + j] + cost->tb[s * V + j] : tf1 + tb1;
+        if (b > busy_max) busy_max = b;
+    }
+    busy_max *= m;
     // each stage runs its list in order; a pass starts when its stage is free and its input
     // exists (the previous chunk's forward; the next chunk's backward and its own forward)
     for (bool moved = true; moved;) {
@@ -68,12 +77,12 @@ int pipe_check(int S, int V, int m, PipeSim *sim) {
                 double ready;
                 if (o.kind == PIPE_F) {
                     if (g > 0 && fdone[(size_t)o.mb * G + g - 1] < 0) break;
-                    ready = g > 0 ? fdone[(size_t)o.mb * G + g - 1] : 0;
+                    ready = g > 0 ? fdone[(size_t)o.mb * G + g - 1] + p2p : 0;
                 } else {
                     const double f = fdone[(size_t)o.mb * G + g];
                     if (f < 0) break;
                     if (g < G - 1 && bdone[(size_t)o.mb * G + g + 1] < 0) break;
-                    ready = g < G - 1 ? bdone[(size_t)o.mb * G + g + 1] : f;
+                    ready = g < G - 1 ? bdone[(size_t)o.mb * G + g + 1] + p2p : f;
                     if (o.mb <= lastb[g]) {
                         rc = MOE_FAIL;
                         moe_seterr("pipeline check: chunk %d's backward of micro-batch %d after that of %d", g, o.mb, lastb[g]);
@@ -82,7 +91,8 @@ int pipe_check(int S, int V, int m, PipeSim *sim) {
                     lastb[g] = o.mb;
                 }
                 const double start = ready > tfree[s] ? ready : tfree[s];
-                *me = tfree[s] = start + (o.kind == PIPE_F ? tf : tb);
+                const double dt = cost ? (o.kind == PIPE_F ? cost->tf : cost->tb)[s * V + o.chunk] : o.kind == PIPE_F ? tf1 : tb1;
+                *me = tfree[s] = start + dt;
                 int *lv = &live[s * V + o.chunk];
                 const int d = o.kind == PIPE_F ? 1 : -1;
                 *lv += d;
@@ -104,8 +114,8 @@ int pipe_check(int S, int V, int m, PipeSim *sim) {
                        o.kind == PIPE_F ? "forward" : "backward", o.mb, o.chunk);
             goto done;
         }
-    const double busy = T * (tf + tb);
-    sim->bubble = (sim->makespan - busy) / busy;
+    sim->busy = busy_max;
+    sim->bubble = (sim->makespan - busy_max) / busy_max;
 done:
     moe_free(ops); moe_free(fdone); moe_free(bdone); moe_free(tfree);
     moe_free(ptr); moe_free(lastb); moe_free(live); moe_free(live_all);

@@ -27,13 +27,19 @@ int pipe_list(int S, int V, int stage, int m, PipeOp *ops, int *warmup);
 // layer's gradient sums the micro-batches in the order one process does).
 typedef struct {
     double makespan;               // time until the last stage's last pass ends
-    double bubble;                 // idle fraction: (makespan - busy) / busy, the largest over stages
+    double busy;                   // the busiest stage's time in passes
+    double bubble;                 // idle fraction: (makespan - busy) / busy
     int in_flight[PIPE_MAX_V];     // stage 0... per local chunk: the most micro-batches forwarded
                                    // and not yet backwarded at once (activations kept), max over stages
     int in_flight_total;           // the most kept at once over a stage's chunks, max over stages
     int at[PIPE_MAX_STAGES][PIPE_MAX_V];   // per stage and local chunk: the most kept at once
 } PipeSim;
 int pipe_check(int S, int V, int m, PipeSim *sim);
+// The same simulation with each pass's own time (moe simulate): tf[s·V + j] and tb[s·V + j]
+// the forward and backward of stage s's local chunk j, and p2p the transfer between stages
+// (a chunk's input ready p2p after its neighbour's pass ends). cost NULL: pipe_check's times.
+typedef struct { const double *tf, *tb; double p2p; } PipeCost;
+int pipe_simulate(int S, int V, int m, const PipeCost *cost, PipeSim *sim);
 
 // ---- the driver: one stage's passes of one optimizer step (par_pipe_run)
 // Each local chunk keeps a pool of activations, one per micro-batch it holds at once

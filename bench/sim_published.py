@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""moe simulate against published training runs (issue 16, docs/SIMULATE.md).
+
+Each cluster file's efficiency (gemm_max) is fitted on at most one published point, named
+in its "calibrated_on"; every other row is a prediction. Prints the table for bench/RESULTS.md.
+  bench/sim_published.py [--fit]     (--fit: fit each file's gemm_max on its calibration point and write it)
+"""
+import json, os, subprocess, sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MOE = os.path.join(ROOT, "moe")
+
+# (cluster, model, layout, devices, micro-batch, global batch, seq, extra flags, what, published, unit)
+QWEN_CUTS = ",".join(["2"] + ["3"] * 30 + ["2"])   # --account-for-embedding/loss-in-pipeline-split
+UNF = ["--attention", "unfused"]
+# (cluster, model, layout, devices, micro-batch, global batch, seq, flags, what, published, unit)
+ROWS = [
+    ("a100-selene", "korthikanti-22b", "tp=8,pp=1", 8, 4, 4, 2048, ["--recompute", "selective"] + UNF, "22B selective+SP", 1.10, "s"),
+    ("a100-selene", "korthikanti-22b", "tp=8,pp=1", 8, 4, 4, 2048, ["--recompute", "full"] + UNF, "22B full recompute", 1.42, "s"),
+    ("a100-selene", "korthikanti-175b", "tp=8,pp=8,vpp=3", 64, 1, 64, 2048, ["--recompute", "selective"] + UNF, "175B selective+SP", 13.75, "s"),
+    ("a100-selene", "korthikanti-175b", "tp=8,pp=8,vpp=3", 64, 1, 64, 2048, ["--recompute", "full"] + UNF, "175B full recompute", 18.13, "s"),
+    ("a100-selene", "korthikanti-530b", "tp=8,pp=35,vpp=3", 280, 1, 280, 2048, ["--recompute", "selective"] + UNF, "530B selective+SP", 37.83, "s"),
+    ("a100-selene", "korthikanti-530b", "tp=8,pp=35,vpp=3", 280, 1, 280, 2048, ["--recompute", "full"] + UNF, "530B full recompute", 49.05, "s"),
+    ("a100-selene", "korthikanti-1t", "tp=8,pp=64", 512, 1, 512, 2048, ["--recompute", "selective"] + UNF, "1T selective+SP", 71.49, "s"),
+    ("a100-selene", "korthikanti-1t", "tp=8,pp=64", 512, 1, 512, 2048, ["--recompute", "full"] + UNF, "1T full recompute", 94.42, "s"),
+    ("a100-selene", "korthikanti-530b", "tp=8,pp=35,vpp=3", 2240, 1, 2240, 2048, ["--recompute", "selective", "--dp-overlap", "off"] + UNF,
+     "530B selective+SP, DP 8", 39.15, "s"),
+    ("h100-256", "qwen3-235b-a22b", "tp=2,pp=8,vpp=4,ep=32", 256, 1, 2048, 4096,
+     ["--recompute", "selective", "--a2a", "dedup", "--pp-layers", QWEN_CUTS], "Qwen3-235B-A22B EP32 PP8 VPP4", 19.7, "s"),
+    ("h100-256", "qwen3-235b-a22b", "tp=2,pp=8,vpp=4,ep=32", 256, 1, 2048, 4096,
+     ["--recompute", "selective", "--a2a", "dedup", "--ep-overlap", "1f1b", "--pp-layers", QWEN_CUTS], "Qwen3 EP32 + 1F1B overlap", 17.6, "s"),
+    ("h100-256", "qwen3-235b-a22b", "tp=2,pp=32,vpp=3,ep=8", 256, 1, 2048, 4096,
+     ["--recompute", "selective", "--a2a", "flat", "--pp-layers", ",".join(["0"] + ["1"] * 94 + ["0"])], "Qwen3 EP8 PP32 VPP3 (A2A)", 24.2, "s"),
+    ("h100-256", "qwen3-235b-a22b", "tp=4,pp=8,vpp=4,ep=8", 256, 1, 2048, 4096,
+     ["--recompute", "none", "--a2a", "dedup", "--pp-layers", QWEN_CUTS], "Qwen3 TP4 EP8 PP8 VPP4", 29.0, "s"),
+    ("h800-deepseek", "deepseek-v3", "tp=1,pp=16,ep=64", 2048, 1, 15360, 4096,
+     ["--recompute", "selective", "--a2a", "dedup", "--ep-overlap", "1f1b"], "DeepSeek-V3 PP16 EP64", 19.926, "s"),
+    ("ascend-pangu", "pangu-ultra-135b", "tp=8,pp=8,vpp=6", 8192, 1, 2048, 4096, ["--recompute", "selective"],
+     "Pangu Ultra 135B dense baseline", 43.0, "mfu%"),
+]
+
+def simulate(cluster, model, layout, devices, mb, gb, seq, extra, cluster_path=None):
+    cmd = [MOE, "simulate", "--model", f"{ROOT}/configs/sim/{model}.json" if "/" not in model else f"{ROOT}/{model}",
+           "--cluster", cluster_path or f"{ROOT}/clusters/{cluster}.json", "--layout", layout, "--devices", str(devices),
+           "--micro-batch", str(mb), "--global-batch", str(gb), "--seq", str(seq), "--json"] + extra
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"{' '.join(cmd)}: {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+def value(r, unit):
+    return r["step_ms"] / 1e3 if unit == "s" else r["mfu"] * 100 if unit == "mfu%" else r["tokens_per_s"]
+
+# files whose gemm_max is another's (the same chip): file -> source file
+SAME_CHIP = {"h800-deepseek": "h100-256"}
+
+def write_gemm_max(cl, g):
+    cfile = json.load(open(f"{ROOT}/clusters/{cl}.json"))
+    cfile["efficiency"]["gemm_max"] = round(g, 4)
+    with open(f"{ROOT}/clusters/{cl}.json", "w") as f:
+        json.dump(cfile, f, indent=2)
+        f.write("\n")
+
+def fit_row(row):   # bisection on gemm_max: the value that reproduces this row
+    cl, model, layout, dev, mb, gb, seq, extra, what, pub, unit = row
+    cfile = json.load(open(f"{ROOT}/clusters/{cl}.json"))
+    lo, hi = 0.05, 1.0
+    tmp = f"/tmp/sim_fit_{cl}.json"
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        cfile["efficiency"]["gemm_max"] = mid
+        json.dump(cfile, open(tmp, "w"))
+        v = value(simulate(cl, model, layout, dev, mb, gb, seq, extra, tmp), unit)
+        slower = v > pub if unit == "s" else v < pub
+        lo, hi = (mid, hi) if slower else (lo, mid)
+    os.unlink(tmp)
+    write_gemm_max(cl, lo)
+    print(f"{cl}: gemm_max {lo:.4f} fits {what}; written to clusters/{cl}.json", file=sys.stderr)
+
+def main():
+    fit = "--fit" in sys.argv
+    if fit:   # fit the calibration rows first, then copy to the same-chip files
+        for row in ROWS:
+            cl, model, layout, dev, mb, gb, seq, extra, what, pub, unit = row
+            if json.load(open(f"{ROOT}/clusters/{cl}.json")).get("calibrated_on", "").startswith(what):
+                fit_row(row)
+        for dst, src in SAME_CHIP.items():
+            g = json.load(open(f"{ROOT}/clusters/{src}.json"))["efficiency"]["gemm_max"]
+            write_gemm_max(dst, g)
+            print(f"{dst}: gemm_max {g} (the {src} file's)", file=sys.stderr)
+    print("| system | run | layout | published | predicted | error |")
+    print("|---|---|---|---|---|---|")
+    errs = []
+    for row in ROWS:
+        cl, model, layout, dev, mb, gb, seq, extra, what, pub, unit = row
+        cfile = json.load(open(f"{ROOT}/clusters/{cl}.json"))
+        calib = cfile.get("calibrated_on", "")
+        is_cal = calib.startswith(what)
+        r = simulate(cl, model, layout, dev, mb, gb, seq, extra)
+        v = value(r, unit)
+        err = (v - pub) / pub
+        if not is_cal:
+            errs.append(abs(err))
+        print(f"| {cl} | {what}{' (calibration)' if is_cal else ''} | `{layout}` mb {mb} gb {gb} | {pub:g} {unit} | {v:.3g} {unit} | {100*err:+.1f}% |")
+    if errs:
+        errs.sort()
+        print(f"\npredictions: {len(errs)}, median |error| {100*errs[len(errs)//2]:.1f}%, worst {100*errs[-1]:.1f}%")
+
+main()

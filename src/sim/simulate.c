@@ -1,0 +1,429 @@
+// One training step predicted (sim.h, docs/SIMULATE.md). The step is built from the bottom:
+//  1. each layer's forward on one device and one micro-batch, term by term: its GEMMs at the
+//     cluster's GEMM efficiency for their shape, core attention at its own efficiency, the
+//     elementwise work (norms, SwiGLU, permutes) at memory bandwidth, a fixed cost per op;
+//     the backward is twice the GEMMs, 2.5 times core attention (it recomputes the scores)
+//     and twice the elementwise work; recomputation adds forward work to the backward;
+//  2. the communication each layer starts: tensor parallel all-gathers and reduce-scatters,
+//     the experts' all-to-all (dispatch and combine), split between the node's links and the
+//     network; the part not hidden under other compute is exposed;
+//  3. chunks of layers on pipeline stages, run by the interleaved 1F1B lists of moe train
+//     (pipe_simulate, the same code that checks the schedule), with the point-to-point time
+//     between stages: the bubble and the exposed transfer come out of that simulation;
+//  4. the gradient reduction over the data-parallel ranks (exposed beyond the last
+//     micro-batch's passes when overlapped), the optimizer at memory bandwidth, a fixed cost.
+#include <math.h>
+#include <string.h>
+#include "../base/base.h"
+#include "../model/model.h"
+#include "../parallel/pipeline.h"
+#include "sim.h"
+
+const char *const SIM_TERM_NAMES[SIM_T_N] = {"attention", "mla", "dense_ffn", "experts", "shared", "router", "norms", "head",
+                                             "recompute", "imbalance", "op_overhead", "tp", "ep_all_to_all", "pp_send_recv",
+                                             "dp_reduce", "bubble", "optimizer", "step_overhead"};
+const char *const SIM_MEM_NAMES[SIM_M_N] = {"weights", "gradients", "optimizer", "activations", "workspace"};
+
+typedef struct {
+    const MoeConfig *c;
+    const Cluster *cl;
+    const SimLayout *lay;
+    double n;         // tokens of one micro-batch (micro_batch · seq)
+    double b;         // bytes an activation element takes
+    double ops;       // operations counted (their fixed cost goes to op_overhead)
+} Ctx;
+
+// one pass's time by term, with the communication it starts
+typedef struct { double t[SIM_T_N]; double tp, ep, ep_window, ops; } Cost;
+
+static double gemm_s(Ctx *x, double m, double n, double k) {
+    if (m <= 0 || n <= 0 || k <= 0) return 0;
+    const double lo = fmin(m, fmin(n, k));
+    x->ops += 1;
+    return 2 * m * n * k / (x->cl->gemm_peak * x->cl->gemm_max * lo / (lo + x->cl->gemm_half));
+}
+static double mem_s(Ctx *x, double bytes) {
+    x->ops += 1;
+    return bytes / (x->cl->mem_bw * x->cl->mem_eff);
+}
+// a link: in a node when the group (stride apart, size ranks) lies in one node
+static void link(const Cluster *cl, int stride, int size, double *bw, double *lat) {
+    const bool in = (long)stride * size <= cl->devices_per_node;
+    *bw = in ? cl->intra_bw : cl->inter_bw;
+    *lat = in ? cl->intra_lat : cl->inter_lat;
+}
+static double coll_eff(const Cluster *cl, double bytes) { return cl->coll_max * bytes / (bytes + cl->coll_half); }
+// ring all-gather or reduce-scatter of `bytes` (the whole tensor) over size ranks; all-reduce is both
+static double ring_s(const Cluster *cl, double bytes, int size, int stride) {
+    if (size <= 1 || bytes <= 0) return 0;
+    double bw, lat;
+    link(cl, stride, size, &bw, &lat);
+    const double part = bytes * (size - 1) / size;
+    return part / (bw * coll_eff(cl, bytes / size)) + (size - 1) * lat;
+}
+// the experts' all-to-all: each device sends `bytes` (its rows, one per token and chosen
+// expert), (e-1)/e of it away; the share to the peers in its node goes over the node's links,
+// the rest over the network, both at once. flat: a message to every peer; hier: one message a
+// node (gathered in the node first); dedup (DeepEP-style): a token crosses the network once
+// for each other node that holds one of its experts, then fans out inside that node
+static double a2a_s(const MoeConfig *c, const Cluster *cl, const SimLayout *l, double bytes) {
+    const int e = l->ep;
+    if (e <= 1 || bytes <= 0) return 0;
+    // (the experts spread over the tensor- and data-parallel ranks of a stage: an EP group is
+    // e devices etp apart, consecutive when each expert is whole on one device)
+    const int in_node = imax(1, imin(e, cl->devices_per_node / l->etp));
+    const int nodes = (e + in_node - 1) / in_node;
+    const double per_peer = bytes / e;
+    double out_bytes = (e - in_node) * per_peer;
+    if (l->a2a == SIM_A2A_DEDUP && nodes > 1) {
+        // the distinct nodes a token's k experts sit on (uniform routing), at most topk_group
+        // when the router limits each token to that many groups and a group is a node's experts
+        const double k = c->num_experts_per_tok;
+        double distinct = nodes * (1 - pow(1 - 1.0 / nodes, k));
+        if (c->topk_method == MOE_TOPK_GROUP_LIMITED && c->n_group == nodes && c->topk_group < distinct) distinct = c->topk_group;
+        out_bytes = bytes / k * distinct * (nodes - 1) / nodes;
+    }
+    const double t_in = (in_node - 1) * per_peer / (cl->intra_bw * coll_eff(cl, per_peer));
+    const double msg = l->a2a == SIM_A2A_FLAT ? per_peer : out_bytes / imax(1, nodes - 1);
+    const double t_out = out_bytes / (cl->inter_bw * coll_eff(cl, msg));
+    const double lat = l->a2a == SIM_A2A_FLAT ? (in_node - 1) * cl->intra_lat + (e - in_node) * cl->inter_lat
+                                              : (in_node - 1) * cl->intra_lat + (nodes - 1) * cl->inter_lat;
+    return fmax(t_in, t_out) + lat;
+}
+
+// layer l's forward on one device and one micro-batch; back: its backward (with recomputation)
+static void layer_cost(Ctx *x, int l, Cost *fwd, Cost *back) {
+    const MoeConfig *c = x->c;
+    const SimLayout *L = x->lay;
+    const double n = x->n, b = x->b, D = c->hidden_size, t = L->tp, T = L->seq, H = c->num_attention_heads;
+    const bool moe = config_layer_is_moe(c, l), mla = config_is_mla(c);
+    Cost f = {0};
+    double gemm = 0, core, elem_norm, elem_ffn = 0;
+    const double ops0 = x->ops;
+    // attention or MLA: the projections, then the scores and p·v (causal: half the square)
+    if (mla) {
+        const double qk = config_qk_dim(c), v = c->v_head_dim, qr = c->q_lora_rank, kvr = c->kv_lora_rank, r = c->qk_rope_head_dim;
+        gemm = qr > 0 ? gemm_s(x, n, qr, D) + gemm_s(x, n, H * qk / t, qr) : gemm_s(x, n, H * qk / t, D);
+        gemm += gemm_s(x, n, kvr + r, D) + gemm_s(x, n, H * (c->qk_nope_head_dim + v) / t, kvr) + gemm_s(x, n, D, H * v / t);
+        core = n * T * H * (qk + v) / t;
+    } else {
+        const double hd = c->head_dim, kv = c->num_key_value_heads;
+        gemm = gemm_s(x, n, (H + 2 * kv) * hd / t, D) + gemm_s(x, n, D, H * hd / t);
+        core = 2 * n * T * H * hd / t;
+    }
+    if (L->unfused_attention) {
+        // the scores materialised (Megatron before flash attention): q·k and p·v as batched GEMMs
+        // over the whole square, the scores written, softmaxed, dropped out and read back, about
+        // 11 bytes a score forward (2 written, 2+2 softmax, 2+2+1 dropout with its mask)
+        const double dqk = config_qk_dim(c), dv = config_v_dim(c), heads = H / t, seqs = n / T;
+        core = seqs * heads * (gemm_s(x, T, T, dqk) + gemm_s(x, T, dv, T)) + mem_s(x, 11 * seqs * heads * T * T);
+    } else {
+        x->ops += 1;
+        core /= x->cl->peak * x->cl->attn_eff;
+    }
+    f.t[mla ? SIM_T_MLA : SIM_T_ATTENTION] = gemm + core;
+    // the norms (input, FFN input, the sandwich's two, an MTP module's two) and the residual adds,
+    // over the tokens of this rank's sequence-parallel share
+    const bool is_mtp = l >= c->num_hidden_layers;
+    const double norms = (c->sandwich_norm ? 4 : 2) + (is_mtp ? 2 : 0);
+    elem_norm = mem_s(x, norms * 2 * n * D * b / t) + mem_s(x, 2 * 3 * n * D * b / t);
+    f.t[SIM_T_NORMS] = elem_norm;
+    if (is_mtp) f.t[SIM_T_HEAD] += gemm_s(x, n, D, 2 * D);   // the module's projection
+    if (!moe) {
+        const double F = c->intermediate_size;
+        elem_ffn = mem_s(x, 3 * n * F / t * b);
+        f.t[SIM_T_DENSE_FFN] = gemm_s(x, n, 2 * F / t, D) + gemm_s(x, n, D, F / t) + elem_ffn;
+        f.tp = 4 * ring_s(x->cl, n * D * b, L->tp, 1);   // all-gather and reduce-scatter around attention and the FFN
+    } else {
+        const double E = c->n_routed_experts, k = c->num_experts_per_tok, Fe = c->moe_intermediate_size;
+        // each device routes its sequence-parallel share of the tokens, n/t, and sends a row per
+        // token and chosen expert; under expert tensor parallelism (etp) the etp devices that
+        // split an expert's width all-gather the rows they received, and reduce-scatter after
+        const double et = L->etp, sent = n / t * k, rows = sent * et;   // rows balanced
+        const double per_expert = rows * L->ep / E;     // each of its E/ep experts
+        f.t[SIM_T_ROUTER] = gemm_s(x, n / t, E, D) + mem_s(x, 3 * n / t * E * 4);
+        const double ops1 = x->ops;
+        double ex = E / L->ep * (gemm_s(x, per_expert, 2 * Fe / et, D) + gemm_s(x, per_expert, D, Fe / et));
+        x->ops = ops1 + 2;                              // one grouped GEMM each way
+        elem_ffn = mem_s(x, 3 * rows * Fe / et * b) + mem_s(x, 4 * rows * D * b);   // SwiGLU; the permutes there and back
+        f.t[SIM_T_EXPERTS] = ex + elem_ffn;
+        f.t[SIM_T_IMBALANCE] = (L->skew - 1) * (ex + elem_ffn);
+        double tp_colls = 2;
+        if (c->n_shared_experts > 0) {
+            const double Fs = c->n_shared_experts * Fe;
+            const double es = mem_s(x, 3 * n * Fs / t * b);
+            elem_ffn += es;
+            f.t[SIM_T_SHARED] = gemm_s(x, n, 2 * Fs / t, D) + gemm_s(x, n, D, Fs / t) + es;
+            tp_colls += 2;
+        }
+        f.tp = tp_colls * ring_s(x->cl, n * D * b, L->tp, 1) + 2 * ring_s(x->cl, rows * D * b, L->etp, 1);
+        f.ep = 2 * a2a_s(c, x->cl, L, sent * D * b * L->skew);      // dispatch and combine
+        f.ep_window = f.t[mla ? SIM_T_MLA : SIM_T_ATTENTION] + f.t[SIM_T_SHARED] + f.t[SIM_T_NORMS];
+    }
+    f.ops = x->ops - ops0;
+    f.t[SIM_T_OVERHEAD] = f.ops * x->cl->op_us * 1e-6;
+    // backward: twice the GEMMs and elementwise work, 2.5 times core attention; recomputation
+    Cost bk = f;
+    for (int i = 0; i < SIM_T_N; i++) bk.t[i] = 2 * f.t[i];
+    bk.t[mla ? SIM_T_MLA : SIM_T_ATTENTION] += 0.5 * core;
+    if (L->recompute == SIM_RC_FULL) {
+        double fw = 0;
+        for (int i = 0; i <= SIM_T_IMBALANCE; i++) fw += f.t[i];
+        bk.t[SIM_T_RECOMPUTE] = fw;
+        bk.tp += f.tp;
+        bk.ep += f.ep;
+        bk.t[SIM_T_OVERHEAD] += f.t[SIM_T_OVERHEAD];
+    } else if (L->recompute == SIM_RC_SELECTIVE) {   // (and materialised scores: the attention's core again)
+        bk.t[SIM_T_RECOMPUTE] = elem_norm + elem_ffn + (L->unfused_attention ? core : 0);
+    }
+    *fwd = f;
+    *back = bk;
+}
+
+// the stack's two ends on one micro-batch: the embedding (first chunk), the heads (last)
+static void ends_cost(Ctx *x, bool first, bool last, Cost *fwd, Cost *back) {
+    const MoeConfig *c = x->c;
+    const double n = x->n, D = c->hidden_size, t = x->lay->tp, Vv = c->vocab_size;
+    Cost f = {0};
+    const double ops0 = x->ops;
+    if (first) f.t[SIM_T_HEAD] += mem_s(x, n * D * x->b);
+    if (last) {
+        const double heads = 1 + c->num_mtp_layers;
+        f.t[SIM_T_HEAD] += heads * (gemm_s(x, n, Vv / t, D) + mem_s(x, 3 * n * Vv / t * 4));
+        f.t[SIM_T_NORMS] += heads * mem_s(x, 2 * n * D * x->b / t);
+    }
+    f.ops = x->ops - ops0;
+    f.t[SIM_T_OVERHEAD] = f.ops * x->cl->op_us * 1e-6;
+    Cost bk = f;
+    for (int i = 0; i < SIM_T_N; i++) bk.t[i] = 2 * f.t[i];
+    *fwd = f;
+    *back = bk;
+}
+
+static void cost_add(Cost *a, const Cost *b) {
+    for (int i = 0; i < SIM_T_N; i++) a->t[i] += b->t[i];
+    a->tp += b->tp;
+    a->ep += b->ep;
+    a->ep_window += b->ep_window;
+}
+// a pass's compute (with its tensor-parallel collectives), and the all-to-all it leaves
+// exposed: all of it (off); what the layer's own other work does not cover (layer: one part
+// of the micro-batch travels while another computes); or, in the 1F1B steady state, what the
+// other direction's pass of another micro-batch does not cover (1f1b, as Megatron's "1F1B
+// overlap", DeepSeek's DualPipe and Pangu's adaptive pipe overlap do)
+static double compute_s(const Cost *p) {
+    double s = 0;
+    for (int i = 0; i <= SIM_T_OVERHEAD; i++) s += p->t[i];
+    return s + p->tp;
+}
+// Overlap is not free: the transfer's kernels take a share of the device (comm_share of its
+// cores: DeepSeek's 20 of 132 SMs), so the compute it hides under runs that much slower.
+static double ep_exposed(const Cluster *cl, const Cost *p, const Cost *other, int mode) {
+    if (mode == SIM_OV_OFF) return p->ep;
+    const double window = mode == SIM_OV_LAYER ? p->ep_window : compute_s(other);
+    const double hidden = fmin(p->ep, window);
+    return p->ep - hidden + hidden * cl->comm_share / (1 - cl->comm_share);
+}
+
+// parameters of layer l: those every device of a tensor-parallel group splits (dense) and the routed experts'
+static void layer_params(const MoeConfig *c, int l, double *dense, double *expert) {
+    const double D = c->hidden_size;
+    *expert = 0;
+    if (config_is_mla(c)) {
+        const double H = c->num_attention_heads, qk = config_qk_dim(c), v = c->v_head_dim, qr = c->q_lora_rank, kvr = c->kv_lora_rank;
+        *dense = (qr > 0 ? D * qr + qr + qr * H * qk : D * H * qk) + D * (kvr + c->qk_rope_head_dim) + kvr +
+                 kvr * H * (c->qk_nope_head_dim + v) + H * v * D;
+    } else {
+        *dense = D * c->num_attention_heads * c->head_dim * 2 + D * c->num_key_value_heads * c->head_dim * 2;
+    }
+    *dense += (c->sandwich_norm ? 4 : 2) * D;
+    if (!config_layer_is_moe(c, l)) *dense += 3 * D * c->intermediate_size;
+    else {
+        *dense += D * c->n_routed_experts + 3 * D * c->moe_intermediate_size * c->n_shared_experts;
+        *expert = 3 * D * (double)c->moe_intermediate_size * c->n_routed_experts;
+    }
+    if (l >= c->num_hidden_layers) *dense += 3 * D + 2 * D * D;
+}
+
+// activations one layer keeps for one micro-batch on one device, bytes (sim.h: flash-style
+// attention keeps no scores; sequence parallel splits what the tensor-parallel group shares)
+static double layer_acts(const Ctx *x, int l, int mode) {
+    const MoeConfig *c = x->c;
+    const double n = x->n, b = x->b, D = c->hidden_size, t = x->lay->tp, H = c->num_attention_heads;
+    if (mode == SIM_RC_FULL) return n * D * b / t;   // the layer's input only
+    double q, attn_out;
+    if (config_is_mla(c)) {
+        q = (c->q_lora_rank + c->kv_lora_rank + c->qk_rope_head_dim) + H * (config_qk_dim(c) * 2 + c->v_head_dim) / t;
+        attn_out = H * c->v_head_dim / t;
+    } else {
+        q = (H + 2.0 * c->num_key_value_heads) * c->head_dim / t;
+        attn_out = H * c->head_dim / t;
+    }
+    const double norms = mode == SIM_RC_SELECTIVE ? 0 : (c->sandwich_norm ? 4 : 2) * D / t;
+    double per = D / t + q + attn_out + norms + D / t;   // input, q/k/v, attention output, norm outputs, sum
+    if (!config_layer_is_moe(c, l)) per += (mode == SIM_RC_SELECTIVE ? 2 : 3) * c->intermediate_size / t;
+    else {
+        const double k = c->num_experts_per_tok, Fe = c->moe_intermediate_size;
+        per += c->n_routed_experts * 4 / b / t + k / t * (2 * D + (mode == SIM_RC_SELECTIVE ? 2 : 3) * Fe * x->lay->skew);
+        per += c->n_shared_experts * (mode == SIM_RC_SELECTIVE ? 2 : 3) * Fe / t;
+    }
+    // materialised scores keep the softmax and dropout outputs and the mask: 5 bytes a score
+    const double scores = x->lay->unfused_attention && mode == SIM_RC_NONE ? 5 * (n / x->lay->seq) * H / t * x->lay->seq * x->lay->seq : 0;
+    return n * per * b + scores;
+}
+
+// the layers of each chunk: even cuts, or --pp-layers counts, where (unlike moe train's) a
+// chunk may hold none: Megatron's "account for the embedding and the loss in the pipeline
+// split" leaves the first and last chunks fewer layers; the MTP modules go with the last
+static int sim_cuts(const MoeConfig *c, const SimLayout *l, int *cut) {
+    const int K = l->pp * l->vpp, L = c->num_hidden_layers;
+    if (K > PP_MAX_CHUNKS) MOE_ERR("--layout: pp x vpp = %d chunks, more than %d", K, PP_MAX_CHUNKS);
+    if (!l->n_pp_layers) return layer_cuts(c, l->pp, l->vpp, NULL, 0, cut);
+    if (l->n_pp_layers != K) MOE_ERR("--pp-layers has %d counts for pp x vpp = %d chunks", l->n_pp_layers, K);
+    cut[0] = 0;
+    for (int g = 0; g < K; g++) cut[g + 1] = cut[g] + l->pp_layers[g];
+    if (cut[K] != L) MOE_ERR("--pp-layers counts %d layers, the model has %d", cut[K], L);
+    cut[K] += config_n_layers(c) - L;
+    return MOE_OK;
+}
+
+static int check(const MoeConfig *c, const Cluster *cl, const SimLayout *l) {
+    if (l->tp < 1 || l->pp < 1 || l->vpp < 1 || l->ep < 1 || l->dp < 1) MOE_ERR("--layout: tp, pp, vpp, ep and dp must be positive");
+    if (l->micro_batch < 1 || l->global_batch < 1 || l->seq < 1) MOE_ERR("--micro-batch, --global-batch and --seq must be positive");
+    if (l->vpp > 1 && l->pp == 1) MOE_ERR("--layout: vpp=%d needs pp above 1", l->vpp);
+    if (c->num_attention_heads % l->tp) MOE_ERR("--layout: tp=%d must divide the model's %d attention heads", l->tp, c->num_attention_heads);
+    if (l->tp > cl->devices_per_node) MOE_ERR("--layout: tp=%d spans nodes of %d devices (%s)", l->tp, cl->devices_per_node, cl->name);
+    if (config_n_moe_layers(c) > 0) {
+        if (c->n_routed_experts % l->ep) MOE_ERR("--layout: ep=%d must divide the model's %d routed experts", l->ep, c->n_routed_experts);
+        if (l->etp < 1 || l->tp % l->etp) MOE_ERR("--layout: etp=%d must divide tp=%d", l->etp, l->tp);
+        if ((l->dp * l->tp) % (l->ep * l->etp))
+            MOE_ERR("--layout: ep x etp = %d must divide dp x tp = %d (the ranks a stage's experts spread over)", l->ep * l->etp, l->dp * l->tp);
+    } else if (l->ep > 1) MOE_ERR("--layout: ep=%d for a model without MoE layers", l->ep);
+    if (!l->n_pp_layers && l->pp * l->vpp > c->num_hidden_layers) MOE_ERR("--layout: pp x vpp = %d chunks for %d layers", l->pp * l->vpp, c->num_hidden_layers);
+    if (l->global_batch % (l->dp * l->micro_batch))
+        MOE_ERR("--global-batch %d must be a multiple of dp %d x --micro-batch %d", l->global_batch, l->dp, l->micro_batch);
+    const int m = l->global_batch / (l->dp * l->micro_batch);
+    if (l->vpp > 1 && m % l->pp) MOE_ERR("--layout: vpp=%d needs the %d micro-batches a pipeline to be a multiple of pp=%d", l->vpp, m, l->pp);
+    if (l->skew < 1) MOE_ERR("--load: the skew (busiest device over the mean) must be at least 1");
+    return MOE_OK;
+}
+
+int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimResult *out) {
+    MOE_TRY(check(c, cl, lay));
+    memset(out, 0, sizeof *out);
+    const int S = lay->pp, V = lay->vpp, K = S * V, m = lay->global_batch / (lay->dp * lay->micro_batch);
+    int cut[PP_MAX_CHUNKS + 1];
+    MOE_TRY(sim_cuts(c, lay, cut));
+    Ctx x = {c, cl, lay, (double)lay->micro_batch * lay->seq, !strcmp(cl->dtype, "bf16") ? 2.0 : 4.0, 0};
+    const bool mixed = x.b == 2;
+    double *tf = MOE_NEW(double, K), *tb = MOE_NEW(double, K);
+    Cost *cf = MOE_NEW(Cost, K), *cb = MOE_NEW(Cost, K);
+    double *dense = MOE_NEW(double, S), *expert = MOE_NEW(double, S), *act_layer = MOE_NEW(double, K);
+    for (int g = 0; g < K; g++) {   // chunk g = stage g % S, local chunk g / S
+        const int s = g % S, j = g / S, i = s * V + j;
+        for (int l = cut[g]; l < cut[g + 1]; l++) {
+            Cost f, bk;
+            layer_cost(&x, l, &f, &bk);
+            cost_add(&cf[i], &f);
+            cost_add(&cb[i], &bk);
+            double pd, pe;
+            layer_params(c, l, &pd, &pe);
+            dense[s] += pd;
+            expert[s] += pe;
+            act_layer[i] += layer_acts(&x, l, lay->recompute);
+        }
+        Cost f, bk;
+        ends_cost(&x, g == 0, g == K - 1, &f, &bk);
+        cost_add(&cf[i], &f);
+        cost_add(&cb[i], &bk);
+        tf[i] = compute_s(&cf[i]) + ep_exposed(cl, &cf[i], &cb[i], lay->ep_overlap);
+        tb[i] = compute_s(&cb[i]) + ep_exposed(cl, &cb[i], &cf[i], lay->ep_overlap);
+    }
+    const double D = c->hidden_size, Vv = c->vocab_size;
+    dense[0] += D * Vv;                                                   // the embedding
+    dense[S - 1] += D * Vv * (c->tie_word_embeddings && S == 1 ? 0 : 1) + D;   // the head and the final norm
+    // the pipeline: the stages' lists with these times, without and with the transfers
+    double bw, lat;
+    link(cl, lay->tp * lay->dp, S, &bw, &lat);
+    const double p2p_bytes = x.n * D * x.b / lay->tp;
+    const PipeCost pc0 = {tf, tb, 0}, pc1 = {tf, tb, lat + p2p_bytes / (bw * coll_eff(cl, p2p_bytes))};
+    PipeSim s0, s1;
+    int rc = pipe_simulate(S, V, m, &pc0, &s0);
+    if (!rc) rc = pipe_simulate(S, V, m, &pc1, &s1);
+    if (rc) goto done;
+    // the busiest stage's terms
+    int crit = 0;
+    double busiest = -1;
+    for (int s = 0; s < S; s++) {
+        double b = 0;
+        for (int j = 0; j < V; j++) b += tf[s * V + j] + tb[s * V + j];
+        if (b > busiest) busiest = b, crit = s;
+    }
+    double ep_all = 0, fb_first = 0;
+    for (int j = 0; j < V; j++) {
+        const int i = crit * V + j;
+        for (int k = 0; k <= SIM_T_OVERHEAD; k++) out->term[k] += m * (cf[i].t[k] + cb[i].t[k]);
+        out->term[SIM_T_TP] += m * (cf[i].tp + cb[i].tp);
+        out->term[SIM_T_EP] += m * (ep_exposed(cl, &cf[i], &cb[i], lay->ep_overlap) + ep_exposed(cl, &cb[i], &cf[i], lay->ep_overlap));
+        ep_all += m * (cf[i].ep + cb[i].ep);
+        fb_first += tb[i];
+    }
+    out->term[SIM_T_BUBBLE] = s0.makespan - s0.busy;
+    out->term[SIM_T_PP] = s1.makespan - s0.makespan;
+    out->bubble_fraction = s1.bubble;
+    out->ep_total_s = ep_all;
+    // gradients over the data-parallel ranks (ZeRO-1: reduce-scatter, then the parameters'
+    // all-gather; else an all-reduce: the same bytes): the dense weights over the dp replicas
+    // (tp apart), the experts' over the ranks that hold the same experts (dp·tp/ep of them)
+    const int edp = lay->dp * lay->tp / (lay->ep * lay->etp);
+    double dp_s = 0, opt_s = 0;
+    for (int s = 0; s < S; s++) {
+        const double pd = dense[s] / lay->tp, pe = expert[s] / (lay->ep * lay->etp);
+        const double t_dp = 2 * ring_s(cl, pd * x.b, lay->dp, lay->tp) + 2 * ring_s(cl, pe * x.b, edp, lay->ep * lay->etp);
+        // AdamW: read parameter, gradient, two moments, write three (mixed precision: f32 master and the bf16 copy)
+        const double upd = mixed ? 30 : 28;
+        const double t_opt = ((lay->zero1 ? pd / lay->dp : pd) + (lay->zero1 ? pe / edp : pe)) * upd / (cl->mem_bw * cl->mem_eff) +
+                             (pd + pe) * 4 / (cl->mem_bw * cl->mem_eff);   // (and the gradient norm's pass)
+        if (t_dp > dp_s) dp_s = t_dp;
+        if (t_opt > opt_s) opt_s = t_opt;
+    }
+    out->dp_total_s = dp_s;
+    out->term[SIM_T_DP] = lay->dp_overlap ? fmax(0, dp_s - fb_first) : dp_s;   // under the last micro-batch's backward passes
+    out->term[SIM_T_OPTIMIZER] = opt_s;
+    out->term[SIM_T_STEP] = cl->step_ms * 1e-3;
+    for (int k = 0; k < SIM_T_N; k++) out->step_s += out->term[k];
+    out->micro_batches = m;
+    const double tokens = (double)lay->global_batch * lay->seq;
+    out->tokens_per_s = tokens / out->step_s;
+    out->mfu = config_flops_per_token(c, lay->seq) * tokens / (out->step_s * sim_devices(lay) * cl->mfu_peak);
+    // memory of each stage's device: weights, gradients (f32), optimizer state (AdamW's two
+    // moments, and under mixed precision the f32 master copy), the activations in flight
+    // (pipe_simulate's counts per chunk), one layer's working set and the logits
+    for (int s = 0; s < S; s++) {
+        const double pd = dense[s] / lay->tp, pe = expert[s] / (lay->ep * lay->etp);
+        double mem[SIM_M_N] = {0};
+        mem[SIM_M_WEIGHTS] = (pd + pe) * x.b;
+        mem[SIM_M_GRADS] = (pd + pe) * 4;
+        mem[SIM_M_OPTIM] = ((lay->zero1 ? pd / lay->dp : pd) + (lay->zero1 ? pe / edp : pe)) * (mixed ? 12 : 8);
+        double work = 0;
+        for (int j = 0; j < V; j++) {
+            const int i = s * V + j, g = j * S + s;
+            mem[SIM_M_ACTS] += imax(1, s1.at[s][j]) * act_layer[i];
+            if (lay->recompute == SIM_RC_FULL) work = fmax(work, layer_acts(&x, cut[g], SIM_RC_NONE));   // the layer being recomputed
+        }
+        if (s == S - 1) work += x.n * Vv / lay->tp * 4 * 2;   // the logits and their gradient, f32
+        mem[SIM_M_WORK] = work;
+        double tot = 0;
+        for (int k = 0; k < SIM_M_N; k++) tot += mem[k];
+        if (tot > out->mem_total) {
+            out->mem_total = tot;
+            out->mem_stage = s;
+            memcpy(out->mem, mem, sizeof mem);
+        }
+    }
+    out->fits = out->mem_total <= cl->mem_bytes;
+done:
+    moe_free(tf); moe_free(tb); moe_free(cf); moe_free(cb);
+    moe_free(dense); moe_free(expert); moe_free(act_layer);
+    return rc;
+}

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# moe simulate: every cluster file in clusters/ loads; the breakdown adds up to the step; the
+# pipeline bubble of a uniform stack is the schedule's (S-1)/(mV); the published calibration
+# point is reproduced and one prediction stays within its band; --search ranks layouts that
+# fit by throughput; bad cluster files, logs and layouts are refused with one line naming the
+# file or field. One PASS/FAIL line per check.
+set -u
+MOE=${MOE:-./moe}
+T=$(mktemp -d /tmp/moe-sim.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+pass=0; fail=0
+ok()  { echo "PASS $1"; pass=$((pass+1)); }
+bad() { echo "FAIL $1: $2"; fail=$((fail+1)); }
+expect_fail() {
+  local name=$1 pat=$2; shift 2
+  "$@" >"$T/out" 2>"$T/err"; local rc=$?
+  local lines; lines=$(wc -l <"$T/err")
+  if [ $rc -eq 0 ]; then bad "$name" "exit 0"; return; fi
+  if [ $rc -ge 128 ]; then bad "$name" "crashed (rc $rc): $(head -c 300 "$T/err")"; return; fi
+  if [ "$lines" -ne 1 ]; then bad "$name" "$lines lines on stderr: $(head -c 300 "$T/err")"; return; fi
+  if ! grep -qF -- "$pat" "$T/err"; then bad "$name" "message lacks '$pat': $(cat "$T/err")"; return; fi
+  ok "$name ($(cat "$T/err"))"
+}
+py() { /usr/bin/python3 -c "$@"; }
+
+# every cluster file simulates the 718B plan; the terms add up to step_ms
+for f in clusters/*.json; do
+  if ! $MOE simulate --model configs/pangu-ultra-moe-718b.json --cluster "$f" --layout tp=8,pp=16,vpp=2,ep=32 \
+       --devices 4096 --micro-batch 1 --global-batch 1024 --seq 4096 --json >"$T/one.json" 2>"$T/err"; then
+    bad "$f simulates" "$(cat "$T/err")"; continue
+  fi
+  r=$(py "
+import json; r = json.load(open('$T/one.json'))
+need = ['step_ms', 'tokens_per_s', 'mfu', 'memory_gb', 'breakdown']
+miss = [k for k in need if k not in r]
+s = sum(r['breakdown'].values())
+print('missing %s' % miss if miss else 'sum %.3f vs step %.3f' % (s, r['step_ms']) if abs(s - r['step_ms']) > 1e-3 * r['step_ms'] else
+      'mfu %g' % r['mfu'] if not 0 < r['mfu'] < 1 else 'ok')")
+  [ "$r" = ok ] && ok "$f: the 718B plan's terms add up to step_ms, mfu a fraction" || bad "$f" "$r"
+done
+
+# a uniform dense stack (the head's chunk aside) on S stages: bubble / busy = (S-1)/(m V)
+cat >"$T/dense.json" <<'J'
+{"hidden_size": 1024, "num_hidden_layers": 16, "num_attention_heads": 8, "intermediate_size": 2048,
+ "moe_intermediate_size": 16, "n_routed_experts": 4, "num_experts_per_tok": 2, "first_k_dense_replace": 16,
+ "vocab_size": 260, "max_position_embeddings": 4096, "tie_word_embeddings": true}
+J
+for l in "4 1 8" "4 2 8" "2 2 16"; do
+  read -r S V m <<<"$l"
+  $MOE simulate --model "$T/dense.json" --cluster clusters/a100-selene.json --layout "tp=1,pp=$S,vpp=$V" --devices "$S" \
+    --micro-batch 1 --global-batch "$m" --seq 1024 --json >"$T/b.json" 2>"$T/err" || { bad "bubble S=$S V=$V" "$(cat "$T/err")"; continue; }
+  r=$(py "
+import json; r = json.load(open('$T/b.json')); want = ($S - 1) / ($m * $V)
+print('ok %.4f' % r['bubble_fraction'] if abs(r['bubble_fraction'] - want) < 0.15 * want else 'bubble %.4f, the schedule %.4f' % (r['bubble_fraction'], want))")
+  case $r in ok*) ok "pp=$S vpp=$V, $m micro-batches: bubble ${r#ok } near (S-1)/(mV)";; *) bad "bubble S=$S V=$V" "$r";; esac
+done
+
+# published: the calibration point reproduced, a prediction within 15%
+pub() {   # NAME PUBLISHED_S TOLERANCE ARGS...
+  local name=$1 want=$2 tol=$3; shift 3
+  $MOE simulate "$@" --json >"$T/p.json" 2>"$T/err" || { bad "$name" "$(cat "$T/err")"; return; }
+  r=$(py "
+import json; s = json.load(open('$T/p.json'))['step_ms'] / 1e3
+print('ok %.2f s' % s if abs(s - $want) <= $tol * $want else '%.2f s against %s s' % (s, '$want'))")
+  case $r in ok*) ok "$name: ${r#ok } (published $want s)";; *) bad "$name" "$r";; esac
+}
+K="--cluster clusters/a100-selene.json --attention unfused --seq 2048"
+pub "Korthikanti 22B selective (the A100 file's calibration point)" 1.10 0.01 --model configs/sim/korthikanti-22b.json $K \
+  --layout tp=8,pp=1 --devices 8 --micro-batch 4 --global-batch 4 --recompute selective
+pub "Korthikanti 175B selective, predicted" 13.75 0.15 --model configs/sim/korthikanti-175b.json $K \
+  --layout tp=8,pp=8,vpp=3 --devices 64 --micro-batch 1 --global-batch 64 --recompute selective
+
+# --search: layouts that fit, best first
+if $MOE simulate --search --model configs/bench-s.json --cluster clusters/a100-selene.json --devices 16 --global-batch 64 \
+     --seq 1024 --top 5 --json >"$T/s.json" 2>"$T/err"; then
+  r=$(py "
+import json; s = json.load(open('$T/s.json')); t = [x['tokens_per_s'] for x in s]
+print('ok %d' % len(s) if s and t == sorted(t, reverse=True) and all(x['fits'] for x in s) and all(x['devices'] == 16 for x in s) else 'bad %s' % s)")
+  case $r in ok*) ok "--search: ${r#ok } layouts of 16 devices, all fit, fastest first";; *) bad "--search" "$r";; esac
+else bad "--search" "$(cat "$T/err")"; fi
+
+# bad input
+A=(--model configs/bench-s.json --layout tp=1,pp=2,ep=4 --devices 8 --micro-batch 1 --global-batch 16 --seq 256)
+cp clusters/a100-selene.json "$T/good.json"
+edit() { py "import json, sys; d = json.load(open('$T/good.json')); $2; json.dump(d, open('$T/$1', 'w'))"; }
+edit miss.json "del d['efficiency']['gemm_max']"
+expect_fail "cluster: a missing field" 'miss.json: "efficiency.gemm_max" is missing' $MOE simulate "${A[@]}" --cluster "$T/miss.json"
+edit unk.json "d['intra_node']['bw_gb'] = 3"
+expect_fail "cluster: an unknown key" 'unk.json: unknown key "intra_node.bw_gb"' $MOE simulate "${A[@]}" --cluster "$T/unk.json"
+edit neg.json "d['inter_node']['bw_gbs'] = -25"
+expect_fail "cluster: a negative bandwidth" 'neg.json: "inter_node.bw_gbs" must be a positive number' $MOE simulate "${A[@]}" --cluster "$T/neg.json"
+edit frac.json "d['efficiency']['memory'] = 1.5"
+expect_fail "cluster: an efficiency above 1" 'frac.json: the efficiencies' $MOE simulate "${A[@]}" --cluster "$T/frac.json"
+edit dtype.json "d['dtype'] = 'int4'"
+expect_fail "cluster: an unknown dtype" 'dtype.json: "dtype" must be' $MOE simulate "${A[@]}" --cluster "$T/dtype.json"
+edit str.json "d['devices'] = '8'"
+expect_fail "cluster: a number as a string" 'str.json: "devices" must be a positive number' $MOE simulate "${A[@]}" --cluster "$T/str.json"
+head -c 200 clusters/a100-selene.json >"$T/cut.json"
+expect_fail "cluster: a truncated file" 'cut.json: not valid JSON' $MOE simulate "${A[@]}" --cluster "$T/cut.json"
+expect_fail "cluster: a missing file" 'nope.json: cannot open' $MOE simulate "${A[@]}" --cluster "$T/nope.json"
+C=(--cluster clusters/a100-selene.json)
+expect_fail "layout: ep not dividing the experts" 'ep=5 must divide the model' $MOE simulate "${A[@]/ep=4/ep=5}" "${C[@]}"
+expect_fail "layout: an unknown key" 'unknown key "xp"' $MOE simulate "${A[@]/ep=4/xp=4}" "${C[@]}"
+expect_fail "layout: vpp without pp" 'vpp=2 needs pp above 1' $MOE simulate "${A[@]/pp=2,ep=4/pp=1,vpp=2}" "${C[@]}"
+expect_fail "layout: devices not a multiple of tp x pp" '--devices 7 is not a multiple' $MOE simulate "${A[@]}" "${C[@]}" --devices 7
+expect_fail "layout: global batch not a multiple" '--global-batch 15 must be a multiple' $MOE simulate "${A[@]}" "${C[@]}" --global-batch 15
+expect_fail "layout: more chunks than layers" 'chunks for 8 layers' $MOE simulate "${A[@]/pp=2,ep=4/pp=8,vpp=2}" "${C[@]}"
+expect_fail "--pp-layers: a wrong total" '--pp-layers counts 7 layers' $MOE simulate "${A[@]}" "${C[@]}" --pp-layers 3,4
+printf '{"step":1,"expert_load":[[1,2,3]]}\n' >"$T/l3.jsonl"
+expect_fail "--load: experts not divisible by ep" 'l3.jsonl:1: 3 experts a layer cannot be spread over ep=4' $MOE simulate "${A[@]}" "${C[@]}" --load "$T/l3.jsonl"
+printf '{"step":1,"loss":2}\n' >"$T/none.jsonl"
+expect_fail "--load: a log without expert_load" 'none.jsonl: no line logs "expert_load"' $MOE simulate "${A[@]}" "${C[@]}" --load "$T/none.jsonl"
+printf '{"step":1,"expert_load":[[1,2,-3,4]]}\n' >"$T/negl.jsonl"
+expect_fail "--load: a negative count" 'negl.jsonl:1: "expert_load" holds a count' $MOE simulate "${A[@]}" "${C[@]}" --load "$T/negl.jsonl"
+expect_fail "--load: a skew under 1" 'must be at least 1' $MOE simulate "${A[@]}" "${C[@]}" --load 0.5
+
+# --load from a log: 4 experts on ep=2, device loads 30 and 10 (mean 20): skew 1.5, costs time
+printf '{"step":1,"expert_load":[[10,20,5,5]]}\n' >"$T/skew.jsonl"
+B=(--model configs/bench-s.json --layout tp=1,pp=1,ep=2 --devices 2 --micro-batch 4 --global-batch 8 --seq 512 --json "${C[@]}")
+if $MOE simulate "${B[@]}" --load "$T/skew.jsonl" >"$T/s1.json" 2>"$T/err" && $MOE simulate "${B[@]}" --load 1.5 >"$T/s2.json" && $MOE simulate "${B[@]}" >"$T/s0.json"; then
+  r=$(py "
+import json; a, b, c = (json.load(open('$T/%s.json' % n)) for n in ('s1', 's2', 's0'))
+print('ok' if a['step_ms'] == b['step_ms'] and a['step_ms'] > c['step_ms'] and a['breakdown']['imbalance'] > 0 else 'log %s, 1.5 %s, balanced %s' % (a['step_ms'], b['step_ms'], c['step_ms']))")
+  [ "$r" = ok ] && ok "--load LOG: a 30/10 device split is skew 1.5, priced as imbalance" || bad "--load LOG" "$r"
+else bad "--load LOG" "$(cat "$T/err")"; fi
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
