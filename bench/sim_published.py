@@ -37,10 +37,29 @@ ROWS = [
      ["--recompute", "selective", "--a2a", "dedup", "--ep-overlap", "1f1b"], "DeepSeek-V3 PP16 EP64", 19.926, "s"),
     ("ascend-pangu", "pangu-ultra-135b", "tp=8,pp=8,vpp=6", 8192, 1, 2048, 4096, ["--recompute", "selective"],
      "Pangu Ultra 135B dense baseline", 43.0, "mfu%"),
+    # Pangu Ultra MoE (unverified figures, docs/SIMULATE.md): "6K" NPUs read as 6144, the global batch
+    # 4608 (the multiple of dp 48 x mb 2 x pp 16 nearest 4096); EP 4 of TP 8 read as 32 experts' ranks
+    # (Megatron's folding: the experts spread over the tp x ep ranks)
+    ("ascend-pangu", "pangu-ultra-moe-718b.json", "tp=8,pp=16,vpp=2,ep=32", 6144, 2, 4608, 4096,
+     ["--recompute", "selective", "--a2a", "hier", "--ep-overlap", "1f1b", "--pp-split", "balance"],
+     "Pangu Ultra MoE 718B, its techniques on", 30.0, "mfu%"),
+    ("ascend-pangu", "pangu-ultra-moe-718b.json", "tp=8,pp=16,vpp=2,ep=32", 6144, 2, 4608, 4096,
+     ["--recompute", "selective", "--a2a", "hier", "--ep-overlap", "1f1b", "--pp-split", "balance"],
+     "Pangu Ultra MoE 718B, tokens/s", 1.46e6, "tok/s"),
+    ("ascend-pangu", "pangu-ultra-moe-718b.json", "tp=8,pp=16,vpp=2,ep=32", 4096, 2, 4096, 4096,
+     ["--recompute", "selective", "--a2a", "flat", "--ep-overlap", "off", "--pp-split", "balance", "--load", "SKEW"],
+     "Pangu Ultra MoE 718B baseline (4K NPUs)", 18.9, "mfu%"),
+    ("ascend-pangu", "pangu-ultra-moe-718b.json", "tp=8,pp=16,vpp=2,ep=32", 4096, 2, 4096, 4096,
+     ["--recompute", "selective", "--a2a", "flat", "--ep-overlap", "off", "--pp-split", "balance", "--load", "SKEW"],
+     "Pangu Ultra MoE 718B baseline, tokens/s", 0.61e6, "tok/s"),
 ]
+# the baseline's expert load: without dynamic placement, the busiest of 32 devices over the mean,
+# from one of our own runs' logs (bench/RESULTS.md: the balance runs), else this figure
+BASELINE_SKEW = os.environ.get("SKEW", "1.3")
 
 def simulate(cluster, model, layout, devices, mb, gb, seq, extra, cluster_path=None):
-    cmd = [MOE, "simulate", "--model", f"{ROOT}/configs/sim/{model}.json" if "/" not in model else f"{ROOT}/{model}",
+    extra = [BASELINE_SKEW if x == "SKEW" else x for x in extra]
+    cmd = [MOE, "simulate", "--model", f"{ROOT}/configs/sim/{model}.json" if not model.endswith(".json") else f"{ROOT}/configs/{model}",
            "--cluster", cluster_path or f"{ROOT}/clusters/{cluster}.json", "--layout", layout, "--devices", str(devices),
            "--micro-batch", str(mb), "--global-batch", str(gb), "--seq", str(seq), "--json"] + extra
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -50,6 +69,9 @@ def simulate(cluster, model, layout, devices, mb, gb, seq, extra, cluster_path=N
 
 def value(r, unit):
     return r["step_ms"] / 1e3 if unit == "s" else r["mfu"] * 100 if unit == "mfu%" else r["tokens_per_s"]
+
+def show(v, unit):
+    return f"{v / 1e6:.2f}M tok/s" if unit == "tok/s" else f"{v:.3g} {unit}"
 
 # files whose gemm_max is another's (the same chip): file -> source file
 SAME_CHIP = {"h800-deepseek": "h100-256"}
@@ -101,7 +123,8 @@ def main():
         err = (v - pub) / pub
         if not is_cal:
             errs.append(abs(err))
-        print(f"| {cl} | {what}{' (calibration)' if is_cal else ''} | `{layout}` mb {mb} gb {gb} | {pub:g} {unit} | {v:.3g} {unit} | {100*err:+.1f}% |")
+        pts = f" ({v - pub:+.1f} points)" if unit == "mfu%" else ""
+        print(f"| {cl} | {what}{' (calibration)' if is_cal else ''} | `{layout}` mb {mb} gb {gb} | {show(pub, unit)} | {show(v, unit)} | {100*err:+.1f}%{pts} |")
     if errs:
         errs.sort()
         print(f"\npredictions: {len(errs)}, median |error| {100*errs[len(errs)//2]:.1f}%, worst {100*errs[-1]:.1f}%")

@@ -19,7 +19,9 @@ static const char *HELP =
     "                       once a node (DeepEP-style; default hier)\n"
     "  --ep-overlap off|layer|1f1b  the experts' all-to-all exposed, under the layer's other work,\n"
     "                       or under the other direction's pass of another micro-batch (default off)\n"
-    "  --pp-layers N1,...   layers in each chunk (pp x vpp counts; default even cuts)\n"
+    "  --pp-layers N1,...   layers in each chunk (pp x vpp counts, 0 allowed)\n"
+    "  --pp-split even|ends|balance  even cuts of the layers (moe train's), of the layers and the two\n"
+    "                       ends counted as a layer each (Megatron's), or balanced by cost (--search's)\n"
     "  --dp-overlap on|off  gradient reduction under the last backward passes (default on)\n"
     "  --zero 0|1           optimizer state split over the data-parallel ranks (default 1)\n"
     "  --attention flash|unfused  core attention fused, or its scores materialised (default flash)\n"
@@ -119,7 +121,8 @@ int cmd_simulate(int argc, char **argv) {
     SimLayout l = {.tp = 1, .pp = 1, .vpp = 1, .ep = 1, .etp = 1, .recompute = SIM_RC_SELECTIVE, .a2a = SIM_A2A_HIER, .dp_overlap = true, .skew = 1.0};
     int devices, zero, top;
     const char *rc = args_str(&a, "--recompute", "selective"), *a2a = args_str(&a, "--a2a", "hier"), *attn = args_str(&a, "--attention", "flash"),
-               *epo = args_str(&a, "--ep-overlap", "off"), *ppl = args_str(&a, "--pp-layers", NULL), *load = args_str(&a, "--load", NULL);
+               *epo = args_str(&a, "--ep-overlap", "off"), *ppl = args_str(&a, "--pp-layers", NULL),
+               *split = args_str(&a, "--pp-split", "even"), *load = args_str(&a, "--load", NULL);
     if (args_int(&a, "--devices", 0, &devices) || args_int(&a, "--dp", 0, &l.dp) || args_int(&a, "--micro-batch", 1, &l.micro_batch) ||
         args_int(&a, "--global-batch", 0, &l.global_batch) || args_int(&a, "--seq", 0, &l.seq) || args_int(&a, "--zero", 1, &zero) ||
         args_int(&a, "--top", 10, &top) || on_off(&a, "--dp-overlap", true, &l.dp_overlap))
@@ -145,6 +148,9 @@ int cmd_simulate(int argc, char **argv) {
     while (l.ep_overlap < 3 && strcmp(OV[l.ep_overlap], epo)) l.ep_overlap++;
     if (l.ep_overlap == 3) { moe_seterr("--ep-overlap must be off, layer or 1f1b, not \"%s\"", epo); return cmd_fail("simulate"); }
     if (ppl && parse_counts(ppl, &l)) return cmd_fail("simulate");
+    static const char *SPLITS[] = {"even", "ends", "balance"};
+    while (l.split < 3 && strcmp(SPLITS[l.split], split)) l.split++;
+    if (l.split == 3) { moe_seterr("--pp-split must be even, ends or balance, not \"%s\"", split); return cmd_fail("simulate"); }
     if (layout && parse_layout(layout, &l)) return cmd_fail("simulate");
     MoeConfig c;
     Cluster cl;

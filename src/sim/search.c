@@ -24,7 +24,7 @@ int sim_search(const MoeConfig *c, const Cluster *cl, const SimLayout *base, int
             const int dp = devices / (tp * pp);
             for (int vi = 0; vi < 6; vi++) {
                 const int vpp = VPPS[vi];
-                if ((vpp > 1 && pp == 1) || pp * vpp > L || pp * vpp > PP_MAX_CHUNKS) continue;
+                if ((vpp > 1 && pp == 1) || pp * vpp > L + 2 || pp * vpp > PP_MAX_CHUNKS) continue;
                 for (int ep = 1; ep <= E; ep++)
                 for (int etp = 1; etp <= tp; etp = etp == tp ? tp + 1 : tp) {   // experts whole, or split like tp
                     if (E % ep || (dp * tp) % (ep * etp) || (E == 1 && etp > 1)) continue;
@@ -35,7 +35,8 @@ int sim_search(const MoeConfig *c, const Cluster *cl, const SimLayout *base, int
                         if (vpp > 1 && m % pp) continue;
                         for (int ri = 0; ri < 3; ri++) {
                             SimLayout l = *base;
-                            l.n_pp_layers = 0;   // (even cuts)
+                            l.n_pp_layers = 0;   // (cuts balanced by cost)
+                            l.split = SIM_SPLIT_BALANCE;
                             l.tp = tp, l.pp = pp, l.vpp = vpp, l.ep = ep, l.etp = etp, l.dp = dp, l.micro_batch = mb, l.recompute = RCS[ri];
                             SimResult r;
                             if (sim_step(c, cl, &l, &r) != MOE_OK) continue;   // (a size the schedule refuses)

@@ -38,11 +38,14 @@ int cluster_parse(Cluster *cl, const char *text, size_t len, const char *path); 
 enum { SIM_RC_NONE, SIM_RC_SELECTIVE, SIM_RC_FULL };
 enum { SIM_A2A_FLAT, SIM_A2A_HIER, SIM_A2A_DEDUP };
 enum { SIM_OV_OFF, SIM_OV_LAYER, SIM_OV_1F1B };
+enum { SIM_SPLIT_EVEN, SIM_SPLIT_ENDS, SIM_SPLIT_BALANCE };
 typedef struct {
     int tp, pp, vpp, ep, dp;        // dp: the data-parallel replicas (devices / (tp·pp))
     int etp;                        // expert tensor parallel: an expert's width split over etp of the tp ranks
     int micro_batch, global_batch, seq;
     int n_pp_layers, pp_layers[PP_MAX_CHUNKS];   // uneven cuts: layers in each chunk (none: even)
+    int split;                      // SIM_SPLIT_*, without pp_layers: moe train's even cuts, the ends as a layer
+                                    // each (Megatron's account-for-embedding/loss), or balanced by cost
     int recompute;                  // SIM_RC_*
     int a2a;                        // SIM_A2A_*: the experts' all-to-all: flat, by node, or once a node per token
     int ep_overlap;                 // SIM_OV_*: the all-to-all exposed, under the layer's other work, or

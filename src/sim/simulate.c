@@ -272,17 +272,62 @@ static double layer_acts(const Ctx *x, int l, int mode) {
     return n * per * b + scores;
 }
 
-// the layers of each chunk: even cuts, or --pp-layers counts, where (unlike moe train's) a
-// chunk may hold none: Megatron's "account for the embedding and the loss in the pipeline
-// split" leaves the first and last chunks fewer layers; the MTP modules go with the last
-static int sim_cuts(const MoeConfig *c, const SimLayout *l, int *cut) {
+// the layers of each chunk: --pp-layers counts, where (unlike moe train's) a chunk may hold
+// none; or even cuts (moe train's); or even cuts of the layers and the two ends counted as a
+// layer each (Megatron's account-for-embedding/loss-in-pipeline-split); or balanced: each
+// chunk as near 1/K of the whole as whole layers allow, the embedding charged to the first
+// and the heads and MTP modules to the last (how Pangu placed 61 layers on its stages). The
+// MTP modules go with the last chunk.
+static void ends_cost(Ctx *x, bool first, bool last, Cost *fwd, Cost *back);
+static void layer_cost(Ctx *x, int l, Cost *fwd, Cost *back);
+static double pass_pair_s(const Cost *f, const Cost *b) {
+    double s = f->tp + b->tp + f->ep + b->ep;
+    for (int i = 0; i <= SIM_T_OVERHEAD; i++) s += f->t[i] + b->t[i];
+    return s;
+}
+static int sim_cuts(Ctx *x, int *cut) {
+    const MoeConfig *c = x->c;
+    const SimLayout *l = x->lay;
     const int K = l->pp * l->vpp, L = c->num_hidden_layers;
     if (K > PP_MAX_CHUNKS) MOE_ERR("--layout: pp x vpp = %d chunks, more than %d", K, PP_MAX_CHUNKS);
-    if (!l->n_pp_layers) return layer_cuts(c, l->pp, l->vpp, NULL, 0, cut);
-    if (l->n_pp_layers != K) MOE_ERR("--pp-layers has %d counts for pp x vpp = %d chunks", l->n_pp_layers, K);
-    cut[0] = 0;
-    for (int g = 0; g < K; g++) cut[g + 1] = cut[g] + l->pp_layers[g];
-    if (cut[K] != L) MOE_ERR("--pp-layers counts %d layers, the model has %d", cut[K], L);
+    if (l->n_pp_layers) {
+        if (l->n_pp_layers != K) MOE_ERR("--pp-layers has %d counts for pp x vpp = %d chunks", l->n_pp_layers, K);
+        cut[0] = 0;
+        for (int g = 0; g < K; g++) cut[g + 1] = cut[g] + l->pp_layers[g];
+        if (cut[K] != L) MOE_ERR("--pp-layers counts %d layers, the model has %d", cut[K], L);
+    } else if (l->split == SIM_SPLIT_EVEN || K == 1) {
+        return layer_cuts(c, l->pp, l->vpp, NULL, 0, cut);
+    } else if (l->split == SIM_SPLIT_ENDS) {
+        const int U = L + 2;
+        int u = 0;
+        cut[0] = 0;
+        for (int g = 0; g < K; g++) {
+            u += U / K + (g < U % K);
+            cut[g + 1] = imin(L, imax(cut[g], u - 1));
+        }
+        cut[K] = L;
+    } else {
+        double *w = MOE_NEW(double, L), pre, post = 0, total = 0;
+        const double ops = x->ops;
+        Cost f, b;
+        for (int i = 0; i < L; i++) { layer_cost(x, i, &f, &b); total += w[i] = pass_pair_s(&f, &b); }
+        ends_cost(x, true, false, &f, &b);
+        pre = pass_pair_s(&f, &b);
+        ends_cost(x, false, true, &f, &b);
+        post = pass_pair_s(&f, &b);
+        for (int i = L; i < config_n_layers(c); i++) { layer_cost(x, i, &f, &b); post += pass_pair_s(&f, &b); }
+        x->ops = ops;
+        total += pre + post;
+        double cum = pre;
+        int i = 0;
+        cut[0] = 0;
+        for (int g = 0; g < K - 1; g++) {
+            while (i < L && cum + w[i] / 2 <= (g + 1) * total / K) cum += w[i++];
+            cut[g + 1] = i;
+        }
+        cut[K] = L;
+        moe_free(w);
+    }
     cut[K] += config_n_layers(c) - L;
     return MOE_OK;
 }
@@ -299,7 +344,7 @@ static int check(const MoeConfig *c, const Cluster *cl, const SimLayout *l) {
         if ((l->dp * l->tp) % (l->ep * l->etp))
             MOE_ERR("--layout: ep x etp = %d must divide dp x tp = %d (the ranks a stage's experts spread over)", l->ep * l->etp, l->dp * l->tp);
     } else if (l->ep > 1) MOE_ERR("--layout: ep=%d for a model without MoE layers", l->ep);
-    if (!l->n_pp_layers && l->pp * l->vpp > c->num_hidden_layers) MOE_ERR("--layout: pp x vpp = %d chunks for %d layers", l->pp * l->vpp, c->num_hidden_layers);
+    if (!l->n_pp_layers && l->split == SIM_SPLIT_EVEN && l->pp * l->vpp > c->num_hidden_layers) MOE_ERR("--layout: pp x vpp = %d chunks for %d layers", l->pp * l->vpp, c->num_hidden_layers);
     if (l->global_batch % (l->dp * l->micro_batch))
         MOE_ERR("--global-batch %d must be a multiple of dp %d x --micro-batch %d", l->global_batch, l->dp, l->micro_batch);
     const int m = l->global_batch / (l->dp * l->micro_batch);
@@ -313,8 +358,8 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
     memset(out, 0, sizeof *out);
     const int S = lay->pp, V = lay->vpp, K = S * V, m = lay->global_batch / (lay->dp * lay->micro_batch);
     int cut[PP_MAX_CHUNKS + 1];
-    MOE_TRY(sim_cuts(c, lay, cut));
     Ctx x = {c, cl, lay, (double)lay->micro_batch * lay->seq, !strcmp(cl->dtype, "bf16") ? 2.0 : 4.0, 0};
+    MOE_TRY(sim_cuts(&x, cut));
     const bool mixed = x.b == 2;
     double *tf = MOE_NEW(double, K), *tb = MOE_NEW(double, K);
     Cost *cf = MOE_NEW(Cost, K), *cb = MOE_NEW(Cost, K);
@@ -370,7 +415,7 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
     }
     out->term[SIM_T_BUBBLE] = s0.makespan - s0.busy;
     out->term[SIM_T_PP] = s1.makespan - s0.makespan;
-    out->bubble_fraction = s1.bubble;
+    out->bubble_fraction = fmax(0, s1.bubble);
     out->ep_total_s = ep_all;
     // gradients over the data-parallel ranks (ZeRO-1: reduce-scatter, then the parameters'
     // all-gather; else an all-reduce: the same bytes): the dense weights over the dp replicas
