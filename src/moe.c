@@ -19,6 +19,7 @@ static const Command COMMANDS[] = {
     {"plot", cmd_plot, "an SVG of a run: loss, tokens/s, expert-load heatmaps"},
     {"export", cmd_export, "write a checkpoint as a Hugging Face directory (--format hf)"},
     {"serve", cmd_serve, "answer over HTTP: a page, /v1/solve, /v1/completions (continuous batching)"},
+    {"calibrate", cmd_calibrate, "measure this machine's rates for moe simulate (--comm under mpirun: the links)"},
     {"simulate", cmd_simulate, "predict a training step on a cluster: time by term, MFU, memory (--search: best layouts)"},
 };
 
@@ -35,9 +36,9 @@ int main(int argc, char **argv) {
     }
     if (dist_init(&argc, &argv) != MOE_OK) { fprintf(stderr, "moe: %s\n", moe_errmsg()); return 1; }
     const DistInfo *dist = dist_info();
-    if (dist->size > 1 && strcmp(argv[1], "train")) {
+    if (dist->size > 1 && strcmp(argv[1], "train") && strcmp(argv[1], "calibrate")) {
         // only training is distributed; P copies of any other command would write the same files
-        if (dist->rank == 0) fprintf(stderr, "moe %s: runs on one process (only train runs under mpirun with %d ranks)\n", argv[1], dist->size);
+        if (dist->rank == 0) fprintf(stderr, "moe %s: runs on one process (only train and calibrate --comm run under mpirun with %d ranks)\n", argv[1], dist->size);
         dist_finalize();
         return 1;
     }

@@ -17,6 +17,7 @@ int cmd_plot(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_simulate(int argc, char **argv);
+int cmd_calibrate(int argc, char **argv);
 
 // prints "moe CMD: <message>" (with the source location under MOE_DEBUG=1); returns 1
 int cmd_fail(const char *cmd);

@@ -76,3 +76,8 @@ int par_save_checkpoint(const char *dir, const Model *m, const ExpertShard *sh, 
 // the same with pipeline stages (ls: this rank's layers): replica 0's stages to rank 0
 int par_save_checkpoint_staged(const char *dir, const Model *m, const ExpertShard *sh, const LayerShard *ls, const AdamW *opt,
                                const size_t *zoff, CkptState *st);
+
+// ---- probe.c: collective timings for moe calibrate
+// The fastest of repeated sums of n_floats over every rank of the job (the slowest rank's
+// time each), repeated for about `seconds`
+int par_time_allreduce(size_t n_floats, double seconds, double *best);

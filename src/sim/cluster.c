@@ -65,7 +65,10 @@ static int parse(Cluster *cl, const cJSON *root, const char *path) {
         else if (!strcmp(k, "intra_node")) intra = it;
         else if (!strcmp(k, "inter_node")) inter = it;
         else if (!strcmp(k, "efficiency")) eff = it;
-        else if (strcmp(k, "devices") && strcmp(k, "devices_per_node") && strcmp(k, "memory_gb") && strcmp(k, "memory_bw_gbs"))
+        else if (!strcmp(k, "cores_per_device")) {
+            if (!cJSON_IsNumber(it) || !(it->valuedouble > 0 && it->valuedouble <= 4096)) MOE_ERR("%s: \"cores_per_device\" must be a positive number", path);
+            cl->cores = it->valuedouble;
+        } else if (strcmp(k, "devices") && strcmp(k, "devices_per_node") && strcmp(k, "memory_gb") && strcmp(k, "memory_bw_gbs"))
             MOE_ERR("%s: unknown key \"%s\"", path, moe_printable(pk, sizeof pk, k));
     }
     const NumKey top[] = {{"devices", &devices, 1, true, false}, {"devices_per_node", &dpn, 1, true, false},
@@ -114,6 +117,7 @@ static int parse(Cluster *cl, const cJSON *root, const char *path) {
     if (cl->gemm_max > 1 || cl->attn_eff > 1 || cl->mem_eff > 1 || cl->coll_max > 1 || cl->comm_share >= 1)
         MOE_ERR("%s: the efficiencies gemm_max, attention, memory, collective_max and comm_share are fractions (comm_share under 1)", path);
     if (!cl->name[0]) MOE_ERR("%s: \"name\" is missing", path);
+    if (cl->cores == 0) cl->cores = 1;
     return MOE_OK;
 }
 
@@ -133,4 +137,10 @@ int cluster_load(Cluster *cl, const char *path) {
     const int rc = cluster_parse(cl, text, len, path);
     free(text);   // (malloc'd)
     return rc;
+}
+
+void cluster_set_cores(Cluster *cl, double cores) {
+    const double f = cores / cl->cores;
+    cl->peak *= f, cl->gemm_peak *= f, cl->mfu_peak *= f, cl->mem_bw *= f;
+    cl->cores = cores;
 }

@@ -25,6 +25,7 @@ typedef struct {
     double mem_eff;                 // fraction of mem_bw that elementwise work (norms, SwiGLU, the optimizer) gets
     double coll_max, coll_half;     // a message of b bytes gets bw · coll_max · b / (b + coll_half)
     double comm_share;              // the share of a device's cores overlapped communication takes
+    double cores;                   // cores a device has (CPU files: what the rates were measured on; else 1)
     double op_us;                   // fixed cost of one operation (a launch, a barrier), microseconds
     double step_ms;                 // fixed cost of one step (data, logging, the host), milliseconds
 } Cluster;
@@ -33,6 +34,9 @@ typedef struct {
 // naming the field. Keys that only document ("description", "sources", ...) are skipped.
 int cluster_load(Cluster *cl, const char *path);
 int cluster_parse(Cluster *cl, const char *text, size_t len, const char *path);   // (text need not end in 0)
+// A device of `cores` cores instead of the file's cores_per_device: its compute and memory
+// rates scaled alike (CPU ranks: 2 cores for one process, 1 each for two, 0.5 for four)
+void cluster_set_cores(Cluster *cl, double cores);
 
 // ---- one layout
 enum { SIM_RC_NONE, SIM_RC_SELECTIVE, SIM_RC_FULL };
@@ -81,6 +85,8 @@ typedef struct {
 
 // Checks the layout against the model and the cluster (one line naming the field) and predicts.
 int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimResult *out);
+// one GEMM [m,k] x [k,n] in elements of b bytes: the roofline of its shape's rate and its bytes
+double sim_gemm_time(const Cluster *cl, double m, double n, double k, double b);
 // the devices a layout uses
 static inline int sim_devices(const SimLayout *l) { return l->tp * l->pp * l->dp; }
 
@@ -93,3 +99,15 @@ int sim_skew_parse(char *text, size_t len, const char *path, int ep, int last, d
 typedef struct { SimLayout lay; SimResult r; } SimCandidate;
 // base gives the batch, seq and switches; writes up to cap candidates, *n the count found
 int sim_search(const MoeConfig *c, const Cluster *cl, const SimLayout *base, int devices, SimCandidate *out, int cap, int *n);
+
+// ---- calibrate.c: this machine's rates, measured with moe.c's kernels (moe calibrate)
+typedef struct {
+    double peak;                 // sgemm FLOP/s on the current threads
+    int n_gemm, gemm_m[16];      // GEMMs of smallest side m (the others 1024) ...
+    double gemm_eff[16];         // ... and their fraction of peak
+    double gemm_max, gemm_half;  // the curve fitted to them
+    double attn_eff, mem_bw, mem_eff, op_us;
+} CalibCompute;
+int sim_calibrate_compute(CalibCompute *out, double seconds);
+// under mpirun: a ring all-reduce's bandwidth (bytes/s) and latency (s) over the job's ranks
+int sim_calibrate_comm(double seconds, double *bw, double *lat);

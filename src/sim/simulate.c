@@ -38,10 +38,18 @@ typedef struct { double t[SIM_T_N]; double tp, ep, ep_window, ops; } Cost;
 
 static double gemm_s(Ctx *x, double m, double n, double k) {
     if (m <= 0 || n <= 0 || k <= 0) return 0;
-    const double lo = fmin(m, fmin(n, k));
     x->ops += 1;
-    return 2 * m * n * k / (x->cl->gemm_peak * x->cl->gemm_max * lo / (lo + x->cl->gemm_half));
+    return sim_gemm_time(x->cl, m, n, k, x->b);
 }
+// A GEMM's time: its FLOPs at the GEMM peak times the efficiency of its shape, or reading
+// its operands and writing its result at memory bandwidth, whichever is longer (a roofline:
+// a GEMM of few rows is bound by reading the weights)
+double sim_gemm_time(const Cluster *cl, double m, double n, double k, double b) {
+    const double lo = fmin(m, fmin(n, k));
+    const double flops = 2 * m * n * k / (cl->gemm_peak * cl->gemm_max * lo / (lo + cl->gemm_half));
+    return fmax(flops, (m * k + n * k + m * n) * b / (cl->mem_bw * cl->mem_eff));
+}
+
 static double mem_s(Ctx *x, double bytes) {
     x->ops += 1;
     return bytes / (x->cl->mem_bw * x->cl->mem_eff);
