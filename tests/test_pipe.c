@@ -226,6 +226,116 @@ static void chunk_passes(void) {
     }
 }
 
+// SCHED_PAIR on one process: F0, then the pair (A = F1, B = B0), then B1 gives the
+// gradients and losses of F0 B0 F1 B1 (bit for bit untied; with a tied embedding the head's
+// and the embedding's contributions to the one tensor are added in another order); also with
+// the pair spanning two chunks, A the first chunk's forward, B the second's backward
+static int run_one(Model *m, const Schedule *s, Acts **a, const Batch **b, const ForwardOpts *fo, ForwardOut *o, const LayerSpan *sp) {
+    return model_run_span(m, s, a, b, fo, o, sp);
+}
+static void pair_passes(void) {
+    char detail[400] = "";
+    for (int tied = 0; tied < 2; tied++) {
+        char js[600];
+        snprintf(js, sizeof js, "{\"hidden_size\": 16, \"num_hidden_layers\": 7, \"num_attention_heads\": 2, \"intermediate_size\": 24,"
+                 " \"moe_intermediate_size\": 8, \"n_routed_experts\": 4, \"num_experts_per_tok\": 2, \"first_k_dense_replace\": 1,"
+                 " \"n_shared_experts\": 1, \"num_mtp_layers\": 1, \"max_position_embeddings\": 32, \"aux_loss_alpha\": 0.01,"
+                 " \"aux_scope\": \"sequence\", \"tie_word_embeddings\": %s}", tied ? "true" : "false");
+        MoeConfig c;
+        if (config_parse(&c, js, "pair.json") != MOE_OK) { check("pair config", 0, moe_errmsg()); return; }
+        Model m;
+        model_build(&m, &c, true);
+        model_init_weights(&m, 5);
+        Batch bt[2];
+        for (int i = 0; i < 2; i++) { batch_alloc(&bt[i], 64, 4); fill_batch(&bt[i], &c); }
+        for (int n = 0; n < bt[1].N; n++) bt[1].tokens[n] = (bt[1].tokens[n] * 7 + 3) % 256;   // another micro-batch
+        ForwardOpts fo = {.train = true, .ce_scale = 1.0f / bt[0].n_targets, .aux_scale = 1.0f / bt[0].n_seq,
+                          .mtp_scale = c.mtp_loss_weight / c.num_mtp_layers / bt[0].n_targets};
+        const int L = config_n_layers(&c), mode = ACTS_TRAIN_SELECTIVE | ACTS_BF16;
+        for (int split = 0; split < 2; split++) {
+            // chunks: the whole stack, or [0, 3) and [3, L)
+            const int K = split ? 2 : 1, cut[3] = {0, split ? 3 : L, L};
+            Acts a[2][2];
+            for (int i = 0; i < 2; i++)
+                for (int k = 0; k < K; k++) acts_alloc_span(&a[i][k], &m, bt[i].N, mode, cut[k], cut[k + 1] - cut[k]);
+            double ce[2][2] = {{0}};
+            float *g[2] = {NULL, NULL};
+            int rc = MOE_OK;
+            for (int way = 0; way < 2 && rc == MOE_OK; way++) {
+                memset(m.grads, 0, sizeof(float) * m.n_params);
+                // the passes in order; way 1 runs step 'P' as one pair
+                // whole stack: F0 B0 F1 B1, way 1: F0 (F1|B0) B1
+                // two chunks: F0c0 F0c1 B0c1 F1c0 F1c1 B1c1 B0c0 B1c0, way 1: F0c0 F0c1 (F1c0|B0c1) F1c1 B1c1 B0c0 B1c0
+                typedef struct { char kind; int mb, k; } Op;
+                const Op seq1[] = {{'F', 0, 0}, {'B', 0, 0}, {'F', 1, 0}, {'B', 1, 0}};
+                const Op seq2[] = {{'F', 0, 0}, {'F', 0, 1}, {'B', 0, 1}, {'F', 1, 0}, {'F', 1, 1}, {'B', 1, 1}, {'B', 0, 0}, {'B', 1, 0}};
+                const Op *seq = split ? seq2 : seq1;
+                const int n_ops = split ? 8 : 4, pair_at = split ? 2 : 1;   // ops pair_at and pair_at + 1 become one pair
+                for (int o = 0; o < n_ops && rc == MOE_OK; o++) {
+                    const Op op = seq[o];
+                    if (way == 1 && o == pair_at) {   // (B mb op.mb chunk op.k) with (F of seq[o + 1])
+                        const Op f = seq[o + 1];
+                        const size_t fnd = (size_t)bt[f.mb].N * c.hidden_size, bnd = (size_t)bt[op.mb].N * c.hidden_size;
+                        if (f.k > 0) memcpy(acts_stream(&a[f.mb][f.k], cut[f.k], bt[f.mb].N), acts_stream(&a[f.mb][f.k - 1], cut[f.k], bt[f.mb].N), sizeof(float) * fnd);
+                        if (op.k < K - 1) memcpy(acts_dstream(&a[op.mb][op.k]), acts_dstream(&a[op.mb][op.k + 1]), sizeof(float) * bnd);
+                        Acts *ap[2] = {&a[f.mb][f.k], &a[op.mb][op.k]};
+                        const Batch *bp[2] = {&bt[f.mb], &bt[op.mb]};
+                        const LayerSpan sp[2] = {{cut[f.k], cut[f.k + 1] - cut[f.k]}, {cut[op.k], cut[op.k + 1] - cut[op.k]}};
+                        ForwardOut out[2] = {{0}};
+                        rc = run_one(&m, &SCHED_PAIR, ap, bp, &fo, out, sp);
+                        ce[way][f.mb] += out[0].ce_sum + out[0].mtp_ce_sum + out[0].aux;
+                        o++;
+                        continue;
+                    }
+                    Acts *ap = &a[op.mb][op.k];
+                    const Batch *bp = &bt[op.mb];
+                    const LayerSpan sp = {cut[op.k], cut[op.k + 1] - cut[op.k]};
+                    const size_t nd = (size_t)bt[op.mb].N * c.hidden_size;
+                    if (op.kind == 'F') {
+                        if (op.k > 0) memcpy(acts_stream(ap, sp.l0, bp->N), acts_stream(&a[op.mb][op.k - 1], sp.l0, bp->N), sizeof(float) * nd);
+                        ForwardOut out = {0};
+                        rc = run_one(&m, &SCHED_CHUNK_FORWARD, &ap, &bp, &fo, &out, &sp);
+                        ce[way][op.mb] += out.ce_sum + out.mtp_ce_sum + out.aux;
+                    } else {
+                        if (op.k < K - 1) memcpy(acts_dstream(ap), acts_dstream(&a[op.mb][op.k + 1]), sizeof(float) * nd);
+                        rc = run_one(&m, &SCHED_CHUNK_BACKWARD, &ap, &bp, &fo, NULL, &sp);
+                    }
+                }
+                g[way] = MOE_NEW(float, m.n_params);
+                memcpy(g[way], m.grads, sizeof(float) * m.n_params);
+            }
+            int bad = rc != MOE_OK;
+            if (bad) snprintf(detail, sizeof detail, "%s", moe_errmsg());
+            double worst = 0;
+            for (int i = 0; i < 2 && !bad; i++)
+                if (ce[0][i] != ce[1][i]) { bad = 1; snprintf(detail, sizeof detail, "micro-batch %d's losses %.9g vs %.9g", i, ce[1][i], ce[0][i]); }
+            for (int t = 0; t < m.n_tensors && !bad; t++) {
+                const ParamTensor *pt = &m.tensors[t];
+                for (size_t j = 0; j < pt->numel; j++) {
+                    const double x = g[1][pt->offset + j], y = g[0][pt->offset + j], d = fabs(x - y) / (fabs(y) + 1e-6);
+                    if (d > worst) worst = d;
+                    if (tied ? d > 1e-5 : x != y) {
+                        bad = 1;
+                        snprintf(detail, sizeof detail, "gradient of %s [%zu]: %.9g vs %.9g", pt->name, j, x, y);
+                        break;
+                    }
+                }
+            }
+            if (!bad) snprintf(detail, sizeof detail, "largest relative difference %.2g", worst);
+            char name[300];
+            snprintf(name, sizeof name, "SCHED_PAIR: a forward and another micro-batch's backward in one phase = the two passes apart (%s, %s)",
+                     split ? "two chunks, the pair across them" : "the whole stack", tied ? "tied: to 1e-5" : "untied: bit for bit");
+            check(name, !bad, detail);
+            if (g[0]) moe_free(g[0]);
+            if (g[1]) moe_free(g[1]);
+            for (int i = 0; i < 2; i++)
+                for (int k = 0; k < K; k++) acts_free(&a[i][k]);
+        }
+        for (int i = 0; i < 2; i++) batch_free(&bt[i]);
+        model_free(&m);
+    }
+}
+
 int main(void) {
     char name[160], detail[512];
     // the grid: stages, virtual stages, micro-batches (V > 1: multiples of S)
@@ -290,6 +400,7 @@ int main(void) {
           !strchr(moe_errmsg(), '\n'), detail);
     staged_blobs();
     chunk_passes();
+    pair_passes();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail != 0;
 }

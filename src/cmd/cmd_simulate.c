@@ -25,6 +25,7 @@ static const char *HELP =
     "  --dp-overlap on|off  gradient reduction under the last backward passes (default on)\n"
     "  --zero 0|1           optimizer state split over the data-parallel ranks (default 1)\n"
     "  --attention flash|unfused  core attention fused, or its scores materialised (default flash)\n"
+    "  --devices-per-node N the ranks a host holds (default the cluster file's)\n"
     "  --cores-per-rank C   cores each device (rank) has, for CPU cluster files (default the file's\n"
     "                       cores_per_device; 0.5 when two ranks share a core)\n"
     "  --search             rank every layout that fits by throughput and print the best --top N (10)\n"
@@ -121,14 +122,14 @@ int cmd_simulate(int argc, char **argv) {
     const char *layout = search ? args_str(&a, "--layout", NULL) : cmd_required(&a, "--layout");
     if (!search && !layout) return cmd_fail("simulate");
     SimLayout l = {.tp = 1, .pp = 1, .vpp = 1, .ep = 1, .etp = 1, .recompute = SIM_RC_SELECTIVE, .a2a = SIM_A2A_HIER, .dp_overlap = true, .skew = 1.0};
-    int devices, zero, top;
+    int devices, zero, top, dpn;
     double cores;
     const char *rc = args_str(&a, "--recompute", "selective"), *a2a = args_str(&a, "--a2a", "hier"), *attn = args_str(&a, "--attention", "flash"),
                *epo = args_str(&a, "--ep-overlap", "off"), *ppl = args_str(&a, "--pp-layers", NULL),
                *split = args_str(&a, "--pp-split", "even"), *load = args_str(&a, "--load", NULL);
     if (args_int(&a, "--devices", 0, &devices) || args_int(&a, "--dp", 0, &l.dp) || args_int(&a, "--micro-batch", 1, &l.micro_batch) ||
         args_int(&a, "--global-batch", 0, &l.global_batch) || args_int(&a, "--seq", 0, &l.seq) || args_int(&a, "--zero", 1, &zero) ||
-        args_int(&a, "--top", 10, &top) || args_double(&a, "--cores-per-rank", 0, &cores) || on_off(&a, "--dp-overlap", true, &l.dp_overlap))
+        args_int(&a, "--top", 10, &top) || args_double(&a, "--cores-per-rank", 0, &cores) || args_int(&a, "--devices-per-node", 0, &dpn) || on_off(&a, "--dp-overlap", true, &l.dp_overlap))
         return cmd_fail("simulate");
     if (args_finish(&a)) return cmd_fail("simulate");
     if (l.global_batch <= 0 || l.seq <= 0) { moe_seterr("--global-batch and --seq are required (positive)"); return cmd_fail("simulate"); }
@@ -158,6 +159,8 @@ int cmd_simulate(int argc, char **argv) {
     MoeConfig c;
     Cluster cl;
     if (config_load(&c, cfg) || cluster_load(&cl, clf)) return cmd_fail("simulate");
+    if (dpn < 0 || dpn > 1000000) { moe_seterr("--devices-per-node must be positive"); return cmd_fail("simulate"); }
+    if (dpn) cl.devices_per_node = dpn;
     if (cores != 0) {
         if (!(cores > 0 && cores <= 4096)) { moe_seterr("--cores-per-rank must be positive"); return cmd_fail("simulate"); }
         cluster_set_cores(&cl, cores);

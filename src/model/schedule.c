@@ -10,11 +10,12 @@
 #define A_PREV(kind) {0, STAGE_##kind, 1}
 #define B_PREV(kind) {1, STAGE_##kind, 1}
 #define READY {0, STAGE_GRADS_READY, 0}
+#define B_READY {1, STAGE_GRADS_READY, 0}
 
 // one pass: each layer's stages in order
-#define FORWARD {false, LIST(A(FWD_BEGIN)), LIST(A(FWD_ATTN), A(FWD_EXPERTS), A(FWD_SHARED), A(FWD_FINISH)), \
+#define FORWARD {PH_FORWARD, LIST(A(FWD_BEGIN)), LIST(A(FWD_ATTN), A(FWD_EXPERTS), A(FWD_SHARED), A(FWD_FINISH)), \
                  LIST(A(FWD_END))}
-#define BACKWARD {true, LIST(READY, A(BWD_BEGIN)),                                            \
+#define BACKWARD {PH_BACKWARD, LIST(READY, A(BWD_BEGIN)),                                            \
                   LIST(A(BWD_FFN_OR_SEND), A(BWD_ROUTER_SHARED), A(BWD_OWNER_EXPERTS),        \
                        A(BWD_ATTENTION), READY),                                              \
                   LIST(A(BWD_END), READY)}
@@ -22,7 +23,7 @@
 // Two halves. Forward, per layer: A finishes the previous layer and runs its attention
 // (hiding B's combine), B the same (hiding A's dispatch), then A's experts and shared
 // expert (hiding B's dispatch and A's combine), then B's.
-#define FORWARD_HALVES {false, LIST(A(FWD_BEGIN), B(FWD_BEGIN)),                              \
+#define FORWARD_HALVES {PH_FORWARD, LIST(A(FWD_BEGIN), B(FWD_BEGIN)),                              \
                         LIST(A_PREV(FWD_FINISH), A(FWD_ATTN), B_PREV(FWD_FINISH), B(FWD_ATTN), \
                              A(FWD_EXPERTS), A(FWD_SHARED), B(FWD_EXPERTS), B(FWD_SHARED)),    \
                         LIST(A(FWD_END), B(FWD_END))}
@@ -30,17 +31,28 @@
 // router and shared-expert work), then the experts' GEMMs of A and B (each hiding the
 // other's exchange), then A's attention block hides B's returning input gradients. A's
 // stages come first: A may write the gradients, B adds to them.
-#define BACKWARD_HALVES {true, LIST(READY, A(BWD_BEGIN), B(BWD_BEGIN)),                         \
+#define BACKWARD_HALVES {PH_BACKWARD, LIST(READY, A(BWD_BEGIN), B(BWD_BEGIN)),                         \
                          LIST(A(BWD_FFN_OR_SEND), A(BWD_ROUTER_SHARED), B(BWD_FFN_OR_SEND),      \
                               B(BWD_ROUTER_SHARED), A(BWD_OWNER_EXPERTS), B(BWD_OWNER_EXPERTS),  \
                               A(BWD_ATTENTION), B(BWD_ATTENTION), READY),                        \
                          LIST(A(BWD_END), B(BWD_END), READY)}
+
+// A pair: A a forward, B the backward of another micro-batch. Per iteration, A finishes its
+// previous layer and runs its attention and router, whose dispatch B's FFN backward and
+// router hide; A's experts (at their owners) hide B's output gradients on their way; B's
+// owner GEMMs and attention hide A's combine, which A_PREV(FWD_FINISH) waits for next time.
+// Each walks its own span in its own direction; only B reports gradients.
+#define PAIR {PH_PAIR, LIST(A(FWD_BEGIN), B_READY, B(BWD_BEGIN)),                               \
+              LIST(A_PREV(FWD_FINISH), A(FWD_ATTN), B(BWD_FFN_OR_SEND), B(BWD_ROUTER_SHARED),   \
+                   A(FWD_EXPERTS), A(FWD_SHARED), B(BWD_OWNER_EXPERTS), B(BWD_ATTENTION), B_READY), \
+              LIST(A(FWD_END), B(BWD_END), B_READY)}
 
 const Schedule SCHED_FORWARD = {"forward", 1, 1, (const SchedPhase[]){FORWARD}};
 const Schedule SCHED_TRAIN = {"train", 1, 2, (const SchedPhase[]){FORWARD, BACKWARD}};
 const Schedule SCHED_CHUNK_FORWARD = {"chunk-forward", 1, 1, (const SchedPhase[]){FORWARD}};
 const Schedule SCHED_CHUNK_BACKWARD = {"chunk-backward", 1, 1, (const SchedPhase[]){BACKWARD}};
 const Schedule SCHED_TRAIN_HALVES = {"train-halves", 2, 2, (const SchedPhase[]){FORWARD_HALVES, BACKWARD_HALVES}};
+const Schedule SCHED_PAIR = {"pair", 2, 1, (const SchedPhase[]){PAIR}};
 
 // A list refers to passes the schedule has, and lags only in a body.
 static int sched_check(const Schedule *s) {
@@ -62,11 +74,12 @@ static int sched_check(const Schedule *s) {
 // the layer of pass p at iteration i of a phase over its span ([l0, l0 + n)); i = -1 and
 // i = n are the prologue's and the epilogue's (the head's side or the embedding's)
 static int layer_at(const Pass *p, bool backward, int i) { return p->l0 + (backward ? p->n - 1 - i : i); }
+static bool walks_back(const SchedPhase *ph, int pass) { return ph->backward >> pass & 1; }
 
-static int run_list(Pass *P, const StageList *list, bool backward, bool epilogue) {
+static int run_list(Pass *P, const StageList *list, const SchedPhase *ph, bool epilogue) {
     for (int i = 0; i < list->n; i++) {
-        Pass *p = &P[list->s[i].pass];
-        MOE_TRY(pass_run_stage(p, list->s[i].kind, layer_at(p, backward, epilogue ? p->n : -1)));
+        const int q = list->s[i].pass;
+        MOE_TRY(pass_run_stage(&P[q], list->s[i].kind, layer_at(&P[q], walks_back(ph, q), epilogue ? P[q].n : -1)));
     }
     return MOE_OK;
 }
@@ -74,7 +87,7 @@ static int run_list(Pass *P, const StageList *list, bool backward, bool epilogue
 // each pass over its own span: body stage k runs at iteration i on its pass's layer lag_k
 // iterations behind, when that is within the pass's span
 static int run_phase(Pass *P, int n_passes, const SchedPhase *ph) {
-    MOE_TRY(run_list(P, &ph->prologue, ph->backward, false));
+    MOE_TRY(run_list(P, &ph->prologue, ph, false));
     int max_lag = 0, max_n = 0;
     for (int k = 0; k < ph->body.n; k++) max_lag = imax(max_lag, ph->body.s[k].lag);
     for (int i = 0; i < n_passes; i++) max_n = imax(max_n, P[i].n);
@@ -83,9 +96,9 @@ static int run_phase(Pass *P, int n_passes, const SchedPhase *ph) {
             const Stage st = ph->body.s[k];
             Pass *p = &P[st.pass];
             const int j = i - st.lag;
-            if (j >= 0 && j < p->n) MOE_TRY(pass_run_stage(p, st.kind, layer_at(p, ph->backward, j)));
+            if (j >= 0 && j < p->n) MOE_TRY(pass_run_stage(p, st.kind, layer_at(p, walks_back(ph, st.pass), j)));
         }
-    return run_list(P, &ph->epilogue, ph->backward, true);
+    return run_list(P, &ph->epilogue, ph, true);
 }
 
 int model_run(Model *m, const Schedule *s, Acts *a[], const Batch *b[], const ForwardOpts *o, ForwardOut out[]) {

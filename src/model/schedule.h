@@ -47,8 +47,12 @@ typedef struct { const Stage *s; int n; } StageList;
 // body runs L + max lag times, filling and draining like a software pipeline. The prologue
 // runs at the layer before the first (forward -1, backward L) and the epilogue at the one
 // after the last (forward L, backward -1): the layers STAGE_GRADS_READY reports there.
+// Each pass walks its own direction: backward is a mask, bit p set when pass p walks
+// descending (PH_FORWARD, PH_BACKWARD; PH_PAIR: pass A forward, pass B backward, so that one
+// micro-batch's forward and another's backward share a phase).
+enum { PH_FORWARD = 0, PH_BACKWARD = 3, PH_PAIR = 2 };
 typedef struct {
-    bool backward;
+    unsigned char backward;
     StageList prologue, body, epilogue;
 } SchedPhase;
 
@@ -69,6 +73,9 @@ extern const Schedule SCHED_CHUNK_BACKWARD;  // forward alone, its backward alon
 extern const Schedule SCHED_TRAIN_HALVES;    // two halves of a micro-batch interleaved layer by
                                              // layer, one half's exchanges in flight while the
                                              // other computes (EP with --overlap on)
+extern const Schedule SCHED_PAIR;            // pipeline: pass A's forward and pass B's backward (another
+                                             // micro-batch, maybe another chunk) interleaved layer by
+                                             // layer, each one's expert exchanges under the other's compute
 
 // Runs the schedule's phases over passes a[i], b[i], out[i] (i < s->n_passes). Training: the
 // gradients are written or added as in ForwardOpts.grad_set; logits as model_forward's.

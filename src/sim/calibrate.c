@@ -78,7 +78,8 @@ int sim_calibrate_compute(CalibCompute *out, double seconds) {
     Cluster cl = {.peak = out->peak, .gemm_peak = out->peak, .mem_bw = out->mem_bw, .mem_eff = out->mem_eff};
     double best_err = INFINITY;
     for (double half = 1; half <= 8192; half *= 1.05)
-        for (double mx = 0.2; mx <= 1.0001; mx += 0.005) {
+        for (int j = 0; j <= 160; j++) {
+            const double mx = fmin(1.0, 0.2 + 0.005 * j);
             cl.gemm_max = mx, cl.gemm_half = half;
             double err = 0;
             for (int i = 0; i < np; i++) {
