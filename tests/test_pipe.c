@@ -348,7 +348,7 @@ int main(void) {
                 const int S = Ss[a], V = Vs[b], m = f * S;
                 PipeSim sim;
                 runs++;
-                if (pipe_check(S, V, m, &sim) != MOE_OK) {
+                if (pipe_check(S, V, m, false, &sim) != MOE_OK) {
                     if (!bad++) snprintf(detail, sizeof detail, "S %d V %d m %d: %s", S, V, m, moe_errmsg());
                     continue;
                 }
@@ -360,12 +360,46 @@ int main(void) {
     snprintf(name, sizeof name, "%d layouts (S 1-8, V 1-4, m = S, 2S, 4S): complete, no deadlock, backwards in order, bubble (S-1)/(mV)", runs);
     check(name, bad == 0, detail);
 
+    // the same grid paired (SCHED_PAIR: each steady forward and backward one pass)
+    bad = 0, runs = 0;
+    int worst_mem = 0;
+    for (int a = 0; a < 5; a++)
+        for (int b = 0; b < 4; b++)
+            for (int f = 1; f <= 4; f *= 2) {
+                const int S = Ss[a], V = Vs[b], m = f * S;
+                PipeSim sim, plain;
+                runs++;
+                if (pipe_check(S, V, m, true, &sim) != MOE_OK || pipe_check(S, V, m, false, &plain) != MOE_OK) {
+                    if (!bad++) snprintf(detail, sizeof detail, "S %d V %d m %d paired: %s", S, V, m, moe_errmsg());
+                    continue;
+                }
+                const double want = (double)(S - 1) / (m * V);
+                if (fabs(sim.bubble - want) > 1e-9 && !bad++)
+                    snprintf(detail, sizeof detail, "S %d V %d m %d paired: bubble %.6f, the schedule's %.6f", S, V, m, sim.bubble, want);
+                if (sim.in_flight_total - plain.in_flight_total > worst_mem) worst_mem = sim.in_flight_total - plain.in_flight_total;
+            }
+    snprintf(name, sizeof name, "%d layouts paired: complete, no deadlock, backwards in order, bubble (S-1)/(mV) (%d more chunk activations kept at most)",
+             runs, worst_mem);
+    check(name, bad == 0, detail);
+    {   // a paired list: S 2, V 1, m 4, stage 0: warm-up 3, then pairs, then the cool-down
+        PipeOp ops[16];
+        int W, n;
+        int ok = pipe_list(2, 1, 0, 4, true, ops, &n, &W) == MOE_OK;
+        char got[256] = "";
+        for (int i = 0; ok && i < n; i++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%s", i ? " " : "",
+                     ops[i].kind == PIPE_PAIR ? (snprintf(detail, sizeof detail, "F%d|B%d", ops[i].mb, ops[i].mb2), detail)
+                                              : (snprintf(detail, sizeof detail, "%c%d", ops[i].kind == PIPE_F ? 'F' : 'B', ops[i].mb), detail));
+        snprintf(detail, sizeof detail, "got %s (warm-up %d)", got, W);
+        check("S 2, V 1, m 4, stage 0 paired: F0 F1 F2 F3|B0 B1 B2 B3 (warm-up 2(S-1)+1)", ok && W == 3 && !strcmp(got, "F0 F1 F2 F3|B0 B1 B2 B3"), detail);
+    }
+
     // V = 1 takes any m; the bubble is (S-1)/m
     bad = 0;
     for (int S = 1; S <= 6; S++)
         for (int m = 1; m <= 13; m++) {
             PipeSim sim;
-            if (pipe_check(S, 1, m, &sim) != MOE_OK || fabs(sim.bubble - (double)(S - 1) / m) > 1e-9) {
+            if (pipe_check(S, 1, m, false, &sim) != MOE_OK || fabs(sim.bubble - (double)(S - 1) / m) > 1e-9) {
                 if (!bad++) snprintf(detail, sizeof detail, "S %d m %d: %s bubble %.6f", S, m, moe_errmsg(), sim.bubble);
             }
         }
@@ -374,10 +408,10 @@ int main(void) {
     // memory: at V = 1 stage 0 keeps min(m, S) micro-batches; interleaving keeps more chunks,
     // each 1/V of the layers; neither grows past m = 2S
     PipeSim s1, s2, s3;
-    int ok = pipe_check(4, 1, 16, &s1) == MOE_OK && pipe_check(4, 1, 64, &s2) == MOE_OK;
+    int ok = pipe_check(4, 1, 16, false, &s1) == MOE_OK && pipe_check(4, 1, 64, false, &s2) == MOE_OK;
     snprintf(detail, sizeof detail, "S 4 V 1: in flight %d (m 16), %d (m 64)", s1.in_flight_total, s2.in_flight_total);
     check("S 4, V 1: at most S micro-batches' activations kept, whatever m", ok && s1.in_flight_total == 4 && s2.in_flight_total == 4, detail);
-    ok = pipe_check(4, 2, 8, &s1) == MOE_OK && pipe_check(4, 2, 16, &s2) == MOE_OK && pipe_check(4, 2, 64, &s3) == MOE_OK;
+    ok = pipe_check(4, 2, 8, false, &s1) == MOE_OK && pipe_check(4, 2, 16, false, &s2) == MOE_OK && pipe_check(4, 2, 64, false, &s3) == MOE_OK;
     snprintf(detail, sizeof detail, "S 4 V 2: in flight %d, %d, %d chunk passes (m 8, 16, 64), per chunk [%d %d]", s1.in_flight_total,
              s2.in_flight_total, s3.in_flight_total, s3.in_flight[0], s3.in_flight[1]);
     check("S 4, V 2: the chunk activations kept stop growing at m = 2S", ok && s2.in_flight_total == s3.in_flight_total &&
@@ -386,7 +420,7 @@ int main(void) {
     // the list of one stage: warm-up, alternation, cool-down
     PipeOp ops[64];
     int W;
-    ok = pipe_list(2, 2, 0, 4, ops, &W) == MOE_OK;
+    ok = pipe_list(2, 2, 0, 4, false, ops, NULL, &W) == MOE_OK;
     char got[256] = "";
     for (int i = 0; ok && i < 16; i++)
         snprintf(got + strlen(got), sizeof got - strlen(got), "%s%c%d.%d", i ? " " : "", ops[i].kind == PIPE_F ? 'F' : 'B', ops[i].mb, ops[i].chunk);
@@ -394,7 +428,7 @@ int main(void) {
     snprintf(detail, sizeof detail, "got %s (warm-up %d)", got, W);
     check("S 2, V 2, m 4, stage 0: Megatron's order (warm-up 4 = 2(S-1-0) + (V-1)S)", ok && W == 4 && !strcmp(got, want), detail);
 
-    int rc = pipe_list(4, 2, 0, 6, ops, &W);
+    int rc = pipe_list(4, 2, 0, 6, false, ops, NULL, &W);
     snprintf(detail, sizeof detail, "rc %d: %s", rc, moe_errmsg());
     check("V > 1 with m not a multiple of S is refused in one line", rc == MOE_FAIL && strstr(moe_errmsg(), "multiple of --pp 4") &&
           !strchr(moe_errmsg(), '\n'), detail);

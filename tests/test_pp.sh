@@ -5,7 +5,9 @@
 # default bf16 storage; also with --zero 1 inside the stages) on a config that mixes a dense layer with MoE ones and has an MTP
 # module (and a tied one); a pipelined checkpoint resumes on one process and at another S; a
 # killed rank ends the job non-zero within 30 s and leaves the last checkpoint whole;
-# impossible layouts are refused with one line. One PASS/FAIL line per check.
+# impossible layouts are refused with one line. Under --ep with --overlap on the steady
+# forwards and backwards run as pairs (SCHED_PAIR; --micro-batch 1 makes 8 pass pairs a step).
+# One PASS/FAIL line per check.
 set -u
 MOE=${MOE:-./moe}
 MOE=$(readlink -f "$MOE")
@@ -32,7 +34,7 @@ OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" --out "$T/one" $F $X || { echo 
 OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" --out "$T/one_bf" $F || { echo "FAIL single-process run (default storage)"; exit 1; }
 OMP_NUM_THREADS=1 $MOE train --model "$T/tied.json" --out "$T/one_tied" $F $X || { echo "FAIL single-process run (tied)"; exit 1; }
 # P ranks, the layout flags, the storage
-for l in "2 --pp 2" "2 --pp 2 --vpp 2" "2 --pp 2 --vpp 2 --overlap off" "2 --pp 2 --pp-layers 1,3" "4 --pp 4" "4 --pp 2 --vpp 2 --ep 2" "4 --pp 2 --ep 2" "4 --pp 2" "4 --pp 2 --zero 1" "8 --pp 4 --vpp 1 --ep 2"; do
+for l in "2 --pp 2" "2 --pp 2 --vpp 2" "2 --pp 2 --vpp 2 --overlap off" "2 --pp 2 --pp-layers 1,3" "4 --pp 4" "4 --pp 2 --vpp 2 --ep 2" "4 --pp 2 --ep 2" "4 --pp 2" "4 --pp 2 --zero 1" "8 --pp 4 --vpp 1 --ep 2" "4 --pp 2 --vpp 2 --ep 2 --micro-batch 1"; do
   read -r np flags <<<"$l"
   name=p$np$(echo "$flags" | tr -d " -")
   run "$np" $MOE train --model "$T/c.json" --out "$T/$name" $F $X $flags >"$T/$name.log" 2>&1 \

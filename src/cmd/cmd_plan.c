@@ -79,7 +79,7 @@ int cmd_plan(int argc, char **argv) {
         if (c.n_routed_experts % E) { moe_seterr("--ep %d must divide the model's n_routed_experts %d", E, c.n_routed_experts); return cmd_fail("plan"); }
         if (M == 0) M = imax(1, B / (D * E));
         if (M < 1 || B % (D * E * M)) { moe_seterr("--batch %d must be a multiple of --dp %d x --ep %d x --micro-batch %d", B, D, E, M); return cmd_fail("plan"); }
-        if (layer_cuts(&c, S, V, NULL, 0, ls.cut) || pipe_check(S, V, B / (D * E * M), &sim)) return cmd_fail("plan");
+        if (layer_cuts(&c, S, V, NULL, 0, ls.cut) || pipe_check(S, V, B / (D * E * M), E > 1, &sim)) return cmd_fail("plan");
         st = MOE_NEW(StagePlan, S);
         for (int s = 0; s < S; s++) {
             LayerShard me = layer_shard_at(&ls, s);

@@ -12,7 +12,7 @@ static PipeOp nth(int kind, int k, int S, int V) {
     const int grp = k / (S * V), i = k % (S * V);
     int chunk = i / S;
     if (kind == PIPE_B) chunk = V - 1 - chunk;
-    return (PipeOp){(unsigned char)kind, (unsigned char)chunk, grp * S + i % S};
+    return (PipeOp){(unsigned char)kind, (unsigned char)chunk, 0, grp * S + i % S, -1};
 }
 
 static int pipe_sizes(int S, int V, int m) {
@@ -23,35 +23,42 @@ static int pipe_sizes(int S, int V, int m) {
     return MOE_OK;
 }
 
-int pipe_list(int S, int V, int stage, int m, PipeOp *ops, int *warmup) {
+int pipe_list(int S, int V, int stage, int m, bool pair, PipeOp *ops, int *n_ops, int *warmup) {
     MOE_TRY(pipe_sizes(S, V, m));
     if (stage < 0 || stage >= S) MOE_ERR("pipeline: stage %d of %d", stage, S);
     const int T = m * V;
-    // Megatron's warm-up: the forwards that fill the pipe before this stage's first backward
+    // Megatron's warm-up: the forwards that fill the pipe before this stage's first backward;
+    // pairing waits for one more (and at V = 1 for as many as interleaving would): a pair
+    // starts when both its forward's input and its backward's gradient are there, and the
+    // last stage must not pair a micro-batch's forward with its own backward
     int W = V == 1 ? S - stage - 1 : 2 * (S - stage - 1) + (V - 1) * S;
+    if (pair) W = 2 * (S - stage - 1) + (V - 1) * S + 1;
     if (V > 1 && m == S) W = T;   // (one group: all forwards first, as Megatron does)
     if (W > T) W = T;
     int n = 0;
     for (int k = 0; k < W; k++) ops[n++] = nth(PIPE_F, k, S, V);
     for (int i = 0; i < T - W; i++) {
-        ops[n++] = nth(PIPE_F, W + i, S, V);
-        ops[n++] = nth(PIPE_B, i, S, V);
+        const PipeOp f = nth(PIPE_F, W + i, S, V), b = nth(PIPE_B, i, S, V);
+        if (pair) ops[n++] = (PipeOp){PIPE_PAIR, f.chunk, b.chunk, f.mb, b.mb};
+        else ops[n++] = f, ops[n++] = b;
     }
     for (int k = T - W; k < T; k++) ops[n++] = nth(PIPE_B, k, S, V);
     if (warmup) *warmup = W;
+    if (n_ops) *n_ops = n;
     return MOE_OK;
 }
 
-int pipe_check(int S, int V, int m, PipeSim *sim) { return pipe_simulate(S, V, m, NULL, sim); }
+int pipe_check(int S, int V, int m, bool pair, PipeSim *sim) { return pipe_simulate(S, V, m, pair, NULL, sim); }
 
-int pipe_simulate(int S, int V, int m, const PipeCost *cost, PipeSim *sim) {
+int pipe_simulate(int S, int V, int m, bool pair, const PipeCost *cost, PipeSim *sim) {
     MOE_TRY(pipe_sizes(S, V, m));
     const int T = m * V, G = S * V, len = 2 * T;
     PipeOp *ops = MOE_NEW(PipeOp, (size_t)S * len);
     double *fdone = MOE_NEW(double, (size_t)m * G), *bdone = MOE_NEW(double, (size_t)m * G), *tfree = MOE_NEW(double, S);
     int *ptr = MOE_NEW(int, S), *lastb = MOE_NEW(int, G), *live = MOE_NEW(int, (size_t)S * V), *live_all = MOE_NEW(int, S);
+    int *nops = MOE_NEW(int, S);
     int rc = MOE_OK;
-    for (int s = 0; s < S && rc == MOE_OK; s++) rc = pipe_list(S, V, s, m, ops + (size_t)s * len, NULL);
+    for (int s = 0; s < S && rc == MOE_OK; s++) rc = pipe_list(S, V, s, m, pair, ops + (size_t)s * len, &nops[s], NULL);
     if (rc != MOE_OK) goto done;
     for (size_t i = 0; i < (size_t)m * G; i++) fdone[i] = bdone[i] = -1;
     for (int g = 0; g < G; g++) lastb[g] = -1;
@@ -65,78 +72,90 @@ int pipe_simulate(int S, int V, int m, const PipeCost *cost, PipeSim *sim) {
     }
     busy_max *= m;
     // each stage runs its list in order; a pass starts when its stage is free and its input
-    // exists (the previous chunk's forward; the next chunk's backward and its own forward)
+    // exists (the previous chunk's forward; the next chunk's backward and its own forward);
+    // a pair when both of its passes' inputs exist, taking both passes' time
     for (bool moved = true; moved;) {
         moved = false;
         for (int s = 0; s < S; s++) {
-            while (ptr[s] < len) {
+            while (ptr[s] < nops[s]) {
                 const PipeOp o = ops[(size_t)s * len + ptr[s]];
-                const int g = o.chunk * S + s;
-                double *me = (o.kind == PIPE_F ? fdone : bdone) + (size_t)o.mb * G + g;
-                if (*me >= 0) { rc = MOE_FAIL; moe_seterr("pipeline check: stage %d runs pass %d of micro-batch %d twice", s, o.kind, o.mb); goto done; }
-                double ready;
-                if (o.kind == PIPE_F) {
-                    if (g > 0 && fdone[(size_t)o.mb * G + g - 1] < 0) break;
-                    ready = g > 0 ? fdone[(size_t)o.mb * G + g - 1] + p2p : 0;
-                } else {
-                    const double f = fdone[(size_t)o.mb * G + g];
+                const bool has_f = o.kind != PIPE_B, has_b = o.kind != PIPE_F;
+                const int gf = o.chunk * S + s, cb = o.kind == PIPE_PAIR ? o.chunk2 : o.chunk, mbb = o.kind == PIPE_PAIR ? o.mb2 : o.mb;
+                const int gb = cb * S + s;
+                double ready = 0, dt = 0;
+                if (has_f) {
+                    if (fdone[(size_t)o.mb * G + gf] >= 0) { rc = MOE_FAIL; moe_seterr("pipeline check: stage %d runs the forward of micro-batch %d twice", s, o.mb); goto done; }
+                    if (gf > 0 && fdone[(size_t)o.mb * G + gf - 1] < 0) break;
+                    if (gf > 0) ready = fdone[(size_t)o.mb * G + gf - 1] + p2p;
+                    dt += cost ? cost->tf[s * V + o.chunk] : tf1;
+                }
+                if (has_b) {
+                    if (bdone[(size_t)mbb * G + gb] >= 0) { rc = MOE_FAIL; moe_seterr("pipeline check: stage %d runs the backward of micro-batch %d twice", s, mbb); goto done; }
+                    const double f = fdone[(size_t)mbb * G + gb];
                     if (f < 0) break;
-                    if (g < G - 1 && bdone[(size_t)o.mb * G + g + 1] < 0) break;
-                    ready = g < G - 1 ? bdone[(size_t)o.mb * G + g + 1] + p2p : f;
-                    if (o.mb <= lastb[g]) {
+                    if (gb < G - 1 && bdone[(size_t)mbb * G + gb + 1] < 0) break;
+                    const double r = gb < G - 1 ? bdone[(size_t)mbb * G + gb + 1] + p2p : f;
+                    if (r > ready) ready = r;
+                    if (mbb <= lastb[gb]) {
                         rc = MOE_FAIL;
-                        moe_seterr("pipeline check: chunk %d's backward of micro-batch %d after that of %d", g, o.mb, lastb[g]);
+                        moe_seterr("pipeline check: chunk %d's backward of micro-batch %d after that of %d", gb, mbb, lastb[gb]);
                         goto done;
                     }
-                    lastb[g] = o.mb;
+                    lastb[gb] = mbb;
+                    dt += cost ? cost->tb[s * V + cb] : tb1;
                 }
-                const double start = ready > tfree[s] ? ready : tfree[s];
-                const double dt = cost ? (o.kind == PIPE_F ? cost->tf : cost->tb)[s * V + o.chunk] : o.kind == PIPE_F ? tf1 : tb1;
-                *me = tfree[s] = start + dt;
-                int *lv = &live[s * V + o.chunk];
-                const int d = o.kind == PIPE_F ? 1 : -1;
-                *lv += d;
-                live_all[s] += d;
-                if (*lv > sim->in_flight[o.chunk]) sim->in_flight[o.chunk] = *lv;
-                if (*lv > sim->at[s][o.chunk]) sim->at[s][o.chunk] = *lv;
-                if (live_all[s] > sim->in_flight_total) sim->in_flight_total = live_all[s];
-                if (*me > sim->makespan) sim->makespan = *me;
+                const double start = ready > tfree[s] ? ready : tfree[s], end = tfree[s] = start + dt;
+                if (has_f) {   // (a pair's forward activations exist while its backward's are freed)
+                    fdone[(size_t)o.mb * G + gf] = end;
+                    int *lv = &live[s * V + o.chunk];
+                    ++*lv, ++live_all[s];
+                    if (*lv > sim->in_flight[o.chunk]) sim->in_flight[o.chunk] = *lv;
+                    if (*lv > sim->at[s][o.chunk]) sim->at[s][o.chunk] = *lv;
+                    if (live_all[s] > sim->in_flight_total) sim->in_flight_total = live_all[s];
+                }
+                if (has_b) {
+                    bdone[(size_t)mbb * G + gb] = end;
+                    live[s * V + cb]--, live_all[s]--;
+                }
+                if (end > sim->makespan) sim->makespan = end;
                 ptr[s]++;
                 moved = true;
             }
         }
     }
     for (int s = 0; s < S; s++)
-        if (ptr[s] < len) {
+        if (ptr[s] < nops[s]) {
             const PipeOp o = ops[(size_t)s * len + ptr[s]];
             rc = MOE_FAIL;
             moe_seterr("pipeline check: deadlock: stage %d waits at its pass %d (%s of micro-batch %d, chunk %d)", s, ptr[s],
-                       o.kind == PIPE_F ? "forward" : "backward", o.mb, o.chunk);
+                       o.kind == PIPE_F ? "forward" : o.kind == PIPE_B ? "backward" : "pair, forward", o.mb, o.chunk);
             goto done;
         }
     sim->busy = busy_max;
     sim->bubble = (sim->makespan - busy_max) / busy_max;
 done:
     moe_free(ops); moe_free(fdone); moe_free(bdone); moe_free(tfree);
-    moe_free(ptr); moe_free(lastb); moe_free(live); moe_free(live_all);
+    moe_free(ptr); moe_free(lastb); moe_free(live); moe_free(live_all); moe_free(nops);
     return rc;
 }
 
-int par_pipe_alloc(Pipe *p, const Model *model, const LayerShard *ls, int m, int ntok, int mb, int acts_mode, bool overlap) {
+int par_pipe_alloc(Pipe *p, const Model *model, const LayerShard *ls, int m, int ntok, int mb, int acts_mode, bool overlap, bool pair) {
     memset(p, 0, sizeof *p);
     p->overlap = overlap;
+    p->pair = pair;
     p->ls = *ls;
     p->m = m;
     p->Nmax = ntok;
     p->D = model->cfg.hidden_size;
-    p->ahead = MOE_NEW(float, (size_t)ntok * p->D);
-    p->ahead_req = -1;
+    for (int w = 0; w < 2; w++) {
+        p->ahead[w] = MOE_NEW(float, (size_t)ntok * p->D);
+        p->ahead_req[w] = -1;
+    }
     const int S = ls->S, V = ls->V;
     PipeSim sim;
-    MOE_TRY(pipe_check(S, V, m, &sim));
-    p->n_ops = 2 * m * V;
-    p->ops = MOE_NEW(PipeOp, p->n_ops);
-    MOE_TRY(pipe_list(S, V, ls->stage, m, p->ops, NULL));
+    MOE_TRY(pipe_check(S, V, m, pair, &sim));
+    p->ops = MOE_NEW(PipeOp, 2 * m * V);
+    MOE_TRY(pipe_list(S, V, ls->stage, m, pair, p->ops, &p->n_ops, NULL));
     const size_t ND = (size_t)ntok * model->cfg.hidden_size;
     for (int j = 0; j < V; j++) {
         int l0, n;
@@ -161,7 +180,8 @@ void par_pipe_free(Pipe *p) {
         moe_free(p->acts[j]); moe_free(p->batch[j]); moe_free(p->sendbuf[j]); moe_free(p->sendreq[j]);
     }
     moe_free(p->ops);
-    moe_free(p->ahead);
+    moe_free(p->ahead[0]);
+    moe_free(p->ahead[1]);
     memset(p, 0, sizeof *p);
 }
 
@@ -171,36 +191,49 @@ static int pipe_tag(const Pipe *p, int mb, int g, int dir) {
     return (int)((((long)mb * p->ls.S * p->ls.V + g) * 2 + dir) % 30000);
 }
 
-// Receives are posted one pass ahead: while pass k computes, the input of pass k+1 (the
-// stream, or the gradient of the output) can arrive into the staging buffer (sized for
-// the largest micro-batch; a message may be shorter). A pass waits for its own input; that
-// wait is the bubble (its neighbour had not sent it yet, or it was still in transit).
-static bool needs_recv(const Pipe *p, const PipeOp *o, int *from, int *tag) {
-    const int S = p->ls.S, G = S * p->ls.V, g = o->chunk * S + p->ls.stage;
-    if (o->kind == PIPE_F && g > 0) { *from = (g - 1) % S; *tag = pipe_tag(p, o->mb, g, 0); return true; }
-    if (o->kind == PIPE_B && g < G - 1) { *from = (g + 1) % S; *tag = pipe_tag(p, o->mb, g, 1); return true; }
+// Receives are posted one pass ahead: while pass k computes, the inputs of pass k+1 (the
+// stream, the gradient of the output, or both for a pair) can arrive into the staging
+// buffers (sized for the largest micro-batch; a message may be shorter). A pass waits for
+// its own inputs; that wait is the bubble (its neighbour had not sent them yet, or they were
+// still in transit). w 0: the forward's input stream, w 1: the backward's output gradient.
+static bool needs_recv(const Pipe *p, const PipeOp *o, int w, int *from, int *tag) {
+    const int S = p->ls.S, G = S * p->ls.V;
+    if (w == 0 && o->kind != PIPE_B) {
+        const int g = o->chunk * S + p->ls.stage;
+        if (g > 0) { *from = (g - 1) % S; *tag = pipe_tag(p, o->mb, g, 0); return true; }
+    }
+    if (w == 1 && o->kind != PIPE_F) {
+        const int chunk = o->kind == PIPE_PAIR ? o->chunk2 : o->chunk, mb = o->kind == PIPE_PAIR ? o->mb2 : o->mb;
+        const int g = chunk * S + p->ls.stage;
+        if (g < G - 1) { *from = (g + 1) % S; *tag = pipe_tag(p, mb, g, 1); return true; }
+    }
     return false;
 }
 
 static int post_recv(Pipe *p, int k) {
-    int from, tag;
-    p->ahead_req = -1;
-    if (k >= p->n_ops || !needs_recv(p, &p->ops[k], &from, &tag)) return MOE_OK;
-    return dist_pipe_irecv(p->ahead, (size_t)p->Nmax * p->D, from, tag, &p->ahead_req);
+    for (int w = 0; w < 2; w++) {
+        int from, tag;
+        p->ahead_req[w] = -1;
+        if (k < p->n_ops && needs_recv(p, &p->ops[k], w, &from, &tag))
+            MOE_TRY(dist_pipe_irecv(p->ahead[w], (size_t)p->Nmax * p->D, from, tag, &p->ahead_req[w]));
+    }
+    return MOE_OK;
 }
 
-static int post_ahead(Pipe *p, int k) { return p->overlap ? post_recv(p, k) : MOE_OK; }
-
-// pass k's input into buf (n floats), then pass k+1's receive posted (--overlap off: pass
-// k's is posted now, and nothing ahead)
-static int take_input(Pipe *p, int k, float *buf, size_t n) {
+// pass k's inputs into dst[w] (n[w] floats; NULL: none), then pass k+1's receives posted
+// (--overlap off: pass k's are posted now, and nothing ahead)
+static int take_inputs(Pipe *p, int k, float *dst[2], const size_t n[2]) {
     const double t = time_now();
     if (!p->overlap) MOE_TRY(post_recv(p, k));
-    if (p->ahead_req < 0) MOE_ERR("internal: pipeline pass %d has no receive posted", k);
-    MOE_TRY(dist_wait(p->ahead_req));
+    for (int w = 0; w < 2; w++) {
+        if (!dst[w]) continue;
+        if (p->ahead_req[w] < 0) MOE_ERR("internal: pipeline pass %d has no receive posted", k);
+        MOE_TRY(dist_wait(p->ahead_req[w]));
+        p->ahead_req[w] = -1;
+        memcpy(dst[w], p->ahead[w], sizeof(float) * n[w]);
+    }
     p->bubble_ms += (time_now() - t) * 1e3;
-    memcpy(buf, p->ahead, sizeof(float) * n);
-    return post_ahead(p, k + 1);
+    return p->overlap ? post_recv(p, k + 1) : MOE_OK;
 }
 
 static int pipe_send(Pipe *p, int j, int slot, const float *src, size_t n, int stage, int tag) {
@@ -241,37 +274,60 @@ int par_pipe_run(Pipe *p, Model *model, const ForwardOpts *fo, const Dataset *d,
             memset(a->rows_l, 0, sizeof(long) * L);
             a->dropped = a->assigned = 0;
         }
-    int rc = post_ahead(p, 0);
+    int rc = p->overlap ? post_recv(p, 0) : MOE_OK;
     for (int k = 0; k < p->n_ops && rc == MOE_OK; k++) {
         const PipeOp o = p->ops[k];
-        const int j = o.chunk, g = j * S + st, slot = o.mb % p->pool[j];
-        int l0, n;
-        layer_shard_chunk(&p->ls, j, &l0, &n);
-        const LayerSpan span = {l0, n};
-        Acts *a = &p->acts[j][slot];
-        Batch *b = &p->batch[j][slot];
-        const Batch *bc = b;
-        if (o.kind == PIPE_F) {
+        const bool has_f = o.kind != PIPE_B, has_b = o.kind != PIPE_F;
+        // the forward's (micro-batch mb, chunk jf) and the backward's (mb2 or mb, chunk jb)
+        const int jf = o.chunk, jb = o.kind == PIPE_PAIR ? o.chunk2 : o.chunk, mbb = o.kind == PIPE_PAIR ? o.mb2 : o.mb;
+        const int gf = jf * S + st, gb = jb * S + st;
+        Acts *a[2] = {NULL, NULL};
+        const Batch *bc[2] = {NULL, NULL};
+        LayerSpan span[2] = {{0, 0}, {0, 0}};
+        float *dst[2] = {NULL, NULL};
+        size_t nd[2] = {0, 0};
+        if (has_f) {
+            int l0, n;
+            layer_shard_chunk(&p->ls, jf, &l0, &n);
+            span[0] = (LayerSpan){l0, n};
+            a[0] = &p->acts[jf][o.mb % p->pool[jf]];
+            Batch *b = &p->batch[jf][o.mb % p->pool[jf]];
             const int s0 = o.mb * micro_batch;
             batch_fill(b, d, ids + s0, imin(micro_batch, count - s0));
-            const size_t ND = (size_t)b->N * D;
-            rc = g > 0 ? take_input(p, k, acts_stream(a, l0, b->N), ND) : post_ahead(p, k + 1);
-            ForwardOut out = {0};
-            if (rc == MOE_OK) rc = model_run_span(model, &SCHED_CHUNK_FORWARD, &a, &bc, fo, &out, &span);
-            if (rc != MOE_OK) break;
-            sum->ce_sum += out.ce_sum;
-            sum->aux += out.aux;
-            sum->mtp_ce_sum += out.mtp_ce_sum;
-            if (g == 0) *tokens += b->N;
-            if (g < G - 1) rc = pipe_send(p, j, slot, acts_stream(a, l0 + n, b->N), ND, (g + 1) % S, pipe_tag(p, o.mb, g + 1, 0));
-        } else {
-            const size_t ND = (size_t)b->N * D;
-            rc = g < G - 1 ? take_input(p, k, acts_dstream(a), ND) : post_ahead(p, k + 1);
-            if (rc == MOE_OK) rc = model_run_span(model, &SCHED_CHUNK_BACKWARD, &a, &bc, fo, NULL, &span);
-            if (rc == MOE_OK && g > 0) rc = pipe_send(p, j, slot, acts_dstream(a), ND, (g - 1) % S, pipe_tag(p, o.mb, g - 1, 1));
+            bc[0] = b;
+            nd[0] = (size_t)b->N * D;
+            if (gf > 0) dst[0] = acts_stream(a[0], l0, b->N);
         }
+        if (has_b) {
+            int l0, n;
+            layer_shard_chunk(&p->ls, jb, &l0, &n);
+            span[1] = (LayerSpan){l0, n};
+            a[1] = &p->acts[jb][mbb % p->pool[jb]];
+            bc[1] = &p->batch[jb][mbb % p->pool[jb]];
+            nd[1] = (size_t)bc[1]->N * D;
+            if (gb < G - 1) dst[1] = acts_dstream(a[1]);
+        }
+        rc = take_inputs(p, k, dst, nd);
+        ForwardOut out[2] = {{0}};
+        if (rc == MOE_OK) {
+            if (o.kind == PIPE_PAIR) rc = model_run_span(model, &SCHED_PAIR, a, bc, fo, out, span);
+            else if (has_f) rc = model_run_span(model, &SCHED_CHUNK_FORWARD, &a[0], &bc[0], fo, &out[0], &span[0]);
+            else rc = model_run_span(model, &SCHED_CHUNK_BACKWARD, &a[1], &bc[1], fo, NULL, &span[1]);
+        }
+        if (rc != MOE_OK) break;
+        if (has_f) {
+            sum->ce_sum += out[0].ce_sum;
+            sum->aux += out[0].aux;
+            sum->mtp_ce_sum += out[0].mtp_ce_sum;
+            if (gf == 0) *tokens += bc[0]->N;
+            if (gf < G - 1)
+                rc = pipe_send(p, jf, o.mb % p->pool[jf], acts_stream(a[0], span[0].l0 + span[0].n, bc[0]->N), nd[0], (gf + 1) % S,
+                               pipe_tag(p, o.mb, gf + 1, 0));
+        }
+        if (rc == MOE_OK && has_b && gb > 0)
+            rc = pipe_send(p, jb, mbb % p->pool[jb], acts_dstream(a[1]), nd[1], (gb - 1) % S, pipe_tag(p, mbb, gb - 1, 1));
     }
-    p->ahead_req = -1;   // (set only after a failure, when the job ends: nothing more is waited for)
+    p->ahead_req[0] = p->ahead_req[1] = -1;   // (set only after a failure, when the job ends: nothing more is waited for)
     for (int j = 0; j < V; j++)   // everything sent before the buffers go on
         for (int i = 0; i < p->pool[j]; i++)
             if (p->sendreq[j][i] >= 0) {

@@ -10,15 +10,17 @@
 
 #define PIPE_MAX_V 16
 #define PIPE_MAX_STAGES 64
-enum { PIPE_F = 0, PIPE_B = 1 };
+enum { PIPE_F = 0, PIPE_B = 1, PIPE_PAIR = 2 };
 
-// one pass: a forward or backward of micro-batch mb through local chunk j (global j·S + stage)
-typedef struct { unsigned char kind; unsigned char chunk; int mb; } PipeOp;
+// one pass: a forward or backward of micro-batch mb through local chunk j (global j·S + stage);
+// a pair: the forward of (mb, chunk) and the backward of (mb2, chunk2) run as one SCHED_PAIR
+typedef struct { unsigned char kind, chunk, chunk2; int mb, mb2; } PipeOp;
 
-// Stage `stage`'s list for m micro-batches: ops[2·m·V] (m·V forwards and m·V backwards);
-// *warmup: the forwards before the first backward. V > 1 needs m a multiple of S (the order
-// walks the micro-batches in groups of S). An error (one line) for impossible sizes.
-int pipe_list(int S, int V, int stage, int m, PipeOp *ops, int *warmup);
+// Stage `stage`'s list for m micro-batches into ops[2·m·V] (*n_ops of them: m·V forwards and
+// m·V backwards, or with `pair` each steady forward and backward one PIPE_PAIR); *warmup:
+// the forwards before the first backward. V > 1 needs m a multiple of S (the order walks the
+// micro-batches in groups of S). An error (one line) for impossible sizes.
+int pipe_list(int S, int V, int stage, int m, bool pair, PipeOp *ops, int *n_ops, int *warmup);
 
 // The lists of every stage simulated with a forward of a chunk taking time 1/V and a backward
 // 2/V, a chunk's input ready when the previous chunk's pass ends (no transfer time): checks
@@ -34,12 +36,12 @@ typedef struct {
     int in_flight_total;           // the most kept at once over a stage's chunks, max over stages
     int at[PIPE_MAX_STAGES][PIPE_MAX_V];   // per stage and local chunk: the most kept at once
 } PipeSim;
-int pipe_check(int S, int V, int m, PipeSim *sim);
+int pipe_check(int S, int V, int m, bool pair, PipeSim *sim);
 // The same simulation with each pass's own time (moe simulate): tf[s·V + j] and tb[s·V + j]
 // the forward and backward of stage s's local chunk j, and p2p the transfer between stages
 // (a chunk's input ready p2p after its neighbour's pass ends). cost NULL: pipe_check's times.
 typedef struct { const double *tf, *tb; double p2p; } PipeCost;
-int pipe_simulate(int S, int V, int m, const PipeCost *cost, PipeSim *sim);
+int pipe_simulate(int S, int V, int m, bool pair, const PipeCost *cost, PipeSim *sim);
 
 // ---- the driver: one stage's passes of one optimizer step (par_pipe_run)
 // Each local chunk keeps a pool of activations, one per micro-batch it holds at once
@@ -58,13 +60,14 @@ typedef struct Pipe {
     float *sendbuf[PIPE_MAX_V];    // [pool][Nmax*D]: what goes to a neighbour, until it is sent
     int *sendreq[PIPE_MAX_V];
     int Nmax, D;
-    float *ahead;                  // [Nmax*D] the next pass's input, received while this one computes
-    int ahead_req;
+    float *ahead[2];               // [Nmax*D] the next pass's inputs (its forward's stream, its
+    int ahead_req[2];              // backward's gradient), received while this one computes
     bool overlap;                  // receives posted a pass ahead (else when the pass starts)
+    bool pair;                     // steady forwards and backwards run as pairs (SCHED_PAIR)
     double bubble_ms, exposed_ms;  // this step: waited for the neighbours' data (not made yet / in transit)
 } Pipe;
 // the pools for m micro-batches of at most ntok tokens and mb examples each (acts_mode: acts_alloc's)
-int par_pipe_alloc(Pipe *p, const Model *model, const LayerShard *ls, int m, int ntok, int mb, int acts_mode, bool overlap);
+int par_pipe_alloc(Pipe *p, const Model *model, const LayerShard *ls, int m, int ntok, int mb, int acts_mode, bool overlap, bool pair);
 void par_pipe_free(Pipe *p);
 // Stage ls.stage's list for one step over examples ids[0, count) in micro-batches of
 // micro_batch: the gradients added to model->grads (fo: the step's scales; grad_set must be

@@ -401,8 +401,9 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
     const double p2p_bytes = x.n * D * x.b / lay->tp;
     const PipeCost pc0 = {tf, tb, 0}, pc1 = {tf, tb, lat + p2p_bytes / (bw * coll_eff(cl, p2p_bytes))};
     PipeSim s0, s1;
-    int rc = pipe_simulate(S, V, m, &pc0, &s0);
-    if (!rc) rc = pipe_simulate(S, V, m, &pc1, &s1);
+    const bool pair = lay->ep_overlap == SIM_OV_1F1B && lay->ep > 1;   // (1F1B overlap: moe train's pairs)
+    int rc = pipe_simulate(S, V, m, pair, &pc0, &s0);
+    if (!rc) rc = pipe_simulate(S, V, m, pair, &pc1, &s1);
     if (rc) goto done;
     // the busiest stage's terms
     int crit = 0;

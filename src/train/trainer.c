@@ -199,7 +199,10 @@ static int run_alloc(Run *R, const TrainArgs *ar, const TrainConfig *tc) {
     const int mode = (tc->acts_mode ? tc->acts_mode : ACTS_TRAIN) | (R->shard.comm ? ACTS_EP : 0);
     if (tc->pp > 1) {   // the stage's chunks' activations; a[0] holds the step's statistics
         const int local = tc->batch / di->ssize;
-        MOE_TRY(par_pipe_alloc(&R->pipe, &R->m, &R->ls, (local + mb - 1) / mb, mb * tc->seq, mb, mode, tc->overlap != 0));
+        // under expert parallelism with --overlap on, each steady forward and backward run as a
+        // pair (SCHED_PAIR), one micro-batch's expert exchanges hidden by another's compute
+        MOE_TRY(par_pipe_alloc(&R->pipe, &R->m, &R->ls, (local + mb - 1) / mb, mb * tc->seq, mb, mode, tc->overlap != 0,
+                               tc->overlap != 0 && tc->ep > 1));
         const MoeConfig *c = &R->m.cfg;
         R->a[0].load = MOE_NEW(long, (size_t)config_n_layers(c) * imax(c->n_routed_experts, 1));
         R->a[0].drop_l = MOE_NEW(long, config_n_layers(c));
