@@ -5,6 +5,10 @@
 # the receives posted a pass ahead (--overlap on) and when each pass starts (off).
 #
 #   bench/pipeline.sh [STEPS] [RATE] [HOSTS...]     (defaults: 6 steps, 10gbit, hosts 2 4)
+#   EP=1 bench/pipeline.sh [STEPS] [RATE]            pipeline x expert parallelism on 4 hosts:
+#       --pp 2 --ep 2, V 1 and 2, --overlap on (steady passes paired: one micro-batch's
+#       all-to-all under another's compute) against off; step time, the experts' exchange
+#       left exposed (ep_exposed_ms) and the bubble
 #
 # The model: 8 layers of hidden 256 (8 experts top-2 + 1 shared, the first layer dense), so
 # that S·V ≤ 8; batch 16 x 128 tokens of DeepMind mathematics text in micro-batches of 2
@@ -27,6 +31,32 @@ cat >"$T/model.json" <<'J'
  "intermediate_size": 768, "moe_intermediate_size": 256, "n_routed_experts": 8, "num_experts_per_tok": 2,
  "n_shared_experts": 1, "first_k_dense_replace": 1, "max_position_embeddings": 256}
 J
+if [ -n "${EP:-}" ]; then
+  for V in 1 2; do
+    for ov in on off; do
+      OMP_NUM_THREADS=1 bash scripts/cluster-emu.sh run 4 --rate "$RATE" -- "$PWD/moe" train --model "$T/model.json" \
+        --data "$DATA" --format text --batch 16 --micro-batch 1 --seq 128 --steps "$STEPS" --pp 2 --vpp "$V" --ep 2 \
+        --overlap "$ov" --quiet --out "$T/ep-$V-$ov" 2>&1 | grep -v '^cluster-emu:' >&2 || true
+      [ -s "$T/ep-$V-$ov/log.jsonl" ] || { echo "pipeline.sh: the EP V $V run wrote no log" >&2; exit 1; }
+    done
+  done
+  python3 - "$T" "$RATE" <<'PY'
+import json, statistics, sys
+T, rate = sys.argv[1], sys.argv[2]
+print(f"{rate} per link, 4 emulated hosts, --pp 2 --ep 2 (2 ranks a stage), batch 16 in micro-batches of 1 (m = 8 a stage); medians after the first step")
+print(f"{'V':>2} {'overlap':>8} {'step ms':>9} {'ep exposed ms':>14} {'bubble ms':>10}")
+res = {}
+for V in (1, 2):
+    for ov in ("on", "off"):
+        rows = [json.loads(l) for l in open(f"{T}/ep-{V}-{ov}/log.jsonl")][1:]
+        med = lambda k: statistics.median(r.get(k, 0) for r in rows)
+        res[(V, ov)] = (med("step_ms"), med("ep_exposed_ms"), med("bubble_ms"))
+        print(f"{V:2d} {ov:>8} {res[(V, ov)][0]:9.1f} {res[(V, ov)][1]:14.1f} {res[(V, ov)][2]:10.1f}")
+    print(f"   V {V}: pairs (overlap on) vs off: step {res[(V, 'off')][0] / res[(V, 'on')][0]:.3f}x, "
+          f"exposed all-to-all {res[(V, 'on')][1]:.1f} vs {res[(V, 'off')][1]:.1f} ms")
+PY
+  exit 0
+fi
 B=16; MB=2
 for S in $HOSTS; do
   for V in 1 2; do

@@ -34,7 +34,7 @@ ROWS = [
     ("h100-256", "qwen3-235b-a22b", "tp=4,pp=8,vpp=4,ep=8", 256, 1, 2048, 4096,
      ["--recompute", "none", "--a2a", "dedup", "--pp-layers", QWEN_CUTS], "Qwen3 TP4 EP8 PP8 VPP4", 29.0, "s"),
     ("h800-deepseek", "deepseek-v3", "tp=1,pp=16,ep=64", 2048, 1, 15360, 4096,
-     ["--recompute", "selective", "--a2a", "dedup", "--ep-overlap", "1f1b"], "DeepSeek-V3 PP16 EP64", 19.926, "s"),
+     ["--recompute", "selective", "--a2a", "dedup", "--ep-overlap", "dualpipe"], "DeepSeek-V3 PP16 EP64", 19.926, "s"),
     ("ascend-pangu", "pangu-ultra-135b", "tp=8,pp=8,vpp=6", 8192, 1, 2048, 4096, ["--recompute", "selective"],
      "Pangu Ultra 135B dense baseline", 43.0, "mfu%"),
     # Pangu Ultra MoE (unverified figures, docs/SIMULATE.md): "6K" NPUs read as 6144, the global batch

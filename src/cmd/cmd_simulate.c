@@ -17,8 +17,10 @@ static const char *HELP =
     "                       device's load over the mean, S >= 1 (default 1: balanced)\n"
     "  --a2a flat|hier|dedup  the experts' all-to-all: to every peer, gathered by node, or each token\n"
     "                       once a node (DeepEP-style; default hier)\n"
-    "  --ep-overlap off|layer|1f1b  the experts' all-to-all exposed, under the layer's other work,\n"
-    "                       or under the other direction's pass of another micro-batch (default off)\n"
+    "  --ep-overlap off|layer|1f1b|dualpipe  the experts' all-to-all exposed; under the layer's other\n"
+    "                       work; paired with another micro-batch's pass of the other direction,\n"
+    "                       transfer by transfer (moe train's pairs); all of it under the other pass\n"
+    "                       (DeepSeek's DualPipe) (default off)\n"
     "  --pp-layers N1,...   layers in each chunk (pp x vpp counts, 0 allowed)\n"
     "  --pp-split even|ends|balance  even cuts of the layers (moe train's), of the layers and the two\n"
     "                       ends counted as a layer each (Megatron's), or balanced by cost (--search's)\n"
@@ -147,10 +149,10 @@ int cmd_simulate(int argc, char **argv) {
     l.a2a = !strcmp(a2a, "flat") ? SIM_A2A_FLAT : !strcmp(a2a, "hier") ? SIM_A2A_HIER : SIM_A2A_DEDUP;
     if (strcmp(attn, "flash") && strcmp(attn, "unfused")) { moe_seterr("--attention must be flash or unfused, not \"%s\"", attn); return cmd_fail("simulate"); }
     l.unfused_attention = !strcmp(attn, "unfused");
-    static const char *OV[] = {"off", "layer", "1f1b"};
+    static const char *OV[] = {"off", "layer", "1f1b", "dualpipe"};
     l.ep_overlap = 0;
-    while (l.ep_overlap < 3 && strcmp(OV[l.ep_overlap], epo)) l.ep_overlap++;
-    if (l.ep_overlap == 3) { moe_seterr("--ep-overlap must be off, layer or 1f1b, not \"%s\"", epo); return cmd_fail("simulate"); }
+    while (l.ep_overlap < 4 && strcmp(OV[l.ep_overlap], epo)) l.ep_overlap++;
+    if (l.ep_overlap == 4) { moe_seterr("--ep-overlap must be off, layer, 1f1b or dualpipe, not \"%s\"", epo); return cmd_fail("simulate"); }
     if (ppl && parse_counts(ppl, &l)) return cmd_fail("simulate");
     static const char *SPLITS[] = {"even", "ends", "balance"};
     while (l.split < 3 && strcmp(SPLITS[l.split], split)) l.split++;

@@ -41,7 +41,7 @@ void cluster_set_cores(Cluster *cl, double cores);
 // ---- one layout
 enum { SIM_RC_NONE, SIM_RC_SELECTIVE, SIM_RC_FULL };
 enum { SIM_A2A_FLAT, SIM_A2A_HIER, SIM_A2A_DEDUP };
-enum { SIM_OV_OFF, SIM_OV_LAYER, SIM_OV_1F1B };
+enum { SIM_OV_OFF, SIM_OV_LAYER, SIM_OV_1F1B, SIM_OV_DUALPIPE };
 enum { SIM_SPLIT_EVEN, SIM_SPLIT_ENDS, SIM_SPLIT_BALANCE };
 typedef struct {
     int tp, pp, vpp, ep, dp;        // dp: the data-parallel replicas (devices / (tp·pp))
@@ -52,8 +52,9 @@ typedef struct {
                                     // each (Megatron's account-for-embedding/loss), or balanced by cost
     int recompute;                  // SIM_RC_*
     int a2a;                        // SIM_A2A_*: the experts' all-to-all: flat, by node, or once a node per token
-    int ep_overlap;                 // SIM_OV_*: the all-to-all exposed, under the layer's other work, or
-                                    // under the other direction's pass of another micro-batch (1F1B)
+    int ep_overlap;                 // SIM_OV_*: the all-to-all exposed; under the layer's other work; paired
+                                    // with another micro-batch's pass (1F1B, transfer by transfer as moe
+                                    // train's SCHED_PAIR); or all of it under the other pass (DualPipe)
     bool dp_overlap;                // gradient reduction under the last backward passes
     bool zero1;                     // optimizer state split over the data-parallel ranks
     bool unfused_attention;         // scores materialised (no flash attention): batched GEMMs, softmax in memory

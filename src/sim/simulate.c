@@ -34,7 +34,9 @@ typedef struct {
 } Ctx;
 
 // one pass's time by term, with the communication it starts
-typedef struct { double t[SIM_T_N]; double tp, ep, ep_window, ops; } Cost;
+// (ep_pair: the all-to-all this pass leaves exposed when it runs paired with another
+// micro-batch's pass of the other direction, transfer by transfer: see layer_cost)
+typedef struct { double t[SIM_T_N]; double tp, ep, ep_window, ep_pair, ops; } Cost;
 
 static double gemm_s(Ctx *x, double m, double n, double k) {
     if (m <= 0 || n <= 0 || k <= 0) return 0;
@@ -184,6 +186,20 @@ static void layer_cost(Ctx *x, int l, Cost *fwd, Cost *back) {
     } else if (L->recompute == SIM_RC_SELECTIVE) {   // (and materialised scores: the attention's core again)
         bk.t[SIM_T_RECOMPUTE] = elem_norm + elem_ffn + (L->unfused_attention ? core : 0);
     }
+    if (moe && L->ep > 1) {
+        // Paired (moe train's SCHED_PAIR, one layer of the forward A beside one of the backward
+        // B, priced here as this layer's own two passes): A's dispatch travels under B's
+        // restore, recomputation and shared-expert backward; B's output gradients under A's
+        // experts; A's combine under the owners' backward GEMMs and B's attention; B's input
+        // gradients come back to a B that waits for them at once.
+        const double one = f.ep / 2, share = x->cl->comm_share / (1 - x->cl->comm_share);
+        const double w_disp = bk.t[SIM_T_RECOMPUTE] + bk.t[SIM_T_SHARED], w_send = f.t[SIM_T_EXPERTS] + f.t[SIM_T_SHARED] + f.t[SIM_T_IMBALANCE];
+        const double w_comb = bk.t[SIM_T_EXPERTS] + bk.t[SIM_T_IMBALANCE] + bk.t[mla ? SIM_T_MLA : SIM_T_ATTENTION] + bk.t[SIM_T_ROUTER];
+        #define HIDE(t, w) (fmax(0, (t) - (w)) + fmin((t), (w)) * share)
+        f.ep_pair = HIDE(one, w_disp) + HIDE(one, w_comb);
+        bk.ep_pair = HIDE(one, w_send) + one + (bk.ep - 2 * one);   // (and a full recomputation's exchanges)
+        #undef HIDE
+    }
     *fwd = f;
     *back = bk;
 }
@@ -213,6 +229,7 @@ static void cost_add(Cost *a, const Cost *b) {
     a->tp += b->tp;
     a->ep += b->ep;
     a->ep_window += b->ep_window;
+    a->ep_pair += b->ep_pair;
 }
 // a pass's compute (with its tensor-parallel collectives), and the all-to-all it leaves
 // exposed: all of it (off); what the layer's own other work does not cover (layer: one part
@@ -228,8 +245,10 @@ static double compute_s(const Cost *p) {
 // cores: DeepSeek's 20 of 132 SMs), so the compute it hides under runs that much slower.
 static double ep_exposed(const Cluster *cl, const Cost *p, const Cost *other, int mode) {
     if (mode == SIM_OV_OFF) return p->ep;
-    const double window = mode == SIM_OV_LAYER ? p->ep_window : compute_s(other);
-    const double hidden = fmin(p->ep, window);
+    if (mode == SIM_OV_1F1B) return p->ep_pair;
+    // layer: under the layer's other work; dualpipe: all of it under the other pass's compute
+    // (DeepSeek's DualPipe overlaps both directions' exchanges in full)
+    const double hidden = fmin(p->ep, mode == SIM_OV_LAYER ? p->ep_window : compute_s(other));
     return p->ep - hidden + hidden * cl->comm_share / (1 - cl->comm_share);
 }
 
@@ -401,7 +420,7 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
     const double p2p_bytes = x.n * D * x.b / lay->tp;
     const PipeCost pc0 = {tf, tb, 0}, pc1 = {tf, tb, lat + p2p_bytes / (bw * coll_eff(cl, p2p_bytes))};
     PipeSim s0, s1;
-    const bool pair = lay->ep_overlap == SIM_OV_1F1B && lay->ep > 1;   // (1F1B overlap: moe train's pairs)
+    const bool pair = lay->ep_overlap >= SIM_OV_1F1B && lay->ep > 1;   // (1F1B overlap: moe train's pairs)
     int rc = pipe_simulate(S, V, m, pair, &pc0, &s0);
     if (!rc) rc = pipe_simulate(S, V, m, pair, &pc1, &s1);
     if (rc) goto done;
