@@ -14,7 +14,8 @@
 # that S·V ≤ 8; batch 16 x 128 tokens of DeepMind mathematics text in micro-batches of 2
 # (m = 8). The first step warms up; the figures are medians over the others. The measured
 # bubble is bubble_ms / (step_ms - bubble_ms): the time a stage waited for its neighbours'
-# data against the time it computed. Needs root (network namespaces).
+# data against the time it computed; "in transit" the part of that wait after the data was
+# sent (pp_transit_ms; the rest the neighbour had not made it yet). Needs root (network namespaces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-6}
@@ -75,17 +76,18 @@ T, rate, B, MB = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 hosts = [int(h) for h in sys.argv[5:]]
 m = B // MB
 print(f"{rate} per link, one rank per emulated host, 8 layers of hidden 256, batch {B} in {m} micro-batches; medians of the steps after the first")
-print(f"{'S':>2} {'V':>2} {'recv':>6} {'step ms':>9} {'bubble ms':>10} {'measured':>9} {'(S-1)/(mV)':>11} {'exposed ms':>11}")
+print(f"{'S':>2} {'V':>2} {'recv':>6} {'step ms':>9} {'bubble ms':>10} {'in transit':>11} {'measured':>9} {'(S-1)/(mV)':>11} {'exposed ms':>11}")
 out = {}
 for S in hosts:
     for V, ov in ((1, "on"), (2, "on"), (2, "off")):
         rows = [json.loads(l) for l in open(f"{T}/run-{S}-{V}-{ov}/log.jsonl")][1:]
         med = lambda k: statistics.median(r[k] for r in rows)
-        st, bu, ex = med("step_ms"), med("bubble_ms"), med("pp_exposed_ms")
+        st, bu, ex, tr = med("step_ms"), med("bubble_ms"), med("pp_exposed_ms"), med("pp_transit_ms")
         sched = (S - 1) / (m * V)
         meas = bu / (st - bu)
-        out[f"S{S}_V{V}_{ov}"] = {"step_ms": round(st, 1), "bubble_frac": round(meas, 4), "schedule": round(sched, 4), "exposed_ms": round(ex, 1)}
-        print(f"{S:2d} {V:2d} {('ahead' if ov == 'on' else 'at pass'):>6} {st:9.1f} {bu:10.1f} {meas:9.3f} {sched:11.3f} {ex:11.1f}")
+        out[f"S{S}_V{V}_{ov}"] = {"step_ms": round(st, 1), "bubble_frac": round(meas, 4), "schedule": round(sched, 4), "exposed_ms": round(ex, 1),
+                                  "transit_ms": round(tr, 1)}
+        print(f"{S:2d} {V:2d} {('ahead' if ov == 'on' else 'at pass'):>6} {st:9.1f} {bu:10.1f} {tr:11.1f} {meas:9.3f} {sched:11.3f} {ex:11.1f}")
     print(f"   S {S}: interleaving (V 2 vs 1) step-time gain {out[f'S{S}_V1_on']['step_ms'] / out[f'S{S}_V2_on']['step_ms']:.3f}x; "
           f"receives ahead vs at the pass: {out[f'S{S}_V2_off']['step_ms'] / out[f'S{S}_V2_on']['step_ms']:.3f}x")
 print(json.dumps(out))

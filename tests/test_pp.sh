@@ -47,7 +47,11 @@ run 4 $MOE train --model "$T/c.json" --out "$T/bf" $F --pp 2 --vpp 2 --ep 2 >"$T
 run 2 $MOE train --model "$T/tied.json" --out "$T/tied" $F $X --pp 2 --vpp 2 >"$T/tied.log" 2>&1 \
   && same_losses "P 2 --pp 2 --vpp 2, tied embedding (both ends hold it): the single-process losses" "$T/one_tied" "$T/tied" 10 1e-6 \
   || bad "tied embedding" "$(tail -c 300 "$T/tied.log")"
-grep -q '"bubble_ms":[0-9.]*,"pp_exposed_ms":[0-9.]*' "$T/p4pp4/log.jsonl" && ok "the log has bubble_ms and pp_exposed_ms" \
+python3 -c "
+import json, sys
+r = [json.loads(l) for l in open('$T/p4pp4/log.jsonl')]
+sys.exit(0 if r and all(0 <= x['pp_transit_ms'] <= x['bubble_ms'] + 1e-6 and x['pp_exposed_ms'] >= 0 for x in r) else 1)" \
+  && ok "the log has bubble_ms, of it pp_transit_ms (the data on its way), and pp_exposed_ms" \
   || bad "bubble_ms in the log" "$(head -c 300 "$T/p4pp4/log.jsonl")"
 
 # a pipelined checkpoint is one standard checkpoint: it resumes on one process and at another S

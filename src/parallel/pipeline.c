@@ -1,4 +1,5 @@
 // Pipeline schedules (pipeline.h)
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "../base/base.h"
@@ -148,7 +149,7 @@ int par_pipe_alloc(Pipe *p, const Model *model, const LayerShard *ls, int m, int
     p->Nmax = ntok;
     p->D = model->cfg.hidden_size;
     for (int w = 0; w < 2; w++) {
-        p->ahead[w] = MOE_NEW(float, (size_t)ntok * p->D);
+        p->ahead[w] = MOE_NEW(float, (size_t)ntok * p->D + PIPE_STAMP);
         p->ahead_req[w] = -1;
     }
     const int S = ls->S, V = ls->V;
@@ -163,7 +164,7 @@ int par_pipe_alloc(Pipe *p, const Model *model, const LayerShard *ls, int m, int
         const int k = p->pool[j] = imax(1, sim.at[ls->stage][j]);
         p->acts[j] = MOE_NEW(Acts, k);
         p->batch[j] = MOE_NEW(Batch, k);
-        p->sendbuf[j] = MOE_NEW(float, (size_t)k * ND);
+        p->sendbuf[j] = MOE_NEW(float, (size_t)k * (ND + PIPE_STAMP));
         p->sendreq[j] = MOE_NEW(int, k);
         for (int i = 0; i < k; i++) {
             acts_alloc_span(&p->acts[j][i], model, ntok, acts_mode, l0, n);
@@ -215,29 +216,37 @@ static int post_recv(Pipe *p, int k) {
         int from, tag;
         p->ahead_req[w] = -1;
         if (k < p->n_ops && needs_recv(p, &p->ops[k], w, &from, &tag))
-            MOE_TRY(dist_pipe_irecv(p->ahead[w], (size_t)p->Nmax * p->D, from, tag, &p->ahead_req[w]));
+            MOE_TRY(dist_pipe_irecv(p->ahead[w], (size_t)p->Nmax * p->D + PIPE_STAMP, from, tag, &p->ahead_req[w]));
     }
     return MOE_OK;
 }
 
 // pass k's inputs into dst[w] (n[w] floats; NULL: none), then pass k+1's receives posted
 // (--overlap off: pass k's are posted now, and nothing ahead)
+// Each message ends with its sender's clock at the send (PIPE_STAMP floats): of a wait, the
+// part after that moment was the data in transit, the part before it the data not yet made
+// (meaningful where the ranks' clocks agree: one host, the emulated hosts).
 static int take_inputs(Pipe *p, int k, float *dst[2], const size_t n[2]) {
     const double t = time_now();
     if (!p->overlap) MOE_TRY(post_recv(p, k));
     for (int w = 0; w < 2; w++) {
         if (!dst[w]) continue;
         if (p->ahead_req[w] < 0) MOE_ERR("internal: pipeline pass %d has no receive posted", k);
+        const double t0 = time_now();
         MOE_TRY(dist_wait(p->ahead_req[w]));
+        const double t1 = time_now();
         p->ahead_req[w] = -1;
         memcpy(dst[w], p->ahead[w], sizeof(float) * n[w]);
+        double sent;
+        memcpy(&sent, p->ahead[w] + n[w], sizeof sent);
+        p->transit_ms += fmax(0, t1 - fmax(sent, t0)) * 1e3;
     }
     p->bubble_ms += (time_now() - t) * 1e3;
     return p->overlap ? post_recv(p, k + 1) : MOE_OK;
 }
 
 static int pipe_send(Pipe *p, int j, int slot, const float *src, size_t n, int stage, int tag) {
-    float *buf = p->sendbuf[j] + (size_t)slot * p->Nmax * p->D;
+    float *buf = p->sendbuf[j] + (size_t)slot * ((size_t)p->Nmax * p->D + PIPE_STAMP);
     if (p->sendreq[j][slot] >= 0) {   // the slot's last message must be out before the buffer is reused
         const double t = time_now();
         MOE_TRY(dist_wait(p->sendreq[j][slot]));
@@ -245,7 +254,9 @@ static int pipe_send(Pipe *p, int j, int slot, const float *src, size_t n, int s
         p->sendreq[j][slot] = -1;
     }
     memcpy(buf, src, sizeof(float) * n);
-    return dist_pipe_isend(buf, n, stage, tag, &p->sendreq[j][slot]);
+    const double now = time_now();
+    memcpy(buf + n, &now, sizeof now);
+    return dist_pipe_isend(buf, n + PIPE_STAMP, stage, tag, &p->sendreq[j][slot]);
 }
 
 static void add_stats(Acts *to, const Acts *from, const MoeConfig *c) {
@@ -265,7 +276,7 @@ int par_pipe_run(Pipe *p, Model *model, const ForwardOpts *fo, const Dataset *d,
     if ((count + micro_batch - 1) / micro_batch != p->m) MOE_ERR("internal: %d examples in micro-batches of %d for %d", count, micro_batch, p->m);
     memset(sum, 0, sizeof *sum);
     *tokens = 0;
-    p->bubble_ms = p->exposed_ms = 0;
+    p->bubble_ms = p->exposed_ms = p->transit_ms = 0;
     for (int j = 0; j < V; j++)
         for (int i = 0; i < p->pool[j]; i++) {
             Acts *a = &p->acts[j][i];

@@ -10,6 +10,7 @@
 
 #define PIPE_MAX_V 16
 #define PIPE_MAX_STAGES 64
+#define PIPE_STAMP 2   // floats at the end of each message: the sender's clock (a double) at the send
 enum { PIPE_F = 0, PIPE_B = 1, PIPE_PAIR = 2 };
 
 // one pass: a forward or backward of micro-batch mb through local chunk j (global j·S + stage);
@@ -64,7 +65,8 @@ typedef struct Pipe {
     int ahead_req[2];              // backward's gradient), received while this one computes
     bool overlap;                  // receives posted a pass ahead (else when the pass starts)
     bool pair;                     // steady forwards and backwards run as pairs (SCHED_PAIR)
-    double bubble_ms, exposed_ms;  // this step: waited for the neighbours' data (not made yet / in transit)
+    double bubble_ms, exposed_ms;  // this step: waited for the neighbours' data; for its own sends to leave
+    double transit_ms;             // of bubble_ms: waited while the data was on its way (after it was sent)
 } Pipe;
 // the pools for m micro-batches of at most ntok tokens and mb examples each (acts_mode: acts_alloc's)
 int par_pipe_alloc(Pipe *p, const Model *model, const LayerShard *ls, int m, int ntok, int mb, int acts_mode, bool overlap, bool pair);

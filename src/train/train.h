@@ -102,6 +102,7 @@ typedef struct {
     double eval_ce;                                     // -1: no held-out loss this step
     double elapsed;                                     // seconds since the run (this process) began
     double bubble_ms, pp_exposed_ms;                    // pipeline: waited for neighbours (the most over ranks)
+    double pp_transit_ms;                               // of the bubble: while the data was in transit
     bool stop_time;                                     // the time budget ends the run here
 } StepFigures;
 

@@ -312,11 +312,13 @@ static int train_step(Run *R, const TrainConfig *tc, StepFigures *f) {
     if (tc->replace_every > 0 && R->pr.step % tc->replace_every == 0) MOE_TRY(replace_experts(R, tc, &f->moved));
     // the step's slowest rank, as the job sees it; communication in flight, and of it the time
     // waited for the expert-parallel exchanges and for the gradient sums and other collectives
-    double v[7] = {time_now() - t0, di->ms + di->moe.ms - comm0, di->exposed_ms + di->moe.exposed_ms - exposed0,
-                   di->moe.exposed_ms - ep_exposed0, di->exposed_ms - dp_exposed0, R->pipe.bubble_ms, R->pipe.exposed_ms};
-    if (di->size > 1) MOE_TRY(dist_max_f64(v, 7, DIST_WORLD));
+    double v[8] = {time_now() - t0, di->ms + di->moe.ms - comm0, di->exposed_ms + di->moe.exposed_ms - exposed0,
+                   di->moe.exposed_ms - ep_exposed0, di->exposed_ms - dp_exposed0, R->pipe.bubble_ms, R->pipe.exposed_ms,
+                   R->pipe.transit_ms};
+    if (di->size > 1) MOE_TRY(dist_max_f64(v, 8, DIST_WORLD));
     f->bubble_ms = R->ls.S > 1 ? v[5] : -1;
     f->pp_exposed_ms = v[6];
+    f->pp_transit_ms = v[7];
     f->dt = v[0];
     f->comm_ms = di->size > 1 ? v[1] : -1;
     f->exposed_ms = v[2]; f->ep_exposed = v[3]; f->dp_exposed = v[4];

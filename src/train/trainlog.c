@@ -117,7 +117,8 @@ int trainlog_step(TrainLog *r, const Acts *a, const StepFigures *f) {
                 "\"tokens_per_s\":%.1f,\"mfu\":%.5f,\"step_ms\":%.2f,\"tokens\":%ld,\"dropped\":%ld,",
             f->step, f->sl.loss, f->sl.ce, f->sl.aux, f->lr, f->gnorm, f->tps, f->mfu, f->dt * 1e3, f->sl.tokens, a->dropped);
     if (c->num_mtp_layers) fprintf(ls, "\"mtp_loss\":%.9g,", f->sl.mtp);   // per module, before its weight
-    if (f->bubble_ms >= 0) fprintf(ls, "\"bubble_ms\":%.2f,\"pp_exposed_ms\":%.2f,", f->bubble_ms, f->pp_exposed_ms);
+    if (f->bubble_ms >= 0)
+        fprintf(ls, "\"bubble_ms\":%.2f,\"pp_transit_ms\":%.2f,\"pp_exposed_ms\":%.2f,", f->bubble_ms, f->pp_transit_ms, f->pp_exposed_ms);
     if (f->comm_ms >= 0)
         fprintf(ls, "\"comm_ms\":%.2f,\"comm_exposed_ms\":%.2f,\"ep_exposed_ms\":%.2f,\"dp_exposed_ms\":%.2f,",
                 f->comm_ms, f->exposed_ms, f->ep_exposed, f->dp_exposed);
