@@ -1,10 +1,8 @@
-# Shared by the MPI suites (tests/test_dist.sh, tests/test_pp.sh): PASS/FAIL lines, mpirun
+# Shared by the MPI suites (tests/test_dist.sh, tests/test_pp.sh): PASS/FAIL lines (check_lib.sh), mpirun
 # on this machine, and the comparison of two runs' logged losses. Sourced after T is set.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=1
-pass=0; fail=0
-ok()  { echo "PASS $1"; pass=$((pass+1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail+1)); }
+. "$(dirname "${BASH_SOURCE[0]}")/check_lib.sh"
 run() { mpirun -np "$1" --oversubscribe -x OMP_NUM_THREADS=1 "${@:2}"; }
 
 losses() { grep -o '"loss":[-0-9.e]*' "$1/log.jsonl" | cut -d: -f2; }

@@ -8,9 +8,7 @@ set -u
 MOE=${MOE:-./moe}
 T=$(mktemp -d /tmp/moe-gen.XXXXXX)
 trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok()  { echo "PASS $1"; pass=$((pass+1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail+1)); }
+. "$(dirname "$0")/check_lib.sh"
 
 cat >"$T/mla.json" <<'J'
 {"model_type": "pangu_ultra_moe", "vocab_size": 260, "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,

@@ -118,6 +118,16 @@ static void fill_batch(Batch *b, const MoeConfig *c) {
     b->N = n;
 }
 
+// 7 layers (the first dense), 4 experts top-2 + a shared one, an MTP module, sequence aux loss
+static int chunk_config(MoeConfig *c, int tied) {
+    char js[600];
+    snprintf(js, sizeof js, "{\"hidden_size\": 16, \"num_hidden_layers\": 7, \"num_attention_heads\": 2, \"intermediate_size\": 24,"
+             " \"moe_intermediate_size\": 8, \"n_routed_experts\": 4, \"num_experts_per_tok\": 2, \"first_k_dense_replace\": 1,"
+             " \"n_shared_experts\": 1, \"num_mtp_layers\": 1, \"max_position_embeddings\": 32, \"aux_loss_alpha\": 0.01,"
+             " \"aux_scope\": \"sequence\", \"tie_word_embeddings\": %s}", tied ? "true" : "false");
+    return config_parse(c, js, "chunks.json");
+}
+
 static int run_chunked(Model *m, const Batch *b, int mode, const int *cut, int K, ForwardOut *tot) {
     const MoeConfig *c = &m->cfg;
     Acts *a = MOE_NEW(Acts, K);
@@ -151,13 +161,8 @@ static int run_chunked(Model *m, const Batch *b, int mode, const int *cut, int K
 static void chunk_passes(void) {
     char name[200], detail[400] = "";
     for (int tied = 0; tied < 2; tied++) {
-        char js[600];
-        snprintf(js, sizeof js, "{\"hidden_size\": 16, \"num_hidden_layers\": 7, \"num_attention_heads\": 2, \"intermediate_size\": 24,"
-                 " \"moe_intermediate_size\": 8, \"n_routed_experts\": 4, \"num_experts_per_tok\": 2, \"first_k_dense_replace\": 1,"
-                 " \"n_shared_experts\": 1, \"num_mtp_layers\": 1, \"max_position_embeddings\": 32, \"aux_loss_alpha\": 0.01,"
-                 " \"aux_scope\": \"sequence\", \"tie_word_embeddings\": %s}", tied ? "true" : "false");
         MoeConfig c;
-        if (config_parse(&c, js, "chunks.json") != MOE_OK) { check("chunk config", 0, moe_errmsg()); return; }
+        if (chunk_config(&c, tied) != MOE_OK) { check("chunk config", 0, moe_errmsg()); return; }
         Model m;
         model_build(&m, &c, true);
         model_init_weights(&m, 3);
@@ -236,13 +241,8 @@ static int run_one(Model *m, const Schedule *s, Acts **a, const Batch **b, const
 static void pair_passes(void) {
     char detail[400] = "";
     for (int tied = 0; tied < 2; tied++) {
-        char js[600];
-        snprintf(js, sizeof js, "{\"hidden_size\": 16, \"num_hidden_layers\": 7, \"num_attention_heads\": 2, \"intermediate_size\": 24,"
-                 " \"moe_intermediate_size\": 8, \"n_routed_experts\": 4, \"num_experts_per_tok\": 2, \"first_k_dense_replace\": 1,"
-                 " \"n_shared_experts\": 1, \"num_mtp_layers\": 1, \"max_position_embeddings\": 32, \"aux_loss_alpha\": 0.01,"
-                 " \"aux_scope\": \"sequence\", \"tie_word_embeddings\": %s}", tied ? "true" : "false");
         MoeConfig c;
-        if (config_parse(&c, js, "pair.json") != MOE_OK) { check("pair config", 0, moe_errmsg()); return; }
+        if (chunk_config(&c, tied) != MOE_OK) { check("pair config", 0, moe_errmsg()); return; }
         Model m;
         model_build(&m, &c, true);
         model_init_weights(&m, 5);

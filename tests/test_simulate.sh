@@ -8,19 +8,7 @@ set -u
 MOE=${MOE:-./moe}
 T=$(mktemp -d /tmp/moe-sim.XXXXXX)
 trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok()  { echo "PASS $1"; pass=$((pass+1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail+1)); }
-expect_fail() {
-  local name=$1 pat=$2; shift 2
-  "$@" >"$T/out" 2>"$T/err"; local rc=$?
-  local lines; lines=$(wc -l <"$T/err")
-  if [ $rc -eq 0 ]; then bad "$name" "exit 0"; return; fi
-  if [ $rc -ge 128 ]; then bad "$name" "crashed (rc $rc): $(head -c 300 "$T/err")"; return; fi
-  if [ "$lines" -ne 1 ]; then bad "$name" "$lines lines on stderr: $(head -c 300 "$T/err")"; return; fi
-  if ! grep -qF -- "$pat" "$T/err"; then bad "$name" "message lacks '$pat': $(cat "$T/err")"; return; fi
-  ok "$name ($(cat "$T/err"))"
-}
+. "$(dirname "$0")/check_lib.sh"
 py() { /usr/bin/python3 -c "$@"; }
 
 # every cluster file simulates the 718B plan; the terms add up to step_ms
@@ -83,18 +71,18 @@ else bad "--search" "$(cat "$T/err")"; fi
 A=(--model configs/bench-s.json --layout tp=1,pp=2,ep=4 --devices 8 --micro-batch 1 --global-batch 16 --seq 256)
 cp clusters/a100-selene.json "$T/good.json"
 edit() { py "import json, sys; d = json.load(open('$T/good.json')); $2; json.dump(d, open('$T/$1', 'w'))"; }
-edit miss.json "del d['efficiency']['gemm_max']"
-expect_fail "cluster: a missing field" 'miss.json: "efficiency.gemm_max" is missing' $MOE simulate "${A[@]}" --cluster "$T/miss.json"
-edit unk.json "d['intra_node']['bw_gb'] = 3"
-expect_fail "cluster: an unknown key" 'unk.json: unknown key "intra_node.bw_gb"' $MOE simulate "${A[@]}" --cluster "$T/unk.json"
-edit neg.json "d['inter_node']['bw_gbs'] = -25"
-expect_fail "cluster: a negative bandwidth" 'neg.json: "inter_node.bw_gbs" must be a positive number' $MOE simulate "${A[@]}" --cluster "$T/neg.json"
-edit frac.json "d['efficiency']['memory'] = 1.5"
-expect_fail "cluster: an efficiency above 1" 'frac.json: the efficiencies' $MOE simulate "${A[@]}" --cluster "$T/frac.json"
-edit dtype.json "d['dtype'] = 'int4'"
-expect_fail "cluster: an unknown dtype" 'dtype.json: "dtype" must be' $MOE simulate "${A[@]}" --cluster "$T/dtype.json"
-edit str.json "d['devices'] = '8'"
-expect_fail "cluster: a number as a string" 'str.json: "devices" must be a positive number' $MOE simulate "${A[@]}" --cluster "$T/str.json"
+# file | the edit (Python on d) | the check's name | what the message says
+while IFS='|' read -r f e name msg; do
+  edit "$f" "$e"
+  expect_fail "cluster: $name" "$f: $msg" $MOE simulate "${A[@]}" --cluster "$T/$f"
+done <<'CASES'
+miss.json|del d['efficiency']['gemm_max']|a missing field|"efficiency.gemm_max" is missing
+unk.json|d['intra_node']['bw_gb'] = 3|an unknown key|unknown key "intra_node.bw_gb"
+neg.json|d['inter_node']['bw_gbs'] = -25|a negative bandwidth|"inter_node.bw_gbs" must be a positive number
+frac.json|d['efficiency']['memory'] = 1.5|an efficiency above 1|the efficiencies
+dtype.json|d['dtype'] = 'int4'|an unknown dtype|"dtype" must be
+str.json|d['devices'] = '8'|a number as a string|"devices" must be a positive number
+CASES
 head -c 200 clusters/a100-selene.json >"$T/cut.json"
 expect_fail "cluster: a truncated file" 'cut.json: not valid JSON' $MOE simulate "${A[@]}" --cluster "$T/cut.json"
 expect_fail "cluster: a missing file" 'nope.json: cannot open' $MOE simulate "${A[@]}" --cluster "$T/nope.json"

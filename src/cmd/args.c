@@ -127,3 +127,18 @@ int args_finish(Args *a) {
         }
     return MOE_OK;
 }
+
+int args_parse_counts(const char *v, const char *flag, int lo, int *out, int cap, int *n) {
+    char buf[2048], *end;
+    if (strlen(v) >= sizeof buf) MOE_ERR("%s is too long", flag);
+    strcpy(buf, v);
+    *n = 0;
+    for (char *p = strtok(buf, ","); p; p = strtok(NULL, ",")) {
+        const long x = strtol(p, &end, 10);
+        if (end == p || *end || x < lo || x > 100000 || *n == cap)
+            MOE_ERR("%s must be up to %d whole numbers of at least %d, one per chunk (pp x vpp), got \"%s\"", flag, cap, lo, v);
+        out[(*n)++] = (int)x;
+    }
+    if (*n == 0) MOE_ERR("%s needs one layer count per chunk", flag);
+    return MOE_OK;
+}

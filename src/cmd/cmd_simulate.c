@@ -56,16 +56,7 @@ static int parse_layout(const char *s, SimLayout *l) {
 }
 
 static int parse_counts(const char *v, SimLayout *l) {
-    char buf[2048], *end;
-    snprintf(buf, sizeof buf, "%s", v);
-    for (char *p = strtok(buf, ","); p; p = strtok(NULL, ",")) {
-        const long n = strtol(p, &end, 10);
-        if (end == p || *end || n < 0 || n > 100000 || l->n_pp_layers == PP_MAX_CHUNKS)
-            MOE_ERR("--pp-layers must be up to %d layer counts (0 or more), one per chunk (pp x vpp), got \"%s\"", PP_MAX_CHUNKS, v);
-        l->pp_layers[l->n_pp_layers++] = (int)n;
-    }
-    if (l->n_pp_layers == 0) MOE_ERR("--pp-layers needs one layer count per chunk");
-    return MOE_OK;
+    return args_parse_counts(v, "--pp-layers", 0, l->pp_layers, PP_MAX_CHUNKS, &l->n_pp_layers);
 }
 
 static int on_off(Args *a, const char *flag, bool def, bool *out) {

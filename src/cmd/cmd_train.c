@@ -128,16 +128,7 @@ static int recipe_args(const char *path, int argc, char **argv, int *out_argc, c
 
 // --pp-layers N1,N2,...: the stack's layers in each pipeline chunk
 static int parse_pp_layers(const char *v, TrainConfig *tc) {
-    char buf[1024], *end;
-    snprintf(buf, sizeof buf, "%s", v);
-    for (char *p = strtok(buf, ","); p; p = strtok(NULL, ",")) {
-        const long n = strtol(p, &end, 10);
-        if (end == p || *end || n < 1 || n > 100000 || tc->n_pp_layers == 64)
-            MOE_ERR("--pp-layers must be up to 64 positive layer counts, one per chunk (--pp x --vpp), got \"%s\"", v);
-        tc->pp_layers[tc->n_pp_layers++] = (int)n;
-    }
-    if (tc->n_pp_layers == 0) MOE_ERR("--pp-layers needs one layer count per chunk");
-    return MOE_OK;
+    return args_parse_counts(v, "--pp-layers", 1, tc->pp_layers, 64, &tc->n_pp_layers);
 }
 
 // --pp S, --vpp V, --pp-layers N1,...
