@@ -26,6 +26,7 @@ static const char *HELP =
     "                       ends counted as a layer each (Megatron's), or balanced by cost (--search's)\n"
     "  --dp-overlap on|off  gradient reduction under the last backward passes (default on)\n"
     "  --zero 0|1           optimizer state split over the data-parallel ranks (default 1)\n"
+    "  --act-dtype bf16|f32 how f32 training keeps its saved activations (default bf16, moe train's)\n"
     "  --attention flash|unfused  core attention fused, or its scores materialised (default flash)\n"
     "  --devices-per-node N the ranks a host holds (default the cluster file's)\n"
     "  --cores-per-rank C   cores each device (rank) has, for CPU cluster files (default the file's\n"
@@ -117,7 +118,7 @@ int cmd_simulate(int argc, char **argv) {
     SimLayout l = {.tp = 1, .pp = 1, .vpp = 1, .ep = 1, .etp = 1, .recompute = SIM_RC_SELECTIVE, .a2a = SIM_A2A_HIER, .dp_overlap = true, .skew = 1.0};
     int devices, zero, top, dpn;
     double cores;
-    const char *rc = args_str(&a, "--recompute", "selective"), *a2a = args_str(&a, "--a2a", "hier"), *attn = args_str(&a, "--attention", "flash"),
+    const char *rc = args_str(&a, "--recompute", "selective"), *a2a = args_str(&a, "--a2a", "hier"), *attn = args_str(&a, "--attention", "flash"), *adt = args_str(&a, "--act-dtype", "bf16"),
                *epo = args_str(&a, "--ep-overlap", "off"), *ppl = args_str(&a, "--pp-layers", NULL),
                *split = args_str(&a, "--pp-split", "even"), *load = args_str(&a, "--load", NULL);
     if (args_int(&a, "--devices", 0, &devices) || args_int(&a, "--dp", 0, &l.dp) || args_int(&a, "--micro-batch", 1, &l.micro_batch) ||
@@ -140,6 +141,8 @@ int cmd_simulate(int argc, char **argv) {
     l.a2a = !strcmp(a2a, "flat") ? SIM_A2A_FLAT : !strcmp(a2a, "hier") ? SIM_A2A_HIER : SIM_A2A_DEDUP;
     if (strcmp(attn, "flash") && strcmp(attn, "unfused")) { moe_seterr("--attention must be flash or unfused, not \"%s\"", attn); return cmd_fail("simulate"); }
     l.unfused_attention = !strcmp(attn, "unfused");
+    if (strcmp(adt, "bf16") && strcmp(adt, "f32")) { moe_seterr("--act-dtype must be bf16 or f32, not \"%s\"", adt); return cmd_fail("simulate"); }
+    l.act_bf16 = !strcmp(adt, "bf16");
     static const char *OV[] = {"off", "layer", "1f1b", "dualpipe"};
     l.ep_overlap = 0;
     while (l.ep_overlap < 4 && strcmp(OV[l.ep_overlap], epo)) l.ep_overlap++;

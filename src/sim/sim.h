@@ -58,13 +58,14 @@ typedef struct {
     bool dp_overlap;                // gradient reduction under the last backward passes
     bool zero1;                     // optimizer state split over the data-parallel ranks
     bool unfused_attention;         // scores materialised (no flash attention): batched GEMMs, softmax in memory
+    bool act_bf16;                  // f32 training that keeps its saved activations in bf16 (moe train's default)
     double skew;                    // expert load: the busiest device's over the mean (1 = balanced)
 } SimLayout;
 
 // ---- the prediction, every term in seconds of one step
 enum {
     SIM_T_ATTENTION, SIM_T_MLA, SIM_T_DENSE_FFN, SIM_T_EXPERTS, SIM_T_SHARED, SIM_T_ROUTER, SIM_T_NORMS,
-    SIM_T_HEAD, SIM_T_RECOMPUTE, SIM_T_IMBALANCE, SIM_T_OVERHEAD,              // compute of the busiest stage
+    SIM_T_HEAD, SIM_T_RECOMPUTE, SIM_T_STASH, SIM_T_IMBALANCE, SIM_T_OVERHEAD, // compute of the busiest stage
     SIM_T_TP, SIM_T_EP, SIM_T_PP, SIM_T_DP,                                     // exposed communication
     SIM_T_BUBBLE, SIM_T_OPTIMIZER, SIM_T_STEP, SIM_T_N
 };

@@ -20,7 +20,7 @@
 #include "sim.h"
 
 const char *const SIM_TERM_NAMES[SIM_T_N] = {"attention", "mla", "dense_ffn", "experts", "shared", "router", "norms", "head",
-                                             "recompute", "imbalance", "op_overhead", "tp", "ep_all_to_all", "pp_send_recv",
+                                             "recompute", "activation_stash", "imbalance", "op_overhead", "tp", "ep_all_to_all", "pp_send_recv",
                                              "dp_reduce", "bubble", "optimizer", "step_overhead"};
 const char *const SIM_MEM_NAMES[SIM_M_N] = {"weights", "gradients", "optimizer", "activations", "workspace"};
 
@@ -101,6 +101,7 @@ static double a2a_s(const MoeConfig *c, const Cluster *cl, const SimLayout *l, d
     return fmax(t_in, t_out) + lat;
 }
 
+static double layer_acts(const Ctx *x, int l, int mode);
 // layer l's forward on one device and one micro-batch; back: its backward (with recomputation)
 static void layer_cost(Ctx *x, int l, Cost *fwd, Cost *back) {
     const MoeConfig *c = x->c;
@@ -185,6 +186,11 @@ static void layer_cost(Ctx *x, int l, Cost *fwd, Cost *back) {
         bk.t[SIM_T_OVERHEAD] += f.t[SIM_T_OVERHEAD];
     } else if (L->recompute == SIM_RC_SELECTIVE) {   // (and materialised scores: the attention's core again)
         bk.t[SIM_T_RECOMPUTE] = elem_norm + elem_ffn + (L->unfused_attention ? core : 0);
+    }
+    if (L->act_bf16 && x->b == 4) {   // the saved activations packed to bf16 (read 4, write 2 bytes) and back
+        const double kept = layer_acts(x, l, L->recompute) / 4;
+        f.t[SIM_T_STASH] = mem_s(x, kept * 6);
+        bk.t[SIM_T_STASH] = mem_s(x, kept * 6);
     }
     if (moe && L->ep > 1) {
         // Paired (moe train's SCHED_PAIR, one layer of the forward A beside one of the backward
@@ -402,7 +408,7 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
             layer_params(c, l, &pd, &pe);
             dense[s] += pd;
             expert[s] += pe;
-            act_layer[i] += layer_acts(&x, l, lay->recompute);
+            act_layer[i] += layer_acts(&x, l, lay->recompute) * (lay->act_bf16 && x.b == 4 ? 0.5 : 1);
         }
         Cost f, bk;
         ends_cost(&x, g == 0, g == K - 1, &f, &bk);
