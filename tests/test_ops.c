@@ -7,6 +7,7 @@
 #include "../src/base/base.h"
 #include "../src/kernels/gemm.h"
 #include "../src/kernels/simd.h"
+#include "../src/infer/infer.h"
 #include "../src/model/schedule.h"
 #include "../src/moe/moe.h"
 #include "../src/ops/ops.h"
@@ -579,6 +580,64 @@ static void test_simd(void) {
     simd_force_scalar(0);
 }
 
+// Answering from bf16 weights: vec_gemv_bf16 (each level) against its ref and against
+// linear_forward on the f32 values; linear_forward reads the registered copy only for a few
+// rows inside the registered blob; infer_weights_bf16 turns on only for bf16-exact weights
+static void test_gemv_bf16(void) {
+    char nm[160];
+    const int in = 203, out = 37, N = 3;   // (odd sizes: the vector loops' tails)
+    float *W = rnd((size_t)in * out, 1), *x = rnd((size_t)N * in, 1), *y = MOE_NEW(float, N * out), *y2 = MOE_NEW(float, N * out);
+    uint16_t *w16 = MOE_NEW(uint16_t, (size_t)in * out);
+    vec_to_bf16_ref(w16, W, (long)in * out);
+    vec_from_bf16_ref(W, w16, (long)in * out);   // W's values now bf16 ones
+    linear_forward(y2, x, W, N, in, out, false);
+    for (int lv = 2; lv >= 0; lv--) {
+        const int got = simd_cap(lv);
+        vec_gemv_bf16(y, x, w16, N, in, out, 0);
+        snprintf(nm, sizeof nm, "vec_gemv_bf16 (%s) = the f32 product of the same values (to summation order)", simd_level());
+        if (got == lv) check(nm, relerr(y, y2, (size_t)N * out), 1e-6);
+    }
+    simd_cap(2);
+    float *y3 = MOE_NEW(float, N * out);
+    for (int i = 0; i < N * out; i++) y3[i] = y[i] = 1.0f;
+    vec_gemv_bf16(y, x, w16, N, in, out, 1);
+    for (int i = 0; i < N * out; i++) y3[i] += y2[i];
+    check("vec_gemv_bf16 accumulates into y (acc)", relerr(y, y3, (size_t)N * out), 1e-6);
+    // registered: a few rows read the copy (poisoned here, to see which is read), more rows and
+    // weights outside the blob do not
+    uint16_t *poison = MOE_NEW(uint16_t, (size_t)in * out);
+    for (size_t i = 0; i < (size_t)in * out; i++) poison[i] = 0x3f80;   // 1.0
+    kernels_weight_shadow(W, (size_t)in * out, poison);
+    linear_forward(y, x, W, N, in, out, false);
+    double d_few = fabs(y[0] - y2[0]);
+    float *xb = rnd((size_t)16 * in, 1), *yb = MOE_NEW(float, 16 * out), *yb2 = MOE_NEW(float, 16 * out);
+    linear_forward(yb, xb, W, 16, in, out, false);
+    kernels_weight_shadow(NULL, 0, NULL);
+    linear_forward(yb2, xb, W, 16, in, out, false);
+    snprintf(nm, sizeof nm, "linear_forward reads the registered bf16 copy for %d rows, not for 16 (copy poisoned: %.3g apart)", N, d_few);
+    check(nm, d_few > 1e-3 ? relerr(yb, yb2, (size_t)16 * out) : 1, 0);
+    // infer_weights_bf16: on for a model whose weights are bf16 values, off otherwise
+    MoeConfig c;
+    const char *js = "{\"hidden_size\": 16, \"num_hidden_layers\": 1, \"num_attention_heads\": 2, \"moe_intermediate_size\": 8,"
+                     " \"n_routed_experts\": 4, \"num_experts_per_tok\": 2, \"max_position_embeddings\": 32}";
+    int ok = config_parse(&c, js, "w16.json") == MOE_OK;
+    Model m;
+    if (ok) {
+        model_build(&m, &c, false);
+        model_init_weights(&m, 1);
+        const bool f32_on = infer_weights_bf16(&m);
+        vec_round_bf16_ref(m.params, (long)m.n_params);
+        const bool bf_on = infer_weights_bf16(&m);
+        infer_weights_bf16_off();
+        model_free(&m);
+        snprintf(nm, sizeof nm, "infer_weights_bf16: off for f32 weights (%d), on once they are bf16 values (%d)", f32_on, bf_on);
+        ok = !f32_on && bf_on;
+    }
+    check(nm, ok ? 0 : 1, 0);
+    moe_free(W); moe_free(x); moe_free(y); moe_free(y2); moe_free(y3); moe_free(w16); moe_free(poison);
+    moe_free(xb); moe_free(yb); moe_free(yb2);
+}
+
 static void test_adamw(void) {
     MoeConfig c;
     config_defaults(&c);
@@ -732,6 +791,7 @@ int main(void) {
     test_small_ops();
     test_moe();
     test_simd();
+    test_gemv_bf16();
     test_adamw();
     test_placement();
     test_schedule();

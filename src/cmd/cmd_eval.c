@@ -55,6 +55,7 @@ int cmd_eval(int argc, char **argv) {
     if (batch <= 0) { moe_seterr("--batch must be positive, got %d", batch); return cmd_fail("eval"); }
     Model m;
     if (ckpt_load_model(ckpt, &m, false)) return cmd_fail("eval");
+    infer_weights_bf16(&m);
     GenOpts go;
     if (cmd_gen_opts(&gf, &m.cfg, &go)) { model_free(&m); return cmd_fail("eval"); }
     Tokenizer tk;   // the checkpoint's tokenizer.json, else bytes
@@ -109,6 +110,7 @@ int cmd_eval(int argc, char **argv) {
     }
     dataset_free(&d);
     tokenizer_free(&tk);
+    infer_weights_bf16_off();
     model_free(&m);
     return rc ? cmd_fail("eval") : 0;
 }

@@ -46,6 +46,7 @@ int cmd_serve(int argc, char **argv) {
     o.model_name = ckpt;
     Model m;
     if (ckpt_load_model(ckpt, &m, false)) return cmd_fail("serve");
+    infer_weights_bf16(&m);
     Tokenizer tk;
     if (tokenizer_for_dir(&tk, ckpt, m.cfg.vocab_size)) { model_free(&m); return cmd_fail("serve"); }
     // the server's threads inherit the blocked signals; this thread waits for them
@@ -64,6 +65,7 @@ int cmd_serve(int argc, char **argv) {
     fprintf(stderr, "moe serve: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
     server_stop(s);
     tokenizer_free(&tk);
+    infer_weights_bf16_off();
     model_free(&m);
     return 0;
 }

@@ -30,6 +30,7 @@ int cmd_solve(int argc, char **argv) {
     if (args_finish(&a)) { moe_free(pos); return cmd_fail("solve"); }
     Model m;
     if (ckpt_load_model(ckpt, &m, false)) { moe_free(pos); return cmd_fail("solve"); }
+    infer_weights_bf16(&m);
     GenOpts go;
     if (cmd_gen_opts(&gf, &m.cfg, &go)) { moe_free(pos); model_free(&m); return cmd_fail("solve"); }
     Tokenizer tk;   // the checkpoint's tokenizer.json, else bytes
@@ -64,6 +65,7 @@ int cmd_solve(int argc, char **argv) {
     }
     moe_free(pos);
     tokenizer_free(&tk);
+    infer_weights_bf16_off();
     model_free(&m);
     return rc ? cmd_fail("solve") : 0;
 }

@@ -38,3 +38,9 @@ int eval_loss(Model *m, const ExpertShard *sh, const Dataset *d, int limit, int 
 // The logits at every position of each of the first n examples (one forward each): *out
 // [sum of rows, V] (moe_alloc'd), rows[i] the positions of example i.
 int eval_logits(Model *m, const Dataset *d, int n, float **out, int *rows);
+
+// weights16.c: when every weight of m is a bf16 value (a BF16 checkpoint), keep a bf16 copy
+// that the linear layers over a few rows (decoding) read: the same answers, half the memory
+// traffic. Returns whether it is on (until infer_weights_bf16_off or the process ends).
+bool infer_weights_bf16(const Model *m);
+void infer_weights_bf16_off(void);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../base/base.h"
+#include "simd.h"
 
 void openblas_set_num_threads(int);
 
@@ -89,8 +90,19 @@ void gemm_ref(bool ta, bool tb, int M, int N, int K, float alpha, const float *A
         }
 }
 
+// A bf16 copy of a weight blob whose values are bf16 already (a BF16 checkpoint, for
+// answering): linear layers over a few rows read it instead, half the bytes, the same values
+static const float *shadow_lo;
+static size_t shadow_n;
+static const uint16_t *shadow16;
+void kernels_weight_shadow(const float *blob, size_t n, const uint16_t *w16) { shadow_lo = blob, shadow_n = n, shadow16 = w16; }
+
 void linear_forward(float *y, const float *x, const float *W, int N, int in, int out, bool acc) {
     // y[N,out] (+)= x[N,in] @ W[out,in]^T
+    if (shadow16 && N <= KERNELS_GEMV_ROWS && W >= shadow_lo && W + (size_t)in * out <= shadow_lo + shadow_n) {
+        vec_gemv_bf16(y, x, shadow16 + (W - shadow_lo), N, in, out, acc);
+        return;
+    }
     gemm(false, true, N, out, in, 1.0f, x, in, W, in, acc ? 1.0f : 0.0f, y, out);
 }
 

@@ -2,6 +2,8 @@
 // op(X) = X or X^T. BLAS for speed; gemm_ref is the naive twin the tests trust.
 #pragma once
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc);
@@ -19,6 +21,12 @@ void linear_backward_set(float *dx, float *dW, const float *dy, const float *x, 
 // the general form: dx = bx dx + dy W ; dW = bw dW + dy^T x (a beta of 0 never reads the old value)
 void linear_backward_beta(float *dx, float *dW, const float *dy, const float *x, const float *W,
                           int N, int in, int out, float bx, float bw);
+
+// Weights for answering: when blob[0, n) holds values that bf16 represents exactly (a BF16
+// checkpoint), w16 its bf16 copy; linear_forward over at most KERNELS_GEMV_ROWS rows then reads
+// w16 (half the memory traffic of decoding, the same products). NULL w16 turns it off.
+#define KERNELS_GEMV_ROWS 4
+void kernels_weight_shadow(const float *blob, size_t n, const uint16_t *w16);
 
 // The BLAS behind gemm: "auto" (MKL on Intel CPUs when libmkl_rt.so loads, else OpenBLAS),
 // "mkl" or "openblas"; an error for an unknown name or an MKL that does not load. Without

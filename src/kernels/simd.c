@@ -325,3 +325,67 @@ void vec_round_bf16(float *x, long n) { if (detect()) round_bf16_avx2(x, n); els
 void vec_round_bf16_ref(float *x, long n) { round_bf16_scalar(x, n); }
 void vec_to_bf16_ref(uint16_t *d, const float *x, long n) { to_bf16_scalar(d, x, n); }
 void vec_from_bf16_ref(float *y, const uint16_t *s, long n) { from_bf16_scalar(y, s, n); }
+
+// ---------------------------------------------------------------- bf16 weights, a few rows
+
+void vec_gemv_bf16_ref(float *y, const float *x, const uint16_t *W, int N, int in, int out, int acc) {
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < out; o++) {
+            float s = 0;
+            for (int k = 0; k < in; k++) s += x[(size_t)n * in + k] * bf16_to_f32(W[(size_t)o * in + k]);
+            y[(size_t)n * out + o] = acc ? y[(size_t)n * out + o] + s : s;
+        }
+}
+
+__attribute__((target("avx2,fma"))) static void gemv_bf16_avx2(float *y, const float *x, const uint16_t *W, int N, int in, int out, int acc) {
+#pragma omp parallel for schedule(static) if ((long)out * in >= 65536)
+    for (int o = 0; o < out; o++) {
+        const uint16_t *w = W + (size_t)o * in;
+        for (int n = 0; n < N; n++) {
+            const float *xn = x + (size_t)n * in;
+            __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+            int k = 0;
+            for (; k + 16 <= in; k += 16) {
+                const __m256i a = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + k))), 16);
+                const __m256i b = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + k + 8))), 16);
+                s0 = _mm256_fmadd_ps(_mm256_castsi256_ps(a), _mm256_loadu_ps(xn + k), s0);
+                s1 = _mm256_fmadd_ps(_mm256_castsi256_ps(b), _mm256_loadu_ps(xn + k + 8), s1);
+            }
+            __m256 s = _mm256_add_ps(s0, s1);
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_add_ss(h, _mm_movehdup_ps(h));
+            float t = _mm_cvtss_f32(h);
+            for (; k < in; k++) t += xn[k] * bf16_to_f32(w[k]);
+            y[(size_t)n * out + o] = acc ? y[(size_t)n * out + o] + t : t;
+        }
+    }
+}
+
+__attribute__((target("avx512f"))) static void gemv_bf16_avx512(float *y, const float *x, const uint16_t *W, int N, int in, int out, int acc) {
+#pragma omp parallel for schedule(static) if ((long)out * in >= 65536)
+    for (int o = 0; o < out; o++) {
+        const uint16_t *w = W + (size_t)o * in;
+        for (int n = 0; n < N; n++) {
+            const float *xn = x + (size_t)n * in;
+            __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+            int k = 0;
+            for (; k + 32 <= in; k += 32) {
+                const __m512i a = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + k))), 16);
+                const __m512i b = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + k + 16))), 16);
+                s0 = _mm512_fmadd_ps(_mm512_castsi512_ps(a), _mm512_loadu_ps(xn + k), s0);
+                s1 = _mm512_fmadd_ps(_mm512_castsi512_ps(b), _mm512_loadu_ps(xn + k + 16), s1);
+            }
+            float t = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+            for (; k < in; k++) t += xn[k] * bf16_to_f32(w[k]);
+            y[(size_t)n * out + o] = acc ? y[(size_t)n * out + o] + t : t;
+        }
+    }
+}
+
+void vec_gemv_bf16(float *y, const float *x, const uint16_t *W, int N, int in, int out, int acc) {
+    const int lv = detect();
+    if (lv == 2) gemv_bf16_avx512(y, x, W, N, in, out, acc);
+    else if (lv == 1) gemv_bf16_avx2(y, x, W, N, in, out, acc);
+    else vec_gemv_bf16_ref(y, x, W, N, in, out, acc);
+}

@@ -34,3 +34,7 @@ void vec_from_bf16_ref(float *y, const uint16_t *s, long n);
 // keeps its received rows as one process's stash gives them back)
 void vec_round_bf16(float *x, long n);
 void vec_round_bf16_ref(float *x, long n);
+// y[n, o] (+)= sum_k x[n, k] W[o, k] for W in bf16, row-major [out, in]: a few rows (decoding)
+// against weights read at half the bytes; each weight widened to f32 exactly, f32 sums
+void vec_gemv_bf16(float *y, const float *x, const uint16_t *W, int N, int in, int out, int acc);
+void vec_gemv_bf16_ref(float *y, const float *x, const uint16_t *W, int N, int in, int out, int acc);
