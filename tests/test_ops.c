@@ -610,12 +610,13 @@ static void test_gemv_bf16(void) {
     kernels_weight_shadow(W, (size_t)in * out, poison);
     linear_forward(y, x, W, N, in, out, false);
     double d_few = fabs(y[0] - y2[0]);
-    float *xb = rnd((size_t)16 * in, 1), *yb = MOE_NEW(float, 16 * out), *yb2 = MOE_NEW(float, 16 * out);
-    linear_forward(yb, xb, W, 16, in, out, false);
+    const int NB = KERNELS_GEMV_ROWS + 1;
+    float *xb = rnd((size_t)NB * in, 1), *yb = MOE_NEW(float, NB * out), *yb2 = MOE_NEW(float, NB * out);
+    linear_forward(yb, xb, W, NB, in, out, false);
     kernels_weight_shadow(NULL, 0, NULL);
-    linear_forward(yb2, xb, W, 16, in, out, false);
-    snprintf(nm, sizeof nm, "linear_forward reads the registered bf16 copy for %d rows, not for 16 (copy poisoned: %.3g apart)", N, d_few);
-    check(nm, d_few > 1e-3 ? relerr(yb, yb2, (size_t)16 * out) : 1, 0);
+    linear_forward(yb2, xb, W, NB, in, out, false);
+    snprintf(nm, sizeof nm, "linear_forward reads the registered bf16 copy for %d rows, not for %d (copy poisoned: %.3g apart)", N, NB, d_few);
+    check(nm, d_few > 1e-3 ? relerr(yb, yb2, (size_t)NB * out) : 1, 0);
     // infer_weights_bf16: on for a model whose weights are bf16 values, off otherwise
     MoeConfig c;
     const char *js = "{\"hidden_size\": 16, \"num_hidden_layers\": 1, \"num_attention_heads\": 2, \"moe_intermediate_size\": 8,"

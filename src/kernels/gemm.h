@@ -25,7 +25,7 @@ void linear_backward_beta(float *dx, float *dW, const float *dy, const float *x,
 // Weights for answering: when blob[0, n) holds values that bf16 represents exactly (a BF16
 // checkpoint), w16 its bf16 copy; linear_forward over at most KERNELS_GEMV_ROWS rows then reads
 // w16 (half the memory traffic of decoding, the same products). NULL w16 turns it off.
-#define KERNELS_GEMV_ROWS 4
+#define KERNELS_GEMV_ROWS 16
 void kernels_weight_shadow(const float *blob, size_t n, const uint16_t *w16);
 
 // The BLAS behind gemm: "auto" (MKL on Intel CPUs when libmkl_rt.so loads, else OpenBLAS),
