@@ -47,6 +47,16 @@ run 4 $MOE train --model "$T/c.json" --out "$T/bf" $F --pp 2 --vpp 2 --ep 2 >"$T
 run 2 $MOE train --model "$T/tied.json" --out "$T/tied" $F $X --pp 2 --vpp 2 >"$T/tied.log" 2>&1 \
   && same_losses "P 2 --pp 2 --vpp 2, tied embedding (both ends hold it): the single-process losses" "$T/one_tied" "$T/tied" 10 1e-6 \
   || bad "tied embedding" "$(tail -c 300 "$T/tied.log")"
+# the eval loss through the stages (forward passes only, the last stage's loss)
+$MOE gen-math --n 100 --seed 4 --out "$T/ev.txt" >/dev/null
+E="--eval-data $T/ev.txt --eval-every 2 --steps 4"
+OMP_NUM_THREADS=1 $MOE train --model "$T/c.json" --out "$T/ev1" $F $X $E >/dev/null 2>&1
+run 4 $MOE train --model "$T/c.json" --out "$T/evp" $F $X $E --pp 2 --vpp 2 --ep 2 >"$T/evp.log" 2>&1 \
+  || bad "--eval-data under --pp" "$(tail -c 300 "$T/evp.log")"
+r=$(paste <(grep -o '"eval_loss":[0-9.e-]*' "$T/ev1/log.jsonl" | cut -d: -f2) <(grep -o '"eval_loss":[0-9.e-]*' "$T/evp/log.jsonl" | cut -d: -f2) |
+    awk '{ d = $1 - $2; if (d < 0) d = -d; if (d / $1 > m) m = d / $1; c++ } END { if (c != 2) print "lines " c; else printf "%s %.1e\n", m < 1e-6 ? "ok" : "bad", m }')
+case $r in ok*) ok "--eval-data under --pp 2 --vpp 2 --ep 2: the single-process eval loss (max rel ${r#ok })";; *) bad "--eval-data under --pp" "$r";; esac
+
 python3 -c "
 import json, sys
 r = [json.loads(l) for l in open('$T/p4pp4/log.jsonl')]

@@ -188,6 +188,8 @@ void par_pipe_free(Pipe *p) {
 
 // the message to global chunk g of micro-batch mb: its input stream (dir 0) or its output's
 // gradient (dir 1); messages between two ranks keep their order, so tags may repeat
+// (an eval runs after a step's messages have all arrived, so its tags may repeat training's)
+static int pipe_tag_eval(int mb, int g, int G) { return (int)(((long)mb * G + g) % 30000); }
 static int pipe_tag(const Pipe *p, int mb, int g, int dir) {
     return (int)((((long)mb * p->ls.S * p->ls.V + g) * 2 + dir) % 30000);
 }
@@ -349,5 +351,69 @@ int par_pipe_run(Pipe *p, Model *model, const ForwardOpts *fo, const Dataset *d,
             }
     for (int j = 0; j < V; j++)
         for (int i = 0; i < p->pool[j]; i++) add_stats(stats, &p->acts[j][i], c);
+    return rc;
+}
+
+// The eval loss under pipeline parallelism: forward passes only, each micro-batch through the
+// stage's chunks in order (micro-batch after micro-batch: the stages take turns; an eval is
+// small next to training), the streams handed on as in training; the last chunk's stage
+// computes the loss of the target rows, summed to every stage over DIST_PIPE.
+int par_pipe_eval(const LayerShard *ls, Model *m, const ExpertShard *sh, const Dataset *d, int limit, int batch, double *loss,
+                  long *tokens) {
+    const int S = ls->S, V = ls->V, G = S * V, st = ls->stage, D = m->cfg.hidden_size;
+    const int n = limit > 0 && limit < d->n ? limit : d->n;
+    int maxlen = 1;
+    for (int i = 0; i < n; i++) maxlen = imax(maxlen, d->ex[i].len - 1);
+    const int Nmax = batch * maxlen;
+    Acts *a = MOE_NEW(Acts, V);
+    for (int j = 0; j < V; j++) {
+        int l0, nl;
+        layer_shard_chunk(ls, j, &l0, &nl);
+        acts_alloc_span(&a[j], m, Nmax, ACTS_INFER | (sh && sh->comm ? ACTS_EP : 0), l0, nl);
+    }
+    Batch b;
+    batch_alloc(&b, Nmax, batch);
+    int *ids = MOE_NEW(int, batch);
+    double sum[2] = {0, 0};   // the loss summed over the target rows, their count
+    ForwardOpts fo = {.train = false, .shard = sh};
+    int rc = MOE_OK;
+    for (int s0 = 0, mb = 0; s0 < n && rc == MOE_OK; s0 += batch, mb++) {
+        const int nb = imin(batch, n - s0);
+        for (int i = 0; i < nb; i++) ids[i] = s0 + i;
+        batch_fill(&b, d, ids, nb);
+        const size_t ND = (size_t)b.N * D;
+        for (int j = 0; j < V && rc == MOE_OK; j++) {
+            const int g = j * S + st;
+            int l0, nl;
+            layer_shard_chunk(ls, j, &l0, &nl);
+            nl = imin(nl, m->cfg.num_hidden_layers - l0);   // (an eval runs the stack, not the MTP modules)
+            const LayerSpan span = {l0, nl};
+            Acts *ap = &a[j];
+            const Batch *bp = &b;
+            int req = -1;
+            if (g > 0) {
+                rc = dist_pipe_irecv(acts_stream(ap, l0, b.N), ND, (g - 1) % S, pipe_tag_eval(mb, g, G), &req);
+                if (rc == MOE_OK) rc = dist_wait(req);
+            }
+            ap->n_out = 0;
+            if (g == G - 1)
+                for (int t = 0; t < b.N; t++)
+                    if (b.targets[t] >= 0) ap->out_rows[ap->n_out++] = t;
+            ForwardOut out = {0};
+            if (rc == MOE_OK) rc = model_run_span(m, &SCHED_CHUNK_FORWARD, &ap, &bp, &fo, &out, &span);
+            if (rc == MOE_OK && g == G - 1) sum[0] += out.ce_sum, sum[1] += b.n_targets;
+            if (rc == MOE_OK && g < G - 1) {
+                rc = dist_pipe_isend(acts_stream(ap, l0 + nl, b.N), ND, (g + 1) % S, pipe_tag_eval(mb, g + 1, G), &req);
+                if (rc == MOE_OK) rc = dist_wait(req);   // (the buffer is the chunk's own, reused next)
+            }
+        }
+    }
+    if (rc == MOE_OK) rc = dist_sum_f64(sum, 2, DIST_PIPE);
+    *loss = sum[1] > 0 ? sum[0] / sum[1] : 0;
+    *tokens = (long)sum[1];
+    for (int j = 0; j < V; j++) acts_free(&a[j]);
+    moe_free(a);
+    moe_free(ids);
+    batch_free(&b);
     return rc;
 }

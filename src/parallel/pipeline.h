@@ -77,3 +77,8 @@ void par_pipe_free(Pipe *p);
 // of the tokens entering the stack (first stage), the load statistics added into stats.
 int par_pipe_run(Pipe *p, Model *model, const ForwardOpts *fo, const Dataset *d, const int *ids, int count, int micro_batch,
                  ForwardOut *sum, long *tokens, Acts *stats);
+
+// The eval loss of the first `limit` examples of d (all: 0) in micro-batches of `batch`,
+// through this rank's stage: forward passes only, the last stage's loss summed to every stage
+int par_pipe_eval(const LayerShard *ls, Model *m, const ExpertShard *sh, const Dataset *d, int limit, int batch, double *loss,
+                  long *tokens);

@@ -142,7 +142,6 @@ static int run_check(const Run *R, const TrainArgs *ar, TrainConfig *tc) {
         if (tc->batch % di->ssize)
             MOE_ERR("--batch %d must be a multiple of the %d ranks of a pipeline stage (each takes batch / (P/S) examples)", tc->batch, di->ssize);
         if (tc->replace_every > 0) MOE_ERR("--replace-every does not work with --pp yet");
-        if (ar->eval_data) MOE_ERR("--eval-data does not work with --pp yet");
         const int local = tc->batch / di->ssize, mb = imin(tc->micro_batch, local), m = (local + mb - 1) / mb;
         if (tc->vpp > 1 && m % tc->pp)
             MOE_ERR("--vpp %d needs the micro-batches a step (%d: %d examples a rank in micro-batches of %d) to be a multiple of --pp %d",
@@ -389,7 +388,9 @@ int train_run(const TrainArgs *ar, TrainConfig *tc) {
         f.eval_ce = -1;
         if (ar->eval_data && (R.pr.step % tc->eval_every == 0 || R.pr.step == tc->steps)) {
             long et;
-            if ((rc = eval_loss(&R.m, &R.shard, &R.evd, tc->eval_limit, 64, &f.eval_ce, &et))) break;
+            rc = tc->pp > 1 ? par_pipe_eval(&R.ls, &R.m, &R.shard, &R.evd, tc->eval_limit, 64, &f.eval_ce, &et)
+                            : eval_loss(&R.m, &R.shard, &R.evd, tc->eval_limit, 64, &f.eval_ce, &et);
+            if (rc) break;
         }
         f.elapsed = time_now() - t_start;
         // rank 0's clock decides, so that every rank stops at the same step
