@@ -100,7 +100,7 @@ int cmd_calibrate(int argc, char **argv) {
                             "3.5 x the forward's causal FLOPs over the time, a fraction of the peak");
     cJSON_AddStringToObject(src, "memory_bw_gbs", "a 64 MB memcpy (read + write)");
     cJSON_AddStringToObject(src, "efficiency.memory", "rmsnorm_forward over 16384 x 1024, its bytes read and written over the memcpy rate");
-    cJSON_AddStringToObject(src, "efficiency.op_us", "a 1 x 4 x 4 GEMM's time");
+    cJSON_AddStringToObject(src, "efficiency.op_us", "the larger of a 1 x 4 x 4 GEMM's time and an rmsnorm_forward over 4 rows (its parallel region)");
     cJSON_AddStringToObject(src, "intra_node", "mpirun -np 2 ./moe calibrate --comm on this host: ring all-reduce, fitted (--intra)");
     cJSON_AddStringToObject(src, "inter_node", "the same on two emulated hosts, scripts/cluster-emu.sh (--inter)");
     char *js = cJSON_Print(r);

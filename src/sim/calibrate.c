@@ -105,12 +105,16 @@ int sim_calibrate_compute(CalibCompute *out, double seconds) {
         for (int i = 0; i < 9; i++) moe_free(bufs[i]);
         moe_free(at.lo);
     }
-    // the fixed cost of an operation: a GEMM too small to take time
+    // the fixed cost of an operation: the larger of a GEMM too small to take time and an
+    // elementwise kernel's parallel region over 4 rows (moe.c's ops each open one)
     {
         float *s = filled(64);
         GemmArg g = {1, 4, 4, s, s + 16, s + 32};
-        out->op_us = 1e6 * best_time(run_gemm, &g, each / 4);
-        moe_free(s);
+        const double tg = best_time(run_gemm, &g, each / 4);
+        MemArg mm = {256, filled(256), filled(256), filled(64), filled(4), 4, 64};
+        const double tn = best_time(run_norm, &mm, each / 4);
+        out->op_us = 1e6 * fmax(tg, tn);
+        moe_free(s); moe_free(mm.x); moe_free(mm.y); moe_free(mm.w); moe_free(mm.r);
     }
     return MOE_OK;
 }
