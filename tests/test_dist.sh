@@ -415,7 +415,7 @@ expect_dist_fail "--zero 1 with expert parallelism" "--zero 1 shards the optimiz
   run 2 $MOE train --model "$T/c.json" $F --steps 2 --ep 2 --zero 1 --out "$T/bad4"
 expect_dist_fail "--zero other than 0 or 1" "--zero must be 0 or 1, got 2" \
   run 2 $MOE train --model "$T/c.json" $F --steps 2 --zero 2 --out "$T/bad5"
-expect_dist_fail "commands other than train under mpirun" "only train runs under mpirun" \
+expect_dist_fail "commands other than train and calibrate under mpirun" "only train and calibrate --comm run under mpirun" \
   run 2 $MOE eval --ckpt "$T/single" --data "$T/qa.txt"
 for x in bad1 bad2 bad3 bad4 bad5; do [ -e "$T/$x/model.safetensors" ] && bad "nothing written for bad input ($x)" "exists"; done
 
