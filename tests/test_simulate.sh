@@ -13,8 +13,9 @@ py() { /usr/bin/python3 -c "$@"; }
 
 # every cluster file simulates the 718B plan; the terms add up to step_ms
 for f in clusters/*.json; do
-  if ! $MOE simulate --model configs/pangu-ultra-moe-718b.json --cluster "$f" --layout tp=8,pp=16,vpp=2,ep=32 \
-       --devices 4096 --micro-batch 1 --global-batch 1024 --seq 4096 --json >"$T/one.json" 2>"$T/err"; then
+  tp=$(py "import json; print(min(8, json.load(open('$f'))['devices_per_node']))")   # (a CPU file's node is one device)
+  if ! $MOE simulate --model configs/pangu-ultra-moe-718b.json --cluster "$f" --layout tp=$tp,pp=16,vpp=2,ep=32 \
+       --devices 4096 --micro-batch 1 --global-batch 4096 --seq 4096 --json >"$T/one.json" 2>"$T/err"; then
     bad "$f simulates" "$(cat "$T/err")"; continue
   fi
   r=$(py "
