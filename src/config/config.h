@@ -97,6 +97,9 @@ int config_n_moe_layers(const MoeConfig *c);
 // matrix weights one token multiplies (SPEC §5 N_active)
 double config_active_params(const MoeConfig *c);
 double config_total_params(const MoeConfig *c);
+// layer l's parameters: those every token uses (attention, norms, dense FFN or router and
+// shared experts, an MTP module's own) and the routed experts'
+void config_layer_params(const MoeConfig *c, int l, double *shared, double *routed);
 double config_flops_per_token(const MoeConfig *c, int T);   // 6 N_active + 6 L T D
 // the reference library's family (deepseek_v3, qwen3_moe, mixtral) that computes c's math,
 // with c's values; an error naming what has no counterpart there

@@ -31,6 +31,12 @@ static double norm_params(const MoeConfig *c) { return (c->sandwich_norm ? 4.0 :
 // a multi-token-prediction module besides its layer: two input norms, the [D, 2D] projection, its head's norm
 static double mtp_params(const MoeConfig *c) { const double D = c->hidden_size; return 3 * D + 2 * D * D; }
 
+void config_layer_params(const MoeConfig *c, int l, double *shared, double *routed) {
+    const double D = c->hidden_size;
+    *routed = config_layer_is_moe(c, l) ? 3.0 * D * c->moe_intermediate_size * c->n_routed_experts : 0;
+    *shared = attn_params(c) + norm_params(c) + ffn_params(c, l, false) - *routed + (l >= c->num_hidden_layers ? mtp_params(c) : 0);
+}
+
 double config_active_params(const MoeConfig *c) {
     const double D = c->hidden_size;
     double n = 0;

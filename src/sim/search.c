@@ -26,8 +26,9 @@ int sim_search(const MoeConfig *c, const Cluster *cl, const SimLayout *base, int
                 const int vpp = VPPS[vi];
                 if ((vpp > 1 && pp == 1) || pp * vpp > L + 2 || pp * vpp > PP_MAX_CHUNKS) continue;
                 for (int ep = 1; ep <= E; ep++)
-                for (int etp = 1; etp <= tp; etp = etp == tp ? tp + 1 : tp) {   // experts whole, or split like tp
-                    if (E % ep || (dp * tp) % (ep * etp) || (E == 1 && etp > 1)) continue;
+                for (int ei = 0; ei < (tp > 1 && E > 1 ? 2 : 1); ei++) {   // experts whole, or split like tp
+                    const int etp = ei ? tp : 1;
+                    if (E % ep || (dp * tp) % (ep * etp)) continue;
                     for (int mi = 0; mi < 4; mi++) {
                         const int mb = MBS[mi];
                         if (base->global_batch % (dp * mb)) continue;

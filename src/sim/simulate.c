@@ -258,26 +258,6 @@ static double ep_exposed(const Cluster *cl, const Cost *p, const Cost *other, in
     return p->ep - hidden + hidden * cl->comm_share / (1 - cl->comm_share);
 }
 
-// parameters of layer l: those every device of a tensor-parallel group splits (dense) and the routed experts'
-static void layer_params(const MoeConfig *c, int l, double *dense, double *expert) {
-    const double D = c->hidden_size;
-    *expert = 0;
-    if (config_is_mla(c)) {
-        const double H = c->num_attention_heads, qk = config_qk_dim(c), v = c->v_head_dim, qr = c->q_lora_rank, kvr = c->kv_lora_rank;
-        *dense = (qr > 0 ? D * qr + qr + qr * H * qk : D * H * qk) + D * (kvr + c->qk_rope_head_dim) + kvr +
-                 kvr * H * (c->qk_nope_head_dim + v) + H * v * D;
-    } else {
-        *dense = D * c->num_attention_heads * c->head_dim * 2 + D * c->num_key_value_heads * c->head_dim * 2;
-    }
-    *dense += (c->sandwich_norm ? 4 : 2) * D;
-    if (!config_layer_is_moe(c, l)) *dense += 3 * D * c->intermediate_size;
-    else {
-        *dense += D * c->n_routed_experts + 3 * D * c->moe_intermediate_size * c->n_shared_experts;
-        *expert = 3 * D * (double)c->moe_intermediate_size * c->n_routed_experts;
-    }
-    if (l >= c->num_hidden_layers) *dense += 3 * D + 2 * D * D;
-}
-
 // activations one layer keeps for one micro-batch on one device, bytes (sim.h: flash-style
 // attention keeps no scores; sequence parallel splits what the tensor-parallel group shares)
 static double layer_acts(const Ctx *x, int l, int mode) {
@@ -405,7 +385,7 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
             cost_add(&cf[i], &f);
             cost_add(&cb[i], &bk);
             double pd, pe;
-            layer_params(c, l, &pd, &pe);
+            config_layer_params(c, l, &pd, &pe);
             dense[s] += pd;
             expert[s] += pe;
             act_layer[i] += layer_acts(&x, l, lay->recompute) * (lay->act_bf16 && x.b == 4 ? 0.5 : 1);
@@ -454,17 +434,41 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
     // gradients over the data-parallel ranks (ZeRO-1: reduce-scatter, then the parameters'
     // all-gather; else an all-reduce: the same bytes): the dense weights over the dp replicas
     // (tp apart), the experts' over the ranks that hold the same experts (dp·tp/ep of them)
+    // each stage's device: its share of the weights (the dense ones over tp, the experts' over
+    // ep·etp) and of the optimizer state (under ZeRO-1 over the ranks that hold the same weights)
+    //  - gradients over the data-parallel ranks (ZeRO-1: reduce-scatter, then the parameters'
+    //    all-gather; else an all-reduce: the same bytes): the dense weights over the dp replicas
+    //    (tp apart), the experts' over the ranks that hold the same experts (dp·tp/(ep·etp))
+    //  - AdamW: read parameter, gradient, two moments, write three (mixed precision: the f32
+    //    master and the bf16 copy), and the gradient norm's pass
+    //  - memory: weights, gradients (f32), optimizer state (AdamW's two moments, and under mixed
+    //    precision the f32 master copy), the activations in flight (pipe_simulate's counts per
+    //    chunk), one layer's working set and the logits
     const int edp = lay->dp * lay->tp / (lay->ep * lay->etp);
     double dp_s = 0, opt_s = 0;
     for (int s = 0; s < S; s++) {
         const double pd = dense[s] / lay->tp, pe = expert[s] / (lay->ep * lay->etp);
-        const double t_dp = 2 * ring_s(cl, pd * x.b, lay->dp, lay->tp) + 2 * ring_s(cl, pe * x.b, edp, lay->ep * lay->etp);
-        // AdamW: read parameter, gradient, two moments, write three (mixed precision: f32 master and the bf16 copy)
-        const double upd = mixed ? 30 : 28;
-        const double t_opt = ((lay->zero1 ? pd / lay->dp : pd) + (lay->zero1 ? pe / edp : pe)) * upd / (cl->mem_bw * cl->mem_eff) +
-                             (pd + pe) * 4 / (cl->mem_bw * cl->mem_eff);   // (and the gradient norm's pass)
-        if (t_dp > dp_s) dp_s = t_dp;
-        if (t_opt > opt_s) opt_s = t_opt;
+        const double p_opt = lay->zero1 ? pd / lay->dp + pe / edp : pd + pe;
+        dp_s = fmax(dp_s, 2 * ring_s(cl, pd * x.b, lay->dp, lay->tp) + 2 * ring_s(cl, pe * x.b, edp, lay->ep * lay->etp));
+        opt_s = fmax(opt_s, (p_opt * (mixed ? 30 : 28) + (pd + pe) * 4) / (cl->mem_bw * cl->mem_eff));
+        double mem[SIM_M_N] = {0};
+        mem[SIM_M_WEIGHTS] = (pd + pe) * x.b;
+        mem[SIM_M_GRADS] = (pd + pe) * 4;
+        mem[SIM_M_OPTIM] = p_opt * (mixed ? 12 : 8);
+        for (int j = 0; j < V; j++) {
+            const int i = s * V + j, g = j * S + s;
+            mem[SIM_M_ACTS] += imax(1, s1.at[s][j]) * act_layer[i];
+            if (lay->recompute == SIM_RC_FULL)   // the layer being recomputed
+                mem[SIM_M_WORK] = fmax(mem[SIM_M_WORK], layer_acts(&x, cut[g], SIM_RC_NONE));
+        }
+        if (s == S - 1) mem[SIM_M_WORK] += x.n * Vv / lay->tp * 4 * 2;   // the logits and their gradient, f32
+        double tot = 0;
+        for (int k = 0; k < SIM_M_N; k++) tot += mem[k];
+        if (tot > out->mem_total) {
+            out->mem_total = tot;
+            out->mem_stage = s;
+            memcpy(out->mem, mem, sizeof mem);
+        }
     }
     out->dp_total_s = dp_s;
     out->term[SIM_T_DP] = lay->dp_overlap ? fmax(0, dp_s - fb_first) : dp_s;   // under the last micro-batch's backward passes
@@ -475,31 +479,6 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
     const double tokens = (double)lay->global_batch * lay->seq;
     out->tokens_per_s = tokens / out->step_s;
     out->mfu = config_flops_per_token(c, lay->seq) * tokens / (out->step_s * sim_devices(lay) * cl->mfu_peak);
-    // memory of each stage's device: weights, gradients (f32), optimizer state (AdamW's two
-    // moments, and under mixed precision the f32 master copy), the activations in flight
-    // (pipe_simulate's counts per chunk), one layer's working set and the logits
-    for (int s = 0; s < S; s++) {
-        const double pd = dense[s] / lay->tp, pe = expert[s] / (lay->ep * lay->etp);
-        double mem[SIM_M_N] = {0};
-        mem[SIM_M_WEIGHTS] = (pd + pe) * x.b;
-        mem[SIM_M_GRADS] = (pd + pe) * 4;
-        mem[SIM_M_OPTIM] = ((lay->zero1 ? pd / lay->dp : pd) + (lay->zero1 ? pe / edp : pe)) * (mixed ? 12 : 8);
-        double work = 0;
-        for (int j = 0; j < V; j++) {
-            const int i = s * V + j, g = j * S + s;
-            mem[SIM_M_ACTS] += imax(1, s1.at[s][j]) * act_layer[i];
-            if (lay->recompute == SIM_RC_FULL) work = fmax(work, layer_acts(&x, cut[g], SIM_RC_NONE));   // the layer being recomputed
-        }
-        if (s == S - 1) work += x.n * Vv / lay->tp * 4 * 2;   // the logits and their gradient, f32
-        mem[SIM_M_WORK] = work;
-        double tot = 0;
-        for (int k = 0; k < SIM_M_N; k++) tot += mem[k];
-        if (tot > out->mem_total) {
-            out->mem_total = tot;
-            out->mem_stage = s;
-            memcpy(out->mem, mem, sizeof mem);
-        }
-    }
     out->fits = out->mem_total <= cl->mem_bytes;
 done:
     moe_free(tf); moe_free(tb); moe_free(cf); moe_free(cb);
