@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # This machine as cluster files for moe simulate (issue 16, docs/SIMULATE.md):
-#   1. the links: a ring all-reduce timed by `moe calibrate --comm` between 2 ranks on this
+#   1. the links: an all-reduce (started, then waited for, as moe train sums its gradients)
+#      timed by `moe calibrate --comm` between 2 ranks on this
 #      host (shared memory: intra_node), and between 2 emulated hosts (scripts/cluster-emu.sh)
 #      at 10 and 1 Gbit/s (inter_node);
 #   2. the compute: `moe calibrate` on all cores (one process = one device).

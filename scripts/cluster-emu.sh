@@ -81,11 +81,13 @@ case "$cmd" in
     for i in $(seq 1 "$n"); do hosts+="${hosts:+,}$NET.$i:$slots"; done
     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
     set +e
+    # --bind-to none: every emulated host is this one machine, and mpirun binds each host's
+    # first rank to core 0, so without it all the ranks would share one core
     ip netns exec moe-h1 unshare --uts sh -c 'hostname moe-h1; exec "$@"' sh \
       mpirun --host "$hosts" -np $((n * slots)) \
         --mca plm_rsh_agent "$HERE/netns-agent" \
         --mca oob_tcp_if_include "$NET.0/24" --mca btl_tcp_if_include "$NET.0/24" \
-        --mca btl self,vader,tcp \
+        --mca btl self,vader,tcp --bind-to none \
         -x OMP_NUM_THREADS -x PATH \
         "$@"
     rc=$?

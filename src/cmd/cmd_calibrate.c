@@ -101,7 +101,7 @@ int cmd_calibrate(int argc, char **argv) {
     cJSON_AddStringToObject(src, "memory_bw_gbs", "a 64 MB memcpy (read + write)");
     cJSON_AddStringToObject(src, "efficiency.memory", "rmsnorm_forward over 16384 x 1024, its bytes read and written over the memcpy rate");
     cJSON_AddStringToObject(src, "efficiency.op_us", "the larger of a 1 x 4 x 4 GEMM's time and an rmsnorm_forward over 4 rows (its parallel region)");
-    cJSON_AddStringToObject(src, "intra_node", "mpirun -np 2 ./moe calibrate --comm on this host: ring all-reduce, fitted (--intra)");
+    cJSON_AddStringToObject(src, "intra_node", "mpirun -np 2 ./moe calibrate --comm on this host: an all-reduce started and waited for as moe train sums its gradients (MPI_Iallreduce), fitted as a ring (--intra)");
     cJSON_AddStringToObject(src, "inter_node", "the same on two emulated hosts, scripts/cluster-emu.sh (--inter)");
     char *js = cJSON_Print(r);
     cJSON_Delete(r);
