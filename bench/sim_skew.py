@@ -13,22 +13,32 @@ def main():
     a = sys.argv[1:]
     if len(a) < 3:
         sys.exit(__doc__.strip().splitlines()[-1].strip())
-    path, E, ep = a[0], int(a[1]), int(a[2])
     opt = dict(zip(a[3::2], a[4::2]))
-    last, draws, seed = int(opt.get("--last", 20)), int(opt.get("--draws", 2000)), int(opt.get("--seed", 1))
-    if E % ep:
-        sys.exit(f"E {E} is not a multiple of ep {ep}")
+    try:
+        path, E, ep = a[0], int(a[1]), int(a[2])
+        last, draws, seed = int(opt.get("--last", 20)), int(opt.get("--draws", 2000)), int(opt.get("--seed", 1))
+    except ValueError as e:
+        sys.exit(f"sim_skew: not a number: {e}")
+    if E < 1 or ep < 1 or E % ep:
+        sys.exit(f"sim_skew: E {E} must be a positive multiple of ep {ep}")
     steps = []
-    with open(path) as f:
+    try:
+        f = open(path)
+    except OSError as e:
+        sys.exit(f"sim_skew: {path}: {e.strerror}")
+    with f:
         for n, line in enumerate(f, 1):
             if '"expert_load"' not in line:
                 continue
             try:
-                steps.append(json.loads(line)["expert_load"])
-            except (ValueError, KeyError) as e:
-                sys.exit(f"{path}:{n}: not a log line with expert_load ({e})")
+                load = json.loads(line)["expert_load"]
+            except (ValueError, KeyError, TypeError) as e:
+                sys.exit(f"sim_skew: {path}:{n}: not a log line with expert_load ({e})")
+            if not isinstance(load, list) or not all(isinstance(l, list) and all(isinstance(x, (int, float)) and x >= 0 for x in l) for l in load):
+                sys.exit(f"sim_skew: {path}:{n}: expert_load must be a list of layers, each a list of counts")
+            steps.append(load)
     if not steps:
-        sys.exit(f"{path}: no expert_load in the log")
+        sys.exit(f"sim_skew: {path}: no expert_load in the log")
     pool = []
     for layers in steps[-last:]:
         for load in layers:
