@@ -38,23 +38,8 @@ record() {   # NAME MEASURED PREDICTED: keeps the pass with the fastest measurem
   echo "pass $pass, $1: measured $2 ms, predicted $3 ms" >&2
 }
 
-for pass in $(seq 1 "$PASSES"); do
-CL=clusters
-if [ -z "${FROZEN:-}" ]; then
-  CL=$T/cl$pass
-  OUT=$CL scripts/calibrate.sh 8 >"$T/cal.out" 2>&1 || { echo "calibrate failed: $(tail -3 "$T/cal.out")" >&2; exit 1; }
-  echo "pass $pass: $(grep 'peak' "$T/cal.out"); links $(grep -h 'inter_node\|intra_node' "$T/cal.out" | tr '\n' ' ')" >&2
-fi
-# 1. single process, all cores: moe bench's best step
-for run in "bench-s 8 256" "bench-s 16 256" "bench-fine 8 256" "bench-fine 16 256" "pangu-tiny 8 256" "pangu-tiny 16 256"; do
-  read -r cfg B S <<<"$run"
-  m=$(./moe bench --model "configs/$cfg.json" --batch "$B" --seq "$S" --steps 6 --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["step_ms"])')
-  p=$(predict --model "configs/$cfg.json" --cluster "$CL/local.json" --layout tp=1,pp=1 --devices 1 --micro-batch "$B" \
-      --global-batch "$B" --seq "$S" --recompute selective --zero 0)
-  record "moe bench $cfg, batch $B x $S" "$m" "$p"
-done
-
-# 2. moe train under mpirun: P ranks of one thread (or less: 4 ranks share 2 cores)
+# moe train under mpirun: P ranks of one thread (or less: 4 ranks share 2 cores), predicted
+# from this pass's cluster files ($CL)
 last_m=nan
 train_run() {   # NAME HOSTS(0: one host) RATE P FLAGS... -- SIMFLAGS...
   local name=$1 hosts=$2 rate=$3 P=$4; shift 4
@@ -81,6 +66,23 @@ train_run() {   # NAME HOSTS(0: one host) RATE P FLAGS... -- SIMFLAGS...
   [ -n "${KEEP_LOG:-}" ] && { cp "$out/log.jsonl" "$KEEP_LOG"; return 0; }   # (priced by the caller)
   record "$name" "$m" "$p"
 }
+for pass in $(seq 1 "$PASSES"); do
+CL=clusters
+if [ -z "${FROZEN:-}" ]; then
+  CL=$T/cl$pass
+  OUT=$CL scripts/calibrate.sh 8 >"$T/cal.out" 2>&1 || { echo "calibrate failed: $(tail -3 "$T/cal.out")" >&2; exit 1; }
+  echo "pass $pass: $(grep 'peak' "$T/cal.out"); links $(grep -h 'inter_node\|intra_node' "$T/cal.out" | tr '\n' ' ')" >&2
+fi
+# 1. single process, all cores: moe bench's best step
+for run in "bench-s 8 256" "bench-s 16 256" "bench-fine 8 256" "bench-fine 16 256" "pangu-tiny 8 256" "pangu-tiny 16 256"; do
+  read -r cfg B S <<<"$run"
+  m=$(./moe bench --model "configs/$cfg.json" --batch "$B" --seq "$S" --steps 6 --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["step_ms"])')
+  p=$(predict --model "configs/$cfg.json" --cluster "$CL/local.json" --layout tp=1,pp=1 --devices 1 --micro-batch "$B" \
+      --global-batch "$B" --seq "$S" --recompute selective --zero 0)
+  record "moe bench $cfg, batch $B x $S" "$m" "$p"
+done
+
+# 2. moe train under mpirun (train_run above)
 train_run "P=2 one host, data parallel" 0 - 2 -- --layout tp=1,pp=1,ep=1
 train_run "P=2 one host, expert parallel" 0 - 2 --ep 2 -- --layout tp=1,pp=1,ep=2 --a2a flat
 train_run "P=2 one host, pipeline" 0 - 2 --pp 2 -- --layout tp=1,pp=2

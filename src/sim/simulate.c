@@ -366,6 +366,51 @@ static int check(const MoeConfig *c, const Cluster *cl, const SimLayout *l) {
     return MOE_OK;
 }
 
+// Each stage's device: its share of the weights (the dense ones over tp, the experts' over
+// ep·etp) and of the optimizer state (under ZeRO-1 over the ranks that hold the same weights):
+//  - gradients over the data-parallel ranks (ZeRO-1: reduce-scatter, then the parameters'
+//    all-gather; else an all-reduce: the same bytes): the dense weights over the dp replicas
+//    (tp apart), the experts' over the ranks that hold the same experts (dp·tp/(ep·etp))
+//  - AdamW: read parameter, gradient, two moments, write three (mixed precision: the f32
+//    master and the bf16 copy), and the gradient norm's pass
+//  - memory: weights, gradients (f32), optimizer state (AdamW's two moments, and under mixed
+//    precision the f32 master copy), the activations in flight (pipe_simulate's counts per
+//    chunk), one layer's working set and the logits
+// The slowest stage's reduction and update go to *dp_s and *opt_s, the fullest device's
+// memory to out.
+static void stage_shares(Ctx *x, const double *dense, const double *expert, const double *act_layer, const int *cut,
+                         const PipeSim *s1, double *dp_s, double *opt_s, SimResult *out) {
+    const Cluster *cl = x->cl;
+    const SimLayout *lay = x->lay;
+    const int S = lay->pp, V = lay->vpp, edp = lay->dp * lay->tp / (lay->ep * lay->etp);
+    const bool mixed = x->b == 2;
+    *dp_s = *opt_s = 0;
+    for (int s = 0; s < S; s++) {
+        const double pd = dense[s] / lay->tp, pe = expert[s] / (lay->ep * lay->etp);
+        const double p_opt = lay->zero1 ? pd / lay->dp + pe / edp : pd + pe;
+        *dp_s = fmax(*dp_s, 2 * ring_s(cl, pd * x->b, lay->dp, lay->tp) + 2 * ring_s(cl, pe * x->b, edp, lay->ep * lay->etp));
+        *opt_s = fmax(*opt_s, (p_opt * (mixed ? 30 : 28) + (pd + pe) * 4) / (cl->mem_bw * cl->mem_eff));
+        double mem[SIM_M_N] = {0};
+        mem[SIM_M_WEIGHTS] = (pd + pe) * x->b;
+        mem[SIM_M_GRADS] = (pd + pe) * 4;
+        mem[SIM_M_OPTIM] = p_opt * (mixed ? 12 : 8);
+        for (int j = 0; j < V; j++) {
+            const int i = s * V + j, g = j * S + s;
+            mem[SIM_M_ACTS] += imax(1, s1->at[s][j]) * act_layer[i];
+            if (lay->recompute == SIM_RC_FULL)   // the layer being recomputed
+                mem[SIM_M_WORK] = fmax(mem[SIM_M_WORK], layer_acts(x, cut[g], SIM_RC_NONE));
+        }
+        if (s == S - 1) mem[SIM_M_WORK] += x->n * x->c->vocab_size / lay->tp * 4 * 2;   // the logits and their gradient, f32
+        double tot = 0;
+        for (int k = 0; k < SIM_M_N; k++) tot += mem[k];
+        if (tot > out->mem_total) {
+            out->mem_total = tot;
+            out->mem_stage = s;
+            memcpy(out->mem, mem, sizeof mem);
+        }
+    }
+}
+
 int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimResult *out) {
     MOE_TRY(check(c, cl, lay));
     memset(out, 0, sizeof *out);
@@ -373,7 +418,6 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
     int cut[PP_MAX_CHUNKS + 1];
     Ctx x = {c, cl, lay, (double)lay->micro_batch * lay->seq, !strcmp(cl->dtype, "bf16") ? 2.0 : 4.0, 0};
     MOE_TRY(sim_cuts(&x, cut));
-    const bool mixed = x.b == 2;
     double *tf = MOE_NEW(double, K), *tb = MOE_NEW(double, K);
     Cost *cf = MOE_NEW(Cost, K), *cb = MOE_NEW(Cost, K);
     double *dense = MOE_NEW(double, S), *expert = MOE_NEW(double, S), *act_layer = MOE_NEW(double, K);
@@ -431,45 +475,8 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
     out->term[SIM_T_PP] = s1.makespan - s0.makespan;
     out->bubble_fraction = fmax(0, s1.bubble);
     out->ep_total_s = ep_all;
-    // gradients over the data-parallel ranks (ZeRO-1: reduce-scatter, then the parameters'
-    // all-gather; else an all-reduce: the same bytes): the dense weights over the dp replicas
-    // (tp apart), the experts' over the ranks that hold the same experts (dp·tp/ep of them)
-    // each stage's device: its share of the weights (the dense ones over tp, the experts' over
-    // ep·etp) and of the optimizer state (under ZeRO-1 over the ranks that hold the same weights)
-    //  - gradients over the data-parallel ranks (ZeRO-1: reduce-scatter, then the parameters'
-    //    all-gather; else an all-reduce: the same bytes): the dense weights over the dp replicas
-    //    (tp apart), the experts' over the ranks that hold the same experts (dp·tp/(ep·etp))
-    //  - AdamW: read parameter, gradient, two moments, write three (mixed precision: the f32
-    //    master and the bf16 copy), and the gradient norm's pass
-    //  - memory: weights, gradients (f32), optimizer state (AdamW's two moments, and under mixed
-    //    precision the f32 master copy), the activations in flight (pipe_simulate's counts per
-    //    chunk), one layer's working set and the logits
-    const int edp = lay->dp * lay->tp / (lay->ep * lay->etp);
-    double dp_s = 0, opt_s = 0;
-    for (int s = 0; s < S; s++) {
-        const double pd = dense[s] / lay->tp, pe = expert[s] / (lay->ep * lay->etp);
-        const double p_opt = lay->zero1 ? pd / lay->dp + pe / edp : pd + pe;
-        dp_s = fmax(dp_s, 2 * ring_s(cl, pd * x.b, lay->dp, lay->tp) + 2 * ring_s(cl, pe * x.b, edp, lay->ep * lay->etp));
-        opt_s = fmax(opt_s, (p_opt * (mixed ? 30 : 28) + (pd + pe) * 4) / (cl->mem_bw * cl->mem_eff));
-        double mem[SIM_M_N] = {0};
-        mem[SIM_M_WEIGHTS] = (pd + pe) * x.b;
-        mem[SIM_M_GRADS] = (pd + pe) * 4;
-        mem[SIM_M_OPTIM] = p_opt * (mixed ? 12 : 8);
-        for (int j = 0; j < V; j++) {
-            const int i = s * V + j, g = j * S + s;
-            mem[SIM_M_ACTS] += imax(1, s1.at[s][j]) * act_layer[i];
-            if (lay->recompute == SIM_RC_FULL)   // the layer being recomputed
-                mem[SIM_M_WORK] = fmax(mem[SIM_M_WORK], layer_acts(&x, cut[g], SIM_RC_NONE));
-        }
-        if (s == S - 1) mem[SIM_M_WORK] += x.n * Vv / lay->tp * 4 * 2;   // the logits and their gradient, f32
-        double tot = 0;
-        for (int k = 0; k < SIM_M_N; k++) tot += mem[k];
-        if (tot > out->mem_total) {
-            out->mem_total = tot;
-            out->mem_stage = s;
-            memcpy(out->mem, mem, sizeof mem);
-        }
-    }
+    double dp_s, opt_s;
+    stage_shares(&x, dense, expert, act_layer, cut, &s1, &dp_s, &opt_s, out);
     out->dp_total_s = dp_s;
     out->term[SIM_T_DP] = lay->dp_overlap ? fmax(0, dp_s - fb_first) : dp_s;   // under the last micro-batch's backward passes
     out->term[SIM_T_OPTIMIZER] = opt_s;
