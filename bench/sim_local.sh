@@ -4,7 +4,8 @@
 # (microbenchmarks of moe.c's kernels and of the links, none of these runs; FROZEN=1 takes
 # the committed clusters/local.json and local-1g.json instead). Single-process moe bench (its best step), and
 # moe train under mpirun (the median step_ms of steps 3..N of its log) with data, expert and
-# pipeline parallelism, on one host and on 2 and 4 emulated hosts at 10 and 1 Gbit/s, and a
+# pipeline parallelism, on one host and on 2 and 4 emulated hosts at 10 and 1 Gbit/s (the
+# expert-parallel ones priced with the expert load of the data-parallel run's log), and a
 # run whose expert load is skewed (priced with --load from its own log).
 # The machine is shared and its speed drifts by 20% and more over minutes, so the whole list
 # runs PASSES times, each pass calibrated afresh, and each run keeps the pass where it ran
@@ -63,6 +64,7 @@ train_run() {   # NAME HOSTS(0: one host) RATE P FLAGS... -- SIMFLAGS...
       --cores-per-rank "$(python3 -c "print($NCORE / $P)")" --micro-batch 2 --global-batch 16 --seq 256 --zero 0 \
       --recompute selective --ep-overlap layer "${sim[@]}")
   last_m=$m
+  [ -n "${SAVE_LOG:-}" ] && cp "$out/log.jsonl" "$SAVE_LOG"
   [ -n "${KEEP_LOG:-}" ] && { cp "$out/log.jsonl" "$KEEP_LOG"; return 0; }   # (priced by the caller)
   record "$name" "$m" "$p"
 }
@@ -82,17 +84,22 @@ for run in "bench-s 8 256" "bench-s 16 256" "bench-fine 8 256" "bench-fine 16 25
   record "moe bench $cfg, batch $B x $S" "$m" "$p"
 done
 
-# 2. moe train under mpirun (train_run above)
-train_run "P=2 one host, data parallel" 0 - 2 -- --layout tp=1,pp=1,ep=1
-train_run "P=2 one host, expert parallel" 0 - 2 --ep 2 -- --layout tp=1,pp=1,ep=2 --a2a flat
+# 2. moe train under mpirun (train_run above). The expert-parallel runs are priced with the
+# expert load the data-parallel run (the first) routed: the same model, data and seed, so
+# the load a router of this model gives this text (split over ep devices by --load)
+rm -f "$T/dp.jsonl"
+SAVE_LOG="$T/dp.jsonl" train_run "P=2 one host, data parallel" 0 - 2 -- --layout tp=1,pp=1,ep=1
+L=(--load "$T/dp.jsonl")
+train_run "P=2 one host, expert parallel" 0 - 2 --ep 2 -- --layout tp=1,pp=1,ep=2 --a2a flat "${L[@]}"
 train_run "P=2 one host, pipeline" 0 - 2 --pp 2 -- --layout tp=1,pp=2
-train_run "P=4 one host, pipeline 2 x expert 2" 0 - 4 --pp 2 --ep 2 -- --layout tp=1,pp=2,ep=2 --a2a flat
+train_run "P=4 one host, pipeline 2 x expert 2" 0 - 4 --pp 2 --ep 2 -- --layout tp=1,pp=2,ep=2 --a2a flat "${L[@]}"
 train_run "P=4 one host, data parallel" 0 - 4 -- --layout tp=1,pp=1,ep=1
-train_run "2 hosts at 10 Gbit/s, expert parallel" 2 10gbit 2 --ep 2 -- --layout tp=1,pp=1,ep=2 --a2a flat
+train_run "2 hosts at 10 Gbit/s, expert parallel" 2 10gbit 2 --ep 2 -- --layout tp=1,pp=1,ep=2 --a2a flat "${L[@]}"
 train_run "2 hosts at 1 Gbit/s, data parallel" 2 1gbit 2 -- --layout tp=1,pp=1,ep=1
-train_run "2 hosts at 1 Gbit/s, expert parallel" 2 1gbit 2 --ep 2 -- --layout tp=1,pp=1,ep=2 --a2a flat
-train_run "4 hosts at 10 Gbit/s, pipeline 2 x expert 2" 4 10gbit 4 --pp 2 --ep 2 -- --layout tp=1,pp=2,ep=2 --a2a flat
-train_run "4 hosts at 1 Gbit/s, expert parallel 4" 4 1gbit 4 --ep 4 -- --layout tp=1,pp=1,ep=4 --a2a hier
+train_run "2 hosts at 1 Gbit/s, expert parallel" 2 1gbit 2 --ep 2 -- --layout tp=1,pp=1,ep=2 --a2a flat "${L[@]}"
+train_run "4 hosts at 10 Gbit/s, pipeline 2 x expert 2" 4 10gbit 4 --pp 2 --ep 2 -- --layout tp=1,pp=2,ep=2 --a2a flat "${L[@]}"
+train_run "4 hosts at 1 Gbit/s, expert parallel 4" 4 1gbit 4 --ep 4 -- --layout tp=1,pp=1,ep=4 --a2a hier "${L[@]}"
+
 # 3. skewed load: a text of one repeated sentence, so that the router sends most tokens to the
 # same few experts; EP 2, priced with the skew of its own log
 [ -f "$T/same.txt" ] || for i in $(seq 1 20000); do echo "What is 2 + 2? 4."; done >"$T/same.txt"

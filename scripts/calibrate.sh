@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # This machine as cluster files for moe simulate (issue 16, docs/SIMULATE.md):
-#   1. the links: an all-reduce (started, then waited for, as moe train sums its gradients)
-#      timed by `moe calibrate --comm` between 2 ranks on this
-#      host (shared memory: intra_node), and between 2 emulated hosts (scripts/cluster-emu.sh)
-#      at 10 and 1 Gbit/s (inter_node);
+#   1. the links: `moe calibrate --comm` between 2 ranks on this host (shared memory:
+#      intra_node), and between 2 emulated hosts (scripts/cluster-emu.sh) at 10 and 1 Gbit/s
+#      (inter_node): an all-reduce started and waited for (as moe train sums its gradients),
+#      the experts' all-to-all as moe train sends it, what that exchange costs when overlapped
+#      with work (comm_share, from the network's line), and the ranks' timing jitter (sync,
+#      from the one-host line);
 #   2. the compute: `moe calibrate` on all cores (one process = one device).
 # Writes clusters/local.json (the 10 Gbit/s network) and clusters/local-1g.json (or into
 # the directory OUT names).
@@ -15,26 +17,30 @@ OUT=${OUT:-clusters}
 mkdir -p "$OUT"
 make -s moe
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-link() {   # the --comm line -> "BW,LAT"
-  python3 -c 'import json, sys; r = json.loads(sys.stdin.read().strip().splitlines()[-1]); print("%.4f,%.2f" % (r["bw_gbs"], r["latency_us"]))'
+field() {   # FIELD LINE: one number of a --comm line ("link": BW,LAT,A2A_BW,A2A_LAT)
+  python3 -c 'import json, sys
+r = json.loads(sys.argv[2].strip().splitlines()[-1])
+print("%.4f,%.2f,%.4f,%.2f" % (r["bw_gbs"], r["latency_us"], r["a2a_bw_gbs"], r["a2a_latency_us"]) if sys.argv[1] == "link" else r[sys.argv[1]])' "$1" "$2"
 }
-intra=$(mpirun --oversubscribe -np 2 ./moe calibrate --comm --seconds 4 | link)
-echo "intra_node (2 ranks, shared memory): $intra GB/s,us"
-inter10=$(scripts/cluster-emu.sh run 2 --rate 10gbit -- "$PWD/moe" calibrate --comm --seconds 4 | link)
-echo "inter_node (2 emulated hosts, 10 Gbit/s): $inter10 GB/s,us"
-inter1=$(scripts/cluster-emu.sh run 2 --rate 1gbit -- "$PWD/moe" calibrate --comm --seconds 4 | link)
-echo "inter_node (2 emulated hosts, 1 Gbit/s): $inter1 GB/s,us"
+intra=$(mpirun --oversubscribe -np 2 ./moe calibrate --comm --seconds 8)
+echo "intra_node (2 ranks, shared memory): $intra"
+inter10=$(scripts/cluster-emu.sh run 2 --rate 10gbit -- "$PWD/moe" calibrate --comm --seconds 8)
+echo "inter_node (2 emulated hosts, 10 Gbit/s): $inter10"
+inter1=$(scripts/cluster-emu.sh run 2 --rate 1gbit -- "$PWD/moe" calibrate --comm --seconds 8)
+echo "inter_node (2 emulated hosts, 1 Gbit/s): $inter1"
 unset OMP_NUM_THREADS
-./moe calibrate --out "$OUT/local.json" --name local --intra "$intra" --inter "$inter10" --seconds "$SECS"
-# the same machine behind a 1 Gbit/s network: only the inter-node link differs
-python3 - "$inter1" "$OUT" <<'EOF'
+./moe calibrate --out "$OUT/local.json" --name local --intra "$(field link "$intra")" --inter "$(field link "$inter10")" \
+  --comm-share "$(field comm_share "$inter10")" --sync "$(field sync "$intra")" --seconds "$SECS"
+# the same machine behind a 1 Gbit/s network: only the inter-node link and its overlap differ
+python3 - "$(field link "$inter1")" "$(field comm_share "$inter1")" "$OUT" <<'EOF'
 import json, sys
-bw, lat = (float(x) for x in sys.argv[1].split(","))
-d = json.load(open(sys.argv[2] + "/local.json"))
+bw, lat, abw, alat = (float(x) for x in sys.argv[1].split(","))
+d = json.load(open(sys.argv[3] + "/local.json"))
 d["name"] = "local-1g"
-d["inter_node"] = {"bw_gbs": bw, "latency_us": lat}
+d["inter_node"] = {"bw_gbs": bw, "latency_us": lat, "a2a_bw_gbs": abw, "a2a_latency_us": alat}
+d["efficiency"]["comm_share"] = float(sys.argv[2])
 d["sources"]["inter_node"] = "two emulated hosts at 1 Gbit/s (scripts/cluster-emu.sh), moe calibrate --comm"
-with open(sys.argv[2] + "/local-1g.json", "w") as f:
+with open(sys.argv[3] + "/local-1g.json", "w") as f:
     json.dump(d, f, indent=2)
     f.write("\n")
 EOF

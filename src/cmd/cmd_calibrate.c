@@ -10,25 +10,44 @@
 #include "cmd.h"
 
 static const char *HELP =
-    "usage: moe calibrate --out CLUSTER.json --intra BW_GBS,LAT_US --inter BW_GBS,LAT_US [--seconds S] [--name N]\n"
+    "usage: moe calibrate --out CLUSTER.json --intra LINK --inter LINK [--comm-share F] [--sync F] [--seconds S] [--name N]\n"
     "       mpirun -np 2 ./moe calibrate --comm [--seconds S]\n"
     "  measures this machine with moe.c's own kernels on the current threads (--threads, or\n"
     "  OMP_NUM_THREADS) and writes a cluster file for moe simulate: the sgemm peak, the GEMM\n"
     "  efficiency by the smallest side (fitted to 8 sizes), core attention, memory bandwidth\n"
     "  and what the elementwise kernels get of it, the fixed cost of an operation. --comm (under\n"
-    "  mpirun) prints one line, {\"bw_gbs\":...,\"latency_us\":...}: a ring all-reduce's rates\n"
-    "  over the job's ranks, what --intra (ranks on one host) and --inter (ranks on emulated\n"
-    "  hosts, scripts/cluster-emu.sh) take. scripts/calibrate.sh runs all of it.\n";
+    "  mpirun) prints one line of JSON over the job's ranks: a ring all-reduce's rates (bw_gbs,\n"
+    "  latency_us), the experts' all-to-all's as moe train sends it (a2a_bw_gbs, a2a_latency_us),\n"
+    "  the share of a core an exchange overlapped with work costs (comm_share) and the ranks'\n"
+    "  timing jitter (sync). LINK is BW_GBS,LAT_US[,A2A_BW_GBS,A2A_LAT_US] from such a line: --intra\n"
+    "  for ranks on one host, --inter for ranks on emulated hosts (scripts/cluster-emu.sh);\n"
+    "  --comm-share and --sync go to the efficiency section (default 0). scripts/calibrate.sh\n"
+    "  runs all of it.\n";
 
-static int parse_link(const char *v, const char *flag, double *bw, double *lat) {
-    char *end;
-    *bw = strtod(v, &end);
-    if (end == v || *end != ',') MOE_ERR("%s must be BW_GBS,LAT_US (two numbers), not \"%s\"", flag, v);
-    const char *l = end + 1;
-    *lat = strtod(l, &end);
-    if (end == l || *end || !(*bw > 0 && *bw < 1e6) || !(*lat >= 0 && *lat < 1e7))
-        MOE_ERR("%s must be BW_GBS,LAT_US with a positive bandwidth, not \"%s\"", flag, v);
+// BW_GBS,LAT_US and optionally the all-to-all's A2A_BW_GBS,A2A_LAT_US (else v[2..3] stay 0)
+static int parse_link(const char *s, const char *flag, double v[4]) {
+    int n = 0;
+    for (const char *p = s;; n++) {
+        char *end;
+        if (n == 4) MOE_ERR("%s must be BW_GBS,LAT_US[,A2A_BW_GBS,A2A_LAT_US] (two or four numbers), not \"%s\"", flag, s);
+        v[n] = strtod(p, &end);
+        if (end == p || (*end && *end != ',') || !(v[n] >= 0 && v[n] < 1e7) || (n % 2 == 0 && !(v[n] > 0)))
+            MOE_ERR("%s must be BW_GBS,LAT_US[,A2A_BW_GBS,A2A_LAT_US] with positive bandwidths, not \"%s\"", flag, s);
+        if (!*end) break;
+        p = end + 1;
+    }
+    if (n != 1 && n != 3) MOE_ERR("%s must be BW_GBS,LAT_US[,A2A_BW_GBS,A2A_LAT_US] (two or four numbers), not \"%s\"", flag, s);
+    if (n == 1) v[2] = v[3] = 0;
     return MOE_OK;
+}
+static void add_link(cJSON *r, const char *key, const double v[4]) {
+    cJSON *o = cJSON_AddObjectToObject(r, key);
+    cJSON_AddItemToObject(o, "bw_gbs", cJSON_CreateNumber(v[0]));
+    cJSON_AddItemToObject(o, "latency_us", cJSON_CreateNumber(v[1]));
+    if (v[2] > 0) {
+        cJSON_AddItemToObject(o, "a2a_bw_gbs", cJSON_CreateNumber(v[2]));
+        cJSON_AddItemToObject(o, "a2a_latency_us", cJSON_CreateNumber(v[3]));
+    }
 }
 
 static cJSON *num(double v) { return cJSON_CreateNumber(v); }
@@ -38,22 +57,30 @@ int cmd_calibrate(int argc, char **argv) {
     args_init(&a, argc, argv, "calibrate");
     if (args_bool(&a, "--help")) { fputs(HELP, stdout); return 0; }
     const bool comm = args_bool(&a, "--comm");
-    double seconds;
-    if (cmd_threads(&a) || args_double(&a, "--seconds", comm ? 4 : 16, &seconds)) return cmd_fail("calibrate");
+    double seconds, share, sync;
+    if (cmd_threads(&a) || args_double(&a, "--seconds", comm ? 4 : 16, &seconds) || args_double(&a, "--comm-share", 0, &share) ||
+        args_double(&a, "--sync", 0, &sync))
+        return cmd_fail("calibrate");
     const char *out = comm ? NULL : cmd_required(&a, "--out");
     const char *intra = comm ? NULL : args_str(&a, "--intra", NULL), *inter = comm ? NULL : args_str(&a, "--inter", NULL);
     const char *name = args_str(&a, "--name", "local");
     if ((!comm && !out) || args_finish(&a)) return cmd_fail("calibrate");
     if (!(seconds > 0 && seconds < 3600)) { moe_seterr("--seconds must be between 0 and 3600"); return cmd_fail("calibrate"); }
+    if (!(share >= 0 && share < 1) || !(sync >= 0 && sync < 1)) { moe_seterr("--comm-share and --sync must be fractions in [0, 1)"); return cmd_fail("calibrate"); }
     if (comm) {
-        double bw, lat;
-        if (sim_calibrate_comm(seconds, &bw, &lat)) return cmd_fail("calibrate");
-        if (dist_info()->rank == 0) printf("{\"bw_gbs\":%.4f,\"latency_us\":%.2f,\"ranks\":%d}\n", bw / 1e9, lat * 1e6, dist_info()->size);
+        CalibComm cc;
+        const int P = dist_info()->size;
+        if (P < 2) { moe_seterr("--comm measures collectives: run it under mpirun with at least 2 ranks"); return cmd_fail("calibrate"); }
+        if (dist_setup(P, 1, DIST_A2A_FLAT) || sim_calibrate_comm(seconds, &cc)) return cmd_fail("calibrate");
+        if (dist_info()->rank == 0)
+            printf("{\"bw_gbs\":%.4f,\"latency_us\":%.2f,\"a2a_bw_gbs\":%.4f,\"a2a_latency_us\":%.2f,\"comm_share\":%.3f,\"sync\":%.4f,"
+                   "\"a2a_ms\":{\"alone\":%.3f,\"with_work\":%.3f,\"work\":%.3f},\"ranks\":%d}\n", cc.bw / 1e9, cc.lat * 1e6,
+                   cc.a2a_bw / 1e9, cc.a2a_lat * 1e6, cc.share, cc.sync, cc.a2a_alone * 1e3, cc.a2a_with * 1e3, cc.a2a_work * 1e3, P);
         return 0;
     }
-    double ibw, ilat, obw, olat;
+    double in[4], ot[4];
     if (!intra || !inter) { moe_seterr("--intra and --inter are required (mpirun ./moe calibrate --comm measures them; scripts/calibrate.sh runs both)"); return cmd_fail("calibrate"); }
-    if (parse_link(intra, "--intra", &ibw, &ilat) || parse_link(inter, "--inter", &obw, &olat)) return cmd_fail("calibrate");
+    if (parse_link(intra, "--intra", in) || parse_link(inter, "--inter", ot)) return cmd_fail("calibrate");
     if (strlen(name) >= 64) { moe_seterr("--name must be under 64 bytes"); return cmd_fail("calibrate"); }
     CalibCompute cc;
     fprintf(stderr, "moe calibrate: measuring for about %.0f s on %d threads (%s)\n", seconds, kernels_threads(), kernels_blas_name());
@@ -73,11 +100,8 @@ int cmd_calibrate(int argc, char **argv) {
     cJSON_AddItemToObject(pk, "fp32", num(cc.peak));
     cJSON_AddItemToObject(r, "memory_gb", num(mem_gb));
     cJSON_AddItemToObject(r, "memory_bw_gbs", num(cc.mem_bw / 1e9));
-    cJSON *in = cJSON_AddObjectToObject(r, "intra_node"), *ot = cJSON_AddObjectToObject(r, "inter_node");
-    cJSON_AddItemToObject(in, "bw_gbs", num(ibw));
-    cJSON_AddItemToObject(in, "latency_us", num(ilat));
-    cJSON_AddItemToObject(ot, "bw_gbs", num(obw));
-    cJSON_AddItemToObject(ot, "latency_us", num(olat));
+    add_link(r, "intra_node", in);
+    add_link(r, "inter_node", ot);
     cJSON *e = cJSON_AddObjectToObject(r, "efficiency");
     cJSON_AddItemToObject(e, "gemm_max", num(cc.gemm_max));
     cJSON_AddItemToObject(e, "gemm_half", num(cc.gemm_half));
@@ -85,7 +109,8 @@ int cmd_calibrate(int argc, char **argv) {
     cJSON_AddItemToObject(e, "memory", num(cc.mem_eff));
     cJSON_AddItemToObject(e, "collective_max", num(1));
     cJSON_AddItemToObject(e, "collective_half_mb", num(0));
-    cJSON_AddItemToObject(e, "comm_share", num(0));
+    cJSON_AddItemToObject(e, "comm_share", num(share));
+    cJSON_AddItemToObject(e, "sync", num(sync));
     cJSON_AddItemToObject(e, "op_us", num(cc.op_us));
     cJSON_AddItemToObject(e, "step_ms", num(0));
     cJSON *src = cJSON_AddObjectToObject(r, "sources");
@@ -103,6 +128,12 @@ int cmd_calibrate(int argc, char **argv) {
     cJSON_AddStringToObject(src, "efficiency.op_us", "the larger of a 1 x 4 x 4 GEMM's time and an rmsnorm_forward over 4 rows (its parallel region)");
     cJSON_AddStringToObject(src, "intra_node", "mpirun -np 2 ./moe calibrate --comm on this host: an all-reduce started and waited for as moe train sums its gradients (MPI_Iallreduce), fitted as a ring (--intra)");
     cJSON_AddStringToObject(src, "inter_node", "the same on two emulated hosts, scripts/cluster-emu.sh (--inter)");
+    cJSON_AddStringToObject(src, "a2a", "a2a_bw_gbs, a2a_latency_us: moe calibrate --comm's all-to-all, moe train's calls (a blocking "
+                            "count exchange, then MPI_Ialltoallv waited for), 1 and 2048 rows of 512 floats a rank, fitted as flat");
+    cJSON_AddStringToObject(src, "efficiency.comm_share", "--comm-share: the all-to-all of 2048 rows started before 32 small GEMMs that "
+                            "call moe_progress(): the time it added over its hidden length r, share r / (1 + r)");
+    cJSON_AddStringToObject(src, "efficiency.sync", "--sync: two ranks meeting at a count exchange every 40 small GEMMs: the rounds' "
+                            "time over the ranks' GEMM time, minus one");
     char *js = cJSON_Print(r);
     cJSON_Delete(r);
     size_t n = strlen(js);

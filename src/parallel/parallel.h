@@ -81,3 +81,10 @@ int par_save_checkpoint_staged(const char *dir, const Model *m, const ExpertShar
 // The fastest of repeated sums of n_floats over every rank of the job (the slowest rank's
 // time each), repeated for about `seconds`
 int par_time_allreduce(size_t n_floats, double seconds, double *best);
+// The experts' exchange as moe train makes it (counts, then rows started and waited for;
+// rows of width floats to every rank of the EP group): by itself (*alone), started before
+// `chunks` small GEMMs that give it progress (*with), and those GEMMs alone (*work); seconds
+int par_time_alltoall(int rows, int width, int chunks, double seconds, double *alone, double *with, double *work);
+// The ranks' timing jitter: the wait at a meeting for the slowest over the (same) work between
+// meetings, as a fraction; `chunks` small GEMMs between meetings, for about `seconds`
+int par_time_sync(int chunks, double seconds, double *frac);

@@ -5,6 +5,7 @@
 #include <math.h>
 #include "../base/base.h"
 #include "../dist/dist.h"
+#include "../kernels/gemm.h"
 #include "parallel.h"
 
 int par_time_allreduce(size_t n_floats, double seconds, double *best) {
@@ -29,5 +30,85 @@ int par_time_allreduce(size_t n_floats, double seconds, double *best) {
     }
     moe_free(buf);
     *best = b;
+    return rc;
+}
+
+// The experts' exchange as moe train makes it, over an EP group of every rank: the counts
+// (a blocking all-to-all of ints), then `rows` rows of `width` floats to every rank started
+// and waited for. *alone: the exchange by itself. *with and *work: the exchange started, then
+// `chunks` GEMMs each followed by moe_progress() (the progress a layer's blocks give an
+// exchange in flight), then waited for; and the same GEMMs without an exchange. The best of
+// as many rounds as fit in the budget, the slowest rank's times.
+int par_time_alltoall(int rows, int width, int chunks, double seconds, double *alone, double *with, double *work) {
+    DistInfo *di = dist_info();
+    MoeComm *c = &di->moe;
+    const int P = c->size, n = rows * P, G = 192;
+    if (P < 2) MOE_ERR("the all-to-all timing needs an expert-parallel group of at least 2 ranks");
+    float *send = MOE_NEW(float, (size_t)n * width), *recv = MOE_NEW(float, (size_t)n * width);
+    float *A = MOE_NEW(float, (size_t)3 * G * G), *B = A + G * G, *C = B + G * G;
+    int *cnt = MOE_NEW(int, 4 * (size_t)P), *dsp = cnt + P, *rcnt = dsp + P, *rdsp = rcnt + P;
+    for (size_t i = 0; i < (size_t)n * width; i++) send[i] = 1e-3f * (float)(i % 7);
+    for (int i = 0; i < 2 * G * G; i++) A[i] = 1e-2f * (float)(i % 5);
+    for (int r = 0; r < P; r++) cnt[r] = rows, dsp[r] = r * rows;
+    double b[3] = {INFINITY, INFINITY, INFINITY}, t_end = time_now() + seconds;
+    int rc = MOE_OK;
+    for (int k = 0; rc == MOE_OK; k++) {
+        for (int mode = 0; mode < 3 && rc == MOE_OK; mode++) {   // alone, with the GEMMs, the GEMMs alone
+            double go = 0;
+            rc = dist_sum_f64(&go, 1, DIST_WORLD);
+            const double t0 = time_now();
+            int req = -1;
+            if (mode < 2 && rc == MOE_OK) rc = c->counts(c, cnt, rcnt, 1);
+            if (mode < 2 && rc == MOE_OK) {
+                for (int r = 0; r < P; r++) rdsp[r] = r ? rdsp[r - 1] + rcnt[r - 1] : 0;
+                rc = c->start(c, send, cnt, dsp, recv, rcnt, rdsp, width, &req);
+            }
+            for (int j = 0; mode > 0 && rc == MOE_OK && j < chunks; j++) {
+                gemm(false, true, G, G, G, 1, A, G, B, G, 0, C, G);
+                moe_progress();
+            }
+            if (req >= 0 && rc == MOE_OK) rc = c->wait(c, req);
+            double dt = time_now() - t0;
+            if (rc == MOE_OK) rc = dist_max_f64(&dt, 1, DIST_WORLD);
+            if (dt < b[mode]) b[mode] = dt;
+        }
+        double stop = k >= 2 && time_now() > t_end ? 1 : 0;
+        if (rc == MOE_OK) rc = dist_max_f64(&stop, 1, DIST_WORLD);
+        if (stop > 0 || k > 100000) break;
+    }
+    moe_free(send); moe_free(recv); moe_free(A); moe_free(cnt);
+    *alone = b[0], *with = b[1], *work = b[2];
+    return rc;
+}
+
+// The timing jitter between ranks: every rank runs the same `chunks` GEMMs, then meets the
+// others at a counts exchange (as at every layer of expert parallelism), for about `seconds`.
+// *frac: the rounds' time over the ranks' mean time in their GEMMs, minus one: the wait for
+// the slowest rank at each meeting over the work between meetings.
+int par_time_sync(int chunks, double seconds, double *frac) {
+    MoeComm *c = &dist_info()->moe;
+    const int P = c->size, G = 192;
+    if (P < 2) MOE_ERR("the jitter timing needs an expert-parallel group of at least 2 ranks");
+    float *A = MOE_NEW(float, (size_t)3 * G * G), *B = A + G * G, *C = B + G * G;
+    for (int i = 0; i < 2 * G * G; i++) A[i] = 1e-2f * (float)(i % 5);
+    int *cnt = MOE_NEW(int, 2 * (size_t)P), *rcnt = cnt + P;
+    for (int r = 0; r < P; r++) cnt[r] = 1;
+    int rc = c->counts(c, cnt, rcnt, 1);
+    double seg = 0, t0 = time_now(), stop = 0;
+    for (int k = 0; rc == MOE_OK && stop == 0; k++) {
+        const double s0 = time_now();
+        for (int j = 0; j < chunks; j++) gemm(false, true, G, G, G, 1, A, G, B, G, 0, C, G);
+        seg += time_now() - s0;
+        rc = c->counts(c, cnt, rcnt, 1);
+        if (k % 16 == 15 && rc == MOE_OK) {   // every rank must agree on stopping: the slowest clock decides
+            stop = time_now() - t0 > seconds ? 1 : 0;
+            rc = dist_max_f64(&stop, 1, DIST_WORLD);
+        }
+    }
+    double tot = time_now() - t0;
+    if (rc == MOE_OK) rc = dist_sum_f64(&seg, 1, DIST_WORLD);
+    if (rc == MOE_OK) rc = dist_max_f64(&tot, 1, DIST_WORLD);
+    *frac = fmax(0, tot / (seg / P) - 1);
+    moe_free(A); moe_free(cnt);
     return rc;
 }

@@ -119,16 +119,33 @@ int sim_calibrate_compute(CalibCompute *out, double seconds) {
     return MOE_OK;
 }
 
-int sim_calibrate_comm(double seconds, double *bw, double *lat) {
+int sim_calibrate_comm(double seconds, CalibComm *out) {
     // sizes 4 B .. 16 MB: a ring all-reduce over n ranks takes 2(n-1)/n bytes/bw + 2(n-1) lat
     // (simulate's ring, both halves); fit the two on the smallest and the largest sizes
     static const size_t sizes[] = {1, 1024, 65536, 1 << 20, 4 << 20};
     double t[5];
     const int P = dist_info()->size;
     if (P < 2) MOE_ERR("moe calibrate --comm measures collectives: run it under mpirun with at least 2 ranks");
-    for (int i = 0; i < 5; i++) MOE_TRY(par_time_allreduce(sizes[i], seconds / 5, &t[i]));
+    for (int i = 0; i < 5; i++) MOE_TRY(par_time_allreduce(sizes[i], seconds / 20, &t[i]));
     const double f = 2.0 * (P - 1) / P, big = sizes[4] * sizeof(float), small = sizes[0] * sizeof(float);
-    *lat = t[0] / (2.0 * (P - 1));
-    *bw = f * (big - small) / fmax(1e-9, t[4] - t[0]);
-    return MOE_OK;
+    out->lat = t[0] / (2.0 * (P - 1));
+    out->bw = f * (big - small) / fmax(1e-9, t[4] - t[0]);
+    // the experts' exchange (every rank in one EP group, flat: the caller's dist_setup): one row and 2048 rows of 512 floats
+    // a rank (a micro-batch of 512 tokens, top-4, hidden 512), each (P-1)/P of it away; simulate's
+    // flat all-to-all takes (P-1) latencies and the bytes away over the bandwidth
+    const int W = 512, rows_big = 2048 / P;
+    double a1, a2, with, work, unused;
+    MOE_TRY(par_time_alltoall(1, W, 0, seconds / 8, &a1, &unused, &unused));
+    MOE_TRY(par_time_alltoall(rows_big, W, 32, seconds / 8, &a2, &with, &work));
+    if (work < 1.5 * a2)   // (enough work to hide all of it: a slow link's exchange is longer)
+        MOE_TRY(par_time_alltoall(rows_big, W, (int)ceil(32 * 1.5 * a2 / work), seconds / 8, &a2, &with, &work));
+    out->a2a_lat = a1 / (P - 1);
+    out->a2a_bw = (double)(rows_big - 1) * W * sizeof(float) * (P - 1) / fmax(1e-9, a2 - a1);
+    // overlapped: the work took `with` instead of work + alone - hidden; the hidden part's cost
+    // over its length r is what simulate's comm_share gives (r = share / (1 - share))
+    const double hidden = fmin(a2, work), r = fmin(1, fmax(0, (with - work - (a2 - hidden)) / hidden));
+    out->share = r / (1 + r);
+    out->a2a_alone = a2, out->a2a_with = with, out->a2a_work = work;
+    // the ranks' jitter, meetings about 6 ms of work apart
+    return par_time_sync(40, seconds / 2, &out->sync);
 }

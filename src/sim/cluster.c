@@ -99,11 +99,18 @@ static int parse(Cluster *cl, const cJSON *root, const char *path) {
         if (!(cl->gemm_peak > 0)) MOE_ERR("%s: \"peak_flops.%s\" is missing (gemm_dtype)", path, gemm_dtype);
     }
     if (!intra || !inter) MOE_ERR("%s: \"%s\" is missing", path, !intra ? "intra_node" : "inter_node");
-    const NumKey in_keys[] = {{"bw_gbs", &cl->intra_bw, 1e9, true, false}, {"latency_us", &cl->intra_lat, 1e-6, true, true}};
-    const NumKey out_keys[] = {{"bw_gbs", &cl->inter_bw, 1e9, true, false}, {"latency_us", &cl->inter_lat, 1e-6, true, true}};
-    cl->intra_lat = cl->inter_lat = -1;
-    MOE_TRY(read_nums(intra, path, "intra_node", in_keys, 2));
-    MOE_TRY(read_nums(inter, path, "inter_node", out_keys, 2));
+    const NumKey in_keys[] = {{"bw_gbs", &cl->intra_bw, 1e9, true, false}, {"latency_us", &cl->intra_lat, 1e-6, true, true},
+                              {"a2a_bw_gbs", &cl->intra_a2a_bw, 1e9, false, false}, {"a2a_latency_us", &cl->intra_a2a_lat, 1e-6, false, true}};
+    const NumKey out_keys[] = {{"bw_gbs", &cl->inter_bw, 1e9, true, false}, {"latency_us", &cl->inter_lat, 1e-6, true, true},
+                               {"a2a_bw_gbs", &cl->inter_a2a_bw, 1e9, false, false}, {"a2a_latency_us", &cl->inter_a2a_lat, 1e-6, false, true}};
+    cl->intra_lat = cl->inter_lat = cl->intra_a2a_lat = cl->inter_a2a_lat = -1;
+    MOE_TRY(read_nums(intra, path, "intra_node", in_keys, 4));
+    MOE_TRY(read_nums(inter, path, "inter_node", out_keys, 4));
+    // (the experts' all-to-all: its own measured rates when given, else the link's)
+    if ((cl->intra_a2a_bw > 0) != (cl->intra_a2a_lat >= 0) || (cl->inter_a2a_bw > 0) != (cl->inter_a2a_lat >= 0))
+        MOE_ERR("%s: \"a2a_bw_gbs\" and \"a2a_latency_us\" go together (the experts' all-to-all measured on that link)", path);
+    if (!(cl->intra_a2a_bw > 0)) cl->intra_a2a_bw = cl->intra_bw, cl->intra_a2a_lat = cl->intra_lat;
+    if (!(cl->inter_a2a_bw > 0)) cl->inter_a2a_bw = cl->inter_bw, cl->inter_a2a_lat = cl->inter_lat;
     if (!eff) MOE_ERR("%s: \"efficiency\" is missing", path);
     cl->op_us = cl->step_ms = cl->comm_share = -1;
     const NumKey eff_keys[] = {
@@ -111,11 +118,11 @@ static int parse(Cluster *cl, const cJSON *root, const char *path) {
         {"attention", &cl->attn_eff, 1, true, false},    {"memory", &cl->mem_eff, 1, true, false},
         {"collective_max", &cl->coll_max, 1, true, false}, {"collective_half_mb", &cl->coll_half, 1e6, true, true},
         {"op_us", &cl->op_us, 1, true, true},            {"step_ms", &cl->step_ms, 1, true, true},
-        {"comm_share", &cl->comm_share, 1, true, true}};
+        {"comm_share", &cl->comm_share, 1, true, true},  {"sync", &cl->sync, 1, false, true}};
     cl->gemm_half = cl->coll_half = -1;
-    MOE_TRY(read_nums(eff, path, "efficiency", eff_keys, 9));
-    if (cl->gemm_max > 1 || cl->attn_eff > 1 || cl->mem_eff > 1 || cl->coll_max > 1 || cl->comm_share >= 1)
-        MOE_ERR("%s: the efficiencies gemm_max, attention, memory, collective_max and comm_share are fractions (comm_share under 1)", path);
+    MOE_TRY(read_nums(eff, path, "efficiency", eff_keys, 10));
+    if (cl->gemm_max > 1 || cl->attn_eff > 1 || cl->mem_eff > 1 || cl->coll_max > 1 || cl->comm_share >= 1 || cl->sync >= 1)
+        MOE_ERR("%s: the efficiencies gemm_max, attention, memory, collective_max, comm_share and sync are fractions (comm_share and sync under 1)", path);
     if (!cl->name[0]) MOE_ERR("%s: \"name\" is missing", path);
     if (cl->cores == 0) cl->cores = 1;
     return MOE_OK;

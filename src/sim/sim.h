@@ -19,12 +19,16 @@ typedef struct {
     double mem_bytes, mem_bw;       // bytes per device, bytes/s
     double intra_bw, intra_lat;     // in a node: bytes/s per device and direction, seconds
     double inter_bw, inter_lat;     // between nodes
+    double intra_a2a_bw, intra_a2a_lat, inter_a2a_bw, inter_a2a_lat;   // the experts' all-to-all on those links
+                                    // (counts, then the rows, as moe train sends them; else the rates above)
     // efficiency: what the rates above become in practice
     double gemm_max, gemm_half;     // a GEMM of smallest side m runs at peak · gemm_max · m / (m + gemm_half)
     double attn_eff;                // core attention (q·k, softmax, p·v) as a fraction of peak
     double mem_eff;                 // fraction of mem_bw that elementwise work (norms, SwiGLU, the optimizer) gets
     double coll_max, coll_half;     // a message of b bytes gets bw · coll_max · b / (b + coll_half)
     double comm_share;              // the share of a device's cores overlapped communication takes
+    double sync;                    // at an exchange, the wait for the slower of two devices, over the work
+                                    // since the last one (their timing jitter; more for more devices)
     double cores;                   // cores a device has (CPU files: what the rates were measured on; else 1)
     double op_us;                   // fixed cost of one operation (a launch, a barrier), microseconds
     double step_ms;                 // fixed cost of one step (data, logging, the host), milliseconds
@@ -66,7 +70,7 @@ typedef struct {
 enum {
     SIM_T_ATTENTION, SIM_T_MLA, SIM_T_DENSE_FFN, SIM_T_EXPERTS, SIM_T_SHARED, SIM_T_ROUTER, SIM_T_NORMS,
     SIM_T_HEAD, SIM_T_RECOMPUTE, SIM_T_STASH, SIM_T_IMBALANCE, SIM_T_OVERHEAD, // compute of the busiest stage
-    SIM_T_TP, SIM_T_EP, SIM_T_PP, SIM_T_DP,                                     // exposed communication
+    SIM_T_TP, SIM_T_EP, SIM_T_EP_SYNC, SIM_T_PP, SIM_T_DP,                      // exposed communication, waiting
     SIM_T_BUBBLE, SIM_T_OPTIMIZER, SIM_T_STEP, SIM_T_N
 };
 extern const char *const SIM_TERM_NAMES[SIM_T_N];
@@ -111,5 +115,11 @@ typedef struct {
     double attn_eff, mem_bw, mem_eff, op_us;
 } CalibCompute;
 int sim_calibrate_compute(CalibCompute *out, double seconds);
-// under mpirun: a ring all-reduce's bandwidth (bytes/s) and latency (s) over the job's ranks
-int sim_calibrate_comm(double seconds, double *bw, double *lat);
+// under mpirun, over the job's ranks: a ring all-reduce's bandwidth (bytes/s) and latency (s);
+// the experts' all-to-all's (flat, moe train's calls); the share of a device an overlapped
+// exchange costs (simulate's comm_share); and the ranks' timing jitter (simulate's sync)
+typedef struct {
+    double bw, lat, a2a_bw, a2a_lat, share, sync;
+    double a2a_alone, a2a_with, a2a_work;   // (seconds: the share's three timings)
+} CalibComm;
+int sim_calibrate_comm(double seconds, CalibComm *out);

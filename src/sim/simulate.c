@@ -20,7 +20,7 @@
 #include "sim.h"
 
 const char *const SIM_TERM_NAMES[SIM_T_N] = {"attention", "mla", "dense_ffn", "experts", "shared", "router", "norms", "head",
-                                             "recompute", "activation_stash", "imbalance", "op_overhead", "tp", "ep_all_to_all", "pp_send_recv",
+                                             "recompute", "activation_stash", "imbalance", "op_overhead", "tp", "ep_all_to_all", "ep_sync", "pp_send_recv",
                                              "dp_reduce", "bubble", "optimizer", "step_overhead"};
 const char *const SIM_MEM_NAMES[SIM_M_N] = {"weights", "gradients", "optimizer", "activations", "workspace"};
 
@@ -36,7 +36,7 @@ typedef struct {
 // one pass's time by term, with the communication it starts
 // (ep_pair: the all-to-all this pass leaves exposed when it runs paired with another
 // micro-batch's pass of the other direction, transfer by transfer: see layer_cost)
-typedef struct { double t[SIM_T_N]; double tp, ep, ep_window, ep_pair, ops; } Cost;
+typedef struct { double t[SIM_T_N]; double tp, ep, ep_window, ep_pair, sync, ops; } Cost;
 
 static double gemm_s(Ctx *x, double m, double n, double k) {
     if (m <= 0 || n <= 0 || k <= 0) return 0;
@@ -93,15 +93,27 @@ static double a2a_s(const MoeConfig *c, const Cluster *cl, const SimLayout *l, d
         if (c->topk_method == MOE_TOPK_GROUP_LIMITED && c->n_group == nodes && c->topk_group < distinct) distinct = c->topk_group;
         out_bytes = bytes / k * distinct * (nodes - 1) / nodes;
     }
-    const double t_in = (in_node - 1) * per_peer / (cl->intra_bw * coll_eff(cl, per_peer));
+    const double t_in = (in_node - 1) * per_peer / (cl->intra_a2a_bw * coll_eff(cl, per_peer));
     const double msg = l->a2a == SIM_A2A_FLAT ? per_peer : out_bytes / imax(1, nodes - 1);
-    const double t_out = out_bytes / (cl->inter_bw * coll_eff(cl, msg));
-    const double lat = l->a2a == SIM_A2A_FLAT ? (in_node - 1) * cl->intra_lat + (e - in_node) * cl->inter_lat
-                                              : (in_node - 1) * cl->intra_lat + (nodes - 1) * cl->inter_lat;
+    const double t_out = out_bytes / (cl->inter_a2a_bw * coll_eff(cl, msg));
+    const double lat = l->a2a == SIM_A2A_FLAT ? (in_node - 1) * cl->intra_a2a_lat + (e - in_node) * cl->inter_a2a_lat
+                                              : (in_node - 1) * cl->intra_a2a_lat + (nodes - 1) * cl->inter_a2a_lat;
     return fmax(t_in, t_out) + lat;
 }
 
 static double layer_acts(const Ctx *x, int l, int mode);
+static double compute_s(const Cost *p);
+// the expected largest of n standard normal draws (0 for one)
+static double max_normal(int n) {
+    if (n <= 1) return 0;
+    double s = 0;
+    const double h = 1e-3;
+    for (double z = -8; z < 8; z += h) {   // n z phi(z) Phi(z)^(n-1)
+        const double phi = exp(-0.5 * z * z) / sqrt(2 * M_PI), Phi = 0.5 * erfc(-z / sqrt(2));
+        s += n * z * phi * pow(Phi, n - 1) * h;
+    }
+    return s;
+}
 // layer l's forward on one device and one micro-batch; back: its backward (with recomputation)
 static void layer_cost(Ctx *x, int l, Cost *fwd, Cost *back) {
     const MoeConfig *c = x->c;
@@ -205,6 +217,12 @@ static void layer_cost(Ctx *x, int l, Cost *fwd, Cost *back) {
         f.ep_pair = HIDE(one, w_disp) + HIDE(one, w_comb);
         bk.ep_pair = HIDE(one, w_send) + one + (bk.ep - 2 * one);   // (and a full recomputation's exchanges)
         #undef HIDE
+        // every exchange is a meeting: the group waits for its slowest device, later than
+        // the mean by the devices' timing jitter (cluster sync, measured for two) times how
+        // far the largest of ep draws sits above their mean
+        const double k = x->cl->sync * max_normal(L->ep) / max_normal(2);
+        f.sync = k * compute_s(&f);
+        bk.sync = k * compute_s(&bk);
     }
     *fwd = f;
     *back = bk;
@@ -236,6 +254,7 @@ static void cost_add(Cost *a, const Cost *b) {
     a->ep += b->ep;
     a->ep_window += b->ep_window;
     a->ep_pair += b->ep_pair;
+    a->sync += b->sync;
 }
 // a pass's compute (with its tensor-parallel collectives), and the all-to-all it leaves
 // exposed: all of it (off); what the layer's own other work does not cover (layer: one part
@@ -438,8 +457,8 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
         ends_cost(&x, g == 0, g == K - 1, &f, &bk);
         cost_add(&cf[i], &f);
         cost_add(&cb[i], &bk);
-        tf[i] = compute_s(&cf[i]) + ep_exposed(cl, &cf[i], &cb[i], lay->ep_overlap);
-        tb[i] = compute_s(&cb[i]) + ep_exposed(cl, &cb[i], &cf[i], lay->ep_overlap);
+        tf[i] = compute_s(&cf[i]) + ep_exposed(cl, &cf[i], &cb[i], lay->ep_overlap) + cf[i].sync;
+        tb[i] = compute_s(&cb[i]) + ep_exposed(cl, &cb[i], &cf[i], lay->ep_overlap) + cb[i].sync;
     }
     const double D = c->hidden_size, Vv = c->vocab_size;
     dense[0] += D * Vv;                                                   // the embedding
@@ -468,6 +487,7 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
         for (int k = 0; k <= SIM_T_OVERHEAD; k++) out->term[k] += m * (cf[i].t[k] + cb[i].t[k]);
         out->term[SIM_T_TP] += m * (cf[i].tp + cb[i].tp);
         out->term[SIM_T_EP] += m * (ep_exposed(cl, &cf[i], &cb[i], lay->ep_overlap) + ep_exposed(cl, &cb[i], &cf[i], lay->ep_overlap));
+        out->term[SIM_T_EP_SYNC] += m * (cf[i].sync + cb[i].sync);
         ep_all += m * (cf[i].ep + cb[i].ep);
         fb_first += tb[i];
     }
