@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # moe simulate against this machine, loosely (issue 16): two of bench/sim_local.sh's runs
 # measured here and predicted from a cluster file this test calibrates first (moe calibrate,
-# the compute; mpirun ... calibrate --comm, the link between two ranks of this host), so it
+# the compute; mpirun ... calibrate --comm, the link, the all-to-all and the ranks' jitter
+# between two ranks of this host), so it
 # holds on any machine CI runs on. The machine is shared and its speed drifts, so the bound is
 # loose (TOL, default 35%) and each run keeps the faster of two measurements; a simulator that
 # prices a term twice over, or misses one, still fails it.
@@ -18,10 +19,13 @@ py() { /usr/bin/python3 -c "$@"; }
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 NCORE=$(nproc)
 
-link=$(OMP_NUM_THREADS=1 timeout 120 mpirun --oversubscribe -np 2 $MOE calibrate --comm --seconds 2 2>"$T/err" |
-       py 'import json, sys; r = json.loads(sys.stdin.read().strip().splitlines()[-1]); print("%.4f,%.2f" % (r["bw_gbs"], r["latency_us"]))') ||
+comm=$(OMP_NUM_THREADS=1 timeout 120 mpirun --oversubscribe -np 2 $MOE calibrate --comm --seconds 4 2>"$T/err" |
+       py 'import json, sys; r = json.loads(sys.stdin.read().strip().splitlines()[-1])
+print("%.4f,%.2f,%.4f,%.2f %s %s" % (r["bw_gbs"], r["latency_us"], r["a2a_bw_gbs"], r["a2a_latency_us"], r["comm_share"], r["sync"]))') ||
   { bad "calibrate --comm under mpirun" "$(cat "$T/err")"; echo "$pass passed, $fail failed"; exit 1; }
-if ! timeout 300 $MOE calibrate --out "$T/here.json" --intra "$link" --inter "$link" --seconds 6 >"$T/cal.out" 2>"$T/err"; then
+read -r link share sync <<<"$comm"
+if ! timeout 300 $MOE calibrate --out "$T/here.json" --intra "$link" --inter "$link" --comm-share "$share" --sync "$sync" \
+       --seconds 6 >"$T/cal.out" 2>"$T/err"; then
   bad "calibrate" "$(cat "$T/err")"; echo "$pass passed, $fail failed"; exit 1
 fi
 ok "calibrated this machine: $(tail -1 "$T/cal.out")"

@@ -83,6 +83,8 @@ neg.json|d['inter_node']['bw_gbs'] = -25|a negative bandwidth|"inter_node.bw_gbs
 frac.json|d['efficiency']['memory'] = 1.5|an efficiency above 1|the efficiencies
 dtype.json|d['dtype'] = 'int4'|an unknown dtype|"dtype" must be
 str.json|d['devices'] = '8'|a number as a string|"devices" must be a positive number
+a2a.json|d['inter_node']['a2a_bw_gbs'] = 5|an all-to-all rate without its latency|"a2a_bw_gbs" and "a2a_latency_us" go together
+sync.json|d['efficiency']['sync'] = 1.5|a jitter of 1 or more|the efficiencies
 CASES
 head -c 200 clusters/a100-selene.json >"$T/cut.json"
 expect_fail "cluster: a truncated file" 'cut.json: not valid JSON' $MOE simulate "${A[@]}" --cluster "$T/cut.json"
@@ -112,6 +114,55 @@ import json; a, b, c = (json.load(open('$T/%s.json' % n)) for n in ('s1', 's2', 
 print('ok' if a['step_ms'] == b['step_ms'] and a['step_ms'] > c['step_ms'] and a['breakdown']['imbalance'] > 0 else 'log %s, 1.5 %s, balanced %s' % (a['step_ms'], b['step_ms'], c['step_ms']))")
   [ "$r" = ok ] && ok "--load LOG: a 30/10 device split is skew 1.5, priced as imbalance" || bad "--load LOG" "$r"
 else bad "--load LOG" "$(cat "$T/err")"; fi
+
+# the experts' all-to-all at its own rates when the file has them; the wait at every exchange
+# (sync) as ep_sync, for expert parallelism only, larger for more devices in the group
+edit fast.json "d['intra_node'].update(a2a_bw_gbs=10 * d['intra_node']['bw_gbs'], a2a_latency_us=0)"
+edit jit.json "d['efficiency']['sync'] = 0.1"
+E=(--model configs/bench-s.json --layout tp=1,pp=1,ep=2 --devices 8 --micro-batch 4 --global-batch 32 --seq 512 --ep-overlap off --json)
+if $MOE simulate "${E[@]}" --cluster "$T/good.json" >"$T/a0.json" 2>"$T/err" && $MOE simulate "${E[@]}" --cluster "$T/fast.json" >"$T/a1.json" &&
+   $MOE simulate "${E[@]}" --cluster "$T/jit.json" >"$T/j2.json" && $MOE simulate "${E[@]/ep=2/ep=8}" --cluster "$T/jit.json" >"$T/j8.json" &&
+   $MOE simulate "${E[@]/ep=2/ep=1}" --cluster "$T/jit.json" >"$T/j1.json"; then
+  r=$(py "
+import json; a0, a1, j1, j2, j8 = (json.load(open('$T/%s.json' % n)) for n in ('a0', 'a1', 'j1', 'j2', 'j8'))
+b = lambda r, k: r['breakdown'][k]
+comp = lambda r: sum(v for k, v in r['breakdown'].items() if k not in ('ep_all_to_all', 'ep_sync', 'dp_reduce', 'optimizer', 'step_overhead', 'bubble'))
+e0, e1 = b(a0, 'ep_all_to_all'), b(a1, 'ep_all_to_all')
+# ep=2: 0.1 of the layers' work (the head's aside); ep=8: 1.4236/0.5642 times that share
+f2, f8 = b(j2, 'ep_sync') / comp(j2), b(j8, 'ep_sync') / comp(j8)
+print('ok' if e1 < 0.2 * e0 and b(a0, 'ep_sync') == 0 and b(j1, 'ep_sync') == 0 and 0.07 < f2 < 0.1 and abs(f8 / f2 - 1.4236 / 0.5642) < 0.15
+      else 'all-to-all %.1f vs %.1f ms; sync shares %.4f (ep 2), %.4f (ep 8), ep=1 %.1f ms' % (e1, e0, f2, f8, b(j1, 'ep_sync')))")
+  [ "$r" = ok ] && ok "a2a_bw_gbs prices the experts' exchange; sync is ep_sync, scaled by the largest of ep draws" || bad "a2a rates and ep_sync" "$r"
+else bad "a2a rates and ep_sync" "$(cat "$T/err")"; fi
+
+# --tp-overlap (MC2): the tensor-parallel collectives beside their GEMMs cost less, not nothing
+P=(--model configs/sim/korthikanti-22b.json --cluster clusters/a100-selene.json --layout tp=8,pp=1 --devices 8 --micro-batch 4
+   --global-batch 4 --seq 2048 --json)
+if $MOE simulate "${P[@]}" >"$T/t0.json" 2>"$T/err" && $MOE simulate "${P[@]}" --tp-overlap on >"$T/t1.json" 2>>"$T/err"; then
+  r=$(py "
+import json; a, b = (json.load(open('$T/%s.json' % n))['breakdown']['tp'] for n in ('t0', 't1'))
+print('ok %.1f -> %.1f ms' % (a, b) if 0 < b < 0.5 * a else 'tp %.1f ms, with --tp-overlap %.1f ms' % (a, b))")
+  case $r in ok*) ok "--tp-overlap on: the tp term ${r#ok }";; *) bad "--tp-overlap" "$r";; esac
+else bad "--tp-overlap" "$(cat "$T/err")"; fi
+expect_fail "--tp-overlap: a bad value" '--tp-overlap' $MOE simulate "${P[@]}" --tp-overlap maybe
+
+# --idle-yields: ranks that share cores and yield while they wait lose no idle time at two
+# ranks a core (the bubble goes), and all of it at a core each (nothing changes)
+Y=(--model configs/bench-s.json --cluster clusters/local.json --layout tp=1,pp=2 --devices 4 --devices-per-node 4 --micro-batch 2
+   --global-batch 16 --seq 256 --json)
+if $MOE simulate "${Y[@]}" --cores-per-rank 0.5 >"$T/y0.json" 2>"$T/err" && $MOE simulate "${Y[@]}" --cores-per-rank 0.5 --idle-yields on >"$T/y1.json" &&
+   $MOE simulate "${Y[@]}" --cores-per-rank 1 >"$T/y2.json" && $MOE simulate "${Y[@]}" --cores-per-rank 1 --idle-yields on >"$T/y3.json"; then
+  r=$(py "
+import json; y = [json.load(open('$T/y%d.json' % i))['breakdown']['bubble'] for i in range(4)]
+print('ok' if y[0] > 0 and y[1] == 0 and y[2] > 0 and y[3] == y[2] else 'bubbles %s' % y)")
+  [ "$r" = ok ] && ok "--idle-yields: no bubble at two ranks a core, the whole bubble at one" || bad "--idle-yields" "$r"
+else bad "--idle-yields" "$(cat "$T/err")"; fi
+
+# moe calibrate's link arguments
+for v in "1,2,3" "1" "-1,2" "1,2,0,5" "x,1"; do
+  expect_fail "calibrate: --intra $v" "--intra must be BW_GBS,LAT_US" $MOE calibrate --out "$T/c.json" --intra "$v" --inter 1,2 --seconds 1
+done
+expect_fail "calibrate: --sync 1" "--comm-share and --sync must be fractions" $MOE calibrate --out "$T/c.json" --intra 1,2 --inter 1,2 --sync 1
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -130,8 +130,8 @@ int cmd_calibrate(int argc, char **argv) {
     cJSON_AddStringToObject(src, "inter_node", "the same on two emulated hosts, scripts/cluster-emu.sh (--inter)");
     cJSON_AddStringToObject(src, "a2a", "a2a_bw_gbs, a2a_latency_us: moe calibrate --comm's all-to-all, moe train's calls (a blocking "
                             "count exchange, then MPI_Ialltoallv waited for), 1 and 2048 rows of 512 floats a rank, fitted as flat");
-    cJSON_AddStringToObject(src, "efficiency.comm_share", "--comm-share: the all-to-all of 2048 rows started before 32 small GEMMs that "
-                            "call moe_progress(): the time it added over its hidden length r, share r / (1 + r)");
+    cJSON_AddStringToObject(src, "efficiency.comm_share", "--comm-share: the all-to-all of 2048 rows started before 512^3 GEMMs that "
+                            "each call moe_progress() (as moe train's blocks do): the time it added over its hidden length r, share r / (1 + r)");
     cJSON_AddStringToObject(src, "efficiency.sync", "--sync: two ranks meeting at a count exchange every 40 small GEMMs: the rounds' "
                             "time over the ranks' GEMM time, minus one");
     char *js = cJSON_Print(r);

@@ -25,12 +25,16 @@ static const char *HELP =
     "  --pp-split even|ends|balance  even cuts of the layers (moe train's), of the layers and the two\n"
     "                       ends counted as a layer each (Megatron's), or balanced by cost (--search's)\n"
     "  --dp-overlap on|off  gradient reduction under the last backward passes (default on)\n"
+    "  --tp-overlap on|off  tensor-parallel collectives in pieces beside the GEMMs they feed (Ascend's\n"
+    "                       MC2, Megatron's TP communication overlap; default off)\n"
     "  --zero 0|1           optimizer state split over the data-parallel ranks (default 1)\n"
     "  --act-dtype bf16|f32 how f32 training keeps its saved activations (default bf16, moe train's)\n"
     "  --attention flash|unfused  core attention fused, or its scores materialised (default flash)\n"
     "  --devices-per-node N the ranks a host holds (default the cluster file's)\n"
     "  --cores-per-rank C   cores each device (rank) has, for CPU cluster files (default the file's\n"
     "                       cores_per_device; 0.5 when two ranks share a core)\n"
+    "  --idle-yields on|off ranks that share cores give theirs up while they wait (mpirun\n"
+    "                       --oversubscribe's ranks do; default off: a waiting device keeps its core)\n"
     "  --search             rank every layout that fits by throughput and print the best --top N (10)\n"
     "  --json               one JSON object (step_ms, tokens_per_s, mfu, memory_gb, breakdown in ms)\n";
 
@@ -123,7 +127,9 @@ int cmd_simulate(int argc, char **argv) {
                *split = args_str(&a, "--pp-split", "even"), *load = args_str(&a, "--load", NULL);
     if (args_int(&a, "--devices", 0, &devices) || args_int(&a, "--dp", 0, &l.dp) || args_int(&a, "--micro-batch", 1, &l.micro_batch) ||
         args_int(&a, "--global-batch", 0, &l.global_batch) || args_int(&a, "--seq", 0, &l.seq) || args_int(&a, "--zero", 1, &zero) ||
-        args_int(&a, "--top", 10, &top) || args_double(&a, "--cores-per-rank", 0, &cores) || args_int(&a, "--devices-per-node", 0, &dpn) || on_off(&a, "--dp-overlap", true, &l.dp_overlap))
+        args_int(&a, "--top", 10, &top) || args_double(&a, "--cores-per-rank", 0, &cores) || args_int(&a, "--devices-per-node", 0, &dpn) || on_off(&a, "--dp-overlap", true, &l.dp_overlap) ||
+        on_off(&a, "--idle-yields", false, &l.idle_yields) ||
+        on_off(&a, "--tp-overlap", false, &l.tp_overlap))
         return cmd_fail("simulate");
     if (args_finish(&a)) return cmd_fail("simulate");
     if (l.global_batch <= 0 || l.seq <= 0) { moe_seterr("--global-batch and --seq are required (positive)"); return cmd_fail("simulate"); }

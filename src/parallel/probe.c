@@ -36,13 +36,14 @@ int par_time_allreduce(size_t n_floats, double seconds, double *best) {
 // The experts' exchange as moe train makes it, over an EP group of every rank: the counts
 // (a blocking all-to-all of ints), then `rows` rows of `width` floats to every rank started
 // and waited for. *alone: the exchange by itself. *with and *work: the exchange started, then
-// `chunks` GEMMs each followed by moe_progress() (the progress a layer's blocks give an
-// exchange in flight), then waited for; and the same GEMMs without an exchange. The best of
-// as many rounds as fit in the budget, the slowest rank's times.
+// `chunks` GEMMs of 512 x 512 x 512 each followed by moe_progress() (Open MPI moves the rows
+// only inside MPI calls, and moe train's blocks give an exchange in flight one such call
+// each, a few milliseconds apart), then waited for; and the same GEMMs without an exchange.
+// The best of as many rounds as fit in the budget, the slowest rank's times.
 int par_time_alltoall(int rows, int width, int chunks, double seconds, double *alone, double *with, double *work) {
     DistInfo *di = dist_info();
     MoeComm *c = &di->moe;
-    const int P = c->size, n = rows * P, G = 192;
+    const int P = c->size, n = rows * P, G = 512;
     if (P < 2) MOE_ERR("the all-to-all timing needs an expert-parallel group of at least 2 ranks");
     float *send = MOE_NEW(float, (size_t)n * width), *recv = MOE_NEW(float, (size_t)n * width);
     float *A = MOE_NEW(float, (size_t)3 * G * G), *B = A + G * G, *C = B + G * G;

@@ -136,9 +136,9 @@ int sim_calibrate_comm(double seconds, CalibComm *out) {
     const int W = 512, rows_big = 2048 / P;
     double a1, a2, with, work, unused;
     MOE_TRY(par_time_alltoall(1, W, 0, seconds / 8, &a1, &unused, &unused));
-    MOE_TRY(par_time_alltoall(rows_big, W, 32, seconds / 8, &a2, &with, &work));
+    MOE_TRY(par_time_alltoall(rows_big, W, 4, seconds / 8, &a2, &with, &work));
     if (work < 1.5 * a2)   // (enough work to hide all of it: a slow link's exchange is longer)
-        MOE_TRY(par_time_alltoall(rows_big, W, (int)ceil(32 * 1.5 * a2 / work), seconds / 8, &a2, &with, &work));
+        MOE_TRY(par_time_alltoall(rows_big, W, (int)ceil(4 * 1.5 * a2 / work), seconds / 8, &a2, &with, &work));
     out->a2a_lat = a1 / (P - 1);
     out->a2a_bw = (double)(rows_big - 1) * W * sizeof(float) * (P - 1) / fmax(1e-9, a2 - a1);
     // overlapped: the work took `with` instead of work + alone - hidden; the hidden part's cost

@@ -60,6 +60,8 @@ typedef struct {
                                     // with another micro-batch's pass (1F1B, transfer by transfer as moe
                                     // train's SCHED_PAIR); or all of it under the other pass (DualPipe)
     bool dp_overlap;                // gradient reduction under the last backward passes
+    bool tp_overlap;                // tensor-parallel collectives in pieces beside their GEMMs (MC2)
+    bool idle_yields;               // devices that share cores (cores < 1) give them up while they wait
     bool zero1;                     // optimizer state split over the data-parallel ranks
     bool unfused_attention;         // scores materialised (no flash attention): batched GEMMs, softmax in memory
     bool act_bf16;                  // f32 training that keeps its saved activations in bf16 (moe train's default)

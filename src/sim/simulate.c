@@ -103,6 +103,11 @@ static double a2a_s(const MoeConfig *c, const Cluster *cl, const SimLayout *l, d
 
 static double layer_acts(const Ctx *x, int l, int mode);
 static double compute_s(const Cost *p);
+// a transfer of t seconds under w seconds of work: what sticks out, plus what the hidden part
+// costs the work (the transfer takes comm_share of the device's cores meanwhile)
+static double overlap_s(const Cluster *cl, double t, double w) {
+    return fmax(0, t - w) + fmin(t, w) * cl->comm_share / (1 - cl->comm_share);
+}
 // the expected largest of n standard normal draws (0 for one)
 static double max_normal(int n) {
     if (n <= 1) return 0;
@@ -121,7 +126,7 @@ static void layer_cost(Ctx *x, int l, Cost *fwd, Cost *back) {
     const double n = x->n, b = x->b, D = c->hidden_size, t = L->tp, T = L->seq, H = c->num_attention_heads;
     const bool moe = config_layer_is_moe(c, l), mla = config_is_mla(c);
     Cost f = {0};
-    double gemm = 0, core, elem_norm, elem_ffn = 0;
+    double gemm = 0, core, elem_norm, elem_ffn = 0, tp_window;
     const double ops0 = x->ops;
     // attention or MLA: the projections, then the scores and p·v (causal: half the square)
     if (mla) {
@@ -155,7 +160,9 @@ static void layer_cost(Ctx *x, int l, Cost *fwd, Cost *back) {
     if (!moe) {
         const double F = c->intermediate_size;
         elem_ffn = mem_s(x, 3 * n * F / t * b);
-        f.t[SIM_T_DENSE_FFN] = gemm_s(x, n, 2 * F / t, D) + gemm_s(x, n, D, F / t) + elem_ffn;
+        const double g = gemm_s(x, n, 2 * F / t, D) + gemm_s(x, n, D, F / t);
+        f.t[SIM_T_DENSE_FFN] = g + elem_ffn;
+        tp_window = gemm + g;
         f.tp = 4 * ring_s(x->cl, n * D * b, L->tp, 1);   // all-gather and reduce-scatter around attention and the FFN
     } else {
         const double E = c->n_routed_experts, k = c->num_experts_per_tok, Fe = c->moe_intermediate_size;
@@ -172,11 +179,13 @@ static void layer_cost(Ctx *x, int l, Cost *fwd, Cost *back) {
         f.t[SIM_T_EXPERTS] = ex + elem_ffn;
         f.t[SIM_T_IMBALANCE] = (L->skew - 1) * (ex + elem_ffn);
         double tp_colls = 2;
+        tp_window = gemm + ex;
         if (c->n_shared_experts > 0) {
             const double Fs = c->n_shared_experts * Fe;
-            const double es = mem_s(x, 3 * n * Fs / t * b);
+            const double es = mem_s(x, 3 * n * Fs / t * b), g = gemm_s(x, n, 2 * Fs / t, D) + gemm_s(x, n, D, Fs / t);
             elem_ffn += es;
-            f.t[SIM_T_SHARED] = gemm_s(x, n, 2 * Fs / t, D) + gemm_s(x, n, D, Fs / t) + es;
+            f.t[SIM_T_SHARED] = g + es;
+            tp_window += g;
             tp_colls += 2;
         }
         f.tp = tp_colls * ring_s(x->cl, n * D * b, L->tp, 1) + 2 * ring_s(x->cl, rows * D * b, L->etp, 1);
@@ -185,6 +194,9 @@ static void layer_cost(Ctx *x, int l, Cost *fwd, Cost *back) {
     }
     f.ops = x->ops - ops0;
     f.t[SIM_T_OVERHEAD] = f.ops * x->cl->op_us * 1e-6;
+    // --tp-overlap (Ascend's MC2, Megatron's TP comm overlap): each tensor-parallel collective
+    // runs in pieces beside the GEMM it feeds or drains: the projections' and the FFN's
+    if (L->tp_overlap) f.tp = overlap_s(x->cl, f.tp, tp_window);
     // backward: twice the GEMMs and elementwise work, 2.5 times core attention; recomputation
     Cost bk = f;
     for (int i = 0; i < SIM_T_N; i++) bk.t[i] = 2 * f.t[i];
@@ -210,13 +222,12 @@ static void layer_cost(Ctx *x, int l, Cost *fwd, Cost *back) {
         // restore, recomputation and shared-expert backward; B's output gradients under A's
         // experts; A's combine under the owners' backward GEMMs and B's attention; B's input
         // gradients come back to a B that waits for them at once.
-        const double one = f.ep / 2, share = x->cl->comm_share / (1 - x->cl->comm_share);
+        const double one = f.ep / 2;
+        const Cluster *cl = x->cl;
         const double w_disp = bk.t[SIM_T_RECOMPUTE] + bk.t[SIM_T_SHARED], w_send = f.t[SIM_T_EXPERTS] + f.t[SIM_T_SHARED] + f.t[SIM_T_IMBALANCE];
         const double w_comb = bk.t[SIM_T_EXPERTS] + bk.t[SIM_T_IMBALANCE] + bk.t[mla ? SIM_T_MLA : SIM_T_ATTENTION] + bk.t[SIM_T_ROUTER];
-        #define HIDE(t, w) (fmax(0, (t) - (w)) + fmin((t), (w)) * share)
-        f.ep_pair = HIDE(one, w_disp) + HIDE(one, w_comb);
-        bk.ep_pair = HIDE(one, w_send) + one + (bk.ep - 2 * one);   // (and a full recomputation's exchanges)
-        #undef HIDE
+        f.ep_pair = overlap_s(cl, one, w_disp) + overlap_s(cl, one, w_comb);
+        bk.ep_pair = overlap_s(cl, one, w_send) + one + (bk.ep - 2 * one);   // (and a full recomputation's exchanges)
         // every exchange is a meeting: the group waits for its slowest device, later than
         // the mean by the devices' timing jitter (cluster sync, measured for two) times how
         // far the largest of ep draws sits above their mean
@@ -273,8 +284,7 @@ static double ep_exposed(const Cluster *cl, const Cost *p, const Cost *other, in
     if (mode == SIM_OV_1F1B) return p->ep_pair;
     // layer: under the layer's other work; dualpipe: all of it under the other pass's compute
     // (DeepSeek's DualPipe overlaps both directions' exchanges in full)
-    const double hidden = fmin(p->ep, mode == SIM_OV_LAYER ? p->ep_window : compute_s(other));
-    return p->ep - hidden + hidden * cl->comm_share / (1 - cl->comm_share);
+    return overlap_s(cl, p->ep, mode == SIM_OV_LAYER ? p->ep_window : compute_s(other));
 }
 
 // activations one layer keeps for one micro-batch on one device, bytes (sim.h: flash-style
@@ -492,6 +502,15 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
         fb_first += tb[i];
     }
     out->term[SIM_T_BUBBLE] = s0.makespan - s0.busy;
+    if (lay->idle_yields && cl->cores < 1) {
+        // ranks that outnumber the cores and yield while they wait: the waiting one's share of
+        // a core goes to the ranks still working, so its idle time is lost only when fewer
+        // ranks than cores can run: none of it at two ranks a core, all of it at one
+        const double kept = fmax(0, 2 - 1 / cl->cores);
+        out->term[SIM_T_BUBBLE] *= kept;
+        out->term[SIM_T_EP_SYNC] *= kept;
+        out->term[SIM_T_IMBALANCE] *= kept;
+    }
     out->term[SIM_T_PP] = s1.makespan - s0.makespan;
     out->bubble_fraction = fmax(0, s1.bubble);
     out->ep_total_s = ep_all;
