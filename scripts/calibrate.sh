@@ -5,7 +5,8 @@
 #      (inter_node): an all-reduce started and waited for (as moe train sums its gradients),
 #      the experts' all-to-all as moe train sends it, what that exchange costs when overlapped
 #      with work (comm_share, from the network's line), and the ranks' timing jitter (sync,
-#      from the one-host line);
+#      from the one-host line); and with twice as many ranks as cores on this host, how much
+#      of its core a waiting rank keeps (idle_kept: mpirun --oversubscribe's ranks yield);
 #   2. the compute: `moe calibrate` on all cores (one process = one device).
 # Writes clusters/local.json (the 10 Gbit/s network) and clusters/local-1g.json (or into
 # the directory OUT names).
@@ -28,9 +29,11 @@ inter10=$(scripts/cluster-emu.sh run 2 --rate 10gbit -- "$PWD/moe" calibrate --c
 echo "inter_node (2 emulated hosts, 10 Gbit/s): $inter10"
 inter1=$(scripts/cluster-emu.sh run 2 --rate 1gbit -- "$PWD/moe" calibrate --comm --seconds 8)
 echo "inter_node (2 emulated hosts, 1 Gbit/s): $inter1"
+over=$(mpirun --oversubscribe -np $((2 * $(nproc))) ./moe calibrate --comm --seconds 4)
+echo "twice as many ranks as cores: $over"
 unset OMP_NUM_THREADS
 ./moe calibrate --out "$OUT/local.json" --name local --intra "$(field link "$intra")" --inter "$(field link "$inter10")" \
-  --comm-share "$(field comm_share "$inter10")" --sync "$(field sync "$intra")" --seconds "$SECS"
+  --comm-share "$(field comm_share "$inter10")" --sync "$(field sync "$intra")" --idle-kept "$(field idle_kept "$over")" --seconds "$SECS"
 # the same machine behind a 1 Gbit/s network: only the inter-node link and its overlap differ
 python3 - "$(field link "$inter1")" "$(field comm_share "$inter1")" "$OUT" <<'EOF'
 import json, sys

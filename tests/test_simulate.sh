@@ -147,15 +147,20 @@ else bad "--tp-overlap" "$(cat "$T/err")"; fi
 expect_fail "--tp-overlap: a bad value" '--tp-overlap' $MOE simulate "${P[@]}" --tp-overlap maybe
 
 # --idle-yields: ranks that share cores and yield while they wait lose no idle time at two
-# ranks a core (the bubble goes), and all of it at a core each (nothing changes)
-Y=(--model configs/bench-s.json --cluster clusters/local.json --layout tp=1,pp=2 --devices 4 --devices-per-node 4 --micro-batch 2
-   --global-batch 16 --seq 256 --json)
-if $MOE simulate "${Y[@]}" --cores-per-rank 0.5 >"$T/y0.json" 2>"$T/err" && $MOE simulate "${Y[@]}" --cores-per-rank 0.5 --idle-yields on >"$T/y1.json" &&
-   $MOE simulate "${Y[@]}" --cores-per-rank 1 >"$T/y2.json" && $MOE simulate "${Y[@]}" --cores-per-rank 1 --idle-yields on >"$T/y3.json"; then
+# ranks a core (the bubble goes) but the share idle_kept they still take, and all of it at a
+# core each (nothing changes)
+py "import json; d = json.load(open('clusters/local.json')); d['efficiency']['idle_kept'] = 0; json.dump(d, open('$T/yk0.json', 'w'))
+d['efficiency']['idle_kept'] = 0.4; json.dump(d, open('$T/yk4.json', 'w'))"
+Y=(--model configs/bench-s.json --layout tp=1,pp=2 --devices 4 --devices-per-node 4 --micro-batch 2 --global-batch 16 --seq 256 --json)
+if $MOE simulate "${Y[@]}" --cluster "$T/yk0.json" --cores-per-rank 0.5 >"$T/y0.json" 2>"$T/err" &&
+   $MOE simulate "${Y[@]}" --cluster "$T/yk0.json" --cores-per-rank 0.5 --idle-yields on >"$T/y1.json" &&
+   $MOE simulate "${Y[@]}" --cluster "$T/yk4.json" --cores-per-rank 0.5 --idle-yields on >"$T/y2.json" &&
+   $MOE simulate "${Y[@]}" --cluster "$T/yk4.json" --cores-per-rank 1 >"$T/y3.json" &&
+   $MOE simulate "${Y[@]}" --cluster "$T/yk4.json" --cores-per-rank 1 --idle-yields on >"$T/y4.json"; then
   r=$(py "
-import json; y = [json.load(open('$T/y%d.json' % i))['breakdown']['bubble'] for i in range(4)]
-print('ok' if y[0] > 0 and y[1] == 0 and y[2] > 0 and y[3] == y[2] else 'bubbles %s' % y)")
-  [ "$r" = ok ] && ok "--idle-yields: no bubble at two ranks a core, the whole bubble at one" || bad "--idle-yields" "$r"
+import json; y = [json.load(open('$T/y%d.json' % i))['breakdown']['bubble'] for i in range(5)]
+print('ok' if y[0] > 0 and y[1] == 0 and abs(y[2] - 0.4 * y[0]) < 1e-6 * y[0] and y[3] > 0 and y[4] == y[3] else 'bubbles %s' % y)")
+  [ "$r" = ok ] && ok "--idle-yields: at two ranks a core the bubble is idle_kept of itself, at one all of it" || bad "--idle-yields" "$r"
 else bad "--idle-yields" "$(cat "$T/err")"; fi
 
 # moe calibrate's link arguments

@@ -10,7 +10,8 @@
 #include "cmd.h"
 
 static const char *HELP =
-    "usage: moe calibrate --out CLUSTER.json --intra LINK --inter LINK [--comm-share F] [--sync F] [--seconds S] [--name N]\n"
+    "usage: moe calibrate --out CLUSTER.json --intra LINK --inter LINK [--comm-share F] [--sync F] [--idle-kept F]\n"
+    "                     [--seconds S] [--name N]\n"
     "       mpirun -np 2 ./moe calibrate --comm [--seconds S]\n"
     "  measures this machine with moe.c's own kernels on the current threads (--threads, or\n"
     "  OMP_NUM_THREADS) and writes a cluster file for moe simulate: the sgemm peak, the GEMM\n"
@@ -19,9 +20,10 @@ static const char *HELP =
     "  mpirun) prints one line of JSON over the job's ranks: a ring all-reduce's rates (bw_gbs,\n"
     "  latency_us), the experts' all-to-all's as moe train sends it (a2a_bw_gbs, a2a_latency_us),\n"
     "  the share of a core an exchange overlapped with work costs (comm_share) and the ranks'\n"
-    "  timing jitter (sync). LINK is BW_GBS,LAT_US[,A2A_BW_GBS,A2A_LAT_US] from such a line: --intra\n"
+    "  timing jitter (sync); with twice as many ranks as cores, what a waiting rank keeps of its\n"
+    "  core (idle_kept, else -1). LINK is BW_GBS,LAT_US[,A2A_BW_GBS,A2A_LAT_US] from such a line: --intra\n"
     "  for ranks on one host, --inter for ranks on emulated hosts (scripts/cluster-emu.sh);\n"
-    "  --comm-share and --sync go to the efficiency section (default 0). scripts/calibrate.sh\n"
+    "  --comm-share, --sync and --idle-kept go to the efficiency section (default 0). scripts/calibrate.sh\n"
     "  runs all of it.\n";
 
 // BW_GBS,LAT_US and optionally the all-to-all's A2A_BW_GBS,A2A_LAT_US (else v[2..3] stay 0)
@@ -57,16 +59,19 @@ int cmd_calibrate(int argc, char **argv) {
     args_init(&a, argc, argv, "calibrate");
     if (args_bool(&a, "--help")) { fputs(HELP, stdout); return 0; }
     const bool comm = args_bool(&a, "--comm");
-    double seconds, share, sync;
+    double seconds, share, sync, kept;
     if (cmd_threads(&a) || args_double(&a, "--seconds", comm ? 4 : 16, &seconds) || args_double(&a, "--comm-share", 0, &share) ||
-        args_double(&a, "--sync", 0, &sync))
+        args_double(&a, "--sync", 0, &sync) || args_double(&a, "--idle-kept", 0, &kept))
         return cmd_fail("calibrate");
     const char *out = comm ? NULL : cmd_required(&a, "--out");
     const char *intra = comm ? NULL : args_str(&a, "--intra", NULL), *inter = comm ? NULL : args_str(&a, "--inter", NULL);
     const char *name = args_str(&a, "--name", "local");
     if ((!comm && !out) || args_finish(&a)) return cmd_fail("calibrate");
     if (!(seconds > 0 && seconds < 3600)) { moe_seterr("--seconds must be between 0 and 3600"); return cmd_fail("calibrate"); }
-    if (!(share >= 0 && share < 1) || !(sync >= 0 && sync < 1)) { moe_seterr("--comm-share and --sync must be fractions in [0, 1)"); return cmd_fail("calibrate"); }
+    if (!(share >= 0 && share < 1) || !(sync >= 0 && sync < 1) || !(kept >= 0 && kept <= 1)) {
+        moe_seterr("--comm-share and --sync must be fractions in [0, 1), --idle-kept in [0, 1]");
+        return cmd_fail("calibrate");
+    }
     if (comm) {
         CalibComm cc;
         const int P = dist_info()->size;
@@ -74,8 +79,9 @@ int cmd_calibrate(int argc, char **argv) {
         if (dist_setup(P, 1, DIST_A2A_FLAT) || sim_calibrate_comm(seconds, &cc)) return cmd_fail("calibrate");
         if (dist_info()->rank == 0)
             printf("{\"bw_gbs\":%.4f,\"latency_us\":%.2f,\"a2a_bw_gbs\":%.4f,\"a2a_latency_us\":%.2f,\"comm_share\":%.3f,\"sync\":%.4f,"
-                   "\"a2a_ms\":{\"alone\":%.3f,\"with_work\":%.3f,\"work\":%.3f},\"ranks\":%d}\n", cc.bw / 1e9, cc.lat * 1e6,
-                   cc.a2a_bw / 1e9, cc.a2a_lat * 1e6, cc.share, cc.sync, cc.a2a_alone * 1e3, cc.a2a_with * 1e3, cc.a2a_work * 1e3, P);
+                   "\"idle_kept\":%.3f,\"a2a_ms\":{\"alone\":%.3f,\"with_work\":%.3f,\"work\":%.3f},\"ranks\":%d}\n", cc.bw / 1e9,
+                   cc.lat * 1e6, cc.a2a_bw / 1e9, cc.a2a_lat * 1e6, cc.share, cc.sync, cc.idle_kept, cc.a2a_alone * 1e3, cc.a2a_with * 1e3,
+                   cc.a2a_work * 1e3, P);
         return 0;
     }
     double in[4], ot[4];
@@ -111,6 +117,7 @@ int cmd_calibrate(int argc, char **argv) {
     cJSON_AddItemToObject(e, "collective_half_mb", num(0));
     cJSON_AddItemToObject(e, "comm_share", num(share));
     cJSON_AddItemToObject(e, "sync", num(sync));
+    cJSON_AddItemToObject(e, "idle_kept", num(kept));
     cJSON_AddItemToObject(e, "op_us", num(cc.op_us));
     cJSON_AddItemToObject(e, "step_ms", num(0));
     cJSON *src = cJSON_AddObjectToObject(r, "sources");
@@ -134,6 +141,9 @@ int cmd_calibrate(int argc, char **argv) {
                             "each call moe_progress() (as moe train's blocks do): the time it added over its hidden length r, share r / (1 + r)");
     cJSON_AddStringToObject(src, "efficiency.sync", "--sync: two ranks meeting at a count exchange every 40 small GEMMs: the rounds' "
                             "time over the ranks' GEMM time, minus one");
+    cJSON_AddStringToObject(src, "efficiency.idle_kept", "--idle-kept: twice as many ranks as cores (mpirun --oversubscribe), half of "
+                            "them running small GEMMs while the others wait in a count exchange: their time over all of them working, "
+                            "2 x that - 1 (0: a waiting rank yields all of its core)");
     char *js = cJSON_Print(r);
     cJSON_Delete(r);
     size_t n = strlen(js);

@@ -88,3 +88,6 @@ int par_time_alltoall(int rows, int width, int chunks, double seconds, double *a
 // The ranks' timing jitter: the wait at a meeting for the slowest over the (same) work between
 // meetings, as a fraction; `chunks` small GEMMs between meetings, for about `seconds`
 int par_time_sync(int chunks, double seconds, double *frac);
+// Ranks that outnumber the cores: `chunks` small GEMMs on every rank at once (*all), and on
+// the even ranks only while the odd ones wait in a count exchange (*half); seconds
+int par_time_yield(int chunks, double seconds, double *all, double *half);

@@ -113,3 +113,41 @@ int par_time_sync(int chunks, double seconds, double *frac) {
     moe_free(A); moe_free(cnt);
     return rc;
 }
+
+// Ranks that outnumber the cores: every rank runs `chunks` GEMMs at once (*all), then only
+// the even ranks do while the odd ones wait for them in a count exchange (*half); the best of
+// as many rounds as fit in `seconds`, the working ranks' slowest time. A waiting rank that
+// gives its core away entirely lets half the ranks finish in about half the time; one that
+// spins keeps its share and they take as long as all of them.
+int par_time_yield(int chunks, double seconds, double *all, double *half) {
+    DistInfo *di = dist_info();
+    MoeComm *c = &di->moe;
+    const int P = c->size, G = 192;
+    if (P < 2) MOE_ERR("the yield timing needs an expert-parallel group of at least 2 ranks");
+    float *A = MOE_NEW(float, (size_t)3 * G * G), *B = A + G * G, *C = B + G * G;
+    for (int i = 0; i < 2 * G * G; i++) A[i] = 1e-2f * (float)(i % 5);
+    int *cnt = MOE_NEW(int, 2 * (size_t)P), *rcnt = cnt + P;
+    for (int r = 0; r < P; r++) cnt[r] = 1;
+    double b[2] = {INFINITY, INFINITY}, t_end = time_now() + seconds;
+    int rc = MOE_OK;
+    for (int k = 0; rc == MOE_OK; k++) {
+        for (int mode = 0; mode < 2 && rc == MOE_OK; mode++) {   // all ranks work; the even ones only
+            rc = c->counts(c, cnt, rcnt, 1);
+            double dt = 0;
+            if (mode == 0 || c->rank % 2 == 0) {
+                const double t0 = time_now();
+                for (int j = 0; j < chunks; j++) gemm(false, true, G, G, G, 1, A, G, B, G, 0, C, G);
+                dt = time_now() - t0;
+            }
+            if (rc == MOE_OK) rc = c->counts(c, cnt, rcnt, 1);   // (the odd ranks wait here)
+            if (rc == MOE_OK) rc = dist_max_f64(&dt, 1, DIST_WORLD);
+            if (dt < b[mode]) b[mode] = dt;
+        }
+        double stop = k >= 2 && time_now() > t_end ? 1 : 0;
+        if (rc == MOE_OK) rc = dist_max_f64(&stop, 1, DIST_WORLD);
+        if (stop > 0 || k > 100000) break;
+    }
+    moe_free(A); moe_free(cnt);
+    *all = b[0], *half = b[1];
+    return rc;
+}

@@ -4,6 +4,7 @@
 // an operation; and (under mpirun) the collectives' bandwidth and latency.
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 #include "../base/base.h"
 #include "../kernels/gemm.h"
 #include "../ops/ops.h"
@@ -147,5 +148,14 @@ int sim_calibrate_comm(double seconds, CalibComm *out) {
     out->share = r / (1 + r);
     out->a2a_alone = a2, out->a2a_with = with, out->a2a_work = work;
     // the ranks' jitter, meetings about 6 ms of work apart
-    return par_time_sync(40, seconds / 2, &out->sync);
+    MOE_TRY(par_time_sync(40, seconds / 2, &out->sync));
+    // twice as many ranks as cores: how much of its core a waiting rank keeps (half of them
+    // working take 1 + kept times what they would alone, all of them 2)
+    out->idle_kept = -1;
+    if (P == 2 * sysconf(_SC_NPROCESSORS_ONLN)) {
+        double all, half;
+        MOE_TRY(par_time_yield(40, seconds / 4, &all, &half));
+        out->idle_kept = fmin(1, fmax(0, 2 * half / all - 1));
+    }
+    return MOE_OK;
 }

@@ -27,6 +27,8 @@ typedef struct {
     double mem_eff;                 // fraction of mem_bw that elementwise work (norms, SwiGLU, the optimizer) gets
     double coll_max, coll_half;     // a message of b bytes gets bw · coll_max · b / (b + coll_half)
     double comm_share;              // the share of a device's cores overlapped communication takes
+    double idle_kept;               // of a core that a waiting rank yields, the share it still takes
+                                    // (ranks that outnumber the cores; 0: all of it goes to the others)
     double sync;                    // at an exchange, the wait for the slower of two devices, over the work
                                     // since the last one (their timing jitter; more for more devices)
     double cores;                   // cores a device has (CPU files: what the rates were measured on; else 1)
@@ -122,6 +124,7 @@ int sim_calibrate_compute(CalibCompute *out, double seconds);
 // exchange costs (simulate's comm_share); and the ranks' timing jitter (simulate's sync)
 typedef struct {
     double bw, lat, a2a_bw, a2a_lat, share, sync;
+    double idle_kept;                       // (with twice as many ranks as cores, else -1)
     double a2a_alone, a2a_with, a2a_work;   // (seconds: the share's three timings)
 } CalibComm;
 int sim_calibrate_comm(double seconds, CalibComm *out);

@@ -504,9 +504,10 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
     out->term[SIM_T_BUBBLE] = s0.makespan - s0.busy;
     if (lay->idle_yields && cl->cores < 1) {
         // ranks that outnumber the cores and yield while they wait: the waiting one's share of
-        // a core goes to the ranks still working, so its idle time is lost only when fewer
-        // ranks than cores can run: none of it at two ranks a core, all of it at one
-        const double kept = fmax(0, 2 - 1 / cl->cores);
+        // a core goes to the ranks still working (but for the share idle_kept it still takes,
+        // polling), so its idle time is lost only when fewer ranks than cores can run: none of
+        // it at two ranks a core, all of it at one
+        const double kept = cl->idle_kept + (1 - cl->idle_kept) * fmax(0, 2 - 1 / cl->cores);
         out->term[SIM_T_BUBBLE] *= kept;
         out->term[SIM_T_EP_SYNC] *= kept;
         out->term[SIM_T_IMBALANCE] *= kept;
