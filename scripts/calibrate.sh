@@ -29,7 +29,7 @@ inter10=$(scripts/cluster-emu.sh run 2 --rate 10gbit -- "$PWD/moe" calibrate --c
 echo "inter_node (2 emulated hosts, 10 Gbit/s): $inter10"
 inter1=$(scripts/cluster-emu.sh run 2 --rate 1gbit -- "$PWD/moe" calibrate --comm --seconds 8)
 echo "inter_node (2 emulated hosts, 1 Gbit/s): $inter1"
-over=$(mpirun --oversubscribe -np $((2 * $(nproc))) ./moe calibrate --comm --seconds 4)
+over=$(mpirun --oversubscribe -np $((2 * $(getconf _NPROCESSORS_ONLN))) ./moe calibrate --comm --seconds 4)   # (nproc obeys OMP_NUM_THREADS)
 echo "twice as many ranks as cores: $over"
 unset OMP_NUM_THREADS
 ./moe calibrate --out "$OUT/local.json" --name local --intra "$(field link "$intra")" --inter "$(field link "$inter10")" \
