@@ -54,6 +54,20 @@ static void add_link(cJSON *r, const char *key, const double v[4]) {
 
 static cJSON *num(double v) { return cJSON_CreateNumber(v); }
 
+// --comm, under mpirun: every rank one EP group; rank 0 prints the line
+static int calibrate_comm(double seconds) {
+    CalibComm cc;
+    const int P = dist_info()->size;
+    if (P < 2) { moe_seterr("--comm measures collectives: run it under mpirun with at least 2 ranks"); return cmd_fail("calibrate"); }
+    if (dist_setup(P, 1, DIST_A2A_FLAT) || sim_calibrate_comm(seconds, &cc)) return cmd_fail("calibrate");
+    if (dist_info()->rank == 0)
+        printf("{\"bw_gbs\":%.4f,\"latency_us\":%.2f,\"a2a_bw_gbs\":%.4f,\"a2a_latency_us\":%.2f,\"comm_share\":%.3f,\"sync\":%.4f,"
+               "\"idle_kept\":%.3f,\"a2a_ms\":{\"alone\":%.3f,\"with_work\":%.3f,\"work\":%.3f},\"ranks\":%d}\n", cc.bw / 1e9,
+               cc.lat * 1e6, cc.a2a_bw / 1e9, cc.a2a_lat * 1e6, cc.share, cc.sync, cc.idle_kept, cc.a2a_alone * 1e3, cc.a2a_with * 1e3,
+               cc.a2a_work * 1e3, P);
+    return 0;
+}
+
 int cmd_calibrate(int argc, char **argv) {
     Args a;
     args_init(&a, argc, argv, "calibrate");
@@ -72,18 +86,7 @@ int cmd_calibrate(int argc, char **argv) {
         moe_seterr("--comm-share and --sync must be fractions in [0, 1), --idle-kept in [0, 1]");
         return cmd_fail("calibrate");
     }
-    if (comm) {
-        CalibComm cc;
-        const int P = dist_info()->size;
-        if (P < 2) { moe_seterr("--comm measures collectives: run it under mpirun with at least 2 ranks"); return cmd_fail("calibrate"); }
-        if (dist_setup(P, 1, DIST_A2A_FLAT) || sim_calibrate_comm(seconds, &cc)) return cmd_fail("calibrate");
-        if (dist_info()->rank == 0)
-            printf("{\"bw_gbs\":%.4f,\"latency_us\":%.2f,\"a2a_bw_gbs\":%.4f,\"a2a_latency_us\":%.2f,\"comm_share\":%.3f,\"sync\":%.4f,"
-                   "\"idle_kept\":%.3f,\"a2a_ms\":{\"alone\":%.3f,\"with_work\":%.3f,\"work\":%.3f},\"ranks\":%d}\n", cc.bw / 1e9,
-                   cc.lat * 1e6, cc.a2a_bw / 1e9, cc.a2a_lat * 1e6, cc.share, cc.sync, cc.idle_kept, cc.a2a_alone * 1e3, cc.a2a_with * 1e3,
-                   cc.a2a_work * 1e3, P);
-        return 0;
-    }
+    if (comm) return calibrate_comm(seconds);
     double in[4], ot[4];
     if (!intra || !inter) { moe_seterr("--intra and --inter are required (mpirun ./moe calibrate --comm measures them; scripts/calibrate.sh runs both)"); return cmd_fail("calibrate"); }
     if (parse_link(intra, "--intra", in) || parse_link(inter, "--inter", ot)) return cmd_fail("calibrate");

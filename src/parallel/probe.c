@@ -8,6 +8,31 @@
 #include "../kernels/gemm.h"
 #include "parallel.h"
 
+// Every rank must agree on stopping (the first clock past t_end decides): after round k, once
+// the budget is spent and at least three rounds ran
+static int agree_stop(int k, double t_end, bool *stop) {
+    double v = k >= 2 && time_now() > t_end ? 1 : 0;
+    const int rc = dist_max_f64(&v, 1, DIST_WORLD);
+    *stop = rc != MOE_OK || v > 0 || k > 100000;
+    return rc;
+}
+
+// The same work on every rank: chunks of a g x g x g GEMM, each followed by moe_progress()
+// when `progress` (what moe train's blocks give an exchange in flight)
+typedef struct { float *a; int g; } Work;
+static Work work_new(int g) {
+    Work w = {MOE_NEW(float, (size_t)3 * g * g), g};
+    for (int i = 0; i < 2 * g * g; i++) w.a[i] = 1e-2f * (float)(i % 5);
+    return w;
+}
+static void work_run(const Work *w, int chunks, bool progress) {
+    const int g = w->g;
+    for (int j = 0; j < chunks; j++) {
+        gemm(false, true, g, g, g, 1, w->a, g, w->a + (size_t)g * g, g, 0, w->a + (size_t)2 * g * g, g);
+        if (progress) moe_progress();
+    }
+}
+
 int par_time_allreduce(size_t n_floats, double seconds, double *best) {
     float *buf = MOE_NEW(float, n_floats ? n_floats : 1);
     for (size_t i = 0; i < n_floats; i++) buf[i] = 1e-3f * (float)(i % 7);
@@ -23,10 +48,9 @@ int par_time_allreduce(size_t n_floats, double seconds, double *best) {
         double dt = time_now() - t0;
         if (rc == MOE_OK) rc = dist_max_f64(&dt, 1, DIST_WORLD);
         if (dt < b) b = dt;
-        // every rank must agree on stopping: rank 0's clock decides
-        double stop = k >= 2 && time_now() > t_end ? 1 : 0;
-        if (rc == MOE_OK) rc = dist_max_f64(&stop, 1, DIST_WORLD);
-        if (stop > 0 || k > 100000) break;
+        bool stop = true;
+        if (rc == MOE_OK) rc = agree_stop(k, t_end, &stop);
+        if (stop) break;
     }
     moe_free(buf);
     *best = b;
@@ -43,13 +67,12 @@ int par_time_allreduce(size_t n_floats, double seconds, double *best) {
 int par_time_alltoall(int rows, int width, int chunks, double seconds, double *alone, double *with, double *work) {
     DistInfo *di = dist_info();
     MoeComm *c = &di->moe;
-    const int P = c->size, n = rows * P, G = 512;
+    const int P = c->size, n = rows * P;
     if (P < 2) MOE_ERR("the all-to-all timing needs an expert-parallel group of at least 2 ranks");
     float *send = MOE_NEW(float, (size_t)n * width), *recv = MOE_NEW(float, (size_t)n * width);
-    float *A = MOE_NEW(float, (size_t)3 * G * G), *B = A + G * G, *C = B + G * G;
+    const Work w = work_new(512);
     int *cnt = MOE_NEW(int, 4 * (size_t)P), *dsp = cnt + P, *rcnt = dsp + P, *rdsp = rcnt + P;
     for (size_t i = 0; i < (size_t)n * width; i++) send[i] = 1e-3f * (float)(i % 7);
-    for (int i = 0; i < 2 * G * G; i++) A[i] = 1e-2f * (float)(i % 5);
     for (int r = 0; r < P; r++) cnt[r] = rows, dsp[r] = r * rows;
     double b[3] = {INFINITY, INFINITY, INFINITY}, t_end = time_now() + seconds;
     int rc = MOE_OK;
@@ -64,20 +87,17 @@ int par_time_alltoall(int rows, int width, int chunks, double seconds, double *a
                 for (int r = 0; r < P; r++) rdsp[r] = r ? rdsp[r - 1] + rcnt[r - 1] : 0;
                 rc = c->start(c, send, cnt, dsp, recv, rcnt, rdsp, width, &req);
             }
-            for (int j = 0; mode > 0 && rc == MOE_OK && j < chunks; j++) {
-                gemm(false, true, G, G, G, 1, A, G, B, G, 0, C, G);
-                moe_progress();
-            }
+            if (mode > 0 && rc == MOE_OK) work_run(&w, chunks, true);
             if (req >= 0 && rc == MOE_OK) rc = c->wait(c, req);
             double dt = time_now() - t0;
             if (rc == MOE_OK) rc = dist_max_f64(&dt, 1, DIST_WORLD);
             if (dt < b[mode]) b[mode] = dt;
         }
-        double stop = k >= 2 && time_now() > t_end ? 1 : 0;
-        if (rc == MOE_OK) rc = dist_max_f64(&stop, 1, DIST_WORLD);
-        if (stop > 0 || k > 100000) break;
+        bool stop = true;
+        if (rc == MOE_OK) rc = agree_stop(k, t_end, &stop);
+        if (stop) break;
     }
-    moe_free(send); moe_free(recv); moe_free(A); moe_free(cnt);
+    moe_free(send); moe_free(recv); moe_free(w.a); moe_free(cnt);
     *alone = b[0], *with = b[1], *work = b[2];
     return rc;
 }
@@ -88,29 +108,26 @@ int par_time_alltoall(int rows, int width, int chunks, double seconds, double *a
 // the slowest rank at each meeting over the work between meetings.
 int par_time_sync(int chunks, double seconds, double *frac) {
     MoeComm *c = &dist_info()->moe;
-    const int P = c->size, G = 192;
+    const int P = c->size;
     if (P < 2) MOE_ERR("the jitter timing needs an expert-parallel group of at least 2 ranks");
-    float *A = MOE_NEW(float, (size_t)3 * G * G), *B = A + G * G, *C = B + G * G;
-    for (int i = 0; i < 2 * G * G; i++) A[i] = 1e-2f * (float)(i % 5);
+    const Work w = work_new(192);
     int *cnt = MOE_NEW(int, 2 * (size_t)P), *rcnt = cnt + P;
     for (int r = 0; r < P; r++) cnt[r] = 1;
     int rc = c->counts(c, cnt, rcnt, 1);
-    double seg = 0, t0 = time_now(), stop = 0;
-    for (int k = 0; rc == MOE_OK && stop == 0; k++) {
+    double seg = 0, t0 = time_now();
+    bool stop = false;
+    for (int k = 0; rc == MOE_OK && !stop; k++) {
         const double s0 = time_now();
-        for (int j = 0; j < chunks; j++) gemm(false, true, G, G, G, 1, A, G, B, G, 0, C, G);
+        work_run(&w, chunks, false);
         seg += time_now() - s0;
         rc = c->counts(c, cnt, rcnt, 1);
-        if (k % 16 == 15 && rc == MOE_OK) {   // every rank must agree on stopping: the slowest clock decides
-            stop = time_now() - t0 > seconds ? 1 : 0;
-            rc = dist_max_f64(&stop, 1, DIST_WORLD);
-        }
+        if (k % 16 == 15 && rc == MOE_OK) rc = agree_stop(k, t0 + seconds, &stop);   // (not at every meeting)
     }
     double tot = time_now() - t0;
     if (rc == MOE_OK) rc = dist_sum_f64(&seg, 1, DIST_WORLD);
     if (rc == MOE_OK) rc = dist_max_f64(&tot, 1, DIST_WORLD);
     *frac = fmax(0, tot / (seg / P) - 1);
-    moe_free(A); moe_free(cnt);
+    moe_free(w.a); moe_free(cnt);
     return rc;
 }
 
@@ -122,10 +139,9 @@ int par_time_sync(int chunks, double seconds, double *frac) {
 int par_time_yield(int chunks, double seconds, double *all, double *half) {
     DistInfo *di = dist_info();
     MoeComm *c = &di->moe;
-    const int P = c->size, G = 192;
+    const int P = c->size;
     if (P < 2) MOE_ERR("the yield timing needs an expert-parallel group of at least 2 ranks");
-    float *A = MOE_NEW(float, (size_t)3 * G * G), *B = A + G * G, *C = B + G * G;
-    for (int i = 0; i < 2 * G * G; i++) A[i] = 1e-2f * (float)(i % 5);
+    const Work w = work_new(192);
     int *cnt = MOE_NEW(int, 2 * (size_t)P), *rcnt = cnt + P;
     for (int r = 0; r < P; r++) cnt[r] = 1;
     double b[2] = {INFINITY, INFINITY}, t_end = time_now() + seconds;
@@ -136,18 +152,18 @@ int par_time_yield(int chunks, double seconds, double *all, double *half) {
             double dt = 0;
             if (mode == 0 || c->rank % 2 == 0) {
                 const double t0 = time_now();
-                for (int j = 0; j < chunks; j++) gemm(false, true, G, G, G, 1, A, G, B, G, 0, C, G);
+                work_run(&w, chunks, false);
                 dt = time_now() - t0;
             }
             if (rc == MOE_OK) rc = c->counts(c, cnt, rcnt, 1);   // (the odd ranks wait here)
             if (rc == MOE_OK) rc = dist_max_f64(&dt, 1, DIST_WORLD);
             if (dt < b[mode]) b[mode] = dt;
         }
-        double stop = k >= 2 && time_now() > t_end ? 1 : 0;
-        if (rc == MOE_OK) rc = dist_max_f64(&stop, 1, DIST_WORLD);
-        if (stop > 0 || k > 100000) break;
+        bool stop = true;
+        if (rc == MOE_OK) rc = agree_stop(k, t_end, &stop);
+        if (stop) break;
     }
-    moe_free(A); moe_free(cnt);
+    moe_free(w.a); moe_free(cnt);
     *all = b[0], *half = b[1];
     return rc;
 }

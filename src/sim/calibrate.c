@@ -131,9 +131,10 @@ int sim_calibrate_comm(double seconds, CalibComm *out) {
     const double f = 2.0 * (P - 1) / P, big = sizes[4] * sizeof(float), small = sizes[0] * sizeof(float);
     out->lat = t[0] / (2.0 * (P - 1));
     out->bw = f * (big - small) / fmax(1e-9, t[4] - t[0]);
-    // the experts' exchange (every rank in one EP group, flat: the caller's dist_setup): one row and 2048 rows of 512 floats
-    // a rank (a micro-batch of 512 tokens, top-4, hidden 512), each (P-1)/P of it away; simulate's
-    // flat all-to-all takes (P-1) latencies and the bytes away over the bandwidth
+    // the experts' exchange (every rank in one EP group, flat: the caller's dist_setup): one row
+    // and 2048 rows of 512 floats a rank (a micro-batch of 512 tokens, top-4, hidden 512), each
+    // (P-1)/P of it away; simulate's flat all-to-all takes (P-1) latencies and the bytes away
+    // over the bandwidth
     const int W = 512, rows_big = 2048 / P;
     double a1, a2, with, work, unused;
     MOE_TRY(par_time_alltoall(1, W, 0, seconds / 8, &a1, &unused, &unused));

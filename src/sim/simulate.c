@@ -31,6 +31,9 @@ typedef struct {
     double n;         // tokens of one micro-batch (micro_batch · seq)
     double b;         // bytes an activation element takes
     double ops;       // operations counted (their fixed cost goes to op_overhead)
+    double sync;      // at every expert-parallel exchange, the group's wait for its slowest device
+                      // over the work before it: the devices' jitter (cluster sync, measured for
+                      // two) times how far the largest of ep draws sits above their mean
 } Ctx;
 
 // one pass's time by term, with the communication it starts
@@ -112,12 +115,29 @@ static double overlap_s(const Cluster *cl, double t, double w) {
 static double max_normal(int n) {
     if (n <= 1) return 0;
     double s = 0;
-    const double h = 1e-3;
+    const double h = 1e-2;   // (the same to 12 digits as 1e-3 for n up to 256)
     for (double z = -8; z < 8; z += h) {   // n z phi(z) Phi(z)^(n-1)
         const double phi = exp(-0.5 * z * z) / sqrt(2 * M_PI), Phi = 0.5 * erfc(-z / sqrt(2));
         s += n * z * phi * pow(Phi, n - 1) * h;
     }
     return s;
+}
+// An expert-parallel layer's exposed exchanges when paired, and its waits at them.
+// Paired (moe train's SCHED_PAIR, one layer of the forward A beside one of the backward B,
+// priced here as this layer's own two passes): A's dispatch travels under B's restore,
+// recomputation and shared-expert backward; B's output gradients under A's experts; A's
+// combine under the owners' backward GEMMs and B's attention; B's input gradients come back
+// to a B that waits for them at once. Every exchange is also a meeting: x->sync of the work
+// before it (sim_step).
+static void ep_waits(const Ctx *x, bool mla, Cost *f, Cost *bk) {
+    const Cluster *cl = x->cl;
+    const double one = f->ep / 2;
+    const double w_disp = bk->t[SIM_T_RECOMPUTE] + bk->t[SIM_T_SHARED], w_send = f->t[SIM_T_EXPERTS] + f->t[SIM_T_SHARED] + f->t[SIM_T_IMBALANCE];
+    const double w_comb = bk->t[SIM_T_EXPERTS] + bk->t[SIM_T_IMBALANCE] + bk->t[mla ? SIM_T_MLA : SIM_T_ATTENTION] + bk->t[SIM_T_ROUTER];
+    f->ep_pair = overlap_s(cl, one, w_disp) + overlap_s(cl, one, w_comb);
+    bk->ep_pair = overlap_s(cl, one, w_send) + one + (bk->ep - 2 * one);   // (and a full recomputation's exchanges)
+    f->sync = x->sync * compute_s(f);
+    bk->sync = x->sync * compute_s(bk);
 }
 // layer l's forward on one device and one micro-batch; back: its backward (with recomputation)
 static void layer_cost(Ctx *x, int l, Cost *fwd, Cost *back) {
@@ -216,25 +236,7 @@ static void layer_cost(Ctx *x, int l, Cost *fwd, Cost *back) {
         f.t[SIM_T_STASH] = mem_s(x, kept * 6);
         bk.t[SIM_T_STASH] = mem_s(x, kept * 6);
     }
-    if (moe && L->ep > 1) {
-        // Paired (moe train's SCHED_PAIR, one layer of the forward A beside one of the backward
-        // B, priced here as this layer's own two passes): A's dispatch travels under B's
-        // restore, recomputation and shared-expert backward; B's output gradients under A's
-        // experts; A's combine under the owners' backward GEMMs and B's attention; B's input
-        // gradients come back to a B that waits for them at once.
-        const double one = f.ep / 2;
-        const Cluster *cl = x->cl;
-        const double w_disp = bk.t[SIM_T_RECOMPUTE] + bk.t[SIM_T_SHARED], w_send = f.t[SIM_T_EXPERTS] + f.t[SIM_T_SHARED] + f.t[SIM_T_IMBALANCE];
-        const double w_comb = bk.t[SIM_T_EXPERTS] + bk.t[SIM_T_IMBALANCE] + bk.t[mla ? SIM_T_MLA : SIM_T_ATTENTION] + bk.t[SIM_T_ROUTER];
-        f.ep_pair = overlap_s(cl, one, w_disp) + overlap_s(cl, one, w_comb);
-        bk.ep_pair = overlap_s(cl, one, w_send) + one + (bk.ep - 2 * one);   // (and a full recomputation's exchanges)
-        // every exchange is a meeting: the group waits for its slowest device, later than
-        // the mean by the devices' timing jitter (cluster sync, measured for two) times how
-        // far the largest of ep draws sits above their mean
-        const double k = x->cl->sync * max_normal(L->ep) / max_normal(2);
-        f.sync = k * compute_s(&f);
-        bk.sync = k * compute_s(&bk);
-    }
+    if (moe && L->ep > 1) ep_waits(x, mla, &f, &bk);
     *fwd = f;
     *back = bk;
 }
@@ -445,7 +447,8 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
     memset(out, 0, sizeof *out);
     const int S = lay->pp, V = lay->vpp, K = S * V, m = lay->global_batch / (lay->dp * lay->micro_batch);
     int cut[PP_MAX_CHUNKS + 1];
-    Ctx x = {c, cl, lay, (double)lay->micro_batch * lay->seq, !strcmp(cl->dtype, "bf16") ? 2.0 : 4.0, 0};
+    Ctx x = {c, cl, lay, (double)lay->micro_batch * lay->seq, !strcmp(cl->dtype, "bf16") ? 2.0 : 4.0, 0, 0};
+    if (cl->sync > 0 && lay->ep > 1) x.sync = cl->sync * max_normal(lay->ep) / max_normal(2);
     MOE_TRY(sim_cuts(&x, cut));
     double *tf = MOE_NEW(double, K), *tb = MOE_NEW(double, K);
     Cost *cf = MOE_NEW(Cost, K), *cb = MOE_NEW(Cost, K);
