@@ -5,7 +5,7 @@
 #      (inter_node): an all-reduce started and waited for (as moe train sums its gradients),
 #      the experts' all-to-all as moe train sends it, what that exchange costs when overlapped
 #      with work (comm_share, from the network's line), and the ranks' timing jitter (sync,
-#      from the one-host line); and with twice as many ranks as cores on this host, how much
+#      from the one-host line, at two intervals: how it falls with the work between meetings); and with twice as many ranks as cores on this host, how much
 #      of its core a waiting rank keeps (idle_kept: mpirun --oversubscribe's ranks yield);
 #   2. the compute: `moe calibrate` on all cores (one process = one device).
 # Writes clusters/local.json (the 10 Gbit/s network) and clusters/local-1g.json (or into
@@ -18,10 +18,12 @@ OUT=${OUT:-clusters}
 mkdir -p "$OUT"
 make -s moe
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-field() {   # FIELD LINE: one number of a --comm line ("link": BW,LAT,A2A_BW,A2A_LAT)
+field() {   # FIELD LINE: one number of a --comm line ("link": BW,LAT,A2A_BW,A2A_LAT; "sync": SYNC,SYNC_MS,SYNC_DECAY)
   python3 -c 'import json, sys
 r = json.loads(sys.argv[2].strip().splitlines()[-1])
-print("%.4f,%.2f,%.4f,%.2f" % (r["bw_gbs"], r["latency_us"], r["a2a_bw_gbs"], r["a2a_latency_us"]) if sys.argv[1] == "link" else r[sys.argv[1]])' "$1" "$2"
+if sys.argv[1] == "link": print("%.4f,%.2f,%.4f,%.2f" % (r["bw_gbs"], r["latency_us"], r["a2a_bw_gbs"], r["a2a_latency_us"]))
+elif sys.argv[1] == "sync": print("%.4f,%.2f,%.3f" % (r["sync"], r["sync_ms"], r["sync_decay"]))
+else: print(r[sys.argv[1]])' "$1" "$2"
 }
 intra=$(mpirun --oversubscribe -np 2 ./moe calibrate --comm --seconds 8)
 echo "intra_node (2 ranks, shared memory): $intra"

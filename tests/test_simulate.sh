@@ -85,6 +85,8 @@ dtype.json|d['dtype'] = 'int4'|an unknown dtype|"dtype" must be
 str.json|d['devices'] = '8'|a number as a string|"devices" must be a positive number
 a2a.json|d['inter_node']['a2a_bw_gbs'] = 5|an all-to-all rate without its latency|"a2a_bw_gbs" and "a2a_latency_us" go together
 sync.json|d['efficiency']['sync'] = 1.5|a jitter of 1 or more|the efficiencies
+decay.json|d['efficiency']['sync_decay'] = 0.2|a jitter's decay without its interval|"efficiency.sync_decay" needs "efficiency.sync_ms"
+decay2.json|d['efficiency'].update(sync_ms=5, sync_decay=1.5)|a jitter's decay above 1|"efficiency.sync_decay" is an exponent in [0, 1]
 CASES
 head -c 200 clusters/a100-selene.json >"$T/cut.json"
 expect_fail "cluster: a truncated file" 'cut.json: not valid JSON' $MOE simulate "${A[@]}" --cluster "$T/cut.json"
@@ -126,7 +128,7 @@ if $MOE simulate "${E[@]}" --cluster "$T/good.json" >"$T/a0.json" 2>"$T/err" && 
   r=$(py "
 import json; a0, a1, j1, j2, j8 = (json.load(open('$T/%s.json' % n)) for n in ('a0', 'a1', 'j1', 'j2', 'j8'))
 b = lambda r, k: r['breakdown'][k]
-comp = lambda r: sum(v for k, v in r['breakdown'].items() if k not in ('ep_all_to_all', 'ep_sync', 'dp_reduce', 'optimizer', 'step_overhead', 'bubble'))
+comp = lambda r: sum(v for k, v in r['breakdown'].items() if k not in ('ep_all_to_all', 'ep_sync', 'dp_reduce', 'dp_sync', 'optimizer', 'step_overhead', 'bubble'))
 e0, e1 = b(a0, 'ep_all_to_all'), b(a1, 'ep_all_to_all')
 # ep=2: 0.1 of the layers' work (the head's aside); ep=8: 1.4236/0.5642 times that share
 f2, f8 = b(j2, 'ep_sync') / comp(j2), b(j8, 'ep_sync') / comp(j8)
@@ -134,6 +136,35 @@ print('ok' if e1 < 0.2 * e0 and b(a0, 'ep_sync') == 0 and b(j1, 'ep_sync') == 0 
       else 'all-to-all %.1f vs %.1f ms; sync shares %.4f (ep 2), %.4f (ep 8), ep=1 %.1f ms' % (e1, e0, f2, f8, b(j1, 'ep_sync')))")
   [ "$r" = ok ] && ok "a2a_bw_gbs prices the experts' exchange; sync is ep_sync, scaled by the largest of ep draws" || bad "a2a rates and ep_sync" "$r"
 else bad "a2a rates and ep_sync" "$(cat "$T/err")"; fi
+
+# data parallelism: the replicas meet only at the gradient sums, where each waits for the
+# slowest one's jitter over the whole step (dp_sync: none for the ranks of one expert-parallel
+# group, more for more replicas, less when the jitter falls with the interval); the sum
+# started during the backward pass costs comm_share of the work it hides under
+ledit() { py "import json; d = json.load(open('clusters/local.json')); d['efficiency'].update($2); json.dump(d, open('$T/$1', 'w'))"; }
+ledit dsy.json "sync=0.1, sync_decay=0"
+ledit dsy2.json "sync=0.1, sync_ms=1, sync_decay=0.5"
+ledit dcs.json "comm_share=0"
+ledit dc1.json "comm_share=0.4"
+D=(--model configs/bench-s.json --layout tp=1,pp=1 --micro-batch 2 --seq 256 --zero 0 --devices-per-node 2 --json)
+if $MOE simulate "${D[@]}" --devices 2 --global-batch 16 --cluster "$T/dsy.json" >"$T/d2.json" 2>"$T/err" &&
+   $MOE simulate "${D[@]}" --devices 8 --global-batch 64 --cluster "$T/dsy.json" >"$T/d8.json" &&
+   $MOE simulate "${D[@]}" --devices 2 --global-batch 16 --cluster "$T/dsy2.json" >"$T/dd.json" &&
+   $MOE simulate "${D[@]/tp=1,pp=1/tp=1,pp=1,ep=2}" --devices 2 --global-batch 16 --cluster "$T/dsy.json" >"$T/de.json" &&
+   $MOE simulate "${D[@]}" --devices 2 --global-batch 16 --cluster "$T/dcs.json" >"$T/dc0.json" &&
+   $MOE simulate "${D[@]}" --devices 2 --global-batch 16 --cluster "$T/dc1.json" >"$T/dc1.json.out"; then
+  r=$(py "
+import json; d2, d8, dd, de, c0, c1 = (json.load(open('$T/%s' % n)) for n in ('d2.json', 'd8.json', 'dd.json', 'de.json', 'dc0.json', 'dc1.json.out'))
+b = lambda r, k: r['breakdown'][k]
+w = b(d2, 'dp_sync') / 0.1   # (the step's work in ms: ep=1, one replica per device)
+cs = 0.4
+ok = (w > 0 and abs(b(d8, 'dp_sync') / b(d2, 'dp_sync') - 1.4236 / 0.5642) < 0.01 and b(de, 'dp_sync') == 0
+      and abs(b(dd, 'dp_sync') / b(d2, 'dp_sync') - w ** -0.5) < 1e-3 and b(c0, 'dp_reduce') == 0
+      and abs(b(c1, 'dp_reduce') - c1['dp_reduce_total_ms'] * cs / (1 - cs)) < 1e-3 * c1['dp_reduce_total_ms'])
+print('ok' if ok else 'dp_sync %.1f (2), %.1f (8), %.1f (decay), %.1f (ep=2); dp_reduce %.1f (comm_share 0), %.1f of %.1f' % (
+      b(d2, 'dp_sync'), b(d8, 'dp_sync'), b(dd, 'dp_sync'), b(de, 'dp_sync'), b(c0, 'dp_reduce'), b(c1, 'dp_reduce'), c1['dp_reduce_total_ms']))")
+  [ "$r" = ok ] && ok "dp_sync: the replicas' jitter over the step, by their count and the decay; a hidden sum costs comm_share" || bad "dp_sync and the hidden sum" "$r"
+else bad "dp_sync and the hidden sum" "$(cat "$T/err")"; fi
 
 # --tp-overlap (MC2): the tensor-parallel collectives beside their GEMMs cost less, not nothing
 P=(--model configs/sim/korthikanti-22b.json --cluster clusters/a100-selene.json --layout tp=8,pp=1 --devices 8 --micro-batch 4
@@ -167,7 +198,9 @@ else bad "--idle-yields" "$(cat "$T/err")"; fi
 for v in "1,2,3" "1" "-1,2" "1,2,0,5" "x,1"; do
   expect_fail "calibrate: --intra $v" "--intra must be BW_GBS,LAT_US" $MOE calibrate --out "$T/c.json" --intra "$v" --inter 1,2 --seconds 1
 done
-expect_fail "calibrate: --sync 1" "--comm-share and --sync must be fractions" $MOE calibrate --out "$T/c.json" --intra 1,2 --inter 1,2 --sync 1
+for v in "1" "0.1,5" "0.1,0,0.2" "0.1,5,1.5" "0.1,5,0.2,3" "0.1,x,0.2"; do
+  expect_fail "calibrate: --sync $v" "--sync must be SYNC[,SYNC_MS,SYNC_DECAY]" $MOE calibrate --out "$T/c.json" --intra 1,2 --inter 1,2 --sync "$v"
+done
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -10,8 +10,8 @@
 #include "cmd.h"
 
 static const char *HELP =
-    "usage: moe calibrate --out CLUSTER.json --intra LINK --inter LINK [--comm-share F] [--sync F] [--idle-kept F]\n"
-    "                     [--seconds S] [--name N]\n"
+    "usage: moe calibrate --out CLUSTER.json --intra LINK --inter LINK [--comm-share F] [--sync S[,MS,D]]\n"
+    "                     [--idle-kept F] [--seconds S] [--name N]\n"
     "       mpirun -np 2 ./moe calibrate --comm [--seconds S]\n"
     "  measures this machine with moe.c's own kernels on the current threads (--threads, or\n"
     "  OMP_NUM_THREADS) and writes a cluster file for moe simulate: the sgemm peak, the GEMM\n"
@@ -20,10 +20,12 @@ static const char *HELP =
     "  mpirun) prints one line of JSON over the job's ranks: a ring all-reduce's rates (bw_gbs,\n"
     "  latency_us), the experts' all-to-all's as moe train sends it (a2a_bw_gbs, a2a_latency_us),\n"
     "  the share of a core an exchange overlapped with work costs (comm_share) and the ranks'\n"
-    "  timing jitter (sync); with twice as many ranks as cores, what a waiting rank keeps of its\n"
+    "  timing jitter (sync: the wait at meetings sync_ms of work apart, over that work, falling\n"
+    "  as that work's length to the power -sync_decay); with twice as many ranks as cores, what a waiting rank keeps of its\n"
     "  core (idle_kept, else -1). LINK is BW_GBS,LAT_US[,A2A_BW_GBS,A2A_LAT_US] from such a line: --intra\n"
     "  for ranks on one host, --inter for ranks on emulated hosts (scripts/cluster-emu.sh);\n"
-    "  --comm-share, --sync and --idle-kept go to the efficiency section (default 0). scripts/calibrate.sh\n"
+    "  --comm-share, --sync (SYNC,SYNC_MS,SYNC_DECAY, or SYNC alone: no decay) and --idle-kept go to the\n"
+    "  efficiency section (default 0). scripts/calibrate.sh\n"
     "  runs all of it.\n";
 
 // BW_GBS,LAT_US and optionally the all-to-all's A2A_BW_GBS,A2A_LAT_US (else v[2..3] stay 0)
@@ -40,6 +42,22 @@ static int parse_link(const char *s, const char *flag, double v[4]) {
     }
     if (n != 1 && n != 3) MOE_ERR("%s must be BW_GBS,LAT_US[,A2A_BW_GBS,A2A_LAT_US] (two or four numbers), not \"%s\"", flag, s);
     if (n == 1) v[2] = v[3] = 0;
+    return MOE_OK;
+}
+// SYNC[,SYNC_MS,SYNC_DECAY]: the jitter's share, the interval it was measured at and its decay
+static int parse_sync(const char *s, double v[3]) {
+    int n = 0;
+    v[1] = v[2] = 0;
+    for (const char *p = s;; n++) {
+        char *end;
+        if (n == 3) MOE_ERR("--sync must be SYNC[,SYNC_MS,SYNC_DECAY] (one or three numbers), not \"%s\"", s);
+        v[n] = strtod(p, &end);
+        if (end == p || (*end && *end != ',') || !(v[n] >= 0) || (n == 0 && !(v[0] < 1)) || (n == 1 && !(v[1] > 0 && v[1] < 1e6)) || (n == 2 && !(v[2] <= 1)))
+            MOE_ERR("--sync must be SYNC[,SYNC_MS,SYNC_DECAY]: a fraction in [0, 1), a positive interval in ms and an exponent in [0, 1], not \"%s\"", s);
+        if (!*end) break;
+        p = end + 1;
+    }
+    if (n == 1) MOE_ERR("--sync must be SYNC[,SYNC_MS,SYNC_DECAY] (one or three numbers), not \"%s\"", s);
     return MOE_OK;
 }
 static void add_link(cJSON *r, const char *key, const double v[4]) {
@@ -61,9 +79,9 @@ static int calibrate_comm(double seconds) {
     if (P < 2) { moe_seterr("--comm measures collectives: run it under mpirun with at least 2 ranks"); return cmd_fail("calibrate"); }
     if (dist_setup(P, 1, DIST_A2A_FLAT) || sim_calibrate_comm(seconds, &cc)) return cmd_fail("calibrate");
     if (dist_info()->rank == 0)
-        printf("{\"bw_gbs\":%.4f,\"latency_us\":%.2f,\"a2a_bw_gbs\":%.4f,\"a2a_latency_us\":%.2f,\"comm_share\":%.3f,\"sync\":%.4f,"
+        printf("{\"bw_gbs\":%.4f,\"latency_us\":%.2f,\"a2a_bw_gbs\":%.4f,\"a2a_latency_us\":%.2f,\"comm_share\":%.3f,\"sync\":%.4f,\"sync_ms\":%.2f,\"sync_decay\":%.3f,"
                "\"idle_kept\":%.3f,\"a2a_ms\":{\"alone\":%.3f,\"with_work\":%.3f,\"work\":%.3f},\"ranks\":%d}\n", cc.bw / 1e9,
-               cc.lat * 1e6, cc.a2a_bw / 1e9, cc.a2a_lat * 1e6, cc.share, cc.sync, cc.idle_kept, cc.a2a_alone * 1e3, cc.a2a_with * 1e3,
+               cc.lat * 1e6, cc.a2a_bw / 1e9, cc.a2a_lat * 1e6, cc.share, cc.sync, cc.sync_s * 1e3, cc.sync_decay, cc.idle_kept, cc.a2a_alone * 1e3, cc.a2a_with * 1e3,
                cc.a2a_work * 1e3, P);
     return 0;
 }
@@ -73,19 +91,21 @@ int cmd_calibrate(int argc, char **argv) {
     args_init(&a, argc, argv, "calibrate");
     if (args_bool(&a, "--help")) { fputs(HELP, stdout); return 0; }
     const bool comm = args_bool(&a, "--comm");
-    double seconds, share, sync, kept;
+    double seconds, share, sync[3] = {0, 0, 0}, kept;
     if (cmd_threads(&a) || args_double(&a, "--seconds", comm ? 4 : 16, &seconds) || args_double(&a, "--comm-share", 0, &share) ||
-        args_double(&a, "--sync", 0, &sync) || args_double(&a, "--idle-kept", 0, &kept))
+        args_double(&a, "--idle-kept", 0, &kept))
         return cmd_fail("calibrate");
+    const char *sync_s = args_str(&a, "--sync", NULL);
     const char *out = comm ? NULL : cmd_required(&a, "--out");
     const char *intra = comm ? NULL : args_str(&a, "--intra", NULL), *inter = comm ? NULL : args_str(&a, "--inter", NULL);
     const char *name = args_str(&a, "--name", "local");
     if ((!comm && !out) || args_finish(&a)) return cmd_fail("calibrate");
     if (!(seconds > 0 && seconds < 3600)) { moe_seterr("--seconds must be between 0 and 3600"); return cmd_fail("calibrate"); }
-    if (!(share >= 0 && share < 1) || !(sync >= 0 && sync < 1) || !(kept >= 0 && kept <= 1)) {
-        moe_seterr("--comm-share and --sync must be fractions in [0, 1), --idle-kept in [0, 1]");
+    if (!(share >= 0 && share < 1) || !(kept >= 0 && kept <= 1)) {
+        moe_seterr("--comm-share must be a fraction in [0, 1), --idle-kept one in [0, 1]");
         return cmd_fail("calibrate");
     }
+    if (sync_s && parse_sync(sync_s, sync)) return cmd_fail("calibrate");
     if (comm) return calibrate_comm(seconds);
     double in[4], ot[4];
     if (!intra || !inter) { moe_seterr("--intra and --inter are required (mpirun ./moe calibrate --comm measures them; scripts/calibrate.sh runs both)"); return cmd_fail("calibrate"); }
@@ -119,7 +139,11 @@ int cmd_calibrate(int argc, char **argv) {
     cJSON_AddItemToObject(e, "collective_max", num(1));
     cJSON_AddItemToObject(e, "collective_half_mb", num(0));
     cJSON_AddItemToObject(e, "comm_share", num(share));
-    cJSON_AddItemToObject(e, "sync", num(sync));
+    cJSON_AddItemToObject(e, "sync", num(sync[0]));
+    if (sync[1] > 0) {
+        cJSON_AddItemToObject(e, "sync_ms", num(sync[1]));
+        cJSON_AddItemToObject(e, "sync_decay", num(sync[2]));
+    }
     cJSON_AddItemToObject(e, "idle_kept", num(kept));
     cJSON_AddItemToObject(e, "op_us", num(cc.op_us));
     cJSON_AddItemToObject(e, "step_ms", num(0));
@@ -142,8 +166,9 @@ int cmd_calibrate(int argc, char **argv) {
                             "count exchange, then MPI_Ialltoallv waited for), 1 and 2048 rows of 512 floats a rank, fitted as flat");
     cJSON_AddStringToObject(src, "efficiency.comm_share", "--comm-share: the all-to-all of 2048 rows started before 512^3 GEMMs that "
                             "each call moe_progress() (as moe train's blocks do): the time it added over its hidden length r, share r / (1 + r)");
-    cJSON_AddStringToObject(src, "efficiency.sync", "--sync: two ranks meeting at a count exchange every 40 small GEMMs: the rounds' "
-                            "time over the ranks' GEMM time, minus one");
+    cJSON_AddStringToObject(src, "efficiency.sync", "--sync: two ranks meeting at a count exchange every 40 small GEMMs (sync_ms of "
+                            "work apart): the rounds' time over the ranks' GEMM time, minus one; sync_decay: the same every 800 GEMMs, "
+                            "the exponent of the fall between the two (a power of the interval)");
     cJSON_AddStringToObject(src, "efficiency.idle_kept", "--idle-kept: twice as many ranks as cores (mpirun --oversubscribe), half of "
                             "them running small GEMMs while the others wait in a count exchange: their time over all of them working, "
                             "2 x that - 1 (0: a waiting rank yields all of its core)");

@@ -85,9 +85,10 @@ int par_time_allreduce(size_t n_floats, double seconds, double *best);
 // rows of width floats to every rank of the EP group): by itself (*alone), started before
 // `chunks` small GEMMs that give it progress (*with), and those GEMMs alone (*work); seconds
 int par_time_alltoall(int rows, int width, int chunks, double seconds, double *alone, double *with, double *work);
-// The ranks' timing jitter: the wait at a meeting for the slowest over the (same) work between
-// meetings, as a fraction; `chunks` small GEMMs between meetings, for about `seconds`
-int par_time_sync(int chunks, double seconds, double *frac);
+// The ranks' timing jitter: the wait for the slowest rank at meetings `chunks` small GEMMs
+// apart over the work between them (*frac), that work's mean length (*interval, seconds), and
+// the power of the interval the share falls with (*decay), for about `seconds`
+int par_time_sync(int chunks, double seconds, double *frac, double *interval, double *decay);
 // Ranks that outnumber the cores: `chunks` small GEMMs on every rank at once (*all), and on
 // the even ranks only while the odd ones wait in a count exchange (*half); seconds
 int par_time_yield(int chunks, double seconds, double *all, double *half);

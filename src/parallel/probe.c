@@ -105,29 +105,54 @@ int par_time_alltoall(int rows, int width, int chunks, double seconds, double *a
 // The timing jitter between ranks: every rank runs the same `chunks` GEMMs, then meets the
 // others at a counts exchange (as at every layer of expert parallelism), for about `seconds`.
 // *frac: the rounds' time over the ranks' mean time in their GEMMs, minus one: the wait for
-// the slowest rank at each meeting over the work between meetings.
-int par_time_sync(int chunks, double seconds, double *frac) {
+// the slowest rank at each meeting over the work between meetings; *interval: that work's
+// mean length (seconds). *decay: how the wait's share falls when meetings are b times
+// further apart, from the same rounds: the ranks' GEMM times summed over runs of b meetings,
+// the slowest over the mean minus one, for b = 1, 2, 4, .. (while there are 8 runs), its
+// log-log slope (0: does not fall; 0.5: independent noise averaging out)
+int par_time_sync(int chunks, double seconds, double *frac, double *interval, double *decay) {
     MoeComm *c = &dist_info()->moe;
-    const int P = c->size;
+    const int P = c->size, N = 4096;
     if (P < 2) MOE_ERR("the jitter timing needs an expert-parallel group of at least 2 ranks");
     const Work w = work_new(192);
     int *cnt = MOE_NEW(int, 2 * (size_t)P), *rcnt = cnt + P;
+    double *t = MOE_NEW(double, (size_t)P * N);   // (rank r's GEMM times in row r)
     for (int r = 0; r < P; r++) cnt[r] = 1;
     int rc = c->counts(c, cnt, rcnt, 1);
     double seg = 0, t0 = time_now();
     bool stop = false;
-    for (int k = 0; rc == MOE_OK && !stop; k++) {
+    int k = 0;
+    for (; rc == MOE_OK && !stop && k < N; k++) {
         const double s0 = time_now();
         work_run(&w, chunks, false);
-        seg += time_now() - s0;
+        seg += t[(size_t)c->rank * N + k] = time_now() - s0;
         rc = c->counts(c, cnt, rcnt, 1);
         if (k % 16 == 15 && rc == MOE_OK) rc = agree_stop(k, t0 + seconds, &stop);   // (not at every meeting)
     }
     double tot = time_now() - t0;
     if (rc == MOE_OK) rc = dist_sum_f64(&seg, 1, DIST_WORLD);
     if (rc == MOE_OK) rc = dist_max_f64(&tot, 1, DIST_WORLD);
+    if (rc == MOE_OK) rc = dist_sum_f64(t, P * N, DIST_WORLD);
     *frac = fmax(0, tot / (seg / P) - 1);
-    moe_free(w.a); moe_free(cnt);
+    *interval = seg / P / imax(k, 1);
+    double sx = 0, sy = 0, sxx = 0, sxy = 0, np = 0;   // (the least-squares slope of log share on log b)
+    for (int b = 1; rc == MOE_OK && k / b >= 8; b *= 2) {
+        double wait = 0, work = 0;
+        for (int j = 0; j + b <= k; j += b) {
+            double mx = 0, sum = 0;
+            for (int r = 0; r < P; r++) {
+                double s = 0;
+                for (int i = j; i < j + b; i++) s += t[(size_t)r * N + i];
+                mx = fmax(mx, s), sum += s;
+            }
+            wait += mx - sum / P, work += sum / P;
+        }
+        if (!(wait > 0)) break;
+        const double x = log(b), y = log(wait / work);
+        sx += x, sy += y, sxx += x * x, sxy += x * y, np++;
+    }
+    *decay = np >= 3 ? fmin(1, fmax(0, -(np * sxy - sx * sy) / (np * sxx - sx * sx))) : 0;
+    moe_free(w.a); moe_free(cnt); moe_free(t);
     return rc;
 }
 

@@ -148,8 +148,9 @@ int sim_calibrate_comm(double seconds, CalibComm *out) {
     const double hidden = fmin(a2, work), r = fmin(1, fmax(0, (with - work - (a2 - hidden)) / hidden));
     out->share = r / (1 + r);
     out->a2a_alone = a2, out->a2a_with = with, out->a2a_work = work;
-    // the ranks' jitter, meetings about 6 ms of work apart
-    MOE_TRY(par_time_sync(40, seconds / 2, &out->sync));
+    // the ranks' jitter, meetings about 6 ms of work apart, and how it falls for meetings
+    // further apart (a power of the interval)
+    MOE_TRY(par_time_sync(40, seconds / 2, &out->sync, &out->sync_s, &out->sync_decay));
     // twice as many ranks as cores: how much of its core a waiting rank keeps (half of them
     // working take 1 + kept times what they would alone, all of them 2)
     out->idle_kept = -1;

@@ -119,9 +119,12 @@ static int parse(Cluster *cl, const cJSON *root, const char *path) {
         {"collective_max", &cl->coll_max, 1, true, false}, {"collective_half_mb", &cl->coll_half, 1e6, true, true},
         {"op_us", &cl->op_us, 1, true, true},            {"step_ms", &cl->step_ms, 1, true, true},
         {"comm_share", &cl->comm_share, 1, true, true},  {"sync", &cl->sync, 1, false, true},
-        {"idle_kept", &cl->idle_kept, 1, false, true}};
+        {"idle_kept", &cl->idle_kept, 1, false, true},   {"sync_ms", &cl->sync_s, 1e-3, false, false},
+        {"sync_decay", &cl->sync_decay, 1, false, true}};
     cl->gemm_half = cl->coll_half = -1;
-    MOE_TRY(read_nums(eff, path, "efficiency", eff_keys, 11));
+    MOE_TRY(read_nums(eff, path, "efficiency", eff_keys, 13));
+    if (cl->sync_decay > 1) MOE_ERR("%s: \"efficiency.sync_decay\" is an exponent in [0, 1], got %g", path, cl->sync_decay);
+    if (cl->sync_decay > 0 && !(cl->sync_s > 0)) MOE_ERR("%s: \"efficiency.sync_decay\" needs \"efficiency.sync_ms\" (the interval it falls from)", path);
     if (cl->gemm_max > 1 || cl->attn_eff > 1 || cl->mem_eff > 1 || cl->coll_max > 1 || cl->comm_share >= 1 || cl->sync >= 1 || cl->idle_kept > 1)
         MOE_ERR("%s: the efficiencies gemm_max, attention, memory, collective_max, comm_share, sync and idle_kept are fractions (comm_share and sync under 1)", path);
     if (!cl->name[0]) MOE_ERR("%s: \"name\" is missing", path);

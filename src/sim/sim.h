@@ -31,6 +31,8 @@ typedef struct {
                                     // (ranks that outnumber the cores; 0: all of it goes to the others)
     double sync;                    // at an exchange, the wait for the slower of two devices, over the work
                                     // since the last one (their timing jitter; more for more devices)
+    double sync_s, sync_decay;      // the work between meetings sync was measured at (seconds), and the
+                                    // power of that work's length the share falls with (0: does not)
     double cores;                   // cores a device has (CPU files: what the rates were measured on; else 1)
     double op_us;                   // fixed cost of one operation (a launch, a barrier), microseconds
     double step_ms;                 // fixed cost of one step (data, logging, the host), milliseconds
@@ -74,7 +76,7 @@ typedef struct {
 enum {
     SIM_T_ATTENTION, SIM_T_MLA, SIM_T_DENSE_FFN, SIM_T_EXPERTS, SIM_T_SHARED, SIM_T_ROUTER, SIM_T_NORMS,
     SIM_T_HEAD, SIM_T_RECOMPUTE, SIM_T_STASH, SIM_T_IMBALANCE, SIM_T_OVERHEAD, // compute of the busiest stage
-    SIM_T_TP, SIM_T_EP, SIM_T_EP_SYNC, SIM_T_PP, SIM_T_DP,                      // exposed communication, waiting
+    SIM_T_TP, SIM_T_EP, SIM_T_EP_SYNC, SIM_T_PP, SIM_T_DP, SIM_T_DP_SYNC,       // exposed communication, waiting
     SIM_T_BUBBLE, SIM_T_OPTIMIZER, SIM_T_STEP, SIM_T_N
 };
 extern const char *const SIM_TERM_NAMES[SIM_T_N];
@@ -123,7 +125,8 @@ int sim_calibrate_compute(CalibCompute *out, double seconds);
 // the experts' all-to-all's (flat, moe train's calls); the share of a device an overlapped
 // exchange costs (simulate's comm_share); and the ranks' timing jitter (simulate's sync)
 typedef struct {
-    double bw, lat, a2a_bw, a2a_lat, share, sync;
+    double bw, lat, a2a_bw, a2a_lat, share;
+    double sync, sync_s, sync_decay;        // (the jitter at meetings sync_s apart; its fall with the interval)
     double idle_kept;                       // (with twice as many ranks as cores, else -1)
     double a2a_alone, a2a_with, a2a_work;   // (seconds: the share's three timings)
 } CalibComm;

@@ -21,7 +21,7 @@
 
 const char *const SIM_TERM_NAMES[SIM_T_N] = {"attention", "mla", "dense_ffn", "experts", "shared", "router", "norms", "head",
                                              "recompute", "activation_stash", "imbalance", "op_overhead", "tp", "ep_all_to_all", "ep_sync", "pp_send_recv",
-                                             "dp_reduce", "bubble", "optimizer", "step_overhead"};
+                                             "dp_reduce", "dp_sync", "bubble", "optimizer", "step_overhead"};
 const char *const SIM_MEM_NAMES[SIM_M_N] = {"weights", "gradients", "optimizer", "activations", "workspace"};
 
 typedef struct {
@@ -32,8 +32,8 @@ typedef struct {
     double b;         // bytes an activation element takes
     double ops;       // operations counted (their fixed cost goes to op_overhead)
     double sync;      // at every expert-parallel exchange, the group's wait for its slowest device
-                      // over the work before it: the devices' jitter (cluster sync, measured for
-                      // two) times how far the largest of ep draws sits above their mean
+                      // over the work before it is the devices' jitter (sync_at, measured for two)
+                      // times this: how far the largest of ep draws sits above their mean
 } Ctx;
 
 // one pass's time by term, with the communication it starts
@@ -111,6 +111,11 @@ static double compute_s(const Cost *p);
 static double overlap_s(const Cluster *cl, double t, double w) {
     return fmax(0, t - w) + fmin(t, w) * cl->comm_share / (1 - cl->comm_share);
 }
+// the devices' jitter: at meetings w seconds of work apart, the wait for the slower of two as
+// a share of w (cluster sync measured at sync_s, falling as a power of w; not raised below it)
+static double sync_at(const Cluster *cl, double w) {
+    return cl->sync_decay > 0 ? cl->sync * pow(fmax(w, cl->sync_s) / cl->sync_s, -cl->sync_decay) : cl->sync;
+}
 // the expected largest of n standard normal draws (0 for one)
 static double max_normal(int n) {
     if (n <= 1) return 0;
@@ -127,8 +132,8 @@ static double max_normal(int n) {
 // priced here as this layer's own two passes): A's dispatch travels under B's restore,
 // recomputation and shared-expert backward; B's output gradients under A's experts; A's
 // combine under the owners' backward GEMMs and B's attention; B's input gradients come back
-// to a B that waits for them at once. Every exchange is also a meeting: x->sync of the work
-// before it (sim_step).
+// to a B that waits for them at once. Every exchange is also a meeting, two a pass: the jitter
+// of the work before it (sim_step's x->sync).
 static void ep_waits(const Ctx *x, bool mla, Cost *f, Cost *bk) {
     const Cluster *cl = x->cl;
     const double one = f->ep / 2;
@@ -136,8 +141,9 @@ static void ep_waits(const Ctx *x, bool mla, Cost *f, Cost *bk) {
     const double w_comb = bk->t[SIM_T_EXPERTS] + bk->t[SIM_T_IMBALANCE] + bk->t[mla ? SIM_T_MLA : SIM_T_ATTENTION] + bk->t[SIM_T_ROUTER];
     f->ep_pair = overlap_s(cl, one, w_disp) + overlap_s(cl, one, w_comb);
     bk->ep_pair = overlap_s(cl, one, w_send) + one + (bk->ep - 2 * one);   // (and a full recomputation's exchanges)
-    f->sync = x->sync * compute_s(f);
-    bk->sync = x->sync * compute_s(bk);
+    const double wf = compute_s(f), wb = compute_s(bk);
+    f->sync = x->sync > 0 ? x->sync * sync_at(cl, wf / 2) * wf : 0;
+    bk->sync = x->sync > 0 ? x->sync * sync_at(cl, wb / 2) * wb : 0;
 }
 // layer l's forward on one device and one micro-batch; back: its backward (with recomputation)
 static void layer_cost(Ctx *x, int l, Cost *fwd, Cost *back) {
@@ -448,7 +454,7 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
     const int S = lay->pp, V = lay->vpp, K = S * V, m = lay->global_batch / (lay->dp * lay->micro_batch);
     int cut[PP_MAX_CHUNKS + 1];
     Ctx x = {c, cl, lay, (double)lay->micro_batch * lay->seq, !strcmp(cl->dtype, "bf16") ? 2.0 : 4.0, 0, 0};
-    if (cl->sync > 0 && lay->ep > 1) x.sync = cl->sync * max_normal(lay->ep) / max_normal(2);
+    if (cl->sync > 0 && lay->ep > 1) x.sync = max_normal(lay->ep) / max_normal(2);
     MOE_TRY(sim_cuts(&x, cut));
     double *tf = MOE_NEW(double, K), *tb = MOE_NEW(double, K);
     Cost *cf = MOE_NEW(Cost, K), *cb = MOE_NEW(Cost, K);
@@ -505,6 +511,13 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
         fb_first += tb[i];
     }
     out->term[SIM_T_BUBBLE] = s0.makespan - s0.busy;
+    // the data-parallel replicas of an expert-parallel group (of one device without experts
+    // spread) meet only at the step's gradient sums: their jitter over the step's work
+    const int reps = lay->dp / lay->ep;
+    if (cl->sync > 0 && reps > 1) {
+        const double w = m * busiest;
+        out->term[SIM_T_DP_SYNC] = sync_at(cl, w) * w * max_normal(reps) / max_normal(2);
+    }
     if (lay->idle_yields && cl->cores < 1) {
         // ranks that outnumber the cores and yield while they wait: the waiting one's share of
         // a core goes to the ranks still working (but for the share idle_kept it still takes,
@@ -514,6 +527,7 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
         out->term[SIM_T_BUBBLE] *= kept;
         out->term[SIM_T_EP_SYNC] *= kept;
         out->term[SIM_T_IMBALANCE] *= kept;
+        out->term[SIM_T_DP_SYNC] *= kept;
     }
     out->term[SIM_T_PP] = s1.makespan - s0.makespan;
     out->bubble_fraction = fmax(0, s1.bubble);
@@ -521,7 +535,8 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
     double dp_s, opt_s;
     stage_shares(&x, dense, expert, act_layer, cut, &s1, &dp_s, &opt_s, out);
     out->dp_total_s = dp_s;
-    out->term[SIM_T_DP] = lay->dp_overlap ? fmax(0, dp_s - fb_first) : dp_s;   // under the last micro-batch's backward passes
+    // under the last micro-batch's backward passes, at the price of overlap (comm_share)
+    out->term[SIM_T_DP] = lay->dp_overlap ? overlap_s(cl, dp_s, fb_first) : dp_s;
     out->term[SIM_T_OPTIMIZER] = opt_s;
     out->term[SIM_T_STEP] = cl->step_ms * 1e-3;
     for (int k = 0; k < SIM_T_N; k++) out->step_s += out->term[k];
