@@ -5,8 +5,9 @@
 #      (inter_node): an all-reduce started and waited for (as moe train sums its gradients),
 #      the experts' all-to-all as moe train sends it, what that exchange costs when overlapped
 #      with work (comm_share, from the network's line), and the ranks' timing jitter (sync,
-#      from the one-host line, at two intervals: how it falls with the work between meetings); and with twice as many ranks as cores on this host, how much
-#      of its core a waiting rank keeps (idle_kept: mpirun --oversubscribe's ranks yield);
+#      and how it falls with the work between meetings: the median of the three lines); and
+#      with twice as many ranks as cores on this host, how much of its core a waiting rank
+#      keeps (idle_kept, the median of three: mpirun --oversubscribe's ranks yield);
 #   2. the compute: `moe calibrate` on all cores (one process = one device).
 # Writes clusters/local.json (the 10 Gbit/s network) and clusters/local-1g.json (or into
 # the directory OUT names).
@@ -22,8 +23,14 @@ field() {   # FIELD LINE: one number of a --comm line ("link": BW,LAT,A2A_BW,A2A
   python3 -c 'import json, sys
 r = json.loads(sys.argv[2].strip().splitlines()[-1])
 if sys.argv[1] == "link": print("%.4f,%.2f,%.4f,%.2f" % (r["bw_gbs"], r["latency_us"], r["a2a_bw_gbs"], r["a2a_latency_us"]))
-elif sys.argv[1] == "sync": print("%.4f,%.2f,%.3f" % (r["sync"], r["sync_ms"], r["sync_decay"]))
 else: print(r[sys.argv[1]])' "$1" "$2"
+}
+median() {   # FIELD LINE...: the median of one number over several --comm lines ("sync": SYNC,SYNC_MS,SYNC_DECAY,
+             # each the median of its own: the jitter is the machine's, whatever the link, and noisy)
+  python3 -c 'import json, sys, statistics as st
+rs = [json.loads(a.strip().splitlines()[-1]) for a in sys.argv[2:]]
+m = lambda k: st.median(r[k] for r in rs)
+print("%.4f,%.2f,%.3f" % (m("sync"), m("sync_ms"), m("sync_decay")) if sys.argv[1] == "sync" else m(sys.argv[1]))' "$@"
 }
 intra=$(mpirun --oversubscribe -np 2 ./moe calibrate --comm --seconds 8)
 echo "intra_node (2 ranks, shared memory): $intra"
@@ -31,11 +38,14 @@ inter10=$(scripts/cluster-emu.sh run 2 --rate 10gbit -- "$PWD/moe" calibrate --c
 echo "inter_node (2 emulated hosts, 10 Gbit/s): $inter10"
 inter1=$(scripts/cluster-emu.sh run 2 --rate 1gbit -- "$PWD/moe" calibrate --comm --seconds 8)
 echo "inter_node (2 emulated hosts, 1 Gbit/s): $inter1"
-over=$(mpirun --oversubscribe -np $((2 * $(getconf _NPROCESSORS_ONLN))) ./moe calibrate --comm --seconds 4)   # (nproc obeys OMP_NUM_THREADS)
-echo "twice as many ranks as cores: $over"
+over=()
+for i in 1 2 3; do   # (three times: one in a dozen read near 1)
+  over+=("$(mpirun --oversubscribe -np $((2 * $(getconf _NPROCESSORS_ONLN))) ./moe calibrate --comm --seconds 4)")   # (nproc obeys OMP_NUM_THREADS)
+  echo "twice as many ranks as cores: ${over[-1]}"
+done
 unset OMP_NUM_THREADS
 ./moe calibrate --out "$OUT/local.json" --name local --intra "$(field link "$intra")" --inter "$(field link "$inter10")" \
-  --comm-share "$(field comm_share "$inter10")" --sync "$(field sync "$intra")" --idle-kept "$(field idle_kept "$over")" --seconds "$SECS"
+  --comm-share "$(field comm_share "$inter10")" --sync "$(median sync "$intra" "$inter10" "$inter1")" --idle-kept "$(median idle_kept "${over[@]}")" --seconds "$SECS"
 # the same machine behind a 1 Gbit/s network: only the inter-node link and its overlap differ
 python3 - "$(field link "$inter1")" "$(field comm_share "$inter1")" "$OUT" <<'EOF'
 import json, sys
