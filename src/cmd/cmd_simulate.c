@@ -109,6 +109,45 @@ static void print_text(const char *cfg, const Cluster *cl, const SimLayout *l, c
     for (int k = 0; k < SIM_M_N; k++) printf("  %-16s %10.2f GB\n", SIM_MEM_NAMES[k], r->mem[k] / 1e9);
 }
 
+// --search: the best `top` layouts of `devices` (the flags fixed in l), as a table or JSON
+static int run_search(const char *cfg, const MoeConfig *c, const Cluster *cl, const SimLayout *l, int devices, int top, bool json) {
+    SimCandidate *best = MOE_NEW(SimCandidate, top);
+    int n;
+    const double t0 = time_now();
+    sim_search(c, cl, l, devices, best, top, &n);
+    if (n == 0) { moe_free(best); moe_seterr("--search: no layout of %d devices fits %s on %s", devices, cfg, cl->name); return cmd_fail("simulate"); }
+    if (json) {
+        printf("[");
+        for (int i = 0; i < imin(n, top); i++) { if (i) printf(","); print_json(&best[i].lay, &best[i].r); }
+        printf("]\n");
+    } else {
+        printf("%s on %s: %d devices, global batch %d x seq %d; %d layouts fit (%.1f s); the best %d:\n", cfg, cl->name, devices,
+               l->global_batch, l->seq, n, time_now() - t0, imin(n, top));
+        printf("  %-4s %-32s %3s %-9s %10s %12s %6s %8s %8s\n", "rank", "layout", "mb", "recompute", "step s", "tokens/s", "MFU",
+               "bubble", "mem GB");
+        for (int i = 0; i < imin(n, top); i++) {
+            char lay[128];
+            print_layout(lay, sizeof lay, &best[i].lay);
+            printf("  %-4d %-32s %3d %-9s %10.3f %12.0f %5.1f%% %8.3f %8.1f\n", i + 1, lay, best[i].lay.micro_batch,
+                   RC_NAMES[best[i].lay.recompute], best[i].r.step_s, best[i].r.tokens_per_s, 100 * best[i].r.mfu,
+                   best[i].r.bubble_fraction, best[i].r.mem_total / 1e9);
+        }
+    }
+    moe_free(best);
+    return 0;
+}
+
+// the index of v among names[0..n), or -1 with the error "FLAG must be a, b or c, not \"v\""
+static int pick(const char *flag, const char *const *names, int n, const char *v) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(names[i], v)) return i;
+    char list[128] = "";
+    for (int i = 0; i < n; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", names[i], i == n - 1 ? "" : i == n - 2 ? " or " : ", ");
+    moe_seterr("%s must be %s, not \"%s\"", flag, list, v);
+    return -1;
+}
+
 int cmd_simulate(int argc, char **argv) {
     Args a;
     args_init(&a, argc, argv, "simulate");
@@ -136,27 +175,19 @@ int cmd_simulate(int argc, char **argv) {
     if (zero != 0 && zero != 1) { moe_seterr("--zero must be 0 or 1"); return cmd_fail("simulate"); }
     if (top < 1) { moe_seterr("--top must be positive"); return cmd_fail("simulate"); }
     l.zero1 = zero == 1;
-    int k = 0;
-    while (k < 3 && strcmp(RC_NAMES[k], rc)) k++;
-    if (k == 3) { moe_seterr("--recompute must be none, selective or full, not \"%s\"", rc); return cmd_fail("simulate"); }
-    l.recompute = k;
-    if (strcmp(a2a, "flat") && strcmp(a2a, "hier") && strcmp(a2a, "dedup")) {
-        moe_seterr("--a2a must be flat, hier or dedup, not \"%s\"", a2a);
-        return cmd_fail("simulate");
-    }
-    l.a2a = !strcmp(a2a, "flat") ? SIM_A2A_FLAT : !strcmp(a2a, "hier") ? SIM_A2A_HIER : SIM_A2A_DEDUP;
-    if (strcmp(attn, "flash") && strcmp(attn, "unfused")) { moe_seterr("--attention must be flash or unfused, not \"%s\"", attn); return cmd_fail("simulate"); }
-    l.unfused_attention = !strcmp(attn, "unfused");
-    if (strcmp(adt, "bf16") && strcmp(adt, "f32")) { moe_seterr("--act-dtype must be bf16 or f32, not \"%s\"", adt); return cmd_fail("simulate"); }
-    l.act_bf16 = !strcmp(adt, "bf16");
-    static const char *OV[] = {"off", "layer", "1f1b", "dualpipe"};
-    l.ep_overlap = 0;
-    while (l.ep_overlap < 4 && strcmp(OV[l.ep_overlap], epo)) l.ep_overlap++;
-    if (l.ep_overlap == 4) { moe_seterr("--ep-overlap must be off, layer, 1f1b or dualpipe, not \"%s\"", epo); return cmd_fail("simulate"); }
+    static const char *A2A[] = {"flat", "hier", "dedup"}, *ATT[] = {"flash", "unfused"}, *ADT[] = {"bf16", "f32"},
+                      *OV[] = {"off", "layer", "1f1b", "dualpipe"}, *SPLITS[] = {"even", "ends", "balance"};
+    const int k_rc = pick("--recompute", RC_NAMES, 3, rc), k_a2a = k_rc < 0 ? -1 : pick("--a2a", A2A, 3, a2a),
+              k_att = k_a2a < 0 ? -1 : pick("--attention", ATT, 2, attn), k_adt = k_att < 0 ? -1 : pick("--act-dtype", ADT, 2, adt),
+              k_ov = k_adt < 0 ? -1 : pick("--ep-overlap", OV, 4, epo);
+    if (k_ov < 0) return cmd_fail("simulate");
+    l.recompute = k_rc;
+    l.a2a = k_a2a == 0 ? SIM_A2A_FLAT : k_a2a == 1 ? SIM_A2A_HIER : SIM_A2A_DEDUP;
+    l.unfused_attention = k_att == 1;
+    l.act_bf16 = k_adt == 0;
+    l.ep_overlap = k_ov;
     if (ppl && parse_counts(ppl, &l)) return cmd_fail("simulate");
-    static const char *SPLITS[] = {"even", "ends", "balance"};
-    while (l.split < 3 && strcmp(SPLITS[l.split], split)) l.split++;
-    if (l.split == 3) { moe_seterr("--pp-split must be even, ends or balance, not \"%s\"", split); return cmd_fail("simulate"); }
+    if ((l.split = pick("--pp-split", SPLITS, 3, split)) < 0) return cmd_fail("simulate");
     if (layout && parse_layout(layout, &l)) return cmd_fail("simulate");
     MoeConfig c;
     Cluster cl;
@@ -176,32 +207,7 @@ int cmd_simulate(int argc, char **argv) {
         else if (sim_skew_from_log(load, l.ep, 20, &l.skew)) return cmd_fail("simulate");
         if (!(l.skew >= 1 && l.skew < 1e6)) { moe_seterr("--load: skew %g must be at least 1", l.skew); return cmd_fail("simulate"); }
     }
-    if (search) {
-        SimCandidate *best = MOE_NEW(SimCandidate, top);
-        int n;
-        const double t0 = time_now();
-        sim_search(&c, &cl, &l, devices, best, top, &n);
-        if (n == 0) { moe_free(best); moe_seterr("--search: no layout of %d devices fits %s on %s", devices, cfg, cl.name); return cmd_fail("simulate"); }
-        if (json) {
-            printf("[");
-            for (int i = 0; i < imin(n, top); i++) { if (i) printf(","); print_json(&best[i].lay, &best[i].r); }
-            printf("]\n");
-        } else {
-            printf("%s on %s: %d devices, global batch %d x seq %d; %d layouts fit (%.1f s); the best %d:\n", cfg, cl.name, devices,
-                   l.global_batch, l.seq, n, time_now() - t0, imin(n, top));
-            printf("  %-4s %-32s %3s %-9s %10s %12s %6s %8s %8s\n", "rank", "layout", "mb", "recompute", "step s", "tokens/s", "MFU",
-                   "bubble", "mem GB");
-            for (int i = 0; i < imin(n, top); i++) {
-                char lay[128];
-                print_layout(lay, sizeof lay, &best[i].lay);
-                printf("  %-4d %-32s %3d %-9s %10.3f %12.0f %5.1f%% %8.3f %8.1f\n", i + 1, lay, best[i].lay.micro_batch,
-                       RC_NAMES[best[i].lay.recompute], best[i].r.step_s, best[i].r.tokens_per_s, 100 * best[i].r.mfu,
-                       best[i].r.bubble_fraction, best[i].r.mem_total / 1e9);
-            }
-        }
-        moe_free(best);
-        return 0;
-    }
+    if (search) return run_search(cfg, &c, &cl, &l, devices, top, json);
     if (l.dp == 0) {
         if (devices % (l.tp * l.pp)) {
             moe_seterr("--devices %d is not a multiple of tp x pp = %d", devices, l.tp * l.pp);
