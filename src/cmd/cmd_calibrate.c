@@ -28,36 +28,35 @@ static const char *HELP =
     "  efficiency section (default 0). scripts/calibrate.sh\n"
     "  runs all of it.\n";
 
+// up to max comma-separated numbers of s into v: how many, or -1 for text that is not one
+static int split_nums(const char *s, double *v, int max) {
+    int n = 0;
+    for (const char *p = s;; p++) {
+        char *end;
+        if (n == max) return -1;
+        v[n++] = strtod(p, &end);
+        if (end == p || (*end && *end != ',')) return -1;
+        if (!*end) return n;
+        p = end;
+    }
+}
 // BW_GBS,LAT_US and optionally the all-to-all's A2A_BW_GBS,A2A_LAT_US (else v[2..3] stay 0)
 static int parse_link(const char *s, const char *flag, double v[4]) {
-    int n = 0;
-    for (const char *p = s;; n++) {
-        char *end;
-        if (n == 4) MOE_ERR("%s must be BW_GBS,LAT_US[,A2A_BW_GBS,A2A_LAT_US] (two or four numbers), not \"%s\"", flag, s);
-        v[n] = strtod(p, &end);
-        if (end == p || (*end && *end != ',') || !(v[n] >= 0 && v[n] < 1e7) || (n % 2 == 0 && !(v[n] > 0)))
+    const int n = split_nums(s, v, 4);
+    if (n != 2 && n != 4) MOE_ERR("%s must be BW_GBS,LAT_US[,A2A_BW_GBS,A2A_LAT_US] (two or four numbers), not \"%s\"", flag, s);
+    for (int i = 0; i < n; i++)
+        if (!(v[i] >= 0 && v[i] < 1e7) || (i % 2 == 0 && !(v[i] > 0)))
             MOE_ERR("%s must be BW_GBS,LAT_US[,A2A_BW_GBS,A2A_LAT_US] with positive bandwidths, not \"%s\"", flag, s);
-        if (!*end) break;
-        p = end + 1;
-    }
-    if (n != 1 && n != 3) MOE_ERR("%s must be BW_GBS,LAT_US[,A2A_BW_GBS,A2A_LAT_US] (two or four numbers), not \"%s\"", flag, s);
-    if (n == 1) v[2] = v[3] = 0;
+    if (n == 2) v[2] = v[3] = 0;
     return MOE_OK;
 }
 // SYNC[,SYNC_MS,SYNC_DECAY]: the jitter's share, the interval it was measured at and its decay
 static int parse_sync(const char *s, double v[3]) {
-    int n = 0;
-    v[1] = v[2] = 0;
-    for (const char *p = s;; n++) {
-        char *end;
-        if (n == 3) MOE_ERR("--sync must be SYNC[,SYNC_MS,SYNC_DECAY] (one or three numbers), not \"%s\"", s);
-        v[n] = strtod(p, &end);
-        if (end == p || (*end && *end != ',') || !(v[n] >= 0) || (n == 0 && !(v[0] < 1)) || (n == 1 && !(v[1] > 0 && v[1] < 1e6)) || (n == 2 && !(v[2] <= 1)))
-            MOE_ERR("--sync must be SYNC[,SYNC_MS,SYNC_DECAY]: a fraction in [0, 1), a positive interval in ms and an exponent in [0, 1], not \"%s\"", s);
-        if (!*end) break;
-        p = end + 1;
-    }
-    if (n == 1) MOE_ERR("--sync must be SYNC[,SYNC_MS,SYNC_DECAY] (one or three numbers), not \"%s\"", s);
+    const int n = split_nums(s, v, 3);
+    if (n != 1 && n != 3) MOE_ERR("--sync must be SYNC[,SYNC_MS,SYNC_DECAY] (one or three numbers), not \"%s\"", s);
+    if (n == 1) v[1] = v[2] = 0;
+    if (!(v[0] >= 0 && v[0] < 1) || (n == 3 && !(v[1] > 0 && v[1] < 1e6 && v[2] >= 0 && v[2] <= 1)))
+        MOE_ERR("--sync must be SYNC[,SYNC_MS,SYNC_DECAY]: a fraction in [0, 1), a positive interval in ms and an exponent in [0, 1], not \"%s\"", s);
     return MOE_OK;
 }
 static void add_link(cJSON *r, const char *key, const double v[4]) {
@@ -167,8 +166,8 @@ int cmd_calibrate(int argc, char **argv) {
     cJSON_AddStringToObject(src, "efficiency.comm_share", "--comm-share: the all-to-all of 2048 rows started before 512^3 GEMMs that "
                             "each call moe_progress() (as moe train's blocks do): the time it added over its hidden length r, share r / (1 + r)");
     cJSON_AddStringToObject(src, "efficiency.sync", "--sync: two ranks meeting at a count exchange every 40 small GEMMs (sync_ms of "
-                            "work apart): the rounds' time over the ranks' GEMM time, minus one; sync_decay: the same every 800 GEMMs, "
-                            "the exponent of the fall between the two (a power of the interval)");
+                            "work apart): the rounds' time over the ranks' GEMM time, minus one; sync_decay: the ranks' GEMM times summed "
+                            "over runs of b = 1, 2, 4, .. meetings, the slowest over the mean minus one, its log-log slope in b, negated");
     cJSON_AddStringToObject(src, "efficiency.idle_kept", "--idle-kept: twice as many ranks as cores (mpirun --oversubscribe), half of "
                             "them running small GEMMs while the others wait in a count exchange: their time over all of them working, "
                             "2 x that - 1 (0: a waiting rank yields all of its core)");

@@ -448,6 +448,24 @@ static void stage_shares(Ctx *x, const double *dense, const double *expert, cons
     }
 }
 
+// The step's waits beyond the pipeline's: the data-parallel replicas of an expert-parallel
+// group (of one device without experts spread) meet only at the step's gradient sums, so each
+// waits for their jitter over the step's work w. Ranks that outnumber the cores and yield while
+// they wait: the waiting one's share of a core goes to the ranks still working (but for the
+// share idle_kept it still takes, polling), so its idle time is lost only when fewer ranks
+// than cores can run: none of it at two ranks a core, all of it at one.
+static void step_waits(const Cluster *cl, const SimLayout *lay, double w, SimResult *out) {
+    const int reps = lay->dp / lay->ep;
+    if (cl->sync > 0 && reps > 1) out->term[SIM_T_DP_SYNC] = sync_at(cl, w) * w * max_normal(reps) / max_normal(2);
+    if (lay->idle_yields && cl->cores < 1) {
+        const double kept = cl->idle_kept + (1 - cl->idle_kept) * fmax(0, 2 - 1 / cl->cores);
+        out->term[SIM_T_BUBBLE] *= kept;
+        out->term[SIM_T_EP_SYNC] *= kept;
+        out->term[SIM_T_IMBALANCE] *= kept;
+        out->term[SIM_T_DP_SYNC] *= kept;
+    }
+}
+
 int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimResult *out) {
     MOE_TRY(check(c, cl, lay));
     memset(out, 0, sizeof *out);
@@ -511,24 +529,7 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
         fb_first += tb[i];
     }
     out->term[SIM_T_BUBBLE] = s0.makespan - s0.busy;
-    // the data-parallel replicas of an expert-parallel group (of one device without experts
-    // spread) meet only at the step's gradient sums: their jitter over the step's work
-    const int reps = lay->dp / lay->ep;
-    if (cl->sync > 0 && reps > 1) {
-        const double w = m * busiest;
-        out->term[SIM_T_DP_SYNC] = sync_at(cl, w) * w * max_normal(reps) / max_normal(2);
-    }
-    if (lay->idle_yields && cl->cores < 1) {
-        // ranks that outnumber the cores and yield while they wait: the waiting one's share of
-        // a core goes to the ranks still working (but for the share idle_kept it still takes,
-        // polling), so its idle time is lost only when fewer ranks than cores can run: none of
-        // it at two ranks a core, all of it at one
-        const double kept = cl->idle_kept + (1 - cl->idle_kept) * fmax(0, 2 - 1 / cl->cores);
-        out->term[SIM_T_BUBBLE] *= kept;
-        out->term[SIM_T_EP_SYNC] *= kept;
-        out->term[SIM_T_IMBALANCE] *= kept;
-        out->term[SIM_T_DP_SYNC] *= kept;
-    }
+    step_waits(cl, lay, m * busiest, out);
     out->term[SIM_T_PP] = s1.makespan - s0.makespan;
     out->bubble_fraction = fmax(0, s1.bubble);
     out->ep_total_s = ep_all;
