@@ -428,6 +428,15 @@ int main(void) {
     snprintf(detail, sizeof detail, "got %s (warm-up %d)", got, W);
     check("S 2, V 2, m 4, stage 0: Megatron's order (warm-up 4 = 2(S-1-0) + (V-1)S)", ok && W == 4 && !strcmp(got, want), detail);
 
+    // that order's activation bytes, chunk 0 keeping 1 and chunk 1 keeping 10 a micro-batch:
+    // 22 after the warm-up, 23 after F2.0; the per-chunk maxima (4 and 2) would sum to 24
+    const double tf[4] = {1, 1, 1, 1}, tb[4] = {2, 2, 2, 2}, bytes[4] = {1, 10, 1, 10};
+    const PipeCost pc = {tf, tb, 0, bytes};
+    ok = pipe_simulate(2, 2, 4, false, &pc, &s1) == MOE_OK;
+    snprintf(detail, sizeof detail, "stage 0 peak %g bytes, per chunk at most %d and %d", s1.peak_bytes[0], s1.at[0][0], s1.at[0][1]);
+    check("S 2, V 2, m 4, stage 0: the peak activation bytes held at once (23), not the chunks' maxima summed (24)",
+          ok && s1.peak_bytes[0] == 23 && s1.at[0][0] * 1 + s1.at[0][1] * 10 == 24, detail);
+
     int rc = pipe_list(4, 2, 0, 6, false, ops, NULL, &W);
     snprintf(detail, sizeof detail, "rc %d: %s", rc, moe_errmsg());
     check("V > 1 with m not a multiple of S is refused in one line", rc == MOE_FAIL && strstr(moe_errmsg(), "multiple of --pp 4") &&

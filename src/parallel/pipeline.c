@@ -57,6 +57,8 @@ int pipe_simulate(int S, int V, int m, bool pair, const PipeCost *cost, PipeSim 
     PipeOp *ops = MOE_NEW(PipeOp, (size_t)S * len);
     double *fdone = MOE_NEW(double, (size_t)m * G), *bdone = MOE_NEW(double, (size_t)m * G), *tfree = MOE_NEW(double, S);
     int *ptr = MOE_NEW(int, S), *lastb = MOE_NEW(int, G), *live = MOE_NEW(int, (size_t)S * V), *live_all = MOE_NEW(int, S);
+    double *live_bytes = MOE_NEW(double, S);
+    const double *bytes = cost ? cost->bytes : NULL;
     int *nops = MOE_NEW(int, S);
     int rc = MOE_OK;
     for (int s = 0; s < S && rc == MOE_OK; s++) rc = pipe_list(S, V, s, m, pair, ops + (size_t)s * len, &nops[s], NULL);
@@ -113,10 +115,12 @@ int pipe_simulate(int S, int V, int m, bool pair, const PipeCost *cost, PipeSim 
                     if (*lv > sim->in_flight[o.chunk]) sim->in_flight[o.chunk] = *lv;
                     if (*lv > sim->at[s][o.chunk]) sim->at[s][o.chunk] = *lv;
                     if (live_all[s] > sim->in_flight_total) sim->in_flight_total = live_all[s];
+                    if (bytes && (live_bytes[s] += bytes[s * V + o.chunk]) > sim->peak_bytes[s]) sim->peak_bytes[s] = live_bytes[s];
                 }
                 if (has_b) {
                     bdone[(size_t)mbb * G + gb] = end;
                     live[s * V + cb]--, live_all[s]--;
+                    if (bytes) live_bytes[s] -= bytes[s * V + cb];
                 }
                 if (end > sim->makespan) sim->makespan = end;
                 ptr[s]++;
@@ -136,7 +140,7 @@ int pipe_simulate(int S, int V, int m, bool pair, const PipeCost *cost, PipeSim 
     sim->bubble = (sim->makespan - busy_max) / busy_max;
 done:
     moe_free(ops); moe_free(fdone); moe_free(bdone); moe_free(tfree);
-    moe_free(ptr); moe_free(lastb); moe_free(live); moe_free(live_all); moe_free(nops);
+    moe_free(ptr); moe_free(lastb); moe_free(live); moe_free(live_all); moe_free(live_bytes); moe_free(nops);
     return rc;
 }
 

@@ -36,12 +36,16 @@ typedef struct {
                                    // and not yet backwarded at once (activations kept), max over stages
     int in_flight_total;           // the most kept at once over a stage's chunks, max over stages
     int at[PIPE_MAX_STAGES][PIPE_MAX_V];   // per stage and local chunk: the most kept at once
+    double peak_bytes[PIPE_MAX_STAGES];    // per stage: the most activation bytes kept at once
+                                           // (PipeCost's bytes; a framework that allocates as it
+                                           // goes holds this, not the sum of at[]'s pools)
 } PipeSim;
 int pipe_check(int S, int V, int m, bool pair, PipeSim *sim);
 // The same simulation with each pass's own time (moe simulate): tf[s·V + j] and tb[s·V + j]
 // the forward and backward of stage s's local chunk j, and p2p the transfer between stages
-// (a chunk's input ready p2p after its neighbour's pass ends). cost NULL: pipe_check's times.
-typedef struct { const double *tf, *tb; double p2p; } PipeCost;
+// (a chunk's input ready p2p after its neighbour's pass ends); bytes[s·V + j] (or NULL) what
+// one micro-batch's forward of that chunk keeps until its backward. cost NULL: pipe_check's times.
+typedef struct { const double *tf, *tb; double p2p; const double *bytes; } PipeCost;
 int pipe_simulate(int S, int V, int m, bool pair, const PipeCost *cost, PipeSim *sim);
 
 // ---- the driver: one stage's passes of one optimizer step (par_pipe_run)

@@ -411,11 +411,11 @@ static int check(const MoeConfig *c, const Cluster *cl, const SimLayout *l) {
 //  - AdamW: read parameter, gradient, two moments, write three (mixed precision: the f32
 //    master and the bf16 copy), and the gradient norm's pass
 //  - memory: weights, gradients (f32), optimizer state (AdamW's two moments, and under mixed
-//    precision the f32 master copy), the activations in flight (pipe_simulate's counts per
-//    chunk), one layer's working set and the logits
+//    precision the f32 master copy), the activations in flight (pipe_simulate's peak: the
+//    most its list keeps at once), one layer's working set and the logits
 // The slowest stage's reduction and update go to *dp_s and *opt_s, the fullest device's
 // memory to out.
-static void stage_shares(Ctx *x, const double *dense, const double *expert, const double *act_layer, const int *cut,
+static void stage_shares(Ctx *x, const double *dense, const double *expert, const int *cut,
                          const PipeSim *s1, double *dp_s, double *opt_s, SimResult *out) {
     const Cluster *cl = x->cl;
     const SimLayout *lay = x->lay;
@@ -431,9 +431,9 @@ static void stage_shares(Ctx *x, const double *dense, const double *expert, cons
         mem[SIM_M_WEIGHTS] = (pd + pe) * x->b;
         mem[SIM_M_GRADS] = (pd + pe) * 4;
         mem[SIM_M_OPTIM] = p_opt * (mixed ? 12 : 8);
+        mem[SIM_M_ACTS] = s1->peak_bytes[s];
         for (int j = 0; j < V; j++) {
-            const int i = s * V + j, g = j * S + s;
-            mem[SIM_M_ACTS] += imax(1, s1->at[s][j]) * act_layer[i];
+            const int g = j * S + s;
             if (lay->recompute == SIM_RC_FULL)   // the layer being recomputed
                 mem[SIM_M_WORK] = fmax(mem[SIM_M_WORK], layer_acts(x, cut[g], SIM_RC_NONE));
         }
@@ -504,7 +504,7 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
     double bw, lat;
     link(cl, lay->tp * lay->dp, S, &bw, &lat);
     const double p2p_bytes = x.n * D * x.b / lay->tp;
-    const PipeCost pc0 = {tf, tb, 0}, pc1 = {tf, tb, lat + p2p_bytes / (bw * coll_eff(cl, p2p_bytes))};
+    const PipeCost pc0 = {tf, tb, 0, act_layer}, pc1 = {tf, tb, lat + p2p_bytes / (bw * coll_eff(cl, p2p_bytes)), act_layer};
     PipeSim s0, s1;
     const bool pair = lay->ep_overlap >= SIM_OV_1F1B && lay->ep > 1;   // (1F1B overlap: moe train's pairs)
     int rc = pipe_simulate(S, V, m, pair, &pc0, &s0);
@@ -534,7 +534,7 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
     out->bubble_fraction = fmax(0, s1.bubble);
     out->ep_total_s = ep_all;
     double dp_s, opt_s;
-    stage_shares(&x, dense, expert, act_layer, cut, &s1, &dp_s, &opt_s, out);
+    stage_shares(&x, dense, expert, cut, &s1, &dp_s, &opt_s, out);
     out->dp_total_s = dp_s;
     // under the last micro-batch's backward passes, at the price of overlap (comm_share)
     out->term[SIM_T_DP] = lay->dp_overlap ? overlap_s(cl, dp_s, fb_first) : dp_s;
