@@ -402,33 +402,10 @@ static void set_decoded(Bpe *b, int id) {
     b->dec_len[id] = k;
 }
 
-static int parse_model(Bpe *b, Tokenizer *t, const cJSON *root) {
-    const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "model");
-    if (!cJSON_IsObject(m)) MOE_ERR("%s: no \"model\" object", b->name);
-    const char *type = json_type(m);
-    if (type && strcmp(type, "BPE")) MOE_ERR("%s: model type %s is not supported (BPE only)", b->name, shown(type));
-    if (!json_false(m, "byte_fallback")) MOE_ERR("%s: model.byte_fallback is not supported (byte-level BPE only)", b->name);
-    const cJSON *drop = cJSON_GetObjectItemCaseSensitive(m, "dropout");
-    if (!json_null(drop) && !(cJSON_IsNumber(drop) && drop->valuedouble == 0))
-        MOE_ERR("%s: model.dropout is not supported (it makes encoding random)", b->name);
-    static const char *const AFFIX[] = {"continuing_subword_prefix", "end_of_word_suffix"};
-    for (int k = 0; k < 2; k++) {
-        const cJSON *a = cJSON_GetObjectItemCaseSensitive(m, AFFIX[k]);
-        if (!json_null(a) && !(cJSON_IsString(a) && !*a->valuestring)) MOE_ERR("%s: model.%s is not supported", b->name, AFFIX[k]);
-    }
-    b->fuse_unk = json_true(m, "fuse_unk");
-    b->ignore_merges = json_true(m, "ignore_merges");
-    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(m, "vocab"), *merges = cJSON_GetObjectItemCaseSensitive(m, "merges");
-    const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens"), *e;
-    if (!cJSON_IsObject(vocab)) MOE_ERR("%s: model.vocab must be an object of token: id", b->name);
-    if (!json_null(merges) && !cJSON_IsArray(merges)) MOE_ERR("%s: model.merges must be a list", b->name);
-    if (!json_null(added) && !cJSON_IsArray(added)) MOE_ERR("%s: added_tokens must be a list", b->name);
-    int nv = cJSON_GetArraySize(vocab), nm = cJSON_GetArraySize(merges), na = cJSON_GetArraySize(added);
-    if (nv == 0) MOE_ERR("%s: model.vocab is empty", b->name);
-    if (nv > BPE_MAX_IDS || nm > BPE_MAX_IDS || na > BPE_MAX_ADDED)
-        MOE_ERR("%s: %d tokens, %d merges, %d added tokens: more than moe.c reads (%d, %d, %d)", b->name, nv, nm, na,
-                BPE_MAX_IDS, BPE_MAX_IDS, BPE_MAX_ADDED);
-    // the largest id fixes the size of the id tables
+// the id tables' size: one past the largest id of the vocabulary and the added tokens (whose
+// entries are checked here)
+static int id_count(const Bpe *b, const cJSON *vocab, const cJSON *added, int *V) {
+    const cJSON *e;
     long max_id = -1, id = 0;
     cJSON_ArrayForEach(e, vocab) {
         if (!json_int(e, 0, BPE_MAX_IDS - 1, &id)) MOE_ERR("%s: model.vocab[\"%s\"]: id must be an integer in [0, %d)", b->name, shown(e->string), BPE_MAX_IDS);
@@ -444,7 +421,14 @@ static int parse_model(Bpe *b, Tokenizer *t, const cJSON *root) {
         if (id > max_id) max_id = id;
         i++;
     }
-    const int V = (int)max_id + 1;
+    *V = (int)max_id + 1;
+    return MOE_OK;
+}
+
+// model.vocab: each token's string by id, and the lookup by string
+static int read_vocab(Bpe *b, Tokenizer *t, const cJSON *vocab, int nv, int V) {
+    const cJSON *e;
+    long id = 0;
     t->n_vocab = V;
     b->str_off = MOE_NEW(long, V); b->str_len = MOE_NEW(int, V);
     b->dec_off = MOE_NEW(long, V); b->dec_len = MOE_NEW(int, V);
@@ -458,11 +442,16 @@ static int parse_model(Bpe *b, Tokenizer *t, const cJSON *root) {
         MOE_TRY(set_token(b, t, id, e->string, "model.vocab"));
         if (!vocab_insert(b, (int)id)) MOE_ERR("%s: model.vocab: token \"%s\" appears twice", b->name, shown(e->string));
     }
-    // added tokens: by id, and by first byte for matching (longest first)
+    return MOE_OK;
+}
+
+// added_tokens: by id, and by first byte for matching (longest first)
+static int read_added(Bpe *b, Tokenizer *t, const cJSON *added, int na, int nv) {
+    const cJSON *e;
+    long id = 0, max_added = -1;
+    int i = 0;
     b->n_added = na;
     b->added_id = MOE_NEW(int, na + 1); b->added_off = MOE_NEW(long, na + 1); b->added_len = MOE_NEW(int, na + 1);
-    i = 0;
-    long max_added = -1;
     cJSON_ArrayForEach(e, added) {
         const char *c = cJSON_GetObjectItemCaseSensitive(e, "content")->valuestring;
         json_int(cJSON_GetObjectItemCaseSensitive(e, "id"), 0, BPE_MAX_IDS - 1, &id);
@@ -488,12 +477,17 @@ static int parse_model(Bpe *b, Tokenizer *t, const cJSON *root) {
             if (j != n && b->added_len[l[j]] == b->added_len[k] && !memcmp(b->arena + b->added_off[l[j]], b->arena + b->added_off[k], (size_t)b->added_len[k]))
                 MOE_ERR("%s: added_tokens: \"%s\" appears twice", b->name, shown(b->arena + b->added_off[k]));
     }
-    // merges, ranked by position
+    return MOE_OK;
+}
+
+// model.merges, ranked by position: "a b" or ["a", "b"], both tokens and their merge in the vocabulary
+static int read_merges(Bpe *b, const cJSON *merges, int nm) {
+    const cJSON *e;
+    int i = 0;
     b->pair_mask = pow2_at_least((size_t)nm) - 1;
     b->pairs = MOE_NEW(PairSlot, (size_t)b->pair_mask + 1);
     for (uint32_t k = 0; k <= b->pair_mask; k++) b->pairs[k].new_id = -1;
     char tmp[2 * BPE_MAX_TOKEN + 3];
-    i = 0;
     cJSON_ArrayForEach(e, merges) {
         const char *l, *r;
         size_t ll, rl;
@@ -514,6 +508,42 @@ static int parse_model(Bpe *b, Tokenizer *t, const cJSON *root) {
         pair_insert(b, li, ri, i, ni);
         i++;
     }
+    return MOE_OK;
+}
+
+// tokenizer.json's "model" (byte-level BPE; the options that change encoding refused) and
+// "added_tokens"
+static int parse_model(Bpe *b, Tokenizer *t, const cJSON *root) {
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (!cJSON_IsObject(m)) MOE_ERR("%s: no \"model\" object", b->name);
+    const char *type = json_type(m);
+    if (type && strcmp(type, "BPE")) MOE_ERR("%s: model type %s is not supported (BPE only)", b->name, shown(type));
+    if (!json_false(m, "byte_fallback")) MOE_ERR("%s: model.byte_fallback is not supported (byte-level BPE only)", b->name);
+    const cJSON *drop = cJSON_GetObjectItemCaseSensitive(m, "dropout");
+    if (!json_null(drop) && !(cJSON_IsNumber(drop) && drop->valuedouble == 0))
+        MOE_ERR("%s: model.dropout is not supported (it makes encoding random)", b->name);
+    static const char *const AFFIX[] = {"continuing_subword_prefix", "end_of_word_suffix"};
+    for (int k = 0; k < 2; k++) {
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(m, AFFIX[k]);
+        if (!json_null(a) && !(cJSON_IsString(a) && !*a->valuestring)) MOE_ERR("%s: model.%s is not supported", b->name, AFFIX[k]);
+    }
+    b->fuse_unk = json_true(m, "fuse_unk");
+    b->ignore_merges = json_true(m, "ignore_merges");
+    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(m, "vocab"), *merges = cJSON_GetObjectItemCaseSensitive(m, "merges");
+    const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
+    if (!cJSON_IsObject(vocab)) MOE_ERR("%s: model.vocab must be an object of token: id", b->name);
+    if (!json_null(merges) && !cJSON_IsArray(merges)) MOE_ERR("%s: model.merges must be a list", b->name);
+    if (!json_null(added) && !cJSON_IsArray(added)) MOE_ERR("%s: added_tokens must be a list", b->name);
+    int nv = cJSON_GetArraySize(vocab), nm = cJSON_GetArraySize(merges), na = cJSON_GetArraySize(added);
+    if (nv == 0) MOE_ERR("%s: model.vocab is empty", b->name);
+    if (nv > BPE_MAX_IDS || nm > BPE_MAX_IDS || na > BPE_MAX_ADDED)
+        MOE_ERR("%s: %d tokens, %d merges, %d added tokens: more than moe.c reads (%d, %d, %d)", b->name, nv, nm, na,
+                BPE_MAX_IDS, BPE_MAX_IDS, BPE_MAX_ADDED);
+    int V;
+    MOE_TRY(id_count(b, vocab, added, &V));
+    MOE_TRY(read_vocab(b, t, vocab, nv, V));
+    MOE_TRY(read_added(b, t, added, na, nv));
+    MOE_TRY(read_merges(b, merges, nm));
     const cJSON *unk = cJSON_GetObjectItemCaseSensitive(m, "unk_token");
     b->unk = -1;
     if (!json_null(unk)) {
