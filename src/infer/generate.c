@@ -71,21 +71,71 @@ static int gen_draft(Model *m, Acts *a, Batch *b, const KvCache *cache, GenState
     return rc;
 }
 
+// the prompts' tokens (*maxq the longest, *total all); an error for a prompt the model cannot hold
+static int gen_prompts(const Tokenizer *tk, const MoeConfig *c, const char *const *q, const int *qlen, int S, TokIds *pr,
+                       int *maxq, int *total) {
+    int longest = 0;
+    for (int s = 0; s < S; s++) {
+        MOE_TRY(tokenizer_prompt(tk, q[s], qlen[s], &pr[s]));
+        if (pr[s].n > *maxq) { *maxq = (int)pr[s].n; longest = s; }
+        *total += (int)pr[s].n;
+    }
+    if (*maxq >= c->max_position_embeddings)
+        MOE_ERR("question of %d bytes is too long for max_position_embeddings %d", qlen[longest], c->max_position_embeddings);
+    for (int s = 0; s < S; s++)
+        if (pr[s].n > 4096) MOE_ERR("question of %d bytes is too long", qlen[s]);
+    return MOE_OK;
+}
+
+// Each unfinished sequence feeds nxt, and its draft after it when there is one: the rows of
+// the batch (row[s] sequence s's first, drafted[s] whether a draft follows it); 0 when all are done
+static int gen_feed(GenState *g, Acts *a, Batch *b, int *slot, int *row, int *drafted) {
+    const int R = g->R;
+    int na = 0;
+    for (int s = 0; s < g->S; s++) {
+        if (g->done[s] || !gen_take(g, s, g->nxt[s])) continue;
+        const int p = g->len[s];
+        drafted[s] = g->draft[s] >= 0 && p + 1 < R;
+        row[s] = na;
+        for (int j = 0; j <= drafted[s]; j++, na++) {
+            const int t = j ? g->draft[s] : g->nxt[s];
+            b->tokens[na] = t; b->pos[na] = p + j; b->kv_lo[na] = s * R; slot[na] = s * R + p + j;
+            g->tok[(size_t)s * (R + 1) + p + j] = t;
+            a->out_rows[na] = na;
+        }
+    }
+    b->N = na; a->n_out = na;
+    return na;
+}
+
+// After the forward of gen_feed's rows: nxt is in the cache; a draft that greedy decoding
+// agrees with is too, and the token after it is known (logits [rows, V]; h the stream the
+// head read, kept for the MTP module when speculating)
+static void gen_accept(GenState *g, const float *logits, int V, const float *h, const int *row, const int *drafted, GenStats *st) {
+    const int R = g->R, D = g->D;
+    for (int s = 0; s < g->S; s++) {
+        if (g->done[s]) continue;
+        const int r = row[s], p = g->len[s], g1 = argmax(logits + (size_t)r * V, V);
+        if (g->hs) memcpy(g->hs + ((size_t)s * R + p) * D, h + (size_t)r * D, sizeof(float) * (drafted[s] + 1) * D);
+        g->len[s] = p + 1;
+        g->nxt[s] = g1;
+        if (!drafted[s]) continue;
+        st->drafted++;
+        if (g1 != g->draft[s]) continue;
+        st->accepted++;
+        if (!gen_take(g, s, g1)) continue;
+        g->len[s] = p + 2;
+        g->nxt[s] = argmax(logits + (size_t)(r + 1) * V, V);
+    }
+}
+
 static int generate_chunk(Model *m, const Tokenizer *tk, const char *const *q, const int *qlen, int S, char **answers,
                           const GenOpts *go, GenStats *st) {
     const MoeConfig *c = &m->cfg;
     // the prompts first: their lengths in tokens size the cache
     TokIds *pr = MOE_NEW(TokIds, S);
-    int maxq = 0, total = 0, longest = 0, rc = MOE_OK;
-    for (int s = 0; s < S && rc == MOE_OK; s++) {
-        rc = tokenizer_prompt(tk, q[s], qlen[s], &pr[s]);
-        if (pr[s].n > maxq) { maxq = (int)pr[s].n; longest = s; }
-        total += (int)pr[s].n;
-    }
-    if (rc == MOE_OK && maxq >= c->max_position_embeddings)
-        { rc = MOE_FAIL; moe_seterr("question of %d bytes is too long for max_position_embeddings %d", qlen[longest], c->max_position_embeddings); }
-    for (int s = 0; s < S && rc == MOE_OK; s++)
-        if (pr[s].n > 4096) { rc = MOE_FAIL; moe_seterr("question of %d bytes is too long", qlen[s]); }
+    int maxq = 0, total = 0;
+    int rc = gen_prompts(tk, c, q, qlen, S, pr, &maxq, &total);
     if (rc != MOE_OK) {
         for (int s = 0; s < S; s++) tokids_free(&pr[s]);
         moe_free(pr);
@@ -137,40 +187,11 @@ static int generate_chunk(Model *m, const Tokenizer *tk, const char *const *q, c
     }
     if (spec && rc == MOE_OK) rc = gen_draft(m, &a, &b, &cache, &g, slot, h, go->mla_form);
     while (rc == MOE_OK) {
-        // each unfinished sequence feeds nxt, and its draft after it when there is one
-        int na = 0;
-        for (int s = 0; s < S; s++) {
-            if (g.done[s] || !gen_take(&g, s, g.nxt[s])) continue;
-            const int p = g.len[s];
-            drafted[s] = g.draft[s] >= 0 && p + 1 < R;
-            row[s] = na;
-            for (int j = 0; j <= drafted[s]; j++, na++) {
-                const int t = j ? g.draft[s] : g.nxt[s];
-                b.tokens[na] = t; b.pos[na] = p + j; b.kv_lo[na] = s * R; slot[na] = s * R + p + j;
-                g.tok[(size_t)s * (R + 1) + p + j] = t;
-                a.out_rows[na] = na;
-            }
-        }
+        const int na = gen_feed(&g, &a, &b, slot, row, drafted);
         if (na == 0) break;
-        b.N = na; a.n_out = na;
         rc = model_forward(m, &a, &b, &fo, &fout);
         st->forwards++;
-        // nxt is in the cache; a draft that greedy decoding agrees with is too, and the token
-        // after it is known
-        for (int s = 0; s < S && rc == MOE_OK; s++) {
-            if (g.done[s]) continue;
-            const int r = row[s], p = g.len[s], g1 = argmax(a.logits + (size_t)r * V, V);
-            if (spec) memcpy(g.hs + ((size_t)s * R + p) * D, h + (size_t)r * D, sizeof(float) * (drafted[s] + 1) * D);
-            g.len[s] = p + 1;
-            g.nxt[s] = g1;
-            if (!drafted[s]) continue;
-            st->drafted++;
-            if (g1 != g.draft[s]) continue;
-            st->accepted++;
-            if (!gen_take(&g, s, g1)) continue;
-            g.len[s] = p + 2;
-            g.nxt[s] = argmax(a.logits + (size_t)(r + 1) * V, V);
-        }
+        if (rc == MOE_OK) gen_accept(&g, a.logits, V, h, row, drafted, st);
         if (spec && rc == MOE_OK) rc = gen_draft(m, &a, &b, &cache, &g, slot, h, go->mla_form);
     }
     b.targets = targets_buf;
