@@ -66,6 +66,17 @@ const char *args_str(Args *a, const char *flag, const char *def) {
     return v ? v : def;
 }
 
+int args_pick(Args *a, const char *flag, const char *const *names, int n, const char *def, int *out) {
+    const char *v = args_str(a, flag, def);
+    if (!v) return MOE_FAIL;
+    for (int i = 0; i < n; i++)
+        if (!strcmp(names[i], v)) { *out = i; return MOE_OK; }
+    char list[160] = "";
+    for (int i = 0; i < n; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", names[i], i == n - 1 ? "" : i == n - 2 ? " or " : ", ");
+    MOE_ERR("%s must be %s, got \"%s\"", flag, list, v);
+}
+
 int args_int(Args *a, const char *flag, int def, int *out) {
     const char *v;
     MOE_TRY(value(a, flag, &v));

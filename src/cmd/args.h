@@ -22,5 +22,8 @@ bool args_bool(Args *a, const char *flag);     // a switch without value
 int args_positionals(Args *a, char **out, int cap);
 int args_finish(Args *a);
 bool args_has(const Args *a, const char *flag);
+// a flag whose value is one of names[0..n) (def when absent): its index into *out; else the
+// error "FLAG must be a, b or c, got \"v\""
+int args_pick(Args *a, const char *flag, const char *const *names, int n, const char *def, int *out);
 // "N1,N2,...": whole numbers of at least lo (at most 100000), up to cap of them, into out[*n]
 int args_parse_counts(const char *v, const char *flag, int lo, int *out, int cap, int *n);

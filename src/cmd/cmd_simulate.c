@@ -137,17 +137,6 @@ static int run_search(const char *cfg, const MoeConfig *c, const Cluster *cl, co
     return 0;
 }
 
-// the index of v among names[0..n), or -1 with the error "FLAG must be a, b or c, not \"v\""
-static int pick(const char *flag, const char *const *names, int n, const char *v) {
-    for (int i = 0; i < n; i++)
-        if (!strcmp(names[i], v)) return i;
-    char list[128] = "";
-    for (int i = 0; i < n; i++)
-        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", names[i], i == n - 1 ? "" : i == n - 2 ? " or " : ", ");
-    moe_seterr("%s must be %s, not \"%s\"", flag, list, v);
-    return -1;
-}
-
 int cmd_simulate(int argc, char **argv) {
     Args a;
     args_init(&a, argc, argv, "simulate");
@@ -161,9 +150,14 @@ int cmd_simulate(int argc, char **argv) {
     SimLayout l = {.tp = 1, .pp = 1, .vpp = 1, .ep = 1, .etp = 1, .recompute = SIM_RC_SELECTIVE, .a2a = SIM_A2A_HIER, .dp_overlap = true, .skew = 1.0};
     int devices, zero, top, dpn;
     double cores;
-    const char *rc = args_str(&a, "--recompute", "selective"), *a2a = args_str(&a, "--a2a", "hier"), *attn = args_str(&a, "--attention", "flash"), *adt = args_str(&a, "--act-dtype", "bf16"),
-               *epo = args_str(&a, "--ep-overlap", "off"), *ppl = args_str(&a, "--pp-layers", NULL),
-               *split = args_str(&a, "--pp-split", "even"), *load = args_str(&a, "--load", NULL);
+    static const char *A2A[] = {"flat", "hier", "dedup"}, *ATT[] = {"flash", "unfused"}, *ADT[] = {"bf16", "f32"},
+                      *OV[] = {"off", "layer", "1f1b", "dualpipe"}, *SPLITS[] = {"even", "ends", "balance"};
+    int k_rc, k_a2a, k_att, k_adt, k_ov, k_split;
+    if (args_pick(&a, "--recompute", RC_NAMES, 3, "selective", &k_rc) || args_pick(&a, "--a2a", A2A, 3, "hier", &k_a2a) ||
+        args_pick(&a, "--attention", ATT, 2, "flash", &k_att) || args_pick(&a, "--act-dtype", ADT, 2, "bf16", &k_adt) ||
+        args_pick(&a, "--ep-overlap", OV, 4, "off", &k_ov) || args_pick(&a, "--pp-split", SPLITS, 3, "even", &k_split))
+        return cmd_fail("simulate");
+    const char *ppl = args_str(&a, "--pp-layers", NULL), *load = args_str(&a, "--load", NULL);
     if (args_int(&a, "--devices", 0, &devices) || args_int(&a, "--dp", 0, &l.dp) || args_int(&a, "--micro-batch", 1, &l.micro_batch) ||
         args_int(&a, "--global-batch", 0, &l.global_batch) || args_int(&a, "--seq", 0, &l.seq) || args_int(&a, "--zero", 1, &zero) ||
         args_int(&a, "--top", 10, &top) || args_double(&a, "--cores-per-rank", 0, &cores) || args_int(&a, "--devices-per-node", 0, &dpn) || on_off(&a, "--dp-overlap", true, &l.dp_overlap) ||
@@ -175,19 +169,13 @@ int cmd_simulate(int argc, char **argv) {
     if (zero != 0 && zero != 1) { moe_seterr("--zero must be 0 or 1"); return cmd_fail("simulate"); }
     if (top < 1) { moe_seterr("--top must be positive"); return cmd_fail("simulate"); }
     l.zero1 = zero == 1;
-    static const char *A2A[] = {"flat", "hier", "dedup"}, *ATT[] = {"flash", "unfused"}, *ADT[] = {"bf16", "f32"},
-                      *OV[] = {"off", "layer", "1f1b", "dualpipe"}, *SPLITS[] = {"even", "ends", "balance"};
-    const int k_rc = pick("--recompute", RC_NAMES, 3, rc), k_a2a = k_rc < 0 ? -1 : pick("--a2a", A2A, 3, a2a),
-              k_att = k_a2a < 0 ? -1 : pick("--attention", ATT, 2, attn), k_adt = k_att < 0 ? -1 : pick("--act-dtype", ADT, 2, adt),
-              k_ov = k_adt < 0 ? -1 : pick("--ep-overlap", OV, 4, epo);
-    if (k_ov < 0) return cmd_fail("simulate");
     l.recompute = k_rc;
     l.a2a = k_a2a == 0 ? SIM_A2A_FLAT : k_a2a == 1 ? SIM_A2A_HIER : SIM_A2A_DEDUP;
     l.unfused_attention = k_att == 1;
     l.act_bf16 = k_adt == 0;
     l.ep_overlap = k_ov;
     if (ppl && parse_counts(ppl, &l)) return cmd_fail("simulate");
-    if ((l.split = pick("--pp-split", SPLITS, 3, split)) < 0) return cmd_fail("simulate");
+    l.split = k_split;
     if (layout && parse_layout(layout, &l)) return cmd_fail("simulate");
     MoeConfig c;
     Cluster cl;

@@ -156,6 +156,63 @@ static int parse_data_weights(const char *dw, TrainConfig *tc) {
     return MOE_OK;
 }
 
+// the run's length, batch, optimizer, data and held-out evaluation
+static int run_flags(Args *a, TrainConfig *tc) {
+    MOE_TRY(args_int(a, "--steps", 100, &tc->steps));
+    MOE_TRY(args_double(a, "--time-budget", 0, &tc->time_budget));
+    // a time budget without --steps trains until the budget runs out
+    if (tc->time_budget > 0 && !args_has(a, "--steps")) tc->steps = TRAIN_STEPS_UNBOUNDED;
+    MOE_TRY(args_int(a, "--batch", 32, &tc->batch));
+    MOE_TRY(args_int(a, "--micro-batch", tc->batch, &tc->micro_batch));
+    MOE_TRY(args_int(a, "--seq", 0, &tc->seq));
+    if (args_has(a, "--seq") && tc->seq <= 0) MOE_ERR("--seq must be positive, got %d", tc->seq);
+    OptConfig *o = &tc->opt;
+    MOE_TRY(args_float(a, "--lr", o->lr, &o->lr));
+    MOE_TRY(args_float(a, "--min-lr", o->min_lr, &o->min_lr));
+    MOE_TRY(args_int(a, "--warmup", 0, &o->warmup));
+    MOE_TRY(args_int(a, "--decay-steps", 0, &o->decay_steps));
+    MOE_TRY(args_float(a, "--weight-decay", o->weight_decay, &o->weight_decay));
+    MOE_TRY(args_float(a, "--beta1", o->beta1, &o->beta1));
+    MOE_TRY(args_float(a, "--beta2", o->beta2, &o->beta2));
+    MOE_TRY(args_float(a, "--clip", o->clip, &o->clip));
+    MOE_TRY(args_u64(a, "--seed", 1234, &tc->seed));
+    MOE_TRY(args_int(a, "--ckpt-every", 0, &tc->ckpt_every));
+    const char *dw = args_str(a, "--data-weights", NULL), *fmt = args_str(a, "--format", "auto");
+    if (!fmt || (!dw && args_has(a, "--data-weights"))) return MOE_FAIL;   // (no value: the error is set)
+    if (dw) MOE_TRY(parse_data_weights(dw, tc));
+    MOE_TRY(data_format_parse(fmt, &tc->format));
+    MOE_TRY(cmd_acts_mode(a, &tc->acts_mode, 0));
+    MOE_TRY(args_int(a, "--eval-every", 100, &tc->eval_every));
+    MOE_TRY(args_int(a, "--eval-limit", 500, &tc->eval_limit));
+    if (tc->eval_every <= 0 || tc->eval_limit < 0) MOE_ERR("--eval-every must be positive and --eval-limit >= 0");
+    tc->shuffle = !args_bool(a, "--no-shuffle");
+    tc->quiet = args_bool(a, "--quiet");
+    return MOE_OK;
+}
+
+// --ep, the pipeline's flags, --zero, --overlap, --a2a and dynamic expert placement
+static int parallel_flags(Args *a, TrainConfig *tc) {
+    MOE_TRY(args_int(a, "--ep", 1, &tc->ep));
+    if (tc->ep <= 0) MOE_ERR("--ep must be positive, got %d", tc->ep);
+    MOE_TRY(pipeline_flags(a, tc));
+    MOE_TRY(args_int(a, "--zero", 0, &tc->zero));
+    if (tc->zero != 0 && tc->zero != 1) MOE_ERR("--zero must be 0 or 1, got %d", tc->zero);
+    if (tc->zero && tc->ep > 1) MOE_ERR("--zero 1 shards the optimizer over data-parallel ranks and needs --ep 1 (got --ep %d)", tc->ep);
+    static const char *const ON_OFF[] = {"on", "off"}, *const A2A[] = {"auto", "flat", "hierarchical"}, *const WHEN[] = {"paying", "always"};
+    static const DistA2A A2A_MODE[] = {DIST_A2A_AUTO, DIST_A2A_FLAT, DIST_A2A_HIER};
+    int ov, mode;
+    MOE_TRY(args_pick(a, "--overlap", ON_OFF, 2, "on", &ov));
+    tc->overlap = ov == 0 ? -1 : 0;   // (-1: on where it applies)
+    MOE_TRY(args_pick(a, "--a2a", A2A, 3, "auto", &mode));
+    tc->a2a = A2A_MODE[mode];
+    MOE_TRY(args_int(a, "--redundant-experts", 0, &tc->redundant));
+    MOE_TRY(args_int(a, "--replace-every", 0, &tc->replace_every));
+    if (tc->redundant < 0 || tc->replace_every < 0) MOE_ERR("--redundant-experts and --replace-every must be >= 0");
+    MOE_TRY(args_pick(a, "--replace-when", WHEN, 2, "paying", &tc->replace_always));
+    if (tc->redundant > 0 && tc->replace_every == 0) MOE_ERR("--redundant-experts needs --replace-every N");
+    return MOE_OK;
+}
+
 int cmd_train(int argc, char **argv) {
     char **rargv = NULL;
     int rargc = 0;
@@ -193,61 +250,9 @@ int cmd_train(int argc, char **argv) {
             ta.resume = NULL;
         }
     }
-    const char *fmt = args_str(&a, "--format", "auto");
     int rc = cmd_threads(&a);
-    if (!rc) rc = args_int(&a, "--steps", 100, &tc.steps);
-    if (!rc) rc = args_double(&a, "--time-budget", 0, &tc.time_budget);
-    // a time budget without --steps trains until the budget runs out
-    if (!rc && tc.time_budget > 0 && !args_has(&a, "--steps")) tc.steps = TRAIN_STEPS_UNBOUNDED;
-    if (!rc) rc = args_int(&a, "--batch", 32, &tc.batch);
-    if (!rc) rc = args_int(&a, "--micro-batch", tc.batch, &tc.micro_batch);
-    if (!rc) rc = args_int(&a, "--seq", 0, &tc.seq);
-    if (!rc && args_has(&a, "--seq") && tc.seq <= 0) { moe_seterr("--seq must be positive, got %d", tc.seq); rc = MOE_FAIL; }
-    if (!rc) rc = args_float(&a, "--lr", tc.opt.lr, &tc.opt.lr);
-    if (!rc) rc = args_float(&a, "--min-lr", tc.opt.min_lr, &tc.opt.min_lr);
-    if (!rc) rc = args_int(&a, "--warmup", 0, &tc.opt.warmup);
-    if (!rc) rc = args_int(&a, "--decay-steps", 0, &tc.opt.decay_steps);
-    if (!rc) rc = args_float(&a, "--weight-decay", tc.opt.weight_decay, &tc.opt.weight_decay);
-    if (!rc) rc = args_float(&a, "--beta1", tc.opt.beta1, &tc.opt.beta1);
-    if (!rc) rc = args_float(&a, "--beta2", tc.opt.beta2, &tc.opt.beta2);
-    if (!rc) rc = args_float(&a, "--clip", tc.opt.clip, &tc.opt.clip);
-    if (!rc) rc = args_u64(&a, "--seed", 1234, &tc.seed);
-    if (!rc) rc = args_int(&a, "--ckpt-every", 0, &tc.ckpt_every);
-    const char *dw = args_str(&a, "--data-weights", NULL);
-    if (!rc && dw) rc = parse_data_weights(dw, &tc);
-    if (!rc) rc = data_format_parse(fmt ? fmt : "auto", &tc.format);
-    if (!rc) rc = cmd_acts_mode(&a, &tc.acts_mode, 0);
-    if (!rc) rc = args_int(&a, "--ep", 1, &tc.ep);
-    if (!rc && tc.ep <= 0) { moe_seterr("--ep must be positive, got %d", tc.ep); rc = MOE_FAIL; }
-    if (!rc) rc = pipeline_flags(&a, &tc);
-    if (!rc) rc = args_int(&a, "--zero", 0, &tc.zero);
-    if (!rc && tc.zero != 0 && tc.zero != 1) { moe_seterr("--zero must be 0 or 1, got %d", tc.zero); rc = MOE_FAIL; }
-    if (!rc && tc.zero && tc.ep > 1)
-        { moe_seterr("--zero 1 shards the optimizer over data-parallel ranks and needs --ep 1 (got --ep %d)", tc.ep); rc = MOE_FAIL; }
-    tc.overlap = -1;
-    const char *ov = args_str(&a, "--overlap", "on");
-    if (!rc && !ov) rc = MOE_FAIL;   // no value after --overlap
-    if (!rc && ov && !strcmp(ov, "off")) tc.overlap = 0;
-    else if (!rc && ov && strcmp(ov, "on")) { moe_seterr("--overlap must be on or off, got \"%s\"", ov); rc = MOE_FAIL; }
-    const char *a2a = args_str(&a, "--a2a", "auto");
-    if (!rc && !a2a) rc = MOE_FAIL;
-    if (!rc && !strcmp(a2a, "auto")) tc.a2a = DIST_A2A_AUTO;
-    else if (!rc && !strcmp(a2a, "flat")) tc.a2a = DIST_A2A_FLAT;
-    else if (!rc && !strcmp(a2a, "hierarchical")) tc.a2a = DIST_A2A_HIER;
-    else if (!rc) { moe_seterr("--a2a must be auto, flat or hierarchical, got \"%s\"", a2a); rc = MOE_FAIL; }
-    if (!rc) rc = args_int(&a, "--redundant-experts", 0, &tc.redundant);
-    if (!rc) rc = args_int(&a, "--replace-every", 0, &tc.replace_every);
-    if (!rc && (tc.redundant < 0 || tc.replace_every < 0)) { moe_seterr("--redundant-experts and --replace-every must be >= 0"); rc = MOE_FAIL; }
-    const char *rw = args_str(&a, "--replace-when", "paying");
-    if (!rc && !rw) rc = MOE_FAIL;
-    if (!rc && !strcmp(rw, "always")) tc.replace_always = 1;
-    else if (!rc && strcmp(rw, "paying")) { moe_seterr("--replace-when must be paying or always, got \"%s\"", rw); rc = MOE_FAIL; }
-    if (!rc && tc.redundant > 0 && tc.replace_every == 0) { moe_seterr("--redundant-experts needs --replace-every N"); rc = MOE_FAIL; }
-    if (!rc) rc = args_int(&a, "--eval-every", 100, &tc.eval_every);
-    if (!rc) rc = args_int(&a, "--eval-limit", 500, &tc.eval_limit);
-    if (!rc && (tc.eval_every <= 0 || tc.eval_limit < 0)) { moe_seterr("--eval-every must be positive and --eval-limit >= 0"); rc = MOE_FAIL; }
-    tc.shuffle = !args_bool(&a, "--no-shuffle");
-    tc.quiet = args_bool(&a, "--quiet");
+    if (!rc) rc = run_flags(&a, &tc);
+    if (!rc) rc = parallel_flags(&a, &tc);
     // what a resume keeps from the command line rather than the checkpoint
     static const struct { const char *flag; unsigned bit; } SET[] = {
         {"--lr", TRAIN_SET_LR}, {"--min-lr", TRAIN_SET_MIN_LR}, {"--weight-decay", TRAIN_SET_WEIGHT_DECAY},
