@@ -275,6 +275,29 @@ static void att_check_cache(int H, int Hkv, int hd_qk, int hd_v, float scale) {
     moe_free(q); moe_free(k); moe_free(v); moe_free(o1); moe_free(l1); moe_free(o2); moe_free(l2);
 }
 
+// prefill rows over a KV cache (each seeing one key more than the last) in runs long enough
+// for the tiled path: one from its sequence's first slot, one continuing at slot 50 of a
+// sequence that starts at 30 (its first row sees 21 keys), 100 rows across two 64-row tiles;
+// between them a lone row and a short run, row by row
+static void att_check_prefill(int H, int Hkv, int hd_qk, int hd_v, float scale) {
+    enum { S = 300, N = 40 + 1 + 5 + 100 };
+    int lo[N], hi[N], n = 0;
+    for (int i = 0; i < 40; i++, n++) { lo[n] = 0; hi[n] = i; }
+    lo[n] = 100; hi[n] = 120; n++;
+    for (int i = 0; i < 5; i++, n++) { lo[n] = 130; hi[n] = 130 + i; }
+    for (int i = 0; i < 100; i++, n++) { lo[n] = 30; hi[n] = 50 + i; }
+    const size_t nq = (size_t)N * H * hd_qk, nk = (size_t)S * Hkv * hd_qk, nv = (size_t)S * Hkv * hd_v, no = (size_t)N * H * hd_v;
+    float *q = rnd(nq, 1), *k = rnd(nk, 1), *v = rnd(nv, 1);
+    float *o1 = MOE_NEW(float, no), *l1 = MOE_NEW(float, N * H), *o2 = MOE_NEW(float, no), *l2 = MOE_NEW(float, N * H);
+    attention_forward(o1, l1, q, k, v, lo, hi, N, H, Hkv, hd_qk, hd_v, scale);
+    attention_forward_ref(o2, l2, q, k, v, lo, hi, N, H, Hkv, hd_qk, hd_v, scale);
+    char nm[160];
+    snprintf(nm, sizeof nm, "attention forward, prefill runs over a KV cache (runs of 40 and 100, one from slot 50) vs ref (hd_qk %d hd_v %d H %d Hkv %d): out, lse",
+             hd_qk, hd_v, H, Hkv);
+    check(nm, fmax(relerr(o1, o2, no), relerr(l1, l2, N * H)), 1e-5);
+    moe_free(q); moe_free(k); moe_free(v); moe_free(o1); moe_free(l1); moe_free(o2); moe_free(l2);
+}
+
 static void test_attention_qk_v_dims(void) {
     const int H = 4, hd_qk = 24, hd_v = 16, short_lens[4] = {5, 1, 9, 3}, long_lens[3] = {70, 1, 130};
     const float scale = 1.3f * 1.3f / sqrtf((float)hd_qk);
@@ -282,6 +305,7 @@ static void test_attention_qk_v_dims(void) {
         att_check_packed(short_lens, 4, H, Hkv, hd_qk, hd_v, scale, true);
         att_check_packed(long_lens, 3, H, Hkv, hd_qk, hd_v, scale, false);
         att_check_cache(H, Hkv, hd_qk, hd_v, scale);
+        att_check_prefill(H, Hkv, hd_qk, hd_v, scale);
     }
 }
 

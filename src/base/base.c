@@ -1,5 +1,6 @@
 #include "base.h"
 #include <errno.h>
+#include <malloc.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -52,6 +53,11 @@ static void *map_huge(size_t bytes) {
     ((size_t *)data)[-1] = len;
     return data;
 }
+void mem_keep_freed(void) {
+    mallopt(M_MMAP_THRESHOLD, 64 << 20);   // (moe_alloc maps its blocks of 4 MiB and more itself)
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
+}
+
 void *moe_alloc(size_t bytes) {
     if (bytes == 0) bytes = 64;
     size_t rounded = (bytes + 63) & ~(size_t)63;

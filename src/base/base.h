@@ -30,6 +30,10 @@ MemCategory mem_category(MemCategory c);   // sets the category, returns the pre
 size_t mem_bytes(MemCategory c);           // bytes allocated under c so far (not freed)
 void mem_dry_run(int on);
 void moe_free(void *p);
+// for loops that allocate and free the same buffers again and again (answering questions one
+// at a time): freed blocks under 64 MiB stay with the process for reuse instead of going back
+// to the system, whose fresh pages fault and are zeroed on every reuse
+void mem_keep_freed(void);
 // resizes a block from moe_alloc (or NULL) to `bytes`, keeping its contents and category
 // (what is new is as moe_alloc leaves it); dies on exhaustion like moe_alloc. For growable
 // arrays; moe_free frees.

@@ -44,6 +44,7 @@ int cmd_serve(int argc, char **argv) {
     o.lim.max_body = max_body;
     o.lim.max_text = 4096;
     o.model_name = ckpt;
+    mem_keep_freed();   // each answer allocates its cache and activations afresh
     Model m;
     if (ckpt_load_model(ckpt, &m, false)) return cmd_fail("serve");
     infer_weights_bf16(&m);

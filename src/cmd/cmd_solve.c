@@ -28,6 +28,7 @@ int cmd_solve(int argc, char **argv) {
     char **pos = MOE_NEW(char *, argc);
     int n = args_positionals(&a, pos, argc);
     if (args_finish(&a)) { moe_free(pos); return cmd_fail("solve"); }
+    mem_keep_freed();   // each answer allocates its cache and activations afresh
     Model m;
     if (ckpt_load_model(ckpt, &m, false)) { moe_free(pos); return cmd_fail("solve"); }
     infer_weights_bf16(&m);

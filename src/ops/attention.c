@@ -8,51 +8,6 @@
 // One query row against keys [lo, hi], in blocks of 64 keys: scores for the block, then
 // an online-softmax update (running max m, running sum l) of the output accumulator.
 #define ATT_BLOCK 64
-void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                       const int *kv_lo, const int *kv_hi, int N, int H, int Hkv, int hd_qk, int hd_v,
-                       float scale) {
-    // row strides: q [N, H*hd_qk], k [S, Hkv*hd_qk], v [S, Hkv*hd_v], out [N, H*hd_v]
-    const int group = H / Hkv, qs = H * hd_qk, ks = Hkv * hd_qk, vs = Hkv * hd_v, os = H * hd_v;
-#pragma omp parallel for collapse(2) schedule(dynamic, 8)
-    for (int n = 0; n < N; n++)
-        for (int h = 0; h < H; h++) {
-            const float *qh = q + (size_t)n * qs + h * hd_qk;
-            float *o = out + (size_t)n * os + h * hd_v;
-            const int kh = h / group;
-            float m = -INFINITY, l = 0;
-            float acc[ATT_HD_V_MAX], sc[ATT_BLOCK];
-            for (int i = 0; i < hd_v; i++) acc[i] = 0;
-            for (int j0 = kv_lo[n]; j0 <= kv_hi[n]; j0 += ATT_BLOCK) {
-                const int nb = imin(ATT_BLOCK, kv_hi[n] - j0 + 1);
-                float bm = -INFINITY;
-                for (int j = 0; j < nb; j++) {
-                    const float *kj = k + (size_t)(j0 + j) * ks + kh * hd_qk;
-                    float s = 0;
-#pragma omp simd reduction(+ : s)
-                    for (int i = 0; i < hd_qk; i++) s += qh[i] * kj[i];
-                    sc[j] = s * scale;
-                    bm = sc[j] > bm ? sc[j] : bm;
-                }
-                if (bm > m) {   // rescale what we have to the new max
-                    float c = expf(m - bm);
-                    l *= c;
-                    for (int i = 0; i < hd_v; i++) acc[i] *= c;
-                    m = bm;
-                }
-                for (int j = 0; j < nb; j++) {
-                    const float p = expf(sc[j] - m);
-                    const float *vj = v + (size_t)(j0 + j) * vs + kh * hd_v;
-                    l += p;
-#pragma omp simd
-                    for (int i = 0; i < hd_v; i++) acc[i] += p * vj[i];
-                }
-            }
-            float inv = 1.0f / l;
-            for (int i = 0; i < hd_v; i++) o[i] = acc[i] * inv;
-            if (lse) lse[(size_t)n * H + h] = m + logf(l);
-        }
-}
-
 void attention_forward_ref(float *out, float *lse, const float *q, const float *k, const float *v,
                            const int *kv_lo, const int *kv_hi, int N, int H, int Hkv, int hd_qk, int hd_v,
                            float scale) {
@@ -126,6 +81,28 @@ void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, 
 
 #define AT 64
 
+// One tile: mi query rows (Q, row stride qs) against the keys and values from K and V on,
+// row r seeing the first c0 + r of them (causal); out (stride os) and lse (stride lss, or
+// NULL) of those rows. S: mi rows of at least c0 + mi - 1 scores (stride ss).
+static void tile_forward(float *S, int ss, const float *Q, int qs, const float *K, int ks, const float *V, int vs,
+                         float *out, int os, float *lse, int lss, int mi, int c0, int hd_qk, int hd_v, float scale) {
+    const int nk = c0 + mi - 1;
+    gemm(false, true, mi, nk, hd_qk, scale, Q, qs, K, ks, 0.0f, S, ss);
+    for (int r = 0; r < mi; r++) {
+        float *sr = S + (size_t)r * ss;
+        const int cmax = c0 + r;
+        float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+        for (int c = 0; c < cmax; c++) mx = sr[c] > mx ? sr[c] : mx;
+        const float sum = vec_exp_sum(sr, sr, mx, cmax), inv = 1.0f / sum;
+#pragma omp simd
+        for (int c = 0; c < cmax; c++) sr[c] *= inv;
+        for (int c = cmax; c < nk; c++) sr[c] = 0;
+        if (lse) lse[(size_t)r * lss] = mx + logf(sum);
+    }
+    gemm(false, false, mi, hd_v, nk, 1.0f, S, ss, V, vs, 0.0f, out, os);
+}
+
 // the examples' first rows (seg[nseg] = N); *Tmax: the longest example
 static int attention_segments(const int *kv_lo, int N, int *seg, int *Tmax) {
     int nseg = 0;
@@ -135,6 +112,90 @@ static int attention_segments(const int *kv_lo, int N, int *seg, int *Tmax) {
     *Tmax = 0;
     for (int si = 0; si < nseg; si++) *Tmax = imax(*Tmax, seg[si + 1] - seg[si]);
     return nseg;
+}
+
+// row n, head h, against keys kv_lo[n] .. kv_hi[n] in blocks, the softmax online
+static void row_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int *kv_lo,
+                        const int *kv_hi, int n, int h, int H, int Hkv, int hd_qk, int hd_v, float scale) {
+    const int group = H / Hkv, qs = H * hd_qk, ks = Hkv * hd_qk, vs = Hkv * hd_v, os = H * hd_v;
+    const float *qh = q + (size_t)n * qs + h * hd_qk;
+    float *o = out + (size_t)n * os + h * hd_v;
+    const int kh = h / group;
+    float m = -INFINITY, l = 0;
+    float acc[ATT_HD_V_MAX], sc[ATT_BLOCK];
+    for (int i = 0; i < hd_v; i++) acc[i] = 0;
+    for (int j0 = kv_lo[n]; j0 <= kv_hi[n]; j0 += ATT_BLOCK) {
+        const int nb = imin(ATT_BLOCK, kv_hi[n] - j0 + 1);
+        float bm = -INFINITY;
+        for (int j = 0; j < nb; j++) {
+            const float *kj = k + (size_t)(j0 + j) * ks + kh * hd_qk;
+            float s = 0;
+#pragma omp simd reduction(+ : s)
+            for (int i = 0; i < hd_qk; i++) s += qh[i] * kj[i];
+            sc[j] = s * scale;
+            bm = sc[j] > bm ? sc[j] : bm;
+        }
+        if (bm > m) {   // rescale what we have to the new max
+            float c = expf(m - bm);
+            l *= c;
+            for (int i = 0; i < hd_v; i++) acc[i] *= c;
+            m = bm;
+        }
+        l += vec_exp_sum(sc, sc, m, nb);   // the block's probabilities, unnormalised
+        for (int j = 0; j < nb; j++) {
+            const float p = sc[j], *vj = v + (size_t)(j0 + j) * vs + kh * hd_v;
+#pragma omp simd
+            for (int i = 0; i < hd_v; i++) acc[i] += p * vj[i];
+        }
+    }
+    float inv = 1.0f / l;
+    for (int i = 0; i < hd_v; i++) o[i] = acc[i] * inv;
+    if (lse) lse[(size_t)n * H + h] = m + logf(l);
+}
+
+// Rows of one sequence each seeing one key more than the last (a prompt's prefill) in runs
+// of at least RUN_MIN go through tile_forward's GEMMs; the rest row by row.
+#define RUN_MIN 16
+void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                       const int *kv_lo, const int *kv_hi, int N, int H, int Hkv, int hd_qk, int hd_v,
+                       float scale) {
+    int *run = NULL, nrun = 0, Tmax = 0;   // run r: rows [run[2r], run[2r+1])
+    unsigned char *tiled = NULL;
+    if (N >= RUN_MIN) {
+        run = MOE_NEW(int, N + 1);
+        tiled = MOE_NEW(unsigned char, N);
+        for (int n0 = 0, n1; n0 < N; n0 = n1) {
+            for (n1 = n0 + 1; n1 < N && kv_lo[n1] == kv_lo[n0] && kv_hi[n1] == kv_hi[n1 - 1] + 1; n1++) {}
+            if (n1 - n0 < RUN_MIN) continue;
+            run[2 * nrun] = n0; run[2 * nrun + 1] = n1; nrun++;
+            memset(tiled + n0, 1, (size_t)(n1 - n0));
+            Tmax = imax(Tmax, kv_hi[n1 - 1] - kv_lo[n0] + 1);
+        }
+    }
+    const int group = H / Hkv, qs = H * hd_qk, ks = Hkv * hd_qk, vs = Hkv * hd_v, os = H * hd_v;
+#pragma omp parallel
+    {
+#pragma omp for collapse(2) schedule(dynamic, 8)
+        for (int n = 0; n < N; n++)
+            for (int h = 0; h < H; h++)
+                if (!tiled || !tiled[n]) row_forward(out, lse, q, k, v, kv_lo, kv_hi, n, h, H, Hkv, hd_qk, hd_v, scale);
+        if (nrun > 0) {
+            float *S = MOE_NEW(float, (size_t)AT * Tmax);
+#pragma omp for collapse(2) schedule(dynamic, 1)
+            for (int r = 0; r < nrun; r++)
+                for (int h = 0; h < H; h++) {
+                    const int n0 = run[2 * r], T = run[2 * r + 1] - n0, lo = kv_lo[n0], kh = h / group;
+                    const int c0 = kv_hi[n0] - lo + 1;   // the keys the run's first row sees
+                    for (int i0 = 0; i0 < T; i0 += AT)
+                        tile_forward(S, Tmax, q + (size_t)(n0 + i0) * qs + h * hd_qk, qs, k + (size_t)lo * ks + kh * hd_qk, ks,
+                                     v + (size_t)lo * vs + kh * hd_v, vs, out + (size_t)(n0 + i0) * os + h * hd_v, os,
+                                     lse ? lse + (size_t)(n0 + i0) * H + h : NULL, H, imin(AT, T - i0), c0 + i0, hd_qk, hd_v, scale);
+                }
+            moe_free(S);
+        }
+    }
+    moe_free(run);
+    moe_free(tiled);
 }
 
 void attention_forward_train(float *out, float *lse, const float *q, const float *k, const float *v,
@@ -152,23 +213,9 @@ void attention_forward_train(float *out, float *lse, const float *q, const float
                 const int s0 = seg[si], T = seg[si + 1] - s0, kh = h / group;
                 const float *Q = q + (size_t)s0 * qs + h * hd_qk, *K = k + (size_t)s0 * ks + kh * hd_qk,
                             *Vv = v + (size_t)s0 * vs + kh * hd_v;
-                for (int i0 = 0; i0 < T; i0 += AT) {
-                    const int mi = imin(AT, T - i0), nk = i0 + mi;   // keys 0 .. i0+mi-1
-                    gemm(false, true, mi, nk, hd_qk, scale, Q + (size_t)i0 * qs, qs, K, ks, 0.0f, S, Tmax);
-                    for (int r = 0; r < mi; r++) {
-                        float *sr = S + (size_t)r * Tmax;
-                        const int cmax = i0 + r + 1;   // causal
-                        float mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-                        for (int c = 0; c < cmax; c++) mx = sr[c] > mx ? sr[c] : mx;
-                        const float sum = vec_exp_sum(sr, sr, mx, cmax), inv = 1.0f / sum;
-#pragma omp simd
-                        for (int c = 0; c < cmax; c++) sr[c] *= inv;
-                        for (int c = cmax; c < nk; c++) sr[c] = 0;
-                        if (lse) lse[(size_t)(s0 + i0 + r) * H + h] = mx + logf(sum);
-                    }
-                    gemm(false, false, mi, hd_v, nk, 1.0f, S, Tmax, Vv, vs, 0.0f, out + (size_t)(s0 + i0) * os + h * hd_v, os);
-                }
+                for (int i0 = 0; i0 < T; i0 += AT)   // row i0 + r sees keys 0 .. i0 + r
+                    tile_forward(S, Tmax, Q + (size_t)i0 * qs, qs, K, ks, Vv, vs, out + (size_t)(s0 + i0) * os + h * hd_v, os,
+                                 lse ? lse + (size_t)(s0 + i0) * H + h : NULL, H, imin(AT, T - i0), i0 + 1, hd_qk, hd_v, scale);
             }
         moe_free(S);
     }
