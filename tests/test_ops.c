@@ -258,44 +258,36 @@ static void att_check_packed(const int *lens, int n_ex, int H, int Hkv, int hd_q
     for (int i = 0; i < 3; i++) { moe_free(g[i]); moe_free(g2[i]); }
 }
 
-// the inference form: queries against a KV cache of S slots, each reading its own window
-// [kv_hi - lo] (one key, a whole cache, windows wider than one 64-key block)
-static void att_check_cache(int H, int Hkv, int hd_qk, int hd_v, float scale) {
-    enum { S = 150, N = 6 };
-    int lo[N] = {0, 10, 3, 50, 0, 20}, hi[N] = {149, 10, 70, 90, 0, 149};
+// queries against a KV cache of S slots, row n reading keys kv_lo[n] .. kv_hi[n]: the fast
+// kernel against the reference
+static void att_vs_ref_cache(const char *what, const int *lo, const int *hi, int N, int S, int H, int Hkv, int hd_qk, int hd_v,
+                             float scale) {
     const size_t nq = (size_t)N * H * hd_qk, nk = (size_t)S * Hkv * hd_qk, nv = (size_t)S * Hkv * hd_v, no = (size_t)N * H * hd_v;
     float *q = rnd(nq, 1), *k = rnd(nk, 1), *v = rnd(nv, 1);
     float *o1 = MOE_NEW(float, no), *l1 = MOE_NEW(float, N * H), *o2 = MOE_NEW(float, no), *l2 = MOE_NEW(float, N * H);
     attention_forward(o1, l1, q, k, v, lo, hi, N, H, Hkv, hd_qk, hd_v, scale);
     attention_forward_ref(o2, l2, q, k, v, lo, hi, N, H, Hkv, hd_qk, hd_v, scale);
-    char nm[160];
-    snprintf(nm, sizeof nm, "attention forward over a KV cache vs ref (hd_qk %d hd_v %d H %d Hkv %d, %d slots, windows kv_lo..kv_hi): out, lse",
-             hd_qk, hd_v, H, Hkv, S);
+    char nm[200];
+    snprintf(nm, sizeof nm, "attention forward, %s, vs ref (hd_qk %d hd_v %d H %d Hkv %d, %d slots): out, lse", what, hd_qk, hd_v, H, Hkv, S);
     check(nm, fmax(relerr(o1, o2, no), relerr(l1, l2, N * H)), 1e-5);
     moe_free(q); moe_free(k); moe_free(v); moe_free(o1); moe_free(l1); moe_free(o2); moe_free(l2);
 }
 
-// prefill rows over a KV cache (each seeing one key more than the last) in runs long enough
-// for the tiled path: one from its sequence's first slot, one continuing at slot 50 of a
-// sequence that starts at 30 (its first row sees 21 keys), 100 rows across two 64-row tiles;
-// between them a lone row and a short run, row by row
-static void att_check_prefill(int H, int Hkv, int hd_qk, int hd_v, float scale) {
-    enum { S = 300, N = 40 + 1 + 5 + 100 };
-    int lo[N], hi[N], n = 0;
-    for (int i = 0; i < 40; i++, n++) { lo[n] = 0; hi[n] = i; }
-    lo[n] = 100; hi[n] = 120; n++;
-    for (int i = 0; i < 5; i++, n++) { lo[n] = 130; hi[n] = 130 + i; }
-    for (int i = 0; i < 100; i++, n++) { lo[n] = 30; hi[n] = 50 + i; }
-    const size_t nq = (size_t)N * H * hd_qk, nk = (size_t)S * Hkv * hd_qk, nv = (size_t)S * Hkv * hd_v, no = (size_t)N * H * hd_v;
-    float *q = rnd(nq, 1), *k = rnd(nk, 1), *v = rnd(nv, 1);
-    float *o1 = MOE_NEW(float, no), *l1 = MOE_NEW(float, N * H), *o2 = MOE_NEW(float, no), *l2 = MOE_NEW(float, N * H);
-    attention_forward(o1, l1, q, k, v, lo, hi, N, H, Hkv, hd_qk, hd_v, scale);
-    attention_forward_ref(o2, l2, q, k, v, lo, hi, N, H, Hkv, hd_qk, hd_v, scale);
-    char nm[160];
-    snprintf(nm, sizeof nm, "attention forward, prefill runs over a KV cache (runs of 40 and 100, one from slot 50) vs ref (hd_qk %d hd_v %d H %d Hkv %d): out, lse",
-             hd_qk, hd_v, H, Hkv);
-    check(nm, fmax(relerr(o1, o2, no), relerr(l1, l2, N * H)), 1e-5);
-    moe_free(q); moe_free(k); moe_free(v); moe_free(o1); moe_free(l1); moe_free(o2); moe_free(l2);
+// the inference form: each query its own window (one key, a whole cache, windows wider than
+// one 64-key block); then prefill rows (each seeing one key more than the last) in runs long
+// enough for the tiled path: one from its sequence's first slot, one continuing at slot 50
+// of a sequence that starts at 30 (its first row sees 21 keys), 100 rows across two 64-row
+// tiles; between them a lone row and a short run, row by row
+static void att_check_cache(int H, int Hkv, int hd_qk, int hd_v, float scale) {
+    const int lo[6] = {0, 10, 3, 50, 0, 20}, hi[6] = {149, 10, 70, 90, 0, 149};
+    att_vs_ref_cache("over a KV cache, windows kv_lo..kv_hi", lo, hi, 6, 150, H, Hkv, hd_qk, hd_v, scale);
+    enum { N = 40 + 1 + 5 + 100 };
+    int plo[N], phi[N], n = 0;
+    for (int i = 0; i < 40; i++, n++) { plo[n] = 0; phi[n] = i; }
+    plo[n] = 100; phi[n] = 120; n++;
+    for (int i = 0; i < 5; i++, n++) { plo[n] = 130; phi[n] = 130 + i; }
+    for (int i = 0; i < 100; i++, n++) { plo[n] = 30; phi[n] = 50 + i; }
+    att_vs_ref_cache("prefill runs of 40 and 100 over a KV cache, one from slot 50", plo, phi, N, 300, H, Hkv, hd_qk, hd_v, scale);
 }
 
 static void test_attention_qk_v_dims(void) {
@@ -305,7 +297,6 @@ static void test_attention_qk_v_dims(void) {
         att_check_packed(short_lens, 4, H, Hkv, hd_qk, hd_v, scale, true);
         att_check_packed(long_lens, 3, H, Hkv, hd_qk, hd_v, scale, false);
         att_check_cache(H, Hkv, hd_qk, hd_v, scale);
-        att_check_prefill(H, Hkv, hd_qk, hd_v, scale);
     }
 }
 
