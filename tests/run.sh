@@ -33,7 +33,7 @@ suite "distributed: MPI data and expert parallelism" bash tests/test_dist.sh
 suite "pipeline parallelism: stages, interleaving, with EP and DP, resume, kill" bash tests/test_pp.sh
 suite "simulate: cluster files, the breakdown, the bubble, published points, bad input" bash tests/test_simulate.sh
 suite "simulate against this machine: two real runs, loosely" bash tests/test_sim_local.sh
-suite "fuzz: safetensors, shard index, config, cluster file (libFuzzer, short)" bash tests/fuzz/smoke.sh
+suite "fuzz: safetensors, shard index, config, tokenizer, cluster file, serve request, data file (libFuzzer, short)" bash tests/fuzz/smoke.sh
 # the bad-input cases once more under AddressSanitizer + UBSan
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   MOE=./build/asan/moe BAD_ONLY=1 suite "bad input under ASan+UBSan" bash tests/test_cli.sh

@@ -10,7 +10,7 @@ typedef enum { DATA_AUTO = 0, DATA_QA, DATA_JSONL, DATA_TEXT } DataFormat;
 
 // One example is `len` tokens at tok + off: <bos> q <sep> a <eos> (or a text window).
 // Its inputs are the first len-1 tokens; input i has a target when i + 1 >= n_prompt.
-typedef struct { long off; int len, n_prompt; int q_off, q_len, a_off, a_len; } Example;
+typedef struct { long off; int len, n_prompt; long q_off; int q_len; long a_off; int a_len; } Example;
 
 typedef struct {
     char *path;
@@ -31,6 +31,10 @@ int dataset_load(Dataset *d, const char *path, DataFormat fmt, int max_inputs, i
 // The same with a tokenizer (dataset_load: the byte tokenizer). Q/A examples are the
 // tokenizer's prompt and answer (tokenizer_prompt, tokenizer_answer); text is encoded whole.
 int dataset_load_tok(Dataset *d, const char *path, DataFormat fmt, int max_inputs, int limit, const Tokenizer *tk);
+// The same from text[len] (malloc'd, NUL after the end; the dataset owns it from here, freed
+// on failure too); path names it in errors (and picks the format under DATA_AUTO)
+int dataset_parse_tok(Dataset *d, char *text, size_t len, const char *path, DataFormat fmt, int max_inputs, int limit,
+                      const Tokenizer *tk);
 void dataset_free(Dataset *d);
 const char *dataset_question(const Dataset *d, int i, int *len);
 const char *dataset_answer(const Dataset *d, int i, int *len);

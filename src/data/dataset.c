@@ -1,4 +1,5 @@
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include "data.h"
@@ -25,7 +26,7 @@ static int add_qa(Builder *b, const Tokenizer *tk, const char *base, const char 
     long np = b->t.n - off;
     MOE_TRY(tokenizer_answer(tk, a, al, &b->t));
     long len = b->t.n - off;
-    push_ex(b, (Example){off, (int)len, (int)np, (int)(q - base), ql, (int)(a - base), al});
+    push_ex(b, (Example){off, (int)len, (int)np, q - base, ql, a - base, al});
     return MOE_OK;
 }
 
@@ -46,6 +47,13 @@ int dataset_load_tok(Dataset *d, const char *path, DataFormat fmt, int max_input
     size_t len;
     char *text = file_read_all(path, &len);
     if (!text) return MOE_FAIL;
+    return dataset_parse_tok(d, text, len, path, fmt, max_inputs, limit, tk);
+}
+
+int dataset_parse_tok(Dataset *d, char *text, size_t len, const char *path, DataFormat fmt, int max_inputs, int limit,
+                      const Tokenizer *tk) {
+    memset(d, 0, sizeof *d);
+    if (max_inputs <= 0) { free(text); MOE_ERR("sequence length must be positive, got %d", max_inputs); }
     if (fmt == DATA_AUTO) fmt = (ends_with(path, ".jsonl") || ends_with(path, ".json")) ? DATA_JSONL : DATA_QA;
     if (len == 0) { free(text); MOE_ERR("%s: empty data file", path); }
     Builder b = {0};
@@ -72,6 +80,7 @@ int dataset_load_tok(Dataset *d, const char *path, DataFormat fmt, int max_input
             char *le = nl ? nl : end;
             lineno++;
             *le = 0;
+            if (le - p > INT_MAX) { moe_seterr("%s: line %d is longer than %d bytes", path, lineno, INT_MAX); rc = MOE_FAIL; break; }
             int ll = (int)(le - p);
             if (ll > 0 && p[ll - 1] == '\r') p[--ll] = 0;
             bool last = !nl || nl + 1 >= end;
@@ -161,7 +170,7 @@ int dataset_concat(Dataset *out, Dataset *parts, int n) {
         out->file_start[i] = (int)eo;
         for (int j = 0; j < p->n; j++) {
             Example e = p->ex[j];
-            e.off += to; e.q_off += (int)xo; e.a_off += (int)xo;
+            e.off += to; e.q_off += (long)xo; e.a_off += (long)xo;
             out->ex[eo++] = e;
         }
         to += p->n_tok; xo += plen;

@@ -101,3 +101,17 @@ write(C, "regress_hidden_negative_4x", json.dumps({"hidden_size": -1649519544, "
 # num_attention_heads * head_dim past INT_MAX in the parameter count (and text after the object)
 write(C, "regress_heads_x_head_dim", b'{"head_dim": 74, "head_dim":666666666}6666666666666666666666666666)\0\0\0 73, "head_dim": 4,"tie_word_embeddi"dtype"ngs": true}')
 write(C, "regress_heads_x_head_dim_strict", json.dumps({"head_dim": 666666666}))
+write(C, "regress_head_dim_kv_overflow", '{"head_dim": 666666666}')
+
+D = "fuzz_dataset"
+shutil.rmtree(os.path.join(root, D), ignore_errors=True)
+write(D, "qa", "What is 2 + 3?\n5\nWhat is 10 - 4?\n6\n")
+write(D, "qa_crlf_no_final_newline", "Sort 3, 1, 2.\r\n1, 2, 3\r\nIs 7 prime?\r\nTrue")
+write(D, "qa_odd_lines", "What is 2 + 3?\n5\nWhat is 1 + 1?\n")
+write(D, "qa_blank_line", "What is 2 + 3?\n\n5\n")
+write(D, "qa_too_long", "Q" * 200 + "\nA\nshort?\nyes\n")
+write(D, "jsonl", '{"question": "What is 2 + 3?", "answer": "5"}\n\n{"question": "caf\\u00e9 \\"x\\"", "answer": "\\u0000nul"}\n')
+write(D, "jsonl_not_object", '["question", "answer"]\n')
+write(D, "jsonl_number_answer", '{"question": "q", "answer": 5}\n')
+write(D, "text", "Once upon a time there was a mixture of experts. " * 5)
+write(D, "binary", bytes(range(256)) + b"\n" + bytes(range(255, -1, -1)) + b"\n")
