@@ -16,7 +16,7 @@ $MOE gen-math --n 500 --seed 2 --tasks "$TASKS" --out data/demo-test.txt
 echo "== 2. training configs/math-tiny.json for ${BUDGET}s into $OUT"
 rm -rf "$OUT"
 $MOE train --model configs/math-tiny.json --data data/demo-train.txt --out "$OUT" \
-  --steps 100000 --time-budget "$BUDGET" --batch 128 --seq 80 --lr 3e-3 --warmup 100 --decay-steps 1400 --min-lr 3e-4
+  --time-budget "$BUDGET" --batch 128 --seq 80 --lr 3e-3 --warmup 100 --decay-steps 1400 --min-lr 3e-4
 echo "== 3. sample problems: the model just trained, and the shipped solver (models/solver)"
 head -20 data/demo-test.txt | awk 'NR % 2 == 1' > runs/demo-questions.txt
 head -20 data/demo-test.txt | awk 'NR % 2 == 0' > runs/demo-answers.txt
@@ -28,10 +28,10 @@ if [ $have_solver -eq 1 ]; then
 else
   sed 's/.*/-/' runs/demo-questions.txt > runs/demo-solver.txt; sed 's/.*/no models\/solver/' runs/demo-questions.txt > runs/demo-solver-latency.txt
 fi
-printf '  %-44s %-22s %-22s %s\n' "question" "demo model (${BUDGET}s)" "shipped solver" "answer"
+printf '  %-54s %-22s %-22s %s\n' "question" "demo model (${BUDGET}s)" "shipped solver" "answer"
 paste -d '\t' runs/demo-questions.txt runs/demo-got.txt runs/demo-latency.txt runs/demo-solver.txt runs/demo-solver-latency.txt runs/demo-answers.txt |
   awk -F '\t' 'function cut(s) { return length(s) > 12 ? substr(s, 1, 11) "~" : s }
-    { printf "  %-44s %-22s %-22s %s\n", $1, ($2 == $6 ? "ok " : "x  ") cut($2) " (" $3 ")", ($4 == $6 ? "ok " : "x  ") cut($4) " (" $5 ")", $6 }'
+    { printf "  %-54s %-22s %-22s %s\n", $1, ($2 == $6 ? "ok " : "x  ") cut($2) " (" $3 ")", ($4 == $6 ? "ok " : "x  ") cut($4) " (" $5 ")", $6 }'
 echo "== 4. exact match per task on 200 held-out problems each (greedy; neither model saw them)"
 printf '  %-14s %12s %16s\n' task "demo model" "shipped solver"
 for t in ${TASKS//,/ }; do
