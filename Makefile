@@ -76,7 +76,7 @@ FUZZ_CC    := clang
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -Isrc -O1 -g -Wall -Wextra -fno-omit-frame-pointer \
               -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_SRC   := src/base/base.c src/base/fileio.c src/io/safetensors.c src/io/shards.c src/config/config.c src/config/count.c \
-              src/data/tokenizer.c src/data/bpe.c src/data/dataset.c src/serve/api.c src/sim/cluster.c src/sim/load.c
+              src/data/tokenizer.c src/data/bpe.c src/data/bpe_read.c src/data/dataset.c src/serve/api.c src/sim/cluster.c src/sim/load.c
 FUZZERS    := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_SECONDS ?= 600
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(FUZZ_SRC) $(wildcard src/*/*.h)

@@ -152,10 +152,10 @@ int cmd_simulate(int argc, char **argv) {
     double cores;
     static const char *A2A[] = {"flat", "hier", "dedup"}, *ATT[] = {"flash", "unfused"}, *ADT[] = {"bf16", "f32"},
                       *OV[] = {"off", "layer", "1f1b", "dualpipe"}, *SPLITS[] = {"even", "ends", "balance"};
-    int k_rc, k_a2a, k_att, k_adt, k_ov, k_split;
-    if (args_pick(&a, "--recompute", RC_NAMES, 3, "selective", &k_rc) || args_pick(&a, "--a2a", A2A, 3, "hier", &k_a2a) ||
+    int k_att, k_adt;   // (the names in the order of the SIM_RC_, SIM_A2A_, SIM_OV_ and SIM_SPLIT_ values)
+    if (args_pick(&a, "--recompute", RC_NAMES, 3, "selective", &l.recompute) || args_pick(&a, "--a2a", A2A, 3, "hier", &l.a2a) ||
         args_pick(&a, "--attention", ATT, 2, "flash", &k_att) || args_pick(&a, "--act-dtype", ADT, 2, "bf16", &k_adt) ||
-        args_pick(&a, "--ep-overlap", OV, 4, "off", &k_ov) || args_pick(&a, "--pp-split", SPLITS, 3, "even", &k_split))
+        args_pick(&a, "--ep-overlap", OV, 4, "off", &l.ep_overlap) || args_pick(&a, "--pp-split", SPLITS, 3, "even", &l.split))
         return cmd_fail("simulate");
     const char *ppl = args_str(&a, "--pp-layers", NULL), *load = args_str(&a, "--load", NULL);
     if (args_int(&a, "--devices", 0, &devices) || args_int(&a, "--dp", 0, &l.dp) || args_int(&a, "--micro-batch", 1, &l.micro_batch) ||
@@ -169,13 +169,9 @@ int cmd_simulate(int argc, char **argv) {
     if (zero != 0 && zero != 1) { moe_seterr("--zero must be 0 or 1"); return cmd_fail("simulate"); }
     if (top < 1) { moe_seterr("--top must be positive"); return cmd_fail("simulate"); }
     l.zero1 = zero == 1;
-    l.recompute = k_rc;
-    l.a2a = k_a2a == 0 ? SIM_A2A_FLAT : k_a2a == 1 ? SIM_A2A_HIER : SIM_A2A_DEDUP;
     l.unfused_attention = k_att == 1;
     l.act_bf16 = k_adt == 0;
-    l.ep_overlap = k_ov;
     if (ppl && parse_counts(ppl, &l)) return cmd_fail("simulate");
-    l.split = k_split;
     if (layout && parse_layout(layout, &l)) return cmd_fail("simulate");
     MoeConfig c;
     Cluster cl;

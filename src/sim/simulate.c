@@ -504,7 +504,7 @@ int sim_step(const MoeConfig *c, const Cluster *cl, const SimLayout *lay, SimRes
     double bw, lat;
     link(cl, lay->tp * lay->dp, S, &bw, &lat);
     const double p2p_bytes = x.n * D * x.b / lay->tp;
-    const PipeCost pc0 = {tf, tb, 0, act_layer}, pc1 = {tf, tb, lat + p2p_bytes / (bw * coll_eff(cl, p2p_bytes)), act_layer};
+    const PipeCost pc0 = {tf, tb, 0, NULL}, pc1 = {tf, tb, lat + p2p_bytes / (bw * coll_eff(cl, p2p_bytes)), act_layer};   // (memory: s1's)
     PipeSim s0, s1;
     const bool pair = lay->ep_overlap >= SIM_OV_1F1B && lay->ep > 1;   // (1F1B overlap: moe train's pairs)
     int rc = pipe_simulate(S, V, m, pair, &pc0, &s0);

@@ -2,7 +2,7 @@
 // what it cannot read with a message, and never read or write out of bounds; what loads must
 // encode and decode without fault, every id below n_vocab.
 //   clang -fsanitize=fuzzer,address,undefined -Isrc tests/fuzz/fuzz_tokenizer.c \
-//     src/data/tokenizer.c src/data/bpe.c src/base/base.c src/base/fileio.c \
+//     src/data/tokenizer.c src/data/bpe.c src/data/bpe_read.c src/base/base.c src/base/fileio.c \
 //     -lcjson -lpcre2-8 -lutf8proc -lm -o build/fuzz/fuzz_tokenizer
 //   build/fuzz/fuzz_tokenizer tests/fuzz/corpus/fuzz_tokenizer
 #include <stdint.h>
